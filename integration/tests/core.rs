@@ -1,0 +1,405 @@
+//! The core pipeline without snapshots or CRIU: scan, relink, image, restart --exec, gc, and
+//! every refusal, on real btrfs, xfs, ext4 and tmpfs with real processes. Run as root.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// FD lines of a ufiles report, by fd number.
+fn fd_lines(report: &str) -> BTreeMap<i32, String> {
+    report
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("FD ")?;
+            let n: i32 = rest.split_whitespace().next()?.parse().ok()?;
+            Some((n, l.to_string()))
+        })
+        .collect()
+}
+
+fn first_report(log: &Path) -> String {
+    let s = std::fs::read_to_string(log).unwrap();
+    s.split("ready").next().unwrap().to_string()
+}
+
+fn record(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("checkpoint.json")).unwrap()).unwrap()
+}
+
+fn take_files_only(pid: i32, images: &Path, extra: &[&str]) -> (String, PathBuf) {
+    let pid = pid.to_string();
+    let mut args = vec!["take", "--pid", &pid, "--image-root", images.to_str().unwrap(), "--engine", "none"];
+    args.extend_from_slice(extra);
+    let out = snapckpt_ok(&args);
+    let id = out.lines().next().unwrap().split_whitespace().nth(1).unwrap().to_string();
+    (id.clone(), images.join(id))
+}
+
+fn state(pid: i32) -> char {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    s.rsplit(')').next().and_then(|r| r.trim().chars().next()).unwrap_or('?')
+}
+
+fn checkpoint_names(mnt: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(mnt.join("lost+found/checkpoint"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Every scenario, files-only take and restart --exec, on one filesystem type.
+fn every_kind_roundtrip(fstype: &str) {
+    let _g = serial();
+    let fs = LoopFs::new(fstype, if fstype == "xfs" { "1G" } else { "512M" });
+    let work = Scratch::new("core");
+    let dir = fs.path("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = work.path().join("ufiles.log");
+    let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "ab", "orphan:10485760", "twofds", "tmpfile", "fifo", "odd", "mmap", "cwd"], &log);
+    let before = fd_lines(&first_report(&log));
+
+    let images = work.path().join("images");
+    let (id, imgdir) = take_files_only(p.pid, &images, &[]);
+    assert_eq!(state(p.pid), 'S', "task must be thawed after take");
+    let rec = record(&imgdir);
+    let objs = rec["objects"].as_array().unwrap();
+    let classes: Vec<(&str, &str)> = objs.iter().map(|o| (o["original_path"].as_str().unwrap(), o["class"].as_str().unwrap())).collect();
+    let class_of = |suffix: &str| classes.iter().find(|(p, _)| p.ends_with(suffix)).map(|x| x.1);
+    assert_eq!(class_of("/a"), Some("name-gone"), "{classes:?}");
+    assert_eq!(class_of("/orphan-10485760"), Some("orphan"));
+    assert_eq!(class_of("/two"), Some("orphan"));
+    assert_eq!(class_of("/fifo"), Some("removed-node"));
+    assert_eq!(class_of("/x (deleted)"), Some("orphan"));
+    assert_eq!(class_of("/new\nline name"), Some("orphan"));
+    assert_eq!(class_of("/gone-dir"), Some("removed-dir"));
+    assert_eq!(class_of("/mapped"), Some("orphan"));
+    assert!(classes.iter().any(|(_, c)| *c == "tmpfile"), "{classes:?}");
+    assert!(class_of("/kept (deleted)").is_none(), "a linked file named '... (deleted)' is not unlinked: {classes:?}");
+    // two fds of one inode share one object
+    let two = objs.iter().find(|o| o["original_path"].as_str().unwrap().ends_with("/two")).unwrap();
+    assert_eq!(two["holders"].as_array().unwrap().len(), 2);
+    let methods: Vec<&str> = objs.iter().map(|o| o["relinked"]["method"].as_str().unwrap()).collect();
+    let method_of = |suffix: &str| objs.iter().find(|o| o["original_path"].as_str().unwrap().ends_with(suffix)).unwrap()["relinked"]["method"].as_str().unwrap();
+    assert_eq!(method_of("/a"), "link");
+    assert_eq!(method_of("/gone-dir"), "recreate");
+    assert_eq!(method_of("/fifo"), "recreate");
+    let orphan_method = method_of("/orphan-10485760");
+    match fstype {
+        "btrfs" | "xfs" => assert_eq!(orphan_method, "clone", "{methods:?}"),
+        _ => assert!(orphan_method == "copy-range" || orphan_method == "sparse-copy", "{methods:?}"),
+    }
+    let tmpfile_method = objs.iter().find(|o| o["class"] == "tmpfile").unwrap()["relinked"]["method"].as_str().unwrap();
+    assert_eq!(tmpfile_method, "link", "an O_TMPFILE file is linked, not copied");
+    // names carry the checkpoint id; dir is root-owned 0700
+    let names = checkpoint_names(&fs.mnt);
+    assert_eq!(names.len(), objs.len());
+    assert!(names.iter().all(|n| n.starts_with(&format!("unlink-at-restart-{id}-"))), "{names:?}");
+    let md = std::fs::metadata(fs.path("lost+found/checkpoint")).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!((md.uid(), md.permissions().mode() & 0o7777), (0, 0o700));
+
+    // The task dies; restart hands the files to a new process at the recorded fds.
+    drop(p);
+    let (ok, out, err) = snapckpt(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", prog("ufiles").to_str().unwrap(), "report"]);
+    assert!(ok, "restart failed: {out}\n{err}");
+    let after = fd_lines(&out);
+    let fd_objects: Vec<i64> = rec["tasks"][0]["fds"].as_array().unwrap().iter().filter(|f| !f["object"].is_null()).map(|f| f["fd"].as_i64().unwrap()).collect();
+    assert_eq!(after.keys().map(|k| *k as i64).collect::<Vec<_>>(), fd_objects, "restored fds: {out}");
+    for (fd, line) in &after {
+        assert_eq!(line, &before[fd], "fd {fd} differs after restart");
+    }
+    // the relinked names are gone again; the inode of "a" is back to one link ("b")
+    assert!(checkpoint_names(&fs.mnt).is_empty(), "{:?}", checkpoint_names(&fs.mnt));
+    assert_eq!(std::fs::metadata(dir.join("b")).unwrap().nlink(), 1);
+}
+
+#[test]
+fn every_kind_btrfs() {
+    every_kind_roundtrip("btrfs");
+}
+#[test]
+fn every_kind_xfs() {
+    every_kind_roundtrip("xfs");
+}
+#[test]
+fn every_kind_ext4() {
+    every_kind_roundtrip("ext4");
+}
+#[test]
+fn every_kind_tmpfs() {
+    every_kind_roundtrip("tmpfs");
+}
+
+/// `a_fd = open(a); link(a, b); unlink(a); creat(a)`: after restart a write through the
+/// restored fd reaches "b", and "a" is still the new file.
+#[test]
+fn ab_write_reaches_b() {
+    let _g = serial();
+    for fstype in ["ext4", "btrfs"] {
+        let fs = LoopFs::new(fstype, "512M");
+        let work = Scratch::new("ab");
+        let dir = fs.path("d");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = work.path().join("log");
+        let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "ab"], &log);
+        let images = work.path().join("images");
+        let (id, _) = take_files_only(p.pid, &images, &[]);
+        drop(p);
+        snapckpt_ok(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", prog("ufiles").to_str().unwrap(), "write", "3", "XY"]);
+        assert_eq!(std::fs::read_to_string(dir.join("b")).unwrap(), "helXY", "{fstype}");
+        assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "new", "{fstype}");
+    }
+}
+
+fn used_bytes(p: &Path) -> u64 {
+    let s = nix::sys::statvfs::statvfs(p).unwrap();
+    (s.blocks() - s.blocks_free()) * s.fragment_size()
+}
+
+/// A 1 GiB orphan with holes: same bytes, holes and offset after restart; on btrfs and xfs
+/// the take allocates no new data blocks (reflink), on ext4 the copy keeps the holes.
+#[test]
+fn orphan_1g_sparse() {
+    let _g = serial();
+    for fstype in ["btrfs", "xfs", "ext4"] {
+        let fs = LoopFs::new(fstype, "3G");
+        let work = Scratch::new("big");
+        let dir = fs.path("d");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = work.path().join("log");
+        let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:1073741824"], &log);
+        let before = fd_lines(&first_report(&log));
+        sh("sync");
+        let used0 = used_bytes(&fs.mnt);
+        let images = work.path().join("images");
+        let (id, imgdir) = take_files_only(p.pid, &images, &[]);
+        sh("sync");
+        let used1 = used_bytes(&fs.mnt);
+        let rec = record(&imgdir);
+        let o = &rec["objects"][0];
+        assert_eq!(o["size"].as_u64(), Some(1 << 30));
+        let name = o["relinked"]["name"].as_str().unwrap();
+        let copy = fs.path(&format!("lost+found/checkpoint/{name}"));
+        use std::os::unix::fs::MetadataExt;
+        let md = std::fs::metadata(&copy).unwrap();
+        assert_eq!(md.len(), 1 << 30);
+        assert!(md.blocks() * 512 < 8 << 20, "{fstype}: holes kept: {} bytes allocated", md.blocks() * 512);
+        let grew = used1.saturating_sub(used0);
+        if fstype != "ext4" {
+            assert_eq!(o["relinked"]["method"], "clone");
+            assert!(grew < 4 << 20, "{fstype}: take allocated {grew} bytes");
+        }
+        drop(p);
+        let out = snapckpt_ok(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", prog("ufiles").to_str().unwrap(), "report"]);
+        let after = fd_lines(&out);
+        assert_eq!(after.len(), 1);
+        for (fd, line) in &after {
+            assert_eq!(line, &before[fd], "{fstype}");
+        }
+    }
+}
+
+fn expect_take_refused(pid: i32, images: &Path, extra: &[&str], what: &str) {
+    let pid_s = pid.to_string();
+    let mut args = vec!["take", "--pid", &pid_s, "--image-root", images.to_str().unwrap(), "--engine", "none"];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = snapckpt(&args);
+    assert!(!ok, "take should fail ({what}): {out}");
+    assert!(err.contains(what), "expected {what:?} in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // thawed, no image, no partial image
+    std::thread::sleep(Duration::from_millis(50));
+    assert_ne!(state(pid), 'T', "task left stopped");
+    let left: Vec<_> = std::fs::read_dir(images).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "image root not empty after a failed take: {left:?}");
+}
+
+#[test]
+fn refusals_unsafe_checkpoint_dir() {
+    let _g = serial();
+    let fs = LoopFs::new("ext4", "256M");
+    let work = Scratch::new("refuse");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = work.path().join("log");
+    let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000"], &log);
+    let images = work.path().join("images");
+    let evil = work.path().join("evil");
+    std::fs::create_dir_all(&evil).unwrap();
+
+    // checkpoint is a symlink to a directory elsewhere
+    let lf = fs.path("lost+found");
+    std::fs::create_dir_all(&lf).unwrap();
+    std::os::unix::fs::symlink(&evil, lf.join("checkpoint")).unwrap();
+    expect_take_refused(p.pid, &images, &[], "symlink");
+    assert_eq!(std::fs::read_dir(&evil).unwrap().count(), 0, "nothing written through the symlink");
+    std::fs::remove_file(lf.join("checkpoint")).unwrap();
+
+    // lost+found itself a symlink
+    std::fs::remove_dir_all(&lf).unwrap();
+    std::os::unix::fs::symlink(&evil, &lf).unwrap();
+    expect_take_refused(p.pid, &images, &[], "symlink");
+    assert_eq!(std::fs::read_dir(&evil).unwrap().count(), 0);
+    std::fs::remove_file(&lf).unwrap();
+
+    // foreign-owned
+    std::fs::create_dir_all(lf.join("checkpoint")).unwrap();
+    sh(&format!("chown 1000:1000 '{}'", lf.join("checkpoint").display()));
+    expect_take_refused(p.pid, &images, &[], "not root");
+    // writable by others
+    sh(&format!("chown 0:0 '{0}' && chmod 0777 '{0}'", lf.join("checkpoint").display()));
+    expect_take_refused(p.pid, &images, &[], "writable by group or others");
+    sh(&format!("chmod 0700 '{}'", lf.join("checkpoint").display()));
+
+    // a template that escapes the directory
+    let (ok, _, err) = snapckpt(&["take", "--pid", &p.pid.to_string(), "--image-root", images.to_str().unwrap(), "--template", "../../x-%t-%n"]);
+    assert!(!ok && err.contains("plain file name"), "{err}");
+
+    // and with everything right, it works
+    take_files_only(p.pid, &images, &[]);
+}
+
+#[test]
+fn refusal_bad_job_file() {
+    let work = Scratch::new("job");
+    let j = work.path().join("job.toml");
+    std::fs::write(&j, "name = \"x\"\n[tasks]\npid = 1\n[freeze]\ntimeout = 5\n").unwrap();
+    let (ok, _, err) = snapckpt(&["take", "--job", j.to_str().unwrap(), "--image-root", work.path().join("i").to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains(&format!("{}:5:", j.display())) && err.contains("timeout"), "{err}");
+    // every example job in config/ parses
+    for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("config")).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "toml") {
+            snapckpt::job::Job::load(&e.path()).unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
+        }
+    }
+}
+
+/// A task that exits while snapckpt scans: a clear error, nothing left behind.
+#[test]
+fn refusal_task_exits_during_scan() {
+    let _g = serial();
+    let fs = LoopFs::new("ext4", "256M");
+    let work = Scratch::new("exit");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = work.path().join("log");
+    let mut p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000"], &log);
+    let hooks = work.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(hooks.join("take-frozen.wait"), "").unwrap();
+    let images = work.path().join("images");
+    let child = std::process::Command::new(snapckpt_bin())
+        .args(["take", "--pid", &p.pid.to_string(), "--image-root", images.to_str().unwrap()])
+        .env("SNAPCKPT_HOOK_DIR", &hooks)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(|| hooks.join("take-frozen.reached").exists(), Duration::from_secs(20), "take frozen");
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    std::fs::remove_file(hooks.join("take-frozen.wait")).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(err.contains("exited") || err.contains("No such process") || err.contains("no such task"), "{err}");
+    assert!(checkpoint_names(&fs.mnt).is_empty());
+    let left: Vec<_> = std::fs::read_dir(&images).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// snapckpt SIGKILLed after relinking: the watchdog thaws the task; gc removes the names
+/// and the partial image.
+#[test]
+fn killed_take_is_thawed_and_collected() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("kill");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = work.path().join("log");
+    let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000", "ab"], &log);
+    let images = work.path().join("images");
+    // one complete checkpoint whose names must survive gc
+    let (live_id, _) = take_files_only(p.pid, &images, &[]);
+    let live_names = checkpoint_names(&fs.mnt);
+    assert_eq!(live_names.len(), 2);
+
+    let hooks = work.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(hooks.join("take-relinked.wait"), "").unwrap();
+    let mut child = std::process::Command::new(snapckpt_bin())
+        .args(["take", "--pid", &p.pid.to_string(), "--image-root", images.to_str().unwrap()])
+        .env("SNAPCKPT_HOOK_DIR", &hooks)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(|| hooks.join("take-relinked.reached").exists(), Duration::from_secs(20), "relinked");
+    assert_eq!(state(p.pid), 'T', "frozen during the take");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    wait_for(|| state(p.pid) != 'T', Duration::from_secs(5), "watchdog thaw");
+    assert_eq!(checkpoint_names(&fs.mnt).len(), 4);
+    let (ok, out, _) = snapckpt(&["gc", "--mount", fs.mnt.to_str().unwrap(), "--image-root", images.to_str().unwrap(), "--dry-run"]);
+    assert!(ok && out.contains("2 stale name(s), 1 partial image(s)"), "{out}");
+    assert_eq!(checkpoint_names(&fs.mnt).len(), 4, "dry run removes nothing");
+    snapckpt_ok(&["gc", "--mount", fs.mnt.to_str().unwrap(), "--image-root", images.to_str().unwrap()]);
+    assert_eq!(checkpoint_names(&fs.mnt), live_names, "only the live checkpoint's names are left");
+    let left: Vec<String> = std::fs::read_dir(&images).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, vec![live_id.clone()]);
+    // delete removes the live checkpoint's names too
+    snapckpt_ok(&["delete", &live_id, "--image-root", images.to_str().unwrap()]);
+    assert!(checkpoint_names(&fs.mnt).is_empty());
+}
+
+#[test]
+fn scan_reports_and_dry_run_changes_nothing() {
+    let _g = serial();
+    let fs = LoopFs::new("xfs", "1G");
+    let work = Scratch::new("scan");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = work.path().join("log");
+    let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "odd", "ab"], &log);
+    let out = snapckpt_ok(&["scan", "--pid", &p.pid.to_string(), "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let paths: Vec<&str> = v["objects"].as_array().unwrap().iter().map(|o| o["original_path"].as_str().unwrap()).collect();
+    assert_eq!(paths.len(), 3, "{paths:?}");
+    assert!(!paths.iter().any(|p| p.ends_with("kept (deleted)")));
+    let table = snapckpt_ok(&["scan", "--pid", &p.pid.to_string()]);
+    assert!(table.contains("name-gone") && table.contains("orphan"), "{table}");
+    let images = work.path().join("images");
+    let out = snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--image-root", images.to_str().unwrap(), "--dry-run"]);
+    assert!(out.contains("would relink"), "{out}");
+    assert!(checkpoint_names(&fs.mnt).is_empty());
+    assert!(!fs.path("lost+found/checkpoint").exists() || checkpoint_names(&fs.mnt).is_empty());
+    assert!(!images.exists() || std::fs::read_dir(&images).unwrap().count() == 0);
+}
+
+/// A tree of processes sharing an orphan and a forked child holding its own: one object,
+/// several holders across tasks.
+#[test]
+fn shared_inode_across_tasks_is_one_object() {
+    let _g = serial();
+    let fs = LoopFs::new("ext4", "256M");
+    let work = Scratch::new("tree");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = work.path().join("log");
+    let p = Proc::start(&prog("ufiles_tree"), &[dir.to_str().unwrap()], &log);
+    let images = work.path().join("images");
+    let out = snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--tree", "--image-root", images.to_str().unwrap()]);
+    let id = out.lines().next().unwrap().split_whitespace().nth(1).unwrap();
+    let rec = record(&images.join(id));
+    assert_eq!(rec["tasks"].as_array().unwrap().len(), 2);
+    let objs = rec["objects"].as_array().unwrap();
+    assert_eq!(objs.len(), 1, "{objs:?}");
+    let pids: std::collections::BTreeSet<i64> = objs[0]["holders"].as_array().unwrap().iter().map(|h| h["pid"].as_i64().unwrap()).collect();
+    assert_eq!(pids.len(), 2);
+}

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite, as root: unit tests, integration tests on loop-mounted btrfs, xfs,
+# ext4 and tmpfs with real processes and real CRIU, and the LVM tests in a QEMU guest.
+#   SNAPCKPT_SKIP_VM=1  skip the guest (LVM) tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "test.sh: run as root (loop devices, mounts, cgroups, CRIU)" >&2; exit 1; }
+bash scripts/setup.sh
+export SNAPCKPT_CRIU=${SNAPCKPT_CRIU:-/opt/snapckpt/criu/bin/criu}
+cargo build --quiet
+cargo test --no-fail-fast -- --test-threads=2
+if [ "${SNAPCKPT_SKIP_VM:-0}" != 1 ] && [ -x integration/vm/lvm-tests.sh ]; then
+  bash integration/vm/lvm-tests.sh
+fi

@@ -1,0 +1,140 @@
+//! Cleanup: delete a checkpoint with its snapshots and relinked names, and collect what a
+//! failed or killed take left behind (`gc`).
+//!
+//! Every relinked name carries its checkpoint's id (the template's `%t`), so `gc` can group
+//! the names under each mount's `lost+found/checkpoint` by id and remove those whose
+//! checkpoint has no complete image and no take in progress.
+
+use crate::image::{self, Checkpoint};
+use crate::relink::{self, Template};
+use crate::snapshot;
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error(transparent)]
+    Relink(#[from] relink::RelinkError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error("{syscall} {path}: {source}")]
+    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+}
+
+/// Delete a checkpoint: its snapshots (refused while a restart clone is mounted, unless
+/// `force`), its relinked names still on the live filesystems, then its image directory.
+pub fn delete(image_dir: &Path, force: bool) -> Result<Checkpoint, CleanupError> {
+    let ck = image::load(image_dir)?;
+    // Refuse before touching anything if a clone is in use.
+    if !force {
+        for s in &ck.snapshots {
+            let m = snapshot::mounted_clones(s)?;
+            if !m.is_empty() {
+                snapshot::delete(s, false)?; // gives the InUse error naming the mounts
+            }
+        }
+    }
+    for s in &ck.snapshots {
+        snapshot::delete(s, force)?;
+    }
+    if !ck.links_removed {
+        remove_live_names(&ck)?;
+    }
+    // Rename first so that a crash never leaves a half-deleted but valid-looking image.
+    let parent = image_dir.parent().unwrap_or(Path::new("."));
+    let doomed = parent.join(format!(".{}.deleting", ck.id));
+    std::fs::rename(image_dir, &doomed).map_err(|source| CleanupError::Io { path: image_dir.into(), syscall: "rename", source })?;
+    std::fs::remove_dir_all(&doomed).map_err(|source| CleanupError::Io { path: doomed.clone(), syscall: "unlink", source })?;
+    Ok(ck)
+}
+
+fn remove_live_names(ck: &Checkpoint) -> Result<(), CleanupError> {
+    for (o, r) in ck.relinked() {
+        let d = match relink::open_checkpoint_dir(Path::new(&o.mount.mount_point), None, false) {
+            Ok(d) => d,
+            Err(relink::RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        match d.remove(&r.name, o.kind == image::FileKind::Directory) {
+            Ok(()) => {}
+            Err(relink::RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// What `gc` found (and removed unless it was a dry run).
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// Relinked names of dead checkpoints, by id: (mount, name).
+    pub stale: BTreeMap<String, Vec<(PathBuf, String)>>,
+    /// Names under lost+found/checkpoint that the template does not match (left alone).
+    pub unknown: Vec<(PathBuf, String)>,
+    /// Relinked names that belong to live checkpoints (kept).
+    pub kept: usize,
+    /// Partial image directories of takes that died.
+    pub partial_dirs: Vec<PathBuf>,
+    pub removed: bool,
+}
+
+/// Collect leftovers under the given mounts' checkpoint directories and in `image_root`.
+/// `only` restricts removal to those checkpoint ids (which may even be live ones: used after
+/// deleting a checkpoint by hand).
+pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, only: &[String], dry_run: bool) -> Result<GcReport, CleanupError> {
+    let mut live: HashSet<String> = HashSet::new();
+    let mut rep = GcReport::default();
+    for (_, r) in image::list(image_root)? {
+        if let Ok(ck) = r {
+            live.insert(ck.id);
+        }
+    }
+    if let Ok(rd) = std::fs::read_dir(image_root) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(id) = n.strip_prefix('.').and_then(|s| s.strip_suffix(".partial")) {
+                if crate::take::partial_in_use(&e.path()) {
+                    live.insert(id.to_string());
+                } else {
+                    rep.partial_dirs.push(e.path());
+                }
+            }
+            if n.starts_with('.') && n.ends_with(".deleting") {
+                rep.partial_dirs.push(e.path());
+            }
+        }
+    }
+    for m in mounts {
+        for (id, name, _is_dir) in relink::leftovers(m, template)? {
+            match id {
+                None => rep.unknown.push((m.clone(), name)),
+                Some(id) => {
+                    let doomed = if only.is_empty() { !live.contains(&id) } else { only.contains(&id) };
+                    if doomed {
+                        rep.stale.entry(id).or_default().push((m.clone(), name));
+                    } else {
+                        rep.kept += 1;
+                    }
+                }
+            }
+        }
+    }
+    if dry_run {
+        return Ok(rep);
+    }
+    for names in rep.stale.values() {
+        for (m, name) in names {
+            let d = relink::open_checkpoint_dir(m, None, false)?;
+            let is_dir = d.open(name, libc::O_PATH | libc::O_NOFOLLOW).ok().and_then(|f| crate::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&f)).ok()).is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+            d.remove(name, is_dir)?;
+        }
+    }
+    for p in &rep.partial_dirs {
+        std::fs::remove_dir_all(p).map_err(|source| CleanupError::Io { path: p.clone(), syscall: "unlink", source })?;
+    }
+    rep.removed = true;
+    Ok(rep)
+}

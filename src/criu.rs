@@ -1,0 +1,205 @@
+//! The CRIU engine: dump and restore the tasks' process state through CRIU's RPC
+//! (`criu swrk`, via the `rust-criu` crate), with the unlinked files kept out of the image.
+//!
+//! At dump, each relinked object is declared external (`file[MNTID:INO]`, both hex), so
+//! CRIU records a reference instead of copying the data; snapckpt has frozen the tasks itself
+//! and passes the cgroup as `freeze_cgroup`. The `post-dump` notification arrives while the
+//! tasks are still frozen: that is when the filesystem snapshot is taken.
+//!
+//! At restore, each preserved file is opened by snapckpt and handed over as `inherit_fd`
+//! under the same key; CRIU reopens it through /proc/self/fd/N for every fd, mapping, cwd and
+//! exe, with each one's flags and offset.
+
+use rust_criu::rust_criu_protobuf::rpc::Criu_notify;
+use std::cell::RefCell;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CriuError {
+    #[error("no CRIU found (looked at {looked}); install it with scripts/install-criu.sh or pass --criu PATH")]
+    NotFound { looked: String },
+    #[error("criu {op} failed: {msg}\n{log_tail}see the whole log: {log}")]
+    Failed { op: &'static str, msg: String, log: PathBuf, log_tail: String },
+    #[error("run {path}: {source}")]
+    Spawn { path: PathBuf, source: std::io::Error },
+    #[error("{syscall} {path}: {source}")]
+    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+}
+
+/// Where CRIU is looked for when nothing names it: env `SNAPCKPT_CRIU`, the prefix that
+/// scripts/install-criu.sh makes, then `criu` on PATH.
+pub const DEFAULT_PREFIX_CRIU: &str = "/opt/snapckpt/criu/bin/criu";
+
+/// Find the CRIU binary: an explicit path (flag or job), env SNAPCKPT_CRIU, the private
+/// prefix, PATH.
+pub fn find(explicit: Option<&Path>) -> Result<PathBuf, CriuError> {
+    let mut looked = vec![];
+    let mut cands: Vec<PathBuf> = vec![];
+    if let Some(p) = explicit {
+        cands.push(p.into());
+    } else {
+        if let Some(p) = std::env::var_os("SNAPCKPT_CRIU") {
+            cands.push(p.into());
+        }
+        cands.push(DEFAULT_PREFIX_CRIU.into());
+        if let Some(path) = std::env::var_os("PATH") {
+            for d in std::env::split_paths(&path) {
+                cands.push(d.join("criu"));
+            }
+        }
+    }
+    for c in cands {
+        looked.push(c.display().to_string());
+        if c.is_file() {
+            return Ok(c);
+        }
+    }
+    Err(CriuError::NotFound { looked: looked.join(", ") })
+}
+
+/// `criu --version` and `criu check`: (version line, check passed, check output).
+pub fn check(criu: &Path) -> Result<(String, bool, String), CriuError> {
+    let v = Command::new(criu).arg("--version").output().map_err(|source| CriuError::Spawn { path: criu.into(), source })?;
+    let version = String::from_utf8_lossy(&v.stdout).lines().next().unwrap_or("").trim().to_string();
+    let c = Command::new(criu).arg("check").output().map_err(|source| CriuError::Spawn { path: criu.into(), source })?;
+    let out = format!("{}{}", String::from_utf8_lossy(&c.stdout), String::from_utf8_lossy(&c.stderr));
+    Ok((version, c.status.success() && out.contains("Looks good"), out.trim().to_string()))
+}
+
+fn version_string(criu: &Path) -> String {
+    Command::new(criu)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.trim().trim_start_matches("Version: ").to_string()))
+        .unwrap_or_default()
+}
+
+/// A dump request.
+pub struct DumpRequest {
+    pub criu: PathBuf,
+    /// Root of the process tree.
+    pub pid: i32,
+    pub image_dir: PathBuf,
+    /// `file[MNTID:INO]` keys of the objects whose data stays in the filesystem.
+    pub externals: Vec<String>,
+    /// The cgroup snapckpt froze (CRIU must be told, or it waits for tasks that never run).
+    pub freeze_cgroup: Option<PathBuf>,
+    pub leave_running: bool,
+}
+
+/// The file name of CRIU's log inside the image directory.
+pub const DUMP_LOG: &str = "criu-dump.log";
+pub const RESTORE_LOG: &str = "criu-restore.log";
+
+thread_local! {
+    static POST_DUMP: RefCell<Option<*mut (dyn FnMut() -> Result<(), String> + 'static)>> = const { RefCell::new(None) };
+}
+
+fn notify(script: &str, _n: &Criu_notify, _fd: Option<RawFd>) -> i32 {
+    if script != "post-dump" {
+        return 0;
+    }
+    POST_DUMP.with(|p| match *p.borrow() {
+        // SAFETY: the pointer is set by `dump` for the duration of the RPC call on this
+        // thread, and the closure it points to outlives that call.
+        Some(f) => match unsafe { (*f)() } {
+            Ok(()) => 0,
+            Err(_) => 1,
+        },
+        None => 0,
+    })
+}
+
+fn open_dir(dir: &Path) -> Result<OwnedFd, CriuError> {
+    // Not CLOEXEC: criu swrk inherits it and uses its number.
+    let fd = crate::sys::open(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|source| CriuError::Io { path: dir.into(), syscall: "open", source })?;
+    crate::sys::clear_cloexec(fd.as_raw_fd()).map_err(|source| CriuError::Io { path: dir.into(), syscall: "fcntl", source })?;
+    Ok(fd)
+}
+
+/// Dump a process tree. `post_dump` runs on CRIU's post-dump notification, tasks still frozen;
+/// if it fails, CRIU aborts the dump and the tasks resume. Returns CRIU's version string.
+pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>) -> Result<String, CriuError> {
+    let dirfd = open_dir(&req.image_dir)?;
+    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string()).map_err(|e| failed("dump", e, &req.image_dir, DUMP_LOG))?;
+    c.set_pid(req.pid);
+    c.set_images_dir_fd(dirfd.as_raw_fd());
+    c.set_log_level(4);
+    c.set_log_file(DUMP_LOG.into());
+    c.set_leave_running(req.leave_running);
+    c.set_shell_job(false);
+    c.set_ext_unix_sk(true);
+    c.set_file_locks(true);
+    c.set_manage_cgroups(false);
+    if let Some(cg) = &req.freeze_cgroup {
+        c.set_freeze_cgroup(cg.display().to_string());
+    }
+    for e in &req.externals {
+        c.add_external(e.clone());
+    }
+    c.set_notify_scripts(true);
+    c.set_notify_cb(notify);
+    // SAFETY: erase the closure's lifetime; it is removed again before this function returns.
+    let ptr: *mut (dyn FnMut() -> Result<(), String> + '_) = post_dump;
+    let ptr: *mut (dyn FnMut() -> Result<(), String> + 'static) = unsafe { std::mem::transmute(ptr) };
+    POST_DUMP.with(|p| *p.borrow_mut() = Some(ptr));
+    let r = c.dump();
+    POST_DUMP.with(|p| *p.borrow_mut() = None);
+    r.map_err(|e| failed("dump", e, &req.image_dir, DUMP_LOG))?;
+    Ok(version_string(&req.criu))
+}
+
+/// A restore request.
+pub struct RestoreRequest {
+    pub criu: PathBuf,
+    pub image_dir: PathBuf,
+    /// Opened preserved files and their keys; the fds must stay open until `restore` returns.
+    pub inherit: Vec<(RawFd, String)>,
+    /// Where CRIU writes its log (the image directory may be read-only or shared).
+    pub work_dir: PathBuf,
+}
+
+/// Restore a process tree; the tasks get their old pids and run detached from snapckpt.
+pub fn restore(req: &RestoreRequest) -> Result<(), CriuError> {
+    let dirfd = open_dir(&req.image_dir)?;
+    let workfd = open_dir(&req.work_dir)?;
+    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string()).map_err(|e| failed("restore", e, &req.work_dir, RESTORE_LOG))?;
+    c.set_images_dir_fd(dirfd.as_raw_fd());
+    c.set_work_dir_fd(workfd.as_raw_fd());
+    c.set_log_level(4);
+    c.set_log_file(RESTORE_LOG.into());
+    c.set_shell_job(false);
+    c.set_ext_unix_sk(true);
+    c.set_file_locks(true);
+    c.set_manage_cgroups(false);
+    for (fd, key) in &req.inherit {
+        crate::sys::clear_cloexec(*fd).map_err(|source| CriuError::Io { path: PathBuf::from(format!("fd {fd}")), syscall: "fcntl", source })?;
+        c.add_inherit_fd(*fd, key.clone()).map_err(|e| failed("restore", e, &req.work_dir, RESTORE_LOG))?;
+    }
+    c.restore().map_err(|e| failed("restore", e, &req.work_dir, RESTORE_LOG))
+}
+
+fn failed(op: &'static str, e: rust_criu::CriuError, dir: &Path, log: &str) -> CriuError {
+    let log = dir.join(log);
+    CriuError::Failed { op, msg: e.to_string(), log_tail: log_tail(&log), log }
+}
+
+/// The error lines at the end of a CRIU log, for the user.
+pub fn log_tail(log: &Path) -> String {
+    let Ok(text) = std::fs::read_to_string(log) else { return String::new() };
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("Error") || l.contains("error") || l.contains("Warn")).collect();
+    let tail = &lines[lines.len().saturating_sub(8)..];
+    tail.iter().map(|l| format!("  | {l}\n")).collect()
+}
+
+/// CRIU's image files in a directory (names only), for the record.
+pub fn image_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".img")).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}

@@ -1,0 +1,269 @@
+//! TOML job files: everything `snapckpt take` and `restart` can be told on the command line,
+//! kept in a file per job. Unknown keys are refused with the file, line and column.
+//!
+//! ```toml
+//! name = "demo"                      # optional, recorded in the image
+//! image_root = "/var/lib/snapckpt"   # where image directories go
+//!
+//! [tasks]                            # exactly one of pid / cgroup
+//! pid = 1234
+//! tree = true                        # with pid: include all descendants
+//! # cgroup = "/sys/fs/cgroup/unified/myjob"
+//!
+//! [freeze]
+//! timeout_ms = 10000
+//!
+//! [relink]
+//! template = "unlink-at-restart-%t-%n"
+//!
+//! [snapshot]
+//! keep_links = false                 # keep relinked names on the live fs after the snapshot
+//!
+//! [[filesystem]]                     # one per filesystem to snapshot
+//! mount = "/srv/data"
+//! snapshot = "btrfs"                 # or "lvm"
+//! snapshot_dir = ".snapckpt"         # btrfs: where snapshots go, relative to the mount
+//! # lvm_size = "1G"                  # lvm: classic (COW) snapshot size; thin LVs need none
+//!
+//! [criu]
+//! engine = "criu"                    # or "none": files only, tasks keep running
+//! path = "/opt/snapckpt/criu/bin/criu"
+//! leave_running = false
+//! ```
+
+use crate::snapshot::Backend;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}:{col}: {msg}")]
+    Parse { path: PathBuf, line: usize, col: usize, msg: String },
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Job {
+    pub name: Option<String>,
+    pub image_root: Option<PathBuf>,
+    #[serde(default)]
+    pub tasks: Tasks,
+    #[serde(default)]
+    pub freeze: Freeze,
+    #[serde(default)]
+    pub relink: Relink,
+    #[serde(default)]
+    pub snapshot: SnapshotCfg,
+    #[serde(default)]
+    pub filesystem: Vec<Filesystem>,
+    #[serde(default)]
+    pub criu: Criu,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Tasks {
+    pub pid: Option<i32>,
+    #[serde(default)]
+    pub tree: bool,
+    pub cgroup: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Freeze {
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Relink {
+    pub template: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCfg {
+    #[serde(default)]
+    pub keep_links: bool,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Filesystem {
+    pub mount: PathBuf,
+    pub snapshot: Backend,
+    pub snapshot_dir: Option<String>,
+    pub lvm_size: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineKind {
+    #[default]
+    None,
+    Criu,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Criu {
+    pub engine: Option<EngineKind>,
+    pub path: Option<PathBuf>,
+    #[serde(default)]
+    pub leave_running: bool,
+}
+
+impl Job {
+    /// Read and check a job file.
+    pub fn load(path: &Path) -> Result<Job, JobError> {
+        let meta = std::fs::metadata(path).map_err(|source| JobError::Read { path: path.into(), source })?;
+        if meta.len() > 1 << 20 {
+            return Err(JobError::Invalid { path: path.into(), msg: "larger than 1 MiB: not a job file".into() });
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| JobError::Read { path: path.into(), source })?;
+        Job::parse(&text, path)
+    }
+
+    /// Parse job text; `path` is for messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Job, JobError> {
+        let job: Job = toml::from_str(text).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(text, s.start)).unwrap_or((0, 0));
+            JobError::Parse { path: path.into(), line, col, msg: e.message().to_string() }
+        })?;
+        job.check(path)?;
+        Ok(job)
+    }
+
+    fn check(&self, path: &Path) -> Result<(), JobError> {
+        let bad = |msg: String| Err(JobError::Invalid { path: path.into(), msg });
+        match (&self.tasks.pid, &self.tasks.cgroup) {
+            (Some(_), Some(_)) => return bad("[tasks]: give pid or cgroup, not both".into()),
+            (Some(p), None) if *p <= 0 => return bad(format!("[tasks] pid = {p}: must be a positive process id")),
+            (None, Some(_)) if self.tasks.tree => return bad("[tasks] tree = true goes with pid, not cgroup (a cgroup includes its whole subtree)".into()),
+            _ => {}
+        }
+        if let Some(c) = &self.tasks.cgroup {
+            if !c.is_absolute() {
+                return bad(format!("[tasks] cgroup = {c:?}: must be an absolute path under /sys/fs/cgroup"));
+            }
+        }
+        if let Some(t) = &self.relink.template {
+            if let Err(e) = crate::relink::Template::parse(t) {
+                return bad(format!("[relink] {e}"));
+            }
+        }
+        for (i, f) in self.filesystem.iter().enumerate() {
+            if !f.mount.is_absolute() {
+                return bad(format!("[[filesystem]] #{}: mount = {:?} must be an absolute path", i + 1, f.mount));
+            }
+            if let Some(d) = &f.snapshot_dir {
+                if d.is_empty() || d.starts_with('/') || d.split('/').any(|c| c == ".." || c == "." || c.is_empty()) {
+                    return bad(format!("[[filesystem]] #{}: snapshot_dir = {d:?} must be a relative path inside the mount, without '.' or '..'", i + 1));
+                }
+            }
+            if let Some(s) = &f.lvm_size {
+                if !valid_size(s) {
+                    return bad(format!("[[filesystem]] #{}: lvm_size = {s:?} is not a size like \"512M\" or \"2G\"", i + 1));
+                }
+            }
+        }
+        if self.freeze.timeout_ms == Some(0) {
+            return bad("[freeze] timeout_ms must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, off: usize) -> (usize, usize) {
+    let before = &text[..off.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}
+
+/// An LVM size: digits with an optional unit (k, m, g, t; either case).
+pub fn valid_size(s: &str) -> bool {
+    let d = s.trim_end_matches(|c: char| "kKmMgGtT".contains(c));
+    s.len() - d.len() <= 1 && !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()) && d != "0"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Job, JobError> {
+        Job::parse(t, Path::new("job.toml"))
+    }
+
+    #[test]
+    fn full_job() {
+        let j = parse(
+            r#"
+name = "x"
+image_root = "/var/lib/snapckpt"
+[tasks]
+pid = 12
+tree = true
+[freeze]
+timeout_ms = 500
+[relink]
+template = "ck-%t-%n"
+[snapshot]
+keep_links = true
+[[filesystem]]
+mount = "/srv"
+snapshot = "btrfs"
+snapshot_dir = ".snaps/ck"
+[[filesystem]]
+mount = "/data"
+snapshot = "lvm"
+lvm_size = "512M"
+[criu]
+engine = "criu"
+path = "/opt/criu"
+leave_running = true
+"#,
+        )
+        .unwrap();
+        assert_eq!(j.tasks.pid, Some(12));
+        assert_eq!(j.filesystem.len(), 2);
+        assert_eq!(j.filesystem[1].snapshot, Backend::Lvm);
+        assert_eq!(j.criu.engine, Some(EngineKind::Criu));
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let e = parse("name = \"x\"\n[tasks]\npid = 1\nbogus = 3\n").unwrap_err().to_string();
+        assert!(e.starts_with("job.toml:4:"), "{e}");
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn refusals() {
+        for (t, what) in [
+            ("[tasks]\npid = 1\ncgroup = \"/sys/fs/cgroup/x\"\n", "not both"),
+            ("[tasks]\npid = -4\n", "positive"),
+            ("[relink]\ntemplate = \"../%t-%n\"\n", "plain file name"),
+            ("[[filesystem]]\nmount = \"rel\"\nsnapshot = \"btrfs\"\n", "absolute"),
+            ("[[filesystem]]\nmount = \"/a\"\nsnapshot = \"zfs\"\n", "unknown variant"),
+            ("[[filesystem]]\nmount = \"/a\"\nsnapshot = \"btrfs\"\nsnapshot_dir = \"../x\"\n", "relative path"),
+            ("[[filesystem]]\nmount = \"/a\"\nsnapshot = \"lvm\"\nlvm_size = \"lots\"\n", "not a size"),
+            ("[tasks\n", "job.toml:1:"),
+        ] {
+            let e = parse(t).unwrap_err().to_string();
+            assert!(e.contains(what), "{t:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert!(valid_size("512M") && valid_size("2g") && valid_size("100"));
+        assert!(!valid_size("") && !valid_size("M") && !valid_size("1MB") && !valid_size("0"));
+    }
+}

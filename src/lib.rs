@@ -1,0 +1,30 @@
+//! snapckpt: a Linux checkpoint/restart orchestrator that keeps the *unlinked* files of a
+//! task set in their own filesystems instead of copying them into a process image.
+//!
+//! The pipeline, one module per stage:
+//!
+//! | stage | module |
+//! |---|---|
+//! | select, freeze and thaw tasks (cgroup v2/v1 freezer, SIGSTOP, thaw watchdog) | [`tasks`] |
+//! | find what tasks hold open and classify what is unlinked | [`scan`] |
+//! | relink unlinked files into `<mount>/lost+found/checkpoint` | [`relink`] |
+//! | filesystem snapshots (btrfs, LVM) | [`snapshot`] |
+//! | process image through CRIU | [`criu`] |
+//! | the checkpoint record | [`image`] |
+//! | the `take` pipeline | [`take`] |
+//! | restart from a checkpoint | [`restart`] |
+//! | delete checkpoints, collect leftovers | [`cleanup`] |
+//! | TOML job files | [`job`] |
+
+pub mod cleanup;
+pub mod criu;
+pub mod hooks;
+pub mod image;
+pub mod job;
+pub mod relink;
+pub mod restart;
+pub mod scan;
+pub mod snapshot;
+pub mod sys;
+pub mod take;
+pub mod tasks;

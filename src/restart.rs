@@ -1,0 +1,278 @@
+//! `snapckpt restart`: bring a checkpoint back.
+//!
+//! 1. With `--snapshot`, mount a writable clone of each of the checkpoint's snapshots at its
+//!    origin's mount point (or under `--mount-root`); the read-only snapshot stays untouched, so
+//!    a checkpoint can be restarted again and again.
+//! 2. Open each relinked object (openat2, no symlinks) and check that it is the recorded one:
+//!    type, size, inode number.
+//! 3. Restore the tasks through CRIU, handing each object over as `inherit_fd`, or run the
+//!    `--exec` command with the objects at the recorded fd numbers, flags and offsets.
+//! 4. Unlink the relinked names again, so that the inodes go back to their recorded link counts
+//!    and the tasks see unlinked files, as they did.
+//!
+//! A failed restart unmounts and removes the clones it made and leaves the names in place.
+
+use crate::image::{self, Checkpoint, Engine, FileKind, Method, Object};
+use crate::relink::{self, CheckpointDir};
+use crate::snapshot::{self, MountedClone};
+use crate::{criu, hooks, sys};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error(transparent)]
+    Relink(#[from] relink::RelinkError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error(transparent)]
+    Criu(#[from] criu::CriuError),
+    #[error("{path}: is not the recorded object {original}: {why}")]
+    Mismatch { path: PathBuf, original: String, why: String },
+    #[error("{syscall} {path}: {source}")]
+    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// How to restart.
+#[derive(Debug, Clone, Default)]
+pub struct RestartOptions {
+    /// Mount writable clones of the checkpoint's snapshots.
+    pub snapshot: bool,
+    /// Mount them under this directory (paths mapped: `<mount_root>/<origin mount point>`)
+    /// instead of over the origins.
+    pub mount_root: Option<PathBuf>,
+    /// Run this command holding the objects at their recorded fds (files-only checkpoints).
+    pub exec: Option<Vec<String>>,
+    /// Whose fds `exec` gets (default: the first task that holds an object).
+    pub exec_task: Option<i32>,
+    /// CRIU binary (for checkpoints with a process image).
+    pub criu: Option<PathBuf>,
+}
+
+/// What a restart did.
+#[derive(Debug, Default)]
+pub struct Restarted {
+    pub mounts: Vec<MountedClone>,
+    pub objects: usize,
+    /// Exit status of the `--exec` command.
+    pub exec_status: Option<i32>,
+    /// Pids restored by CRIU.
+    pub pids: Vec<i32>,
+    /// Names left in place (files-only checkpoint without --exec).
+    pub left_in_place: Vec<PathBuf>,
+}
+
+/// One object opened for restart.
+struct Opened<'a> {
+    obj: &'a Object,
+    fd: OwnedFd,
+    dir: std::rc::Rc<CheckpointDir>,
+    name: String,
+}
+
+/// Restart the checkpoint in `image_dir`.
+pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, RestartError> {
+    let ck = image::load(image_dir)?;
+    let mut out = Restarted::default();
+    if let Engine::Criu { .. } = ck.engine {
+        if opts.exec.is_some() {
+            return Err(RestartError::Refused("this checkpoint has a CRIU process image; --exec is for files-only checkpoints".into()));
+        }
+        for t in &ck.tasks {
+            if Path::new(&format!("/proc/{}", t.pid)).exists() {
+                return Err(RestartError::Refused(format!(
+                    "pid {} ({}) is in use: CRIU restores tasks with their old pids; stop the original task first",
+                    t.pid, t.comm
+                )));
+            }
+        }
+    }
+    if ck.links_removed && !opts.snapshot && ck.relinked().next().is_some() {
+        return Err(RestartError::Refused(format!(
+            "the relinked files of checkpoint {} are kept only in its snapshots: add --snapshot",
+            ck.id
+        )));
+    }
+
+    // 1. mounts
+    let r = (|| -> Result<(), RestartError> {
+        let bases = if opts.snapshot { mount_snapshots(&ck, opts, &mut out.mounts)? } else { HashMap::new() };
+        hooks::point("restart-mounted");
+        // 2. open and check
+        let opened = open_objects(&ck, &bases)?;
+        hooks::point("restart-opened");
+        // 3. restore / exec
+        match (&ck.engine, &opts.exec) {
+            (Engine::Criu { .. }, _) => {
+                let criu = criu::find(opts.criu.as_deref())?;
+                let inherit: Vec<(RawFd, String)> = opened.iter().map(|o| (o.fd.as_raw_fd(), o.obj.criu_key.clone())).collect();
+                let work = image_dir.to_path_buf();
+                criu::restore(&criu::RestoreRequest { criu, image_dir: image_dir.into(), inherit, work_dir: work })?;
+                out.pids = ck.tasks.iter().map(|t| t.pid).collect();
+                hooks::point("restart-restored");
+                unlink_all(&opened)?;
+                if ck.freezer == "sigstop" {
+                    // dumped while stopped by snapckpt: CRIU brings them back stopped
+                    for &p in &out.pids {
+                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGCONT);
+                    }
+                }
+            }
+            (Engine::None, Some(cmd)) => {
+                let fds = exec_fds(&ck, opts.exec_task, &opened)?;
+                unlink_all(&opened)?;
+                out.exec_status = Some(run_exec(cmd, &fds)?);
+            }
+            (Engine::None, None) => {
+                out.left_in_place = opened.iter().map(|o| o.dir.path.join(&o.name)).collect();
+            }
+        }
+        out.objects = opened.len();
+        Ok(())
+    })();
+    if let Err(e) = r {
+        for m in out.mounts.iter().rev() {
+            if let Err(ue) = snapshot::unmount_clone(m, true) {
+                eprintln!("snapckpt: warning: could not remove the restart clone at {}: {ue}", m.target.display());
+            }
+        }
+        return Err(e);
+    }
+    Ok(out)
+}
+
+/// Mount a clone of every snapshot; returns origin mount point -> where it is now.
+fn mount_snapshots(ck: &Checkpoint, opts: &RestartOptions, made: &mut Vec<MountedClone>) -> Result<HashMap<String, PathBuf>, RestartError> {
+    if ck.snapshots.is_empty() {
+        return Err(RestartError::Refused(format!("checkpoint {} has no snapshots; restart it without --snapshot", ck.id)));
+    }
+    let mut bases = HashMap::new();
+    for s in &ck.snapshots {
+        let mp = s.mount_point();
+        let target = match &opts.mount_root {
+            Some(root) => {
+                let t = root.join(mp.trim_start_matches('/'));
+                std::fs::create_dir_all(&t).map_err(|source| RestartError::Io { path: t.clone(), syscall: "mkdir", source })?;
+                t
+            }
+            None => PathBuf::from(mp),
+        };
+        let m = snapshot::mount_clone(s, &target)?;
+        bases.insert(mp.to_string(), m.target.clone());
+        made.push(m);
+    }
+    Ok(bases)
+}
+
+fn open_objects<'a>(ck: &'a Checkpoint, bases: &HashMap<String, PathBuf>) -> Result<Vec<Opened<'a>>, RestartError> {
+    let mut dirs: HashMap<PathBuf, std::rc::Rc<CheckpointDir>> = HashMap::new();
+    let mut out = vec![];
+    for (o, r) in ck.relinked() {
+        let base = bases.get(&o.mount.mount_point).cloned().unwrap_or_else(|| PathBuf::from(&o.mount.mount_point));
+        let dir = match dirs.get(&base) {
+            Some(d) => d.clone(),
+            None => {
+                let d = std::rc::Rc::new(relink::open_checkpoint_dir(&base, None, false)?);
+                dirs.insert(base.clone(), d.clone());
+                d
+            }
+        };
+        let flags = match o.kind {
+            FileKind::Directory => libc::O_RDONLY | libc::O_DIRECTORY,
+            FileKind::Fifo => libc::O_RDWR | libc::O_NONBLOCK,
+            FileKind::Regular => libc::O_RDONLY,
+            _ => libc::O_PATH,
+        } | libc::O_NOFOLLOW;
+        let fd = dir.open(&r.name, flags)?;
+        let path = dir.path.join(&r.name);
+        let st = sys::fstat(fd.as_raw_fd()).map_err(|source| RestartError::Io { path: path.clone(), syscall: "fstat", source })?;
+        let mismatch = |why: String| RestartError::Mismatch { path: path.clone(), original: o.original_path.clone(), why };
+        if st.st_mode & libc::S_IFMT != o.mode & libc::S_IFMT {
+            return Err(mismatch(format!("file type {:o}, recorded {:o}", st.st_mode & libc::S_IFMT, o.mode & libc::S_IFMT)));
+        }
+        if st.st_ino != r.ino {
+            return Err(mismatch(format!("inode {}, recorded {}", st.st_ino, r.ino)));
+        }
+        if o.kind == FileKind::Regular && r.method != Method::Link && st.st_size as u64 != o.size {
+            return Err(mismatch(format!("size {}, recorded {}", st.st_size, o.size)));
+        }
+        out.push(Opened { obj: o, fd, dir, name: r.name.clone() });
+    }
+    Ok(out)
+}
+
+/// Remove the relinked names: the inodes go back to their recorded link counts.
+fn unlink_all(opened: &[Opened]) -> Result<(), RestartError> {
+    for o in opened {
+        o.dir.remove(&o.name, o.obj.kind == FileKind::Directory)?;
+    }
+    Ok(())
+}
+
+/// The fds `--exec` gets: (target fd, reopened file at the recorded flags and offset).
+fn exec_fds(ck: &Checkpoint, task: Option<i32>, opened: &[Opened]) -> Result<Vec<(i32, OwnedFd)>, RestartError> {
+    let t = match task {
+        Some(p) => ck.tasks.iter().find(|t| t.pid == p).ok_or_else(|| RestartError::Refused(format!("no task {p} in checkpoint {}", ck.id)))?,
+        None => ck
+            .tasks
+            .iter()
+            .find(|t| t.fds.iter().any(|f| f.object.is_some()))
+            .ok_or_else(|| RestartError::Refused(format!("no task of checkpoint {} holds an unlinked file in an fd", ck.id)))?,
+    };
+    let by_obj: HashMap<usize, &Opened> = opened.iter().map(|o| (o.obj.index, o)).collect();
+    let mut out = vec![];
+    for f in &t.fds {
+        let Some(i) = f.object else { continue };
+        let Some(o) = by_obj.get(&i) else { continue };
+        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECTORY;
+        let flags = (f.flags as i32) & keep;
+        let src = format!("/proc/self/fd/{}", o.fd.as_raw_fd());
+        let nfd = sys::open(&src, flags, 0).map_err(|source| RestartError::Io { path: o.dir.path.join(&o.name), syscall: "open", source })?;
+        if o.obj.kind == FileKind::Regular {
+            // SAFETY: lseek on our descriptor.
+            if unsafe { libc::lseek(nfd.as_raw_fd(), f.pos as i64, libc::SEEK_SET) } < 0 {
+                return Err(RestartError::Io { path: o.dir.path.join(&o.name), syscall: "lseek", source: std::io::Error::last_os_error() });
+            }
+        }
+        out.push((f.fd, nfd));
+    }
+    Ok(out)
+}
+
+fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)]) -> Result<i32, RestartError> {
+    use std::os::unix::process::CommandExt;
+    let (prog, args) = cmd.split_first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
+    let pairs: Vec<(i32, RawFd)> = fds.iter().map(|(t, f)| (*t, f.as_raw_fd())).collect();
+    let mut c = Command::new(prog);
+    c.args(args);
+    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+    unsafe {
+        c.pre_exec(move || {
+            // Move every source above all targets first, so no dup2 clobbers a source.
+            let high = pairs.iter().map(|p| p.0.max(p.1)).max().unwrap_or(0) + 1;
+            let mut moved = [0i32; 1024];
+            let n = pairs.len().min(1024);
+            for (i, (_, src)) in pairs.iter().take(n).enumerate() {
+                let m = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, high);
+                if m < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                moved[i] = m;
+            }
+            for (i, (tgt, _)) in pairs.iter().take(n).enumerate() {
+                if libc::dup2(moved[i], *tgt) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let st = c.status().map_err(|source| RestartError::Io { path: PathBuf::from(prog), syscall: "execve", source })?;
+    Ok(st.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
+}

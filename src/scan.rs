@@ -1,0 +1,498 @@
+//! Scanning: what a set of (frozen) tasks holds open, and which of it has no name any more.
+//!
+//! For every task this reads its fds (`/proc/PID/fd`, `fdinfo`), its file mappings
+//! (`/proc/PID/maps`, `map_files`), its cwd, root and exe. Each file is classified with
+//! `fstat` and by looking its name up again *in the task's root* (openat2 with
+//! `RESOLVE_IN_ROOT`): the `" (deleted)"` suffix that readlink adds is never trusted alone,
+//! because a file may really be called `x (deleted)`.
+//!
+//! Unlinked inodes become [`Object`]s, one per inode (keyed by dev/ino), shared by every fd,
+//! mapping, cwd or exe of every task that holds it.
+
+use crate::image::{FileKind, FileRef, Fd, Holder, Mapping, MountRef, Object, Task, Unlinked};
+use crate::sys;
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+/// Kernel's `__O_TMPFILE` bit as shown in fdinfo `flags`.
+const O_TMPFILE_BIT: u32 = 0o20000000;
+const DELETED: &str = " (deleted)";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("task {pid} exited during the scan ({path}: {source}); nothing was changed, run the take again")]
+    TaskExited { pid: i32, path: PathBuf, source: io::Error },
+    #[error("{syscall} {path}: {source}")]
+    Io { path: PathBuf, syscall: &'static str, source: io::Error },
+    #[error("{path}: cannot parse: {msg}")]
+    Parse { path: PathBuf, msg: String },
+}
+
+/// The result of a scan.
+#[derive(Debug, Clone, Default)]
+pub struct Scan {
+    pub tasks: Vec<Task>,
+    pub objects: Vec<Object>,
+}
+
+impl Scan {
+    /// Objects that need the relink stage (everything with a filesystem behind it).
+    pub fn unlinked_count(&self) -> usize {
+        self.objects.len()
+    }
+}
+
+/// All processes on the system except kernel threads and snapckpt itself (for `scan --all`).
+pub fn all_pids() -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut v: Vec<i32> = std::fs::read_dir("/proc")
+        .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .unwrap_or_default();
+    v.retain(|&p| p != me && std::fs::read_link(format!("/proc/{p}/exe")).is_ok());
+    v.sort_unstable();
+    v
+}
+
+/// Scan the given tasks.
+pub fn scan(pids: &[i32]) -> Result<Scan, ScanError> {
+    let mut s = Scanner::default();
+    for &pid in pids {
+        s.task(pid)?;
+    }
+    Ok(Scan { tasks: s.tasks, objects: s.objects })
+}
+
+/// Scan as many of the given tasks as can be read, skipping tasks that vanish (for `scan --all`).
+pub fn scan_lenient(pids: &[i32]) -> Scan {
+    let mut s = Scanner::default();
+    for &pid in pids {
+        let (nt, no) = (s.tasks.len(), s.objects.len());
+        if s.task(pid).is_err() {
+            // drop what this task added
+            s.tasks.truncate(nt);
+            s.objects.truncate(no);
+            s.by_inode.retain(|_, i| *i < no);
+            for o in &mut s.objects {
+                o.holders.retain(|h| h.pid != pid);
+            }
+        }
+    }
+    Scan { tasks: s.tasks, objects: s.objects }
+}
+
+#[derive(Default)]
+struct Scanner {
+    tasks: Vec<Task>,
+    objects: Vec<Object>,
+    by_inode: HashMap<(u64, u64), usize>,
+    mountinfo: HashMap<String, HashMap<u32, MountRef>>,
+}
+
+/// One file found in a task, before classification.
+struct Found<'a> {
+    pid: i32,
+    what: String,
+    /// readlink text of the /proc link
+    target: &'a [u8],
+    st: &'a libc::stat,
+    mnt_id: Option<u32>,
+    fdflags: Option<u32>,
+}
+
+impl Scanner {
+    fn task(&mut self, pid: i32) -> Result<(), ScanError> {
+        let base = PathBuf::from(format!("/proc/{pid}"));
+        let gone = |path: PathBuf| move |source: io::Error| ScanError::TaskExited { pid, path, source };
+        let stat_path = base.join("stat");
+        let stat = sys::read_proc(&stat_path).map_err(gone(stat_path.clone()))?;
+        let (comm, ppid) = parse_stat(&stat).ok_or_else(|| ScanError::Parse { path: stat_path.clone(), msg: "no comm/ppid".into() })?;
+        let cmdline = std::fs::read(base.join("cmdline"))
+            .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(sys::lossy).collect())
+            .unwrap_or_default();
+        let mut threads: Vec<i32> = std::fs::read_dir(base.join("task"))
+            .map_err(gone(base.join("task")))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        threads.sort_unstable();
+
+        let mounts = self.mounts(pid)?;
+        let root_path = base.join("root");
+        let root = sys::open(&root_path, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(gone(root_path.clone()))?;
+
+        let mut task = Task { pid, ppid, threads, comm, cmdline, cwd: None, root: None, exe: None, fds: vec![], maps: vec![] };
+
+        // cwd, root, exe
+        for (name, slot) in [("cwd", 0), ("root", 1), ("exe", 2)] {
+            let p = base.join(name);
+            let Ok(target) = sys::readlink(&p) else { continue }; // kernel threads, zombies
+            let Ok(st) = sys::stat(&p) else { continue };
+            let mnt_id = sys::open(&p, libc::O_PATH, 0).ok().and_then(|f| sys::mnt_id_of(f.as_raw_fd()).ok());
+            let f = Found { pid, what: name.into(), target: &target, st: &st, mnt_id, fdflags: None };
+            let object = if name == "root" { None } else { self.classify(&f, &root, &mounts) };
+            let r = FileRef { path: sys::lossy(&target), dev: st.st_dev, ino: st.st_ino, object };
+            match slot {
+                0 => task.cwd = Some(r),
+                1 => task.root = Some(r),
+                _ => task.exe = Some(r),
+            }
+        }
+
+        // fds
+        let fd_dir = base.join("fd");
+        let mut fds: Vec<i32> = std::fs::read_dir(&fd_dir)
+            .map_err(gone(fd_dir.clone()))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        fds.sort_unstable();
+        for n in fds {
+            let link = fd_dir.join(n.to_string());
+            // An fd that vanished between readdir and here was closed: not an error.
+            let Ok(target) = sys::readlink(&link) else { continue };
+            let Ok(st) = sys::stat(&link) else { continue };
+            let Ok(info) = sys::read_proc(base.join("fdinfo").join(n.to_string())) else { continue };
+            let (pos, flags, mnt_id) = parse_fdinfo(&info);
+            let kind = if target.first() == Some(&b'/') && mounts.contains_key(&mnt_id) {
+                FileKind::from_mode(st.st_mode)
+            } else {
+                FileKind::Anonymous
+            };
+            let f = Found { pid, what: format!("fd {n}"), target: &target, st: &st, mnt_id: Some(mnt_id), fdflags: Some(flags) };
+            let object = if kind == FileKind::Anonymous { None } else { self.classify(&f, &root, &mounts) };
+            task.fds.push(Fd {
+                fd: n,
+                path: sys::lossy(&target),
+                kind,
+                flags,
+                pos,
+                mnt_id,
+                dev: st.st_dev,
+                ino: st.st_ino,
+                nlink: st.st_nlink,
+                object,
+            });
+        }
+
+        // file mappings
+        let maps_path = base.join("maps");
+        let maps = sys::read_proc(&maps_path).map_err(gone(maps_path.clone()))?;
+        let mut seen = std::collections::HashSet::new();
+        for line in maps.lines() {
+            let Some(m) = parse_maps_line(line) else { continue };
+            if !m.path.starts_with('/') || !seen.insert((m.start, m.end)) {
+                continue;
+            }
+            let link = base.join("map_files").join(format!("{:x}-{:x}", m.start, m.end));
+            let Ok(st) = sys::stat(&link) else { continue };
+            let target = sys::readlink(&link).unwrap_or_else(|_| m.path.as_bytes().to_vec());
+            let mnt_id = sys::open(&link, libc::O_PATH, 0).ok().and_then(|f| sys::mnt_id_of(f.as_raw_fd()).ok());
+            let object = match mnt_id {
+                Some(id) if mounts.contains_key(&id) => {
+                    let f = Found { pid, what: format!("map {:x}-{:x}", m.start, m.end), target: &target, st: &st, mnt_id, fdflags: None };
+                    self.classify(&f, &root, &mounts)
+                }
+                _ => None, // SysV shm, memfd and other kernel-internal mounts
+            };
+            task.maps.push(Mapping { start: m.start, end: m.end, perms: m.perms, pgoff: m.pgoff, path: sys::lossy(&target), dev: st.st_dev, ino: st.st_ino, object });
+        }
+        self.tasks.push(task);
+        Ok(())
+    }
+
+    fn mounts(&mut self, pid: i32) -> Result<HashMap<u32, MountRef>, ScanError> {
+        let ns = sys::readlink(format!("/proc/{pid}/ns/mnt")).map(|b| sys::lossy(&b)).unwrap_or_default();
+        let key = format!("{ns}/{}", sys::readlink(format!("/proc/{pid}/root")).map(|b| sys::lossy(&b)).unwrap_or_default());
+        if let Some(m) = self.mountinfo.get(&key) {
+            return Ok(m.clone());
+        }
+        let p = PathBuf::from(format!("/proc/{pid}/mountinfo"));
+        let text = sys::read_proc(&p).map_err(|source| ScanError::TaskExited { pid, path: p.clone(), source })?;
+        let m = parse_mountinfo(&text);
+        self.mountinfo.insert(key, m.clone());
+        Ok(m)
+    }
+
+    /// Classify one file; if unlinked, return the index of its (possibly shared) object.
+    fn classify(&mut self, f: &Found, root: &OwnedFd, mounts: &HashMap<u32, MountRef>) -> Option<usize> {
+        let class = classify(root, f.target, f.st, f.fdflags)?;
+        let key = (f.st.st_dev, f.st.st_ino);
+        let holder = Holder { pid: f.pid, what: f.what.clone() };
+        if let Some(&i) = self.by_inode.get(&key) {
+            self.objects[i].holders.push(holder);
+            return Some(i);
+        }
+        // The mount: by mnt_id, else the mount with this device whose mount point is the
+        // longest prefix of the path.
+        let path = original_path(f.target);
+        let mount = f.mnt_id.and_then(|id| mounts.get(&id)).cloned().or_else(|| {
+            mounts
+                .values()
+                .filter(|m| m.dev == f.st.st_dev && path_under(&path, &m.mount_point))
+                .max_by_key(|m| m.mount_point.len())
+                .cloned()
+        })?;
+        let i = self.objects.len();
+        self.objects.push(Object {
+            index: i,
+            kind: FileKind::from_mode(f.st.st_mode),
+            class,
+            original_path: path,
+            dev: f.st.st_dev,
+            ino: f.st.st_ino,
+            nlink: f.st.st_nlink,
+            size: f.st.st_size as u64,
+            mode: f.st.st_mode,
+            uid: f.st.st_uid,
+            gid: f.st.st_gid,
+            rdev: f.st.st_rdev,
+            allocated: f.st.st_blocks as u64 * 512,
+            criu_key: Object::criu_key_for(mount.mnt_id, f.st.st_ino),
+            mount,
+            holders: vec![holder],
+            relinked: None,
+        });
+        self.by_inode.insert(key, i);
+        Some(i)
+    }
+}
+
+/// Decide whether a file a task holds is unlinked, and how.
+///
+/// `root` is the task's root directory (an O_PATH fd of /proc/PID/root); `target` the readlink
+/// text of the /proc link. `None` means the file still has a name that leads to it.
+pub fn classify(root: &OwnedFd, target: &[u8], st: &libc::stat, fdflags: Option<u32>) -> Option<Unlinked> {
+    let kind = FileKind::from_mode(st.st_mode);
+    if st.st_nlink == 0 {
+        return Some(match kind {
+            FileKind::Directory => Unlinked::RemovedDir,
+            FileKind::Regular if fdflags.is_some_and(|f| f & O_TMPFILE_BIT != 0) => Unlinked::Tmpfile,
+            FileKind::Regular => Unlinked::Orphan,
+            _ => Unlinked::RemovedNode,
+        });
+    }
+    // nlink > 0: look the name up again as the task would. Try the text as given first (the
+    // file may be named "x (deleted)"), then without the suffix.
+    let mut cands = vec![target];
+    if let Some(s) = target.strip_suffix(DELETED.as_bytes()) {
+        cands.push(s);
+    }
+    for c in cands {
+        if resolves_to(root, c, st.st_dev, st.st_ino) {
+            return None;
+        }
+    }
+    Some(if kind == FileKind::Directory { Unlinked::RemovedDir } else { Unlinked::NameGone })
+}
+
+/// Does `path` (absolute, in the task's view) name the inode dev/ino?
+fn resolves_to(root: &OwnedFd, path: &[u8], dev: u64, ino: u64) -> bool {
+    let rel: &[u8] = if path.first() == Some(&b'/') { &path[1..] } else { path };
+    let rel = if rel.is_empty() { b"." as &[u8] } else { rel };
+    match sys::openat2(root.as_raw_fd(), sys::os(rel), libc::O_PATH | libc::O_NOFOLLOW, 0, sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_MAGICLINKS) {
+        Ok(fd) => sys::fstat(fd.as_raw_fd()).map(|st| st.st_dev == dev && st.st_ino == ino).unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// The readlink text without the " (deleted)" suffix.
+pub fn original_path(target: &[u8]) -> String {
+    sys::lossy(target.strip_suffix(DELETED.as_bytes()).unwrap_or(target))
+}
+
+fn path_under(path: &str, mp: &str) -> bool {
+    mp == "/" || path == mp || path.strip_prefix(mp).is_some_and(|r| r.starts_with('/'))
+}
+
+/// comm and ppid from /proc/PID/stat; comm may hold spaces and ')' so parse from the last ')'.
+pub fn parse_stat(s: &str) -> Option<(String, i32)> {
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s.get(open + 1..close)?.to_string();
+    let mut rest = s.get(close + 1..)?.split_whitespace();
+    let _state = rest.next()?;
+    let ppid = rest.next()?.parse().ok()?;
+    Some((comm, ppid))
+}
+
+/// pos, flags (octal) and mnt_id from /proc/PID/fdinfo/N.
+pub fn parse_fdinfo(s: &str) -> (u64, u32, u32) {
+    let (mut pos, mut flags, mut mnt) = (0, 0, 0);
+    for l in s.lines() {
+        let mut it = l.splitn(2, ':');
+        let (k, v) = (it.next().unwrap_or(""), it.next().unwrap_or("").trim());
+        match k {
+            "pos" => pos = v.parse().unwrap_or(0),
+            "flags" => flags = u32::from_str_radix(v, 8).unwrap_or(0),
+            "mnt_id" => mnt = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    (pos, flags, mnt)
+}
+
+pub struct MapsLine {
+    pub start: u64,
+    pub end: u64,
+    pub perms: String,
+    pub pgoff: u64,
+    pub path: String,
+}
+
+/// One line of /proc/PID/maps. The path is everything after the inode field (it may hold spaces).
+pub fn parse_maps_line(l: &str) -> Option<MapsLine> {
+    let mut rest = l;
+    let mut fields = Vec::with_capacity(5);
+    for _ in 0..5 {
+        rest = rest.trim_start();
+        let end = rest.find(' ').unwrap_or(rest.len());
+        fields.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    let (a, b) = fields[0].split_once('-')?;
+    Some(MapsLine {
+        start: u64::from_str_radix(a, 16).ok()?,
+        end: u64::from_str_radix(b, 16).ok()?,
+        perms: fields[1].to_string(),
+        pgoff: u64::from_str_radix(fields[2], 16).ok()?,
+        path: rest.trim_start().to_string(),
+    })
+}
+
+/// Parse /proc/PID/mountinfo (octal escapes in paths decoded).
+pub fn parse_mountinfo(text: &str) -> HashMap<u32, MountRef> {
+    let mut m = HashMap::new();
+    for l in text.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == "-") else { continue };
+        if f.len() < 5 || f.len() < sep + 3 {
+            continue;
+        }
+        let Ok(id) = f[0].parse::<u32>() else { continue };
+        let Some((maj, min)) = f[2].split_once(':') else { continue };
+        let (Ok(maj), Ok(min)) = (maj.parse(), min.parse()) else { continue };
+        m.insert(
+            id,
+            MountRef {
+                mnt_id: id,
+                mount_point: unescape(f[4]),
+                fs_root: unescape(f[3]),
+                fstype: f[sep + 1].to_string(),
+                source: unescape(f[sep + 2]),
+                dev: sys::makedev(maj, min),
+            },
+        );
+    }
+    m
+}
+
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    sys::lossy(&out)
+}
+
+/// The mount a checkpoint directory goes to, reached as snapckpt sees it: through the task's
+/// root, so that tasks in other mount namespaces work and linkat stays on one vfsmount.
+pub fn mount_dir_for(pid: i32, mount_point: &str) -> PathBuf {
+    Path::new(&format!("/proc/{pid}/root")).join(mount_point.trim_start_matches('/'))
+}
+
+/// The /proc path through which snapckpt reaches a holder's file.
+pub fn holder_proc_path(h: &Holder) -> Option<PathBuf> {
+    let base = format!("/proc/{}", h.pid);
+    let w = h.what.as_str();
+    if let Some(n) = w.strip_prefix("fd ") {
+        return Some(PathBuf::from(format!("{base}/fd/{n}")));
+    }
+    if let Some(r) = w.strip_prefix("map ") {
+        return Some(PathBuf::from(format!("{base}/map_files/{r}")));
+    }
+    match w {
+        "cwd" | "exe" | "root" => Some(PathBuf::from(format!("{base}/{w}"))),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_odd_comm() {
+        let (c, p) = parse_stat("123 (a) b (deleted)) S 77 123 123 0").unwrap();
+        assert_eq!(c, "a) b (deleted)");
+        assert_eq!(p, 77);
+        assert!(parse_stat("garbage").is_none());
+    }
+
+    #[test]
+    fn fdinfo() {
+        let (pos, flags, mnt) = parse_fdinfo("pos:\t4096\nflags:\t0102002\nmnt_id:\t31\nino:\t12\n");
+        assert_eq!((pos, flags, mnt), (4096, 0o102002, 31));
+    }
+
+    #[test]
+    fn maps_with_spaces() {
+        let m = parse_maps_line("7f0000000000-7f0000001000 rw-s 00002000 00:2a 1234                       /tmp/a b (deleted)").unwrap();
+        assert_eq!((m.start, m.end, m.pgoff), (0x7f0000000000, 0x7f0000001000, 0x2000));
+        assert_eq!(m.path, "/tmp/a b (deleted)");
+        let m = parse_maps_line("7ffd1000-7ffd2000 r-xp 00000000 00:00 0                          [vdso]").unwrap();
+        assert_eq!(m.path, "[vdso]");
+        let m = parse_maps_line("7ffd1000-7ffd2000 r-xp 00000000 00:00 0 ").unwrap();
+        assert_eq!(m.path, "");
+    }
+
+    #[test]
+    fn mountinfo() {
+        let t = "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
+                 40 36 0:50 / /x rw - btrfs /dev/loop0 rw\n";
+        let m = parse_mountinfo(t);
+        assert_eq!(m[&36].mount_point, "/mnt/with space");
+        assert_eq!(m[&36].fs_root, "/mnt1");
+        assert_eq!(m[&36].fstype, "ext3");
+        assert_eq!(m[&40].dev, sys::makedev(0, 50));
+    }
+
+    #[test]
+    fn deleted_suffix_is_not_trusted() {
+        // a file really named "x (deleted)" that still exists is not unlinked
+        let d = std::env::temp_dir().join(format!("snapckpt-scan-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("x (deleted)");
+        std::fs::write(&p, b"hi").unwrap();
+        let st = sys::stat(&p).unwrap();
+        let root = sys::open("/", libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
+        let text = p.to_str().unwrap().as_bytes();
+        assert_eq!(classify(&root, text, &st, None), None);
+        // the same inode after its name is gone, with a decoy at the stripped name
+        let f = std::fs::File::open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(d.join("x"), b"decoy").unwrap();
+        let st = sys::fstat(f.as_raw_fd()).unwrap();
+        let text = format!("{} (deleted)", p.display());
+        assert_eq!(classify(&root, text.as_bytes(), &st, Some(0)), Some(Unlinked::Orphan));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn holder_paths() {
+        let h = Holder { pid: 5, what: "map 10-20".into() };
+        assert_eq!(holder_proc_path(&h).unwrap(), PathBuf::from("/proc/5/map_files/10-20"));
+        let h = Holder { pid: 5, what: "fd 3".into() };
+        assert_eq!(holder_proc_path(&h).unwrap(), PathBuf::from("/proc/5/fd/3"));
+    }
+}

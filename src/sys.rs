@@ -1,0 +1,296 @@
+//! Thin, safe wrappers over the few Linux system calls snapckpt needs that `nix` does not
+//! cover (openat2, statx mount ids, FICLONE, linkat through /proc), and small helpers shared by
+//! the pipeline stages. Every function returns `std::io::Error` so that the calling stage can
+//! wrap it in its own error type together with the path and the syscall name.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// `RESOLVE_*` flags of openat2(2).
+pub const RESOLVE_NO_XDEV: u64 = 0x01;
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+pub const RESOLVE_BENEATH: u64 = 0x08;
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// The strict resolution used for everything under `lost+found/checkpoint`: no symlinks at
+/// all, no magic links, never above the starting directory, never onto another mount.
+pub const RESOLVE_STRICT: u64 =
+    RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH | RESOLVE_NO_XDEV;
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+pub fn cstr(p: impl AsRef<OsStr>) -> io::Result<CString> {
+    CString::new(p.as_ref().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+/// openat2(2). `dirfd` may be `libc::AT_FDCWD`.
+pub fn openat2(dirfd: RawFd, path: impl AsRef<OsStr>, flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
+    let p = cstr(path)?;
+    let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: mode as u64, resolve };
+    loop {
+        // SAFETY: valid C string and a correctly sized open_how structure.
+        let r = unsafe {
+            libc::syscall(libc::SYS_openat2, dirfd, p.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+        };
+        if r >= 0 {
+            // SAFETY: the kernel returned a new descriptor that we own.
+            return Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EAGAIN) && e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Plain open(2) with O_CLOEXEC (used for /proc files, where magic links are the point).
+pub fn open(path: impl AsRef<OsStr>, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+    let p = cstr(path)?;
+    // SAFETY: valid C string.
+    let r = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: new descriptor owned by us.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+pub fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid out pointer.
+    if unsafe { libc::fstat(fd, &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// stat(2) following links (used on /proc magic links).
+pub fn stat(path: impl AsRef<OsStr>) -> io::Result<libc::stat> {
+    let p = cstr(path)?;
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointers.
+    if unsafe { libc::stat(p.as_ptr(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// The mount id (as in /proc/PID/mountinfo and fdinfo's `mnt_id`) of an open file.
+pub fn mnt_id_of(fd: RawFd) -> io::Result<u32> {
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let empty = b"\0";
+    // SAFETY: valid pointers; AT_EMPTY_PATH on an fd.
+    let r = unsafe {
+        libc::statx(fd, empty.as_ptr() as *const libc::c_char, libc::AT_EMPTY_PATH, libc::STATX_MNT_ID, &mut stx)
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if stx.stx_mask & libc::STATX_MNT_ID == 0 {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "statx gave no mount id"));
+    }
+    Ok(stx.stx_mnt_id as u32)
+}
+
+/// linkat(2) with AT_SYMLINK_FOLLOW from a path (typically a /proc magic link) to `name`
+/// inside the directory `dirfd`. Needs no capability for /proc/PID/fd/N.
+pub fn link_follow(src: impl AsRef<OsStr>, dirfd: RawFd, name: &OsStr) -> io::Result<()> {
+    let s = cstr(src)?;
+    let n = cstr(name)?;
+    // SAFETY: valid C strings.
+    let r = unsafe { libc::linkat(libc::AT_FDCWD, s.as_ptr(), dirfd, n.as_ptr(), libc::AT_SYMLINK_FOLLOW) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// unlinkat(2); `dir` removes a directory.
+pub fn unlinkat(dirfd: RawFd, name: &OsStr, dir: bool) -> io::Result<()> {
+    let n = cstr(name)?;
+    let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+    // SAFETY: valid C string.
+    if unsafe { libc::unlinkat(dirfd, n.as_ptr(), flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// mkdirat(2).
+pub fn mkdirat(dirfd: RawFd, name: &OsStr, mode: u32) -> io::Result<()> {
+    let n = cstr(name)?;
+    // SAFETY: valid C string.
+    if unsafe { libc::mkdirat(dirfd, n.as_ptr(), mode as libc::mode_t) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// mknodat(2).
+pub fn mknodat(dirfd: RawFd, name: &OsStr, mode: u32, dev: u64) -> io::Result<()> {
+    let n = cstr(name)?;
+    // SAFETY: valid C string.
+    if unsafe { libc::mknodat(dirfd, n.as_ptr(), mode as libc::mode_t, dev as libc::dev_t) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// fchownat / fchmodat / utimensat on a name in `dirfd`, never following a symlink.
+pub fn set_owner_mode_times(dirfd: RawFd, name: &OsStr, st: &libc::stat) -> io::Result<()> {
+    let n = cstr(name)?;
+    // SAFETY: valid C strings and timespec array.
+    unsafe {
+        if libc::fchownat(dirfd, n.as_ptr(), st.st_uid, st.st_gid, libc::AT_SYMLINK_NOFOLLOW) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::fchmodat(dirfd, n.as_ptr(), st.st_mode & 0o7777, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let ts = [
+            libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
+            libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
+        ];
+        if libc::utimensat(dirfd, n.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// readlink(2) returning raw bytes (link targets may hold any byte but NUL).
+pub fn readlink(path: impl AsRef<Path>) -> io::Result<Vec<u8>> {
+    Ok(std::fs::read_link(path)?.into_os_string().into_vec_bytes())
+}
+
+trait IntoVecBytes {
+    fn into_vec_bytes(self) -> Vec<u8>;
+}
+impl IntoVecBytes for std::ffi::OsString {
+    fn into_vec_bytes(self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStringExt;
+        self.into_vec()
+    }
+}
+
+/// fsync a directory by path, for atomic publication (rename + fsync of the parent).
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    let f = std::fs::File::open(dir)?;
+    f.sync_all()
+}
+
+/// Clear FD_CLOEXEC so that a child (CRIU, an --exec command) inherits `fd`.
+pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor we hold.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A C string view of a byte path, for messages.
+pub fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The basename of a NUL-free byte string as an `OsStr`.
+pub fn os(b: &[u8]) -> &OsStr {
+    OsStr::from_bytes(b)
+}
+
+/// Read a small /proc file into a String.
+pub fn read_proc(path: impl AsRef<Path>) -> io::Result<String> {
+    std::fs::read_to_string(path)
+}
+
+/// Major/minor helpers matching the kernel's `dev_t` encoding used in mountinfo.
+pub fn makedev(major: u32, minor: u32) -> u64 {
+    libc::makedev(major, minor) as u64
+}
+
+#[allow(dead_code)]
+pub(crate) fn raw(fd: &OwnedFd) -> RawFd {
+    fd.as_raw_fd()
+}
+
+/// CStr to String, lossy.
+pub fn cstr_lossy(c: &CStr) -> String {
+    c.to_string_lossy().into_owned()
+}
+
+/// Seconds since the epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Format a unix time as `YYYYmmddTHHMMSSZ` (UTC) without a date library.
+pub fn utc_compact(secs: u64) -> String {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if mo <= 2 { y + 1 } else { y };
+    format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z")
+}
+
+/// A few random bytes from the kernel, as lowercase hex.
+pub fn random_hex(nbytes: usize) -> String {
+    let mut buf = vec![0u8; nbytes];
+    // SAFETY: buffer of the given length.
+    let r = unsafe { libc::getrandom(buf.as_mut_ptr() as *mut libc::c_void, nbytes, 0) };
+    if r as usize != nbytes {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let mut x = t.as_nanos() as u64 ^ (std::process::id() as u64) << 32;
+        for b in buf.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn utc_compact_known_dates() {
+        assert_eq!(utc_compact(0), "19700101T000000Z");
+        assert_eq!(utc_compact(951782400), "20000229T000000Z");
+        assert_eq!(utc_compact(1795734000), "20261126T210000Z");
+    }
+    #[test]
+    fn openat2_refuses_symlink() {
+        let d = std::env::temp_dir().join(format!("snapckpt-sys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::os::unix::fs::symlink("/etc", d.join("l")).unwrap();
+        let dfd = open(&d, libc::O_DIRECTORY | libc::O_RDONLY, 0).unwrap();
+        let e = openat2(dfd.as_raw_fd(), "l", libc::O_DIRECTORY | libc::O_RDONLY, 0, RESOLVE_STRICT).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+        let e = openat2(dfd.as_raw_fd(), "../", libc::O_DIRECTORY | libc::O_RDONLY, 0, RESOLVE_STRICT).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}

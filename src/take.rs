@@ -1,0 +1,348 @@
+//! `snapckpt take`: freeze, scan, relink, snapshot, dump, thaw, and write the image.
+//!
+//! Every way out of [`take`] leaves the tasks thawed (the [`Frozen`](crate::tasks::Frozen) guard
+//! and its watchdog see to that even when snapckpt is killed), removes the relinked names and
+//! snapshots of a failed take, and leaves either a whole image directory or none: the image is
+//! built as `<root>/.<id>.partial` and renamed to `<root>/<id>` only at the end.
+
+use crate::image::{self, Checkpoint, Engine, Snapshot};
+use crate::relink::{self, Relinker, Template};
+use crate::snapshot::{self, Backend, FsSpec};
+use crate::tasks::{self, FreezeMethod, Selection};
+use crate::{criu, hooks, scan, sys};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    #[error(transparent)]
+    Tasks(#[from] tasks::TaskError),
+    #[error(transparent)]
+    Scan(#[from] scan::ScanError),
+    #[error(transparent)]
+    Relink(#[from] relink::RelinkError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error(transparent)]
+    Criu(#[from] criu::CriuError),
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error("{syscall} {path}: {source}")]
+    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The process engine for a take.
+#[derive(Debug, Clone)]
+pub enum EngineOpts {
+    /// Files only: relink (and snapshot), then let the tasks go on.
+    None,
+    /// Dump the tasks with CRIU; they are killed afterwards unless `leave_running`.
+    Criu { path: PathBuf, leave_running: bool },
+}
+
+/// Everything a take needs to know.
+#[derive(Debug, Clone)]
+pub struct TakeOptions {
+    pub selection: Selection,
+    pub image_root: PathBuf,
+    pub template: Template,
+    pub freeze_timeout: Duration,
+    /// Filesystems to snapshot no matter what they hold.
+    pub filesystems: Vec<FsSpec>,
+    /// Also snapshot, with this backend, every filesystem that holds a relinked object and is
+    /// not listed in `filesystems`.
+    pub auto_snapshot: Option<Backend>,
+    /// Keep the relinked names on the live filesystems after the snapshot.
+    pub keep_links: bool,
+    pub engine: EngineOpts,
+    pub job_name: Option<String>,
+    pub dry_run: bool,
+    /// Show progress bars on stderr.
+    pub progress: bool,
+}
+
+/// What a take produced.
+#[derive(Debug)]
+pub struct Taken {
+    pub dir: PathBuf,
+    pub record: Checkpoint,
+    pub stats: relink::Stats,
+}
+
+/// The plan of a dry run.
+#[derive(Debug)]
+pub struct Plan {
+    pub pids: Vec<i32>,
+    pub freezer: String,
+    pub scan: scan::Scan,
+    pub snapshots: Vec<FsSpec>,
+}
+
+pub enum Outcome {
+    Taken(Taken),
+    DryRun(Plan),
+}
+
+/// Take a checkpoint.
+pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
+    let now = sys::now_unix();
+    let id = image::new_id(now);
+    let pids = tasks::resolve(&opts.selection)?;
+    let method = FreezeMethod::for_selection(&opts.selection, &pids)?;
+    if let EngineOpts::Criu { .. } = opts.engine {
+        criu_root(&pids)?;
+    }
+
+    // The partial image directory, with a lock that `gc` respects while we run.
+    let partial = if opts.dry_run { None } else { Some(Partial::create(&opts.image_root, &id)?) };
+
+    let t0 = Instant::now();
+    let frozen = tasks::freeze(method, opts.freeze_timeout)?;
+    let freeze_ms = ms(t0.elapsed());
+    hooks::point("take-frozen");
+
+    // Tasks may have forked between resolve and freeze.
+    let pids2 = tasks::resolve(&opts.selection)?;
+    if let FreezeMethod::Sigstop(stopped) = frozen.method() {
+        let new: Vec<i32> = pids2.iter().copied().filter(|p| !stopped.contains(p)).collect();
+        if !new.is_empty() {
+            return Err(TakeError::Refused(format!("tasks {new:?} appeared while freezing; nothing was changed, run the take again (or select a cgroup)")));
+        }
+    }
+    let pids = pids2;
+
+    let t1 = Instant::now();
+    let mut sc = scan::scan(&pids)?;
+    let scan_ms = ms(t1.elapsed());
+    hooks::point("take-scanned");
+    let mut specs = opts.filesystems.clone();
+    if let Some(b) = opts.auto_snapshot {
+        for o in &sc.objects {
+            let mp = PathBuf::from(&o.mount.mount_point);
+            if !specs.iter().any(|s| s.mount_point == mp) {
+                specs.push(FsSpec { mount_point: mp, backend: b, snapshot_dir: None, lvm_size: None });
+            }
+        }
+    }
+
+    if opts.dry_run {
+        let freezer = frozen.method().describe();
+        frozen.thaw()?;
+        return Ok(Outcome::DryRun(Plan { pids, freezer, scan: sc, snapshots: specs }));
+    }
+    let partial = partial.expect("not a dry run");
+
+    let mut ck = Checkpoint::new(&id, now);
+    ck.job = opts.job_name.clone();
+    ck.selection = opts.selection.describe();
+    ck.freezer = frozen.method().describe();
+    ck.template = opts.template.as_str().to_string();
+
+    // Relink. On error the relinker has already removed what it made.
+    let t2 = Instant::now();
+    let mut relinker = Relinker::new(&id, opts.template.clone());
+    let bar = progress_bar(opts.progress, sc.objects.len() as u64, "relink");
+    let stats = relinker.relink_all(&mut sc.objects, |_| bar.inc(1))?;
+    bar.finish_and_clear();
+    let relink_ms = ms(t2.elapsed());
+    hooks::point("take-relinked");
+
+    // From here on a failure must undo the relinks and snapshots.
+    let mut snaps: Vec<Snapshot> = vec![];
+    let mut snapshot_ms = 0;
+    let result = (|| -> Result<(Engine, u64), TakeError> {
+        match &opts.engine {
+            EngineOpts::None => {
+                let t = Instant::now();
+                take_snapshots(&specs, &id, &mut snaps)?;
+                snapshot_ms = ms(t.elapsed());
+                Ok((Engine::None, 0))
+            }
+            EngineOpts::Criu { path, leave_running } => {
+                let root = criu_root(&pids)?;
+                let externals: Vec<String> = sc.objects.iter().filter(|o| o.relinked.is_some()).map(|o| o.criu_key.clone()).collect();
+                let t = Instant::now();
+                let mut snap_err = None;
+                let mut snap_t = 0;
+                let req = criu::DumpRequest {
+                    criu: path.clone(),
+                    pid: root,
+                    image_dir: partial.dir.clone(),
+                    externals,
+                    freeze_cgroup: frozen.method().cgroup_path().map(Path::to_path_buf),
+                    leave_running: *leave_running,
+                };
+                let version = criu::dump(&req, &mut || {
+                    // post-dump: the tasks are still frozen; the natural moment to snapshot.
+                    hooks::point("take-post-dump");
+                    let ts = Instant::now();
+                    let r = take_snapshots(&specs, &id, &mut snaps);
+                    snap_t = ms(ts.elapsed());
+                    match r {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            let msg = e.to_string();
+                            snap_err = Some(e);
+                            Err(msg)
+                        }
+                    }
+                });
+                snapshot_ms = snap_t;
+                if let Some(e) = snap_err {
+                    return Err(e);
+                }
+                let version = version?;
+                let dump_ms = ms(t.elapsed()).saturating_sub(snap_t);
+                let images = criu::image_files(&partial.dir);
+                Ok((Engine::Criu { version, leave_running: *leave_running, images }, dump_ms))
+            }
+        }
+    })();
+    let (engine, dump_ms) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            for s in snaps.iter().rev() {
+                if let Err(de) = snapshot::delete(s, true) {
+                    eprintln!("snapckpt: warning: could not delete snapshot {} of the failed take: {de}", s.describe());
+                }
+            }
+            if let Err(re) = relinker.remove_all() {
+                eprintln!("snapckpt: warning: could not remove relinked names of the failed take: {re} (run `snapckpt gc`)");
+            }
+            drop(frozen); // thaws
+            return Err(e);
+        }
+    };
+    hooks::point("take-snapshotted");
+
+    // The snapshots carry the relinked names; the live filesystems need them no more.
+    if !snaps.is_empty() && !opts.keep_links {
+        relinker.remove_all()?;
+        ck.links_removed = true;
+    }
+
+    let tasks_gone = matches!(engine, Engine::Criu { leave_running: false, .. });
+    let frozen_for = if tasks_gone { frozen.release()? } else { frozen.thaw()? };
+    hooks::point("take-thawed");
+
+    ck.engine = engine;
+    ck.tasks = sc.tasks;
+    ck.objects = sc.objects;
+    ck.snapshots = snaps;
+    ck.timings = image::Timings { freeze_ms, scan_ms, relink_ms, snapshot_ms, dump_ms, frozen_ms: ms(frozen_for) };
+    let dir = partial.publish(&ck)?;
+    Ok(Outcome::Taken(Taken { dir, record: ck, stats }))
+}
+
+fn take_snapshots(specs: &[FsSpec], id: &str, out: &mut Vec<Snapshot>) -> Result<(), TakeError> {
+    for s in specs {
+        out.push(snapshot::take(s, id, sys::now_unix())?);
+    }
+    Ok(())
+}
+
+/// CRIU dumps one process tree: the selected task whose parent is not selected.
+fn criu_root(pids: &[i32]) -> Result<i32, TakeError> {
+    let mut roots = vec![];
+    for &p in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let ppid = scan::parse_stat(&stat).map(|x| x.1).unwrap_or(0);
+        if !pids.contains(&ppid) {
+            roots.push(p);
+        }
+    }
+    match roots.as_slice() {
+        [r] => Ok(*r),
+        _ => Err(TakeError::Refused(format!(
+            "CRIU dumps one process tree, but the selected tasks form {} trees (roots {roots:?}); select one tree (--pid P --tree) or put one tree in the cgroup",
+            roots.len()
+        ))),
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
+fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
+    if !show || len < 2 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(len);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} {elapsed}") {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+/// The image directory under construction: `<root>/.<id>.partial`, locked while we run.
+struct Partial {
+    root: PathBuf,
+    id: String,
+    dir: PathBuf,
+    _lock: std::fs::File,
+    done: bool,
+}
+
+impl Partial {
+    fn create(root: &Path, id: &str) -> Result<Partial, TakeError> {
+        let io = |path: &Path, syscall| {
+            let path = path.to_path_buf();
+            move |source| TakeError::Io { path, syscall, source }
+        };
+        std::fs::create_dir_all(root).map_err(io(root, "mkdir"))?;
+        let dir = root.join(format!(".{id}.partial"));
+        std::fs::create_dir(&dir).map_err(io(&dir, "mkdir"))?;
+        let lockp = dir.join(".lock");
+        let f = std::fs::File::create(&lockp).map_err(io(&lockp, "open"))?;
+        // SAFETY: flock on a file we hold.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+            return Err(TakeError::Io { path: lockp, syscall: "flock", source: std::io::Error::last_os_error() });
+        }
+        Ok(Partial { root: root.into(), id: id.into(), dir, _lock: f, done: false })
+    }
+
+    /// Write the record and rename the directory into place.
+    fn publish(mut self, ck: &Checkpoint) -> Result<PathBuf, TakeError> {
+        image::write_json_atomic(&self.dir, image::RECORD_FILE, ck)?;
+        let _ = std::fs::remove_file(self.dir.join(".lock"));
+        let fin = self.root.join(&self.id);
+        std::fs::rename(&self.dir, &fin).map_err(|source| TakeError::Io { path: fin.clone(), syscall: "rename", source })?;
+        sys::fsync_dir(&self.root).map_err(|source| TakeError::Io { path: self.root.clone(), syscall: "fsync", source })?;
+        self.done = true;
+        Ok(fin)
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Is a partial image directory still being written by a live take?
+pub fn partial_in_use(dir: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(dir.join(".lock")) else { return false };
+    // SAFETY: flock on a file we hold.
+    let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
+    r < 0
+}
+
+/// The default image root.
+pub const DEFAULT_IMAGE_ROOT: &str = "/var/lib/snapckpt/images";
+
+#[allow(unused)]
+fn _assert_send() {
+    fn s<T: Send>() {}
+    s::<TakeOptions>();
+}
+
+/// The default template, parsed.
+pub fn default_template() -> Template {
+    Template::parse(relink::DEFAULT_TEMPLATE).expect("default template is valid")
+}
