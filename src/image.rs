@@ -492,7 +492,7 @@ mod tests {
     fn ids() {
         let id = new_id(1795734000);
         assert!(valid_id(&id), "{id}");
-        assert!(id.starts_with("20261126T210000Z-"));
+        assert!(id.starts_with("20261126T230000Z-"));
         assert!(!valid_id("../x"));
         assert!(!valid_id(".hidden"));
         assert!(!valid_id(""));

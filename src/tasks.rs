@@ -106,7 +106,17 @@ pub enum TaskError {
          cannot be frozen until they wake up: retry later or with a longer freeze timeout",
         stuck.join(", ")
     )]
-    FreezeTimeout { waited: Duration, stuck: Vec<String> },
+    FreezeTimeout {
+        waited: Duration,
+        stuck: Vec<String>,
+    },
+    /// Thawing was requested but the tasks did not all leave the frozen state.
+    #[error(
+        "{what} did not thaw within {waited:?}; the watchdog was left to retry. Check the tasks \
+         (a task stopped by someone else stays stopped: kill -CONT PID; a cgroup whose parent is \
+         frozen stays frozen)"
+    )]
+    ThawTimeout { what: String, waited: Duration },
     /// The thaw watchdog could not be started, armed or stopped.
     #[error("thaw watchdog: {0}")]
     Watchdog(String),
@@ -131,13 +141,19 @@ pub enum TaskError {
 fn io_hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::EACCES) | Some(libc::EPERM) => " (permission denied: run snapckpt as root)",
-        Some(libc::EROFS) => " (read-only cgroup filesystem: is this a container without cgroup delegation?)",
+        Some(libc::EROFS) => {
+            " (read-only cgroup filesystem: is this a container without cgroup delegation?)"
+        }
         _ => "",
     }
 }
 
 fn io_err(path: impl Into<PathBuf>, syscall: &'static str, source: io::Error) -> TaskError {
-    TaskError::Io { path: path.into(), syscall, source }
+    TaskError::Io {
+        path: path.into(),
+        syscall,
+        source,
+    }
 }
 
 /// Whether an error from /proc or a pidfd means "the task has gone".
@@ -147,8 +163,12 @@ fn is_gone(e: &io::Error) -> bool {
 
 /// Write `data` to a cgroup control file with a single `write(2)`.
 fn write_file(path: &Path, data: &str) -> Result<(), TaskError> {
-    let mut f = fs::OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, "open", e))?;
-    f.write_all(data.as_bytes()).map_err(|e| io_err(path, "write", e))
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io_err(path, "open", e))?;
+    f.write_all(data.as_bytes())
+        .map_err(|e| io_err(path, "write", e))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -182,14 +202,23 @@ impl ProcStat {
         let mut rest = s[close + 1..].split_ascii_whitespace();
         let state = rest.next()?.chars().next()?;
         let ppid = rest.next()?.parse().ok()?;
-        Some(ProcStat { pid, comm, state, ppid })
+        Some(ProcStat {
+            pid,
+            comm,
+            state,
+            ppid,
+        })
     }
 
     /// Read and parse `path` (a stat file). `Ok(None)` if the task has gone.
     fn read(path: &Path) -> Result<Option<ProcStat>, TaskError> {
         match fs::read_to_string(path) {
             Ok(s) => ProcStat::parse(&s).map(Some).ok_or_else(|| {
-                io_err(path, "parse", io::Error::new(io::ErrorKind::InvalidData, "malformed stat line"))
+                io_err(
+                    path,
+                    "parse",
+                    io::Error::new(io::ErrorKind::InvalidData, "malformed stat line"),
+                )
             }),
             Err(e) if is_gone(&e) => Ok(None),
             Err(e) => Err(io_err(path, "read", e)),
@@ -207,7 +236,11 @@ fn parse_pids(s: &str, path: &Path) -> Result<Vec<i32>, TaskError> {
     s.split_ascii_whitespace()
         .map(|w| {
             w.parse::<i32>().ok().filter(|&p| p >= 0).ok_or_else(|| {
-                io_err(path, "parse", io::Error::new(io::ErrorKind::InvalidData, format!("not a pid: {w:?}")))
+                io_err(
+                    path,
+                    "parse",
+                    io::Error::new(io::ErrorKind::InvalidData, format!("not a pid: {w:?}")),
+                )
             })
         })
         .collect()
@@ -228,7 +261,11 @@ pub fn threads(pid: i32) -> Result<Vec<i32>, TaskError> {
             Err(e) if is_gone(&e) => return Err(TaskError::NoSuchTask(pid)),
             Err(e) => return Err(io_err(&dir, "readdir", e)),
         };
-        if let Some(tid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
+        if let Some(tid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        {
             tids.push(tid);
         }
     }
@@ -248,7 +285,13 @@ fn tgid_of(pid: i32) -> Result<Option<i32>, TaskError> {
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())
         .map(Some)
-        .ok_or_else(|| io_err(path, "parse", io::Error::new(io::ErrorKind::InvalidData, "no Tgid line")))
+        .ok_or_else(|| {
+            io_err(
+                path,
+                "parse",
+                io::Error::new(io::ErrorKind::InvalidData, "no Tgid line"),
+            )
+        })
 }
 
 /// The child processes of all threads of `pid`; empty if the process has gone.
@@ -268,21 +311,6 @@ fn children(pid: i32) -> Result<Vec<i32>, TaskError> {
         }
     }
     Ok(out)
-}
-
-/// One line describing a task for error messages: `pid 12 (comm) state D`.
-fn describe_task(pid: i32, tid: i32) -> String {
-    let path = if pid == tid {
-        PathBuf::from(format!("/proc/{pid}/stat"))
-    } else {
-        PathBuf::from(format!("/proc/{pid}/task/{tid}/stat"))
-    };
-    let who = if pid == tid { format!("pid {pid}") } else { format!("pid {pid} tid {tid}") };
-    match ProcStat::read(&path) {
-        Ok(Some(st)) => format!("{who} ({}) state {}", st.comm, st.state),
-        Ok(None) => format!("{who} (exited)"),
-        Err(e) => format!("{who} ({e})"),
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -339,9 +367,7 @@ pub fn resolve(sel: &Selection) -> Result<Vec<i32>, TaskError> {
         }
         Selection::Cgroup(path) => {
             cgroup_version(path)?;
-            let mut pids = Vec::new();
-            collect_cgroup_procs(path, &mut pids, true)?;
-            order_parents_first(pids)?
+            order_parents_first(cgroup_procs(path)?)?
         }
     };
     if pids.is_empty() {
@@ -368,36 +394,24 @@ fn process_tree(root: i32) -> Result<Vec<i32>, TaskError> {
     Ok(out)
 }
 
-/// Append the `cgroup.procs` of `dir` and of all its descendant cgroups to `out`. A
-/// descendant removed meanwhile is skipped; a missing `top` is [`TaskError::NotACgroup`].
-fn collect_cgroup_procs(dir: &Path, out: &mut Vec<i32>, top: bool) -> Result<(), TaskError> {
-    let procs = dir.join("cgroup.procs");
-    match fs::read_to_string(&procs) {
-        Ok(s) => out.extend(parse_pids(&s, &procs)?.into_iter().filter(|&p| p > 0)),
-        // A threaded cgroup of v2 refuses cgroup.procs: its processes are listed above it.
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && top => return Err(TaskError::NotACgroup(dir.to_path_buf())),
-        // Removed while we walk: nothing in it any more.
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-        Err(e) => return Err(io_err(procs, "read", e)),
-    }
-    let mut subdirs = Vec::new();
-    let rd = match fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-        Err(e) => return Err(io_err(dir, "opendir", e)),
-    };
-    for entry in rd {
-        let entry = entry.map_err(|e| io_err(dir, "readdir", e))?;
-        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-            subdirs.push(entry.path());
+/// The `cgroup.procs` of `cg` and of all its descendant cgroups (unordered, possibly with
+/// duplicates). A descendant removed meanwhile is skipped.
+fn cgroup_procs(cg: &Path) -> Result<Vec<i32>, TaskError> {
+    let mut out = Vec::new();
+    for (i, dir) in cgroup_subtree(cg)?.iter().enumerate() {
+        let procs = dir.join("cgroup.procs");
+        match fs::read_to_string(&procs) {
+            Ok(s) => out.extend(parse_pids(&s, &procs)?.into_iter().filter(|&p| p > 0)),
+            // A threaded cgroup of v2 refuses cgroup.procs: its processes are listed above it.
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && i > 0 => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(TaskError::NotACgroup(cg.to_path_buf()))
+            }
+            Err(e) => return Err(io_err(procs, "read", e)),
         }
     }
-    subdirs.sort();
-    for sub in subdirs {
-        collect_cgroup_procs(&sub, out, false)?;
-    }
-    Ok(())
+    Ok(out)
 }
 
 /// Deduplicate `pids` and order them so that every parent comes before its children
@@ -475,7 +489,11 @@ fn v2_frozen(cg: &Path) -> Result<Option<bool>, TaskError> {
     };
     match s.lines().find_map(|l| l.strip_prefix("frozen ")) {
         Some(v) => Ok(Some(v.trim() == "1")),
-        None => Err(io_err(path, "parse", io::Error::new(io::ErrorKind::InvalidData, "no \"frozen\" line"))),
+        None => Err(io_err(
+            path,
+            "parse",
+            io::Error::new(io::ErrorKind::InvalidData, "no \"frozen\" line"),
+        )),
     }
 }
 
@@ -489,37 +507,130 @@ fn v1_state(cg: &Path) -> Result<Option<String>, TaskError> {
     }
 }
 
+/// `cg` and all its descendant cgroups, parents first. Descendants removed meanwhile are
+/// skipped.
+fn cgroup_subtree(cg: &Path) -> Result<Vec<PathBuf>, TaskError> {
+    let mut out = vec![cg.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let dir = out[i].clone();
+        i += 1;
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && i > 1 => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                return Err(TaskError::NotACgroup(dir))
+            }
+            Err(e) => return Err(io_err(dir, "opendir", e)),
+        };
+        let mut subs: Vec<PathBuf> = rd
+            .flatten()
+            .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+            .map(|e| e.path())
+            .collect();
+        subs.sort();
+        out.extend(subs);
+    }
+    Ok(out)
+}
+
+/// The threads of the processes directly in cgroup `dir` with their `/proc` stat; threads
+/// and processes that exit meanwhile are skipped.
+fn cgroup_threads(dir: &Path) -> Result<Vec<ProcStat>, TaskError> {
+    let procs = dir.join("cgroup.procs");
+    let pids = match fs::read_to_string(&procs) {
+        Ok(s) => parse_pids(&s, &procs)?,
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::EOPNOTSUPP)
+            ) =>
+        {
+            Vec::new()
+        }
+        Err(e) => return Err(io_err(procs, "read", e)),
+    };
+    let mut out = Vec::new();
+    for pid in pids.into_iter().filter(|&p| p > 0) {
+        let tids = match threads(pid) {
+            Ok(t) => t,
+            Err(TaskError::NoSuchTask(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        for tid in tids {
+            if let Some(st) = ProcStat::read(Path::new(&format!("/proc/{pid}/task/{tid}/stat")))? {
+                out.push(st);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether the v2 cgroup `cg` and everything below it is frozen.
+///
+/// `frozen 1` in the `cgroup.events` of `cg` alone is not enough: the kernel aggregates the
+/// flag racily (up to at least 6.18, see the LKML threads on `cgroup_propagate_frozen`): a
+/// cgroup is flagged frozen when its own tasks are frozen even if a descendant is not yet,
+/// and when its descendants are frozen even if its own tasks are not yet (the flag then
+/// drops back to 0 for a moment). So require `frozen 1` on every cgroup of the subtree, and
+/// no thread in state `R`: once the freeze request has been written, every task has been
+/// woken, so a task that is still running has not reached the freezer yet. (Tasks in `D`
+/// cannot be told apart: a `vfork` parent in `D` counts as frozen for the kernel.)
+fn v2_subtree_frozen(cg: &Path) -> Result<bool, TaskError> {
+    let dirs = cgroup_subtree(cg)?;
+    for (i, dir) in dirs.iter().enumerate() {
+        match v2_frozen(dir)? {
+            Some(true) => {}
+            Some(false) => return Ok(false),
+            None if i == 0 => return Err(TaskError::NotACgroup(cg.to_path_buf())),
+            None => {}
+        }
+    }
+    for dir in &dirs {
+        if cgroup_threads(dir)?.iter().any(|st| st.state == 'R') {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// The tasks of the cgroups under `cg` (inclusive) that are not frozen, for error messages.
 fn stuck_in_cgroup(cg: &Path, version: CgroupVersion) -> Vec<String> {
     let mut out = Vec::new();
-    let mut dirs = vec![cg.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
+    for dir in cgroup_subtree(cg).unwrap_or_else(|_| vec![cg.to_path_buf()]) {
         let frozen = match version {
             CgroupVersion::V2 => v2_frozen(&dir).ok().flatten().unwrap_or(true),
-            CgroupVersion::V1 => v1_state(&dir).ok().flatten().map_or(true, |s| s == "FROZEN"),
+            CgroupVersion::V1 => v1_state(&dir)
+                .ok()
+                .flatten()
+                .map(|s| s == "FROZEN")
+                .unwrap_or(true),
         };
-        let mut own = Vec::new();
-        let _ = fs::read_to_string(dir.join("cgroup.procs"))
-            .map(|s| own.extend(s.split_ascii_whitespace().filter_map(|w| w.parse::<i32>().ok())));
-        if !frozen {
-            for pid in own {
-                let mut tids = threads(pid).unwrap_or_default();
-                if tids.is_empty() {
-                    tids.push(pid);
-                }
-                for tid in tids {
-                    // Frozen v2 tasks sleep (S); frozen v1 tasks show as D. Name them all
-                    // with their state: the running ones and those in D are the suspects.
-                    out.push(format!("{} in {}", describe_task(pid, tid), dir.display()));
-                }
-            }
-            if out.is_empty() {
-                out.push(format!("cgroup {} (not frozen)", dir.display()));
+        let before = out.len();
+        for st in cgroup_threads(&dir).unwrap_or_default() {
+            // Frozen v2 tasks sleep in the freezer (S, or T if stopped); a v2 task in R or D
+            // is a suspect. Frozen v1 tasks show as D, like stuck ones: in a v1 cgroup that
+            // is not frozen, name every task with its state.
+            let suspect = match version {
+                CgroupVersion::V2 => !matches!(st.state, 'S' | 'T' | 't' | 'Z' | 'X'),
+                CgroupVersion::V1 => !frozen,
+            };
+            if suspect {
+                out.push(format!(
+                    "tid {} ({}) state {} in {}",
+                    st.pid,
+                    st.comm,
+                    st.state,
+                    dir.display()
+                ));
             }
         }
-        if let Ok(rd) = fs::read_dir(&dir) {
-            dirs.extend(rd.flatten().filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false)).map(|e| e.path()));
+        if !frozen && out.len() == before {
+            out.push(format!("cgroup {} (not frozen)", dir.display()));
         }
+    }
+    if out.is_empty() {
+        out.push(format!("cgroup {} (not frozen)", cg.display()));
     }
     out
 }
@@ -561,8 +672,14 @@ impl FreezeMethod {
                 Ok(FreezeMethod::Sigstop(pids.to_vec()))
             }
             Selection::Cgroup(path) => {
-                let cannot = |reason: &str| TaskError::CannotFreeze { path: path.clone(), reason: reason.to_string() };
-                match cgroup_version(path)? {
+                let version = cgroup_version(path)?;
+                // Absolute and free of symlinks: the watchdog runs in `/`, and CRIU compares it.
+                let path = &fs::canonicalize(path).map_err(|e| io_err(path, "realpath", e))?;
+                let cannot = |reason: &str| TaskError::CannotFreeze {
+                    path: path.clone(),
+                    reason: reason.to_string(),
+                };
+                match version {
                     CgroupVersion::V2 if path.join("cgroup.freeze").exists() => Ok(FreezeMethod::CgroupV2(path.clone())),
                     CgroupVersion::V2 => Err(cannot(
                         "it has no cgroup.freeze (the root cgroup cannot be frozen, and the kernel needs 5.2 or later); \
@@ -592,9 +709,9 @@ impl FreezeMethod {
         match self {
             FreezeMethod::CgroupV2(p) => vec!["cgroup-v2".into(), p.to_string_lossy().into_owned()],
             FreezeMethod::CgroupV1(p) => vec!["cgroup-v1".into(), p.to_string_lossy().into_owned()],
-            FreezeMethod::Sigstop(pids) => {
-                std::iter::once("sigstop".to_string()).chain(pids.iter().map(|p| p.to_string())).collect()
-            }
+            FreezeMethod::Sigstop(pids) => std::iter::once("sigstop".to_string())
+                .chain(pids.iter().map(|p| p.to_string()))
+                .collect(),
         }
     }
 
@@ -602,11 +719,20 @@ impl FreezeMethod {
     pub fn from_watchdog_args(args: &[String]) -> Result<FreezeMethod, String> {
         const USAGE: &str = "expected `cgroup-v2 PATH`, `cgroup-v1 PATH` or `sigstop PID...`";
         match args.split_first() {
-            Some((kind, [path])) if kind == "cgroup-v2" && !path.is_empty() => Ok(FreezeMethod::CgroupV2(path.into())),
-            Some((kind, [path])) if kind == "cgroup-v1" && !path.is_empty() => Ok(FreezeMethod::CgroupV1(path.into())),
+            Some((kind, [path])) if kind == "cgroup-v2" && !path.is_empty() => {
+                Ok(FreezeMethod::CgroupV2(path.into()))
+            }
+            Some((kind, [path])) if kind == "cgroup-v1" && !path.is_empty() => {
+                Ok(FreezeMethod::CgroupV1(path.into()))
+            }
             Some((kind, pids)) if kind == "sigstop" && !pids.is_empty() => pids
                 .iter()
-                .map(|p| p.parse::<i32>().ok().filter(|&p| p > 0).ok_or_else(|| format!("not a pid: {p:?}; {USAGE}")))
+                .map(|p| {
+                    p.parse::<i32>()
+                        .ok()
+                        .filter(|&p| p > 0)
+                        .ok_or_else(|| format!("not a pid: {p:?}; {USAGE}"))
+                })
                 .collect::<Result<Vec<_>, _>>()
                 .map(FreezeMethod::Sigstop),
             _ => Err(format!("bad arguments {args:?}; {USAGE}")),
@@ -641,15 +767,18 @@ impl Proc {
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if fd >= 0 {
             // SAFETY: the kernel returned a new descriptor that we own (pidfds are CLOEXEC).
-            return Ok(Some(Proc { pid, pidfd: Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }) }));
+            return Ok(Some(Proc {
+                pid,
+                pidfd: Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
+            }));
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::ESRCH) => Ok(None),
             // EINVAL: not a thread-group leader; resolve() only gives leaders, but be lenient.
-            Some(libc::ENOSYS) | Some(libc::EINVAL) => {
-                Ok(Path::new(&format!("/proc/{pid}")).exists().then_some(Proc { pid, pidfd: None }))
-            }
+            Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(Path::new(&format!("/proc/{pid}"))
+                .exists()
+                .then_some(Proc { pid, pidfd: None })),
             _ => Err(io_err(format!("/proc/{pid}"), "pidfd_open", e)),
         }
     }
@@ -659,7 +788,13 @@ impl Proc {
         // SAFETY: plain system calls; the pidfd is valid while self lives.
         let r = match &self.pidfd {
             Some(fd) => unsafe {
-                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), sig, std::ptr::null::<libc::siginfo_t>(), 0)
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    sig,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                )
             },
             None => unsafe { libc::kill(self.pid, sig) as libc::c_long },
         };
@@ -670,7 +805,15 @@ impl Proc {
         if e.raw_os_error() == Some(libc::ESRCH) {
             return Ok(false);
         }
-        Err(io_err(format!("/proc/{}", self.pid), if self.pidfd.is_some() { "pidfd_send_signal" } else { "kill" }, e))
+        Err(io_err(
+            format!("/proc/{}", self.pid),
+            if self.pidfd.is_some() {
+                "pidfd_send_signal"
+            } else {
+                "kill"
+            },
+            e,
+        ))
     }
 
     /// The threads of this process that are not stopped, described; empty once all are
@@ -686,9 +829,17 @@ impl Proc {
         for tid in tids {
             let path = PathBuf::from(format!("/proc/{pid}/task/{tid}/stat"));
             if let Some(st) = ProcStat::read(&path)? {
-                let ok = if want_stopped { st.is_stopped() } else { !matches!(st.state, 'T') };
+                let ok = if want_stopped {
+                    st.is_stopped()
+                } else {
+                    !matches!(st.state, 'T')
+                };
                 if !ok {
-                    let who = if pid == tid { format!("pid {pid}") } else { format!("pid {pid} tid {tid}") };
+                    let who = if pid == tid {
+                        format!("pid {pid}")
+                    } else {
+                        format!("pid {pid} tid {tid}")
+                    };
                     out.push(format!("{who} ({}) state {}", st.comm, st.state));
                 }
             }
@@ -698,7 +849,10 @@ impl Proc {
 }
 
 /// Poll `done` with a growing pause until it returns true or `timeout` passes.
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> Result<bool, TaskError>) -> Result<bool, TaskError> {
+fn wait_until(
+    timeout: Duration,
+    mut done: impl FnMut() -> Result<bool, TaskError>,
+) -> Result<bool, TaskError> {
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
@@ -731,8 +885,10 @@ fn start_freeze(method: &FreezeMethod, procs: &[Proc]) -> Result<(), TaskError> 
 /// Whether freezing has completed.
 fn is_frozen(method: &FreezeMethod, procs: &[Proc]) -> Result<bool, TaskError> {
     match method {
-        FreezeMethod::CgroupV2(cg) => Ok(v2_frozen(cg)?.ok_or_else(|| TaskError::NotACgroup(cg.clone()))?),
-        FreezeMethod::CgroupV1(cg) => Ok(v1_state(cg)?.ok_or_else(|| TaskError::NotACgroup(cg.clone()))? == "FROZEN"),
+        FreezeMethod::CgroupV2(cg) => v2_subtree_frozen(cg),
+        FreezeMethod::CgroupV1(cg) => {
+            Ok(v1_state(cg)?.ok_or_else(|| TaskError::NotACgroup(cg.clone()))? == "FROZEN")
+        }
         FreezeMethod::Sigstop(_) => {
             for p in procs {
                 if !p.threads_not(true)?.is_empty() {
@@ -749,9 +905,13 @@ fn stuck_tasks(method: &FreezeMethod, procs: &[Proc]) -> Vec<String> {
     match method {
         FreezeMethod::CgroupV2(cg) => stuck_in_cgroup(cg, CgroupVersion::V2),
         FreezeMethod::CgroupV1(cg) => stuck_in_cgroup(cg, CgroupVersion::V1),
-        FreezeMethod::Sigstop(_) => {
-            procs.iter().flat_map(|p| p.threads_not(true).unwrap_or_else(|e| vec![format!("pid {} ({e})", p.pid)])).collect()
-        }
+        FreezeMethod::Sigstop(_) => procs
+            .iter()
+            .flat_map(|p| {
+                p.threads_not(true)
+                    .unwrap_or_else(|e| vec![format!("pid {} ({e})", p.pid)])
+            })
+            .collect(),
     }
 }
 
@@ -759,7 +919,11 @@ fn stuck_tasks(method: &FreezeMethod, procs: &[Proc]) -> Vec<String> {
 /// Processes that have exited are never an error.
 fn start_thaw(method: &FreezeMethod, procs: &[Proc], gone_ok: bool) -> Result<(), TaskError> {
     let write = |path: PathBuf, data: &str| match write_file(&path, data) {
-        Err(TaskError::Io { source, .. }) if gone_ok && source.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(TaskError::Io { source, .. })
+            if gone_ok && source.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         r => r,
     };
     match method {
@@ -781,7 +945,7 @@ fn start_thaw(method: &FreezeMethod, procs: &[Proc], gone_ok: bool) -> Result<()
 fn is_thawed(method: &FreezeMethod, procs: &[Proc]) -> Result<bool, TaskError> {
     match method {
         FreezeMethod::CgroupV2(cg) => Ok(v2_frozen(cg)? != Some(true)),
-        FreezeMethod::CgroupV1(cg) => Ok(v1_state(cg)?.map_or(true, |s| s == "THAWED")),
+        FreezeMethod::CgroupV1(cg) => Ok(v1_state(cg)?.map(|s| s == "THAWED").unwrap_or(true)),
         FreezeMethod::Sigstop(_) => {
             for p in procs {
                 if !p.threads_not(false)?.is_empty() {
@@ -798,11 +962,7 @@ fn check_not_self(method: &FreezeMethod) -> Result<(), TaskError> {
     let me = std::process::id() as i32;
     let contains = match method {
         FreezeMethod::Sigstop(pids) => pids.contains(&me),
-        FreezeMethod::CgroupV2(cg) | FreezeMethod::CgroupV1(cg) => {
-            let mut pids = Vec::new();
-            collect_cgroup_procs(cg, &mut pids, true)?;
-            pids.contains(&me)
-        }
+        FreezeMethod::CgroupV2(cg) | FreezeMethod::CgroupV1(cg) => cgroup_procs(cg)?.contains(&me),
     };
     if contains {
         return Err(TaskError::FreezesSelf(method.describe(), me));
@@ -816,16 +976,26 @@ fn check_not_self(method: &FreezeMethod) -> Result<(), TaskError> {
 
 /// Freeze the tasks and wait until they are frozen.
 ///
-/// Completion means: v2 `frozen 1` in `cgroup.events`; v1 `freezer.state` reads `FROZEN`;
-/// sigstop: every thread of every process is stopped (`T`; `t`, `Z` and `X` count too) or
-/// gone. Before anything is frozen the thaw watchdog is started and armed (see the module
+/// Completion means: v2: `frozen 1` in the `cgroup.events` of the cgroup and of every
+/// descendant cgroup, and no task in state `R` (the kernel's own flag alone can be early,
+/// see `v2_subtree_frozen`); v1: `freezer.state` reads `FROZEN`; sigstop: every thread of
+/// every process is stopped (`T`; `t`, `Z` and `X` count too) or gone. Before anything is frozen the thaw watchdog is started and armed (see the module
 /// documentation). For `Sigstop`, processes that have already exited are skipped; if none is
 /// left, [`TaskError::NoSuchTask`].
 ///
 /// On timeout everything is thawed again and [`TaskError::FreezeTimeout`] names the tasks
 /// that were not frozen, with their command name and state. Dropping the returned
 /// [`Frozen`] thaws the tasks.
+///
+/// A cgroup that is already frozen (by someone else) is used as it is, and thawed at the
+/// end like any other. Freezing a selection that contains this process is refused
+/// ([`TaskError::FreezesSelf`]).
 pub fn freeze(method: FreezeMethod, timeout: Duration) -> Result<Frozen, TaskError> {
+    let method = match method {
+        FreezeMethod::CgroupV2(p) => FreezeMethod::CgroupV2(absolute(p)?),
+        FreezeMethod::CgroupV1(p) => FreezeMethod::CgroupV1(absolute(p)?),
+        m => m,
+    };
     check_not_self(&method)?;
     let mut procs = Vec::new();
     if let FreezeMethod::Sigstop(pids) = &method {
@@ -838,15 +1008,19 @@ pub fn freeze(method: FreezeMethod, timeout: Duration) -> Result<Frozen, TaskErr
         if procs.is_empty() {
             return Err(TaskError::NoSuchTask(pids.first().copied().unwrap_or(0)));
         }
-    } else {
-        // Fail early (before starting the watchdog) if the cgroup has gone.
-        is_frozen(&method, &procs)?;
     }
 
     let watchdog = Watchdog::spawn(&method)?;
     let since = Instant::now();
     // From here on, dropping `frozen` thaws and disarms: every error path is covered.
-    let mut frozen = Frozen { method, procs, since, latency: Duration::ZERO, watchdog: Some(watchdog), done: false };
+    let mut frozen = Frozen {
+        method,
+        procs,
+        since,
+        latency: Duration::ZERO,
+        watchdog: Some(watchdog),
+        done: false,
+    };
     start_freeze(&frozen.method, &frozen.procs)?;
     if !wait_until(timeout, || is_frozen(&frozen.method, &frozen.procs))? {
         let mut stuck = stuck_tasks(&frozen.method, &frozen.procs);
@@ -858,6 +1032,24 @@ pub fn freeze(method: FreezeMethod, timeout: Duration) -> Result<Frozen, TaskErr
     }
     frozen.latency = since.elapsed();
     Ok(frozen)
+}
+
+/// `p` made absolute (the watchdog runs in `/`); the watchdog's arguments must be UTF-8.
+fn absolute(p: PathBuf) -> Result<PathBuf, TaskError> {
+    let p = if p.is_relative() {
+        std::env::current_dir()
+            .map_err(|e| io_err(".", "getcwd", e))?
+            .join(p)
+    } else {
+        p
+    };
+    if p.to_str().is_none() {
+        return Err(TaskError::CannotFreeze {
+            path: p,
+            reason: "the path is not valid UTF-8, which the thaw watchdog's arguments must be; rename the cgroup".into(),
+        });
+    }
+    Ok(p)
 }
 
 /// Frozen tasks. Thaw with [`Frozen::thaw`], or [`Frozen::release`] once they are gone;
@@ -919,10 +1111,10 @@ impl Frozen {
             if wait_until(THAW_TIMEOUT, || is_thawed(&self.method, &self.procs))? {
                 Ok(())
             } else {
-                Err(TaskError::Watchdog(format!(
-                    "{} did not thaw within {THAW_TIMEOUT:?}; left to the watchdog",
-                    self.method.describe()
-                )))
+                Err(TaskError::ThawTimeout {
+                    what: self.method.describe(),
+                    waited: THAW_TIMEOUT,
+                })
             }
         });
         let elapsed = self.since.elapsed();
@@ -962,7 +1154,11 @@ pub fn set_watchdog_exe(path: impl Into<PathBuf>) {
 /// The watchdog executable: set by [`set_watchdog_exe`], else `$SNAPCKPT_WATCHDOG_EXE`,
 /// else `/proc/self/exe` (this very binary, even if its file was replaced meanwhile).
 pub fn watchdog_exe() -> PathBuf {
-    if let Some(p) = WATCHDOG_EXE.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+    if let Some(p) = WATCHDOG_EXE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    {
         return p;
     }
     match std::env::var_os(WATCHDOG_EXE_ENV) {
@@ -1000,7 +1196,10 @@ impl Watchdog {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let mut wd = Watchdog { child, stdin };
-        match stdout.ok_or_else(|| "no stdout pipe".to_string()).and_then(read_ready) {
+        match stdout
+            .ok_or_else(|| "no stdout pipe".to_string())
+            .and_then(read_ready)
+        {
             Ok(()) => Ok(wd),
             Err(msg) => {
                 let _ = wd.child.kill();
@@ -1023,7 +1222,10 @@ impl Watchdog {
         }
         match self.wait()? {
             Some(st) if st.success() => Ok(()),
-            Some(st) => Err(TaskError::Watchdog(format!("watchdog pid {} exited with {st}", self.child.id()))),
+            Some(st) => Err(TaskError::Watchdog(format!(
+                "watchdog pid {} exited with {st}",
+                self.child.id()
+            ))),
             None => {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
@@ -1040,7 +1242,10 @@ impl Watchdog {
         self.stdin = None;
         match self.wait()? {
             Some(st) if st.success() => Ok(()),
-            Some(st) => Err(TaskError::Watchdog(format!("watchdog pid {} could not thaw: exited with {st}", self.child.id()))),
+            Some(st) => Err(TaskError::Watchdog(format!(
+                "watchdog pid {} could not thaw: exited with {st}",
+                self.child.id()
+            ))),
             None => Err(TaskError::Watchdog(format!(
                 "watchdog pid {} still thawing after {WATCHDOG_EXIT_TIMEOUT:?}",
                 self.child.id()
@@ -1084,7 +1289,11 @@ fn read_ready(mut out: ChildStdout) -> Result<(), String> {
         if left.is_zero() {
             return Err(format!("no answer within {WATCHDOG_READY_TIMEOUT:?}"));
         }
-        let mut pfd = libc::pollfd { fd: out.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: out.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
         if r < 0 {
@@ -1110,7 +1319,10 @@ fn read_ready(mut out: ChildStdout) -> Result<(), String> {
     } else if got.is_empty() {
         Err("it exited without a word".to_string())
     } else {
-        Err(format!("it said {:?}", String::from_utf8_lossy(&got).trim()))
+        Err(format!(
+            "it said {:?}",
+            String::from_utf8_lossy(&got).trim()
+        ))
     }
 }
 
@@ -1134,7 +1346,14 @@ pub fn watchdog_main(args: &[String]) -> i32 {
     };
     // Leave the terminal's session and process group; fails harmlessly if already a leader.
     let _ = nix::unistd::setsid();
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGTSTP, libc::SIGPIPE] {
+    for sig in [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGTSTP,
+        libc::SIGPIPE,
+    ] {
         // SAFETY: installing SIG_IGN has no handler code to be unsafe.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
@@ -1144,7 +1363,10 @@ pub fn watchdog_main(args: &[String]) -> i32 {
 
     // Pin the identity of the processes now, before the parent freezes them.
     let procs: Vec<Proc> = match &method {
-        FreezeMethod::Sigstop(pids) => pids.iter().filter_map(|&p| Proc::open(p).ok().flatten()).collect(),
+        FreezeMethod::Sigstop(pids) => pids
+            .iter()
+            .filter_map(|&p| Proc::open(p).ok().flatten())
+            .collect(),
         _ => Vec::new(),
     };
 
@@ -1180,11 +1402,17 @@ pub fn watchdog_main(args: &[String]) -> i32 {
     }
     match result {
         Ok(()) => {
-            log(&format!("snapckpt watchdog: the freezing process went away; thawed {}", method.describe()));
+            log(&format!(
+                "snapckpt watchdog: the freezing process went away; thawed {}",
+                method.describe()
+            ));
             0
         }
         Err(e) => {
-            log(&format!("snapckpt watchdog: could not thaw {}: {e}", method.describe()));
+            log(&format!(
+                "snapckpt watchdog: could not thaw {}: {e}",
+                method.describe()
+            ));
             1
         }
     }
@@ -1206,7 +1434,15 @@ mod tests {
     #[test]
     fn parse_stat_plain() {
         let st = ProcStat::parse("1234 (bash) S 1 1234 1234 34816 0 4194560 0 0").unwrap();
-        assert_eq!(st, ProcStat { pid: 1234, comm: "bash".into(), state: 'S', ppid: 1 });
+        assert_eq!(
+            st,
+            ProcStat {
+                pid: 1234,
+                comm: "bash".into(),
+                state: 'S',
+                ppid: 1
+            }
+        );
     }
 
     #[test]
@@ -1223,14 +1459,26 @@ mod tests {
 
     #[test]
     fn parse_stat_garbage_is_none() {
-        for s in ["", "12", "12 (x", "x (y) S 1", "12 (y)", "12 (y) S", "12 (y) S notapid", ") 12 (", "12 )x( S 1"] {
+        for s in [
+            "",
+            "12",
+            "12 (x",
+            "x (y) S 1",
+            "12 (y)",
+            "12 (y) S",
+            "12 (y) S notapid",
+            ") 12 (",
+            "12 )x( S 1",
+        ] {
             assert_eq!(ProcStat::parse(s), None, "{s:?}");
         }
     }
 
     #[test]
     fn parse_own_stat() {
-        let st = ProcStat::read(Path::new("/proc/thread-self/stat")).unwrap().unwrap();
+        let st = ProcStat::read(Path::new("/proc/thread-self/stat"))
+            .unwrap()
+            .unwrap();
         // SAFETY: gettid has no preconditions.
         assert_eq!(st.pid, unsafe { libc::gettid() });
         assert_eq!(st.state, 'R');
@@ -1256,7 +1504,10 @@ mod tests {
             FreezeMethod::CgroupV1("/sys/fs/cgroup/freezer/x".into()),
             FreezeMethod::Sigstop(vec![12, 13, 14]),
         ] {
-            assert_eq!(FreezeMethod::from_watchdog_args(&m.watchdog_args()).unwrap(), m);
+            assert_eq!(
+                FreezeMethod::from_watchdog_args(&m.watchdog_args()).unwrap(),
+                m
+            );
         }
         assert_eq!(
             FreezeMethod::Sigstop(vec![12, 13]).watchdog_args(),
@@ -1267,29 +1518,73 @@ mod tests {
     #[test]
     fn watchdog_args_rejected() {
         let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        for bad in [&[][..], &["sigstop"], &["sigstop", "x"], &["sigstop", "0"], &["cgroup-v2"], &["cgroup-v1", "a", "b"], &["bogus", "1"]] {
-            assert!(FreezeMethod::from_watchdog_args(&s(bad)).is_err(), "{bad:?}");
+        for bad in [
+            &[][..],
+            &["sigstop"],
+            &["sigstop", "x"],
+            &["sigstop", "0"],
+            &["cgroup-v2"],
+            &["cgroup-v1", "a", "b"],
+            &["bogus", "1"],
+        ] {
+            assert!(
+                FreezeMethod::from_watchdog_args(&s(bad)).is_err(),
+                "{bad:?}"
+            );
         }
         assert_eq!(watchdog_main(&s(&["bogus"])), 2);
     }
 
     #[test]
     fn describe() {
-        assert_eq!(Selection::Pid { pid: 5, tree: false }.describe(), "pid 5");
-        assert_eq!(Selection::Pid { pid: 5, tree: true }.describe(), "process tree of pid 5");
-        assert_eq!(Selection::Cgroup("/sys/fs/cgroup/unified/x".into()).describe(), "cgroup /sys/fs/cgroup/unified/x");
-        assert_eq!(FreezeMethod::CgroupV2("/c".into()).describe(), "cgroup-v2 /c");
-        assert_eq!(FreezeMethod::CgroupV1("/c".into()).describe(), "cgroup-v1 /c");
+        assert_eq!(
+            Selection::Pid {
+                pid: 5,
+                tree: false
+            }
+            .describe(),
+            "pid 5"
+        );
+        assert_eq!(
+            Selection::Pid { pid: 5, tree: true }.describe(),
+            "process tree of pid 5"
+        );
+        assert_eq!(
+            Selection::Cgroup("/sys/fs/cgroup/unified/x".into()).describe(),
+            "cgroup /sys/fs/cgroup/unified/x"
+        );
+        assert_eq!(
+            FreezeMethod::CgroupV2("/c".into()).describe(),
+            "cgroup-v2 /c"
+        );
+        assert_eq!(
+            FreezeMethod::CgroupV1("/c".into()).describe(),
+            "cgroup-v1 /c"
+        );
         assert_eq!(FreezeMethod::Sigstop(vec![1]).describe(), "sigstop");
-        assert_eq!(FreezeMethod::CgroupV1("/c".into()).cgroup_path(), Some(Path::new("/c")));
+        assert_eq!(
+            FreezeMethod::CgroupV1("/c".into()).cgroup_path(),
+            Some(Path::new("/c"))
+        );
         assert_eq!(FreezeMethod::Sigstop(vec![1]).cgroup_path(), None);
     }
 
     #[test]
     fn resolve_self_and_threads() {
         let me = std::process::id() as i32;
-        assert_eq!(resolve(&Selection::Pid { pid: me, tree: false }).unwrap(), vec![me]);
-        let tree = resolve(&Selection::Pid { pid: me, tree: true }).unwrap();
+        assert_eq!(
+            resolve(&Selection::Pid {
+                pid: me,
+                tree: false
+            })
+            .unwrap(),
+            vec![me]
+        );
+        let tree = resolve(&Selection::Pid {
+            pid: me,
+            tree: true,
+        })
+        .unwrap();
         assert_eq!(tree[0], me);
         let tids = threads(me).unwrap();
         assert!(tids.contains(&me));
@@ -1303,7 +1598,14 @@ mod tests {
         });
         let tid = rx.recv().unwrap();
         assert_ne!(tid, me);
-        assert_eq!(resolve(&Selection::Pid { pid: tid, tree: false }).unwrap(), vec![me]);
+        assert_eq!(
+            resolve(&Selection::Pid {
+                pid: tid,
+                tree: false
+            })
+            .unwrap(),
+            vec![me]
+        );
         assert!(threads(me).unwrap().contains(&tid));
         done_tx.send(()).unwrap();
         t.join().unwrap();
@@ -1311,9 +1613,27 @@ mod tests {
 
     #[test]
     fn resolve_missing_pid() {
-        assert!(matches!(resolve(&Selection::Pid { pid: i32::MAX, tree: true }), Err(TaskError::NoSuchTask(_))));
-        assert!(matches!(resolve(&Selection::Pid { pid: 0, tree: false }), Err(TaskError::NoSuchTask(0))));
-        assert!(matches!(resolve(&Selection::Pid { pid: -1, tree: false }), Err(TaskError::NoSuchTask(-1))));
+        assert!(matches!(
+            resolve(&Selection::Pid {
+                pid: i32::MAX,
+                tree: true
+            }),
+            Err(TaskError::NoSuchTask(_))
+        ));
+        assert!(matches!(
+            resolve(&Selection::Pid {
+                pid: 0,
+                tree: false
+            }),
+            Err(TaskError::NoSuchTask(0))
+        ));
+        assert!(matches!(
+            resolve(&Selection::Pid {
+                pid: -1,
+                tree: false
+            }),
+            Err(TaskError::NoSuchTask(-1))
+        ));
         assert!(matches!(threads(i32::MAX), Err(TaskError::NoSuchTask(_))));
     }
 
@@ -1321,8 +1641,17 @@ mod tests {
     fn not_a_cgroup() {
         for p in ["/tmp", "/nonexistent/cgroup", "/proc/self/stat"] {
             let sel = Selection::Cgroup(p.into());
-            assert!(matches!(resolve(&sel), Err(TaskError::NotACgroup(_))), "{p}");
-            assert!(matches!(FreezeMethod::for_selection(&sel, &[]), Err(TaskError::NotACgroup(_))), "{p}");
+            assert!(
+                matches!(resolve(&sel), Err(TaskError::NotACgroup(_))),
+                "{p}"
+            );
+            assert!(
+                matches!(
+                    FreezeMethod::for_selection(&sel, &[]),
+                    Err(TaskError::NotACgroup(_))
+                ),
+                "{p}"
+            );
         }
     }
 
@@ -1337,19 +1666,35 @@ mod tests {
     fn order_parents_first_uses_ppid() {
         // This process and its parent: the parent must come first whatever the input order.
         let me = std::process::id() as i32;
-        let parent = ProcStat::read(Path::new("/proc/self/stat")).unwrap().unwrap().ppid;
-        assert_eq!(order_parents_first(vec![me, parent, me]).unwrap(), vec![parent, me]);
+        let parent = ProcStat::read(Path::new("/proc/self/stat"))
+            .unwrap()
+            .unwrap()
+            .ppid;
+        assert_eq!(
+            order_parents_first(vec![me, parent, me]).unwrap(),
+            vec![parent, me]
+        );
         // Gone pids are dropped.
         assert_eq!(order_parents_first(vec![i32::MAX, me]).unwrap(), vec![me]);
     }
 
     #[test]
     fn errors_tell_what_to_do() {
-        let e = io_err("/sys/fs/cgroup/x/cgroup.freeze", "write", io::Error::from_raw_os_error(libc::EACCES));
+        let e = io_err(
+            "/sys/fs/cgroup/x/cgroup.freeze",
+            "write",
+            io::Error::from_raw_os_error(libc::EACCES),
+        );
         let s = e.to_string();
-        assert!(s.starts_with("write /sys/fs/cgroup/x/cgroup.freeze: "), "{s}");
+        assert!(
+            s.starts_with("write /sys/fs/cgroup/x/cgroup.freeze: "),
+            "{s}"
+        );
         assert!(s.contains("run snapckpt as root"), "{s}");
-        let e = TaskError::FreezeTimeout { waited: Duration::from_millis(5), stuck: vec!["pid 1 (x) state D".into()] };
+        let e = TaskError::FreezeTimeout {
+            waited: Duration::from_millis(5),
+            stuck: vec!["pid 1 (x) state D".into()],
+        };
         assert!(e.to_string().contains("pid 1 (x) state D"));
     }
 }

@@ -59,18 +59,28 @@ if ! need_tools; then
   chmod 755 "$TMP"   # apt downloads as _apt
   mkdir -p "$TMP/apt/sources" "$TMP/apt/lists/partial"
   cp /etc/apt/sources.list.d/debian.sources "$TMP/apt/sources/"
-  if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q bpo; then
+  PKGS=(); UPDATED=0
+  command -v debootstrap >/dev/null || PKGS+=(debootstrap)
+  command -v mkfs.ext4 >/dev/null || PKGS+=(e2fsprogs)
+  command -v qemu-img >/dev/null || PKGS+=(qemu-utils)
+  if command -v qemu-system-x86_64 >/dev/null; then
+    :
+  elif dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q bpo; then
     # qemu-utils here is a bookworm-backports build (10.x) that Breaks bookworm's
-    # qemu-system-common 7.2: take qemu-system-x86 from backports too.
+    # qemu-system-common 7.2: take qemu-system-x86 (and only it, with the dependencies it
+    # needs) from backports. Nothing else gets -t: that would upgrade e.g. e2fsprogs too.
     printf 'Types: deb\nURIs: %s\nSuites: %s-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
       "$MIRROR" "$SUITE" > "$TMP/apt/sources/bpo.sources"
-    log "installing qemu-system-x86 (bookworm-backports) + debootstrap"
-    apt_private update >/dev/null
-    apt_private install --no-install-recommends -t "$SUITE-backports" qemu-system-x86 debootstrap e2fsprogs >/dev/null
+    log "installing qemu-system-x86 from $SUITE-backports"
+    apt_private update >/dev/null; UPDATED=1
+    apt_private install --no-install-recommends -t "$SUITE-backports" qemu-system-x86 >/dev/null
   else
-    log "installing qemu-system-x86 qemu-utils debootstrap"
-    apt_private update >/dev/null
-    apt_private install --no-install-recommends qemu-system-x86 qemu-utils debootstrap e2fsprogs >/dev/null
+    PKGS+=(qemu-system-x86)
+  fi
+  if [ ${#PKGS[@]} -gt 0 ]; then
+    log "installing ${PKGS[*]}"
+    [ "$UPDATED" = 1 ] || apt_private update >/dev/null
+    apt_private install --no-install-recommends "${PKGS[@]}" >/dev/null
   fi
   rm -rf "$TMP"; TMP=""
   need_tools || die "host tools still missing after apt-get install"

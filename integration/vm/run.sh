@@ -62,8 +62,10 @@ for size in $DISKS; do
 done
 
 rm -f "$SHARE/exit-code" "$SHARE/exit-code.tmp" "$SHARE/console.log"
-if [ "$QUIET" = 1 ]; then OUT=/dev/null; else OUT=/dev/stdout; fi
+# fd 3 = where the live console goes (not ">/dev/stdout": that reopens, and truncates, a file)
+if [ "$QUIET" = 1 ]; then exec 3>/dev/null; else exec 3>&1; fi
 
+Q=${SHARE//,/,,}   # qemu option syntax: a comma in a value is written twice
 log "booting guest (TCG, ${SMP} CPUs, ${MEM} MiB, timeout ${TIMEOUT}s), share $SHARE"
 START=$(date +%s.%N)
 # -chardev stdio with logfile=: the console goes both to our stdout and to console.log.
@@ -71,13 +73,13 @@ START=$(date +%s.%N)
 timeout -k 10 "$TIMEOUT" qemu-system-x86_64 \
   -accel tcg -cpu max -m "$MEM" -smp "$SMP" \
   -nodefaults -no-user-config -display none -no-reboot \
-  -chardev "stdio,id=con0,signal=off,logfile=$SHARE/console.log" -serial chardev:con0 \
+  -chardev "stdio,id=con0,signal=off,logfile=$Q/console.log" -serial chardev:con0 \
   -kernel "$CACHE/vmlinuz" -initrd "$CACHE/initrd.img" \
   -append "console=ttyS0 root=/dev/vda rw init=/sbin/vmtest-init panic=-1 quiet ${VM_APPEND:-}" \
   "${DRIVES[@]}" \
-  -virtfs "local,path=$SHARE,mount_tag=share,security_model=none,id=share" \
+  -virtfs "local,path=$Q,mount_tag=share,security_model=none,id=share" \
   -device virtio-rng-pci \
-  </dev/null >"$OUT" 2>"$T/qemu.err" &
+  </dev/null >&3 2>"$T/qemu.err" &
 QPID=$!
 QRC=0
 wait "$QPID" || QRC=$?
@@ -101,5 +103,5 @@ if [ "$RC" != 0 ] && [ "$QUIET" = 1 ] && [ -f "$SHARE/console.log" ]; then
   log "last 80 lines of $SHARE/console.log:"
   tail -n 80 "$SHARE/console.log" >&2
 fi
-log "guest finished in ${SECS}s, test.sh exit code $RC"
+log "guest finished in ${SECS}s, exit status $RC"
 exit "$RC"

@@ -20,6 +20,9 @@ step() { echo "=== $* (uptime $(cut -d' ' -f1 /proc/uptime)s)"; }
 fail() { echo "SMOKE FAIL: $*"; exit 1; }
 trap 'echo "SMOKE FAIL: command failed (line $LINENO): $BASH_COMMAND"' ERR
 mkdir -p /mnt/thin /mnt/tsnap /mnt/lin /mnt/lsnap
+step "guest: $(uname -r), $(ldd --version | head -n1), $(lvm version | head -n1 | tr -s ' ')"
+ls /usr/lib/x86_64-linux-gnu/libbtrfsutil.so.1 >/dev/null || fail "libbtrfsutil.so.1 missing"
+for m in dm_thin_pool dm_snapshot btrfs xfs; do grep -q "^$m " /proc/modules || fail "module $m not loaded"; done
 
 step "LVM thin pool + thin LV (xfs)"
 pvcreate -y -q /dev/vdb

@@ -1,0 +1,749 @@
+//! The btrfs backend, through libbtrfsutil (no `btrfs` command).
+//!
+//! Layout inside the snapshotted subvolume (the mount's root):
+//!
+//! ```text
+//! <mount>/<snapshot_dir>/              root-owned, 0700 (default ".snapckpt")
+//!         <id>/                        a plain directory, 0700
+//!             snapshot                 the read-only snapshot of the mount's subvolume
+//!             restart-1, restart-2...  writable clones of `snapshot`, one per restart
+//! ```
+//!
+//! A snapshot does not include nested subvolumes, so the snapshots of earlier checkpoints are
+//! not carried into later ones. Restart clones are mounted from the *device*
+//! (`mount -t btrfs DEVICE -o subvolid=N,subvol=PATH TARGET`), which works whether or not the
+//! origin is still mounted; when the snapshot cannot be reached through the recorded mount
+//! point, the device's top level (subvolid=5) is mounted on a temporary directory under
+//! [`TEMP_ROOT`] for as long as needed.
+//!
+//! Safety: every subvolume is checked against the UUIDs of the record before it is used or
+//! deleted (a device name may have been reused, or a restart clone may be mounted over the
+//! origin's mount point and show a stale copy of the snapshot directory), and clones are
+//! deleted only if they are snapshots of the recorded snapshot. Subvolumes are never deleted
+//! recursively: a clone holding other subvolumes (e.g. the snapshot of a later checkpoint taken
+//! from a restarted filesystem) makes the deletion fail with a message instead.
+
+use super::{has_nul, is_topmost, mountinfo, validate_id, validate_snapshot_dir, CloneDetail, FsSpec, MountEntry, MountedClone, SnapshotError};
+use crate::image::{self, Snapshot};
+use crate::sys;
+use libbtrfsutil::{CreateSnapshotOptions, SubvolumeInfo};
+use nix::mount::{MntFlags, MsFlags};
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Default directory, relative to the mount root, that holds snapckpt's snapshots.
+pub const DEFAULT_SNAPSHOT_DIR: &str = ".snapckpt";
+/// Name of the read-only snapshot inside `<snapshot_dir>/<id>/`.
+pub const SNAPSHOT_NAME: &str = "snapshot";
+/// Prefix of the writable restart clones inside `<snapshot_dir>/<id>/`.
+pub const CLONE_PREFIX: &str = "restart-";
+/// Where temporary top-level mounts of a device go.
+pub const TEMP_ROOT: &str = "/run/snapckpt";
+
+/// Inode number of the root directory of every btrfs subvolume.
+const SUBVOL_ROOT_INO: u64 = 256;
+/// `BTRFS_ROOT_SUBVOL_RDONLY` in the root item flags.
+const ROOT_SUBVOL_RDONLY: u64 = 1;
+
+fn io_err<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
+    move |source| SnapshotError::Io { path: path.to_path_buf(), syscall, source }
+}
+
+fn bt_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(libbtrfsutil::Error) -> SnapshotError + 'a {
+    move |e| SnapshotError::Btrfs { path: path.to_path_buf(), op, msg: format!("{e} ({})", e.os_error()), errno: e.errno() }
+}
+
+/// `/proc/self/fd/N`: a path that reaches exactly the object an fd refers to, so that
+/// libbtrfsutil (which takes paths) cannot be sent elsewhere by a renamed or swapped directory.
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn same_uuid(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// "/" + the path libbtrfsutil gives relative to the filesystem's top level.
+fn fs_path_string(rel: &Path, at: &Path) -> Result<String, SnapshotError> {
+    let s = rel.to_str().ok_or_else(|| SnapshotError::Invalid { what: "subvolume path", value: rel.to_string_lossy().into_owned(), why: format!("of {} is not UTF-8", at.display()) })?;
+    Ok(format!("/{}", s.trim_start_matches('/')))
+}
+
+// ---------------------------------------------------------------------------------------------
+// take
+
+/// Take a read-only snapshot of the subvolume mounted at `spec.mount_point` as
+/// `<mount>/<snapshot_dir>/<id>/snapshot`.
+///
+/// The mount point must be the root of a btrfs mount whose root is the root of a subvolume
+/// (a top-level mount, a `subvol=` mount, or a bind mount of a subvolume); otherwise
+/// [`SnapshotError::NotMountPoint`], [`SnapshotError::NotBtrfs`] or
+/// [`SnapshotError::NotSubvolumeRoot`]. `<snapshot_dir>` is created (root-owned, 0700) when
+/// missing and refused if it, or any of its components, is a symlink, another mount, not
+/// owned by root, or writable by group or others. `<id>` must not exist yet.
+pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, SnapshotError> {
+    validate_id(id)?;
+    let dir = spec.snapshot_dir.as_deref().unwrap_or(DEFAULT_SNAPSHOT_DIR);
+    validate_snapshot_dir(dir)?;
+    if has_nul(&spec.mount_point) {
+        return Err(SnapshotError::Invalid { what: "mount point", value: spec.mount_point.to_string_lossy().into_owned(), why: "contains a NUL byte".into() });
+    }
+    let mp = std::fs::canonicalize(&spec.mount_point).map_err(io_err(&spec.mount_point, "realpath"))?;
+    let mp_str = mp.to_str().ok_or_else(|| SnapshotError::Invalid { what: "mount point", value: mp.to_string_lossy().into_owned(), why: "is not UTF-8".into() })?.to_string();
+
+    // The mount, as the kernel sees it.
+    let mfd = sys::open(&mp, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(io_err(&mp, "open"))?;
+    let mnt_id = sys::mnt_id_of(mfd.as_raw_fd()).map_err(io_err(&mp, "statx"))?;
+    let all = mountinfo()?;
+    let m = all.iter().find(|e| e.mnt_id == mnt_id).ok_or_else(|| SnapshotError::Mismatch { path: mp.clone(), why: format!("mount id {mnt_id} is not in /proc/self/mountinfo") })?;
+    if m.mount_point != mp {
+        return Err(SnapshotError::NotMountPoint { path: mp, mount_point: m.mount_point.clone() });
+    }
+    if m.fstype != "btrfs" {
+        return Err(SnapshotError::NotBtrfs { path: mp, fstype: m.fstype.clone() });
+    }
+    let st = sys::fstat(mfd.as_raw_fd()).map_err(io_err(&mp, "fstat"))?;
+    let mview = fd_path(&mfd);
+    if st.st_ino != SUBVOL_ROOT_INO {
+        return Err(not_subvolume_root(&mp, m, &mview));
+    }
+
+    // The origin subvolume.
+    let origin = libbtrfsutil::subvolume_info(&mview).map_err(bt_err(&mp, "subvolume info"))?;
+    let origin_rel = libbtrfsutil::subvolume_path(&mview).map_err(bt_err(&mp, "subvolume path"))?;
+    let origin_subvol_path = fs_path_string(&origin_rel, &mp)?;
+
+    // <snapshot_dir>/<id>
+    let sdir_path = mp.join(dir);
+    let sfd = open_snapshot_dir(&mfd, &mp, dir)?;
+    let id_path = sdir_path.join(id);
+    sys::mkdirat(sfd.as_raw_fd(), OsStr::new(id), 0o700).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            SnapshotError::Refused { path: id_path.clone(), why: format!("already exists: checkpoint {id} already has a snapshot directory here") }
+        } else {
+            SnapshotError::Io { path: id_path.clone(), syscall: "mkdir", source: e }
+        }
+    })?;
+    let remove_id_dir = || {
+        let _ = sys::unlinkat(sfd.as_raw_fd(), OsStr::new(id), true);
+    };
+    let ifd = match sys::openat2(sfd.as_raw_fd(), id, libc::O_PATH | libc::O_DIRECTORY, 0, sys::RESOLVE_STRICT) {
+        Ok(fd) => fd,
+        Err(e) => {
+            remove_id_dir();
+            return Err(SnapshotError::Io { path: id_path, syscall: "openat2", source: e });
+        }
+    };
+
+    // The snapshot itself.
+    let snap_path = id_path.join(SNAPSHOT_NAME);
+    let snap_view = fd_path(&ifd).join(SNAPSHOT_NAME);
+    if let Err(e) = CreateSnapshotOptions::new().readonly(true).create(&mview, &snap_view) {
+        remove_id_dir();
+        return Err(bt_err(&snap_path, "create read-only snapshot")(e));
+    }
+    let described = (|| {
+        let info = libbtrfsutil::subvolume_info(&snap_view).map_err(bt_err(&snap_path, "subvolume info"))?;
+        if info.flags() & ROOT_SUBVOL_RDONLY == 0 {
+            return Err(SnapshotError::Mismatch { path: snap_path.clone(), why: "the new snapshot is not read-only".into() });
+        }
+        let rel = libbtrfsutil::subvolume_path(&snap_view).map_err(bt_err(&snap_path, "subvolume path"))?;
+        Ok((info, fs_path_string(&rel, &snap_path)?))
+    })();
+    let (info, fs_path) = match described {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = delete_subvolume(&snap_view, true);
+            remove_id_dir();
+            return Err(e);
+        }
+    };
+    Ok(Snapshot::Btrfs {
+        mount_point: mp_str,
+        device: m.source.clone(),
+        origin_subvol_id: origin.id(),
+        origin_subvol_path,
+        subvol_id: info.id(),
+        uuid: info.uuid().to_string(),
+        path: snap_path.to_string_lossy().into_owned(),
+        fs_path,
+        created_unix: now_unix,
+    })
+}
+
+/// The error for a btrfs mount whose root is a plain directory, with what to do about it.
+fn not_subvolume_root(mp: &Path, m: &MountEntry, view: &Path) -> SnapshotError {
+    let containing = libbtrfsutil::subvolume_path(view).ok().map(|p| format!("/{}", p.to_string_lossy().trim_start_matches('/')));
+    let id = libbtrfsutil::subvolume_id(view).ok();
+    let inside = match (containing, id) {
+        (Some(p), Some(id)) => format!("subvolume {p} (id {id})"),
+        _ => "a subvolume".into(),
+    };
+    SnapshotError::NotSubvolumeRoot {
+        mount_point: mp.to_path_buf(),
+        why: format!(
+            "the mount's root is {} on {}, a plain directory inside {inside}, and btrfs snapshots whole subvolumes only. \
+             Either name the mount point of that subvolume instead, or make the directory a subvolume of its own \
+             (`btrfs subvolume create`, move the data into it) and mount it with -o subvol=...",
+            m.root.display(),
+            m.source
+        ),
+    }
+}
+
+/// Open (creating what is missing, root-owned 0700) `<mount>/<dir>`, one component at a time,
+/// never following a symlink or crossing into another mount, and check that each component
+/// is a root-owned directory not writable by group or others.
+fn open_snapshot_dir(mfd: &OwnedFd, mp: &Path, dir: &str) -> Result<OwnedFd, SnapshotError> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY;
+    let mut cur: Option<OwnedFd> = None;
+    let mut path = mp.to_path_buf();
+    for comp in dir.split('/') {
+        path.push(comp);
+        let parent = cur.as_ref().unwrap_or(mfd).as_raw_fd();
+        let mut r = sys::openat2(parent, comp, flags, 0, sys::RESOLVE_STRICT);
+        if matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
+            match sys::mkdirat(parent, OsStr::new(comp), 0o700) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(SnapshotError::Io { path, syscall: "mkdir", source: e }),
+            }
+            r = sys::openat2(parent, comp, flags, 0, sys::RESOLVE_STRICT);
+        }
+        let fd = match r {
+            Ok(fd) => fd,
+            Err(e) => {
+                let why = match e.raw_os_error() {
+                    Some(libc::ELOOP) => "is a symbolic link".to_string(),
+                    Some(libc::ENOTDIR) => match std::fs::symlink_metadata(&path) {
+                        Ok(md) if md.file_type().is_symlink() => "is a symbolic link".to_string(),
+                        _ => "is not a directory".to_string(),
+                    },
+                    Some(libc::EXDEV) => "is on another mount".to_string(),
+                    _ => return Err(SnapshotError::Io { path, syscall: "openat2", source: e }),
+                };
+                return Err(SnapshotError::Refused { path, why: format!("{why}; the snapshot directory must be a plain directory owned by root") });
+            }
+        };
+        let st = sys::fstat(fd.as_raw_fd()).map_err(io_err(&path, "fstat"))?;
+        if st.st_uid != 0 {
+            return Err(SnapshotError::Refused { path, why: format!("owned by uid {}, not root", st.st_uid) });
+        }
+        if st.st_mode & 0o022 != 0 {
+            return Err(SnapshotError::Refused { path, why: format!("writable by group or others (mode {:o})", st.st_mode & 0o7777) });
+        }
+        cur = Some(fd);
+    }
+    cur.ok_or_else(|| SnapshotError::Invalid { what: "snapshot directory", value: dir.into(), why: "is empty".into() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// the record, and finding the snapshot again
+
+/// The fields of a btrfs snapshot record, checked.
+struct Rec {
+    device: String,
+    /// The snapshot, snapckpt's view at take time.
+    path: PathBuf,
+    /// The snapshot within the filesystem, "/..../<id>/snapshot".
+    fs_path: String,
+    uuid: String,
+}
+
+impl Rec {
+    fn from(s: &Snapshot) -> Result<Rec, SnapshotError> {
+        let Snapshot::Btrfs { device, path, fs_path, uuid, .. } = s else {
+            return Err(SnapshotError::Unsupported(format!("{} is not a btrfs snapshot", s.describe())));
+        };
+        let bad = |what: &'static str, value: &str, why: &str| Err(SnapshotError::Invalid { what, value: value.into(), why: why.into() });
+        if device.is_empty() || !device.starts_with('/') || device.contains('\0') || device.contains(',') {
+            return bad("device", device, "must be an absolute device path");
+        }
+        if uuid.is_empty() || !uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+            return bad("snapshot uuid", uuid, "is not a UUID");
+        }
+        let id = check_layout("snapshot path", path)?;
+        let id2 = check_layout("snapshot path within the filesystem", fs_path)?;
+        if id != id2 {
+            return bad("snapshot path within the filesystem", fs_path, "names another checkpoint than the snapshot path");
+        }
+        Ok(Rec { device: device.clone(), path: PathBuf::from(path), fs_path: fs_path.clone(), uuid: uuid.clone() })
+    }
+
+    /// The `<id>` directory within the filesystem.
+    fn id_fs_dir(&self) -> &str {
+        self.fs_path.rsplit_once('/').map(|(d, _)| d).unwrap_or("")
+    }
+}
+
+/// Check that `p` is an absolute, normalized path ending in `<id>/snapshot`; return the id.
+fn check_layout<'a>(what: &'static str, p: &'a str) -> Result<&'a str, SnapshotError> {
+    let bad = |why: &str| SnapshotError::Invalid { what, value: p.into(), why: why.into() };
+    if !p.starts_with('/') || p.contains('\0') {
+        return Err(bad("must be an absolute path"));
+    }
+    let comps: Vec<&str> = p[1..].split('/').collect();
+    if comps.iter().any(|c| c.is_empty() || *c == "." || *c == "..") {
+        return Err(bad("must be a normalized path (no '.', '..' or '//')"));
+    }
+    let n = comps.len();
+    if n < 2 || comps[n - 1] != SNAPSHOT_NAME || !image::valid_id(comps[n - 2]) {
+        return Err(bad("must end in <checkpoint id>/snapshot"));
+    }
+    Ok(comps[n - 2])
+}
+
+/// A mount of the device on a private directory under [`TEMP_ROOT`]; unmounted and the
+/// directory removed on drop.
+struct TempMount {
+    dir: PathBuf,
+}
+
+impl TempMount {
+    /// The device's top level (subvolid=5), not executable.
+    fn top(device: &str) -> Result<TempMount, SnapshotError> {
+        TempMount::new(device, "subvolid=5", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, "top")
+    }
+
+    fn new(device: &str, options: &str, flags: MsFlags, tag: &str) -> Result<TempMount, SnapshotError> {
+        let root = Path::new(TEMP_ROOT);
+        match std::fs::DirBuilder::new().mode(0o700).create(root) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(SnapshotError::Io { path: root.into(), syscall: "mkdir", source: e }),
+        }
+        let md = std::fs::symlink_metadata(root).map_err(io_err(root, "lstat"))?;
+        if !md.is_dir() || md.uid() != 0 || md.mode() & 0o022 != 0 {
+            return Err(SnapshotError::Refused { path: root.into(), why: "must be a directory owned by root and not writable by group or others".into() });
+        }
+        let dir = root.join(format!("{tag}-{}-{}", std::process::id(), sys::random_hex(4)));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io_err(&dir, "mkdir"))?;
+        if let Err(e) = nix::mount::mount(Some(device), &dir, Some("btrfs"), flags, Some(options)) {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(SnapshotError::Mount { device: device.into(), target: dir, fstype: "btrfs", options: options.into(), source: e.into() });
+        }
+        Ok(TempMount { dir })
+    }
+
+    /// `fs_path` (absolute within the filesystem) under this mount.
+    fn at(&self, fs_path: &str) -> PathBuf {
+        self.dir.join(fs_path.trim_start_matches('/'))
+    }
+}
+
+impl Drop for TempMount {
+    fn drop(&mut self) {
+        if nix::mount::umount2(&self.dir, MntFlags::empty()).is_err() {
+            let _ = nix::mount::umount2(&self.dir, MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Where a checkpoint's `<id>` directory can be reached now.
+struct Located {
+    /// The `<id>` directory.
+    id_dir: PathBuf,
+    /// The read-only snapshot, if it still exists (its UUID checked).
+    snapshot: Option<PathBuf>,
+    /// Whether `id_dir` is reached through the recorded mount point (snapckpt's view).
+    direct: bool,
+    /// The temporary top-level mount that makes it reachable otherwise (held for its Drop).
+    _temp: Option<TempMount>,
+}
+
+/// Find the snapshot: through the recorded path if the subvolume there has the recorded
+/// UUID and its mount is writable, else on the recorded device's top level. `None` when the
+/// device's filesystem has no `<id>` directory (already deleted).
+fn locate(rec: &Rec) -> Result<Option<Located>, SnapshotError> {
+    if let Ok(info) = libbtrfsutil::subvolume_info(&rec.path) {
+        let id_dir = rec.path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let writable = nix::sys::statvfs::statvfs(&id_dir).is_ok_and(|v| !v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+        if same_uuid(&info.uuid().to_string(), &rec.uuid) && writable {
+            return Ok(Some(Located { id_dir, snapshot: Some(rec.path.clone()), direct: true, _temp: None }));
+        }
+    }
+    let temp = TempMount::top(&rec.device)?;
+    let snap = temp.at(&rec.fs_path);
+    let id_dir = temp.at(rec.id_fs_dir());
+    let where_ = || format!("{} (on {}, as {})", rec.path.display(), rec.device, rec.fs_path);
+    match libbtrfsutil::subvolume_info(&snap) {
+        Ok(info) if same_uuid(&info.uuid().to_string(), &rec.uuid) => Ok(Some(Located { id_dir, snapshot: Some(snap), direct: false, _temp: Some(temp) })),
+        Ok(info) => Err(SnapshotError::Mismatch {
+            path: PathBuf::from(where_()),
+            why: format!("the subvolume there has UUID {}, the checkpoint record says {}: the device may now hold another filesystem", info.uuid(), rec.uuid),
+        }),
+        Err(e) if e.errno() == libc::ENOENT => match std::fs::symlink_metadata(&id_dir) {
+            Ok(md) if md.is_dir() => Ok(Some(Located { id_dir, snapshot: None, direct: false, _temp: Some(temp) })),
+            Ok(_) => Err(SnapshotError::Mismatch { path: PathBuf::from(where_()), why: "the checkpoint's directory is not a directory".into() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(SnapshotError::Io { path: id_dir, syscall: "lstat", source: e }),
+        },
+        Err(e) if e.kind() == libbtrfsutil::ErrorKind::NOT_SUBVOLUME => {
+            Err(SnapshotError::Mismatch { path: PathBuf::from(where_()), why: "is not a subvolume".into() })
+        }
+        Err(e) => Err(bt_err(&snap, "subvolume info")(e)),
+    }
+}
+
+/// Delete one subvolume (never recursively). `force_writable`: a read-only subvolume the
+/// kernel refuses to delete is made writable first.
+fn delete_subvolume(path: &Path, force_writable: bool) -> Result<(), SnapshotError> {
+    match libbtrfsutil::delete_subvolume(path) {
+        Ok(()) => Ok(()),
+        Err(e) if force_writable && (e.errno() == libc::EPERM || e.errno() == libc::EROFS) => {
+            libbtrfsutil::set_subvolume_read_only(path, false).map_err(bt_err(path, "set writable"))?;
+            libbtrfsutil::delete_subvolume(path).map_err(bt_err(path, "delete subvolume"))
+        }
+        Err(e) if e.errno() == libc::ENOTEMPTY => Err(SnapshotError::Refused {
+            path: path.into(),
+            why: "it holds other subvolumes (for example the snapshots of a checkpoint taken from a restarted filesystem); delete those first".into(),
+        }),
+        Err(e) => Err(bt_err(path, "delete subvolume")(e)),
+    }
+}
+
+/// `restart-<N>` -> N.
+fn clone_number(name: &OsStr) -> Option<u32> {
+    let n = name.to_str()?.strip_prefix(CLONE_PREFIX)?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.len() > 9 {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// The `restart-<N>` entries of an `<id>` directory, sorted by N.
+fn clone_entries(id_dir: &Path) -> Result<Vec<(u32, PathBuf)>, SnapshotError> {
+    let rd = std::fs::read_dir(id_dir).map_err(io_err(id_dir, "opendir"))?;
+    let mut v = vec![];
+    for e in rd {
+        let e = e.map_err(io_err(id_dir, "readdir"))?;
+        if let Some(n) = clone_number(&e.file_name()) {
+            v.push((n, e.path()));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// mounts of a snapshot and its clones
+
+/// Mounts of this snapshot's clones (`clones`) and of the snapshot itself (`itself`), as
+/// listed in /proc/self/mountinfo: btrfs mounts whose root is `<id dir>/restart-<N>` (or the
+/// snapshot). Such a mount is ours if the subvolume visible at its mount point is a snapshot
+/// of (or is) the recorded snapshot by UUID; when that cannot be told (the mount is covered
+/// by another one, or unreachable), if it comes from the recorded device.
+fn mounts_of(rec: &Rec, all: &[MountEntry], clones: bool, itself: bool) -> Vec<MountEntry> {
+    let id_dir = Path::new(rec.id_fs_dir());
+    all.iter()
+        .filter(|e| e.fstype == "btrfs")
+        .filter(|e| {
+            let is_snap = e.root == Path::new(&rec.fs_path);
+            let is_clone = e.root.parent() == Some(id_dir) && e.root.file_name().and_then(clone_number).is_some();
+            if !((clones && is_clone) || (itself && is_snap)) {
+                return false;
+            }
+            let by_uuid = if is_topmost(e, all) { libbtrfsutil::subvolume_info(&e.mount_point).ok() } else { None };
+            match by_uuid {
+                Some(i) if is_snap => same_uuid(&i.uuid().to_string(), &rec.uuid),
+                Some(i) => i.parent_uuid().is_some_and(|u| same_uuid(&u.to_string(), &rec.uuid)),
+                None => e.source == rec.device,
+            }
+        })
+        .cloned()
+        .collect()
+}
+
+fn mount_points(v: &[MountEntry]) -> Vec<PathBuf> {
+    let mut p: Vec<PathBuf> = v.iter().map(|e| e.mount_point.clone()).collect();
+    p.sort();
+    p.dedup();
+    p
+}
+
+/// Mount points of this snapshot's restart clones, sorted.
+pub fn mounted_clones(s: &Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
+    let rec = Rec::from(s)?;
+    Ok(mount_points(&mounts_of(&rec, &mountinfo()?, true, false)))
+}
+
+/// Lazily unmount every mount of the snapshot and its clones, top mounts first.
+fn detach_all(rec: &Rec) -> Result<(), SnapshotError> {
+    for _ in 0..64 {
+        let all = mountinfo()?;
+        let ours = mounts_of(rec, &all, true, true);
+        if ours.is_empty() {
+            return Ok(());
+        }
+        let top: Vec<&MountEntry> = ours.iter().filter(|e| is_topmost(e, &all)).collect();
+        if top.is_empty() {
+            return Err(SnapshotError::Refused {
+                path: ours[0].mount_point.clone(),
+                why: "a restart clone mounted here is covered by another mount; unmount that first".into(),
+            });
+        }
+        for e in top {
+            match nix::mount::umount2(&e.mount_point, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(err) => return Err(SnapshotError::Io { path: e.mount_point.clone(), syscall: "umount2(MNT_DETACH)", source: err.into() }),
+            }
+        }
+    }
+    Err(SnapshotError::Refused { path: rec.path.clone(), why: "its clones stay mounted after 64 rounds of unmounting".into() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// delete
+
+/// Delete the snapshot, all its `restart-*` clones, then its `<id>` directory.
+///
+/// Refused with [`SnapshotError::InUse`] while a clone (or the snapshot itself) is mounted,
+/// unless `force`, which lazily unmounts them first. A snapshot that is already gone is not an
+/// error. A `restart-*` entry that is not a snapshot of this snapshot is left alone, and then
+/// the `<id>` directory cannot be removed (an error names it).
+pub fn delete(s: &Snapshot, force: bool) -> Result<(), SnapshotError> {
+    let rec = Rec::from(s)?;
+    let mounted = mounts_of(&rec, &mountinfo()?, true, true);
+    if !mounted.is_empty() {
+        if !force {
+            return Err(SnapshotError::InUse { path: rec.path.clone(), mounts: mount_points(&mounted) });
+        }
+        detach_all(&rec)?;
+    }
+    let Some(loc) = locate(&rec)? else { return Ok(()) };
+    for (_, p) in clone_entries(&loc.id_dir)? {
+        match libbtrfsutil::subvolume_info(&p) {
+            Ok(info) if info.parent_uuid().is_some_and(|u| same_uuid(&u.to_string(), &rec.uuid)) => delete_subvolume(&p, true)?,
+            Ok(info) => {
+                return Err(SnapshotError::Refused {
+                    path: p,
+                    why: format!("subvolume {} is not a snapshot of {} (UUID {}); not deleting it", info.id(), rec.path.display(), rec.uuid),
+                })
+            }
+            Err(e) if e.kind() == libbtrfsutil::ErrorKind::NOT_SUBVOLUME => {
+                // A directory left by an interrupted mount_clone: remove it if empty.
+                std::fs::remove_dir(&p).map_err(io_err(&p, "rmdir"))?;
+            }
+            Err(e) if e.errno() == libc::ENOENT => {}
+            Err(e) => return Err(bt_err(&p, "subvolume info")(e)),
+        }
+    }
+    if let Some(snap) = &loc.snapshot {
+        delete_subvolume(snap, true)?;
+    }
+    match std::fs::remove_dir(&loc.id_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(SnapshotError::Io { path: loc.id_dir.clone(), syscall: "rmdir", source: e }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// restart clones
+
+/// Mount options selecting exactly one subvolume: its id, and its path when the path can be
+/// written in a mount option (no ',').
+fn clone_mount_options(subvol_id: u64, fs_path: &str) -> String {
+    if fs_path.contains(',') {
+        format!("subvolid={subvol_id}")
+    } else {
+        format!("subvolid={subvol_id},subvol={fs_path}")
+    }
+}
+
+/// `mount -t btrfs DEVICE -o OPTIONS TARGET`.
+///
+/// The kernel refuses (EBUSY) a new mount of a filesystem on a directory that is the root of
+/// a mount of the same filesystem: the case of a restart at the origin's own mount point while
+/// the origin is still mounted there. Bind mounts have no such rule, so then the clone is
+/// mounted on a temporary directory and bound from there onto `target`.
+fn mount_device(device: &str, target: &Path, options: &str) -> Result<(), SnapshotError> {
+    let err = |source: io::Error| SnapshotError::Mount { device: device.into(), target: target.into(), fstype: "btrfs", options: options.into(), source };
+    match nix::mount::mount(Some(device), target, Some("btrfs"), MsFlags::empty(), Some(options)) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => {
+            let tmp = TempMount::new(device, options, MsFlags::empty(), "clone")?;
+            nix::mount::mount(Some(&tmp.dir), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| err(e.into()))
+            // `tmp` is unmounted here; the bind mount at `target` stays.
+        }
+        Err(e) => Err(err(e.into())),
+    }
+}
+
+/// Make `<id>/restart-<N>` (N the next free number, from 1), a writable snapshot of the
+/// read-only one, and mount it from the device at `target` (an existing directory).
+///
+/// If the snapshot is not reachable through the recorded mount point (the origin is not
+/// mounted, or something else is mounted there), the device's top level is mounted on a
+/// temporary directory under [`TEMP_ROOT`] to make the clone, and unmounted afterwards. On
+/// failure the clone is deleted again.
+pub fn mount_clone(s: &Snapshot, target: &Path) -> Result<MountedClone, SnapshotError> {
+    let rec = Rec::from(s)?;
+    if has_nul(target) {
+        return Err(SnapshotError::Invalid { what: "mount target", value: target.to_string_lossy().into_owned(), why: "contains a NUL byte".into() });
+    }
+    let target = std::fs::canonicalize(target).map_err(io_err(target, "realpath"))?;
+    let md = std::fs::metadata(&target).map_err(io_err(&target, "stat"))?;
+    if !md.is_dir() {
+        return Err(SnapshotError::Refused { path: target, why: "the mount target is not a directory".into() });
+    }
+    let loc = locate(&rec)?.ok_or_else(|| SnapshotError::Mismatch {
+        path: rec.path.clone(),
+        why: format!("the snapshot is gone: its directory {} does not exist on {}", rec.id_fs_dir(), rec.device),
+    })?;
+    let snap = loc.snapshot.clone().ok_or_else(|| SnapshotError::Mismatch {
+        path: rec.path.clone(),
+        why: format!("the snapshot {} does not exist on {} any more", rec.fs_path, rec.device),
+    })?;
+
+    // Create restart-<N>; a concurrent restart may take N first (EEXIST): try the next.
+    let mut n = clone_entries(&loc.id_dir)?.last().map(|(n, _)| n + 1).unwrap_or(1);
+    let clone = loop {
+        let p = loc.id_dir.join(format!("{CLONE_PREFIX}{n}"));
+        match CreateSnapshotOptions::new().create(&snap, &p) {
+            Ok(()) => break p,
+            Err(e) if e.errno() == libc::EEXIST && n < 1_000_000 => n += 1,
+            Err(e) => return Err(bt_err(&p, "create writable snapshot")(e)),
+        }
+    };
+    let r = mount_made_clone(&rec, &loc, &clone, &target);
+    if r.is_err() {
+        let _ = delete_subvolume(&clone, true);
+    }
+    drop(loc); // unmounts the temporary top level, if any
+    r
+}
+
+/// The part of [`mount_clone`] after the clone exists: describe, mount, verify.
+fn mount_made_clone(rec: &Rec, loc: &Located, clone: &Path, target: &Path) -> Result<MountedClone, SnapshotError> {
+    let info: SubvolumeInfo = libbtrfsutil::subvolume_info(clone).map_err(bt_err(clone, "subvolume info"))?;
+    if !info.parent_uuid().is_some_and(|u| same_uuid(&u.to_string(), &rec.uuid)) {
+        return Err(SnapshotError::Mismatch { path: clone.into(), why: "the new clone is not a snapshot of the checkpoint's snapshot".into() });
+    }
+    let rel = libbtrfsutil::subvolume_path(clone).map_err(bt_err(clone, "subvolume path"))?;
+    let fs_path = fs_path_string(&rel, clone)?;
+    let options = clone_mount_options(info.id(), &fs_path);
+    mount_device(&rec.device, target, &options)?;
+    // What is visible at the target now must be the clone.
+    let uuid = info.uuid().to_string();
+    match libbtrfsutil::subvolume_info(target) {
+        Ok(i) if i.id() == info.id() && same_uuid(&i.uuid().to_string(), &uuid) => {}
+        other => {
+            let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+            let why = match other {
+                Ok(i) => format!("after mounting, subvolume {} is visible there instead of the clone {}", i.id(), info.id()),
+                Err(e) => format!("after mounting, subvolume info fails: {e}"),
+            };
+            return Err(SnapshotError::Mismatch { path: target.into(), why });
+        }
+    }
+    let clone_path = if loc.direct { clone.to_path_buf() } else { PathBuf::from(&fs_path) };
+    Ok(MountedClone {
+        target: target.to_path_buf(),
+        clone_path,
+        description: format!("btrfs clone {fs_path} (subvol {}) of snapshot {} on {}", info.id(), rec.fs_path, rec.device),
+        detail: CloneDetail::Btrfs { device: rec.device.clone(), subvol_id: info.id(), uuid, fs_path, snapshot_uuid: rec.uuid.clone() },
+    })
+}
+
+/// Unmount a clone made by [`mount_clone`] and, if `remove`, delete its subvolume.
+///
+/// The mount at `target` is unmounted only if it is the clone (same root and subvolume id)
+/// and nothing is mounted on top of it; a clone no longer mounted there is not an error. A
+/// busy mount gives [`SnapshotError::InUse`]. The subvolume is not deleted while it is still
+/// mounted elsewhere; one already deleted is not an error.
+pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError> {
+    let CloneDetail::Btrfs { device, subvol_id, uuid, fs_path, .. } = &m.detail;
+    if has_nul(&m.target) || has_nul(&m.clone_path) || has_nul(Path::new(fs_path)) || !fs_path.starts_with('/') || device.contains('\0') {
+        return Err(SnapshotError::Invalid { what: "restart clone", value: m.description.clone(), why: "has a malformed target, path or device".into() });
+    }
+    let id_s = subvol_id.to_string();
+    let is_clone = |e: &MountEntry| e.fstype == "btrfs" && e.root == Path::new(fs_path) && e.super_option("subvolid") == Some(id_s.as_str());
+    let all = mountinfo()?;
+    if let Some(e) = all.iter().find(|e| e.mount_point == m.target && is_clone(e)) {
+        if !is_topmost(e, &all) {
+            return Err(SnapshotError::Refused { path: m.target.clone(), why: "another mount covers the restart clone; unmount it first".into() });
+        }
+        match nix::mount::umount2(&m.target, MntFlags::empty()) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EBUSY) => return Err(SnapshotError::InUse { path: m.clone_path.clone(), mounts: vec![m.target.clone()] }),
+            Err(err) => return Err(SnapshotError::Io { path: m.target.clone(), syscall: "umount", source: err.into() }),
+        }
+    }
+    if !remove {
+        return Ok(());
+    }
+    let still: Vec<PathBuf> = mountinfo()?.iter().filter(|e| is_clone(e) && e.source == *device).map(|e| e.mount_point.clone()).collect();
+    if !still.is_empty() {
+        return Err(SnapshotError::InUse { path: m.clone_path.clone(), mounts: still });
+    }
+    // Through snapckpt's view if it is still the clone there, else on the device.
+    if m.clone_path.is_absolute() {
+        if let Ok(i) = libbtrfsutil::subvolume_info(&m.clone_path) {
+            if i.id() == *subvol_id && same_uuid(&i.uuid().to_string(), uuid) {
+                return delete_subvolume(&m.clone_path, true);
+            }
+        }
+    }
+    let temp = TempMount::top(device)?;
+    let p = temp.at(fs_path);
+    match libbtrfsutil::subvolume_info(&p) {
+        Ok(i) if same_uuid(&i.uuid().to_string(), uuid) => delete_subvolume(&p, true),
+        Ok(i) => Err(SnapshotError::Mismatch { path: PathBuf::from(format!("{device}:{fs_path}")), why: format!("subvolume UUID {} is not the clone's {uuid}; not deleting it", i.uuid()) }),
+        Err(e) if e.errno() == libc::ENOENT => Ok(()),
+        Err(e) => Err(bt_err(&p, "subvolume info")(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(path: &str, fs_path: &str, device: &str) -> Snapshot {
+        Snapshot::Btrfs {
+            mount_point: "/m".into(),
+            device: device.into(),
+            origin_subvol_id: 5,
+            origin_subvol_path: "/".into(),
+            subvol_id: 257,
+            uuid: "0f6c1e2a-61a5-4a47-9a57-4d6c3f1c2b1a".into(),
+            path: path.into(),
+            fs_path: fs_path.into(),
+            created_unix: 1,
+        }
+    }
+
+    #[test]
+    fn records_are_checked() {
+        assert!(Rec::from(&snap("/m/.snapckpt/a1/snapshot", "/.snapckpt/a1/snapshot", "/dev/loop0")).is_ok());
+        let r = Rec::from(&snap("/m/.snapckpt/a1/snapshot", "/@d/.snapckpt/a1/snapshot", "/dev/loop0")).unwrap();
+        assert_eq!(r.id_fs_dir(), "/@d/.snapckpt/a1");
+        for (p, f, d) in [
+            ("/m/../etc/a1/snapshot", "/.snapckpt/a1/snapshot", "/dev/loop0"),
+            ("/m/.snapckpt/a1/snapshot", "/.snapckpt/a2/snapshot", "/dev/loop0"),
+            ("m/.snapckpt/a1/snapshot", "/.snapckpt/a1/snapshot", "/dev/loop0"),
+            ("/m/.snapckpt/a1/other", "/.snapckpt/a1/snapshot", "/dev/loop0"),
+            ("/m/.snapckpt/.x/snapshot", "/.snapckpt/.x/snapshot", "/dev/loop0"),
+            ("/m/.snapckpt/a1/snapshot", "/.snapckpt//a1/snapshot", "/dev/loop0"),
+            ("/m/.snapckpt/a1/snapshot\0", "/.snapckpt/a1/snapshot", "/dev/loop0"),
+            ("/m/.snapckpt/a1/snapshot", "/.snapckpt/a1/snapshot", "loop0"),
+            ("/m/.snapckpt/a1/snapshot", "/.snapckpt/a1/snapshot", "/dev/loop0,subvolid=5"),
+        ] {
+            assert!(Rec::from(&snap(p, f, d)).is_err(), "{p} {f} {d}");
+        }
+    }
+
+    #[test]
+    fn clone_names_and_options() {
+        assert_eq!(clone_number(OsStr::new("restart-12")), Some(12));
+        for bad in ["restart-", "restart-+1", "restart-1x", "snapshot", "restart-99999999999"] {
+            assert_eq!(clone_number(OsStr::new(bad)), None, "{bad}");
+        }
+        assert_eq!(clone_mount_options(260, "/@d/.snapckpt/a/restart-1"), "subvolid=260,subvol=/@d/.snapckpt/a/restart-1");
+        assert_eq!(clone_mount_options(260, "/a,b/.snapckpt/a/restart-1"), "subvolid=260");
+    }
+}

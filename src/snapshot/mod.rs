@@ -1,0 +1,323 @@
+//! Filesystem snapshots: the stage that makes the relinked files (and everything else on the
+//! filesystem) survive as they were at checkpoint time.
+//!
+//! The pipeline relinks unlinked open files into `<mount>/lost+found/checkpoint/` first, then
+//! calls [`take`]: a read-only snapshot of the whole filesystem carries their data. (Order
+//! matters: btrfs deletes orphan inodes from every new snapshot.) Restart calls
+//! [`mount_clone`], which mounts a *writable* clone of the read-only snapshot, so one checkpoint
+//! can be restarted any number of times; [`unmount_clone`] undoes that, and [`delete`] removes a
+//! checkpoint's snapshot together with all its clones.
+//!
+//! Backends: btrfs ([`btrfs`]); LVM is dispatched here but not built yet.
+//!
+//! Every function validates what it is given (checkpoint ids, the snapshot directory, the
+//! fields of a record read back from disk) and returns a [`SnapshotError`] naming the path and
+//! the operation; none panics on bad input.
+
+pub mod btrfs;
+
+use crate::image;
+use serde::{Deserialize, Serialize};
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+/// The snapshot backend of a filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    Btrfs,
+    Lvm,
+}
+
+/// What to snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsSpec {
+    /// The mount point of the filesystem (it must be the root of a mount).
+    pub mount_point: PathBuf,
+    pub backend: Backend,
+    /// btrfs: directory (relative to the mount root) that holds snapckpt's snapshots, default
+    /// [`btrfs::DEFAULT_SNAPSHOT_DIR`] (snapper keeps ".snapshots"); must be a plain relative
+    /// path without "..".
+    pub snapshot_dir: Option<String>,
+    /// lvm classic snapshots: COW size, e.g. "512M" (unused by btrfs).
+    pub lvm_size: Option<String>,
+}
+
+/// Errors of the snapshot stage. Each names the path (or name) concerned and the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// A system call failed.
+    #[error("{syscall} {path}: {source}")]
+    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+    /// A libbtrfsutil operation failed.
+    #[error("btrfs {op} {path}: {msg}")]
+    Btrfs { path: PathBuf, op: &'static str, msg: String, errno: i32 },
+    /// mount(2) of a device failed.
+    #[error("mount -t {fstype} {device} -o {options} {target}: {source}")]
+    Mount { device: String, target: PathBuf, fstype: &'static str, options: String, source: std::io::Error },
+    /// The path given as a mount point is not the root of a mount.
+    #[error("{path} is not a mount point: it is inside the mount at {mount_point}; name the mount point itself")]
+    NotMountPoint { path: PathBuf, mount_point: PathBuf },
+    /// The mount is btrfs but its root is a plain directory inside a subvolume.
+    #[error("{mount_point} is not the root of a btrfs subvolume: {why}")]
+    NotSubvolumeRoot { mount_point: PathBuf, why: String },
+    /// The backend does not match the filesystem type.
+    #[error("{path} is a {fstype} filesystem, not btrfs")]
+    NotBtrfs { path: PathBuf, fstype: String },
+    /// Restart clones (or the snapshot itself) are mounted.
+    #[error("snapshot {path} is in use: mounted at {}; unmount first (or force the deletion)", list(mounts))]
+    InUse { path: PathBuf, mounts: Vec<PathBuf> },
+    /// A name or path given to snapckpt (or read from a record) is not acceptable.
+    #[error("invalid {what} {value:?}: {why}")]
+    Invalid { what: &'static str, value: String, why: String },
+    /// snapckpt refuses to use something it found on the filesystem.
+    #[error("{path}: refused: {why}")]
+    Refused { path: PathBuf, why: String },
+    /// What is on disk does not match the checkpoint record.
+    #[error("{path}: {why}")]
+    Mismatch { path: PathBuf, why: String },
+    /// A backend or feature that is not available.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+fn list(v: &[PathBuf]) -> String {
+    v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// A writable clone of a snapshot, mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountedClone {
+    /// Where the clone is mounted.
+    pub target: PathBuf,
+    /// Where the clone subvolume lives, snapckpt's view. btrfs: through the origin's mount
+    /// point when the snapshot was reachable there at mount time; otherwise (origin not
+    /// mounted) its path within the filesystem, as used with `subvol=`.
+    pub clone_path: PathBuf,
+    /// One line for humans, e.g. `btrfs clone /@data/.snapckpt/ID/restart-1 (subvol 263) of ...`.
+    pub description: String,
+    /// What [`unmount_clone`] needs to find and remove the clone again.
+    pub detail: CloneDetail,
+}
+
+/// Backend-specific identity of a mounted clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloneDetail {
+    Btrfs {
+        /// Block device the clone was mounted from.
+        device: String,
+        /// The clone subvolume: id, UUID and path within the filesystem.
+        subvol_id: u64,
+        uuid: String,
+        fs_path: String,
+        /// UUID of the read-only snapshot it was made from.
+        snapshot_uuid: String,
+    },
+}
+
+/// Take a read-only snapshot of `spec.mount_point` for checkpoint `id`.
+///
+/// btrfs: `<mount>/<snapshot_dir>/<id>/snapshot`; see [`btrfs::take`].
+pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<image::Snapshot, SnapshotError> {
+    match spec.backend {
+        Backend::Btrfs => btrfs::take(spec, id, now_unix),
+        Backend::Lvm => Err(lvm_unsupported()),
+    }
+}
+
+/// Delete a checkpoint's snapshot and its restart clones. Refuses ([`SnapshotError::InUse`],
+/// naming the mount points) while a clone is mounted, unless `force`: then the clones are
+/// lazily unmounted first.
+pub fn delete(s: &image::Snapshot, force: bool) -> Result<(), SnapshotError> {
+    match s {
+        image::Snapshot::Btrfs { .. } => btrfs::delete(s, force),
+        image::Snapshot::Lvm { .. } => Err(lvm_unsupported()),
+    }
+}
+
+/// Make a writable clone of the read-only snapshot and mount it at `target` (an existing
+/// directory). On failure nothing is left behind.
+pub fn mount_clone(s: &image::Snapshot, target: &Path) -> Result<MountedClone, SnapshotError> {
+    match s {
+        image::Snapshot::Btrfs { .. } => btrfs::mount_clone(s, target),
+        image::Snapshot::Lvm { .. } => Err(lvm_unsupported()),
+    }
+}
+
+/// Unmount a clone made by [`mount_clone`] and, if `remove`, delete it.
+pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError> {
+    match &m.detail {
+        CloneDetail::Btrfs { .. } => btrfs::unmount_clone(m, remove),
+    }
+}
+
+/// The mount points of this snapshot's restart clones, from /proc/self/mountinfo, sorted.
+pub fn mounted_clones(s: &image::Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
+    match s {
+        image::Snapshot::Btrfs { .. } => btrfs::mounted_clones(s),
+        image::Snapshot::Lvm { .. } => Err(lvm_unsupported()),
+    }
+}
+
+fn lvm_unsupported() -> SnapshotError {
+    SnapshotError::Unsupported("lvm backend not built yet".into())
+}
+
+/// Check a checkpoint id: `[A-Za-z0-9._-]`, no leading '.', at most 64 characters.
+pub fn validate_id(id: &str) -> Result<(), SnapshotError> {
+    if image::valid_id(id) {
+        Ok(())
+    } else {
+        Err(SnapshotError::Invalid {
+            what: "checkpoint id",
+            value: id.into(),
+            why: "must be 1-64 characters of [A-Za-z0-9._-] and not start with '.'".into(),
+        })
+    }
+}
+
+/// Check a snapshot directory: a relative path of plain components (no "", ".", "..", no
+/// leading '/', no NUL, no ',' which would break mount options).
+pub fn validate_snapshot_dir(dir: &str) -> Result<(), SnapshotError> {
+    let bad = |why: &str| Err(SnapshotError::Invalid { what: "snapshot directory", value: dir.into(), why: why.into() });
+    if dir.is_empty() {
+        return bad("is empty");
+    }
+    if dir.starts_with('/') {
+        return bad("must be relative to the mount point (no leading '/')");
+    }
+    if dir.len() > 1024 {
+        return bad("is longer than 1024 bytes");
+    }
+    if dir.contains('\0') || dir.contains(',') {
+        return bad("contains a NUL or a ','");
+    }
+    for c in dir.split('/') {
+        match c {
+            "" => return bad("has an empty component ('//' or a trailing '/')"),
+            "." | ".." => return bad("has a '.' or '..' component"),
+            c if c.len() > 255 => return bad("has a component longer than 255 bytes"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// One line of /proc/self/mountinfo, paths decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MountEntry {
+    pub mnt_id: u32,
+    pub parent_id: u32,
+    /// Root of the mount within its filesystem (field 4).
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    pub source: String,
+    pub super_options: String,
+}
+
+impl MountEntry {
+    /// The value of a super option such as `subvolid`.
+    pub fn super_option(&self, key: &str) -> Option<&str> {
+        self.super_options.split(',').find_map(|o| o.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+    }
+}
+
+/// Read and parse /proc/self/mountinfo.
+pub(crate) fn mountinfo() -> Result<Vec<MountEntry>, SnapshotError> {
+    let p = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read(p).map_err(|source| SnapshotError::Io { path: p.into(), syscall: "read", source })?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// Parse mountinfo text; malformed lines are skipped.
+pub(crate) fn parse_mountinfo(text: &[u8]) -> Vec<MountEntry> {
+    let mut out = vec![];
+    for line in text.split(|&b| b == b'\n') {
+        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let Some(sep) = f.iter().position(|x| *x == b"-") else { continue };
+        if sep < 6 || f.len() < sep + 4 {
+            continue;
+        }
+        let num = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| s.parse::<u32>().ok());
+        let (Some(mnt_id), Some(parent_id)) = (num(f[0]), num(f[1])) else { continue };
+        let text = |b: &[u8]| String::from_utf8_lossy(&unescape(b)).into_owned();
+        out.push(MountEntry {
+            mnt_id,
+            parent_id,
+            root: PathBuf::from(OsString::from_vec(unescape(f[3]))),
+            mount_point: PathBuf::from(OsString::from_vec(unescape(f[4]))),
+            fstype: text(f[sep + 1]),
+            source: text(f[sep + 2]),
+            super_options: text(f[sep + 3]),
+        });
+    }
+    out
+}
+
+/// Decode the kernel's `\ooo` octal escapes (space, tab, newline, backslash).
+fn unescape(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = i + 4 <= b.len() && (b'0'..=b'3').contains(&b[i + 1]) && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c));
+        if b[i] == b'\\' && octal {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// The mount that is visible at its mount point: no other entry is mounted on top of it.
+pub(crate) fn is_topmost(e: &MountEntry, all: &[MountEntry]) -> bool {
+    !all.iter().any(|o| o.parent_id == e.mnt_id && o.mount_point == e.mount_point)
+}
+
+/// True if `p` contains a NUL byte (libbtrfsutil would panic on it).
+pub(crate) fn has_nul(p: &Path) -> bool {
+    p.as_os_str().as_bytes().contains(&0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(validate_id("20261126T210000Z-abcd").is_ok());
+        for bad in ["", ".x", "../x", "a/b", "a b", "a\0b"] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+        for good in [".snapckpt", ".snapshots/snapckpt", "a.b/c-d"] {
+            assert!(validate_snapshot_dir(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", "/abs", "..", "a/../b", "a//b", "a/", "./a", "a,b", "a\0"] {
+            assert!(validate_snapshot_dir(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mountinfo_lines() {
+        let t = b"44 27 0:39 /@data /tmp/a\\040b rw,relatime shared:5 - btrfs /dev/loop0 rw,subvolid=256,subvol=/@data\n\
+                  garbage line\n\
+                  45 44 0:39 /x\\134y /tmp/c rw - btrfs /dev/loop0 rw,subvolid=258,subvol=/x\n\
+                  46 45 0:40 / /tmp/c rw - tmpfs none rw\n";
+        let m = parse_mountinfo(t);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[0].mount_point, Path::new("/tmp/a b"));
+        assert_eq!(m[0].root, Path::new("/@data"));
+        assert_eq!(m[0].fstype, "btrfs");
+        assert_eq!(m[0].source, "/dev/loop0");
+        assert_eq!(m[0].super_option("subvolid"), Some("256"));
+        assert_eq!(m[0].super_option("subvol"), Some("/@data"));
+        assert_eq!(m[1].root, Path::new("/x\\y"));
+        assert!(is_topmost(&m[0], &m));
+        assert!(!is_topmost(&m[1], &m), "46 is mounted over 45 at /tmp/c");
+        assert!(is_topmost(&m[2], &m));
+    }
+}
