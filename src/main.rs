@@ -448,12 +448,12 @@ fn cmd_scan(a: ScanArgs) -> Res {
                 "{:<8} {:<14} {:<12} {:<11} {:>5} {:>12} {:<10} {}",
                 h.pid,
                 h.what,
-                format!("{:?}", o.class).to_lowercase(),
-                format!("{:?}", o.kind).to_lowercase(),
+                kebab(&o.class),
+                kebab(&o.kind),
                 o.nlink,
                 o.size,
-                o.mount.mount_point,
-                o.original_path
+                printable(&o.mount.mount_point),
+                printable(&o.original_path)
             );
         }
     }
@@ -494,6 +494,16 @@ fn cmd_check(a: CheckArgs) -> Res {
         Err(e) => line(false, "CRIU", e.to_string()),
     }
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The name serde gives an enum value (the same word as in the JSON record).
+fn kebab<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|x| x.as_str().map(str::to_string)).unwrap_or_default()
+}
+
+/// A path for a one-line-per-entry table: control characters escaped (`\n`, `\t`, ...).
+fn printable(p: &str) -> String {
+    p.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
 fn which(name: &str) -> bool {

@@ -290,6 +290,11 @@ fn open_secure_subdir(parent: RawFd, name: &str, path: &Path, create: bool) -> R
 }
 
 fn refuse_or_io(e: io::Error, path: &Path) -> RelinkError {
+    // O_DIRECTORY|O_NOFOLLOW on a symlink gives ENOTDIR: say what it really is.
+    let is_symlink = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if is_symlink && matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) {
+        return RelinkError::Unsafe { path: path.into(), why: "it is a symlink".into() };
+    }
     match e.raw_os_error() {
         Some(libc::ELOOP) => RelinkError::Unsafe { path: path.into(), why: "it is a symlink".into() },
         Some(libc::ENOTDIR) => RelinkError::Unsafe { path: path.into(), why: "it is not a directory".into() },

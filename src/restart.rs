@@ -230,8 +230,12 @@ fn exec_fds(ck: &Checkpoint, task: Option<i32>, opened: &[Opened]) -> Result<Vec
     for f in &t.fds {
         let Some(i) = f.object else { continue };
         let Some(o) = by_obj.get(&i) else { continue };
-        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECTORY;
-        let flags = (f.flags as i32) & keep;
+        // O_TMPFILE's bits include O_DIRECTORY: keep only the status and access flags
+        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_SYNC | libc::O_DSYNC;
+        let mut flags = (f.flags as i32) & keep;
+        if o.obj.kind == FileKind::Directory {
+            flags |= libc::O_DIRECTORY;
+        }
         let src = format!("/proc/self/fd/{}", o.fd.as_raw_fd());
         let nfd = sys::open(&src, flags, 0).map_err(|source| RestartError::Io { path: o.dir.path.join(&o.name), syscall: "open", source })?;
         if o.obj.kind == FileKind::Regular {
@@ -254,6 +258,9 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)]) -> Result<i32, RestartError>
     // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
     unsafe {
         c.pre_exec(move || {
+            // Nothing but the recorded fds (and 0-2) reaches the command: mark every other
+            // inherited fd close-on-exec (dup2 clears the flag on the targets).
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */);
             // Move every source above all targets first, so no dup2 clobbers a source.
             let high = pairs.iter().map(|p| p.0.max(p.1)).max().unwrap_or(0) + 1;
             let mut moved = [0i32; 1024];

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -36,6 +37,7 @@ int main(int argc, char **argv) {
     if (pipe(ready) < 0) return 1;
     pid_t c = fork();
     if (c == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test's parent process */
         char q[64];
         snprintf(q, sizeof q, "/proc/self/fd/%d", fd);
         int own = open(q, O_RDONLY);
