@@ -85,7 +85,13 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
             return Err(RestartError::Refused("this checkpoint has a CRIU process image; --exec is for files-only checkpoints".into()));
         }
         for t in &ck.tasks {
-            if Path::new(&format!("/proc/{}", t.pid)).exists() {
+            // A task killed by the dump may linger a moment as a zombie: give it time.
+            let proc_dir = PathBuf::from(format!("/proc/{}", t.pid));
+            let t0 = std::time::Instant::now();
+            while proc_dir.exists() && t0.elapsed() < std::time::Duration::from_secs(5) {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            if proc_dir.exists() {
                 return Err(RestartError::Refused(format!(
                     "pid {} ({}) is in use: CRIU restores tasks with their old pids; stop the original task first",
                     t.pid, t.comm

@@ -52,7 +52,7 @@ static uint64_t fnv(uint64_t h, const unsigned char *p, size_t n) {
 }
 
 static uint64_t hash_fd(int fd, off_t size) {
-    static unsigned char buf[1 << 20];
+    static unsigned char buf[1 << 16]; /* small: the process image should hold little memory */
     uint64_t h = 1469598103934665603ULL;
     off_t off = 0;
     while (off < size) {

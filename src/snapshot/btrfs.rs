@@ -657,7 +657,9 @@ fn mount_made_clone(rec: &Rec, loc: &Located, clone: &Path, target: &Path) -> Re
 /// busy mount gives [`SnapshotError::InUse`]. The subvolume is not deleted while it is still
 /// mounted elsewhere; one already deleted is not an error.
 pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError> {
-    let CloneDetail::Btrfs { device, subvol_id, uuid, fs_path, .. } = &m.detail;
+    let CloneDetail::Btrfs { device, subvol_id, uuid, fs_path, .. } = &m.detail else {
+        return Err(SnapshotError::Unsupported(format!("{} is not a btrfs restart clone", m.description)));
+    };
     if has_nul(&m.target) || has_nul(&m.clone_path) || has_nul(Path::new(fs_path)) || !fs_path.starts_with('/') || device.contains('\0') {
         return Err(SnapshotError::Invalid { what: "restart clone", value: m.description.clone(), why: "has a malformed target, path or device".into() });
     }

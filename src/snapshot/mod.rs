@@ -8,13 +8,15 @@
 //! can be restarted any number of times; [`unmount_clone`] undoes that, and [`delete`] removes a
 //! checkpoint's snapshot together with all its clones.
 //!
-//! Backends: btrfs ([`btrfs`]); LVM is dispatched here but not built yet.
+//! Backends: btrfs ([`btrfs`]) and LVM ([`lvm`]: thin snapshots restart any number of times,
+//! classic COW snapshots once; see its module documentation).
 //!
 //! Every function validates what it is given (checkpoint ids, the snapshot directory, the
 //! fields of a record read back from disk) and returns a [`SnapshotError`] naming the path and
 //! the operation; none panics on bad input.
 
 pub mod btrfs;
+pub mod lvm;
 
 use crate::image;
 use serde::{Deserialize, Serialize};
@@ -80,6 +82,9 @@ pub enum SnapshotError {
     /// A backend or feature that is not available.
     #[error("{0}")]
     Unsupported(String),
+    /// An LVM command failed: the command, its arguments, how it ended and its stderr.
+    #[error("{cmd} {}: {status}: {stderr}", args.join(" "))]
+    Lvm { cmd: String, args: Vec<String>, status: String, stderr: String },
 }
 
 fn list(v: &[PathBuf]) -> String {
@@ -114,6 +119,19 @@ pub enum CloneDetail {
         /// UUID of the read-only snapshot it was made from.
         snapshot_uuid: String,
     },
+    Lvm {
+        /// The LV that is mounted: the thin restart clone, or (classic) the snapshot itself.
+        vg: String,
+        lv: String,
+        lv_uuid: String,
+        /// Its device number (makedev(major, minor)) when it was mounted.
+        dev: u64,
+        /// Thin clone (removed by `unmount_clone(.., true)`) or classic snapshot (kept).
+        thin: bool,
+        /// The checkpoint's snapshot LV and its UUID.
+        snapshot_lv: String,
+        snapshot_uuid: String,
+    },
 }
 
 /// Take a read-only snapshot of `spec.mount_point` for checkpoint `id`.
@@ -122,7 +140,7 @@ pub enum CloneDetail {
 pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<image::Snapshot, SnapshotError> {
     match spec.backend {
         Backend::Btrfs => btrfs::take(spec, id, now_unix),
-        Backend::Lvm => Err(lvm_unsupported()),
+        Backend::Lvm => lvm::take(spec, id, now_unix),
     }
 }
 
@@ -132,7 +150,7 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<image::Snapshot, S
 pub fn delete(s: &image::Snapshot, force: bool) -> Result<(), SnapshotError> {
     match s {
         image::Snapshot::Btrfs { .. } => btrfs::delete(s, force),
-        image::Snapshot::Lvm { .. } => Err(lvm_unsupported()),
+        image::Snapshot::Lvm { .. } => lvm::delete(s, force),
     }
 }
 
@@ -141,7 +159,7 @@ pub fn delete(s: &image::Snapshot, force: bool) -> Result<(), SnapshotError> {
 pub fn mount_clone(s: &image::Snapshot, target: &Path) -> Result<MountedClone, SnapshotError> {
     match s {
         image::Snapshot::Btrfs { .. } => btrfs::mount_clone(s, target),
-        image::Snapshot::Lvm { .. } => Err(lvm_unsupported()),
+        image::Snapshot::Lvm { .. } => lvm::mount_clone(s, target),
     }
 }
 
@@ -149,6 +167,7 @@ pub fn mount_clone(s: &image::Snapshot, target: &Path) -> Result<MountedClone, S
 pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError> {
     match &m.detail {
         CloneDetail::Btrfs { .. } => btrfs::unmount_clone(m, remove),
+        CloneDetail::Lvm { .. } => lvm::unmount_clone(m, remove),
     }
 }
 
@@ -156,12 +175,8 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
 pub fn mounted_clones(s: &image::Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
     match s {
         image::Snapshot::Btrfs { .. } => btrfs::mounted_clones(s),
-        image::Snapshot::Lvm { .. } => Err(lvm_unsupported()),
+        image::Snapshot::Lvm { .. } => lvm::mounted_clones(s),
     }
-}
-
-fn lvm_unsupported() -> SnapshotError {
-    SnapshotError::Unsupported("lvm backend not built yet".into())
 }
 
 /// Check a checkpoint id: `[A-Za-z0-9._-]`, no leading '.', at most 64 characters.

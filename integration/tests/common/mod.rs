@@ -167,3 +167,36 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static M: std::sync::Mutex<()> = std::sync::Mutex::new(());
     M.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+impl Proc {
+    /// Like `start`, in a new session (CRIU dumps session leaders without --shell-job).
+    pub fn start_setsid(bin: &Path, args: &[&str], log: &Path) -> Proc {
+        use std::os::unix::process::CommandExt;
+        let out = std::fs::File::create(log).unwrap();
+        let mut c = Command::new(bin);
+        c.args(args).stdin(Stdio::null()).stdout(out).stderr(Stdio::inherit());
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            c.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let child = c.spawn().unwrap();
+        let pid = child.id() as i32;
+        let p = Proc { child, pid };
+        wait_for(|| std::fs::read_to_string(log).map(|s| s.contains("ready")).unwrap_or(false), Duration::from_secs(20), "program ready");
+        p
+    }
+}
+
+/// SIGKILL a process that is not our child (e.g. restored by CRIU) and wait until it is gone.
+pub fn kill_wait(pid: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+    wait_for(|| !Path::new(&format!("/proc/{pid}")).exists(), Duration::from_secs(10), "process gone");
+}
+
+/// Wait until a process is gone (e.g. killed by CRIU after a dump).
+pub fn wait_gone(pid: i32) {
+    wait_for(|| !Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true), Duration::from_secs(10), "process gone");
+}

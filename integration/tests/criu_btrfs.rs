@@ -1,0 +1,258 @@
+//! Whole checkpoint/restart: btrfs snapshots carry the relinked files, CRIU carries the
+//! processes with no file data in its image. Real CRIU (scripts/install-criu.sh), real loop
+//! btrfs, real processes that check themselves after restart. Run as root.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The report lines (FD/MAP/CWD) a ufiles process printed after `from` bytes of its log.
+fn report_after(log: &Path, from: usize) -> Vec<String> {
+    let s = std::fs::read(log).unwrap();
+    let s = String::from_utf8_lossy(&s[from.min(s.len())..]).into_owned();
+    let s = s.split("ready").next().unwrap().to_string();
+    s.split("checked").next().unwrap().lines().filter(|l| l.starts_with("FD ") || l.starts_with("MAP ") || l.starts_with("CWD ")).map(str::to_string).collect()
+}
+
+/// Ask a restored ufiles process to check itself; returns its report.
+fn self_check(pid: i32, log: &Path, from: usize) -> Vec<String> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
+    wait_for(
+        || std::fs::read(log).map(|s| String::from_utf8_lossy(&s[from.min(s.len())..]).contains("checked")).unwrap_or(false),
+        Duration::from_secs(30),
+        "self check",
+    );
+    report_after(log, from)
+}
+
+fn take_id(out: &str) -> String {
+    out.lines().next().unwrap().split_whitespace().nth(1).unwrap().to_string()
+}
+
+fn record(images: &Path, id: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(images.join(id).join("checkpoint.json")).unwrap()).unwrap()
+}
+
+fn du(p: &Path) -> u64 {
+    sh(&format!("du -sb '{}'", p.display())).split_whitespace().next().unwrap().parse().unwrap()
+}
+
+struct Setup {
+    fs: LoopFs,
+    work: Scratch,
+    dir: PathBuf,
+    images: PathBuf,
+}
+
+fn setup(size: &str) -> Setup {
+    let fs = LoopFs::new("btrfs", size);
+    let work = Scratch::new("criu");
+    let dir = fs.path("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let images = work.path().join("images");
+    Setup { fs, work, dir, images }
+}
+
+/// Every kind of unlinked file, CRIU + btrfs snapshot, restarted twice side by side from
+/// one checkpoint while the live filesystem changes; each time the process reports exactly
+/// what it saw, and the live changes are not seen.
+#[test]
+fn criu_every_kind_restart_twice() {
+    let _g = serial();
+    let s = setup("2G");
+    let log = s.work.path().join("ufiles.log");
+    let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "ab", "orphan:268435456", "mmap", "tmpfile", "twofds", "fifo", "cwd"], &log);
+    let before = report_after(&log, 0);
+    let out = snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]);
+    let id = take_id(&out);
+    p.child.wait().unwrap(); // CRIU killed it after the dump
+    let rec = record(&s.images, &id);
+    assert_eq!(rec["engine"]["name"], "criu");
+    assert_eq!(rec["links_removed"], true);
+    assert_eq!(rec["snapshots"].as_array().unwrap().len(), 1);
+    // no file data in CRIU's image: no ghost files, and the whole directory is small
+    assert!(du(&s.images.join(&id)) < 1 << 20, "image dir {} bytes", du(&s.images.join(&id)));
+    assert!(!std::fs::read_dir(s.images.join(&id)).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("ghost")));
+    // the relinked names are in the snapshot only
+    assert_eq!(std::fs::read_dir(s.fs.path("lost+found/checkpoint")).unwrap().count(), 0);
+
+    // the live filesystem moves on
+    std::fs::write(s.dir.join("b"), "changed live").unwrap();
+    std::fs::remove_file(s.dir.join("a")).unwrap();
+    let logsize = std::fs::metadata(&log).unwrap().len() as usize;
+    for round in 1..=2 {
+        let root = s.work.path().join(format!("r{round}"));
+        sh(&format!("truncate -s {logsize} '{}'", log.display())); // CRIU checks the log's size
+        let out = snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+        assert!(out.contains(&format!("restored tasks [{}]", p.pid)), "{out}");
+        let after = self_check(p.pid, &log, logsize);
+        assert_eq!(after, before, "round {round}: the restored process sees what it saw");
+        let clone = root.join(s.fs.mnt.strip_prefix("/").unwrap());
+        assert_eq!(std::fs::read_to_string(clone.join("data/b")).unwrap(), "hello", "round {round}: live changes not seen");
+        // the relinked names were unlinked again inside the clone
+        assert_eq!(std::fs::read_dir(clone.join("lost+found/checkpoint")).unwrap().count(), 0);
+        kill_wait(p.pid);
+    }
+    // the read-only snapshot is untouched: its relinked names are all still there
+    let snap = PathBuf::from(rec["snapshots"][0]["path"].as_str().unwrap());
+    assert_eq!(std::fs::read_dir(snap.join("lost+found/checkpoint")).unwrap().count(), rec["objects"].as_array().unwrap().len());
+    // delete refuses while a clone is mounted, --force unmounts
+    let (ok, _, err) = snapckpt(&["delete", &id, "--image-root", s.images.to_str().unwrap()]);
+    assert!(!ok && err.contains("mounted"), "{err}");
+    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+    assert!(!snap.exists());
+    assert!(!s.images.join(&id).exists());
+}
+
+/// `a_fd = open(a); link(a, b); unlink(a); creat(a)`, checkpoint, kill, restart: a write
+/// through the restored fd lands in "b", and "a" is still the new file.
+#[test]
+fn criu_ab_write_lands_in_b() {
+    let _g = serial();
+    let s = setup("1G");
+    let log = s.work.path().join("ufiles.log");
+    let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "ab"], &log);
+    let id = take_id(&snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]));
+    p.child.wait().unwrap();
+    let logsize = std::fs::metadata(&log).unwrap().len() as usize;
+    let root = s.work.path().join("r");
+    snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), nix::sys::signal::Signal::SIGUSR2).unwrap();
+    wait_for(|| String::from_utf8_lossy(&std::fs::read(&log).unwrap()[logsize..]).contains("wrote"), Duration::from_secs(10), "write");
+    let clone = root.join(s.fs.mnt.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read_to_string(clone.join("data/b")).unwrap(), "helXY");
+    assert_eq!(std::fs::read_to_string(clone.join("data/a")).unwrap(), "new");
+    // the restored fd's inode has one link again: b
+    let fdlink = format!("/proc/{}/fd/3", p.pid);
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&fdlink).unwrap().nlink(), 1);
+    kill_wait(p.pid);
+    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+}
+
+/// A 1 GiB sparse orphan: the image directory stays under 1 MiB, the take allocates no new
+/// data blocks, and the restored process reads the same bytes, holes and offset.
+#[test]
+fn criu_1g_sparse_orphan() {
+    let _g = serial();
+    let s = setup("3G");
+    let log = s.work.path().join("ufiles.log");
+    let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "orphan:1073741824", "dense:67108864"], &log);
+    let before = report_after(&log, 0);
+    let id = take_id(&snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]));
+    p.child.wait().unwrap();
+    let img = du(&s.images.join(&id));
+    assert!(img < 1 << 20, "image dir is {img} bytes");
+    let rec = record(&s.images, &id);
+    for o in rec["objects"].as_array().unwrap() {
+        assert_eq!(o["relinked"]["method"], "clone", "{o}");
+        assert_eq!(o["relinked"]["bytes_copied"], 0);
+    }
+    let logsize = std::fs::metadata(&log).unwrap().len() as usize;
+    let root = s.work.path().join("r");
+    snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    assert_eq!(self_check(p.pid, &log, logsize), before);
+    kill_wait(p.pid);
+    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+}
+
+/// Two processes share an orphan (one inherited fd, one own open file description): one
+/// object, restored for both with their own offsets.
+#[test]
+fn criu_two_processes_share_an_orphan() {
+    let _g = serial();
+    let s = setup("1G");
+    let log = s.work.path().join("tree.log");
+    let mut p = Proc::start_setsid(&prog("ufiles_tree"), &[s.dir.to_str().unwrap()], &log);
+    let child: i32 = std::fs::read_to_string(&log).unwrap().split("child=").nth(1).unwrap().trim().parse().unwrap();
+    let before = std::fs::metadata(&log).unwrap().len() as usize;
+    let check = |from: usize| -> BTreeMap<String, String> {
+        for pid in [p.pid, child] {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
+        }
+        wait_for(|| String::from_utf8_lossy(&std::fs::read(&log).unwrap()[from..]).matches("CHECK").count() >= 3, Duration::from_secs(10), "checks");
+        String::from_utf8_lossy(&std::fs::read(&log).unwrap()[from..])
+            .lines()
+            .filter(|l| l.starts_with("CHECK"))
+            .map(|l| (format!("{} {}", l.split_whitespace().nth(1).unwrap(), l.split("pos=").nth(1).unwrap().split(' ').next().unwrap()), l.to_string()))
+            .collect()
+    };
+    let orig = check(before);
+    assert_eq!(orig.len(), 3, "{orig:?}");
+    let logsize = std::fs::metadata(&log).unwrap().len() as usize;
+    let id = take_id(&snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--tree", "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]));
+    p.child.wait().unwrap();
+    wait_gone(child);
+    let rec = record(&s.images, &id);
+    assert_eq!(rec["objects"].as_array().unwrap().len(), 1);
+    assert_eq!(rec["tasks"].as_array().unwrap().len(), 2);
+    let root = s.work.path().join("r");
+    sh(&format!("truncate -s {logsize} '{}'", log.display()));
+    snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    let after = check(logsize);
+    assert_eq!(after, orig);
+    kill_wait(p.pid); // the parent first: a killed child would stay a zombie of a live parent
+    kill_wait(child);
+    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+}
+
+/// Tasks in a cgroup v2: snapckpt freezes the cgroup itself and passes it to CRIU.
+#[test]
+fn criu_cgroup_v2_selection() {
+    let _g = serial();
+    let s = setup("1G");
+    let cg = PathBuf::from(format!("/sys/fs/cgroup/unified/snapckpt-test-criu-{}", std::process::id()));
+    std::fs::create_dir_all(&cg).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let _rm = Rm(cg.clone());
+    let log = s.work.path().join("ufiles.log");
+    let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "orphan:10485760", "cwd"], &log);
+    std::fs::write(cg.join("cgroup.procs"), p.pid.to_string()).unwrap();
+    let before = report_after(&log, 0);
+    let id = take_id(&snapckpt_ok(&["take", "--cgroup", cg.to_str().unwrap(), "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]));
+    p.child.wait().unwrap();
+    assert!(std::fs::read_to_string(cg.join("cgroup.events")).unwrap().contains("frozen 0"), "cgroup left frozen");
+    let rec = record(&s.images, &id);
+    assert!(rec["freezer"].as_str().unwrap().starts_with("cgroup-v2"), "{}", rec["freezer"]);
+    let logsize = std::fs::metadata(&log).unwrap().len() as usize;
+    let root = s.work.path().join("r");
+    snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    assert_eq!(self_check(p.pid, &log, logsize), before);
+    kill_wait(p.pid);
+    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+}
+
+/// Files-only take with a btrfs snapshot: restart twice from the snapshot with --exec while
+/// the live filesystem changes; link counts come back as recorded.
+#[test]
+fn files_only_btrfs_snapshot_restart_twice() {
+    let _g = serial();
+    let s = setup("1G");
+    let log = s.work.path().join("ufiles.log");
+    let p = Proc::start(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "ab", "orphan:1048576", "twofds"], &log);
+    let before = report_after(&log, 0);
+    let id = take_id(&snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--engine", "none", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]));
+    drop(p);
+    std::fs::write(s.dir.join("b"), "changed").unwrap();
+    // without --snapshot the restart is refused: the names live only in the snapshot
+    let (ok, _, err) = snapckpt(&["restart", &id, "--image-root", s.images.to_str().unwrap(), "--exec", "true"]);
+    assert!(!ok && err.contains("--snapshot"), "{err}");
+    for round in 1..=2 {
+        let root = s.work.path().join(format!("r{round}"));
+        let out = snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap(), "--exec", prog("ufiles").to_str().unwrap(), "report"]);
+        let fd_lines: Vec<String> = out.lines().filter(|l| l.starts_with("FD ")).map(str::to_string).collect();
+        let want: Vec<String> = before.iter().filter(|l| l.starts_with("FD ") && fd_lines.iter().any(|f| f.split_whitespace().nth(1) == l.split_whitespace().nth(1))).cloned().collect();
+        assert_eq!(fd_lines.len(), 4, "{out}");
+        assert_eq!(fd_lines, want, "round {round}");
+    }
+    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+}

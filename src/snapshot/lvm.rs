@@ -1,0 +1,1001 @@
+//! The LVM backend, through the `lvm` tools (`lvs`, `vgs`, `lvcreate`, `lvchange`, `lvremove`),
+//! run with explicit arguments (no shell) and read with `--reportformat json` (never human
+//! output).
+//!
+//! A snapshot covers the whole logical volume under the mount, so the mount must be the root of
+//! the filesystem (not a bind mount of a subdirectory). ext2/3/4 and xfs are supported (btrfs on
+//! LVM is refused: snapshots share the filesystem UUID and btrfs device scanning mixes them up;
+//! use the btrfs backend). LVM itself freezes the mounted filesystem while it suspends the
+//! device for the snapshot: snapckpt does not `fsfreeze` it (that would make `lvcreate` fail).
+//!
+//! Names and tags (every LV made here carries the tags `snapckpt` and `snapckpt_id_<id>`):
+//!
+//! ```text
+//! VG/snapckpt-<id>         the checkpoint's snapshot (ids that LVM would refuse, or that are
+//!                          long, become snapckpt-<id prefix>-<hash>; see `snapshot_lv_name`)
+//! VG/snapckpt-<id>-r<N>    thin only: writable restart clones, N = 1, 2, ...; tagged also
+//!                          snapckpt_clone_of_<snapshot LV UUID>
+//! ```
+//!
+//! ## Thin LVs (`lv_attr[0] == 'V'`): restart any number of times
+//!
+//! `take` makes a *read-only* thin snapshot (`lvcreate -s -pr`, no size). It keeps the
+//! activation-skip flag and stays inactive: it is never mounted, so nothing (no ext4 orphan
+//! cleanup, no xfs log recovery) ever writes to it. Each restart makes a writable thin snapshot
+//! of it, `snapckpt-<id>-r<N>`, activates it (`lvchange -ay -K`) and mounts that (xfs with
+//! `nouuid`, as it shares the origin's filesystem UUID). Undoing a restart unmounts and removes
+//! its clone; `delete` removes the clones, then the snapshot.
+//!
+//! ## Classic (COW) snapshots of other LVs: restart once
+//!
+//! LVM cannot snapshot a classic snapshot ("Snapshots of snapshots are not supported"), so
+//! there is nothing to clone. A classic snapshot (`lvcreate -s -L <lvm_size>`, writable, active
+//! together with its origin) is itself mounted **read-write** by the restart: a restart removes
+//! the relinked names on the filesystem it restarts from, and mounting needs write access anyway
+//! (xfs snapshots always need log recovery, ext4 runs its orphan cleanup; both are harmless to
+//! the relinked files, which are linked names, not orphans). The first restart therefore
+//! consumes the snapshot: `mount_clone` tags it `snapckpt_restarted`, and later restarts are
+//! refused with a message saying so. A failed restart (`unmount_clone` with `remove`) unmounts
+//! it and takes the tag away again, so it can be retried. `unmount_clone` never removes a
+//! classic snapshot (it is the checkpoint's data); `delete` does. A classic snapshot whose COW
+//! space overflowed (`lv_attr[4] == 'I'`) is refused. Use a thin LV for repeatable restarts.
+//!
+//! Safety: every LV is checked against the LV UUID in the record before it is mounted or
+//! removed; restart clones are recognised by name *and* by the `snapckpt_clone_of_<UUID>` tag;
+//! mounts are matched by device number (mountinfo's major:minor against the LV's dm device).
+
+use super::{is_topmost, validate_id, CloneDetail, FsSpec, MountEntry, MountedClone, SnapshotError};
+use crate::image::Snapshot;
+use crate::sys;
+use nix::mount::{MntFlags, MsFlags};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Prefix of every LV snapckpt makes.
+pub const LV_PREFIX: &str = "snapckpt-";
+/// Tag on every LV snapckpt makes.
+pub const TAG: &str = "snapckpt";
+/// Prefix of the tag naming the checkpoint id.
+pub const TAG_ID_PREFIX: &str = "snapckpt_id_";
+/// Prefix of the tag that ties a restart clone to its snapshot's LV UUID.
+pub const TAG_CLONE_OF_PREFIX: &str = "snapckpt_clone_of_";
+/// Tag on a classic snapshot that a restart has mounted read-write (and so consumed).
+pub const TAG_RESTARTED: &str = "snapckpt_restarted";
+/// `thin` / `classic`, as recorded.
+pub const KIND_THIN: &str = "thin";
+pub const KIND_CLASSIC: &str = "classic";
+
+/// Longest snapshot LV name made here; restart clones add `-r<N>`. LVM's limit is 127
+/// characters for "VG/LV" and 127 for the device-mapper name (VG and LV with '-' doubled,
+/// plus suffixes such as "-cow"): this leaves room for the VG name.
+const MAX_SNAPSHOT_LV: usize = 48;
+/// Substrings LVM reserves for its internal LVs (lib/misc/lvm-string.c).
+const RESERVED: &[&str] = &[
+    "_cdata", "_cmeta", "_corig", "_cpool", "_cvol", "_imeta", "_iorig", "_mimage", "_mlog", "_pmspare", "_rimage", "_rmeta", "_tdata", "_tmeta", "_vdata",
+    "_vorigin", "_wcorig", "_vdo",
+];
+
+/// The lvs fields snapckpt reads.
+const LVS_FIELDS: &str = "lv_name,vg_name,lv_uuid,lv_attr,lv_dm_path,lv_path,pool_lv,origin,lv_size,lv_kernel_major,lv_kernel_minor,lv_tags";
+
+/// How long to wait for a device node after activation.
+const NODE_WAIT: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// running the lvm tools
+
+/// Where the lvm tools are: /usr/sbin or /sbin first (root's PATH may lack them), else PATH.
+fn tool(name: &str) -> PathBuf {
+    for d in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let p = Path::new(d).join(name);
+        if p.is_file() {
+            return p;
+        }
+    }
+    PathBuf::from(name)
+}
+
+/// Run an lvm tool; its stdout on success, [`SnapshotError::Lvm`] (command, args, status,
+/// stderr) otherwise.
+fn run(cmd: &str, args: &[&str]) -> Result<String, SnapshotError> {
+    let err = |status: String, stderr: String| SnapshotError::Lvm { cmd: cmd.into(), args: args.iter().map(|a| a.to_string()).collect(), status, stderr };
+    let out = Command::new(tool(cmd))
+        .args(args)
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| err("could not be started".into(), e.to_string()))?;
+    if !out.status.success() {
+        return Err(err(out.status.to_string(), String::from_utf8_lossy(&out.stderr).trim().to_string()));
+    }
+    String::from_utf8(out.stdout).map_err(|_| err("exit status 0".into(), "output is not UTF-8".into()))
+}
+
+/// One LV as `lvs` reports it; every field is a string in LVM's JSON.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+struct LvRow {
+    lv_name: String,
+    vg_name: String,
+    lv_uuid: String,
+    lv_attr: String,
+    lv_dm_path: String,
+    lv_path: String,
+    pool_lv: String,
+    origin: String,
+    lv_size: String,
+    lv_kernel_major: String,
+    lv_kernel_minor: String,
+    lv_tags: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ReportSection {
+    lv: Vec<LvRow>,
+    vg: Vec<VgRow>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct VgRow {
+    vg_name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Report {
+    report: Vec<ReportSection>,
+}
+
+/// One LV, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Lv {
+    pub name: String,
+    pub vg: String,
+    pub uuid: String,
+    pub attr: String,
+    /// `/dev/mapper/VG-LV` (set even when inactive).
+    pub dm_path: String,
+    /// `/dev/VG/LV`, "" for hidden LVs.
+    pub path: String,
+    pub pool: String,
+    pub origin: String,
+    pub size: Option<u64>,
+    /// Kernel device (major, minor) when active.
+    pub kdev: Option<(u32, u32)>,
+    pub tags: Vec<String>,
+}
+
+impl Lv {
+    fn attr_at(&self, i: usize) -> char {
+        self.attr.chars().nth(i).unwrap_or('-')
+    }
+    /// A thin volume (thin LV or thin snapshot).
+    pub fn is_thin(&self) -> bool {
+        self.attr_at(0) == 'V'
+    }
+    /// A classic snapshot ('s', or 'S' when invalid).
+    pub fn is_classic_snapshot(&self) -> bool {
+        matches!(self.attr_at(0), 's' | 'S')
+    }
+    /// A classic snapshot whose COW space overflowed.
+    pub fn is_invalid(&self) -> bool {
+        self.attr_at(0) == 'S' || self.attr_at(4) == 'I'
+    }
+    pub fn has_tag(&self, t: &str) -> bool {
+        self.tags.iter().any(|x| x == t)
+    }
+    pub fn dev(&self) -> Option<u64> {
+        self.kdev.map(|(a, b)| sys::makedev(a, b))
+    }
+    fn full(&self) -> String {
+        format!("{}/{}", self.vg, self.name)
+    }
+}
+
+fn parse_lv(r: LvRow) -> Lv {
+    let num = |s: &str| s.trim().parse::<i64>().ok();
+    let kdev = match (num(&r.lv_kernel_major), num(&r.lv_kernel_minor)) {
+        (Some(a), Some(b)) if a >= 0 && b >= 0 => Some((a as u32, b as u32)),
+        _ => None,
+    };
+    Lv {
+        name: r.lv_name,
+        vg: r.vg_name,
+        uuid: r.lv_uuid,
+        attr: r.lv_attr,
+        dm_path: r.lv_dm_path,
+        path: r.lv_path,
+        pool: r.pool_lv,
+        origin: r.origin,
+        size: r.lv_size.trim().parse().ok(),
+        kdev,
+        tags: r.lv_tags.split(',').map(str::trim).filter(|t| !t.is_empty()).map(String::from).collect(),
+    }
+}
+
+/// Parse `lvs --reportformat json` output.
+pub(crate) fn parse_lvs(json: &str) -> Result<Vec<Lv>, String> {
+    let r: Report = serde_json::from_str(json).map_err(|e| format!("unexpected lvs JSON: {e}"))?;
+    Ok(r.report.into_iter().flat_map(|s| s.lv).map(parse_lv).collect())
+}
+
+/// Parse `vgs --reportformat json -o vg_name` output.
+pub(crate) fn parse_vgs(json: &str) -> Result<Vec<String>, String> {
+    let r: Report = serde_json::from_str(json).map_err(|e| format!("unexpected vgs JSON: {e}"))?;
+    Ok(r.report.into_iter().flat_map(|s| s.vg).map(|v| v.vg_name).collect())
+}
+
+/// `lvs` of the given selectors (VG names, VG/LV or device paths; none = all).
+fn lvs(selectors: &[&str]) -> Result<Vec<Lv>, SnapshotError> {
+    let mut args = vec!["--reportformat", "json", "--units", "b", "--nosuffix", "-o", LVS_FIELDS];
+    args.extend_from_slice(selectors);
+    let out = run("lvs", &args)?;
+    parse_lvs(&out).map_err(|e| SnapshotError::Lvm { cmd: "lvs".into(), args: args.iter().map(|a| a.to_string()).collect(), status: "exit status 0".into(), stderr: e })
+}
+
+/// The LVs of a VG; `None` when the VG does not exist (any more).
+fn vg_lvs(vg: &str) -> Result<Option<Vec<Lv>>, SnapshotError> {
+    match lvs(&[vg]) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) => {
+            let args = ["--reportformat", "json", "-o", "vg_name"];
+            let out = run("vgs", &args)?;
+            let vgs = parse_vgs(&out).map_err(|m| SnapshotError::Lvm { cmd: "vgs".into(), args: args.iter().map(|a| a.to_string()).collect(), status: "exit status 0".into(), stderr: m })?;
+            if vgs.iter().any(|v| v == vg) {
+                Err(e)
+            } else {
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// One LV by name, or `None`.
+fn find_lv(vg: &str, name: &str) -> Result<Option<Lv>, SnapshotError> {
+    Ok(vg_lvs(vg)?.and_then(|v| v.into_iter().find(|l| l.name == name)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// names
+
+/// 64-bit FNV-1a.
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
+}
+
+/// True if LVM accepts `n` as an LV name (lib/misc/lvm-string.c: characters, no leading '-',
+/// not "." or "..", no reserved substring or prefix, length).
+pub(crate) fn valid_lv_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 127
+        && !n.starts_with('-')
+        && n != "."
+        && n != ".."
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b))
+        && !n.starts_with("snapshot")
+        && !n.starts_with("pvmove")
+        && !RESERVED.iter().any(|r| n.contains(r))
+}
+
+/// True if `n` is a VG name LVM accepts (same characters; no leading '-').
+fn valid_vg_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= 127 && !n.starts_with('-') && n != "." && n != ".." && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b))
+}
+
+/// The snapshot LV name of checkpoint `id`: `snapckpt-<id>`, or, when that is longer than
+/// [`MAX_SNAPSHOT_LV`] or not a name LVM accepts, `snapckpt-<sanitized id prefix>-<hash>`
+/// (the hash of the whole id keeps it unique).
+pub(crate) fn snapshot_lv_name(id: &str) -> String {
+    let plain = format!("{LV_PREFIX}{id}");
+    // The clone names derived from it must be valid too.
+    if plain.len() <= MAX_SNAPSHOT_LV && valid_lv_name(&plain) && valid_lv_name(&format!("{plain}-r1")) {
+        return plain;
+    }
+    let clean: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
+    let keep = MAX_SNAPSHOT_LV - LV_PREFIX.len() - 1 - 8;
+    let head: String = clean.chars().take(keep).collect();
+    format!("{LV_PREFIX}{head}-{:08x}", fnv(id) as u32)
+}
+
+/// A string as an LVM tag: characters outside `[A-Za-z0-9_+.-/=!:&#]` become '_'.
+pub(crate) fn tag_safe(s: &str) -> String {
+    s.chars().map(|c| if c.is_ascii_alphanumeric() || "_+.-/=!:&#".contains(c) { c } else { '_' }).take(1000).collect()
+}
+
+/// The restart number of `name` if it is `<snap>-r<N>`.
+pub(crate) fn clone_number(snap: &str, name: &str) -> Option<u32> {
+    let n = name.strip_prefix(snap)?.strip_prefix("-r")?;
+    if n.is_empty() || n.len() > 7 || !n.bytes().all(|b| b.is_ascii_digit()) || n.starts_with('0') {
+        return None;
+    }
+    n.parse().ok()
+}
+
+/// Mount options for a snapshot or clone of a filesystem mounted beside its origin.
+pub(crate) fn mount_options(fstype: &str) -> &'static str {
+    match fstype {
+        "xfs" => "nouuid",
+        _ => "",
+    }
+}
+
+/// The filesystems this backend handles, as static strings (for [`SnapshotError::Mount`]).
+fn supported_fstype(fstype: &str) -> Option<&'static str> {
+    ["ext4", "ext3", "ext2", "xfs"].into_iter().find(|f| *f == fstype)
+}
+
+// ---------------------------------------------------------------------------------------------
+// mounts by device number
+
+/// /proc/self/mountinfo with each entry's device number (field 3, major:minor).
+fn dev_mounts() -> Result<(Vec<MountEntry>, HashMap<u32, u64>), SnapshotError> {
+    let p = Path::new("/proc/self/mountinfo");
+    let text = std::fs::read(p).map_err(|source| SnapshotError::Io { path: p.into(), syscall: "read", source })?;
+    Ok((super::parse_mountinfo(&text), parse_mount_devs(&text)))
+}
+
+/// mnt_id -> device number, from mountinfo text.
+pub(crate) fn parse_mount_devs(text: &[u8]) -> HashMap<u32, u64> {
+    let mut out = HashMap::new();
+    for line in String::from_utf8_lossy(text).lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() < 3 {
+            continue;
+        }
+        let Ok(id) = f[0].parse::<u32>() else { continue };
+        let Some((a, b)) = f[2].split_once(':') else { continue };
+        if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
+            out.insert(id, sys::makedev(a, b));
+        }
+    }
+    out
+}
+
+/// The mounts of any of the devices `devs`.
+fn mounts_of_devs(all: &[MountEntry], devs: &HashMap<u32, u64>, want: &[u64]) -> Vec<MountEntry> {
+    all.iter().filter(|e| devs.get(&e.mnt_id).is_some_and(|d| want.contains(d))).cloned().collect()
+}
+
+fn mount_points(v: &[MountEntry]) -> Vec<PathBuf> {
+    let mut p: Vec<PathBuf> = v.iter().map(|e| e.mount_point.clone()).collect();
+    p.sort();
+    p.dedup();
+    p
+}
+
+/// Lazily unmount every mount of the devices `want`, top mounts first.
+fn detach_all(what: &Path, want: &[u64]) -> Result<(), SnapshotError> {
+    for _ in 0..64 {
+        let (all, devs) = dev_mounts()?;
+        let ours = mounts_of_devs(&all, &devs, want);
+        if ours.is_empty() {
+            return Ok(());
+        }
+        let top: Vec<&MountEntry> = ours.iter().filter(|e| is_topmost(e, &all)).collect();
+        if top.is_empty() {
+            return Err(SnapshotError::Refused { path: ours[0].mount_point.clone(), why: "a restart clone mounted here is covered by another mount; unmount that first".into() });
+        }
+        for e in top {
+            match nix::mount::umount2(&e.mount_point, MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(err) => return Err(SnapshotError::Io { path: e.mount_point.clone(), syscall: "umount2(MNT_DETACH)", source: err.into() }),
+            }
+        }
+    }
+    Err(SnapshotError::Refused { path: what.into(), why: "its mounts stay after 64 rounds of unmounting".into() })
+}
+
+// ---------------------------------------------------------------------------------------------
+// take
+
+/// Find the LV that holds the filesystem of device `dev` mounted from `source`.
+fn lv_of_mount(source: &str, dev: u64) -> Result<Option<Lv>, SnapshotError> {
+    // lvs resolves /dev/mapper/VG-LV and /dev/VG/LV itself; the device number decides.
+    if source.starts_with("/dev/") && !source.contains(',') {
+        if let Ok(v) = lvs(&[source]) {
+            if let Some(lv) = v.into_iter().find(|l| l.dev() == Some(dev)) {
+                return Ok(Some(lv));
+            }
+        }
+    }
+    Ok(lvs(&[])?.into_iter().find(|l| l.dev() == Some(dev)))
+}
+
+/// Take a snapshot of the LV under `spec.mount_point`: a read-only thin snapshot of a thin LV,
+/// else a classic COW snapshot of `spec.lvm_size`. See the module documentation.
+pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, SnapshotError> {
+    validate_id(id)?;
+    if super::has_nul(&spec.mount_point) {
+        return Err(SnapshotError::Invalid { what: "mount point", value: spec.mount_point.to_string_lossy().into_owned(), why: "contains a NUL byte".into() });
+    }
+    let mp = std::fs::canonicalize(&spec.mount_point).map_err(|source| SnapshotError::Io { path: spec.mount_point.clone(), syscall: "realpath", source })?;
+    let mp_str = mp.to_str().ok_or_else(|| SnapshotError::Invalid { what: "mount point", value: mp.to_string_lossy().into_owned(), why: "is not UTF-8".into() })?.to_string();
+
+    // The mount, as the kernel sees it.
+    let mfd = sys::open(&mp, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|source| SnapshotError::Io { path: mp.clone(), syscall: "open", source })?;
+    let mnt_id = sys::mnt_id_of(mfd.as_raw_fd()).map_err(|source| SnapshotError::Io { path: mp.clone(), syscall: "statx", source })?;
+    let (all, devs) = dev_mounts()?;
+    let m = all.iter().find(|e| e.mnt_id == mnt_id).ok_or_else(|| SnapshotError::Mismatch { path: mp.clone(), why: format!("mount id {mnt_id} is not in /proc/self/mountinfo") })?;
+    if m.mount_point != mp {
+        return Err(SnapshotError::NotMountPoint { path: mp, mount_point: m.mount_point.clone() });
+    }
+    let fstype = supported_fstype(&m.fstype).ok_or_else(|| {
+        SnapshotError::Unsupported(format!("{}: LVM snapshots of {} filesystems are not supported (ext2/3/4 and xfs are; use the btrfs backend for btrfs)", mp.display(), m.fstype))
+    })?;
+    if m.root != Path::new("/") {
+        return Err(SnapshotError::Refused {
+            path: mp,
+            why: format!("the mount shows {} of its filesystem, not its root; an LVM snapshot covers the whole LV: name the mount of the filesystem's root", m.root.display()),
+        });
+    }
+    let dev = *devs.get(&mnt_id).ok_or_else(|| SnapshotError::Mismatch { path: mp.clone(), why: "mountinfo gives no device number".into() })?;
+
+    // The LV.
+    let lv = lv_of_mount(&m.source, dev)?.ok_or_else(|| SnapshotError::Refused {
+        path: mp.clone(),
+        why: format!(
+            "it is mounted from {} (device {}:{}), which is not an active LVM logical volume",
+            m.source,
+            libc::major(dev as libc::dev_t),
+            libc::minor(dev as libc::dev_t)
+        ),
+    })?;
+    if !valid_vg_name(&lv.vg) || !valid_lv_name(&lv.name) {
+        return Err(SnapshotError::Invalid { what: "logical volume", value: lv.full(), why: "lvs gave a name LVM itself would refuse".into() });
+    }
+    let thin = lv.is_thin();
+    if !thin && lv.is_classic_snapshot() {
+        return Err(SnapshotError::Refused { path: mp, why: format!("{} is itself a classic snapshot, and LVM cannot snapshot a snapshot", lv.full()) });
+    }
+    let size = if thin {
+        None
+    } else {
+        match spec.lvm_size.as_deref() {
+            Some(s) if crate::job::valid_size(s) => Some(s),
+            Some(s) => return Err(SnapshotError::Invalid { what: "lvm_size", value: s.into(), why: "is not a size like \"512M\" or \"2G\"".into() }),
+            None => {
+                return Err(SnapshotError::Refused {
+                    path: mp,
+                    why: format!("{} is a classic (non-thin) LV: a classic (non-thin) LV needs lvm_size in the job (the COW space of the snapshot, e.g. lvm_size = \"1G\")", lv.full()),
+                })
+            }
+        }
+    };
+
+    let name = snapshot_lv_name(id);
+    let vg = lv.vg.clone();
+    let all_lvs = vg_lvs(&vg)?.unwrap_or_default();
+    if let Some(x) = all_lvs.iter().find(|l| l.name == name) {
+        return Err(SnapshotError::Refused { path: PathBuf::from(x.full()), why: format!("an LV of that name already exists (UUID {}): checkpoint {id} already has a snapshot here", x.uuid) });
+    }
+    let id_tag = format!("{TAG_ID_PREFIX}{}", tag_safe(id));
+    let origin = lv.full();
+    let mut args: Vec<&str> = vec!["--snapshot", "--name", &name, "--addtag", TAG, "--addtag", &id_tag];
+    match size {
+        None => args.extend_from_slice(&["--permission", "r"]),
+        Some(s) => args.extend_from_slice(&["--size", s]),
+    }
+    args.push(&origin);
+    run("lvcreate", &args)?;
+
+    // Describe it; on failure remove it again.
+    let made = (|| {
+        let s = find_lv(&vg, &name)?.ok_or_else(|| SnapshotError::Mismatch { path: PathBuf::from(format!("{vg}/{name}")), why: "lvcreate succeeded but lvs does not show the snapshot".into() })?;
+        if s.origin != lv.name || s.is_thin() != thin || !s.has_tag(TAG) {
+            return Err(SnapshotError::Mismatch { path: PathBuf::from(s.full()), why: format!("the new LV is not the expected snapshot of {origin} (attr {}, origin {:?})", s.attr, s.origin) });
+        }
+        Ok(s)
+    })();
+    let s = match made {
+        Ok(s) => s,
+        Err(e) => {
+            let full = format!("{vg}/{name}");
+            let _ = run("lvremove", &["--yes", &full]);
+            return Err(e);
+        }
+    };
+    Ok(Snapshot::Lvm {
+        mount_point: mp_str,
+        fstype: fstype.to_string(),
+        vg,
+        origin_lv: lv.name.clone(),
+        origin_uuid: lv.uuid.clone(),
+        snapshot_lv: s.name.clone(),
+        snapshot_uuid: s.uuid.clone(),
+        kind: if thin { KIND_THIN } else { KIND_CLASSIC }.to_string(),
+        created_unix: now_unix,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// the record
+
+/// The fields of an LVM snapshot record, checked.
+#[derive(Debug)]
+struct Rec {
+    fstype: &'static str,
+    vg: String,
+    snapshot_lv: String,
+    uuid: String,
+    thin: bool,
+}
+
+impl Rec {
+    fn from(s: &Snapshot) -> Result<Rec, SnapshotError> {
+        let Snapshot::Lvm { fstype, vg, snapshot_lv, snapshot_uuid, kind, .. } = s else {
+            return Err(SnapshotError::Unsupported(format!("{} is not an LVM snapshot", s.describe())));
+        };
+        let bad = |what: &'static str, value: &str, why: &str| Err(SnapshotError::Invalid { what, value: value.into(), why: why.into() });
+        if !valid_vg_name(vg) {
+            return bad("volume group", vg, "is not a valid VG name");
+        }
+        if !valid_lv_name(snapshot_lv) || !snapshot_lv.starts_with(LV_PREFIX) {
+            return bad("snapshot LV", snapshot_lv, "is not a snapckpt-... LV name");
+        }
+        if snapshot_uuid.is_empty() || snapshot_uuid.len() > 64 || !snapshot_uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return bad("snapshot LV UUID", snapshot_uuid, "is not an LVM UUID");
+        }
+        let thin = match kind.as_str() {
+            KIND_THIN => true,
+            KIND_CLASSIC => false,
+            _ => return bad("LVM snapshot kind", kind, "must be \"thin\" or \"classic\""),
+        };
+        let Some(fstype) = supported_fstype(fstype) else { return bad("filesystem type", fstype, "is not ext2/3/4 or xfs") };
+        Ok(Rec { fstype, vg: vg.clone(), snapshot_lv: snapshot_lv.clone(), uuid: snapshot_uuid.clone(), thin })
+    }
+
+    fn full(&self) -> String {
+        format!("{}/{}", self.vg, self.snapshot_lv)
+    }
+
+    fn clone_tag(&self) -> String {
+        format!("{TAG_CLONE_OF_PREFIX}{}", self.uuid)
+    }
+
+    /// Is `lv` one of this snapshot's restart clones (name and tag)?
+    fn is_clone(&self, lv: &Lv) -> bool {
+        clone_number(&self.snapshot_lv, &lv.name).is_some() && lv.has_tag(&self.clone_tag())
+    }
+}
+
+/// The snapshot LV (checked against the recorded UUID) and its clones, from the VG's LVs.
+/// `Ok((None, clones))` when the snapshot is gone.
+fn locate(rec: &Rec, lvs: &[Lv]) -> Result<(Option<Lv>, Vec<Lv>), SnapshotError> {
+    let snap = match lvs.iter().find(|l| l.name == rec.snapshot_lv) {
+        Some(l) if l.uuid == rec.uuid => Some(l.clone()),
+        Some(l) => {
+            return Err(SnapshotError::Mismatch { path: PathBuf::from(rec.full()), why: format!("LV UUID is {}, the checkpoint recorded {}; not touching it", l.uuid, rec.uuid) });
+        }
+        None => None,
+    };
+    let mut clones: Vec<Lv> = lvs.iter().filter(|l| rec.is_clone(l)).cloned().collect();
+    clones.sort_by_key(|l| clone_number(&rec.snapshot_lv, &l.name));
+    Ok((snap, clones))
+}
+
+/// Device numbers of the active LVs among `v`.
+fn devs_of<'a>(v: impl IntoIterator<Item = &'a Lv>) -> Vec<u64> {
+    v.into_iter().filter_map(Lv::dev).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// delete and mounted clones
+
+/// Mount points of this snapshot's restart clones (thin) or of the snapshot itself (classic:
+/// its restart mounts it), sorted.
+pub fn mounted_clones(s: &Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
+    let rec = Rec::from(s)?;
+    let Some(lvs) = vg_lvs(&rec.vg)? else { return Ok(vec![]) };
+    let (snap, clones) = locate(&rec, &lvs)?;
+    let want = devs_of(snap.iter().chain(clones.iter()));
+    let (all, devs) = dev_mounts()?;
+    Ok(mount_points(&mounts_of_devs(&all, &devs, &want)))
+}
+
+/// Delete the restart clones, then the snapshot (`lvremove`).
+///
+/// Refused with [`SnapshotError::InUse`] while the snapshot or a clone is mounted, unless
+/// `force`, which lazily unmounts them first. A snapshot (or VG) that is already gone is not an
+/// error. An LV with the snapshot's name but another UUID is left alone: an error, or with
+/// `force` skipped.
+pub fn delete(s: &Snapshot, force: bool) -> Result<(), SnapshotError> {
+    let rec = Rec::from(s)?;
+    let Some(lvs) = vg_lvs(&rec.vg)? else { return Ok(()) };
+    let (snap, clones) = match locate(&rec, &lvs) {
+        Ok(x) => x,
+        // Another LV has the snapshot's name: leave it alone, remove only our clones.
+        Err(SnapshotError::Mismatch { .. }) if force => (None, lvs.iter().filter(|l| rec.is_clone(l)).cloned().collect()),
+        Err(e) => return Err(e),
+    };
+    let want = devs_of(snap.iter().chain(clones.iter()));
+    let (all, devs) = dev_mounts()?;
+    let mounted = mounts_of_devs(&all, &devs, &want);
+    if !mounted.is_empty() {
+        if !force {
+            return Err(SnapshotError::InUse { path: PathBuf::from(rec.full()), mounts: mount_points(&mounted) });
+        }
+        detach_all(Path::new(&rec.full()), &want)?;
+    }
+    for c in clones.iter().chain(snap.iter()) {
+        remove_lv(c)?;
+    }
+    Ok(())
+}
+
+/// `lvremove --yes VG/LV`; an LV that is gone meanwhile is not an error.
+fn remove_lv(lv: &Lv) -> Result<(), SnapshotError> {
+    match run("lvremove", &["--yes", &lv.full()]) {
+        Ok(_) => Ok(()),
+        Err(e) => match find_lv(&lv.vg, &lv.name) {
+            Ok(None) => Ok(()),
+            Ok(Some(x)) if x.uuid != lv.uuid => Ok(()),
+            _ => Err(e),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// restart clones
+
+/// Wait until `path` is the block device `dev` (udev may still be creating it).
+fn wait_for_node(path: &str, dev: u64) -> Result<(), SnapshotError> {
+    let t0 = Instant::now();
+    loop {
+        let last = match sys::stat(path) {
+            Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFBLK && st.st_rdev == dev => return Ok(()),
+            Ok(_) => "is not the LV's block device".to_string(),
+            Err(e) => e.to_string(),
+        };
+        if t0.elapsed() > NODE_WAIT {
+            return Err(SnapshotError::Mismatch { path: path.into(), why: format!("after activation, the device node {last} (waited {} s)", NODE_WAIT.as_secs()) });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Mount the active LV `lv` read-write at `target` and check that it is what is visible there.
+fn mount_lv(lv: &Lv, fstype: &'static str, target: &Path) -> Result<(), SnapshotError> {
+    let dev = lv.dev().ok_or_else(|| SnapshotError::Mismatch { path: PathBuf::from(lv.full()), why: "the LV is not active after activation".into() })?;
+    let node = if lv.dm_path.starts_with("/dev/") { lv.dm_path.clone() } else { lv.path.clone() };
+    wait_for_node(&node, dev)?;
+    let options = mount_options(fstype);
+    nix::mount::mount(Some(node.as_str()), target, Some(fstype), MsFlags::empty(), if options.is_empty() { None } else { Some(options) })
+        .map_err(|e| SnapshotError::Mount { device: node.clone(), target: target.into(), fstype, options: options.into(), source: e.into() })?;
+    let (all, devs) = dev_mounts()?;
+    let ok = all.iter().any(|e| e.mount_point == target && devs.get(&e.mnt_id) == Some(&dev) && is_topmost(e, &all));
+    if !ok {
+        let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+        return Err(SnapshotError::Mismatch { path: target.into(), why: format!("after mounting {node}, something else is visible there") });
+    }
+    Ok(())
+}
+
+/// Thin: make `<snapshot>-r<N>` (a writable thin snapshot of the snapshot), activate it and
+/// mount it at `target`. Classic: activate and mount the snapshot itself read-write (once; see
+/// the module documentation). On failure nothing is left behind.
+pub fn mount_clone(s: &Snapshot, target: &Path) -> Result<MountedClone, SnapshotError> {
+    let rec = Rec::from(s)?;
+    if super::has_nul(target) {
+        return Err(SnapshotError::Invalid { what: "mount target", value: target.to_string_lossy().into_owned(), why: "contains a NUL byte".into() });
+    }
+    let target = std::fs::canonicalize(target).map_err(|source| SnapshotError::Io { path: target.into(), syscall: "realpath", source })?;
+    let md = std::fs::metadata(&target).map_err(|source| SnapshotError::Io { path: target.clone(), syscall: "stat", source })?;
+    if !md.is_dir() {
+        return Err(SnapshotError::Refused { path: target, why: "the mount target is not a directory".into() });
+    }
+    let gone = || SnapshotError::Mismatch { path: PathBuf::from(rec.full()), why: "the snapshot LV does not exist any more".into() };
+    let lvs = vg_lvs(&rec.vg)?.ok_or_else(|| SnapshotError::Mismatch { path: PathBuf::from(rec.full()), why: format!("volume group {} is not there", rec.vg) })?;
+    let (snap, clones) = locate(&rec, &lvs)?;
+    let snap = snap.ok_or_else(gone)?;
+    if rec.thin {
+        if !snap.is_thin() {
+            return Err(SnapshotError::Mismatch { path: PathBuf::from(rec.full()), why: format!("recorded as a thin snapshot, but lv_attr is {}", snap.attr) });
+        }
+        thin_clone(&rec, &snap, &clones, &target)
+    } else {
+        classic_mount(&rec, &snap, &target)
+    }
+}
+
+fn thin_clone(rec: &Rec, snap: &Lv, clones: &[Lv], target: &Path) -> Result<MountedClone, SnapshotError> {
+    let mut n = clones.iter().filter_map(|c| clone_number(&rec.snapshot_lv, &c.name)).max().unwrap_or(0) + 1;
+    let clone_tag = rec.clone_tag();
+    let id_tags: Vec<String> = snap.tags.iter().filter(|t| t.starts_with(TAG_ID_PREFIX)).cloned().collect();
+    let snap_full = rec.full();
+    // lvcreate; another restart may take the name first: then try the next number.
+    let name = loop {
+        let name = format!("{}-r{n}", rec.snapshot_lv);
+        let mut args: Vec<&str> = vec!["--snapshot", "--name", &name, "--addtag", TAG, "--addtag", &clone_tag];
+        for t in &id_tags {
+            args.extend_from_slice(&["--addtag", t]);
+        }
+        args.push(&snap_full);
+        match run("lvcreate", &args) {
+            Ok(_) => break name,
+            Err(e) => match find_lv(&rec.vg, &name) {
+                Ok(Some(_)) if n < 1000 => n += 1,
+                _ => return Err(e),
+            },
+        }
+    };
+    let full = format!("{}/{name}", rec.vg);
+    let r = (|| {
+        run("lvchange", &["--activate", "y", "--ignoreactivationskip", &full])?;
+        let lv = find_lv(&rec.vg, &name)?.ok_or_else(|| SnapshotError::Mismatch { path: PathBuf::from(&full), why: "lvcreate succeeded but lvs does not show the clone".into() })?;
+        if lv.origin != rec.snapshot_lv || !lv.has_tag(&clone_tag) {
+            return Err(SnapshotError::Mismatch { path: PathBuf::from(&full), why: format!("the new LV is not a clone of {} (origin {:?})", rec.full(), lv.origin) });
+        }
+        mount_lv(&lv, rec.fstype, target)?;
+        Ok(lv)
+    })();
+    let lv = match r {
+        Ok(lv) => lv,
+        Err(e) => {
+            let _ = run("lvremove", &["--yes", &full]);
+            return Err(e);
+        }
+    };
+    Ok(made(rec, &lv, target))
+}
+
+fn classic_mount(rec: &Rec, snap: &Lv, target: &Path) -> Result<MountedClone, SnapshotError> {
+    if !snap.is_classic_snapshot() {
+        return Err(SnapshotError::Mismatch { path: PathBuf::from(rec.full()), why: format!("recorded as a classic snapshot, but lv_attr is {}", snap.attr) });
+    }
+    if snap.is_invalid() {
+        return Err(SnapshotError::Refused {
+            path: PathBuf::from(rec.full()),
+            why: "the classic snapshot is invalid: its COW space overflowed (lv_attr shows 'I'), its data is lost; give lvm_size more room next time".into(),
+        });
+    }
+    if snap.has_tag(TAG_RESTARTED) {
+        return Err(SnapshotError::Refused {
+            path: PathBuf::from(rec.full()),
+            why: format!(
+                "this classic snapshot was already used by a restart (tag {TAG_RESTARTED}): a restart mounts a classic snapshot read-write and removes its relinked names, so it can be restarted only once. Use a thin LV for repeatable restarts"
+            ),
+        });
+    }
+    if let Some(dev) = snap.dev() {
+        let (all, devs) = dev_mounts()?;
+        let m = mounts_of_devs(&all, &devs, &[dev]);
+        if !m.is_empty() {
+            return Err(SnapshotError::InUse { path: PathBuf::from(rec.full()), mounts: mount_points(&m) });
+        }
+    }
+    let full = rec.full();
+    let snap = if snap.dev().is_none() {
+        run("lvchange", &["--activate", "y", &full])?;
+        find_lv(&rec.vg, &rec.snapshot_lv)?.filter(|l| l.uuid == rec.uuid).ok_or_else(|| SnapshotError::Mismatch { path: PathBuf::from(&full), why: "the snapshot LV vanished while activating it".into() })?
+    } else {
+        snap.clone()
+    };
+    mount_lv(&snap, rec.fstype, target)?;
+    if let Err(e) = run("lvchange", &["--addtag", TAG_RESTARTED, &full]) {
+        let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
+        return Err(e);
+    }
+    Ok(made(rec, &snap, target))
+}
+
+fn made(rec: &Rec, lv: &Lv, target: &Path) -> MountedClone {
+    let (maj, min) = lv.kdev.unwrap_or((0, 0));
+    let description = if rec.thin {
+        format!("lvm thin clone {} ({maj}:{min}) of snapshot {}", lv.full(), rec.full())
+    } else {
+        format!("lvm classic snapshot {} ({maj}:{min}), read-write (restartable once)", rec.full())
+    };
+    MountedClone {
+        target: target.to_path_buf(),
+        clone_path: PathBuf::from(if lv.path.is_empty() { &lv.dm_path } else { &lv.path }),
+        description,
+        detail: CloneDetail::Lvm {
+            vg: rec.vg.clone(),
+            lv: lv.name.clone(),
+            lv_uuid: lv.uuid.clone(),
+            dev: lv.dev().unwrap_or(0),
+            thin: rec.thin,
+            snapshot_lv: rec.snapshot_lv.clone(),
+            snapshot_uuid: rec.uuid.clone(),
+        },
+    }
+}
+
+/// Unmount a clone made by [`mount_clone`] and, if `remove`, undo it: thin, remove the clone
+/// LV; classic, take the restarted tag off the snapshot again (the snapshot is kept).
+///
+/// The mount at `target` is unmounted only if it is the clone's device and nothing covers it;
+/// a clone no longer mounted there is not an error. A busy mount gives
+/// [`SnapshotError::InUse`]. A clone still mounted elsewhere is not removed (InUse); one
+/// already removed is not an error.
+pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError> {
+    let CloneDetail::Lvm { vg, lv, lv_uuid, dev, thin, snapshot_lv, snapshot_uuid } = &m.detail else {
+        return Err(SnapshotError::Unsupported(format!("{} is not an LVM restart clone", m.description)));
+    };
+    if super::has_nul(&m.target) || !valid_vg_name(vg) || !valid_lv_name(lv) || !valid_lv_name(snapshot_lv) {
+        return Err(SnapshotError::Invalid { what: "restart clone", value: m.description.clone(), why: "has a malformed target, VG or LV name".into() });
+    }
+    let (all, devs) = dev_mounts()?;
+    if let Some(e) = all.iter().find(|e| e.mount_point == m.target && devs.get(&e.mnt_id) == Some(dev)) {
+        if !is_topmost(e, &all) {
+            return Err(SnapshotError::Refused { path: m.target.clone(), why: "another mount covers the restart clone; unmount it first".into() });
+        }
+        match nix::mount::umount2(&m.target, MntFlags::empty()) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EBUSY) => return Err(SnapshotError::InUse { path: m.clone_path.clone(), mounts: vec![m.target.clone()] }),
+            Err(err) => return Err(SnapshotError::Io { path: m.target.clone(), syscall: "umount", source: err.into() }),
+        }
+    }
+    if !remove {
+        return Ok(());
+    }
+    let Some(x) = find_lv(vg, lv)? else { return Ok(()) };
+    if x.uuid != *lv_uuid {
+        return Ok(()); // another LV of that name: not ours
+    }
+    if let Some(d) = x.dev() {
+        let (all, devs) = dev_mounts()?;
+        let still = mounts_of_devs(&all, &devs, &[d]);
+        if !still.is_empty() {
+            return Err(SnapshotError::InUse { path: m.clone_path.clone(), mounts: mount_points(&still) });
+        }
+    }
+    if *thin {
+        if x.origin != *snapshot_lv && !x.has_tag(&format!("{TAG_CLONE_OF_PREFIX}{snapshot_uuid}")) {
+            return Err(SnapshotError::Mismatch { path: PathBuf::from(x.full()), why: format!("is not a clone of {vg}/{snapshot_lv}; not removing it") });
+        }
+        remove_lv(&x)
+    } else {
+        if x.has_tag(TAG_RESTARTED) {
+            run("lvchange", &["--deltag", TAG_RESTARTED, &x.full()])?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LVS: &str = r#"  {
+      "report": [
+          {
+              "lv": [
+                  {"lv_name":"pool", "vg_name":"vg0", "lv_uuid":"AZ1w22-7vHt-IdEU-SVcp-PdTQ-3b1s-Qnz2JX", "lv_attr":"twi-aotz--", "lv_dm_path":"/dev/mapper/vg0-pool", "lv_path":"", "pool_lv":"", "origin":"", "lv_size":"1073741824", "lv_kernel_major":"253", "lv_kernel_minor":"2", "lv_tags":""},
+                  {"lv_name":"snapckpt-X", "vg_name":"vg0", "lv_uuid":"sX1uqc-Je1f-FYQr-6HdT-3tgz-XmcR-87ERcB", "lv_attr":"Vri---tz-k", "lv_dm_path":"/dev/mapper/vg0-snapckpt--X", "lv_path":"/dev/vg0/snapckpt-X", "pool_lv":"pool", "origin":"thin1", "lv_size":"2147483648", "lv_kernel_major":"-1", "lv_kernel_minor":"-1", "lv_tags":"snapckpt,snapckpt_id_2026-x.y"},
+                  {"lv_name":"snapckpt-X-r1", "vg_name":"vg0", "lv_uuid":"fggDcV-8Um5-i8la-wWwC-chZU-KBLY-0WU1mt", "lv_attr":"Vwi-aotz-k", "lv_dm_path":"/dev/mapper/vg0-snapckpt--X--r1", "lv_path":"/dev/vg0/snapckpt-X-r1", "pool_lv":"pool", "origin":"snapckpt-X", "lv_size":"2147483648", "lv_kernel_major":"253", "lv_kernel_minor":"5", "lv_tags":"snapckpt,snapckpt_clone_of_sX1uqc-Je1f-FYQr-6HdT-3tgz-XmcR-87ERcB"},
+                  {"lv_name":"snapckpt-X-r2", "vg_name":"vg0", "lv_uuid":"fggDcV-8Um5-i8la-wWwC-chZU-KBLY-0WU1mu", "lv_attr":"Vwi-a-tz-k", "lv_dm_path":"/dev/mapper/vg0-snapckpt--X--r2", "lv_path":"/dev/vg0/snapckpt-X-r2", "pool_lv":"pool", "origin":"snapckpt-X", "lv_size":"2147483648", "lv_kernel_major":"253", "lv_kernel_minor":"6", "lv_tags":"snapckpt"},
+                  {"lv_name":"thin1", "vg_name":"vg0", "lv_uuid":"h6ZM5X-osr2-n3B7-lFXE-bpAX-zzrJ-Uc6MuJ", "lv_attr":"Vwi-aotz--", "lv_dm_path":"/dev/mapper/vg0-thin1", "lv_path":"/dev/vg0/thin1", "pool_lv":"pool", "origin":"", "lv_size":"2147483648", "lv_kernel_major":"253", "lv_kernel_minor":"4", "lv_tags":""},
+                  {"lv_name":"lin", "vg_name":"vg0", "lv_uuid":"tNMjAd-uaZi-f2cx-zNvt-1xdl-c45r-Rvi0vC", "lv_attr":"owi-aos---", "lv_dm_path":"/dev/mapper/vg0-lin", "lv_path":"/dev/vg0/lin", "pool_lv":"", "origin":"", "lv_size":"536870912", "lv_kernel_major":"253", "lv_kernel_minor":"6", "lv_tags":""},
+                  {"lv_name":"lsnap", "vg_name":"vg0", "lv_uuid":"nqwl0c-xkeQ-h2H1-2Ggn-dPWt-H2hl-PEcj3N", "lv_attr":"swi-a-s---", "lv_dm_path":"/dev/mapper/vg0-lsnap", "lv_path":"/dev/vg0/lsnap", "pool_lv":"", "origin":"lin", "lv_size":"67108864", "lv_kernel_major":"253", "lv_kernel_minor":"9", "lv_tags":"snapckpt_restarted"},
+                  {"lv_name":"dead", "vg_name":"vg0", "lv_uuid":"nqwl0c-xkeQ-h2H1-2Ggn-dPWt-H2hl-PEcj3M", "lv_attr":"swi-I-s---", "lv_dm_path":"/dev/mapper/vg0-dead", "lv_path":"/dev/vg0/dead", "pool_lv":"", "origin":"lin", "lv_size":"67108864", "lv_kernel_major":"253", "lv_kernel_minor":"10", "lv_tags":""}
+              ]
+          }
+      ]
+  }
+"#;
+
+    #[test]
+    fn lvs_json() {
+        let v = parse_lvs(LVS).unwrap();
+        assert_eq!(v.len(), 8);
+        let by = |n: &str| v.iter().find(|l| l.name == n).unwrap().clone();
+        let thin1 = by("thin1");
+        assert!(thin1.is_thin() && !thin1.is_classic_snapshot());
+        assert_eq!(thin1.kdev, Some((253, 4)));
+        assert_eq!(thin1.dev(), Some(sys::makedev(253, 4)));
+        assert_eq!(thin1.size, Some(2147483648));
+        assert_eq!(thin1.pool, "pool");
+        assert!(thin1.tags.is_empty());
+        let snap = by("snapckpt-X");
+        assert!(snap.is_thin());
+        assert_eq!(snap.kdev, None, "inactive: -1:-1");
+        assert_eq!(snap.origin, "thin1");
+        assert_eq!(snap.tags, vec!["snapckpt", "snapckpt_id_2026-x.y"]);
+        assert!(snap.has_tag(TAG));
+        let lin = by("lin");
+        assert!(!lin.is_thin() && !lin.is_classic_snapshot());
+        let lsnap = by("lsnap");
+        assert!(lsnap.is_classic_snapshot() && !lsnap.is_invalid() && lsnap.has_tag(TAG_RESTARTED));
+        assert!(by("dead").is_invalid());
+        assert_eq!(by("pool").path, "");
+
+        // clones: name and tag
+        let rec = Rec { fstype: "xfs", vg: "vg0".into(), snapshot_lv: "snapckpt-X".into(), uuid: "sX1uqc-Je1f-FYQr-6HdT-3tgz-XmcR-87ERcB".into(), thin: true };
+        let (s, c) = locate(&rec, &v).unwrap();
+        assert_eq!(s.unwrap().name, "snapckpt-X");
+        assert_eq!(c.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), vec!["snapckpt-X-r1"], "r2 lacks the clone-of tag");
+        let wrong = Rec { uuid: "other".into(), ..rec };
+        assert!(matches!(locate(&wrong, &v), Err(SnapshotError::Mismatch { .. })));
+    }
+
+    #[test]
+    fn lvs_json_edge_cases() {
+        // no LVs (e.g. a VG that has none), several report sections, unknown fields/sections
+        assert!(parse_lvs(r#"{"report":[{"lv":[]}]}"#).unwrap().is_empty());
+        let v = parse_lvs(r#"{"report":[{"lv":[{"lv_name":"a","vg_name":"v","lv_attr":"-wi-a-----","lv_kernel_major":"253","lv_kernel_minor":"0","extra":"x"}]},{"lv":[{"lv_name":"b"}]}],"log":[]}"#).unwrap();
+        assert_eq!(v.len(), 2);
+        assert_eq!(v[0].kdev, Some((253, 0)));
+        assert_eq!(v[1].kdev, None);
+        assert_eq!(v[1].size, None);
+        assert!(parse_lvs("  Volume group \"x\" not found").is_err());
+        assert!(parse_lvs(r#"{"report":"x"}"#).is_err());
+        assert_eq!(parse_vgs(r#"{"report":[{"vg":[{"vg_name":"vg0"},{"vg_name":"data"}]}]}"#).unwrap(), vec!["vg0", "data"]);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(snapshot_lv_name("20261126T230102Z-3fa2"), "snapckpt-20261126T230102Z-3fa2");
+        for id in ["20261126T230102Z-3fa2", "a_tmeta", "x_rimage_y", "a".repeat(64).as_str(), "-x", "a_b", "snap.1"] {
+            let n = snapshot_lv_name(id);
+            assert!(valid_lv_name(&n), "{id} -> {n}");
+            assert!(n.len() <= MAX_SNAPSHOT_LV, "{id} -> {n}");
+            assert!(valid_lv_name(&format!("{n}-r999999")), "{id} -> {n}");
+        }
+        assert_ne!(snapshot_lv_name(&"a".repeat(64)), snapshot_lv_name(&"a".repeat(63)));
+        assert_ne!(snapshot_lv_name("x_tmeta"), snapshot_lv_name("x-tmeta"));
+        assert!(snapshot_lv_name("x_tmeta").starts_with("snapckpt-x-tmeta-"));
+        for bad in ["", "-a", ".", "..", "a b", "a/b", "x_tmeta", "snapshot1", "pvmove0", &"a".repeat(128)] {
+            assert!(!valid_lv_name(bad), "{bad:?}");
+        }
+        assert_eq!(tag_safe("2026-x.y_z"), "2026-x.y_z");
+        assert_eq!(tag_safe("a b,c"), "a_b_c");
+        assert_eq!(clone_number("snapckpt-X", "snapckpt-X-r12"), Some(12));
+        for bad in ["snapckpt-X", "snapckpt-X-r", "snapckpt-X-r01", "snapckpt-X-rx", "snapckpt-X-r1-r2", "snapckpt-Y-r1", "snapckpt-X-r12345678"] {
+            assert_eq!(clone_number("snapckpt-X", bad), None, "{bad}");
+        }
+        assert_eq!(mount_options("xfs"), "nouuid");
+        assert_eq!(mount_options("ext4"), "");
+    }
+
+    #[test]
+    fn mount_devs() {
+        let t = b"35 27 253:4 / /mnt/t rw,relatime - xfs /dev/mapper/vg0-thin1 rw\n\
+                  36 27 253:5 / /mnt/c rw,relatime - xfs /dev/mapper/vg0-snapckpt--X--r1 rw,nouuid\n\
+                  bad\n";
+        let d = parse_mount_devs(t);
+        assert_eq!(d.get(&35), Some(&sys::makedev(253, 4)));
+        assert_eq!(d.get(&36), Some(&sys::makedev(253, 5)));
+        let all = super::super::parse_mountinfo(t);
+        let m = mounts_of_devs(&all, &d, &[sys::makedev(253, 5)]);
+        assert_eq!(mount_points(&m), vec![PathBuf::from("/mnt/c")]);
+    }
+
+    #[test]
+    fn records_are_checked() {
+        let snap = |vg: &str, lv: &str, uuid: &str, kind: &str, fstype: &str| Snapshot::Lvm {
+            mount_point: "/m".into(),
+            fstype: fstype.into(),
+            vg: vg.into(),
+            origin_lv: "thin1".into(),
+            origin_uuid: "u".into(),
+            snapshot_lv: lv.into(),
+            snapshot_uuid: uuid.into(),
+            kind: kind.into(),
+            created_unix: 1,
+        };
+        let r = Rec::from(&snap("vg0", "snapckpt-a1", "sX1uqc-Je1f", "thin", "xfs")).unwrap();
+        assert!(r.thin);
+        assert_eq!(r.full(), "vg0/snapckpt-a1");
+        assert!(!Rec::from(&snap("vg0", "snapckpt-a1", "sX1uqc-Je1f", "classic", "ext4")).unwrap().thin);
+        for (vg, lv, uuid, kind, fs) in [
+            ("-vg", "snapckpt-a1", "u1", "thin", "xfs"),
+            ("vg0", "other", "u1", "thin", "xfs"),
+            ("vg0", "snapckpt-a/1", "u1", "thin", "xfs"),
+            ("vg0", "snapckpt-a1", "", "thin", "xfs"),
+            ("vg0", "snapckpt-a1", "u 1", "thin", "xfs"),
+            ("vg0", "snapckpt-a1", "u1", "cow", "xfs"),
+            ("vg0", "snapckpt-a1", "u1", "thin", "btrfs"),
+        ] {
+            assert!(Rec::from(&snap(vg, lv, uuid, kind, fs)).is_err(), "{vg} {lv} {uuid} {kind} {fs}");
+        }
+    }
+}
