@@ -256,3 +256,31 @@ fn files_only_btrfs_snapshot_restart_twice() {
     }
     snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
 }
+
+/// A task whose executable was deleted after it started (and whose code is mapped from
+/// it): the exe is preserved as an orphan clone and restored.
+#[test]
+fn criu_deleted_executable() {
+    let _g = serial();
+    let s = setup("1G");
+    let exe = s.dir.join("ufiles-copy");
+    std::fs::copy(prog("ufiles"), &exe).unwrap();
+    let log = s.work.path().join("ufiles.log");
+    let mut p = Proc::start_setsid(&exe, &["setup", s.dir.to_str().unwrap(), "orphan:100000"], &log);
+    std::fs::remove_file(&exe).unwrap();
+    let before = report_after(&log, 0);
+    let id = take_id(&snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]));
+    p.child.wait().unwrap();
+    let rec = record(&s.images, &id);
+    let exe_obj = rec["objects"].as_array().unwrap().iter().find(|o| o["original_path"].as_str().unwrap().ends_with("/ufiles-copy")).expect("exe is an object").clone();
+    let holders: Vec<&str> = exe_obj["holders"].as_array().unwrap().iter().map(|h| h["what"].as_str().unwrap()).collect();
+    assert!(holders.contains(&"exe") && holders.iter().any(|h| h.starts_with("map ")), "{holders:?}");
+    let logsize = std::fs::metadata(&log).unwrap().len() as usize;
+    let root = s.work.path().join("r");
+    snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    assert_eq!(self_check(p.pid, &log, logsize), before);
+    let link = std::fs::read_link(format!("/proc/{}/exe", p.pid)).unwrap();
+    assert!(link.to_string_lossy().ends_with("(deleted)"), "{}", link.display());
+    kill_wait(p.pid);
+    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+}
