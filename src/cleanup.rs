@@ -78,6 +78,8 @@ pub struct GcReport {
     pub kept: usize,
     /// Partial image directories of takes that died.
     pub partial_dirs: Vec<PathBuf>,
+    /// btrfs snapshots of checkpoints that have no image (takes that died after the snapshot).
+    pub stale_snapshots: Vec<(String, image::Snapshot)>,
     pub removed: bool,
 }
 
@@ -108,6 +110,12 @@ pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, only: &[St
         }
     }
     for m in mounts {
+        for (id, snap) in snapshot::btrfs::find(m, None)? {
+            let doomed = if only.is_empty() { !live.contains(&id) } else { only.contains(&id) };
+            if doomed {
+                rep.stale_snapshots.push((id, snap));
+            }
+        }
         for (id, name, _is_dir) in relink::leftovers(m, template)? {
             match id {
                 None => rep.unknown.push((m.clone(), name)),
@@ -131,6 +139,9 @@ pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, only: &[St
             let is_dir = d.open(name, libc::O_PATH | libc::O_NOFOLLOW).ok().and_then(|f| crate::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&f)).ok()).is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
             d.remove(name, is_dir)?;
         }
+    }
+    for (_, s) in &rep.stale_snapshots {
+        snapshot::delete(s, false)?;
     }
     for p in &rep.partial_dirs {
         std::fs::remove_dir_all(p).map_err(|source| CleanupError::Io { path: p.clone(), syscall: "unlink", source })?;

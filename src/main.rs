@@ -409,10 +409,19 @@ fn cmd_gc(a: GcArgs) -> Res {
     for p in &rep.partial_dirs {
         println!("{verb} partial image {}", p.display());
     }
+    for (id, s) in &rep.stale_snapshots {
+        println!("{verb} snapshot {} (checkpoint {id})", s.describe());
+    }
     for (m, n) in &rep.unknown {
         println!("left alone {}/{}/{n}: not made by template {}", m.display(), relink::CHECKPOINT_DIR, template.as_str());
     }
-    println!("{} stale name(s), {} partial image(s), {} name(s) of live checkpoints kept", rep.stale.values().map(Vec::len).sum::<usize>(), rep.partial_dirs.len(), rep.kept);
+    println!(
+        "{} stale name(s), {} partial image(s), {} stale snapshot(s), {} name(s) of live checkpoints kept",
+        rep.stale.values().map(Vec::len).sum::<usize>(),
+        rep.partial_dirs.len(),
+        rep.stale_snapshots.len(),
+        rep.kept
+    );
     Ok(ExitCode::SUCCESS)
 }
 

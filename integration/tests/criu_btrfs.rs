@@ -284,3 +284,33 @@ fn criu_deleted_executable() {
     kill_wait(p.pid);
     snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
 }
+
+/// snapckpt SIGKILLed right after the snapshot: the task is thawed by the watchdog, and gc
+/// removes the snapshot, the relinked names and the partial image of that take.
+#[test]
+fn gc_collects_snapshot_of_killed_take() {
+    let _g = serial();
+    let s = setup("1G");
+    let log = s.work.path().join("ufiles.log");
+    let p = Proc::start(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "orphan:100000", "ab"], &log);
+    let hooks = s.work.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(hooks.join("take-snapshotted.wait"), "").unwrap();
+    let mut child = std::process::Command::new(snapckpt_bin())
+        .args(["take", "--pid", &p.pid.to_string(), "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()])
+        .env("SNAPCKPT_HOOK_DIR", &hooks)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(|| hooks.join("take-snapshotted.reached").exists(), Duration::from_secs(20), "snapshotted");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for(|| !std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap().contains(") T "), Duration::from_secs(5), "thaw");
+    assert_eq!(std::fs::read_dir(s.fs.path(".snapckpt")).unwrap().count(), 1);
+    let out = snapckpt_ok(&["gc", "--mount", s.fs.mnt.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    assert!(out.contains("2 stale name(s), 1 partial image(s), 1 stale snapshot(s)"), "{out}");
+    assert_eq!(std::fs::read_dir(s.fs.path(".snapckpt")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(s.fs.path("lost+found/checkpoint")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(&s.images).unwrap().count(), 0);
+}

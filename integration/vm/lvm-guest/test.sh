@@ -1,0 +1,257 @@
+#!/bin/bash
+# Guest side of integration/vm/lvm-tests.sh: snapckpt's LVM backend, end to end, as root in
+# the QEMU guest (see integration/vm/README.md). Expects in /share: snapckpt (dynamic, glibc
+# 2.36 + libbtrfsutil.so.1) and ufiles (static, from integration/progs/ufiles.c).
+#
+# For thin+ext4, thin+xfs, classic+ext4, classic+xfs on /dev/vdb:
+#   make the LV and filesystem, mount it at /mnt/data, start `ufiles setup` (unlinked files
+#   of several kinds), `snapckpt take --engine none` with a job naming the filesystem
+#   (snapshot = "lvm"), check the LV and `snapckpt list`, change the live filesystem, kill the
+#   workload, `snapckpt restart --snapshot --exec ufiles report` and compare its FD lines with
+#   the workload's first report; thin: a second restart; classic: a second restart is refused;
+#   `snapckpt delete` refused while mounted, then `--force`; no snapckpt LV left.
+# Prints `PASS name` / `FAIL name: why` lines, writes them and a last line `N passed, M failed`
+# to /share/summary, and exits non-zero if anything failed.
+set -u
+export LVM_SUPPRESS_FD_WARNINGS=1
+SHARE=${SHARE:-/share}
+SNAP=$SHARE/snapckpt
+UF=$SHARE/ufiles
+IR=/var/lib/snapckpt/images
+VG=vgsc
+W=/tmp/lvmtest
+SUMMARY=$SHARE/summary
+mkdir -p "$W" /mnt/data
+: > "$SUMMARY"
+
+PASSED=0
+FAILED=0
+pass() { echo "PASS $1"; echo "PASS $1" >> "$SUMMARY"; PASSED=$((PASSED + 1)); }
+fail() { echo "FAIL $1: $2"; echo "FAIL $1: $2" >> "$SUMMARY"; FAILED=$((FAILED + 1)); }
+check() { # check NAME WHY-IF-FAILED COMMAND...
+  local name=$1 why=$2; shift 2
+  if "$@"; then pass "$name"; else fail "$name" "$why"; fi
+}
+finish() {
+  echo "$PASSED passed, $FAILED failed" | tee -a "$SUMMARY"
+  [ "$FAILED" = 0 ]
+  exit $?
+}
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", b - a}'; }
+log() { echo "--- $* (uptime $(cut -d' ' -f1 /proc/uptime)s)"; }
+TIMES=()
+
+# --- can the guest run snapckpt at all? ----------------------------------------------------
+log "guest $(uname -r), $(ldd --version | head -n1), $(lvm version | head -n1 | tr -s ' ')"
+missing=$(ldd "$SNAP" 2>&1 | grep -E 'not found|not a dynamic' || true)
+if [ -n "$missing" ] || ! "$SNAP" --version > "$W/version" 2>&1; then
+  fail binary-runs "the guest cannot run $SNAP: ${missing:-$(cat "$W/version")}"
+  finish
+fi
+pass binary-runs
+[ -x "$UF" ] || { fail ufiles-present "$UF missing"; finish; }
+
+modprobe dm_thin_pool && modprobe dm_snapshot || { fail modules "modprobe dm_thin_pool dm_snapshot failed"; finish; }
+pvcreate -q -y /dev/vdb > /dev/null && vgcreate -q "$VG" /dev/vdb > /dev/null \
+  && lvcreate -q -y -L 1536M -T "$VG/pool" > /dev/null 2>&1 \
+  || { fail vg-setup "pvcreate/vgcreate/thin pool on /dev/vdb failed"; finish; }
+
+# snapckpt LVs in the VG, one name per line
+snapckpt_lvs() {
+  lvs --reportformat json -o lv_name,lv_tags "$VG" 2>/dev/null \
+    | jq -r '.report[].lv[] | select((.lv_tags | split(",") | index("snapckpt")) or (.lv_name | startswith("snapckpt-"))) | .lv_name'
+}
+# one field of one LV
+lvfield() { lvs --reportformat json -o "$2" "$VG/$1" 2>/dev/null | jq -r ".report[0].lv[0].$2 // \"\""; }
+fd_lines() { grep '^FD ' "$1" || true; }
+
+# Wait up to $3 seconds for $2 lines matching regexp $1 in file $4.
+wait_lines() {
+  local re=$1 n=$2 t=$3 f=$4 i
+  for ((i = 0; i < t * 10; i++)); do
+    [ "$(grep -c -- "$re" "$f" 2>/dev/null || echo 0)" -ge "$n" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# Undo whatever a failed case left behind.
+scrub() {
+  local m
+  for m in $(awk '$2 ~ "^/mnt/r[0-9]" {print $2}' /proc/self/mounts | sort -r); do umount -l "$m" 2>/dev/null; done
+  mountpoint -q /mnt/data && umount -l /mnt/data
+  lvremove -q -y -f "@snapckpt" > /dev/null 2>&1
+  rm -rf "$IR"/* "$IR"/.[!.]* 2>/dev/null
+  rm -rf /mnt/r1 /mnt/r2
+}
+
+# restart_and_compare CASE TAG MOUNT_ROOT: restart into MOUNT_ROOT with ufiles report, compare.
+restart_and_compare() {
+  local c=$1 tag=$2 root=$3 t0 t1 rc=0
+  t0=$(now)
+  "$SNAP" restart "$ID" --image-root "$IR" --snapshot --mount-root "$root" --exec "$UF" report > "$W/$tag.out" 2> "$W/$tag.err" || rc=$?
+  t1=$(now)
+  TIMES+=("$c $tag $(secs "$t0" "$t1")s")
+  sed 's/^/    /' "$W/$tag.out" "$W/$tag.err"
+  if [ "$rc" != 0 ]; then
+    fail "$c-$tag" "snapckpt restart exited $rc: $(tr '\n' ' ' < "$W/$tag.err")"
+    return 1
+  fi
+  pass "$c-$tag"
+  if [ -n "$(fd_lines "$W/$tag.out")" ] && diff <(fd_lines "$W/first") <(fd_lines "$W/$tag.out") > "$W/$tag.diff"; then
+    pass "$c-$tag-fds-match"
+  else
+    fail "$c-$tag-fds-match" "FD lines differ from the first report: $(tr '\n' ' ' < "$W/$tag.diff")"
+  fi
+  local base=$root/mnt/data
+  check "$c-$tag-mounted" "$base is not a mount point" mountpoint -q "$base"
+  check "$c-$tag-old-content" "the clone's d/b is '$(cat "$base/d/b" 2>&1)', want 'hello' (live changes leaked)" \
+    test "$(cat "$base/d/b" 2>/dev/null)" = hello
+  check "$c-$tag-no-live-files" "the clone has d/after-take, made on the live fs after the take" test ! -e "$base/d/after-take"
+  check "$c-$tag-names-unlinked" "relinked names left in the clone: $(ls "$base/lost+found/checkpoint" 2>&1 | tr '\n' ' ')" \
+    test -z "$(ls -A "$base/lost+found/checkpoint" 2>/dev/null)"
+}
+
+# run_case FS KIND: the whole scenario on one filesystem type and LV kind.
+run_case() {
+  local fs=$1 kind=$2 c="$2-$1" lv="data_$2_$1" pid t0 t1 rc
+  log "case $c"
+  scrub
+  if [ "$kind" = thin ]; then
+    lvcreate -q -y -V 1G -T "$VG/pool" -n "$lv" > /dev/null 2>&1
+  else
+    lvcreate -q -y -L 1G -n "$lv" "$VG" > /dev/null 2>&1
+  fi || { fail "$c-setup" "lvcreate $lv failed"; return; }
+  if [ "$fs" = xfs ]; then mkfs.xfs -q -f "/dev/$VG/$lv"; else mkfs.ext4 -q -F "/dev/$VG/$lv"; fi > /dev/null 2>&1 \
+    && mount "/dev/$VG/$lv" /mnt/data && mkdir -p /mnt/data/d \
+    || { fail "$c-setup" "mkfs/mount of $lv failed"; return; }
+
+  # the workload
+  rm -f "$W"/*
+  "$UF" setup /mnt/data/d ab orphan:10485760 twofds tmpfile > "$W/ufiles.out" 2>&1 &
+  pid=$!
+  if ! wait_lines '^ready' 1 60 "$W/ufiles.out"; then
+    fail "$c-workload" "ufiles did not get ready: $(tr '\n' ' ' < "$W/ufiles.out")"
+    kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; return
+  fi
+  sed -n '1,/^ready/p' "$W/ufiles.out" | grep '^FD ' > "$W/first"
+  [ "$(wc -l < "$W/first")" -ge 5 ] || { fail "$c-workload" "first report has $(wc -l < "$W/first") FD lines, want 5"; }
+
+  # the job
+  {
+    echo 'name = "lvm-test"'
+    echo '[[filesystem]]'
+    echo 'mount = "/mnt/data"'
+    echo 'snapshot = "lvm"'
+  } > "$W/job.toml"
+  if [ "$kind" = classic ]; then
+    # without lvm_size: refused, and the take is undone (workload thawed, names removed)
+    rc=0
+    "$SNAP" take --pid "$pid" --engine none --image-root "$IR" --job "$W/job.toml" > "$W/take0.out" 2> "$W/take0.err" || rc=$?
+    check "$c-needs-lvm-size" "take without lvm_size: exit $rc, stderr: $(tr '\n' ' ' < "$W/take0.err")" \
+      grep -q 'classic (non-thin) LV needs lvm_size in the job' "$W/take0.err"
+    check "$c-failed-take-undone" "after the refused take: workload state $(awk '/^State/{print $2}' /proc/$pid/status 2>/dev/null), checkpoint dir: $(ls -A /mnt/data/lost+found/checkpoint 2>&1 | tr '\n' ' '), snapckpt LVs: $(snapckpt_lvs | tr '\n' ' ')" \
+      bash -c "grep -q '^State:.*S (sleeping)' /proc/$pid/status && [ -z \"\$(ls -A /mnt/data/lost+found/checkpoint 2>/dev/null)\" ] && [ -z \"$(snapckpt_lvs)\" ]"
+    echo 'lvm_size = "256M"' >> "$W/job.toml"
+  fi
+
+  t0=$(now)
+  rc=0
+  "$SNAP" take --pid "$pid" --engine none --image-root "$IR" --job "$W/job.toml" > "$W/take.out" 2> "$W/take.err" || rc=$?
+  t1=$(now)
+  TIMES+=("$c take $(secs "$t0" "$t1")s")
+  sed 's/^/    /' "$W/take.out" "$W/take.err"
+  ID=$(awk '/^checkpoint /{print $2; exit}' "$W/take.out")
+  if [ "$rc" != 0 ] || [ -z "$ID" ]; then
+    fail "$c-take" "snapckpt take exited $rc: $(tr '\n' ' ' < "$W/take.err")"
+    kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; return
+  fi
+  pass "$c-take"
+  local slv="snapckpt-$ID"
+  check "$c-take-output" "take output does not name snapshot lvm $kind $VG/$slv" grep -qF "snapshot: lvm $kind $VG/$slv" "$W/take.out"
+
+  # the snapshot LV
+  local attr tags origin
+  attr=$(lvfield "$slv" lv_attr); tags=$(lvfield "$slv" lv_tags); origin=$(lvfield "$slv" origin)
+  lvs -a -o lv_name,lv_attr,origin,pool_lv,lv_size,lv_tags "$VG" | sed 's/^/    /'
+  check "$c-snapshot-lv" "LV $VG/$slv: attr '$attr', origin '$origin', tags '$tags'" \
+    test -n "$attr" -a "$origin" = "$lv" -a "$tags" = "snapckpt,snapckpt_id_$ID"
+  if [ "$kind" = thin ]; then
+    check "$c-snapshot-readonly-inactive" "thin snapshot lv_attr '$attr', want V r ... not active, skip flag" \
+      bash -c "[[ '$attr' == Vri---tz-k ]]"
+  else
+    check "$c-snapshot-classic" "classic snapshot lv_attr '$attr', want s w i - a" bash -c "[[ '$attr' == swi-a-s--- ]]"
+  fi
+  "$SNAP" list --image-root "$IR" > "$W/list.out" 2>&1
+  check "$c-list" "snapckpt list: $(tr '\n' ' ' < "$W/list.out")" grep -qF "snapshot lvm $kind $VG/$slv" "$W/list.out"
+  check "$c-live-names-removed" "relinked names left on the live fs: $(ls -A /mnt/data/lost+found/checkpoint 2>&1 | tr '\n' ' ')" \
+    test -z "$(ls -A /mnt/data/lost+found/checkpoint 2>/dev/null)"
+
+  # the workload went on unharmed
+  kill -USR1 "$pid"
+  if wait_lines '^checked' 1 30 "$W/ufiles.out"; then
+    sed -n '/^ready/,/^checked/p' "$W/ufiles.out" | grep '^FD ' > "$W/second"
+    if diff "$W/first" "$W/second" > "$W/second.diff"; then pass "$c-workload-unharmed"; else fail "$c-workload-unharmed" "$(tr '\n' ' ' < "$W/second.diff")"; fi
+  else
+    fail "$c-workload-unharmed" "no 'checked' after SIGUSR1: $(tail -n 3 "$W/ufiles.out" | tr '\n' ' ')"
+  fi
+
+  # change the live filesystem, then the workload goes away
+  printf XXXXX > /mnt/data/d/b
+  rm -f /mnt/data/d/a
+  echo new > /mnt/data/d/after-take
+  sync
+  kill -9 "$pid"; wait "$pid" 2>/dev/null
+
+  restart_and_compare "$c" restart1 /mnt/r1
+  if [ "$kind" = thin ]; then
+    restart_and_compare "$c" restart2 /mnt/r2
+    "$SNAP" list --image-root "$IR" > "$W/list2.out" 2>&1
+    check "$c-list-clones" "snapckpt list after two restarts: $(tr '\n' ' ' < "$W/list2.out")" grep -qF "(2 restart clone(s) mounted)" "$W/list2.out"
+    check "$c-clone-lvs" "restart clones: $(snapckpt_lvs | tr '\n' ' ')" \
+      test "$(snapckpt_lvs | sort | tr '\n' ' ')" = "$slv $slv-r1 $slv-r2 "
+  else
+    rc=0
+    mkdir -p /mnt/r2
+    "$SNAP" restart "$ID" --image-root "$IR" --snapshot --mount-root /mnt/r2 --exec "$UF" report > "$W/restart2.out" 2> "$W/restart2.err" || rc=$?
+    sed 's/^/    /' "$W/restart2.err"
+    check "$c-second-restart-refused" "second restart of a classic snapshot: exit $rc, stderr: $(tr '\n' ' ' < "$W/restart2.err")" \
+      bash -c "[ $rc != 0 ] && grep -q 'restarted only once' '$W/restart2.err' && ! mountpoint -q /mnt/r2/mnt/data"
+    "$SNAP" list --image-root "$IR" > "$W/list2.out" 2>&1
+    check "$c-list-clones" "snapckpt list after the restart: $(tr '\n' ' ' < "$W/list2.out")" grep -qF "(1 restart clone(s) mounted)" "$W/list2.out"
+  fi
+  check "$c-live-changed" "the live d/b is '$(cat /mnt/data/d/b 2>&1)', want XXXXX" test "$(cat /mnt/data/d/b)" = XXXXX
+
+  # delete: refused while mounted, then forced
+  rc=0
+  "$SNAP" delete "$ID" --image-root "$IR" > "$W/del0.out" 2> "$W/del0.err" || rc=$?
+  check "$c-delete-refused-in-use" "delete without --force while mounted: exit $rc, $(tr '\n' ' ' < "$W/del0.err")" \
+    bash -c "[ $rc != 0 ] && grep -q 'in use' '$W/del0.err' && [ -d '$IR/$ID' ]"
+  t0=$(now)
+  rc=0
+  "$SNAP" delete "$ID" --image-root "$IR" --force > "$W/del.out" 2> "$W/del.err" || rc=$?
+  t1=$(now)
+  TIMES+=("$c delete $(secs "$t0" "$t1")s")
+  check "$c-delete" "delete --force: exit $rc, $(tr '\n' ' ' < "$W/del.err")" test "$rc" = 0
+  check "$c-no-snapckpt-lvs" "snapckpt LVs left: $(snapckpt_lvs | tr '\n' ' ')" test -z "$(snapckpt_lvs)"
+  check "$c-clones-unmounted" "still mounted: $(awk '$2 ~ "^/mnt/r" {print $2}' /proc/self/mounts | tr '\n' ' ')" \
+    test -z "$(awk '$2 ~ "^/mnt/r" {print $2}' /proc/self/mounts)"
+  check "$c-image-gone" "$IR/$ID still exists" test ! -e "$IR/$ID"
+
+  # the origin is untouched and can go
+  umount /mnt/data && lvremove -q -y "$VG/$lv" > /dev/null
+  check "$c-cleanup" "could not unmount/remove the origin $lv" test $? = 0
+}
+
+T0=$(now)
+for k in thin classic; do
+  for fs in ext4 xfs; do
+    run_case "$fs" "$k"
+  done
+done
+scrub
+log "timings"
+for t in "${TIMES[@]}"; do echo "TIME $t" | tee -a "$SUMMARY"; done
+echo "TIME all cases $(secs "$T0" "$(now)")s" | tee -a "$SUMMARY"
+finish
