@@ -443,8 +443,11 @@ pub fn load(dir: &Path) -> Result<Checkpoint, ImageError> {
     Ok(ck)
 }
 
+/// Image directories with their records (or why a record could not be read).
+pub type Listed = Vec<(PathBuf, Result<Checkpoint, ImageError>)>;
+
 /// The image directories of `root`: complete checkpoints, sorted by creation time.
-pub fn list(root: &Path) -> Result<Vec<(PathBuf, Result<Checkpoint, ImageError>)>, ImageError> {
+pub fn list(root: &Path) -> Result<Listed, ImageError> {
     let mut out = vec![];
     let rd = match std::fs::read_dir(root) {
         Ok(rd) => rd,

@@ -371,10 +371,9 @@ impl Relinker {
             .ok_or_else(|| RelinkError::NoHolder { index: o.index, original: o.original_path.clone() })?;
         let src = scan::holder_proc_path(&holder).ok_or_else(|| RelinkError::NoHolder { index: o.index, original: o.original_path.clone() })?;
         let mnt_id = o.mount.mnt_id;
-        if !self.dirs.contains_key(&mnt_id) {
+        if let std::collections::hash_map::Entry::Vacant(e) = self.dirs.entry(mnt_id) {
             let mdir = scan::mount_dir_for(holder.pid, &o.mount.mount_point);
-            let d = open_checkpoint_dir(&mdir, Some(mnt_id), true)?;
-            self.dirs.insert(mnt_id, d);
+            e.insert(open_checkpoint_dir(&mdir, Some(mnt_id), true)?);
         }
         let st = sys::stat(&src).map_err(ioe(&src, "stat"))?;
         let is_dir = o.kind == FileKind::Directory;

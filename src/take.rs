@@ -80,6 +80,7 @@ pub struct Plan {
     pub snapshots: Vec<FsSpec>,
 }
 
+#[allow(clippy::large_enum_variant)] // one value per take
 pub enum Outcome {
     Taken(Taken),
     DryRun(Plan),

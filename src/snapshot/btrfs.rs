@@ -701,6 +701,55 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
     }
 }
 
+/// The snapshots under `<mount>/<snapshot_dir>` (default `.snapckpt`), each described as
+/// [`take`] described it, with its checkpoint id: for `gc` to find the snapshots of takes
+/// that died before writing their image. A mount that is not btrfs, or has no snapshot
+/// directory, has none.
+pub fn find(mount_point: &Path, snapshot_dir: Option<&str>) -> Result<Vec<(String, Snapshot)>, SnapshotError> {
+    let dir = snapshot_dir.unwrap_or(DEFAULT_SNAPSHOT_DIR);
+    validate_snapshot_dir(dir)?;
+    let mp = std::fs::canonicalize(mount_point).map_err(io_err(mount_point, "realpath"))?;
+    let Some(m) = mountinfo()?.into_iter().find(|e| e.mount_point == mp && e.fstype == "btrfs") else { return Ok(vec![]) };
+    let sdir = mp.join(dir);
+    let meta = match std::fs::symlink_metadata(&sdir) {
+        Ok(md) => md,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(SnapshotError::Io { path: sdir, syscall: "lstat", source: e }),
+    };
+    if !meta.is_dir() {
+        return Ok(vec![]);
+    }
+    let origin = libbtrfsutil::subvolume_info(&mp).map_err(bt_err(&mp, "subvolume info"))?;
+    let origin_rel = libbtrfsutil::subvolume_path(&mp).map_err(bt_err(&mp, "subvolume path"))?;
+    let origin_subvol_path = fs_path_string(&origin_rel, &mp)?;
+    let mut out = vec![];
+    for e in std::fs::read_dir(&sdir).map_err(io_err(&sdir, "opendir"))?.flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if validate_id(&id).is_err() {
+            continue;
+        }
+        let snap = sdir.join(&id).join(SNAPSHOT_NAME);
+        let Ok(info) = libbtrfsutil::subvolume_info(&snap) else { continue };
+        let Ok(rel) = libbtrfsutil::subvolume_path(&snap) else { continue };
+        out.push((
+            id,
+            Snapshot::Btrfs {
+                mount_point: mp.to_string_lossy().into_owned(),
+                device: m.source.clone(),
+                origin_subvol_id: origin.id(),
+                origin_subvol_path: origin_subvol_path.clone(),
+                subvol_id: info.id(),
+                uuid: info.uuid().to_string(),
+                path: snap.to_string_lossy().into_owned(),
+                fs_path: fs_path_string(&rel, &snap)?,
+                created_unix: 0,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -748,52 +797,4 @@ mod tests {
         assert_eq!(clone_mount_options(260, "/@d/.snapckpt/a/restart-1"), "subvolid=260,subvol=/@d/.snapckpt/a/restart-1");
         assert_eq!(clone_mount_options(260, "/a,b/.snapckpt/a/restart-1"), "subvolid=260");
     }
-}
-
-/// The snapshots under `<mount>/<snapshot_dir>` (default `.snapckpt`), each described as
-/// [`take`] described it, with its checkpoint id: for `gc` to find the snapshots of takes
-/// that died before writing their image. A mount that is not btrfs, or has no snapshot
-/// directory, has none.
-pub fn find(mount_point: &Path, snapshot_dir: Option<&str>) -> Result<Vec<(String, Snapshot)>, SnapshotError> {
-    let dir = snapshot_dir.unwrap_or(DEFAULT_SNAPSHOT_DIR);
-    validate_snapshot_dir(dir)?;
-    let mp = std::fs::canonicalize(mount_point).map_err(io_err(mount_point, "realpath"))?;
-    let Some(m) = mountinfo()?.into_iter().find(|e| e.mount_point == mp && e.fstype == "btrfs") else { return Ok(vec![]) };
-    let sdir = mp.join(dir);
-    let meta = match std::fs::symlink_metadata(&sdir) {
-        Ok(md) => md,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(SnapshotError::Io { path: sdir, syscall: "lstat", source: e }),
-    };
-    if !meta.is_dir() {
-        return Ok(vec![]);
-    }
-    let origin = libbtrfsutil::subvolume_info(&mp).map_err(bt_err(&mp, "subvolume info"))?;
-    let origin_rel = libbtrfsutil::subvolume_path(&mp).map_err(bt_err(&mp, "subvolume path"))?;
-    let origin_subvol_path = fs_path_string(&origin_rel, &mp)?;
-    let mut out = vec![];
-    for e in std::fs::read_dir(&sdir).map_err(io_err(&sdir, "opendir"))?.flatten() {
-        let id = e.file_name().to_string_lossy().into_owned();
-        if validate_id(&id).is_err() {
-            continue;
-        }
-        let snap = sdir.join(&id).join(SNAPSHOT_NAME);
-        let Ok(info) = libbtrfsutil::subvolume_info(&snap) else { continue };
-        let Ok(rel) = libbtrfsutil::subvolume_path(&snap) else { continue };
-        out.push((
-            id,
-            Snapshot::Btrfs {
-                mount_point: mp.to_string_lossy().into_owned(),
-                device: m.source.clone(),
-                origin_subvol_id: origin.id(),
-                origin_subvol_path: origin_subvol_path.clone(),
-                subvol_id: info.id(),
-                uuid: info.uuid().to_string(),
-                path: snap.to_string_lossy().into_owned(),
-                fs_path: fs_path_string(&rel, &snap)?,
-                created_unix: 0,
-            },
-        ));
-    }
-    Ok(out)
 }
