@@ -70,7 +70,8 @@ stop_workload() {
 }
 verify() {
   local n=$1
-  for _ in $(seq 50); do kill -0 "$PID" 2>/dev/null && break; sleep 0.1; done
+  # a restored task handles signals once it is back in pause()
+  for _ in $(seq 300); do grep -q pause "/proc/$PID/wchan" 2>/dev/null && break; sleep 0.1; done
   kill -USR1 "$PID"
   for _ in $(seq 100); do tail -c +"$((LOGSIZE + 1))" "$W/workload.log" | grep -q '^checked' && break; sleep 0.1; done
   tail -c +"$((LOGSIZE + 1))" "$W/workload.log" | grep -E '^(FD|MAP|CWD)' > "$W/after$n.txt"

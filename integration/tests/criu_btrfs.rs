@@ -19,6 +19,7 @@ fn report_after(log: &Path, from: usize) -> Vec<String> {
 
 /// Ask a restored ufiles process to check itself; returns its report.
 fn self_check(pid: i32, log: &Path, from: usize) -> Vec<String> {
+    wait_paused(pid);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
     wait_for(
         || std::fs::read(log).map(|s| String::from_utf8_lossy(&s[from.min(s.len())..]).contains("checked")).unwrap_or(false),
@@ -38,6 +39,25 @@ fn record(images: &Path, id: &str) -> Value {
 
 fn du(p: &Path) -> u64 {
     sh(&format!("du -sb '{}'", p.display())).split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// `snapckpt take --engine criu --snapshot btrfs` of `pid` (plus `extra`); the checkpoint id.
+fn take_criu(s: &Setup, pid: i32, extra: &[&str]) -> String {
+    let pid = pid.to_string();
+    let mut args = vec!["take", "--pid", &pid, "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    take_id(&snapckpt_ok(&args))
+}
+
+/// `snapckpt restart ID --snapshot --mount-root <work>/<name>`; returns the mount root.
+fn restart_side(s: &Setup, id: &str, name: &str) -> PathBuf {
+    let root = s.work.path().join(name);
+    snapckpt_ok(&["restart", id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    root
+}
+
+fn delete_forced(s: &Setup, id: &str) {
+    snapckpt_ok(&["delete", id, "--force", "--image-root", s.images.to_str().unwrap()]);
 }
 
 struct Setup {
@@ -102,7 +122,7 @@ fn criu_every_kind_restart_twice() {
     // delete refuses while a clone is mounted, --force unmounts
     let (ok, _, err) = snapckpt(&["delete", &id, "--image-root", s.images.to_str().unwrap()]);
     assert!(!ok && err.contains("mounted"), "{err}");
-    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+    delete_forced(&s, &id);
     assert!(!snap.exists());
     assert!(!s.images.join(&id).exists());
 }
@@ -115,11 +135,11 @@ fn criu_ab_write_lands_in_b() {
     let s = setup("1G");
     let log = s.work.path().join("ufiles.log");
     let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "ab"], &log);
-    let id = take_id(&snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]));
+    let id = take_criu(&s, p.pid, &[]);
     p.child.wait().unwrap();
     let logsize = std::fs::metadata(&log).unwrap().len() as usize;
-    let root = s.work.path().join("r");
-    snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    let root = restart_side(&s, &id, "r");
+    wait_paused(p.pid);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), nix::sys::signal::Signal::SIGUSR2).unwrap();
     wait_for(|| String::from_utf8_lossy(&std::fs::read(&log).unwrap()[logsize..]).contains("wrote"), Duration::from_secs(10), "write");
     let clone = root.join(s.fs.mnt.strip_prefix("/").unwrap());
@@ -130,7 +150,7 @@ fn criu_ab_write_lands_in_b() {
     use std::os::unix::fs::MetadataExt;
     assert_eq!(std::fs::metadata(&fdlink).unwrap().nlink(), 1);
     kill_wait(p.pid);
-    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+    delete_forced(&s, &id);
 }
 
 /// A 1 GiB sparse orphan: the image directory stays under 1 MiB, the take allocates no new
@@ -142,7 +162,7 @@ fn criu_1g_sparse_orphan() {
     let log = s.work.path().join("ufiles.log");
     let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "orphan:1073741824", "dense:67108864"], &log);
     let before = report_after(&log, 0);
-    let id = take_id(&snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]));
+    let id = take_criu(&s, p.pid, &[]);
     p.child.wait().unwrap();
     let img = du(&s.images.join(&id));
     assert!(img < 1 << 20, "image dir is {img} bytes");
@@ -152,11 +172,10 @@ fn criu_1g_sparse_orphan() {
         assert_eq!(o["relinked"]["bytes_copied"], 0);
     }
     let logsize = std::fs::metadata(&log).unwrap().len() as usize;
-    let root = s.work.path().join("r");
-    snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    restart_side(&s, &id, "r");
     assert_eq!(self_check(p.pid, &log, logsize), before);
     kill_wait(p.pid);
-    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+    delete_forced(&s, &id);
 }
 
 /// Two processes share an orphan (one inherited fd, one own open file description): one
@@ -171,6 +190,7 @@ fn criu_two_processes_share_an_orphan() {
     let before = std::fs::metadata(&log).unwrap().len() as usize;
     let check = |from: usize| -> BTreeMap<String, String> {
         for pid in [p.pid, child] {
+            wait_paused(pid);
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
         }
         wait_for(|| String::from_utf8_lossy(&std::fs::read(&log).unwrap()[from..]).matches("CHECK").count() >= 3, Duration::from_secs(10), "checks");
@@ -183,7 +203,7 @@ fn criu_two_processes_share_an_orphan() {
     let orig = check(before);
     assert_eq!(orig.len(), 3, "{orig:?}");
     let logsize = std::fs::metadata(&log).unwrap().len() as usize;
-    let id = take_id(&snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--tree", "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]));
+    let id = take_criu(&s, p.pid, &["--tree"]);
     p.child.wait().unwrap();
     wait_gone(child);
     let rec = record(&s.images, &id);
@@ -196,7 +216,7 @@ fn criu_two_processes_share_an_orphan() {
     assert_eq!(after, orig);
     kill_wait(p.pid); // the parent first: a killed child would stay a zombie of a live parent
     kill_wait(child);
-    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+    delete_forced(&s, &id);
 }
 
 /// Tasks in a cgroup v2: snapckpt freezes the cgroup itself and passes it to CRIU.
@@ -224,11 +244,10 @@ fn criu_cgroup_v2_selection() {
     let rec = record(&s.images, &id);
     assert!(rec["freezer"].as_str().unwrap().starts_with("cgroup-v2"), "{}", rec["freezer"]);
     let logsize = std::fs::metadata(&log).unwrap().len() as usize;
-    let root = s.work.path().join("r");
-    snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    restart_side(&s, &id, "r");
     assert_eq!(self_check(p.pid, &log, logsize), before);
     kill_wait(p.pid);
-    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+    delete_forced(&s, &id);
 }
 
 /// Files-only take with a btrfs snapshot: restart twice from the snapshot with --exec while
@@ -254,7 +273,7 @@ fn files_only_btrfs_snapshot_restart_twice() {
         assert_eq!(fd_lines.len(), 4, "{out}");
         assert_eq!(fd_lines, want, "round {round}");
     }
-    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+    delete_forced(&s, &id);
 }
 
 /// A task whose executable was deleted after it started (and whose code is mapped from
@@ -269,20 +288,19 @@ fn criu_deleted_executable() {
     let mut p = Proc::start_setsid(&exe, &["setup", s.dir.to_str().unwrap(), "orphan:100000"], &log);
     std::fs::remove_file(&exe).unwrap();
     let before = report_after(&log, 0);
-    let id = take_id(&snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]));
+    let id = take_criu(&s, p.pid, &[]);
     p.child.wait().unwrap();
     let rec = record(&s.images, &id);
     let exe_obj = rec["objects"].as_array().unwrap().iter().find(|o| o["original_path"].as_str().unwrap().ends_with("/ufiles-copy")).expect("exe is an object").clone();
     let holders: Vec<&str> = exe_obj["holders"].as_array().unwrap().iter().map(|h| h["what"].as_str().unwrap()).collect();
     assert!(holders.contains(&"exe") && holders.iter().any(|h| h.starts_with("map ")), "{holders:?}");
     let logsize = std::fs::metadata(&log).unwrap().len() as usize;
-    let root = s.work.path().join("r");
-    snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    restart_side(&s, &id, "r");
     assert_eq!(self_check(p.pid, &log, logsize), before);
     let link = std::fs::read_link(format!("/proc/{}/exe", p.pid)).unwrap();
     assert!(link.to_string_lossy().ends_with("(deleted)"), "{}", link.display());
     kill_wait(p.pid);
-    snapckpt_ok(&["delete", &id, "--force", "--image-root", s.images.to_str().unwrap()]);
+    delete_forced(&s, &id);
 }
 
 /// snapckpt SIGKILLed right after the snapshot: the task is thawed by the watchdog, and gc

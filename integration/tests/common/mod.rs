@@ -200,3 +200,12 @@ pub fn kill_wait(pid: i32) {
 pub fn wait_gone(pid: i32) {
     wait_for(|| !Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true), Duration::from_secs(10), "process gone");
 }
+
+/// Wait until a (restored) process sleeps in pause(2): from then on it handles signals.
+pub fn wait_paused(pid: i32) {
+    wait_for(
+        || std::fs::read_to_string(format!("/proc/{pid}/wchan")).map(|w| w.contains("pause")).unwrap_or(false),
+        Duration::from_secs(30),
+        "process in pause()",
+    );
+}
