@@ -9,6 +9,8 @@ bash scripts/setup.sh
 export SNAPCKPT_CRIU=${SNAPCKPT_CRIU:-/opt/snapckpt/criu/bin/criu}
 cargo build --quiet
 cargo test --no-fail-fast -- --test-threads=2
-if [ "${SNAPCKPT_SKIP_VM:-0}" != 1 ] && [ -x integration/vm/lvm-tests.sh ]; then
+# the README's demo, end to end (CRIU + btrfs snapshot, restart twice)
+bash scripts/demo.sh > target/demo.log 2>&1 && echo "demo: passed" || { tail -40 target/demo.log; echo "demo: FAILED"; exit 1; }
+if [ "${SNAPCKPT_SKIP_VM:-0}" != 1 ] && [ -f integration/vm/lvm-tests.sh ]; then
   bash integration/vm/lvm-tests.sh
 fi
