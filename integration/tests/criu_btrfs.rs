@@ -332,3 +332,25 @@ fn gc_collects_snapshot_of_killed_take() {
     assert_eq!(std::fs::read_dir(s.fs.path("lost+found/checkpoint")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(&s.images).unwrap().count(), 0);
 }
+
+/// --leave-running: after the dump the task goes on (thawed), and the checkpoint restarts
+/// once the original is gone.
+#[test]
+fn criu_leave_running() {
+    let _g = serial();
+    let s = setup("1G");
+    let log = s.work.path().join("ufiles.log");
+    let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "orphan:1000000", "ab"], &log);
+    let before = report_after(&log, 0);
+    let id = take_criu(&s, p.pid, &["--leave-running"]);
+    let logsize = std::fs::metadata(&log).unwrap().len() as usize;
+    // still running and not stopped: it answers a self-check
+    assert_eq!(self_check(p.pid, &log, logsize), before);
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+    sh(&format!("truncate -s {logsize} '{}'", log.display()));
+    restart_side(&s, &id, "r");
+    assert_eq!(self_check(p.pid, &log, logsize), before);
+    kill_wait(p.pid);
+    delete_forced(&s, &id);
+}
