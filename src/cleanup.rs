@@ -78,7 +78,7 @@ pub struct GcReport {
     pub kept: usize,
     /// Partial image directories of takes that died.
     pub partial_dirs: Vec<PathBuf>,
-    /// btrfs snapshots of checkpoints that have no image (takes that died after the snapshot).
+    /// btrfs and LVM snapshots of checkpoints that have no image (takes that died after the snapshot).
     pub stale_snapshots: Vec<(String, image::Snapshot)>,
     pub removed: bool,
 }
@@ -110,7 +110,7 @@ pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, only: &[St
         }
     }
     for m in mounts {
-        for (id, snap) in snapshot::btrfs::find(m, None)? {
+        for (id, snap) in snapshot::btrfs::find(m, None)?.into_iter().chain(snapshot::lvm::find(m)?) {
             let doomed = if only.is_empty() { !live.contains(&id) } else { only.contains(&id) };
             if doomed {
                 rep.stale_snapshots.push((id, snap));

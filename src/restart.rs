@@ -131,6 +131,11 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
                 }
             }
             (Engine::None, Some(cmd)) => {
+                // Refuse before consuming the names if the command cannot be run at all.
+                let prog = cmd.first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
+                if which(prog).is_none() {
+                    return Err(RestartError::Refused(format!("--exec: {prog}: no such executable")));
+                }
                 let fds = exec_fds(&ck, opts.exec_task, &opened)?;
                 unlink_all(&opened)?;
                 out.exec_status = Some(run_exec(cmd, &fds)?);
@@ -288,4 +293,14 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)]) -> Result<i32, RestartError>
     }
     let st = c.status().map_err(|source| RestartError::Io { path: PathBuf::from(prog), syscall: "execve", source })?;
     Ok(st.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
+}
+
+/// Resolve a command like execvp would (a path with '/' as is, else through PATH).
+fn which(prog: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let ok = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if prog.contains('/') {
+        return ok(Path::new(prog)).then(|| PathBuf::from(prog));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(prog)).find(|p| ok(p))
 }

@@ -2,7 +2,8 @@
 # snapckpt's LVM backend, end to end, in the QEMU guest (the host kernel has no device-mapper).
 #
 # Usage: integration/vm/lvm-tests.sh      (as root, non-interactive; env as for run.sh, plus
-#                                          LVM_TESTS_TIMEOUT, default 900 s)
+#                                          LVM_TESTS_TIMEOUT, default 900 s; LVM_TESTS_KEEP=1
+#                                          keeps the share dir with console.log for debugging)
 #
 # Builds snapckpt (cargo build --release) and the static test workload ufiles, puts them and
 # integration/vm/lvm-guest/* into a temporary share, boots the guest once (run.sh) to run
@@ -15,7 +16,11 @@ REPO=$(cd "$HERE/../.." && pwd)
 log() { echo "[lvm-tests] $*" >&2; }
 
 SHARE=$(mktemp -d "${TMPDIR:-/tmp}/snapckpt-lvm-tests.XXXXXX")
-trap 'rm -rf "$SHARE"' EXIT
+if [ "${LVM_TESTS_KEEP:-0}" = 1 ]; then
+  trap 'log "kept $SHARE (console.log, summary)"' EXIT
+else
+  trap 'rm -rf "$SHARE"' EXIT
+fi
 
 T0=$(date +%s.%N)
 log "cargo build --release"

@@ -861,6 +861,54 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// finding snapshots without a record (gc)
+
+/// The snapshots snapckpt took of the LV mounted at `mount_point` (LVs tagged `snapckpt` and
+/// `snapckpt_id_<id>`, named as [`take`] names them, whose origin is that LV), each described as
+/// [`take`] described it, with its checkpoint id: for `gc` to find the snapshots of takes that
+/// died before writing their image. A mount that is not ext2/3/4 or xfs on an LV, or a system
+/// without the lvm tools, has none.
+pub fn find(mount_point: &Path) -> Result<Vec<(String, Snapshot)>, SnapshotError> {
+    let mp = std::fs::canonicalize(mount_point).map_err(|source| SnapshotError::Io { path: mount_point.into(), syscall: "realpath", source })?;
+    let (all, devs) = dev_mounts()?;
+    let Some(m) = all.iter().rev().find(|e| e.mount_point == mp && is_topmost(e, &all)) else { return Ok(vec![]) };
+    let (Some(fstype), Some(&dev)) = (supported_fstype(&m.fstype), devs.get(&m.mnt_id)) else { return Ok(vec![]) };
+    let origin = match lv_of_mount(&m.source, dev) {
+        Ok(Some(lv)) => lv,
+        Ok(None) => return Ok(vec![]),
+        Err(SnapshotError::Lvm { status, .. }) if status == "could not be started" => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    let Some(lvs) = vg_lvs(&origin.vg)? else { return Ok(vec![]) };
+    let mut out = vec![];
+    for l in lvs {
+        if l.origin != origin.name || !l.has_tag(TAG) || !(l.is_thin() || l.is_classic_snapshot()) {
+            continue;
+        }
+        let Some(id) = l.tags.iter().find_map(|t| t.strip_prefix(TAG_ID_PREFIX)).map(String::from) else { continue };
+        if validate_id(&id).is_err() || snapshot_lv_name(&id) != l.name {
+            continue;
+        }
+        let kind = if l.is_thin() { KIND_THIN } else { KIND_CLASSIC };
+        out.push((
+            id,
+            Snapshot::Lvm {
+                mount_point: mp.to_string_lossy().into_owned(),
+                fstype: fstype.to_string(),
+                vg: origin.vg.clone(),
+                origin_lv: origin.name.clone(),
+                origin_uuid: origin.uuid.clone(),
+                snapshot_lv: l.name.clone(),
+                snapshot_uuid: l.uuid.clone(),
+                kind: kind.to_string(),
+                created_unix: 0,
+            },
+        ));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

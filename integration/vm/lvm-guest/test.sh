@@ -68,9 +68,10 @@ fd_lines() { grep '^FD ' "$1" || true; }
 
 # Wait up to $3 seconds for $2 lines matching regexp $1 in file $4.
 wait_lines() {
-  local re=$1 n=$2 t=$3 f=$4 i
+  local re=$1 n=$2 t=$3 f=$4 i got
   for ((i = 0; i < t * 10; i++)); do
-    [ "$(grep -c -- "$re" "$f" 2>/dev/null || echo 0)" -ge "$n" ] && return 0
+    got=$(grep -c -- "$re" "$f" 2>/dev/null)
+    [ "${got:-0}" -ge "$n" ] && return 0
     sleep 0.1
   done
   return 1
@@ -83,14 +84,15 @@ scrub() {
   mountpoint -q /mnt/data && umount -l /mnt/data
   lvremove -q -y -f "@snapckpt" > /dev/null 2>&1
   rm -rf "$IR"/* "$IR"/.[!.]* 2>/dev/null
-  rm -rf /mnt/r1 /mnt/r2
+  rm -rf /mnt/r0 /mnt/r1 /mnt/r2
 }
 
-# restart_and_compare CASE TAG MOUNT_ROOT: restart into MOUNT_ROOT with ufiles report, compare.
+# restart_and_compare CASE TAG [MOUNT_ROOT]: restart (into MOUNT_ROOT, else over the origin's
+# mount point) with ufiles report, and compare.
 restart_and_compare() {
-  local c=$1 tag=$2 root=$3 t0 t1 rc=0
+  local c=$1 tag=$2 root=${3:-} t0 t1 rc=0
   t0=$(now)
-  "$SNAP" restart "$ID" --image-root "$IR" --snapshot --mount-root "$root" --exec "$UF" report > "$W/$tag.out" 2> "$W/$tag.err" || rc=$?
+  "$SNAP" restart "$ID" --image-root "$IR" --snapshot ${root:+--mount-root "$root"} --exec "$UF" report > "$W/$tag.out" 2> "$W/$tag.err" || rc=$?
   t1=$(now)
   TIMES+=("$c $tag $(secs "$t0" "$t1")s")
   sed 's/^/    /' "$W/$tag.out" "$W/$tag.err"
@@ -168,6 +170,7 @@ run_case() {
     kill -9 "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; return
   fi
   pass "$c-take"
+  TIMES+=("$c take-record $(grep -o 'frozen .*' "$W/take.out")")
   local slv="snapckpt-$ID"
   check "$c-take-output" "take output does not name snapshot lvm $kind $VG/$slv" grep -qF "snapshot: lvm $kind $VG/$slv" "$W/take.out"
 
@@ -204,13 +207,25 @@ run_case() {
   sync
   kill -9 "$pid"; wait "$pid" 2>/dev/null
 
+  # a restart that fails after mounting (no such task for --exec) leaves nothing behind
+  rc=0
+  "$SNAP" restart "$ID" --image-root "$IR" --snapshot --mount-root /mnt/r0 --exec-task 99999 --exec "$UF" report > "$W/restart0.out" 2> "$W/restart0.err" || rc=$?
+  sed 's/^/    /' "$W/restart0.err"
+  check "$c-failed-restart-undone" "exit $rc, $(tr '\n' ' ' < "$W/restart0.err"); snapckpt LVs: $(snapckpt_lvs | tr '\n' ' '); tags: $(lvfield "$slv" lv_tags)" \
+    bash -c "[ $rc != 0 ] && grep -q 'no task 99999' '$W/restart0.err' && ! mountpoint -q /mnt/r0/mnt/data && [ '$(snapckpt_lvs | tr '\n' ' ')' = '$slv ' ] && [ '$(lvfield "$slv" lv_tags)' = 'snapckpt,snapckpt_id_$ID' ]"
+
   restart_and_compare "$c" restart1 /mnt/r1
   if [ "$kind" = thin ]; then
     restart_and_compare "$c" restart2 /mnt/r2
+    check "$c-live-changed" "the live d/b is '$(cat /mnt/data/d/b 2>&1)', want XXXXX" test "$(cat /mnt/data/d/b)" = XXXXX
+    # in place: over the (still mounted) origin
+    restart_and_compare "$c" restart3-in-place
+    check "$c-in-place-over-origin" "/mnt/data shows $(findmnt -n -o SOURCE /mnt/data), want the r3 clone" \
+      bash -c "findmnt -n -o SOURCE /mnt/data | grep -q -- '--r3\$'"
     "$SNAP" list --image-root "$IR" > "$W/list2.out" 2>&1
-    check "$c-list-clones" "snapckpt list after two restarts: $(tr '\n' ' ' < "$W/list2.out")" grep -qF "(2 restart clone(s) mounted)" "$W/list2.out"
+    check "$c-list-clones" "snapckpt list after three restarts: $(tr '\n' ' ' < "$W/list2.out")" grep -qF "(3 restart clone(s) mounted)" "$W/list2.out"
     check "$c-clone-lvs" "restart clones: $(snapckpt_lvs | tr '\n' ' ')" \
-      test "$(snapckpt_lvs | sort | tr '\n' ' ')" = "$slv $slv-r1 $slv-r2 "
+      test "$(snapckpt_lvs | sort | tr '\n' ' ')" = "$slv $slv-r1 $slv-r2 $slv-r3 "
   else
     rc=0
     mkdir -p /mnt/r2
@@ -220,24 +235,32 @@ run_case() {
       bash -c "[ $rc != 0 ] && grep -q 'restarted only once' '$W/restart2.err' && ! mountpoint -q /mnt/r2/mnt/data"
     "$SNAP" list --image-root "$IR" > "$W/list2.out" 2>&1
     check "$c-list-clones" "snapckpt list after the restart: $(tr '\n' ' ' < "$W/list2.out")" grep -qF "(1 restart clone(s) mounted)" "$W/list2.out"
+    check "$c-live-changed" "the live d/b is '$(cat /mnt/data/d/b 2>&1)', want XXXXX" test "$(cat /mnt/data/d/b)" = XXXXX
   fi
-  check "$c-live-changed" "the live d/b is '$(cat /mnt/data/d/b 2>&1)', want XXXXX" test "$(cat /mnt/data/d/b)" = XXXXX
 
-  # delete: refused while mounted, then forced
+  # delete: refused while mounted; then thin: --force (lazy unmounts), classic: unmount by
+  # hand and delete without --force
   rc=0
   "$SNAP" delete "$ID" --image-root "$IR" > "$W/del0.out" 2> "$W/del0.err" || rc=$?
   check "$c-delete-refused-in-use" "delete without --force while mounted: exit $rc, $(tr '\n' ' ' < "$W/del0.err")" \
     bash -c "[ $rc != 0 ] && grep -q 'in use' '$W/del0.err' && [ -d '$IR/$ID' ]"
+  local force=--force
+  if [ "$kind" = classic ]; then
+    umount /mnt/r1/mnt/data
+    force=
+  fi
   t0=$(now)
   rc=0
-  "$SNAP" delete "$ID" --image-root "$IR" --force > "$W/del.out" 2> "$W/del.err" || rc=$?
+  "$SNAP" delete "$ID" --image-root "$IR" $force > "$W/del.out" 2> "$W/del.err" || rc=$?
   t1=$(now)
-  TIMES+=("$c delete $(secs "$t0" "$t1")s")
-  check "$c-delete" "delete --force: exit $rc, $(tr '\n' ' ' < "$W/del.err")" test "$rc" = 0
+  TIMES+=("$c delete${force:+ --force} $(secs "$t0" "$t1")s")
+  check "$c-delete" "delete $force: exit $rc, $(tr '\n' ' ' < "$W/del.err")" test "$rc" = 0
   check "$c-no-snapckpt-lvs" "snapckpt LVs left: $(snapckpt_lvs | tr '\n' ' ')" test -z "$(snapckpt_lvs)"
   check "$c-clones-unmounted" "still mounted: $(awk '$2 ~ "^/mnt/r" {print $2}' /proc/self/mounts | tr '\n' ' ')" \
     test -z "$(awk '$2 ~ "^/mnt/r" {print $2}' /proc/self/mounts)"
   check "$c-image-gone" "$IR/$ID still exists" test ! -e "$IR/$ID"
+  check "$c-origin-visible-again" "/mnt/data shows $(findmnt -n -o SOURCE /mnt/data), want $VG-$lv" \
+    bash -c "findmnt -n -o SOURCE /mnt/data | grep -q -- '-$lv\$'"
 
   # the origin is untouched and can go
   umount /mnt/data && lvremove -q -y "$VG/$lv" > /dev/null
