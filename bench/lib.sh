@@ -37,7 +37,7 @@ bench_init() {
   fi
   [ -x "$BIN" ] || die "no snapckpt binary at $BIN"
   [ -x "$CRIU" ] || die "no CRIU at $CRIU (scripts/install-criu.sh)"
-  mkdir -p "$W/progs"
+  mkdir -p "$W/progs" "$W/cwd"   # workloads run in $W/cwd, where nothing else is made
 }
 
 # Build a C program into $W/progs; prints its path.
@@ -93,25 +93,56 @@ mkfs_loop() {
 }
 
 # start_workload LOG CMD...: start CMD as a session leader with stdin /dev/null, stdout and
-# stderr to LOG, none of our other fds; wait for its "ready pid=N" line; prints N.
+# stderr to LOG, none of our other fds; wait for its "ready pid=N" line; sets WPID=N.
+# (Not in $(...): the pid must reach the cleanup list of this shell.)
+# With WORKLOAD_CGROUP=DIR set, CMD starts inside that cgroup (v2).
 start_workload() {
   local logf=$1 pid i; shift
+  rm -f "$logf"
   (
+    cd "$W/cwd"
+    [ -n "${WORKLOAD_CGROUP:-}" ] && echo "$BASHPID" > "$WORKLOAD_CGROUP/cgroup.procs"
     for fd in /proc/self/fd/*; do
       fd=${fd##*/}
       [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null
     done
     exec setsid "$@" </dev/null >"$logf" 2>&1
   ) &
+  disown $!   # no "Killed" notices from bash when it dies
   for i in $(seq 6000); do
-    pid=$(sed -n 's/^ready pid=\([0-9]*\).*/\1/p' "$logf" 2>/dev/null)
+    pid=$(sed -n 's/^ready pid=\([0-9]*\).*/\1/p' "$logf" 2>/dev/null) || true
     [ -n "$pid" ] && break
     grep -q -v -e '^ready' -e '^FD' -e '^MAP' -e '^CWD' "$logf" 2>/dev/null && { cat "$logf" >&2; die "workload failed: $*"; }
     sleep 0.05
   done
   [ -n "$pid" ] || die "workload not ready after 300 s: $*"
   _PIDS+=("$pid")
-  echo "$pid"
+  WPID=$pid
+}
+
+# make_cgroup: a v2 cgroup for the workload; sets CG to its path.
+make_cgroup() {
+  CG=/sys/fs/cgroup/unified/snapckpt-bench-$$
+  [ -e /sys/fs/cgroup/unified/cgroup.procs ] || CG=/sys/fs/cgroup/snapckpt-bench-$$
+  mkdir -p "$CG"
+  _CGROUPS+=("$CG")
+}
+
+# kill_cgroup CG: kill every task in it and wait until it is empty.
+kill_cgroup() {
+  local i
+  echo 1 > "$1/cgroup.kill"
+  for i in $(seq 1200); do [ -z "$(cat "$1/cgroup.procs")" ] && return 0; sleep 0.05; done
+  log "cgroup $1 not empty: $(cat "$1/cgroup.procs" | tr '\n' ' ')"
+  return 1
+}
+
+# kill_session SID: kill every task of a session we started (by pid), wait until all are gone.
+kill_session() {
+  local p pids
+  pids=$(ps -o pid= -s "$1" || true)
+  for p in $pids; do kill -9 "$p" 2>/dev/null || true; done
+  for p in $pids; do wait_gone "$p" || true; done
 }
 
 # wait_gone PID: wait until /proc/PID vanishes (killed and reaped), up to 60 s.

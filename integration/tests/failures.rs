@@ -1,10 +1,12 @@
 //! Failure tests, with real processes on real filesystems (loop devices); run as root.
 //!
-//! * snapckpt SIGKILLed at every hook point of `take` (files only, and CRIU with a btrfs
-//!   snapshot) and after random delays; after each kill: the tasks are not left frozen, no
-//!   half-written file is visible under `lost+found/checkpoint`, the image root holds whole
-//!   images or `.ID.partial` directories only, snapckpt's helpers (thaw watchdog, criu swrk)
-//!   go away by themselves, and `snapckpt gc` leaves no stale names and no partial images;
+//! * snapckpt SIGKILLed at every hook point of `take` (files only on ext4 and on btrfs with a
+//!   snapshot, CRIU with a btrfs snapshot; SIGSTOP and cgroup v2 freezers) and after random
+//!   delays; after each kill: the tasks are not left frozen, no half-written file is visible
+//!   under `lost+found/checkpoint`, the image root holds whole images or `.ID.partial`
+//!   directories only, snapckpt's helpers (thaw watchdog, criu swrk) go away by themselves,
+//!   and `snapckpt gc` leaves no stale names, no partial images and no snapshots of failed
+//!   takes;
 //! * snapckpt SIGKILLed at the hook points of `restart`: the live filesystem and the read-only
 //!   snapshot are unchanged, and a later restart works;
 //! * a read-only filesystem, a full filesystem during an orphan copy, a snapshot that fails,
@@ -15,7 +17,8 @@
 //!   templates): no panics (the cargo-fuzz targets in fuzz/ go further).
 //!
 //! The random delays and the fuzz inputs come from a seeded generator; the seed is printed and
-//! `SNAPCKPT_FAILURES_SEED=N` replays a run.
+//! `SNAPCKPT_FAILURES_SEED=N` replays a run. Tests marked `#[ignore = "bug: ..."]` show bugs
+//! that are not fixed yet: `cargo test --test failures -- --ignored` runs them.
 
 mod common;
 use common::*;
@@ -224,25 +227,6 @@ fn snapshot_ids(mnt: &Path) -> Vec<String> {
     v
 }
 
-/// Remove `<mount>/.snapckpt/<id>` with its subvolumes, by hand.
-fn remove_snapshot_dir(mnt: &Path, id: &str) {
-    let d = mnt.join(".snapckpt").join(id);
-    for e in std::fs::read_dir(&d).unwrap().flatten() {
-        sh(&format!("btrfs -q subvolume delete '{}'", e.path().display()));
-    }
-    std::fs::remove_dir(&d).unwrap();
-}
-
-fn mnt_id_of_fd(fd: i32) -> u32 {
-    let s = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap();
-    s.lines().find_map(|l| l.strip_prefix("mnt_id:")).unwrap().trim().parse().unwrap()
-}
-
-fn mnt_id_of(p: &Path) -> u32 {
-    let f = std::fs::File::open(p).unwrap();
-    mnt_id_of_fd(std::os::fd::AsRawFd::as_raw_fd(&f))
-}
-
 /// Mount points (as in /proc/self/mountinfo) at or below `p`.
 fn mounts_under(p: &Path) -> Vec<String> {
     let p = p.to_string_lossy();
@@ -425,6 +409,16 @@ impl Running {
     }
 }
 
+impl Drop for Running {
+    /// A test that fails half-way leaves no snapckpt behind.
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Wait until the helpers of a killed snapckpt are gone; kill and complain if they stay.
 fn assert_helpers_exit(helpers: &[i32], what: &str) {
     let t = Instant::now();
@@ -475,10 +469,13 @@ struct TakeRig {
     proc: Option<Proc>,
     /// (size, hash) of every file any of our workloads held.
     held: BTreeSet<(u64, u64)>,
-    /// Snapshot directories of failed takes found after each kill: (what, id).
+    /// Snapshot directories of failed takes found after each kill, before gc: (what, id).
     leftover_snapshots: Vec<(String, String)>,
     /// Takes that completed before the kill.
     completed: usize,
+    /// Kills after which the task was gone (CRIU had dumped and killed it) but no image was
+    /// published: the process state is lost.
+    lost: Vec<String>,
 }
 
 impl TakeRig {
@@ -502,6 +499,7 @@ impl TakeRig {
             held: BTreeSet::new(),
             leftover_snapshots: vec![],
             completed: 0,
+            lost: vec![],
         }
     }
 
@@ -580,6 +578,9 @@ impl TakeRig {
         assert_names_complete(&self.fs.mnt, &self.held, what);
         // 3. whole images or partial directories only
         let (ids, _partial) = check_image_root(&self.images, what);
+        if !alive(pid) && ids.is_empty() {
+            self.lost.push(what.to_string());
+        }
         // 4. snapshots of failed takes
         for id in snapshot_ids(&self.fs.mnt) {
             if !ids.contains(&id) {
@@ -598,13 +599,14 @@ impl TakeRig {
             let id = tpl.match_id(&n);
             assert!(id.as_ref().is_some_and(|i| ids.contains(i)), "{what}: stale name {n} left after gc ({gout})");
         }
-        // back to a clean state: delete whole images, remove snapshot leftovers by hand
+        // and no snapshot of a failed take
+        let snaps = snapshot_ids(&self.fs.mnt);
+        assert!(snaps.iter().all(|i| ids.contains(i)), "{what}: snapshots of failed takes left after gc: {snaps:?} ({gout})");
+        // back to a clean state
         for id in &ids {
             snapckpt_ok(&["delete", id, "--image-root", self.images.to_str().unwrap()]);
         }
-        for id in snapshot_ids(&self.fs.mnt) {
-            remove_snapshot_dir(&self.fs.mnt, &id);
-        }
+        assert!(snapshot_ids(&self.fs.mnt).is_empty(), "{what}: {:?}", snapshot_ids(&self.fs.mnt));
         assert!(checkpoint_names(&self.fs.mnt).is_empty(), "{what}: {:?}", checkpoint_names(&self.fs.mnt));
         assert!(!self.images.exists() || std::fs::read_dir(&self.images).unwrap().count() == 0);
     }
@@ -627,9 +629,12 @@ impl TakeRig {
     }
 
     fn report_leftover_snapshots(&self) {
+        if !self.lost.is_empty() {
+            eprintln!("NOTE: CRIU had killed the task but no image was published (gc then removes the dump): {:?}", self.lost);
+        }
         if !self.leftover_snapshots.is_empty() {
             eprintln!(
-                "NOTE: snapshots of failed takes left under {}/.snapckpt (gc does not collect them): {:?}",
+                "snapshots of failed takes under {}/.snapckpt (collected by gc): {:?}",
                 self.fs.mnt.display(),
                 self.leftover_snapshots
             );
@@ -677,6 +682,10 @@ fn take_killed_at_every_point_criu() {
     let mut rig = TakeRig::new("btrfs", true, true, false, CRIU_SCENARIO);
     kill_at_take_points(&mut rig, "btrfs criu snapshot sigstop", &["take-frozen", "take-scanned", "take-relinked", "take-snapshotted", "take-thawed"]);
     rig.report_leftover_snapshots();
+    drop(rig);
+    let mut rig = TakeRig::new("btrfs", true, true, true, CRIU_SCENARIO);
+    kill_at_take_points(&mut rig, "btrfs criu snapshot cgroup-v2", &["take-frozen", "take-relinked", "take-snapshotted", "take-thawed"]);
+    rig.report_leftover_snapshots();
 }
 
 /// snapckpt killed while `criu swrk` is dumping (in the post-dump notification): CRIU must
@@ -685,9 +694,12 @@ fn take_killed_at_every_point_criu() {
 #[ignore = "bug: criu swrk inherits both ends of rust-criu's socketpair (no SOCK_CLOEXEC), never sees EOF when snapckpt dies, and keeps the task ptrace-stopped forever"]
 fn take_killed_during_criu_dump() {
     let _g = serial();
-    let mut rig = TakeRig::new("btrfs", true, true, false, CRIU_SCENARIO);
-    kill_at_take_points(&mut rig, "btrfs criu snapshot sigstop", &["take-post-dump"]);
-    rig.report_leftover_snapshots();
+    for cgroup in [false, true] {
+        let mut rig = TakeRig::new("btrfs", true, true, cgroup, CRIU_SCENARIO);
+        for _ in 0..3 {
+            kill_at_take_points(&mut rig, &format!("btrfs criu snapshot cgroup {cgroup}"), &["take-post-dump"]);
+        }
+    }
 }
 
 /// Random delays, no hooks: files only on ext4; a 48 MB dense orphan is being copied for a
@@ -726,27 +738,6 @@ fn take_killed_after_random_delays_criu() {
     }
     eprintln!("criu: {} of {n} takes completed before the kill", rig.completed);
     rig.report_leftover_snapshots();
-}
-
-/// gc should remove the snapshot directory of a take that was killed after snapshotting.
-#[test]
-#[ignore = "bug: gc does not collect the btrfs snapshots (<mount>/.snapckpt/<id>) of killed takes"]
-fn gc_collects_snapshots_of_killed_takes() {
-    let _g = serial();
-    let mut rig = TakeRig::new("btrfs", false, true, false, &["orphan:100000"]);
-    rig.ensure_workload();
-    std::fs::write(rig.hooks.join("take-snapshotted.wait"), "").unwrap();
-    let mut run = Running::spawn(&rig.take_args(), &rig.hooks, rig.work.path());
-    run.wait_point(&rig.hooks.clone(), "take-snapshotted");
-    let (helpers, _, _, _) = run.kill();
-    assert_helpers_exit(&helpers, "gc test");
-    assert_eq!(snapshot_ids(&rig.fs.mnt).len(), 1);
-    snapckpt_ok(&["gc", "--mount", rig.fs.mnt.to_str().unwrap(), "--image-root", rig.images.to_str().unwrap()]);
-    let left = snapshot_ids(&rig.fs.mnt);
-    for id in &left {
-        remove_snapshot_dir(&rig.fs.mnt, id);
-    }
-    assert!(left.is_empty(), "snapshot of the killed take left by gc: {left:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -925,6 +916,14 @@ fn restart_killed_criu() {
 /// name, no image, no snapshot.
 fn assert_clean_failure(ok: bool, err: &str, pid: i32, mnt: &Path, images: &Path, what: &str) {
     assert!(!ok, "{what}: take should fail");
+    // A CRIU log that the error names may be kept for the user (see
+    // criu_failure_keeps_the_log_it_names); nothing else.
+    if let Some(log) = named_log(err).filter(|l| l.starts_with(images) && l.is_file()) {
+        std::fs::remove_file(&log).unwrap();
+        if let Some(d) = log.parent().filter(|d| *d != images) {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
     assert!(err.contains("snapckpt: error: "), "{what}: {err}");
     assert_no_panic(err);
     assert_not_frozen(pid, None, what);
@@ -1246,10 +1245,10 @@ fn hostile_checkpoint_records() {
     let other = names.iter().find(|n| **n != good["objects"][orphan]["relinked"]["name"]).unwrap().clone();
     m2("name of another object", &format!("{o}.relinked.name"), other.clone().into(), "is not the recorded object");
     m2("name missing", &format!("{o}.relinked.name"), "unlink-at-restart-nothing-1".into(), "No such file");
-    m2("directory kind for a file", &format!("{o}.kind"), "directory".into(), "");
+    m2("directory kind for a file", &format!("{o}.kind"), "directory".into(), "Not a directory");
     m2("mount point elsewhere", &format!("{o}.mount.mount_point"), outside.to_str().unwrap().into(), "No such file");
     m2("exec task missing", "tasks.0.fds", serde_json::json!([]), "holds an unlinked file");
-    m2("criu pid in use", "engine", serde_json::json!({"name": "criu", "version": "x", "leave_running": false, "images": []}), "");
+    m2("criu pid in use", "engine", serde_json::json!({"name": "criu", "version": "x", "leave_running": false, "images": []}), "is in use");
     m2("snapshots missing", "links_removed", true.into(), "kept only in its snapshots");
     for (i, (what, mut r, expect)) in loadable.into_iter().enumerate() {
         let hid = format!("loadable-{i}");
@@ -1607,11 +1606,13 @@ fn fuzz_smoke_parsers() {
     eprintln!("fuzz smoke: {n} inputs in {:?}", t0.elapsed());
 }
 
-/// The name a template renders for a checkpoint is attributed to that checkpoint again by
+/// The name a template renders for a checkpoint is never attributed to another checkpoint by
 /// `match_id`, or gc takes the names of a live checkpoint for stale ones and removes them.
 #[test]
 #[ignore = "bug: Template::match_id takes the longest id that fits, so with digits between %t and %n (\"ck-%t1%n\") or between %n and %t (\"ck-%n1%t\") the names of checkpoint A are attributed to another id and gc removes them"]
 fn template_names_map_back_to_their_checkpoint() {
+    let tpl = snapckpt::relink::Template::parse(TEMPLATE).unwrap();
+    assert_eq!(tpl.match_id(&tpl.render("20261127T002101Z-3213", 10)).as_deref(), Some("20261127T002101Z-3213"));
     for t in ["ck-%t1%n", "ck-%n1%t", "10,%%-%t1%n", "unlink-at-restart-%t-%n", "ck.%t.XXXXXX"] {
         fuzz_targets::template_roundtrip(t.as_bytes());
     }
