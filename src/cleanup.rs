@@ -76,7 +76,7 @@ pub struct GcReport {
     pub unknown: Vec<(PathBuf, String)>,
     /// Relinked names that belong to live checkpoints (kept).
     pub kept: usize,
-    /// Partial image directories of takes that died.
+    /// Partial image directories of takes that died, and the kept CRIU logs of failed takes.
     pub partial_dirs: Vec<PathBuf>,
     /// btrfs and LVM snapshots of checkpoints that have no image (takes that died after the snapshot).
     pub stale_snapshots: Vec<(String, image::Snapshot)>,
@@ -104,7 +104,7 @@ pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, only: &[St
                     rep.partial_dirs.push(e.path());
                 }
             }
-            if n.starts_with('.') && n.ends_with(".deleting") {
+            if n.starts_with('.') && (n.ends_with(".deleting") || n.ends_with(".failed")) {
                 rep.partial_dirs.push(e.path());
             }
         }

@@ -161,32 +161,50 @@ impl Template {
 
     /// If `name` was made by this template, the checkpoint id in it.
     pub fn match_id(&self, name: &str) -> Option<String> {
-        fn go(parts: &[Part], s: &str, id: &mut Option<String>) -> bool {
-            let Some((p, rest)) = parts.split_first() else { return s.is_empty() };
+        // Every way the name can be read; an id only if they all agree (a name that could be
+        // another checkpoint's is left alone by gc rather than removed).
+        fn go(parts: &[Part], s: &str, id: Option<&str>, out: &mut Vec<String>) {
+            let Some((p, rest)) = parts.split_first() else {
+                if s.is_empty() {
+                    if let Some(i) = id {
+                        out.push(i.to_string());
+                    }
+                }
+                return;
+            };
             match p {
-                Part::Lit(l) => s.strip_prefix(l.as_str()).is_some_and(|r| go(rest, r, id)),
-                Part::Rand(k) => s.len() >= *k && s.is_char_boundary(*k) && s[..*k].bytes().all(|b| b.is_ascii_alphanumeric()) && go(rest, &s[*k..], id),
+                Part::Lit(l) => {
+                    if let Some(r) = s.strip_prefix(l.as_str()) {
+                        go(rest, r, id, out)
+                    }
+                }
+                Part::Rand(k) => {
+                    if s.len() >= *k && s.is_char_boundary(*k) && s[..*k].bytes().all(|b| b.is_ascii_alphanumeric()) {
+                        go(rest, &s[*k..], id, out)
+                    }
+                }
                 Part::Num => {
                     let n = s.bytes().take_while(|b| b.is_ascii_digit()).count();
-                    (1..=n).rev().any(|k| go(rest, &s[k..], id))
+                    for k in 1..=n {
+                        go(rest, &s[k..], id, out);
+                    }
                 }
                 Part::Id => {
                     let n = s.bytes().take_while(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.').count();
-                    for k in (1..=n).rev() {
-                        if go(rest, &s[k..], id) {
-                            *id = Some(s[..k].to_string());
-                            return true;
-                        }
+                    for k in 1..=n {
+                        go(rest, &s[k..], Some(&s[..k]), out);
                     }
-                    false
                 }
             }
         }
-        let mut id = None;
-        if go(&self.parts, name, &mut id) {
-            id.filter(|i| crate::image::valid_id(i))
-        } else {
-            None
+        let mut ids = vec![];
+        go(&self.parts, name, None, &mut ids);
+        ids.retain(|i| crate::image::valid_id(i));
+        ids.sort();
+        ids.dedup();
+        match ids.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
         }
     }
 }

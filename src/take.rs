@@ -203,7 +203,13 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
     })();
     let (engine, dump_ms) = match result {
         Ok(x) => x,
-        Err(e) => {
+        Err(mut e) => {
+            // The CRIU log the error names must outlive the partial directory.
+            if let TakeError::Criu(criu::CriuError::Failed { log, .. }) = &mut e {
+                if let Some(kept) = partial.keep_failed_log(log) {
+                    *log = kept;
+                }
+            }
             for s in snaps.iter().rev() {
                 if let Err(de) = snapshot::delete(s, true) {
                     eprintln!("snapckpt: warning: could not delete snapshot {} of the failed take: {de}", s.describe());
@@ -304,6 +310,20 @@ impl Partial {
             return Err(TakeError::Io { path: lockp, syscall: "flock", source: std::io::Error::last_os_error() });
         }
         Ok(Partial { root: root.into(), id: id.into(), dir, _lock: f, done: false })
+    }
+
+    /// Move `log` (a file of the partial directory) to `<root>/.<id>.failed/`, which outlives
+    /// the partial directory (`snapckpt gc` removes it). Its new path, if it could be moved.
+    fn keep_failed_log(&self, log: &Path) -> Option<PathBuf> {
+        if log.parent() != Some(self.dir.as_path()) || !log.is_file() {
+            return None;
+        }
+        let keep = self.root.join(format!(".{}.failed", self.id));
+        std::fs::create_dir_all(&keep).ok()?;
+        let to = keep.join(log.file_name()?);
+        std::fs::rename(log, &to).ok()?;
+        let _ = sys::fsync_dir(&keep);
+        Some(to)
     }
 
     /// Write the record and rename the directory into place.

@@ -1107,6 +1107,7 @@ impl Frozen {
 
     fn finish(&mut self, gone_ok: bool) -> Result<Duration, TaskError> {
         self.done = true;
+        wait_untraced(&self.method, &self.procs, Duration::from_secs(10));
         let thawed = start_thaw(&self.method, &self.procs, gone_ok).and_then(|()| {
             if wait_until(THAW_TIMEOUT, || is_thawed(&self.method, &self.procs))? {
                 Ok(())
@@ -1392,6 +1393,9 @@ pub fn watchdog_main(args: &[String]) -> i32 {
         }
     }
 
+    // A process engine (CRIU) may still hold the tasks under ptrace; when it lets them go it
+    // puts back the frozen state it found. Thaw after that, not before.
+    wait_untraced(&method, &procs, Duration::from_secs(10));
     let mut result = Ok(());
     for attempt in 0..5 {
         result = start_thaw(&method, &procs, true);
@@ -1696,5 +1700,22 @@ mod tests {
             stuck: vec!["pid 1 (x) state D".into()],
         };
         assert!(e.to_string().contains("pid 1 (x) state D"));
+    }
+}
+
+/// Wait (at most `max`) until no task of the selection is traced (TracerPid 0).
+fn wait_untraced(method: &FreezeMethod, procs: &[Proc], max: Duration) {
+    let pids: Vec<i32> = match method {
+        FreezeMethod::Sigstop(_) => procs.iter().map(|p| p.pid).collect(),
+        FreezeMethod::CgroupV2(cg) | FreezeMethod::CgroupV1(cg) => cgroup_procs(cg).unwrap_or_default(),
+    };
+    let traced = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|s| s.lines().any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")))
+            .unwrap_or(false)
+    };
+    let t = Instant::now();
+    while t.elapsed() < max && pids.iter().any(|&p| traced(p)) {
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -17,8 +17,7 @@
 //!   templates): no panics (the cargo-fuzz targets in fuzz/ go further).
 //!
 //! The random delays and the fuzz inputs come from a seeded generator; the seed is printed and
-//! `SNAPCKPT_FAILURES_SEED=N` replays a run. Tests marked `#[ignore = "bug: ..."]` show bugs
-//! that are not fixed yet: `cargo test --test failures -- --ignored` runs them.
+//! `SNAPCKPT_FAILURES_SEED=N` replays a run.
 
 mod common;
 use common::*;
@@ -691,7 +690,6 @@ fn take_killed_at_every_point_criu() {
 /// snapckpt killed while `criu swrk` is dumping (in the post-dump notification): CRIU must
 /// give up and let the task go.
 #[test]
-#[ignore = "bug: criu swrk inherits both ends of rust-criu's socketpair (no SOCK_CLOEXEC), never sees EOF when snapckpt dies, and keeps the task ptrace-stopped forever"]
 fn take_killed_during_criu_dump() {
     let _g = serial();
     for cgroup in [false, true] {
@@ -723,7 +721,6 @@ fn take_killed_after_random_delays_files_only() {
 /// Random delays, no hooks: CRIU with a btrfs snapshot (a kill while CRIU runs hits the bug of
 /// `take_killed_during_criu_dump`).
 #[test]
-#[ignore = "bug: see take_killed_during_criu_dump (a kill while criu swrk runs leaves the task ptrace-stopped)"]
 fn take_killed_after_random_delays_criu() {
     let _g = serial();
     let mut rng = Rng::new(seed("take_killed_after_random_delays_criu"));
@@ -1036,7 +1033,6 @@ fn snapshot_fails() {
 /// The same with CRIU: the snapshot fails in CRIU's post-dump notification, CRIU gives up and
 /// must let the task go on (SIGSTOP and cgroup v2 freezer).
 #[test]
-#[ignore = "bug: after a failed post-dump notification rust-criu returns without waiting for criu swrk; snapckpt thaws, then CRIU puts back the frozen state it found (SIGSTOP / cgroup.freeze 1): the task stays frozen"]
 fn snapshot_fails_in_criu_post_dump() {
     let _g = serial();
     let fs = LoopFs::new("ext4", "256M");
@@ -1098,7 +1094,6 @@ fn criu_fails() {
 
 /// The CRIU log an error names is there to be read.
 #[test]
-#[ignore = "bug: take names <root>/.<id>.partial/criu-dump.log in the error, but removes the partial directory (and the log) before returning"]
 fn criu_failure_keeps_the_log_it_names() {
     let _g = serial();
     let fs = LoopFs::new("ext4", "256M");
@@ -1111,6 +1106,13 @@ fn criu_failure_keeps_the_log_it_names() {
     assert!(!ok);
     let log = named_log(&err).unwrap_or_else(|| panic!("no log named: {err}"));
     assert!(log.is_file(), "{} does not exist; error was:\n{err}", log.display());
+    assert!(log.starts_with(&images), "{} is outside the image root", log.display());
+    assert_not_frozen(p.pid, None, "criu failed");
+    // gc removes the kept log with the rest of the failed take.
+    let out = snapckpt_ok(&["gc", "--image-root", images.to_str().unwrap(), "--mount", fs.mnt.to_str().unwrap()]);
+    assert!(!log.exists(), "gc left {}:\n{out}", log.display());
+    let left: Vec<_> = std::fs::read_dir(&images).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "image root not empty after gc: {left:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1609,7 +1611,6 @@ fn fuzz_smoke_parsers() {
 /// The name a template renders for a checkpoint is never attributed to another checkpoint by
 /// `match_id`, or gc takes the names of a live checkpoint for stale ones and removes them.
 #[test]
-#[ignore = "bug: Template::match_id takes the longest id that fits, so with digits between %t and %n (\"ck-%t1%n\") or between %n and %t (\"ck-%n1%t\") the names of checkpoint A are attributed to another id and gc removes them"]
 fn template_names_map_back_to_their_checkpoint() {
     let tpl = snapckpt::relink::Template::parse(TEMPLATE).unwrap();
     assert_eq!(tpl.match_id(&tpl.render("20261127T002101Z-3213", 10)).as_deref(), Some("20261127T002101Z-3213"));
