@@ -308,6 +308,9 @@ fn cmd_take(a: TakeArgs) -> Res {
                 }
                 let tm = &t.record.timings;
                 println!("  frozen {} ms (scan {} ms, relink {} ms, snapshot {} ms, dump {} ms)", tm.frozen_ms, tm.scan_ms, tm.relink_ms, tm.snapshot_ms, tm.dump_ms);
+                if let Some(k) = t.killed_in {
+                    println!("  tasks killed after the checkpoint was published (exited in {} ms)", k.as_millis());
+                }
             }
         }
     }

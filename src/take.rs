@@ -31,6 +31,9 @@ pub enum TakeError {
     Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
     #[error("{0}")]
     Refused(String),
+    /// The checkpoint is complete but the tasks could not be killed after it.
+    #[error("checkpoint {} is complete, but killing its tasks failed: {source}. They may still be running: check and kill them before restarting it", dir.display())]
+    Killing { dir: PathBuf, source: tasks::TaskError },
 }
 
 /// The process engine for a take.
@@ -69,6 +72,8 @@ pub struct Taken {
     pub dir: PathBuf,
     pub record: Checkpoint,
     pub stats: relink::Stats,
+    /// Tasks killed after publishing (CRIU without leave-running): how long they took to die.
+    pub killed_in: Option<Duration>,
 }
 
 /// The plan of a dry run.
@@ -173,7 +178,10 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
                     image_dir: partial.dir.clone(),
                     externals,
                     freeze_cgroup: frozen.method().cgroup_path().map(Path::to_path_buf),
-                    leave_running: *leave_running,
+                    // Always: tasks that must not go on are killed by us once the image is
+                    // published (`Frozen::kill`), so a take that fails after the dump lets
+                    // them go on instead of losing them.
+                    leave_running: true,
                 };
                 let version = criu::dump(&req, &mut || {
                     // post-dump: the tasks are still frozen; the natural moment to snapshot.
@@ -230,17 +238,27 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
         ck.links_removed = true;
     }
 
-    let tasks_gone = matches!(engine, Engine::Criu { leave_running: false, .. });
-    let frozen_for = if tasks_gone { frozen.release()? } else { frozen.thaw()? };
-    hooks::point("take-thawed");
-
+    // CRIU without --leave-running: the tasks stay frozen until the image is published and
+    // are killed only then. A failure before that (or a kill of snapckpt: the watchdog) thaws
+    // them and they go on. Their exit (the kernel freeing what they held, e.g. the page cache
+    // and extents of a large unlinked file) is not part of the checkpoint: timed apart.
+    let kill = matches!(engine, Engine::Criu { leave_running: false, .. });
+    let (frozen_for, to_kill) = if kill { (frozen.frozen_for(), Some(frozen)) } else { (frozen.thaw()?, None) };
     ck.engine = engine;
     ck.tasks = sc.tasks;
     ck.objects = sc.objects;
     ck.snapshots = snaps;
     ck.timings = image::Timings { freeze_ms, scan_ms, relink_ms, snapshot_ms, dump_ms, frozen_ms: ms(frozen_for) };
     let dir = partial.publish(&ck)?;
-    Ok(Outcome::Taken(Taken { dir, record: ck, stats }))
+    hooks::point("take-published");
+    let mut killed_in = None;
+    if let Some(frozen) = to_kill {
+        let t = Instant::now();
+        frozen.kill(&pids).map_err(|e| TakeError::Killing { dir: dir.clone(), source: e })?;
+        killed_in = Some(t.elapsed());
+    }
+    hooks::point("take-thawed");
+    Ok(Outcome::Taken(Taken { dir, record: ck, stats, killed_in }))
 }
 
 fn take_snapshots(specs: &[FsSpec], id: &str, out: &mut Vec<Snapshot>) -> Result<(), TakeError> {

@@ -73,6 +73,9 @@ const WATCHDOG_READY_TIMEOUT: Duration = Duration::from_secs(10);
 const WATCHDOG_EXIT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a thaw may take before it is reported as failed.
 const THAW_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a killed task may take to exit (freeing a large file's page cache and extents
+/// is done by the exiting task: about a second per few GiB).
+const KILL_TIMEOUT: Duration = Duration::from_secs(60);
 /// The environment variable naming the watchdog executable.
 pub const WATCHDOG_EXE_ENV: &str = "SNAPCKPT_WATCHDOG_EXE";
 /// The first argument that makes the snapckpt binary run [`watchdog_main`].
@@ -117,6 +120,13 @@ pub enum TaskError {
          frozen stays frozen)"
     )]
     ThawTimeout { what: String, waited: Duration },
+    /// Tasks were sent SIGKILL but did not die in time.
+    #[error(
+        "pids {} were killed but had not exited after {waited:?} (state D: blocked in the \
+         kernel, e.g. on NFS or FUSE); they exit once that call returns",
+        alive.join(", ")
+    )]
+    KillTimeout { waited: Duration, alive: Vec<String> },
     /// The thaw watchdog could not be started, armed or stopped.
     #[error("thaw watchdog: {0}")]
     Watchdog(String),
@@ -1103,6 +1113,40 @@ impl Frozen {
     /// freeze), ignore processes and cgroups that have gone, and disarm the watchdog.
     pub fn release(mut self) -> Result<Duration, TaskError> {
         self.finish(true)
+    }
+
+    /// End the tasks: SIGKILL to each of `pids` (process ids of the selection) while they are
+    /// still frozen, then thaw (a v1-frozen task dies only once thawed) and wait until each is
+    /// dead (gone, or a zombie waiting for its parent). Returns how long the tasks were frozen,
+    /// up to the kill. Used after a checkpoint of tasks that must not go on has been published.
+    pub fn kill(mut self, pids: &[i32]) -> Result<Duration, TaskError> {
+        wait_untraced(&self.method, &self.procs, Duration::from_secs(10));
+        let frozen_for = self.since.elapsed();
+        let mut first_err = None;
+        for &pid in pids {
+            // Sigstop: through the pidfd that pins the process. Cgroups: the task is frozen,
+            // so it cannot have exited and its pid cannot have been reused.
+            let r = match self.procs.iter().find(|p| p.pid == pid) {
+                Some(p) => p.signal(libc::SIGKILL).map(drop),
+                None => Proc { pid, pidfd: None }.signal(libc::SIGKILL).map(drop),
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        self.finish(true)?;
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        let dead = |pid: i32| match fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(s) => ProcStat::parse(&s).is_some_and(|st| st.state == 'Z' || st.state == 'X'),
+            Err(_) => true,
+        };
+        if !wait_until(KILL_TIMEOUT, || Ok(pids.iter().all(|&p| dead(p))))? {
+            let alive: Vec<String> = pids.iter().filter(|&&p| !dead(p)).map(|p| p.to_string()).collect();
+            return Err(TaskError::KillTimeout { waited: KILL_TIMEOUT, alive });
+        }
+        Ok(frozen_for)
     }
 
     fn finish(&mut self, gone_ok: bool) -> Result<Duration, TaskError> {

@@ -452,7 +452,7 @@ fn assert_not_frozen(pid: i32, cg: Option<&Cgroup>, what: &str) {
 // SIGKILL during take
 // ---------------------------------------------------------------------------------------------
 
-const TAKE_POINTS: &[&str] = &["take-frozen", "take-scanned", "take-relinked", "take-post-dump", "take-snapshotted", "take-thawed"];
+const TAKE_POINTS: &[&str] = &["take-frozen", "take-scanned", "take-relinked", "take-post-dump", "take-snapshotted", "take-published", "take-thawed"];
 
 /// One filesystem, one image root, one workload (restarted when CRIU has killed it), killed
 /// takes one after the other.
@@ -472,9 +472,6 @@ struct TakeRig {
     leftover_snapshots: Vec<(String, String)>,
     /// Takes that completed before the kill.
     completed: usize,
-    /// Kills after which the task was gone (CRIU had dumped and killed it) but no image was
-    /// published: the process state is lost.
-    lost: Vec<String>,
 }
 
 impl TakeRig {
@@ -498,7 +495,6 @@ impl TakeRig {
             held: BTreeSet::new(),
             leftover_snapshots: vec![],
             completed: 0,
-            lost: vec![],
         }
     }
 
@@ -550,7 +546,9 @@ impl TakeRig {
         match point {
             Some(p) => {
                 run.wait_point(&self.hooks, p);
-                let gone_or_thawed = p == "take-thawed" || (self.criu && p == "take-snapshotted");
+                // Files only: thawed before the image is published. CRIU: frozen until it is
+                // published (CRIU dumps with leave-running), killed by snapckpt after that.
+                let gone_or_thawed = p == "take-thawed" || (!self.criu && p == "take-published");
                 if !gone_or_thawed {
                     assert!(stopped(pid) || self.cg.as_ref().is_some_and(Cgroup::frozen), "{what}: task not frozen at {p}: {:?}", state(pid));
                 }
@@ -577,9 +575,8 @@ impl TakeRig {
         assert_names_complete(&self.fs.mnt, &self.held, what);
         // 3. whole images or partial directories only
         let (ids, _partial) = check_image_root(&self.images, what);
-        if !alive(pid) && ids.is_empty() {
-            self.lost.push(what.to_string());
-        }
+        // the process is never lost: dead only with a published image
+        assert!(alive(pid) || !ids.is_empty(), "{what}: the task is gone but no image was published: its state is lost");
         // 4. snapshots of failed takes
         for id in snapshot_ids(&self.fs.mnt) {
             if !ids.contains(&id) {
@@ -628,9 +625,6 @@ impl TakeRig {
     }
 
     fn report_leftover_snapshots(&self) {
-        if !self.lost.is_empty() {
-            eprintln!("NOTE: CRIU had killed the task but no image was published (gc then removes the dump): {:?}", self.lost);
-        }
         if !self.leftover_snapshots.is_empty() {
             eprintln!(
                 "snapshots of failed takes under {}/.snapckpt (collected by gc): {:?}",
