@@ -82,8 +82,12 @@ def take_vs_criu(path):
           "(xfs: `--snapshot none`, the orphan reflinked on the live fs, restart on the live fs); "
           "CRIU = `criu dump --ghost-limit 64G` / `criu restore -d`. "
           "Ratios are CRIU / snapckpt (of the medians); (min–max) of the runs in brackets.\n")
-    print("| fs | orphan | size | snapckpt take | of which frozen | CRIU dump | dump ratio | take --leave-running (frozen) | then kill -9 until gone | snapckpt image | CRIU image | snapckpt restart | CRIU restore | restore ratio | restored data checked |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("`snapckpt take` is the whole command; since the tasks are killed only after the image "
+          "is published, it ends with their exit (*tasks' exit*, reported by take), and "
+          "*published* = take − exit is when the checkpoint was complete. Plain CRIU's dump "
+          "also ends with its kill of the task; CRIU does not report that part.\n")
+    print("| fs | orphan | size | snapckpt take | of which tasks' exit | published | of which frozen | CRIU dump | dump ratio (take) | dump ratio (published) | take --leave-running (frozen) | then kill -9 until gone | snapckpt image | CRIU image | snapckpt restart | CRIU restore | restore ratio | restored data checked |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     g = groups(rows, ("fs", "shape", "size"))
     for (fs, shape, size), rs in g.items():
         s = [r for r in rs if r["tool"] == "snapckpt"]
@@ -93,11 +97,13 @@ def take_vs_criu(path):
         kills = fms(med(lr, "kill_ms")) if lr else "-"
         st, ct = med(s, "take_ms"), med(c, "take_ms")
         sr, cr = med(s, "restart_ms"), med(c, "restart_ms")
-        print(f"| {fs} | {shape} | {size} | {rng(s, 'take_ms')} | {fms(med(s, 'frozen_ms'))} | {rng(c, 'take_ms')} | {ratio(ct, st)} | {lrs} | {kills} | "
+        pub = [dict(r, pub_ms=str(float(r["take_ms"]) - float(r["kill_ms"]))) for r in s if r.get("kill_ms")]
+        pt = med(pub, "pub_ms") if pub else None
+        print(f"| {fs} | {shape} | {size} | {rng(s, 'take_ms')} | {fms(med(s, 'kill_ms'))} | {rng(pub, 'pub_ms') if pub else '-'} | {fms(med(s, 'frozen_ms'))} | {rng(c, 'take_ms')} | {ratio(ct, st)} | {ratio(ct, pt) if pt else '-'} | {lrs} | {kills} | "
               f"{fbytes(med(s, 'image_bytes'))} | {fbytes(med(c, 'image_bytes'))} | {rng(s, 'restart_ms')} | {rng(c, 'restart_ms')} | {ratio(cr, sr)} | "
               f"{verified(s)} / {verified(c)} |")
     print("\nsnapckpt stages (ms, medians, from checkpoint.json `timings`; `dump` is CRIU's part inside take; "
-          "`frozen` is from freeze to kill), beside CRIU's own frozen time (stats-dump) for both:\n")
+          "`frozen` is from freeze to the kill after publishing), beside CRIU's own frozen time (stats-dump) for both:\n")
     print("| fs | orphan | size | freeze | scan | relink | snapshot | dump | frozen | CRIU frozen_time in snapckpt's dump | plain CRIU frozen_time | plain CRIU memwrite |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for (fs, shape, size), rs in g.items():

@@ -22,6 +22,8 @@ pub enum CleanupError {
     Snapshot(#[from] snapshot::SnapshotError),
     #[error("{syscall} {path}: {source}")]
     Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Delete a checkpoint: its snapshots (refused while a restart clone is mounted, unless
@@ -49,6 +51,30 @@ pub fn delete(image_dir: &Path, force: bool) -> Result<Checkpoint, CleanupError>
     std::fs::rename(image_dir, &doomed).map_err(|source| CleanupError::Io { path: image_dir.into(), syscall: "rename", source })?;
     std::fs::remove_dir_all(&doomed).map_err(|source| CleanupError::Io { path: doomed.clone(), syscall: "unlink", source })?;
     Ok(ck)
+}
+
+/// Remove an image directory whose record cannot be read (corrupt, or of an unknown format),
+/// for `delete --force`. Only a real directory named like a checkpoint id and holding a record
+/// file is removed. Returns the id: its relinked names and snapshots, which the record would
+/// have named, are found by `gc` (the id is no longer live once its image is gone).
+pub fn delete_unreadable(image_dir: &Path) -> Result<String, CleanupError> {
+    let refuse = |why: &str| CleanupError::Refused(format!("{}: {why}; not removed", image_dir.display()));
+    let id = image_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    if !image::generated_id(&id) {
+        return Err(refuse("not named like a checkpoint id"));
+    }
+    let md = std::fs::symlink_metadata(image_dir).map_err(|source| CleanupError::Io { path: image_dir.into(), syscall: "lstat", source })?;
+    if !md.is_dir() {
+        return Err(refuse("not a directory"));
+    }
+    if std::fs::symlink_metadata(image_dir.join(image::RECORD_FILE)).map(|m| !m.is_file()).unwrap_or(true) {
+        return Err(refuse("holds no checkpoint record"));
+    }
+    let parent = image_dir.parent().unwrap_or(Path::new("."));
+    let doomed = parent.join(format!(".{id}.deleting"));
+    std::fs::rename(image_dir, &doomed).map_err(|source| CleanupError::Io { path: image_dir.into(), syscall: "rename", source })?;
+    std::fs::remove_dir_all(&doomed).map_err(|source| CleanupError::Io { path: doomed.clone(), syscall: "unlink", source })?;
+    Ok(id)
 }
 
 fn remove_live_names(ck: &Checkpoint) -> Result<(), CleanupError> {
@@ -80,14 +106,32 @@ pub struct GcReport {
     pub partial_dirs: Vec<PathBuf>,
     /// btrfs and LVM snapshots of checkpoints that have no image (takes that died after the snapshot).
     pub stale_snapshots: Vec<(String, image::Snapshot)>,
+    /// Ids with names or snapshots but neither an image nor a trace of a failed take in this
+    /// image root (perhaps another image root's checkpoints): how many names and snapshots.
+    /// Left alone unless the scope names them.
+    pub unclaimed: BTreeMap<String, usize>,
     pub removed: bool,
 }
 
-/// Collect leftovers under the given mounts' checkpoint directories and in `image_root`.
-/// `only` restricts removal to those checkpoint ids (which may even be live ones: used after
-/// deleting a checkpoint by hand).
-pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, only: &[String], dry_run: bool) -> Result<GcReport, CleanupError> {
+/// Which checkpoint ids `gc` may remove the names and snapshots of.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GcScope {
+    /// Those of takes that failed or died, and deletes that died, in this image root (their
+    /// `.ID.partial`, `.ID.failed` or `.ID.deleting` entries). Ids with no trace in this image
+    /// root may be checkpoints of another image root: they are reported, not removed.
+    Failed,
+    /// Every id without a complete image in this image root.
+    AllWithoutImage,
+    /// Exactly these ids (even ones with an image: after deleting an image by hand).
+    Ids(Vec<String>),
+}
+
+/// Collect leftovers under the given mounts' checkpoint directories and in `image_root`
+/// (partial images of takes that died, logs of failed takes), and the relinked names and
+/// snapshots of the checkpoint ids `scope` allows.
+pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, scope: &GcScope, dry_run: bool) -> Result<GcReport, CleanupError> {
     let mut live: HashSet<String> = HashSet::new();
+    let mut failed: HashSet<String> = HashSet::new();
     let mut rep = GcReport::default();
     for (_, r) in image::list(image_root)? {
         if let Ok(ck) = r {
@@ -97,36 +141,39 @@ pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, only: &[St
     if let Ok(rd) = std::fs::read_dir(image_root) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(id) = n.strip_prefix('.').and_then(|s| s.strip_suffix(".partial")) {
-                if crate::take::partial_in_use(&e.path()) {
-                    live.insert(id.to_string());
-                } else {
-                    rep.partial_dirs.push(e.path());
-                }
+            let Some(id) = n.strip_prefix('.').and_then(|s| s.strip_suffix(".partial").or_else(|| s.strip_suffix(".deleting")).or_else(|| s.strip_suffix(".failed"))) else {
+                continue;
+            };
+            if !image::valid_id(id) {
+                continue;
             }
-            if n.starts_with('.') && (n.ends_with(".deleting") || n.ends_with(".failed")) {
+            if n.ends_with(".partial") && crate::take::partial_in_use(&e.path()) {
+                live.insert(id.to_string());
+            } else {
+                failed.insert(id.to_string());
                 rep.partial_dirs.push(e.path());
             }
         }
     }
+    let doomed = |id: &str| match scope {
+        GcScope::Failed => failed.contains(id) && !live.contains(id),
+        GcScope::AllWithoutImage => !live.contains(id),
+        GcScope::Ids(ids) => ids.iter().any(|i| i == id),
+    };
     for m in mounts {
         for (id, snap) in snapshot::btrfs::find(m, None)?.into_iter().chain(snapshot::lvm::find(m)?) {
-            let doomed = if only.is_empty() { !live.contains(&id) } else { only.contains(&id) };
-            if doomed {
+            if doomed(&id) {
                 rep.stale_snapshots.push((id, snap));
+            } else if !live.contains(&id) {
+                *rep.unclaimed.entry(id).or_default() += 1;
             }
         }
         for (id, name, _is_dir) in relink::leftovers(m, template)? {
             match id {
                 None => rep.unknown.push((m.clone(), name)),
-                Some(id) => {
-                    let doomed = if only.is_empty() { !live.contains(&id) } else { only.contains(&id) };
-                    if doomed {
-                        rep.stale.entry(id).or_default().push((m.clone(), name));
-                    } else {
-                        rep.kept += 1;
-                    }
-                }
+                Some(id) if doomed(&id) => rep.stale.entry(id).or_default().push((m.clone(), name)),
+                Some(id) if live.contains(&id) => rep.kept += 1,
+                Some(id) => *rep.unclaimed.entry(id).or_default() += 1,
             }
         }
     }

@@ -68,7 +68,9 @@ pub fn check(criu: &Path) -> Result<(String, bool, String), CriuError> {
     Ok((version, c.status.success() && out.contains("Looks good"), out.trim().to_string()))
 }
 
-fn version_string(criu: &Path) -> String {
+/// CRIU's version (`criu --version`), empty if it cannot be run. Asked before the tasks are
+/// frozen: it costs a process start.
+pub fn version_string(criu: &Path) -> String {
     Command::new(criu)
         .arg("--version")
         .output()
@@ -121,8 +123,8 @@ fn open_dir(dir: &Path) -> Result<OwnedFd, CriuError> {
 }
 
 /// Dump a process tree. `post_dump` runs on CRIU's post-dump notification, tasks still frozen;
-/// if it fails, CRIU aborts the dump and the tasks resume. Returns CRIU's version string.
-pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>) -> Result<String, CriuError> {
+/// if it fails, CRIU aborts the dump and the tasks resume.
+pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>) -> Result<(), CriuError> {
     let dirfd = open_dir(&req.image_dir)?;
     let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string()).map_err(|e| failed("dump", e, &req.image_dir, DUMP_LOG))?;
     c.set_pid(req.pid);
@@ -149,7 +151,7 @@ pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>
     let r = c.dump();
     POST_DUMP.with(|p| *p.borrow_mut() = None);
     r.map_err(|e| failed("dump", e, &req.image_dir, DUMP_LOG))?;
-    Ok(version_string(&req.criu))
+    Ok(())
 }
 
 /// A restore request.

@@ -407,6 +407,18 @@ pub fn valid_id(id: &str) -> bool {
         && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
+/// Whether `id` has exactly the shape [`new_id`] makes (`YYYYMMDDTHHMMSSZ-hhhh`): used where a
+/// directory is removed on its name alone (`delete --force` of an unreadable record).
+pub fn generated_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 21
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && &b[15..17] == b"Z-"
+        && b[17..].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
 /// A new checkpoint id: UTC time and 4 random hex digits, e.g. `20261126T230102Z-3fa2`.
 pub fn new_id(now_unix: u64) -> String {
     format!("{}-{}", crate::sys::utc_compact(now_unix), crate::sys::random_hex(2))
@@ -495,6 +507,8 @@ mod tests {
     fn ids() {
         let id = new_id(1795734000);
         assert!(valid_id(&id), "{id}");
+        assert!(generated_id(&id), "{id}");
+        assert!(!generated_id("not-an-id") && !generated_id("20261126T230000Z-3fa") && !generated_id("20261126T230000Z-3fAg"));
         assert!(id.starts_with("20261126T230000Z-"));
         assert!(!valid_id("../x"));
         assert!(!valid_id(".hidden"));

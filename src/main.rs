@@ -138,7 +138,8 @@ struct DeleteArgs {
     id: String,
     #[arg(long)]
     image_root: Option<PathBuf>,
-    /// Unmount restart clones that are still mounted.
+    /// Unmount restart clones that are still mounted; remove an image directory whose record
+    /// cannot be read (its names and snapshots are then left to `gc`).
     #[arg(long)]
     force: bool,
 }
@@ -153,9 +154,14 @@ struct GcArgs {
     image_root: Option<PathBuf>,
     #[arg(long)]
     template: Option<String>,
-    /// Remove only the names of these checkpoint ids.
-    #[arg(long = "id")]
+    /// Remove the names and snapshots of these checkpoint ids (and nothing else).
+    #[arg(long = "id", conflicts_with = "all")]
     ids: Vec<String>,
+    /// Remove the names and snapshots of every checkpoint id without an image in this image
+    /// root. By default only those of takes that failed or died in it are removed: ids with no
+    /// trace there may belong to another image root.
+    #[arg(long)]
+    all: bool,
     #[arg(long)]
     dry_run: bool,
 }
@@ -378,6 +384,15 @@ fn cmd_list(a: ListArgs) -> Res {
 fn cmd_delete(a: DeleteArgs) -> Res {
     let root = image_root(a.image_root, None);
     let dir = image::resolve(&root, &a.id)?;
+    if let Err(e) = image::load(&dir) {
+        if !a.force {
+            return Err(format!("{e}\nthe record cannot be read: `snapckpt delete {} --force` removes the image directory anyway (then `snapckpt gc --mount MOUNT` its relinked names and snapshots)", a.id).into());
+        }
+        let id = cleanup::delete_unreadable(&dir).map_err(|e2| format!("{e}\n{e2}"))?;
+        println!("deleted image directory {} (record unreadable: {e})", dir.display());
+        println!("its relinked names and snapshots are left: `snapckpt gc --mount MOUNT --id {id}` removes them");
+        return Ok(ExitCode::SUCCESS);
+    }
     let ck = cleanup::delete(&dir, a.force)?;
     println!("deleted checkpoint {} ({} snapshot(s))", ck.id, ck.snapshots.len());
     Ok(ExitCode::SUCCESS)
@@ -402,7 +417,14 @@ fn cmd_gc(a: GcArgs) -> Res {
             return Err("no mounts to look under: give --mount MOUNTPOINT".into());
         }
     }
-    let rep = cleanup::gc(&mounts, &root, &template, &a.ids, a.dry_run)?;
+    let scope = if a.all {
+        cleanup::GcScope::AllWithoutImage
+    } else if !a.ids.is_empty() {
+        cleanup::GcScope::Ids(a.ids.clone())
+    } else {
+        cleanup::GcScope::Failed
+    };
+    let rep = cleanup::gc(&mounts, &root, &template, &scope, a.dry_run)?;
     let verb = if a.dry_run { "would remove" } else { "removed" };
     for (id, names) in &rep.stale {
         for (m, n) in names {
@@ -417,6 +439,12 @@ fn cmd_gc(a: GcArgs) -> Res {
     }
     for (m, n) in &rep.unknown {
         println!("left alone {}/{}/{n}: not made by template {}", m.display(), relink::CHECKPOINT_DIR, template.as_str());
+    }
+    for (id, n) in &rep.unclaimed {
+        println!(
+            "left alone {n} name(s)/snapshot(s) of checkpoint {id}: no image and no failed take of it in {} (another image root's?); `--id {id}` removes them",
+            root.display()
+        );
     }
     println!(
         "{} stale name(s), {} partial image(s), {} stale snapshot(s), {} name(s) of live checkpoints kept",

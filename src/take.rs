@@ -97,8 +97,13 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
     let id = image::new_id(now);
     let pids = tasks::resolve(&opts.selection)?;
     let method = FreezeMethod::for_selection(&opts.selection, &pids)?;
-    if let EngineOpts::Criu { .. } = opts.engine {
+    // Asked before freezing: recorded in the image.
+    let mut criu_version = String::new();
+    if let EngineOpts::Criu { path, .. } = &opts.engine {
         criu_root(&pids)?;
+        if !opts.dry_run {
+            criu_version = criu::version_string(path);
+        }
     }
 
     // The partial image directory, with a lock that `gc` respects while we run.
@@ -183,7 +188,7 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
                     // them go on instead of losing them.
                     leave_running: true,
                 };
-                let version = criu::dump(&req, &mut || {
+                let dumped = criu::dump(&req, &mut || {
                     // post-dump: the tasks are still frozen; the natural moment to snapshot.
                     hooks::point("take-post-dump");
                     let ts = Instant::now();
@@ -202,10 +207,10 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
                 if let Some(e) = snap_err {
                     return Err(e);
                 }
-                let version = version?;
+                dumped?;
                 let dump_ms = ms(t.elapsed()).saturating_sub(snap_t);
                 let images = criu::image_files(&partial.dir);
-                Ok((Engine::Criu { version, leave_running: *leave_running, images }, dump_ms))
+                Ok((Engine::Criu { version: criu_version.clone(), leave_running: *leave_running, images }, dump_ms))
             }
         }
     })();

@@ -358,6 +358,63 @@ fn killed_take_is_thawed_and_collected() {
     assert!(checkpoint_names(&fs.mnt).is_empty());
 }
 
+/// gc removes only what failed takes of its own image root left: the names and snapshots of
+/// another image root's checkpoints are reported and kept unless `--id` or `--all` asks.
+/// A record that cannot be read is deleted with `--force`, and gc then takes its leftovers.
+#[test]
+fn gc_scope_and_delete_of_an_unreadable_record() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("gc-scope");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000", "ab"], &work.path().join("log"));
+    let (ra, rb) = (work.path().join("root-a"), work.path().join("root-b"));
+    let (ida, _) = take_files_only(p.pid, &ra, &[]);
+    let (idb, dirb) = take_files_only(p.pid, &rb, &["--snapshot", "btrfs"]);
+    let mnt = fs.mnt.to_str().unwrap();
+    let snaps = || std::fs::read_dir(fs.path(".snapckpt")).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap_or_default();
+    let names_a = checkpoint_names(&fs.mnt);
+    assert_eq!(names_a.len(), 2, "{names_a:?}");
+    assert_eq!(snaps(), vec![idb.clone()]);
+
+    // root A knows nothing of B: B's snapshot is left alone and said so
+    let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", ra.to_str().unwrap()]);
+    assert!(out.contains(&format!("left alone 1 name(s)/snapshot(s) of checkpoint {idb}")), "{out}");
+    assert!(out.contains("0 stale snapshot(s)"), "{out}");
+    assert_eq!(snaps(), vec![idb.clone()]);
+    assert_eq!(checkpoint_names(&fs.mnt), names_a);
+    // --all would take it (dry run), root B keeps its own names too
+    let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", ra.to_str().unwrap(), "--all", "--dry-run"]);
+    assert!(out.contains(&format!("would remove snapshot")) && out.contains(&format!("(checkpoint {idb})")), "{out}");
+    let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", rb.to_str().unwrap()]);
+    assert!(out.contains(&format!("left alone 2 name(s)/snapshot(s) of checkpoint {ida}")), "{out}");
+    assert_eq!((snaps(), checkpoint_names(&fs.mnt)), (vec![idb.clone()], names_a.clone()));
+
+    // B's record is damaged: delete refuses without --force and says what to do
+    std::fs::write(dirb.join("checkpoint.json"), b"{ not json").unwrap();
+    let (ok, _, err) = snapckpt(&["delete", &idb, "--image-root", rb.to_str().unwrap()]);
+    assert!(!ok && err.contains("--force") && !err.contains("panicked"), "{err}");
+    assert!(dirb.exists());
+    let out = snapckpt_ok(&["delete", &idb, "--image-root", rb.to_str().unwrap(), "--force"]);
+    assert!(out.contains(&format!("--id {idb}")), "{out}");
+    assert!(!dirb.exists());
+    assert_eq!(snaps(), vec![idb.clone()], "the snapshot is left to gc");
+    let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", rb.to_str().unwrap(), "--id", &idb]);
+    assert!(out.contains("1 stale snapshot(s)"), "{out}");
+    assert!(snaps().is_empty());
+    assert_eq!(checkpoint_names(&fs.mnt), names_a, "A's names untouched");
+    // --force never removes a directory that is not a checkpoint's
+    let fake = work.path().join("not-an-id");
+    std::fs::create_dir_all(&fake).unwrap();
+    std::fs::write(fake.join("checkpoint.json"), b"x").unwrap();
+    let (ok, _, err) = snapckpt(&["delete", fake.to_str().unwrap(), "--force"]);
+    assert!(!ok && err.contains("not named like a checkpoint id"), "{err}");
+    assert!(fake.join("checkpoint.json").exists());
+    snapckpt_ok(&["delete", &ida, "--image-root", ra.to_str().unwrap()]);
+    assert!(checkpoint_names(&fs.mnt).is_empty());
+}
+
 #[test]
 fn scan_reports_and_dry_run_changes_nothing() {
     let _g = serial();
