@@ -1475,6 +1475,23 @@ fn log(msg: &str) {
 // Unit tests
 // ---------------------------------------------------------------------------------------
 
+/// Wait (at most `max`) until no task of the selection is traced (TracerPid 0).
+fn wait_untraced(method: &FreezeMethod, procs: &[Proc], max: Duration) {
+    let pids: Vec<i32> = match method {
+        FreezeMethod::Sigstop(_) => procs.iter().map(|p| p.pid).collect(),
+        FreezeMethod::CgroupV2(cg) | FreezeMethod::CgroupV1(cg) => cgroup_procs(cg).unwrap_or_default(),
+    };
+    let traced = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .map(|s| s.lines().any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")))
+            .unwrap_or(false)
+    };
+    let t = Instant::now();
+    while t.elapsed() < max && pids.iter().any(|&p| traced(p)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1747,19 +1764,3 @@ mod tests {
     }
 }
 
-/// Wait (at most `max`) until no task of the selection is traced (TracerPid 0).
-fn wait_untraced(method: &FreezeMethod, procs: &[Proc], max: Duration) {
-    let pids: Vec<i32> = match method {
-        FreezeMethod::Sigstop(_) => procs.iter().map(|p| p.pid).collect(),
-        FreezeMethod::CgroupV2(cg) | FreezeMethod::CgroupV1(cg) => cgroup_procs(cg).unwrap_or_default(),
-    };
-    let traced = |pid: i32| {
-        fs::read_to_string(format!("/proc/{pid}/status"))
-            .map(|s| s.lines().any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")))
-            .unwrap_or(false)
-    };
-    let t = Instant::now();
-    while t.elapsed() < max && pids.iter().any(|&p| traced(p)) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}

@@ -4,26 +4,8 @@
 mod common;
 use common::*;
 use serde_json::Value;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// FD lines of a ufiles report, by fd number.
-fn fd_lines(report: &str) -> BTreeMap<i32, String> {
-    report
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("FD ")?;
-            let n: i32 = rest.split_whitespace().next()?.parse().ok()?;
-            Some((n, l.to_string()))
-        })
-        .collect()
-}
-
-fn first_report(log: &Path) -> String {
-    let s = std::fs::read_to_string(log).unwrap();
-    s.split("ready").next().unwrap().to_string()
-}
 
 fn record(dir: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(dir.join("checkpoint.json")).unwrap()).unwrap()
@@ -41,14 +23,6 @@ fn take_files_only(pid: i32, images: &Path, extra: &[&str]) -> (String, PathBuf)
 fn state(pid: i32) -> char {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     s.rsplit(')').next().and_then(|r| r.trim().chars().next()).unwrap_or('?')
-}
-
-fn checkpoint_names(mnt: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(mnt.join("lost+found/checkpoint"))
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
-    v.sort();
-    v
 }
 
 /// Every scenario, files-only take and restart --exec, on one filesystem type.
@@ -386,7 +360,7 @@ fn gc_scope_and_delete_of_an_unreadable_record() {
     assert_eq!(checkpoint_names(&fs.mnt), names_a);
     // --all would take it (dry run), root B keeps its own names too
     let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", ra.to_str().unwrap(), "--all", "--dry-run"]);
-    assert!(out.contains(&format!("would remove snapshot")) && out.contains(&format!("(checkpoint {idb})")), "{out}");
+    assert!(out.contains("would remove snapshot") && out.contains(&format!("(checkpoint {idb})")), "{out}");
     let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", rb.to_str().unwrap()]);
     assert!(out.contains(&format!("left alone 2 name(s)/snapshot(s) of checkpoint {ida}")), "{out}");
     assert_eq!((snaps(), checkpoint_names(&fs.mnt)), (vec![idb.clone()], names_a.clone()));

@@ -29,10 +29,6 @@ fn self_check(pid: i32, log: &Path, from: usize) -> Vec<String> {
     report_after(log, from)
 }
 
-fn take_id(out: &str) -> String {
-    out.lines().next().unwrap().split_whitespace().nth(1).unwrap().to_string()
-}
-
 fn record(images: &Path, id: &str) -> Value {
     serde_json::from_slice(&std::fs::read(images.join(id).join("checkpoint.json")).unwrap()).unwrap()
 }

@@ -169,12 +169,6 @@ fn checkpoint_dir(mnt: &Path) -> PathBuf {
     mnt.join("lost+found/checkpoint")
 }
 
-fn checkpoint_names(mnt: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(checkpoint_dir(mnt)).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
-    v.sort();
-    v
-}
-
 /// Every name under lost+found/checkpoint is a complete copy of a file the tasks hold (same
 /// size and bytes) or a node snapckpt recreates (FIFO, directory).
 fn assert_names_complete(mnt: &Path, expected: &BTreeSet<(u64, u64)>, what: &str) {
@@ -267,27 +261,6 @@ fn listing(root: &Path, skip_top: &[&str]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     walk(root, "", &mut out, skip_top);
     out
-}
-
-/// FD lines of a ufiles report, by fd number.
-fn fd_lines(report: &str) -> BTreeMap<i32, String> {
-    report
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix("FD ")?;
-            let n: i32 = rest.split_whitespace().next()?.parse().ok()?;
-            Some((n, l.to_string()))
-        })
-        .collect()
-}
-
-fn first_report(log: &Path) -> String {
-    let s = std::fs::read_to_string(log).unwrap();
-    s.split("ready").next().unwrap().to_string()
-}
-
-fn take_id(stdout: &str) -> String {
-    stdout.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or_else(|| panic!("no checkpoint id in {stdout:?}")).to_string()
 }
 
 fn assert_no_panic(err: &str) {

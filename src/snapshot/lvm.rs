@@ -825,14 +825,7 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
     }
     let (all, devs) = dev_mounts()?;
     if let Some(e) = all.iter().find(|e| e.mount_point == m.target && devs.get(&e.mnt_id) == Some(dev)) {
-        if !is_topmost(e, &all) {
-            return Err(SnapshotError::Refused { path: m.target.clone(), why: "another mount covers the restart clone; unmount it first".into() });
-        }
-        match nix::mount::umount2(&m.target, MntFlags::empty()) {
-            Ok(()) => {}
-            Err(nix::errno::Errno::EBUSY) => return Err(SnapshotError::InUse { path: m.clone_path.clone(), mounts: vec![m.target.clone()] }),
-            Err(err) => return Err(SnapshotError::Io { path: m.target.clone(), syscall: "umount", source: err.into() }),
-        }
+        super::unmount_clone_mount(m, e, &all)?;
     }
     if !remove {
         return Ok(());

@@ -288,6 +288,19 @@ fn unescape(b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Unmount `e`, the mount of restart clone `m` at its target: refused if another mount covers
+/// it, [`SnapshotError::InUse`] if it is busy.
+pub(crate) fn unmount_clone_mount(m: &MountedClone, e: &MountEntry, all: &[MountEntry]) -> Result<(), SnapshotError> {
+    if !is_topmost(e, all) {
+        return Err(SnapshotError::Refused { path: m.target.clone(), why: "another mount covers the restart clone; unmount it first".into() });
+    }
+    match nix::mount::umount2(&m.target, nix::mount::MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => Err(SnapshotError::InUse { path: m.clone_path.clone(), mounts: vec![m.target.clone()] }),
+        Err(err) => Err(SnapshotError::Io { path: m.target.clone(), syscall: "umount", source: err.into() }),
+    }
+}
+
 /// The mount that is visible at its mount point: no other entry is mounted on top of it.
 pub(crate) fn is_topmost(e: &MountEntry, all: &[MountEntry]) -> bool {
     !all.iter().any(|o| o.parent_id == e.mnt_id && o.mount_point == e.mount_point)

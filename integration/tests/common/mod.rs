@@ -209,3 +209,35 @@ pub fn wait_paused(pid: i32) {
         "process in pause()",
     );
 }
+
+/// The `FD ...` lines of a ufiles report, by fd number.
+pub fn fd_lines(report: &str) -> std::collections::BTreeMap<i32, String> {
+    report
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("FD ")?;
+            let n: i32 = rest.split_whitespace().next()?.parse().ok()?;
+            Some((n, l.to_string()))
+        })
+        .collect()
+}
+
+/// The report a ufiles workload printed before its first `ready`.
+pub fn first_report(log: &Path) -> String {
+    let s = std::fs::read_to_string(log).unwrap();
+    s.split("ready").next().unwrap().to_string()
+}
+
+/// The checkpoint id in the first line of `snapckpt take` (`checkpoint ID in DIR`).
+pub fn take_id(stdout: &str) -> String {
+    stdout.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or_else(|| panic!("no checkpoint id in {stdout:?}")).to_string()
+}
+
+/// The names under `MNT/lost+found/checkpoint`, sorted (none if it does not exist).
+pub fn checkpoint_names(mnt: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(mnt.join("lost+found/checkpoint"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
