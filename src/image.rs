@@ -273,8 +273,15 @@ impl Snapshot {
 pub enum Engine {
     /// Files only: the tasks were thawed and go on; restart reopens the files.
     None,
-    /// CRIU dumped the tasks into this image directory.
-    Criu { version: String, leave_running: bool, images: Vec<String> },
+    /// CRIU dumped the tasks into this image directory. After the dump the tasks were killed,
+    /// left running, or left frozen (`leave_stopped`).
+    Criu {
+        version: String,
+        leave_running: bool,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        leave_stopped: bool,
+        images: Vec<String>,
+    },
 }
 
 /// Stage timings in milliseconds.

@@ -28,7 +28,8 @@
 //! [criu]
 //! engine = "criu"                    # or "none": files only, tasks keep running
 //! path = "/opt/snapckpt/criu/bin/criu"
-//! leave_running = false
+//! leave_running = false             # true: the tasks go on after the dump
+//! leave_stopped = false             # true: they stay frozen (resume or kill them yourself)
 //! ```
 
 use crate::snapshot::Backend;
@@ -116,6 +117,20 @@ pub struct Criu {
     pub path: Option<PathBuf>,
     #[serde(default)]
     pub leave_running: bool,
+    /// Leave the tasks frozen after the dump (not with `leave_running`).
+    #[serde(default)]
+    pub leave_stopped: bool,
+}
+
+impl Criu {
+    /// What happens to the tasks after the dump.
+    pub fn after_dump(&self) -> crate::take::AfterDump {
+        match (self.leave_running, self.leave_stopped) {
+            (true, _) => crate::take::AfterDump::Run,
+            (false, true) => crate::take::AfterDump::Stop,
+            (false, false) => crate::take::AfterDump::Kill,
+        }
+    }
 }
 
 impl Job {
@@ -171,6 +186,9 @@ impl Job {
                     return bad(format!("[[filesystem]] #{}: lvm_size = {s:?} is not a size like \"512M\" or \"2G\"", i + 1));
                 }
             }
+        }
+        if self.criu.leave_running && self.criu.leave_stopped {
+            return bad("[criu]: leave_running and leave_stopped exclude each other".into());
         }
         if self.freeze.timeout_ms == Some(0) {
             return bad("[freeze] timeout_ms must be > 0".into());
@@ -255,6 +273,7 @@ leave_running = true
             ("[[filesystem]]\nmount = \"/a\"\nsnapshot = \"btrfs\"\nsnapshot_dir = \"../x\"\n", "relative path"),
             ("[[filesystem]]\nmount = \"/a\"\nsnapshot = \"lvm\"\nlvm_size = \"lots\"\n", "not a size"),
             ("[tasks\n", "job.toml:1:"),
+            ("[criu]\nleave_running = true\nleave_stopped = true\n", "exclude each other"),
         ] {
             let e = parse(t).unwrap_err().to_string();
             assert!(e.contains(what), "{t:?}: {e}");

@@ -92,8 +92,12 @@ struct TakeArgs {
     #[arg(long)]
     criu: Option<PathBuf>,
     /// With CRIU: leave the tasks running after the dump (default: they are killed, as by CRIU).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "leave_stopped")]
     leave_running: bool,
+    /// With CRIU: leave the tasks frozen after the dump (SIGSTOP or the cgroup freezer, as
+    /// they were frozen); take prints the command that resumes them.
+    #[arg(long)]
+    leave_stopped: bool,
     /// Say what would be done; change nothing (tasks are frozen briefly for a consistent scan).
     #[arg(long)]
     dry_run: bool,
@@ -259,7 +263,14 @@ fn cmd_take(a: TakeArgs) -> Res {
         EngineKind::None => take::EngineOpts::None,
         EngineKind::Criu => {
             let path = criu::find(a.criu.as_deref().or(j.and_then(|j| j.criu.path.as_deref())))?;
-            take::EngineOpts::Criu { path, leave_running: a.leave_running || j.is_some_and(|j| j.criu.leave_running) }
+            let after = if a.leave_running {
+                take::AfterDump::Run
+            } else if a.leave_stopped {
+                take::AfterDump::Stop
+            } else {
+                j.map(|j| j.criu.after_dump()).unwrap_or_default()
+            };
+            take::EngineOpts::Criu { path, after }
         }
     };
     let opts = take::TakeOptions {
@@ -316,6 +327,9 @@ fn cmd_take(a: TakeArgs) -> Res {
                 println!("  frozen {} ms (scan {} ms, relink {} ms, snapshot {} ms, dump {} ms)", tm.frozen_ms, tm.scan_ms, tm.relink_ms, tm.snapshot_ms, tm.dump_ms);
                 if let Some(k) = t.killed_in {
                     println!("  tasks killed after the checkpoint was published (exited in {} ms)", k.as_millis());
+                }
+                if let Some(how) = &t.left_frozen {
+                    println!("  tasks left frozen; to resume them: {how}");
                 }
             }
         }

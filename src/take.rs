@@ -31,8 +31,8 @@ pub enum TakeError {
     Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
     #[error("{0}")]
     Refused(String),
-    /// The checkpoint is complete but the tasks could not be killed after it.
-    #[error("checkpoint {} is complete, but killing its tasks failed: {source}. They may still be running: check and kill them before restarting it", dir.display())]
+    /// The checkpoint is complete but the tasks could not be killed (or left frozen) after it.
+    #[error("checkpoint {} is complete, but ending its tasks failed: {source}. They may still be running: check them (kill them before restarting it)", dir.display())]
     Killing { dir: PathBuf, source: tasks::TaskError },
 }
 
@@ -41,8 +41,21 @@ pub enum TakeError {
 pub enum EngineOpts {
     /// Files only: relink (and snapshot), then let the tasks go on.
     None,
-    /// Dump the tasks with CRIU; they are killed afterwards unless `leave_running`.
-    Criu { path: PathBuf, leave_running: bool },
+    /// Dump the tasks with CRIU; what happens to them after the image is published.
+    Criu { path: PathBuf, after: AfterDump },
+}
+
+/// What happens to the tasks once a CRIU checkpoint of them is published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AfterDump {
+    /// Killed (as CRIU does by default).
+    #[default]
+    Kill,
+    /// Thawed: they go on (CRIU's `--leave-running`).
+    Run,
+    /// Left frozen (cgroup freezer or SIGSTOP, as they were frozen), the watchdog disarmed:
+    /// the operator resumes or kills them (like CRIU's `--leave-stopped`).
+    Stop,
 }
 
 /// Everything a take needs to know.
@@ -74,6 +87,8 @@ pub struct Taken {
     pub stats: relink::Stats,
     /// Tasks killed after publishing (CRIU without leave-running): how long they took to die.
     pub killed_in: Option<Duration>,
+    /// Tasks left frozen (CRIU with leave-stopped): how to resume them.
+    pub left_frozen: Option<String>,
 }
 
 /// The plan of a dry run.
@@ -171,7 +186,7 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
                 snapshot_ms = ms(t.elapsed());
                 Ok((Engine::None, 0))
             }
-            EngineOpts::Criu { path, leave_running } => {
+            EngineOpts::Criu { path, after } => {
                 let root = criu_root(&pids)?;
                 let externals: Vec<String> = sc.objects.iter().filter(|o| o.relinked.is_some()).map(|o| o.criu_key.clone()).collect();
                 let t = Instant::now();
@@ -210,7 +225,8 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
                 dumped?;
                 let dump_ms = ms(t.elapsed()).saturating_sub(snap_t);
                 let images = criu::image_files(&partial.dir);
-                Ok((Engine::Criu { version: criu_version.clone(), leave_running: *leave_running, images }, dump_ms))
+                let (leave_running, leave_stopped) = (*after == AfterDump::Run, *after == AfterDump::Stop);
+                Ok((Engine::Criu { version: criu_version.clone(), leave_running, leave_stopped, images }, dump_ms))
             }
         }
     })();
@@ -247,8 +263,11 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
     // are killed only then. A failure before that (or a kill of snapckpt: the watchdog) thaws
     // them and they go on. Their exit (the kernel freeing what they held, e.g. the page cache
     // and extents of a large unlinked file) is not part of the checkpoint: timed apart.
-    let kill = matches!(engine, Engine::Criu { leave_running: false, .. });
-    let (frozen_for, to_kill) = if kill { (frozen.frozen_for(), Some(frozen)) } else { (frozen.thaw()?, None) };
+    let after = match &opts.engine {
+        EngineOpts::Criu { after, .. } => *after,
+        EngineOpts::None => AfterDump::Run,
+    };
+    let (frozen_for, still_frozen) = if after == AfterDump::Run { (frozen.thaw()?, None) } else { (frozen.frozen_for(), Some(frozen)) };
     ck.engine = engine;
     ck.tasks = sc.tasks;
     ck.objects = sc.objects;
@@ -257,13 +276,20 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
     let dir = partial.publish(&ck)?;
     hooks::point("take-published");
     let mut killed_in = None;
-    if let Some(frozen) = to_kill {
-        let t = Instant::now();
-        frozen.kill(&pids).map_err(|e| TakeError::Killing { dir: dir.clone(), source: e })?;
-        killed_in = Some(t.elapsed());
+    let mut left_frozen = None;
+    if let Some(frozen) = still_frozen {
+        if after == AfterDump::Stop {
+            let how = frozen.method().resume_hint(&pids);
+            frozen.keep_frozen().map_err(|e| TakeError::Killing { dir: dir.clone(), source: e })?;
+            left_frozen = Some(how);
+        } else {
+            let t = Instant::now();
+            frozen.kill(&pids).map_err(|e| TakeError::Killing { dir: dir.clone(), source: e })?;
+            killed_in = Some(t.elapsed());
+        }
     }
     hooks::point("take-thawed");
-    Ok(Outcome::Taken(Taken { dir, record: ck, stats, killed_in }))
+    Ok(Outcome::Taken(Taken { dir, record: ck, stats, killed_in, left_frozen }))
 }
 
 fn take_snapshots(specs: &[FsSpec], id: &str, out: &mut Vec<Snapshot>) -> Result<(), TakeError> {

@@ -670,6 +670,15 @@ impl FreezeMethod {
         }
     }
 
+    /// The command that resumes tasks left frozen by this method.
+    pub fn resume_hint(&self, pids: &[i32]) -> String {
+        match self {
+            FreezeMethod::CgroupV2(p) => format!("echo 0 > {}", p.join("cgroup.freeze").display()),
+            FreezeMethod::CgroupV1(p) => format!("echo THAWED > {}", p.join("freezer.state").display()),
+            FreezeMethod::Sigstop(_) => format!("kill -CONT {}", pids.iter().map(i32::to_string).collect::<Vec<_>>().join(" ")),
+        }
+    }
+
     /// The freezer for a selection: a cgroup selection uses the cgroup's own freezer (v2
     /// `cgroup.freeze`, v1 `freezer.state`); a pid selection sends `SIGSTOP` to `pids` (the
     /// result of [`resolve`]).
@@ -1113,6 +1122,19 @@ impl Frozen {
     /// freeze), ignore processes and cgroups that have gone, and disarm the watchdog.
     pub fn release(mut self) -> Result<Duration, TaskError> {
         self.finish(true)
+    }
+
+    /// Leave the tasks frozen on purpose: wait until no process engine traces them any more
+    /// (CRIU puts back the frozen state it found when it lets them go), then disarm the
+    /// watchdog without thawing. Returns how long they have been frozen so far.
+    pub fn keep_frozen(mut self) -> Result<Duration, TaskError> {
+        self.done = true;
+        wait_untraced(&self.method, &self.procs, Duration::from_secs(10));
+        let elapsed = self.since.elapsed();
+        match self.watchdog.take() {
+            Some(w) => w.disarm().map(|()| elapsed),
+            None => Ok(elapsed),
+        }
     }
 
     /// End the tasks: SIGKILL to each of `pids` (process ids of the selection) while they are

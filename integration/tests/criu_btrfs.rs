@@ -350,3 +350,63 @@ fn criu_leave_running() {
     kill_wait(p.pid);
     delete_forced(&s, &id);
 }
+
+/// --leave-stopped: after the dump the task stays frozen as it was frozen (SIGSTOP for a pid,
+/// `cgroup.freeze` for a cgroup v2), the watchdog does not thaw it, take prints the command
+/// that resumes it, and after that command it goes on unchanged; the checkpoint restarts once
+/// the original is gone.
+#[test]
+fn criu_leave_stopped() {
+    let _g = serial();
+    let s = setup("1G");
+    let frozen_v2 = |cg: &Path| std::fs::read_to_string(cg.join("cgroup.events")).unwrap_or_default().lines().any(|l| l == "frozen 1");
+    for use_cgroup in [false, true] {
+        let what = if use_cgroup { "cgroup v2" } else { "sigstop" };
+        let log = s.work.path().join(format!("ufiles-{what}.log"));
+        let dir = s.dir.join(format!("ls-{}", unique()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:1000000", "ab"], &log);
+        let cg = Path::new("/sys/fs/cgroup/unified").join(format!("snapckpt-criu-ls-{}-{}", std::process::id(), unique()));
+        let mut args: Vec<String> = vec!["take".into()];
+        if use_cgroup {
+            std::fs::create_dir(&cg).unwrap();
+            std::fs::write(cg.join("cgroup.procs"), p.pid.to_string()).unwrap();
+            args.extend(["--cgroup".into(), cg.display().to_string()]);
+        } else {
+            args.extend(["--pid".into(), p.pid.to_string()]);
+        }
+        args.extend(["--engine", "criu", "--snapshot", "btrfs", "--leave-stopped", "--image-root", s.images.to_str().unwrap()].map(String::from));
+        let before = report_after(&log, 0);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = snapckpt_ok(&a);
+        let id = take_id(&out);
+        let resume = out.lines().find_map(|l| l.split("to resume them: ").nth(1)).unwrap_or_else(|| panic!("{what}: no resume command in:\n{out}")).to_string();
+        // stays frozen: the watchdog is gone and did not thaw
+        std::thread::sleep(Duration::from_millis(500));
+        let st = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap();
+        if use_cgroup {
+            assert!(frozen_v2(&cg), "{what}: cgroup thawed");
+            assert_eq!(resume, format!("echo 0 > {}/cgroup.freeze", cg.display()));
+        } else {
+            assert!(st.contains(") T "), "{what}: not stopped: {st}");
+            assert_eq!(resume, format!("kill -CONT {}", p.pid));
+        }
+        assert!(!std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap().lines().any(|l| l.starts_with("TracerPid:") && !l.ends_with("\t0")), "{what}: still traced");
+        // the printed command resumes it, unchanged
+        sh(&resume);
+        let logsize = std::fs::metadata(&log).unwrap().len() as usize;
+        assert_eq!(self_check(p.pid, &log, logsize), before, "{what}");
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+        if use_cgroup {
+            std::fs::remove_dir(&cg).unwrap();
+        }
+        sh(&format!("truncate -s {logsize} '{}'", log.display()));
+        let rec = record(&s.images, &id);
+        assert_eq!(rec["engine"]["leave_stopped"], true, "{what}: {}", rec["engine"]);
+        restart_side(&s, &id, &format!("r-{}", unique()));
+        assert_eq!(self_check(p.pid, &log, logsize), before, "{what}: restored");
+        kill_wait(p.pid);
+        delete_forced(&s, &id);
+    }
+}
