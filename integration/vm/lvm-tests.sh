@@ -8,7 +8,8 @@
 # Builds snapckpt (cargo build --release) and the static test workload ufiles, puts them and
 # integration/vm/lvm-guest/* into a temporary share, boots the guest once (run.sh) to run
 # lvm-guest/test.sh (thin+ext4, thin+xfs, classic+ext4, classic+xfs: take, list, restart,
-# restart again, delete), prints the guest's PASS/FAIL lines and timings, and ends with a line
+# restart again, delete; then the CRIU engine with the guest's criu 3.17 on thin+ext4 and
+# thin+xfs: take, two restarts, each restored task checks its fds), prints the guest's PASS/FAIL lines and timings, and ends with a line
 # `N passed, M failed`. Exits non-zero if anything failed.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -10,6 +10,8 @@
 #   workload, `snapckpt restart --snapshot --exec ufiles report` and compare its FD lines with
 #   the workload's first report; thin: a second restart; classic: a second restart is refused;
 #   `snapckpt delete` refused while mounted, then `--force`; no snapckpt LV left.
+# Then with the CRIU engine (the guest's criu 3.17) on thin+ext4 and thin+xfs: take, the task
+# killed, two restarts side by side, each restored task reports the fds it had; delete.
 # Prints `PASS name` / `FAIL name: why` lines, writes them and a last line `N passed, M failed`
 # to /share/summary, and exits non-zero if anything failed.
 set -u
@@ -267,11 +269,77 @@ run_case() {
   check "$c-cleanup" "could not unmount/remove the origin $lv" test $? = 0
 }
 
+# run_criu_case FS: the CRIU engine over a thin LV (the guest's own criu 3.17, which works on
+# its 6.1 kernel): take (the task is killed after the image is published), restart twice from
+# the snapshot side by side, each restored task reports the fds it had, delete.
+run_criu_case() {
+  local fs=$1 c="criu-thin-$1" lv="data_criu_$1" pid rc size n
+  log "case $c"
+  scrub
+  lvcreate -q -y -V 1G -T "$VG/pool" -n "$lv" > /dev/null 2>&1 || { fail "$c-setup" "lvcreate $lv failed"; return; }
+  if [ "$fs" = xfs ]; then mkfs.xfs -q -f "/dev/$VG/$lv"; else mkfs.ext4 -q -F "/dev/$VG/$lv"; fi > /dev/null 2>&1 \
+    && mount "/dev/$VG/$lv" /mnt/data && mkdir -p /mnt/data/d \
+    || { fail "$c-setup" "mkfs/mount of $lv failed"; return; }
+  rm -f "$W"/*
+  # a session leader (CRIU needs one), stdout on the guest's tmpfs (outside the snapshot)
+  setsid "$UF" setup /mnt/data/d ab orphan:10485760 twofds tmpfile < /dev/null > "$W/ufiles.out" 2>&1 &
+  if ! wait_lines '^ready' 1 60 "$W/ufiles.out"; then
+    fail "$c-workload" "ufiles did not get ready: $(tr '\n' ' ' < "$W/ufiles.out")"; return
+  fi
+  pid=$(pgrep -n -x ufiles)
+  sed -n '1,/^ready/p' "$W/ufiles.out" | grep '^FD ' > "$W/first"
+  printf '[[filesystem]]\nmount = "/mnt/data"\nsnapshot = "lvm"\n[criu]\nengine = "criu"\npath = "/usr/sbin/criu"\n' > "$W/job.toml"
+  rc=0
+  "$SNAP" take --pid "$pid" --image-root "$IR" --job "$W/job.toml" > "$W/take.out" 2> "$W/take.err" || rc=$?
+  sed 's/^/    /' "$W/take.out" "$W/take.err"
+  ID=$(awk '/^checkpoint /{print $2; exit}' "$W/take.out")
+  if [ "$rc" != 0 ] || [ -z "$ID" ]; then
+    fail "$c-take" "snapckpt take exited $rc: $(tr '\n' ' ' < "$W/take.err")"; kill -9 "$pid" 2>/dev/null; return
+  fi
+  pass "$c-take"
+  check "$c-task-killed" "pid $pid still alive after the take" bash -c "! kill -0 $pid 2>/dev/null"
+  check "$c-image-small" "image $(du -sb "$IR/$ID" | cut -f1) bytes for a 10 MiB orphan" test "$(du -sb "$IR/$ID" | cut -f1)" -lt 1048576
+  size=$(stat -c %s "$W/ufiles.out")
+  printf XXXXX > /mnt/data/d/b; rm -f /mnt/data/d/a; sync
+  for n in 1 2; do
+    # CRIU checks the size of the files it reopens: the log back to its size at the take
+    truncate -s "$size" "$W/ufiles.out"
+    rc=0
+    "$SNAP" restart "$ID" --image-root "$IR" --snapshot --mount-root "/mnt/r$n" > "$W/restart$n.out" 2> "$W/restart$n.err" || rc=$?
+    sed 's/^/    /' "$W/restart$n.out" "$W/restart$n.err"
+    if [ "$rc" != 0 ]; then
+      fail "$c-restart$n" "exit $rc: $(tr '\n' ' ' < "$W/restart$n.err")"; continue
+    fi
+    pass "$c-restart$n"
+    # back in pause(): then it takes the signal and reports
+    for _ in $(seq 100); do [ "$(cat /proc/$pid/wchan 2>/dev/null)" != "" ] && grep -q 'S (sleeping)' /proc/$pid/status 2>/dev/null && break; sleep 0.05; done
+    kill -USR1 "$pid" 2>/dev/null
+    if wait_lines '^checked' 1 30 "$W/ufiles.out"; then
+      sed -n '/^ready/,/^checked/p' "$W/ufiles.out" | grep '^FD ' > "$W/after$n"
+      if diff "$W/first" "$W/after$n" > "$W/after$n.diff"; then pass "$c-restart$n-fds-match"; else fail "$c-restart$n-fds-match" "$(tr '\n' ' ' < "$W/after$n.diff")"; fi
+    else
+      fail "$c-restart$n-fds-match" "the restored task did not report: $(tail -n 3 "$W/ufiles.out" | tr '\n' ' ')"
+    fi
+    check "$c-restart$n-old-content" "the clone's d/b is '$(cat /mnt/r$n/mnt/data/d/b 2>&1)', want hello" test "$(cat /mnt/r$n/mnt/data/d/b 2>/dev/null)" = hello
+    kill -9 "$pid" 2>/dev/null
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  done
+  rc=0
+  "$SNAP" delete "$ID" --image-root "$IR" --force > "$W/del.out" 2> "$W/del.err" || rc=$?
+  check "$c-delete" "delete --force: exit $rc, $(tr '\n' ' ' < "$W/del.err")" test "$rc" = 0
+  check "$c-no-snapckpt-lvs" "snapckpt LVs left: $(snapckpt_lvs | tr '\n' ' ')" test -z "$(snapckpt_lvs)"
+  umount /mnt/data && lvremove -q -y "$VG/$lv" > /dev/null
+  check "$c-cleanup" "could not unmount/remove the origin $lv" test $? = 0
+}
+
 T0=$(now)
 for k in thin classic; do
   for fs in ext4 xfs; do
     run_case "$fs" "$k"
   done
+done
+for fs in ext4 xfs; do
+  run_criu_case "$fs"
 done
 scrub
 log "timings"
