@@ -137,8 +137,9 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
                     return Err(RestartError::Refused(format!("--exec: {prog}: no such executable")));
                 }
                 let fds = exec_fds(&ck, opts.exec_task, &opened)?;
-                unlink_all(&opened)?;
-                out.exec_status = Some(run_exec(cmd, &fds)?);
+                // The names are unlinked only once the command runs and holds the files: a
+                // command that cannot start leaves the checkpoint restartable.
+                out.exec_status = Some(run_exec(cmd, &fds, || unlink_all(&opened))?);
             }
             (Engine::None, None) => {
                 out.left_in_place = opened.iter().map(|o| o.dir.path.join(&o.name)).collect();
@@ -260,10 +261,26 @@ fn exec_fds(ck: &Checkpoint, task: Option<i32>, opened: &[Opened]) -> Result<Vec
     Ok(out)
 }
 
-fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)]) -> Result<i32, RestartError> {
+/// Run `cmd` with `fds` at their recorded numbers; once it has started (and holds them), call
+/// `started` (a failure there kills the command); then wait for it. Its exit status.
+fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], started: impl FnOnce() -> Result<(), RestartError>) -> Result<i32, RestartError> {
     use std::os::unix::process::CommandExt;
     let (prog, args) = cmd.split_first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
     let pairs: Vec<(i32, RawFd)> = fds.iter().map(|(t, f)| (*t, f.as_raw_fd())).collect();
+    // The recorded fd numbers (and the temporary copies above them) must fit under
+    // RLIMIT_NOFILE: raise the soft limit for the command if needed, up to the hard limit.
+    let need = pairs.iter().map(|p| p.0.max(p.1)).max().unwrap_or(0) as u64 + pairs.len() as u64 + 2;
+    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_err(|e| RestartError::Io { path: PathBuf::from(prog), syscall: "getrlimit", source: e.into() })?;
+    if need > soft {
+        if need > hard {
+            return Err(RestartError::Refused(format!(
+                "--exec: the recorded fds need {need} descriptors, but RLIMIT_NOFILE allows {hard} (hard limit): raise it (ulimit -Hn) and restart again; nothing was changed"
+            )));
+        }
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, need, hard)
+            .map_err(|e| RestartError::Io { path: PathBuf::from(prog), syscall: "setrlimit", source: e.into() })?;
+    }
     let mut c = Command::new(prog);
     c.args(args);
     // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
@@ -291,7 +308,15 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)]) -> Result<i32, RestartError>
             Ok(())
         });
     }
-    let st = c.status().map_err(|source| RestartError::Io { path: PathBuf::from(prog), syscall: "execve", source })?;
+    let mut child = c.spawn().map_err(|e| {
+        RestartError::Refused(format!("--exec {prog}: could not start it ({e}: putting the files at their recorded fd numbers, or execve, failed); nothing was changed"))
+    })?;
+    if let Err(e) = started() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    let st = child.wait().map_err(|source| RestartError::Io { path: PathBuf::from(prog), syscall: "wait", source })?;
     Ok(st.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
 }
 
