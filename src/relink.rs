@@ -268,6 +268,11 @@ fn check_name(name: &str, dir: &Path) -> Result<(), RelinkError> {
 /// symlink or a renamed parent would lead elsewhere).
 pub fn open_checkpoint_dir(mount_dir: &Path, expect_mnt_id: Option<u32>, create: bool) -> Result<CheckpointDir, RelinkError> {
     let mfd = sys::open(mount_dir, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(ioe(mount_dir, "open"))?;
+    // The directory reached must be the root of a mount (not a directory some path trick led
+    // to), and with `expect_mnt_id` the root of that very mount.
+    if !sys::is_mount_root(mfd.as_raw_fd()).map_err(ioe(mount_dir, "statx"))? {
+        return Err(RelinkError::WrongMount { path: mount_dir.into(), why: "is not the root of a mount (give the mount point)".into() });
+    }
     if let Some(want) = expect_mnt_id {
         let got = sys::mnt_id_of(mfd.as_raw_fd()).map_err(ioe(mount_dir, "statx"))?;
         if got != want {
@@ -444,6 +449,21 @@ impl Relinker {
 
     /// Remove every name this relinker made (best effort, all attempted); the first error is
     /// returned.
+    /// Remove the names made on the mounts `mnts` (by mount id); the others stay.
+    pub fn remove_on(&mut self, mnts: &std::collections::HashSet<u32>) -> Result<(), RelinkError> {
+        let (doomed, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.made).into_iter().partition(|(m, _, _)| mnts.contains(m));
+        self.made = kept;
+        let mut first = None;
+        for (mnt, name, is_dir) in doomed.into_iter().rev() {
+            if let Some(d) = self.dirs.get(&mnt) {
+                if let Err(e) = d.remove(&name, is_dir) {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     pub fn remove_all(&mut self) -> Result<(), RelinkError> {
         let mut first = None;
         for (mnt, name, is_dir) in std::mem::take(&mut self.made).into_iter().rev() {

@@ -92,9 +92,15 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             if proc_dir.exists() {
+                let now = std::fs::read_to_string(proc_dir.join("comm")).map(|c| c.trim().to_string()).unwrap_or_default();
+                let who = if now == t.comm {
+                    format!("by {now}: the original task is still running? stop it first")
+                } else {
+                    format!("by {now:?}, not the checkpointed {:?}: another process got that pid", t.comm)
+                };
                 return Err(RestartError::Refused(format!(
-                    "pid {} ({}) is in use: CRIU restores tasks with their old pids; stop the original task first",
-                    t.pid, t.comm
+                    "pid {} is in use {who}. CRIU restores tasks with their old pids; nothing was changed",
+                    t.pid
                 )));
             }
         }
@@ -125,7 +131,7 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
                 unlink_all(&opened)?;
                 if ck.freezer == "sigstop" {
                     // dumped while stopped by snapckpt: CRIU brings them back stopped
-                    for &p in &out.pids {
+                    for &p in out.pids.iter().filter(|&&p| p > 0) {
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGCONT);
                     }
                 }
@@ -133,13 +139,25 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
             (Engine::None, Some(cmd)) => {
                 // Refuse before consuming the names if the command cannot be run at all.
                 let prog = cmd.first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
-                if which(prog).is_none() {
+                let Some(exe) = which(prog) else {
                     return Err(RestartError::Refused(format!("--exec: {prog}: no such executable")));
+                };
+                // The names are consumed just before execve: an execve that fails then would
+                // lose them. Refuse what the kernel cannot run before that.
+                let mut head = [0u8; 4];
+                let n = std::fs::File::open(&exe).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+                if !(head[..n].starts_with(b"\x7fELF") || head[..n].starts_with(b"#!")) {
+                    return Err(RestartError::Refused(format!("--exec: {}: not an executable (no ELF header or #! line); nothing was changed", exe.display())));
                 }
                 let fds = exec_fds(&ck, opts.exec_task, &opened)?;
-                // The names are unlinked only once the command runs and holds the files: a
-                // command that cannot start leaves the checkpoint restartable.
-                out.exec_status = Some(run_exec(cmd, &fds, || unlink_all(&opened))?);
+                // The names are unlinked by the command's process itself, once the files are at
+                // their fd numbers and just before execve: a command that cannot start leaves
+                // the checkpoint restartable, and the command never sees the names.
+                let unlinks = opened
+                    .iter()
+                    .map(|o| Ok((o.dir.fd(), sys::cstr(&o.name).map_err(|source| RestartError::Io { path: o.dir.path.join(&o.name), syscall: "unlinkat", source })?, o.obj.kind == FileKind::Directory)))
+                    .collect::<Result<Vec<_>, RestartError>>()?;
+                out.exec_status = Some(run_exec(cmd, &fds, unlinks)?);
             }
             (Engine::None, None) => {
                 out.left_in_place = opened.iter().map(|o| o.dir.path.join(&o.name)).collect();
@@ -160,51 +178,65 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
 }
 
 /// Mount a clone of every snapshot; returns origin mount point -> where it is now.
-fn mount_snapshots(ck: &Checkpoint, opts: &RestartOptions, made: &mut Vec<MountedClone>) -> Result<HashMap<String, PathBuf>, RestartError> {
+fn mount_snapshots(ck: &Checkpoint, opts: &RestartOptions, made: &mut Vec<MountedClone>) -> Result<HashMap<String, Base>, RestartError> {
     if ck.snapshots.is_empty() {
         return Err(RestartError::Refused(format!("checkpoint {} has no snapshots; restart it without --snapshot", ck.id)));
     }
     let mut bases = HashMap::new();
     for s in &ck.snapshots {
         let mp = s.mount_point();
+        // Root mounts a writable clone at the target: only root may be able to change where
+        // that path leads (no symlinks, every directory root-owned and not writable by others),
+        // or a user could have it mounted over any directory, or swap the path afterwards.
         let target = match &opts.mount_root {
-            Some(root) => {
-                let t = root.join(mp.trim_start_matches('/'));
-                std::fs::create_dir_all(&t).map_err(|source| RestartError::Io { path: t.clone(), syscall: "mkdir", source })?;
-                t
-            }
+            Some(root) => root.join(mp.trim_start_matches('/')),
             None => PathBuf::from(mp),
         };
+        sys::trusted_dirs(&target, opts.mount_root.is_some()).map_err(|why| RestartError::Refused(format!("restart target {}: {why}", target.display())))?;
         let m = snapshot::mount_clone(s, &target)?;
-        bases.insert(mp.to_string(), m.target.clone());
+        // The device of the clone: every preserved file must be opened on it.
+        let dev = sys::stat(&m.target).map_err(|source| RestartError::Io { path: m.target.clone(), syscall: "stat", source })?.st_dev;
+        bases.insert(mp.to_string(), Base { path: m.target.clone(), dev: Some(dev) });
         made.push(m);
     }
     Ok(bases)
 }
 
-fn open_objects<'a>(ck: &'a Checkpoint, bases: &HashMap<String, PathBuf>) -> Result<Vec<Opened<'a>>, RestartError> {
+/// Where the relinked names of one mount are found at restart.
+#[derive(Clone)]
+struct Base {
+    path: PathBuf,
+    /// The device of a restart clone (objects are checked to be on it); None on the live fs.
+    dev: Option<u64>,
+}
+
+fn open_objects<'a>(ck: &'a Checkpoint, bases: &HashMap<String, Base>) -> Result<Vec<Opened<'a>>, RestartError> {
     let mut dirs: HashMap<PathBuf, std::rc::Rc<CheckpointDir>> = HashMap::new();
     let mut out = vec![];
     for (o, r) in ck.relinked() {
-        let base = bases.get(&o.mount.mount_point).cloned().unwrap_or_else(|| PathBuf::from(&o.mount.mount_point));
-        let dir = match dirs.get(&base) {
+        let base = bases.get(&o.mount.mount_point).cloned().unwrap_or_else(|| Base { path: PathBuf::from(&o.mount.mount_point), dev: None });
+        let dir = match dirs.get(&base.path) {
             Some(d) => d.clone(),
             None => {
-                let d = std::rc::Rc::new(relink::open_checkpoint_dir(&base, None, false)?);
-                dirs.insert(base.clone(), d.clone());
+                let d = std::rc::Rc::new(relink::open_checkpoint_dir(&base.path, None, false)?);
+                dirs.insert(base.path.clone(), d.clone());
                 d
             }
         };
-        let flags = match o.kind {
-            FileKind::Directory => libc::O_RDONLY | libc::O_DIRECTORY,
-            FileKind::Fifo => libc::O_RDWR | libc::O_NONBLOCK,
-            FileKind::Regular => libc::O_RDONLY,
-            _ => libc::O_PATH,
-        } | libc::O_NOFOLLOW;
-        let fd = dir.open(&r.name, flags)?;
+        // First a reference that opens nothing (no FIFO open that blocks, no device open with
+        // side effects), checked against the record; then the real open through it.
+        let pfd = dir.open(&r.name, libc::O_PATH | libc::O_NOFOLLOW)?;
         let path = dir.path.join(&r.name);
-        let st = sys::fstat(fd.as_raw_fd()).map_err(|source| RestartError::Io { path: path.clone(), syscall: "fstat", source })?;
+        let st = sys::fstat(pfd.as_raw_fd()).map_err(|source| RestartError::Io { path: path.clone(), syscall: "fstat", source })?;
         let mismatch = |why: String| RestartError::Mismatch { path: path.clone(), original: o.original_path.clone(), why };
+        if let Some(dev) = base.dev {
+            if st.st_dev != dev {
+                return Err(mismatch(format!("is on device {:#x}, not on the restart clone ({dev:#x}) mounted at {}", st.st_dev, base.path.display())));
+            }
+        }
+        if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+            return Err(mismatch("is a symbolic link, not a file snapckpt made (planted?); remove it".into()));
+        }
         if st.st_mode & libc::S_IFMT != o.mode & libc::S_IFMT {
             return Err(mismatch(format!("file type {:o}, recorded {:o}", st.st_mode & libc::S_IFMT, o.mode & libc::S_IFMT)));
         }
@@ -214,9 +246,30 @@ fn open_objects<'a>(ck: &'a Checkpoint, bases: &HashMap<String, PathBuf>) -> Res
         if o.kind == FileKind::Regular && r.method != Method::Link && st.st_size as u64 != o.size {
             return Err(mismatch(format!("size {}, recorded {}", st.st_size, o.size)));
         }
+        // The access the task had, no more: an object held only through O_PATH fds stays O_PATH.
+        let only_opath = held_only_as_opath(ck, o);
+        let flags = match (only_opath, st.st_mode & libc::S_IFMT) {
+            (true, _) => libc::O_PATH,
+            (false, libc::S_IFDIR) => libc::O_RDONLY | libc::O_DIRECTORY,
+            (false, libc::S_IFIFO) => libc::O_RDWR | libc::O_NONBLOCK,
+            (false, libc::S_IFREG) => libc::O_RDONLY,
+            _ => libc::O_PATH,
+        };
+        let fd = if flags == libc::O_PATH {
+            pfd
+        } else {
+            sys::open(format!("/proc/self/fd/{}", pfd.as_raw_fd()), flags | libc::O_NOCTTY, 0).map_err(|source| RestartError::Io { path: path.clone(), syscall: "open", source })?
+        };
         out.push(Opened { obj: o, fd, dir, name: r.name.clone() });
     }
     Ok(out)
+}
+
+/// Whether every holder of `o` is an fd opened with O_PATH (no mapping, cwd or exe, no fd
+/// that can read or write): then it is handed back as O_PATH only.
+fn held_only_as_opath(ck: &Checkpoint, o: &Object) -> bool {
+    let fds: Vec<u32> = ck.tasks.iter().flat_map(|t| t.fds.iter()).filter(|f| f.object == Some(o.index)).map(|f| f.flags).collect();
+    !fds.is_empty() && o.holders.iter().all(|h| h.what.starts_with("fd ")) && fds.iter().all(|&fl| fl as i32 & libc::O_PATH != 0)
 }
 
 /// Remove the relinked names: the inodes go back to their recorded link counts.
@@ -248,9 +301,14 @@ fn exec_fds(ck: &Checkpoint, task: Option<i32>, opened: &[Opened]) -> Result<Vec
         if o.obj.kind == FileKind::Directory {
             flags |= libc::O_DIRECTORY;
         }
+        let opath = f.flags as i32 & libc::O_PATH != 0;
+        if opath {
+            // no more access than the task had
+            flags = libc::O_PATH;
+        }
         let src = format!("/proc/self/fd/{}", o.fd.as_raw_fd());
         let nfd = sys::open(&src, flags, 0).map_err(|source| RestartError::Io { path: o.dir.path.join(&o.name), syscall: "open", source })?;
-        if o.obj.kind == FileKind::Regular {
+        if o.obj.kind == FileKind::Regular && !opath {
             // SAFETY: lseek on our descriptor.
             if unsafe { libc::lseek(nfd.as_raw_fd(), f.pos as i64, libc::SEEK_SET) } < 0 {
                 return Err(RestartError::Io { path: o.dir.path.join(&o.name), syscall: "lseek", source: std::io::Error::last_os_error() });
@@ -261,15 +319,18 @@ fn exec_fds(ck: &Checkpoint, task: Option<i32>, opened: &[Opened]) -> Result<Vec
     Ok(out)
 }
 
-/// Run `cmd` with `fds` at their recorded numbers; once it has started (and holds them), call
-/// `started` (a failure there kills the command); then wait for it. Its exit status.
-fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], started: impl FnOnce() -> Result<(), RestartError>) -> Result<i32, RestartError> {
+/// Run `cmd` with `fds` at their recorded numbers; between putting them there and execve the
+/// child unlinks `unlinks` (directory fd, name, is a directory). Waits for it; its exit status.
+fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], unlinks: Vec<(RawFd, std::ffi::CString, bool)>) -> Result<i32, RestartError> {
     use std::os::unix::process::CommandExt;
     let (prog, args) = cmd.split_first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
     let pairs: Vec<(i32, RawFd)> = fds.iter().map(|(t, f)| (*t, f.as_raw_fd())).collect();
-    // The recorded fd numbers (and the temporary copies above them) must fit under
+    // The recorded fd numbers, our own fds and the copies made above them must fit under
     // RLIMIT_NOFILE: raise the soft limit for the command if needed, up to the hard limit.
-    let need = pairs.iter().map(|p| p.0.max(p.1)).max().unwrap_or(0) as u64 + pairs.len() as u64 + 2;
+    let top = |v: &mut dyn Iterator<Item = i32>| v.max().unwrap_or(0).max(0) as u64;
+    let max_target = top(&mut pairs.iter().map(|p| p.0));
+    let max_ours = top(&mut pairs.iter().map(|p| p.1).chain(unlinks.iter().map(|u| u.0)));
+    let need = max_target.max(max_ours) + unlinks.len() as u64 + pairs.len() as u64 + 4;
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_err(|e| RestartError::Io { path: PathBuf::from(prog), syscall: "getrlimit", source: e.into() })?;
     if need > soft {
@@ -281,27 +342,49 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], started: impl FnOnce() -> Re
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, need, hard)
             .map_err(|e| RestartError::Io { path: PathBuf::from(prog), syscall: "setrlimit", source: e.into() })?;
     }
+    let out_of_range = |_| RestartError::Refused(format!("--exec: fd numbers up to {need} are out of range"));
+    // The directories the child unlinks from, copied above every target fd (a dup2 onto a
+    // target must not replace one of them).
+    let above_targets = i32::try_from(max_target + 1).map_err(out_of_range)?;
+    let mut dir_copies: Vec<OwnedFd> = vec![];
+    let mut unlinks2 = vec![];
+    for (dfd, name, dir) in unlinks {
+        // SAFETY: fcntl on our descriptor; the result is a new descriptor that we own.
+        let c = unsafe { libc::fcntl(dfd, libc::F_DUPFD_CLOEXEC, above_targets) };
+        if c < 0 {
+            return Err(RestartError::Io { path: PathBuf::from(prog), syscall: "fcntl", source: std::io::Error::last_os_error() });
+        }
+        // SAFETY: a new descriptor that we own.
+        dir_copies.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(c) });
+        unlinks2.push((c, name, dir));
+    }
+    let unlinks = unlinks2;
     let mut c = Command::new(prog);
     c.args(args);
-    // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+    // Move every source above all targets and our own fds first, so no dup2 clobbers a source.
+    // Computed and allocated here: nothing may allocate between fork and exec.
+    let high = i32::try_from(max_target.max(max_ours).max(top(&mut dir_copies.iter().map(|f| f.as_raw_fd()))) + 1).map_err(out_of_range)?;
+    let mut moved = vec![0i32; pairs.len()];
+    // SAFETY: only async-signal-safe calls (close_range, fcntl, dup2) between fork and exec.
     unsafe {
         c.pre_exec(move || {
             // Nothing but the recorded fds (and 0-2) reaches the command: mark every other
             // inherited fd close-on-exec (dup2 clears the flag on the targets).
             libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */);
-            // Move every source above all targets first, so no dup2 clobbers a source.
-            let high = pairs.iter().map(|p| p.0.max(p.1)).max().unwrap_or(0) + 1;
-            let mut moved = [0i32; 1024];
-            let n = pairs.len().min(1024);
-            for (i, (_, src)) in pairs.iter().take(n).enumerate() {
+            for (i, (_, src)) in pairs.iter().enumerate() {
                 let m = libc::fcntl(*src, libc::F_DUPFD_CLOEXEC, high);
                 if m < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 moved[i] = m;
             }
-            for (i, (tgt, _)) in pairs.iter().take(n).enumerate() {
+            for (i, (tgt, _)) in pairs.iter().enumerate() {
                 if libc::dup2(moved[i], *tgt) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            for (dfd, name, dir) in &unlinks {
+                if libc::unlinkat(*dfd, name.as_ptr(), if *dir { libc::AT_REMOVEDIR } else { 0 }) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -309,13 +392,10 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], started: impl FnOnce() -> Re
         });
     }
     let mut child = c.spawn().map_err(|e| {
-        RestartError::Refused(format!("--exec {prog}: could not start it ({e}: putting the files at their recorded fd numbers, or execve, failed); nothing was changed"))
+        RestartError::Refused(format!(
+            "--exec {prog}: could not start it ({e}: putting the files at their recorded fd numbers, unlinking the relinked names or execve failed); see `snapckpt list` for what is left"
+        ))
     })?;
-    if let Err(e) = started() {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e);
-    }
     let st = child.wait().map_err(|source| RestartError::Io { path: PathBuf::from(prog), syscall: "wait", source })?;
     Ok(st.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
 }

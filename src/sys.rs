@@ -7,7 +7,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `RESOLVE_*` flags of openat2(2).
 pub const RESOLVE_NO_XDEV: u64 = 0x01;
@@ -100,6 +100,70 @@ pub fn mnt_id_of(fd: RawFd) -> io::Result<u32> {
         return Err(io::Error::new(io::ErrorKind::Unsupported, "statx gave no mount id"));
     }
     Ok(stx.stx_mnt_id as u32)
+}
+
+/// Whether the open directory `fd` is the root of a mount (statx `STATX_ATTR_MOUNT_ROOT`).
+pub fn is_mount_root(fd: RawFd) -> io::Result<bool> {
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    let empty = b"\0";
+    // SAFETY: valid pointers; AT_EMPTY_PATH on an fd.
+    let r = unsafe { libc::statx(fd, empty.as_ptr() as *const libc::c_char, libc::AT_EMPTY_PATH, libc::STATX_BASIC_STATS, &mut stx) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if stx.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 == 0 {
+        return Err(io::Error::new(io::ErrorKind::Unsupported, "statx gave no mount-root attribute"));
+    }
+    Ok(stx.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0)
+}
+
+/// Make sure that only root can change where `path` leads: walk it from `/` without following
+/// symlinks (openat2 `RESOLVE_NO_SYMLINKS`), each directory on the way owned by root and not
+/// writable by group or others (a root-owned sticky directory such as /tmp is accepted: others
+/// cannot rename what root made there). With `create`, missing directories are made (0755,
+/// root) one at a time. Used before root mounts something at `path`. The error says which
+/// component is not trusted and why.
+pub fn trusted_dirs(path: &Path, create: bool) -> Result<(), String> {
+    if !path.is_absolute() {
+        return Err(format!("{}: not an absolute path", path.display()));
+    }
+    let mut fd = open("/", libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|e| format!("open /: {e}"))?;
+    let mut cur = PathBuf::from("/");
+    for comp in path.components().skip(1) {
+        let name = comp.as_os_str();
+        if name.as_bytes() == b".." || name.as_bytes() == b"." {
+            return Err(format!("{}: has a '.' or '..' component", path.display()));
+        }
+        cur.push(name);
+        let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+        let next = match openat2(fd.as_raw_fd(), name, flags, 0, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH) {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
+                match mkdirat(fd.as_raw_fd(), name, 0o755) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                    Err(e) => return Err(format!("mkdir {}: {e}", cur.display())),
+                }
+                openat2(fd.as_raw_fd(), name, flags, 0, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH).map_err(|e| format!("open {}: {e}", cur.display()))?
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                return Err(format!("{} is a symlink or not a directory: give the real path", cur.display()));
+            }
+            Err(e) => return Err(format!("open {}: {e}", cur.display())),
+        };
+        let st = fstat(next.as_raw_fd()).map_err(|e| format!("fstat {}: {e}", cur.display()))?;
+        let sticky = st.st_mode & libc::S_ISVTX != 0;
+        if st.st_uid != 0 || (st.st_mode & 0o022 != 0 && !sticky) {
+            return Err(format!(
+                "{} is owned by uid {} with mode {:o}: someone other than root could change where the path leads; use a directory that only root can write to",
+                cur.display(),
+                st.st_uid,
+                st.st_mode & 0o7777
+            ));
+        }
+        fd = next;
+    }
+    Ok(())
 }
 
 /// linkat(2) with AT_SYMLINK_FOLLOW from a path (typically a /proc magic link) to `name`

@@ -253,12 +253,6 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
     };
     hooks::point("take-snapshotted");
 
-    // The snapshots carry the relinked names; the live filesystems need them no more.
-    if !snaps.is_empty() && !opts.keep_links {
-        relinker.remove_all()?;
-        ck.links_removed = true;
-    }
-
     // CRIU without --leave-running: the tasks stay frozen until the image is published and
     // are killed only then. A failure before that (or a kill of snapckpt: the watchdog) thaws
     // them and they go on. Their exit (the kernel freeing what they held, e.g. the page cache
@@ -267,13 +261,54 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
         EngineOpts::Criu { after, .. } => *after,
         EngineOpts::None => AfterDump::Run,
     };
-    let (frozen_for, still_frozen) = if after == AfterDump::Run { (frozen.thaw()?, None) } else { (frozen.frozen_for(), Some(frozen)) };
-    ck.engine = engine;
-    ck.tasks = sc.tasks;
-    ck.objects = sc.objects;
-    ck.snapshots = snaps;
-    ck.timings = image::Timings { freeze_ms, scan_ms, relink_ms, snapshot_ms, dump_ms, frozen_ms: ms(frozen_for) };
-    let dir = partial.publish(&ck)?;
+    // Up to the publication a failure undoes the snapshots and the relinked names.
+    let mut frozen = Some(frozen);
+    let mut still_frozen = None;
+    let published = (|| -> Result<PathBuf, TakeError> {
+        // The snapshots carry the relinked names; the live filesystems need them no more. Only
+        // on the mounts that were snapshotted: a name on another mount is the only copy.
+        if !snaps.is_empty() && !opts.keep_links {
+            let snapped: std::collections::HashSet<&str> = snaps.iter().map(Snapshot::mount_point).collect();
+            let relinked = || sc.objects.iter().filter(|o| o.relinked.is_some());
+            let mnts: std::collections::HashSet<u32> = relinked().filter(|o| snapped.contains(o.mount.mount_point.as_str())).map(|o| o.mount.mnt_id).collect();
+            relinker.remove_on(&mnts)?;
+            ck.links_removed = relinked().all(|o| snapped.contains(o.mount.mount_point.as_str()));
+            if !ck.links_removed {
+                let kept: Vec<&str> = relinked().filter(|o| !snapped.contains(o.mount.mount_point.as_str())).map(|o| o.mount.mount_point.as_str()).collect();
+                eprintln!("snapckpt: note: no snapshot of {}: the relinked names there stay on the live filesystem", kept.join(", "));
+            }
+        }
+        let f = frozen.take().expect("frozen until here");
+        let frozen_for = if after == AfterDump::Run {
+            f.thaw()?
+        } else {
+            let d = f.frozen_for();
+            still_frozen = Some(f);
+            d
+        };
+        ck.engine = engine;
+        ck.tasks = std::mem::take(&mut sc.tasks);
+        ck.objects = std::mem::take(&mut sc.objects);
+        ck.snapshots = snaps.clone();
+        ck.timings = image::Timings { freeze_ms, scan_ms, relink_ms, snapshot_ms, dump_ms, frozen_ms: ms(frozen_for) };
+        partial.publish(&ck)
+    })();
+    let dir = match published {
+        Ok(d) => d,
+        Err(e) => {
+            for s in snaps.iter().rev() {
+                if let Err(de) = snapshot::delete(s, true) {
+                    eprintln!("snapckpt: warning: could not delete snapshot {} of the failed take: {de}", s.describe());
+                }
+            }
+            if let Err(re) = relinker.remove_all() {
+                eprintln!("snapckpt: warning: could not remove relinked names of the failed take: {re} (run `snapckpt gc`)");
+            }
+            drop(still_frozen); // thaws (the tasks go on)
+            drop(frozen);
+            return Err(e);
+        }
+    };
     hooks::point("take-published");
     let mut killed_in = None;
     let mut left_frozen = None;

@@ -17,6 +17,8 @@
  *   tmpfile     an O_TMPFILE file with data, never linked
  *   twofds      two fds (O_RDONLY, O_WRONLY|O_APPEND) at different offsets on one orphan
  *   fifo        a FIFO opened O_RDWR, then unlinked
+ *   highfd:N    an orphan at fd N (RLIMIT_NOFILE raised to N + 16)
+ *   opath       a file held only through an O_PATH fd, then unlinked
  *   odd         orphans named "x (deleted)" and "new\nline name", and a LINKED file named
  *               "kept (deleted)" that must not count as unlinked
  *
@@ -34,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -79,7 +82,9 @@ static uint64_t hash_fd(int fd, off_t size) {
 }
 
 static void report(void) {
-    for (int fd = 3; fd < 256; fd++) {
+    struct rlimit rl;
+    int maxfd = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < 65536 ? (int)rl.rlim_cur : 65536;
+    for (int fd = 3; fd < maxfd; fd++) {
         int fl = fcntl(fd, F_GETFL);
         if (fl < 0) continue;
         struct stat st;
@@ -95,7 +100,7 @@ static void report(void) {
             if (rfd >= 0) { h = hash_fd(rfd, st.st_size); close(rfd); }
         }
         printf("FD %d kind=%s flags=%o pos=%lld nlink=%lu size=%lld hash=%016llx\n", fd, kind,
-               fl & (O_ACCMODE | O_APPEND | O_NONBLOCK), (long long)pos, (unsigned long)st.st_nlink,
+               fl & (O_ACCMODE | O_APPEND | O_NONBLOCK | O_PATH), (long long)pos, (unsigned long)st.st_nlink,
                (long long)st.st_size, (unsigned long long)h);
     }
     for (int i = 0; i < nmaps; i++)
@@ -209,6 +214,23 @@ int main(int argc, char **argv) {
             if (mkfifo(p, 0600) < 0) die("mkfifo");
             int fd = open(p, O_RDWR | O_NONBLOCK);
             if (fd < 0 || unlink(p) < 0) die("fifo");
+        } else if (!strncmp(s, "highfd:", 7)) {
+            /* an orphan at a high fd number (the fd limit raised for it) */
+            int n = atoi(s + 7);
+            struct rlimit rl = { (rlim_t)n + 16, (rlim_t)n + 16 };
+            if (setrlimit(RLIMIT_NOFILE, &rl) < 0) die("setrlimit");
+            int fd = orphan(dir, "high", 3000, 0, O_RDWR);
+            if (dup2(fd, n) < 0) die("dup2");
+            close(fd);
+            lseek(n, 11, SEEK_SET);
+        } else if (!strcmp(s, "opath")) {
+            /* a file held only through an O_PATH fd, then unlinked */
+            snprintf(p, sizeof p, "%s/opath", dir);
+            int w = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+            if (w < 0 || write(w, "secret", 6) != 6) die("opath");
+            close(w);
+            int fd = open(p, O_PATH);
+            if (fd < 0 || unlink(p) < 0) die("opath");
         } else if (!strcmp(s, "odd")) {
             orphan(dir, "x (deleted)", 1000, 0, O_RDWR);
             orphan(dir, "new\nline name", 2000, 0, O_RDWR);

@@ -192,6 +192,58 @@ fn expect_take_refused(pid: i32, images: &Path, extra: &[&str], what: &str) {
     assert!(left.is_empty(), "image root not empty after a failed take: {left:?}");
 }
 
+/// `restart --exec` gives back an fd above the caller's fd limit (raising it), an O_PATH fd as
+/// O_PATH (no more access than the task had), and when the command cannot be started it
+/// changes nothing: the checkpoint stays restartable.
+#[test]
+fn exec_high_fd_opath_and_a_command_that_cannot_start() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("exec-edge");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = work.path().join("log");
+    let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "highfd:2000", "opath", "orphan:5000"], &log);
+    let before = fd_lines(&first_report(&log));
+    assert!(before.contains_key(&2000) && before.values().any(|l| l.contains("flags=10000000")), "{before:?}");
+    let images = work.path().join("images");
+    let (id, _) = take_files_only(p.pid, &images, &[]);
+    drop(p);
+    let names = checkpoint_names(&fs.mnt);
+    assert_eq!(names.len(), 3, "{names:?}");
+    // a command the kernel cannot run: refused, nothing consumed
+    let junk = work.path().join("junk");
+    std::fs::write(&junk, "not a program\n").unwrap();
+    std::fs::set_permissions(&junk, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (ok, _, err) = snapckpt(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", junk.to_str().unwrap()]);
+    assert!(!ok && err.contains("not an executable") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(checkpoint_names(&fs.mnt), names);
+    let restart_limited = |ulimit: &str| {
+        let cmd = format!(
+            "ulimit {ulimit} 1024; exec '{}' restart {id} --image-root '{}' --exec '{}' report",
+            snapckpt_bin().display(),
+            images.display(),
+            prog("ufiles").display()
+        );
+        std::process::Command::new("sh").arg("-c").arg(&cmd).output().unwrap()
+    };
+    // a hard fd limit below the recorded fd 2000: refused, nothing consumed
+    let out = restart_limited("-n");
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && e.contains("RLIMIT_NOFILE") && e.contains("nothing was changed"), "{e}");
+    assert_eq!(checkpoint_names(&fs.mnt), names);
+    // a soft limit below it: raised for the command
+    let out = restart_limited("-Sn");
+    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{o}\n{e}");
+    let after = fd_lines(&o);
+    assert_eq!(after.keys().copied().collect::<Vec<_>>(), vec![3, 4, 2000], "{o}");
+    for (fd, line) in &after {
+        assert_eq!(line, &before[fd], "fd {fd} differs after restart (O_PATH must stay O_PATH)");
+    }
+    assert!(checkpoint_names(&fs.mnt).is_empty(), "{:?}", checkpoint_names(&fs.mnt));
+}
+
 #[test]
 fn refusals_unsafe_checkpoint_dir() {
     let _g = serial();

@@ -1215,7 +1215,7 @@ fn hostile_checkpoint_records() {
     m2("name of another object", &format!("{o}.relinked.name"), other.clone().into(), "is not the recorded object");
     m2("name missing", &format!("{o}.relinked.name"), "unlink-at-restart-nothing-1".into(), "No such file");
     m2("directory kind for a file", &format!("{o}.kind"), "directory".into(), "Not a directory");
-    m2("mount point elsewhere", &format!("{o}.mount.mount_point"), outside.to_str().unwrap().into(), "No such file");
+    m2("mount point elsewhere", &format!("{o}.mount.mount_point"), outside.to_str().unwrap().into(), "is not the root of a mount");
     m2("exec task missing", "tasks.0.fds", serde_json::json!([]), "holds an unlinked file");
     m2("criu pid in use", "engine", serde_json::json!({"name": "criu", "version": "x", "leave_running": false, "images": []}), "is in use");
     m2("snapshots missing", "links_removed", true.into(), "kept only in its snapshots");

@@ -625,3 +625,141 @@ fn origin_mount_read_only_at_restart() {
     assert!(!fs.path(".snapckpt/ck").exists());
     assert!(no_temp_mounts());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Through the CLI: what restart mounts where, and what a take keeps
+// ---------------------------------------------------------------------------------------------
+
+fn take_snapshot_cli(pid: i32, images: &Path, extra: &[&str]) -> String {
+    let pid = pid.to_string();
+    let mut args = vec!["take", "--pid", &pid, "--engine", "none", "--image-root", images.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    common::take_id(&common::snapckpt_ok(&args))
+}
+
+/// Root mounts a writable clone at `<mount-root>/<origin>`: a mount root that a user can
+/// write to, or a symlink on the way, could send that mount over any directory. Refused,
+/// nothing mounted, nothing created outside; a root-owned mount root works.
+#[test]
+fn restart_mount_root_only_root_can_change() {
+    let _g = common::serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("mount-root-trust");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = common::Proc::start(&common::prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:5000"], &work.path().join("log"));
+    let images = work.path().join("images");
+    let id = take_snapshot_cli(p.pid, &images, &["--snapshot", "btrfs"]);
+    drop(p);
+    let ir = images.to_str().unwrap();
+    let restart = |root: &Path| common::snapckpt(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", ir]);
+    let victim = work.path().join("victim");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("important"), "keep").unwrap();
+
+    // 1. a mount root owned by a user
+    let user_root = work.path().join("user-root");
+    std::fs::create_dir_all(&user_root).unwrap();
+    std::os::unix::fs::chown(&user_root, Some(65534), Some(65534)).unwrap();
+    let (ok, out, err) = restart(&user_root);
+    assert!(!ok && err.contains("owned by uid 65534") && err.contains("only root"), "{out}\n{err}");
+    // 2. a root-owned mount root with a symlink planted where the origin's path goes
+    let planted = work.path().join("planted");
+    let origin = fs.mnt.canonicalize().unwrap();
+    let first = origin.components().nth(1).unwrap().as_os_str().to_owned(); // "var"
+    std::fs::create_dir_all(&planted).unwrap();
+    std::os::unix::fs::symlink(&victim, planted.join(&first)).unwrap();
+    let (ok, out, err) = restart(&planted);
+    assert!(!ok && err.contains("is a symlink"), "{out}\n{err}");
+    // nothing was mounted over the victim, nothing made in it
+    assert!(!is_mounted(&victim));
+    let in_victim: Vec<_> = std::fs::read_dir(&victim).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(in_victim, vec![std::ffi::OsString::from("important")]);
+    assert!(!user_root.join(&first).exists(), "restart created directories in the user's mount root");
+    // 3. a root-owned one works
+    let good = work.path().join("good");
+    let out = common::snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", good.to_str().unwrap(), "--image-root", ir]);
+    let mounted = good.join(origin.strip_prefix("/").unwrap());
+    assert!(is_mounted(&mounted), "{out}");
+    common::snapckpt_ok(&["delete", &id, "--force", "--image-root", ir]);
+    assert!(!is_mounted(&mounted));
+}
+
+/// A take whose snapshots cover only some of the filesystems keeps the relinked names on the
+/// others (they are the only copy there), and says so.
+#[test]
+fn names_on_filesystems_without_a_snapshot_are_kept() {
+    let _g = common::serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let other = LoopFs::new("ext4", "128M");
+    let work = Scratch::new("partial-snapshot");
+    let (d1, d2) = (fs.path("d"), other.path("d"));
+    std::fs::create_dir_all(&d1).unwrap();
+    std::fs::create_dir_all(&d2).unwrap();
+    let log = work.path().join("log");
+    let uf = common::prog("ufiles");
+    let script = format!("'{}' setup '{}' orphan:4000 & exec '{}' setup '{}' orphan:5000", uf.display(), d2.display(), uf.display(), d1.display());
+    let out = std::fs::File::create(&log).unwrap();
+    let mut child = std::process::Command::new("sh").arg("-c").arg(&script).stdout(out).spawn().unwrap();
+    common::wait_for(|| read(&log).matches("ready").count() == 2, std::time::Duration::from_secs(20), "two workloads ready");
+    let job = work.path().join("job.toml");
+    std::fs::write(&job, format!("[[filesystem]]\nmount = \"{}\"\nsnapshot = \"btrfs\"\n", fs.mnt.display())).unwrap();
+    let images = work.path().join("images");
+    let pid = child.id().to_string();
+    let (ok, out, err) = common::snapckpt(&["take", "--pid", &pid, "--tree", "--engine", "none", "--job", job.to_str().unwrap(), "--image-root", images.to_str().unwrap()]);
+    assert!(ok, "{out}\n{err}");
+    assert!(err.contains("no snapshot of") && err.contains(other.mnt.to_str().unwrap()), "{err}");
+    let names = |m: &Path| std::fs::read_dir(m.join("lost+found/checkpoint")).map(|rd| rd.count()).unwrap_or(0);
+    assert_eq!((names(&fs.mnt), names(&other.mnt)), (0, 1), "the btrfs names go (the snapshot has them), the ext4 one stays");
+    let id = common::take_id(&out);
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(images.join(&id).join("checkpoint.json")).unwrap()).unwrap();
+    assert_eq!(rec["links_removed"], false);
+    let kids = read(format!("/proc/{pid}/task/{pid}/children"));
+    let _ = child.kill();
+    let _ = child.wait();
+    for k in kids.split_whitespace() {
+        common::kill_wait(k.parse().unwrap());
+    }
+    // restart finds both: the btrfs one in the clone, the ext4 one on the live filesystem
+    let root = work.path().join("r");
+    let out = common::snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", images.to_str().unwrap()]);
+    assert!(out.matches("preserved file").count() == 2, "{out}");
+    common::snapckpt_ok(&["delete", &id, "--force", "--image-root", images.to_str().unwrap()]);
+    assert_eq!(names(&other.mnt), 0, "delete removes the kept name");
+}
+
+/// A take that fails after its snapshot (here: publishing the record) removes the snapshot and
+/// the names, thaws the task and leaves the image root empty.
+#[test]
+fn take_failing_after_the_snapshot_undoes_it() {
+    let _g = common::serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("fail-after-snapshot");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = common::Proc::start(&common::prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:5000", "ab"], &work.path().join("log"));
+    let images = work.path().join("images");
+    let hooks = work.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(hooks.join("take-snapshotted.wait"), "").unwrap();
+    let child = std::process::Command::new(common::snapckpt_bin())
+        .args(["take", "--pid", &p.pid.to_string(), "--engine", "none", "--snapshot", "btrfs", "--image-root", images.to_str().unwrap()])
+        .env("SNAPCKPT_HOOK_DIR", &hooks)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_for(|| hooks.join("take-snapshotted.reached").exists(), std::time::Duration::from_secs(20), "snapshotted");
+    // the record cannot be written: its temporary file already exists
+    let partial = std::fs::read_dir(&images).unwrap().flatten().find(|e| e.file_name().to_string_lossy().ends_with(".partial")).unwrap().path();
+    std::fs::write(partial.join(format!(".checkpoint.json.tmp-{}", child.id())), "").unwrap();
+    std::fs::remove_file(hooks.join("take-snapshotted.wait")).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("File exists"), "{err}");
+    assert_eq!(std::fs::read_dir(fs.path(".snapckpt")).map(|rd| rd.count()).unwrap_or(0), 0, "snapshot left");
+    assert_eq!(std::fs::read_dir(fs.path("lost+found/checkpoint")).unwrap().count(), 0, "names left");
+    assert_eq!(std::fs::read_dir(&images).unwrap().count(), 0, "image root not empty");
+    let st = read(format!("/proc/{}/stat", p.pid));
+    assert!(!st.contains(") T "), "task left stopped: {st}");
+}
