@@ -1135,7 +1135,8 @@ fn hostile_job_files() {
     let big = work.path().join("big.toml");
     std::fs::write(&big, format!("name = \"{}\"\n", "x".repeat(2 << 20))).unwrap();
     let empty_root = work.path().join("empty-root.toml");
-    std::fs::write(&empty_root, "image_root = \"\"\n[tasks]\npid = 1\n").unwrap();
+    // (a pid that cannot exist: should the job load, nothing is frozen)
+    std::fs::write(&empty_root, "image_root = \"\"\n[tasks]\npid = 2147483647\n").unwrap();
     let images = work.path().join("images");
     for (job, expect) in [
         (Path::new("/dev/zero"), "/dev/zero: is a character device, not a regular file"),
