@@ -15,6 +15,10 @@ pub const RECORD_FILE: &str = "checkpoint.json";
 pub const FORMAT: &str = "snapckpt-checkpoint";
 /// Current record version. Readers refuse other versions.
 pub const VERSION: u32 = 1;
+/// Largest record [`load`] reads.
+pub const MAX_RECORD_BYTES: u64 = 256 << 20;
+/// Largest fd number a record may hold: the kernel's default `fs.nr_open` (1048576).
+pub const MAX_FD: i32 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -49,6 +53,20 @@ pub enum FileKind {
 }
 
 impl FileKind {
+    /// The name used in records (`regular`, `char-device`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            FileKind::Regular => "regular",
+            FileKind::Directory => "directory",
+            FileKind::Fifo => "fifo",
+            FileKind::Socket => "socket",
+            FileKind::CharDevice => "char-device",
+            FileKind::BlockDevice => "block-device",
+            FileKind::Symlink => "symlink",
+            FileKind::Anonymous => "anonymous",
+        }
+    }
+
     pub fn from_mode(mode: u32) -> FileKind {
         match mode & libc::S_IFMT {
             libc::S_IFREG => FileKind::Regular,
@@ -342,8 +360,10 @@ impl Checkpoint {
         }
     }
 
-    /// Check the invariants a reader relies on (indices in range, sane names), so that a
-    /// corrupt or hostile record gives an error instead of a panic or a write elsewhere.
+    /// Check the invariants a reader relies on (indices in range, sane names and numbers, mount
+    /// points that cannot lead elsewhere, names and snapshots that belong to this checkpoint), so
+    /// that a corrupt or hostile record gives an error instead of a panic, a write elsewhere or
+    /// the removal of another checkpoint's files.
     pub fn validate(&self, path: &Path) -> Result<(), ImageError> {
         let bad = |msg: String| Err(ImageError::Invalid { path: path.to_path_buf(), msg });
         if self.format != FORMAT {
@@ -355,6 +375,16 @@ impl Checkpoint {
         if !valid_id(&self.id) {
             return bad(format!("checkpoint id {:?} has characters outside [A-Za-z0-9._-]", self.id));
         }
+        let id = &self.id;
+        // The names of this checkpoint are the ones its own template makes for its own id.
+        let template = if self.objects.iter().any(|o| o.relinked.is_some()) {
+            match crate::relink::Template::parse(&self.template) {
+                Ok(t) => Some(t),
+                Err(e) => return bad(format!("template: {e}")),
+            }
+        } else {
+            None
+        };
         let n = self.objects.len();
         for (i, o) in self.objects.iter().enumerate() {
             if o.index != i {
@@ -363,12 +393,35 @@ impl Checkpoint {
             if !o.mount.mount_point.starts_with('/') {
                 return bad(format!("object {i}: mount point {:?} is not absolute", o.mount.mount_point));
             }
+            if !normalized_abs(&o.mount.mount_point) {
+                return bad(format!("object {i}: mount point {:?} is not a normalized absolute path (no '.', '..', '//' or NUL)", o.mount.mount_point));
+            }
+            let actual = FileKind::from_mode(o.mode);
+            if o.kind != actual {
+                return bad(format!("object {i}: kind is {:?} but its mode {:o} is that of a {}", o.kind.name(), o.mode, actual.name()));
+            }
+            for h in &o.holders {
+                if h.pid <= 0 {
+                    return bad(format!("object {i}: holder pid {} is not a process id (must be > 0)", h.pid));
+                }
+            }
             if let Some(r) = &o.relinked {
                 if r.name.is_empty() || r.name.contains('/') || r.name == "." || r.name == ".." || r.name.contains('\0') {
                     return bad(format!("object {i}: relinked name {:?} is not a plain file name", r.name));
                 }
                 if r.rel_path != format!("{}/{}", crate::relink::CHECKPOINT_DIR, r.name) {
                     return bad(format!("object {i}: relinked path {:?} is not under {}", r.rel_path, crate::relink::CHECKPOINT_DIR));
+                }
+                if let Some(t) = &template {
+                    match t.match_id(&r.name) {
+                        Some(m) if m == *id => {}
+                        Some(m) => {
+                            return bad(format!("object {i}: relinked name {:?} is a name of checkpoint {m}, not of this checkpoint {id}: a record may only name its own files", r.name));
+                        }
+                        None => {
+                            return bad(format!("object {i}: relinked name {:?} is not a name of checkpoint {id} (template {:?}): a record may only name its own files", r.name, self.template));
+                        }
+                    }
                 }
             }
         }
@@ -379,22 +432,66 @@ impl Checkpoint {
             }
         };
         for t in &self.tasks {
+            if t.pid <= 0 {
+                return bad(format!("task pid {} is not a process id (must be > 0)", t.pid));
+            }
+            if t.ppid < 0 {
+                return bad(format!("task {}: parent pid {} is negative", t.pid, t.ppid));
+            }
+            if let Some(tid) = t.threads.iter().find(|&&tid| tid <= 0) {
+                return bad(format!("task {}: thread id {tid} is not a thread id (must be > 0)", t.pid));
+            }
             for f in &t.fds {
                 if f.fd < 0 {
                     return bad(format!("task {}: negative fd {}", t.pid, f.fd));
                 }
+                if f.fd > MAX_FD {
+                    return bad(format!("task {}: fd {} is above {MAX_FD}, the largest fd number Linux allows by default (fs.nr_open)", t.pid, f.fd));
+                }
+                if f.pos > i64::MAX as u64 {
+                    return bad(format!("task {} fd {}: file position {} is beyond the largest file offset (2^63-1)", t.pid, f.fd, f.pos));
+                }
                 check(f.object, &format!("task {} fd {}", t.pid, f.fd))?;
             }
             for m in &t.maps {
+                if m.pgoff > i64::MAX as u64 {
+                    return bad(format!("task {} mapping {:x}: file offset {} is beyond the largest file offset (2^63-1)", t.pid, m.start, m.pgoff));
+                }
                 check(m.object, &format!("task {} mapping {:x}", t.pid, m.start))?;
             }
             for r in [&t.cwd, &t.root, &t.exe].into_iter().flatten() {
                 check(r.object, &format!("task {} {}", t.pid, r.path))?;
             }
         }
-        for s in &self.snapshots {
+        for (k, s) in self.snapshots.iter().enumerate() {
             if !s.mount_point().starts_with('/') {
                 return bad(format!("snapshot mount point {:?} is not absolute", s.mount_point()));
+            }
+            if !normalized_abs(s.mount_point()) {
+                return bad(format!("snapshot {k}: mount point {:?} is not a normalized absolute path (no '.', '..', '//' or NUL)", s.mount_point()));
+            }
+            match s {
+                Snapshot::Btrfs { path: p, fs_path, .. } => {
+                    for (field, v) in [("path", p), ("fs_path", fs_path)] {
+                        if !normalized_abs(v) {
+                            return bad(format!("snapshot {k}: {field} {v:?} is not a normalized absolute path (no '.', '..', '//' or NUL)"));
+                        }
+                        let mut comps = v.rsplit('/');
+                        let (last, owner) = (comps.next(), comps.next());
+                        let (Some(crate::snapshot::btrfs::SNAPSHOT_NAME), Some(owner)) = (last, owner) else {
+                            return bad(format!("snapshot {k}: {field} {v:?} does not end in <checkpoint id>/{}", crate::snapshot::btrfs::SNAPSHOT_NAME));
+                        };
+                        if owner != id {
+                            return bad(format!("snapshot {k}: {field} {v:?} is the snapshot of another checkpoint ({owner}), not of this checkpoint {id}: a record may only name its own snapshots"));
+                        }
+                    }
+                }
+                Snapshot::Lvm { vg, snapshot_lv, .. } => {
+                    let own = crate::snapshot::lvm::snapshot_lv_name(id);
+                    if *snapshot_lv != own {
+                        return bad(format!("snapshot {k}: snapshot_lv {vg}/{snapshot_lv} is not the snapshot LV of this checkpoint ({own}); it may be the snapshot of another checkpoint: a record may only name its own snapshots"));
+                    }
+                }
             }
         }
         Ok(())
@@ -404,6 +501,12 @@ impl Checkpoint {
     pub fn relinked(&self) -> impl Iterator<Item = (&Object, &Relinked)> {
         self.objects.iter().filter_map(|o| o.relinked.as_ref().map(|r| (o, r)))
     }
+}
+
+/// Whether `p` is a normalized absolute path: "/" or "/a/b", without empty, "." or ".."
+/// components and without NUL.
+pub fn normalized_abs(p: &str) -> bool {
+    p == "/" || (p.starts_with('/') && !p.contains('\0') && p[1..].split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
 }
 
 /// Checkpoint ids (and everything derived from them in paths) use only these characters.
@@ -449,17 +552,71 @@ pub fn write_json_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> Res
     Ok(())
 }
 
-/// Read and validate the record of an image directory.
+/// Read and validate the record of an image directory. The record must be a regular file (a
+/// symlink, FIFO or device is refused without reading it) of at most [`MAX_RECORD_BYTES`]; an
+/// image directory whose name is a generated id must hold the record of that id.
 pub fn load(dir: &Path) -> Result<Checkpoint, ImageError> {
     let p = dir.join(RECORD_FILE);
-    let meta = std::fs::metadata(&p).map_err(io(&p, "stat"))?;
-    if meta.len() > 256 << 20 {
-        return Err(ImageError::Invalid { path: p, msg: "record larger than 256 MiB".into() });
-    }
-    let data = std::fs::read(&p).map_err(io(&p, "read"))?;
+    let data = read_record(&p)?;
     let ck: Checkpoint = serde_json::from_slice(&data).map_err(|e| ImageError::Invalid { path: p.clone(), msg: e.to_string() })?;
     ck.validate(&p)?;
+    if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+        if generated_id(name) && name != ck.id {
+            return Err(ImageError::Invalid {
+                path: p,
+                msg: format!("the record is of checkpoint {}, but its image directory is named {name}: an image directory holds the record of its own id only", ck.id),
+            });
+        }
+    }
     Ok(ck)
+}
+
+/// The bytes of the record file `p`: opened without following a symlink and without blocking
+/// (a FIFO), checked to be a regular file, read up to the size limit.
+fn read_record(p: &Path) -> Result<Vec<u8>, ImageError> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let invalid = |msg: String| ImageError::Invalid { path: p.to_path_buf(), msg };
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(p);
+    let f = match f {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) && std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) => {
+            let to = std::fs::read_link(p).map(|t| format!(" to {}", t.display())).unwrap_or_default();
+            return Err(invalid(format!("it is a symbolic link{to}, not a regular file; snapckpt does not follow links to records")));
+        }
+        Err(e) => return Err(ImageError::Io { path: p.to_path_buf(), syscall: "open", source: e }),
+    };
+    let meta = f.metadata().map_err(io(p, "fstat"))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() {
+            "a character device"
+        } else if ft.is_block_device() {
+            "a block device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a plain file"
+        };
+        return Err(invalid(format!("it is {what}, not a regular file")));
+    }
+    let too_big = || invalid(format!("record larger than {} MiB", MAX_RECORD_BYTES >> 20));
+    if meta.len() > MAX_RECORD_BYTES {
+        return Err(too_big());
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_RECORD_BYTES + 1).read_to_end(&mut data).map_err(io(p, "read"))?;
+    if data.len() as u64 > MAX_RECORD_BYTES {
+        return Err(too_big());
+    }
+    Ok(data)
 }
 
 /// Image directories with their records (or why a record could not be read).
@@ -554,6 +711,175 @@ mod tests {
         // garbage refused
         std::fs::write(d.join(RECORD_FILE), b"\xff\x00garbage").unwrap();
         assert!(load(&d).is_err());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+    /// A record with one relinked object, one btrfs snapshot and one task, all of checkpoint
+    /// `ID`, that validates.
+    const ID: &str = "20261126T210000Z-abcd";
+    fn good() -> Checkpoint {
+        let mut ck = Checkpoint::new(ID, 1);
+        ck.template = crate::relink::DEFAULT_TEMPLATE.into();
+        let mount = MountRef { mnt_id: 40, mount_point: "/srv/data".into(), fs_root: "/".into(), fstype: "btrfs".into(), source: "/dev/loop0".into(), dev: 1 };
+        let name = format!("unlink-at-restart-{ID}-1");
+        ck.objects.push(Object {
+            index: 0,
+            kind: FileKind::Regular,
+            class: Unlinked::Orphan,
+            original_path: "/srv/data/a".into(),
+            dev: 1,
+            ino: 2,
+            nlink: 0,
+            size: 5,
+            mode: libc::S_IFREG | 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            allocated: 4096,
+            mount,
+            criu_key: Object::criu_key_for(40, 2),
+            holders: vec![Holder { pid: 10, what: "fd 3".into() }],
+            relinked: Some(Relinked { rel_path: format!("{}/{name}", crate::relink::CHECKPOINT_DIR), name, method: Method::Clone, ino: 3, bytes_copied: 0 }),
+        });
+        ck.tasks.push(Task {
+            pid: 10,
+            ppid: 0,
+            threads: vec![10, 11],
+            comm: "x".into(),
+            cmdline: vec![],
+            cwd: None,
+            root: None,
+            exe: None,
+            fds: vec![Fd { fd: MAX_FD, path: "/srv/data/a (deleted)".into(), kind: FileKind::Regular, flags: 2, pos: i64::MAX as u64, mnt_id: 40, dev: 1, ino: 2, nlink: 0, object: Some(0) }],
+            maps: vec![],
+        });
+        ck.snapshots.push(Snapshot::Btrfs {
+            mount_point: "/srv/data".into(),
+            device: "/dev/loop0".into(),
+            origin_subvol_id: 5,
+            origin_subvol_path: "/".into(),
+            subvol_id: 256,
+            uuid: "00000000-0000-0000-0000-000000000000".into(),
+            path: format!("/srv/data/.snapckpt/{ID}/snapshot"),
+            fs_path: format!("/.snapckpt/{ID}/snapshot"),
+            created_unix: 1,
+        });
+        ck
+    }
+
+    fn lvm(snapshot_lv: &str) -> Snapshot {
+        Snapshot::Lvm {
+            mount_point: "/srv/lv".into(),
+            fstype: "xfs".into(),
+            vg: "vg0".into(),
+            origin_lv: "data".into(),
+            origin_uuid: "u1".into(),
+            snapshot_lv: snapshot_lv.into(),
+            snapshot_uuid: "u2".into(),
+            kind: "thin".into(),
+            created_unix: 1,
+        }
+    }
+
+    #[test]
+    fn normalized_paths() {
+        for p in ["/", "/a", "/a/b.c/..d", "/srv/data"] {
+            assert!(normalized_abs(p), "{p:?}");
+        }
+        for p in ["", "a", "a/b", "//", "/a/", "/a//b", "/..", "/../victim", "/a/../b", "/a/.", "/./a", "/a\0b"] {
+            assert!(!normalized_abs(p), "{p:?}");
+        }
+    }
+
+    /// Every field a consumer acts on is refused when it is out of range, leads elsewhere, or
+    /// belongs to another checkpoint.
+    #[test]
+    fn validation_refusals() {
+        let p = Path::new("ck.json");
+        good().validate(p).unwrap();
+        let mut lv = good();
+        lv.snapshots.push(lvm(&crate::snapshot::lvm::snapshot_lv_name(ID)));
+        lv.validate(p).unwrap();
+        let mut root = good();
+        root.objects[0].mount.mount_point = "/".into();
+        root.validate(p).unwrap();
+
+        let other = "20261127T000000Z-0bad";
+        type Mutation = Box<dyn Fn(&mut Checkpoint)>;
+        let cases: Vec<(&str, Mutation, &str)> = vec![
+            ("object mount point with ..", Box::new(|c| c.objects[0].mount.mount_point = "/../victim".into()), "object 0: mount point \"/../victim\" is not a normalized absolute path"),
+            ("object mount point with //", Box::new(|c| c.objects[0].mount.mount_point = "/srv//data".into()), "not a normalized absolute path"),
+            ("object mount point with .", Box::new(|c| c.objects[0].mount.mount_point = "/srv/./data".into()), "not a normalized absolute path"),
+            ("object mount point with NUL", Box::new(|c| c.objects[0].mount.mount_point = "/srv/\0".into()), "not a normalized absolute path"),
+            ("snapshot mount point with ..", Box::new(|c| set_btrfs(c, "mount_point", "/srv/data/../../etc")), "snapshot 0: mount point \"/srv/data/../../etc\" is not a normalized"),
+            ("record id differs from the names", Box::new(move |c| c.id = other.into()), "is a name of checkpoint 20261126T210000Z-abcd, not of this checkpoint 20261127T000000Z-0bad"),
+            ("name not from the template", Box::new(|c| rename(c, "something-else")), "is not a name of checkpoint"),
+            ("template invalid", Box::new(|c| c.template = "../%t".into()), "template:"),
+            ("btrfs snapshot of another checkpoint", Box::new(move |c| {
+                set_btrfs(c, "path", &format!("/srv/data/.snapckpt/{other}/snapshot"));
+                set_btrfs(c, "fs_path", &format!("/.snapckpt/{other}/snapshot"));
+            }), "is the snapshot of another checkpoint (20261127T000000Z-0bad)"),
+            ("btrfs fs_path of another checkpoint", Box::new(move |c| set_btrfs(c, "fs_path", &format!("/.snapckpt/{other}/snapshot"))), "fs_path"),
+            ("btrfs path not a snapshot", Box::new(|c| set_btrfs(c, "path", "/srv/data/.snapckpt/x")), "does not end in <checkpoint id>/snapshot"),
+            ("btrfs path with ..", Box::new(|c| set_btrfs(c, "path", &format!("/srv/../etc/{ID}/snapshot"))), "is not a normalized absolute path"),
+            ("lvm snapshot of another checkpoint", Box::new(move |c| c.snapshots.push(lvm(&format!("snapckpt-{other}")))), "is not the snapshot LV of this checkpoint"),
+            ("pid -1", Box::new(|c| c.tasks[0].pid = -1), "task pid -1 is not a process id"),
+            ("pid 0", Box::new(|c| c.tasks[0].pid = 0), "task pid 0 is not a process id"),
+            ("ppid -1", Box::new(|c| c.tasks[0].ppid = -1), "parent pid -1"),
+            ("thread 0", Box::new(|c| c.tasks[0].threads.push(0)), "thread id 0"),
+            ("holder pid -1", Box::new(|c| c.objects[0].holders[0].pid = -1), "holder pid -1"),
+            ("fd i32::MAX", Box::new(|c| c.tasks[0].fds[0].fd = i32::MAX), "fd 2147483647 is above 1048576"),
+            ("fd MAX_FD + 1", Box::new(|c| c.tasks[0].fds[0].fd = MAX_FD + 1), "is above"),
+            ("fd negative", Box::new(|c| c.tasks[0].fds[0].fd = -1), "negative fd"),
+            ("position beyond off_t", Box::new(|c| c.tasks[0].fds[0].pos = u64::MAX), "file position"),
+            ("kind regular for a FIFO", Box::new(|c| c.objects[0].mode = libc::S_IFIFO | 0o600), "kind is \"regular\" but its mode 10600 is that of a fifo"),
+            ("kind fifo for a file", Box::new(|c| c.objects[0].kind = FileKind::Fifo), "kind is \"fifo\""),
+        ];
+        for (what, f, expect) in cases {
+            let mut c = good();
+            f(&mut c);
+            let e = c.validate(p).unwrap_err().to_string();
+            assert!(e.starts_with("ck.json: not a valid checkpoint record: ") && e.contains(expect), "{what}: {e}");
+        }
+
+        fn set_btrfs(c: &mut Checkpoint, field: &str, v: &str) {
+            let Snapshot::Btrfs { mount_point, path, fs_path, .. } = &mut c.snapshots[0] else { unreachable!() };
+            *match field {
+                "mount_point" => mount_point,
+                "path" => path,
+                _ => fs_path,
+            } = v.into();
+        }
+        fn rename(c: &mut Checkpoint, n: &str) {
+            let r = c.objects[0].relinked.as_mut().unwrap();
+            r.name = n.into();
+            r.rel_path = format!("{}/{n}", crate::relink::CHECKPOINT_DIR);
+        }
+    }
+
+    /// `load` reads a regular file only, never more than the limit, and refuses a record in a
+    /// directory named after another checkpoint.
+    #[test]
+    fn load_refuses_what_is_not_a_record() {
+        let d = std::env::temp_dir().join(format!("snapckpt-img-load-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        let t0 = std::time::Instant::now();
+        let (fifo, link, dir, good_dir, other_dir) = (d.join("fifo"), d.join("link"), d.join("dir"), d.join(ID), d.join("20261127T000000Z-0bad"));
+        for x in [&fifo, &link, &dir, &good_dir, &other_dir] {
+            std::fs::create_dir_all(x).unwrap();
+        }
+        nix::unistd::mkfifo(&fifo.join(RECORD_FILE), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", link.join(RECORD_FILE)).unwrap();
+        std::fs::create_dir(dir.join(RECORD_FILE)).unwrap();
+        for (x, expect) in [(&fifo, "it is a FIFO, not a regular file"), (&link, "it is a symbolic link to /dev/zero, not a regular file"), (&dir, "it is a directory, not a regular file")] {
+            let e = load(x).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{}: not a valid checkpoint record: ", x.join(RECORD_FILE).display())) && e.contains(expect), "{e}");
+        }
+        write_json_atomic(&good_dir, RECORD_FILE, &good()).unwrap();
+        assert_eq!(load(&good_dir).unwrap(), good());
+        write_json_atomic(&other_dir, RECORD_FILE, &good()).unwrap();
+        let e = load(&other_dir).unwrap_err().to_string();
+        assert!(e.contains("is named 20261127T000000Z-0bad"), "{e}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "took {:?}", t0.elapsed());
         std::fs::remove_dir_all(&d).unwrap();
     }
 }

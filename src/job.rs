@@ -36,6 +36,9 @@ use crate::snapshot::Backend;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// Largest job file [`Job::load`] reads.
+pub const MAX_JOB_BYTES: u64 = 1 << 20;
+
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error("read {path}: {source}")]
@@ -134,13 +137,48 @@ impl Criu {
 }
 
 impl Job {
-    /// Read and check a job file.
+    /// Read and check a job file: a regular file (or a symlink to one) of at most
+    /// [`MAX_JOB_BYTES`]. Anything else (a device, FIFO, socket, directory) is refused without
+    /// reading it, and no more than the limit is ever read.
     pub fn load(path: &Path) -> Result<Job, JobError> {
-        let meta = std::fs::metadata(path).map_err(|source| JobError::Read { path: path.into(), source })?;
-        if meta.len() > 1 << 20 {
-            return Err(JobError::Invalid { path: path.into(), msg: "larger than 1 MiB: not a job file".into() });
+        use std::io::Read;
+        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        let read_err = |source| JobError::Read { path: path.into(), source };
+        let invalid = |msg: String| JobError::Invalid { path: path.into(), msg };
+        // O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOCTTY: nor adopt a tty.
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(read_err)?;
+        let meta = f.metadata().map_err(read_err)?;
+        let ft = meta.file_type();
+        if !ft.is_file() {
+            let what = if ft.is_dir() {
+                "a directory"
+            } else if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_char_device() {
+                "a character device"
+            } else if ft.is_block_device() {
+                "a block device"
+            } else if ft.is_socket() {
+                "a socket"
+            } else {
+                "not a plain file"
+            };
+            return Err(invalid(format!("is {what}, not a regular file: give a TOML job file")));
         }
-        let text = std::fs::read_to_string(path).map_err(|source| JobError::Read { path: path.into(), source })?;
+        let too_big = || invalid(format!("larger than {} MiB: not a job file", MAX_JOB_BYTES >> 20));
+        if meta.len() > MAX_JOB_BYTES {
+            return Err(too_big());
+        }
+        let mut data = Vec::with_capacity(meta.len() as usize);
+        f.take(MAX_JOB_BYTES + 1).read_to_end(&mut data).map_err(read_err)?;
+        if data.len() as u64 > MAX_JOB_BYTES {
+            return Err(too_big());
+        }
+        let text = String::from_utf8(data).map_err(|e| invalid(format!("not UTF-8 text (invalid byte at offset {}): not a job file", e.utf8_error().valid_up_to())))?;
         Job::parse(&text, path)
     }
 
@@ -156,6 +194,9 @@ impl Job {
 
     fn check(&self, path: &Path) -> Result<(), JobError> {
         let bad = |msg: String| Err(JobError::Invalid { path: path.into(), msg });
+        if self.image_root.as_ref().is_some_and(|r| r.as_os_str().is_empty()) {
+            return bad("image_root = \"\": give the directory that holds the images (or leave image_root out for the default)".into());
+        }
         match (&self.tasks.pid, &self.tasks.cgroup) {
             (Some(_), Some(_)) => return bad("[tasks]: give pid or cgroup, not both".into()),
             (Some(p), None) if *p <= 0 => return bad(format!("[tasks] pid = {p}: must be a positive process id")),
@@ -274,10 +315,48 @@ leave_running = true
             ("[[filesystem]]\nmount = \"/a\"\nsnapshot = \"lvm\"\nlvm_size = \"lots\"\n", "not a size"),
             ("[tasks\n", "job.toml:1:"),
             ("[criu]\nleave_running = true\nleave_stopped = true\n", "exclude each other"),
+            ("image_root = \"\"\n", "image_root = \"\""),
         ] {
             let e = parse(t).unwrap_err().to_string();
             assert!(e.contains(what), "{t:?}: {e}");
         }
+    }
+
+    /// A job path that is not a regular file is refused at once, without reading it: no hang
+    /// on a FIFO, no unbounded read of /dev/zero; an oversized file is refused after at most
+    /// 1 MiB + 1 bytes.
+    #[test]
+    fn load_refuses_what_is_not_a_job_file() {
+        let d = std::env::temp_dir().join(format!("snapckpt-job-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let fifo = d.join("fifo.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let link = d.join("zero.toml");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let t0 = std::time::Instant::now();
+        for (p, what) in [
+            (Path::new("/dev/zero"), "is a character device, not a regular file"),
+            (link.as_path(), "is a character device, not a regular file"),
+            (fifo.as_path(), "is a FIFO, not a regular file"),
+            (d.as_path(), "is a directory, not a regular file"),
+        ] {
+            let e = Job::load(p).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("{}: ", p.display())) && e.contains(what), "{}: {e}", p.display());
+        }
+        let big = d.join("big.toml");
+        std::fs::write(&big, format!("name = \"{}\"\n", "x".repeat(1 << 20))).unwrap();
+        let e = Job::load(&big).unwrap_err().to_string();
+        assert!(e.contains("larger than 1 MiB"), "{e}");
+        let bin = d.join("bin.toml");
+        std::fs::write(&bin, b"name = \"\xff\"\n").unwrap();
+        let e = Job::load(&bin).unwrap_err().to_string();
+        assert!(e.contains("not UTF-8"), "{e}");
+        let ok = d.join("ok.toml");
+        std::fs::write(&ok, "[tasks]\npid = 12\n").unwrap();
+        assert_eq!(Job::load(&ok).unwrap().tasks.pid, Some(12));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10), "took {:?}", t0.elapsed());
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

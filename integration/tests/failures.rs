@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 const V2_ROOT: &str = "/sys/fs/cgroup/unified";
 const TEMPLATE: &str = "unlink-at-restart-%t-%n";
+/// A checkpoint id that is not the one of the record a hostile test starts from.
+const OTHER_ID: &str = "20261127T000000Z-0bad";
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
@@ -1103,6 +1105,58 @@ fn set(v: &mut Value, path: &str, new: Value) {
     *cur = new;
 }
 
+/// Run snapckpt with a time limit (SIGKILL after 60 s) and an address-space limit (2 GiB), so
+/// that a reader that blocks or reads without bound fails the test instead of hanging it or
+/// exhausting the host's memory. Also returns how long it took.
+fn snapckpt_bounded(args: &[&str]) -> (bool, String, String, Duration) {
+    let t0 = Instant::now();
+    let mut c = Command::new("timeout");
+    c.args(["-s", "KILL", "60"]).arg(snapckpt_bin()).args(args).stdin(Stdio::null());
+    unsafe {
+        c.pre_exec(|| {
+            let l = libc::rlimit { rlim_cur: 2 << 30, rlim_max: 2 << 30 };
+            if libc::setrlimit(libc::RLIMIT_AS, &l) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let o = c.output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned(), t0.elapsed())
+}
+
+/// Job files that are not regular files (`--job /dev/zero` read until the host ran out of
+/// memory; a FIFO blocked) or are too large: refused at once, with what the path is.
+#[test]
+fn hostile_job_files() {
+    let work = Scratch::new("failures-hostile-job");
+    let fifo = work.path().join("fifo.toml");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let big = work.path().join("big.toml");
+    std::fs::write(&big, format!("name = \"{}\"\n", "x".repeat(2 << 20))).unwrap();
+    let empty_root = work.path().join("empty-root.toml");
+    // (a pid that cannot exist: should the job load, nothing is frozen)
+    std::fs::write(&empty_root, "image_root = \"\"\n[tasks]\npid = 2147483647\n").unwrap();
+    let images = work.path().join("images");
+    for (job, expect) in [
+        (Path::new("/dev/zero"), "/dev/zero: is a character device, not a regular file"),
+        (fifo.as_path(), "fifo.toml: is a FIFO, not a regular file"),
+        (work.path(), "is a directory, not a regular file"),
+        (big.as_path(), "big.toml: larger than 1 MiB: not a job file"),
+        (empty_root.as_path(), "empty-root.toml: image_root = \"\""),
+    ] {
+        let j = job.to_str().unwrap();
+        for args in [vec!["take", "--job", j, "--dry-run"], vec!["take", "--job", j, "--image-root", images.to_str().unwrap()]] {
+            let (ok, out, err, took) = snapckpt_bounded(&args);
+            assert!(!ok, "{args:?} succeeded: {out}");
+            assert_no_panic(&err);
+            assert!(err.starts_with("snapckpt: error: ") && err.contains(expect), "{args:?}: expected {expect:?} in: {err}");
+            assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
+        }
+    }
+    assert!(!images.exists(), "a refused job created the image root");
+}
+
 /// Corrupt and hostile checkpoint records given to `restart` and `delete`: a clear error,
 /// no panic, nothing written or removed anywhere (the live names, a file outside, the record
 /// itself).
@@ -1156,6 +1210,18 @@ fn hostile_checkpoint_records() {
     mutate("wrong format", "format", "something-else".into(), "format is");
     mutate("id escapes", "id", "../../tmp/x".into(), "checkpoint id");
     mutate("relative mount point", &format!("{o}.mount.mount_point"), "mnt/../x".into(), "not absolute");
+    mutate("absolute mount point with ..", &format!("{o}.mount.mount_point"), "/../victim".into(), "mount point \"/../victim\" is not a normalized absolute path");
+    mutate("mount point with //", &format!("{o}.mount.mount_point"), format!("{}//", fs.mnt.display()).into(), "is not a normalized absolute path");
+    // a record that takes another checkpoint's files: its id differs from its objects' names
+    mutate("id differs from the objects' names", "id", OTHER_ID.into(), "not of this checkpoint 20261127T000000Z-0bad");
+    mutate("pid -1", "tasks.0.pid", (-1).into(), "task pid -1 is not a process id");
+    mutate("pid 0", "tasks.0.pid", 0.into(), "task pid 0 is not a process id");
+    mutate("ppid -1", "tasks.0.ppid", (-1).into(), "parent pid -1 is negative");
+    mutate("fd 2147483647", &format!("{f}.fd"), 2147483647.into(), "fd 2147483647 is above 1048576");
+    mutate("position beyond off_t", &format!("{f}.pos"), serde_json::json!(u64::MAX), "file position");
+    // S_IFIFO | 0600: a FIFO that the record calls a regular file (restart opened it as one)
+    mutate("kind regular for a FIFO object", &format!("{o}.mode"), (0o10600).into(), "kind is \"regular\" but its mode 10600 is that of a fifo");
+    mutate("directory kind for a file", &format!("{o}.kind"), "directory".into(), "kind is \"directory\" but its mode");
     mutate("unknown kind", &format!("{o}.kind"), "teleporter".into(), "not a valid checkpoint record");
     mutate("unknown field", "extra", 1.into(), "not a valid checkpoint record");
     let text = serde_json::to_vec_pretty(&good).unwrap();
@@ -1213,8 +1279,7 @@ fn hostile_checkpoint_records() {
     m2("inode wrong", &format!("{o}.relinked.ino"), serde_json::json!(u64::MAX), "is not the recorded object");
     let other = names.iter().find(|n| **n != good["objects"][orphan]["relinked"]["name"]).unwrap().clone();
     m2("name of another object", &format!("{o}.relinked.name"), other.clone().into(), "is not the recorded object");
-    m2("name missing", &format!("{o}.relinked.name"), "unlink-at-restart-nothing-1".into(), "No such file");
-    m2("directory kind for a file", &format!("{o}.kind"), "directory".into(), "Not a directory");
+    m2("name missing", &format!("{o}.relinked.name"), format!("unlink-at-restart-{id}-99").into(), "No such file");
     m2("mount point elsewhere", &format!("{o}.mount.mount_point"), outside.to_str().unwrap().into(), "is not the root of a mount");
     m2("exec task missing", "tasks.0.fds", serde_json::json!([]), "holds an unlinked file");
     m2("criu pid in use", "engine", serde_json::json!({"name": "criu", "version": "x", "leave_running": false, "images": []}), "is in use");
@@ -1251,14 +1316,32 @@ fn hostile_checkpoint_records() {
         serde_json::json!([{"backend": "btrfs", "mount_point": fs.mnt, "device": device, "origin_subvol_id": 5, "origin_subvol_path": "/",
             "subvol_id": 256, "uuid": "00000000-0000-0000-0000-000000000000", "path": path, "fs_path": fs_path, "created_unix": 0}])
     };
+    // (the snapshot path and fs_path name the record's own id unless the case is about that)
+    let own_path = format!("{}/.snapckpt/{id}/snapshot", fs.mnt.display());
+    let own_fs_path = format!("/.snapckpt/{id}/snapshot");
+    let lvm = |lv: &str| {
+        serde_json::json!([{"backend": "lvm", "mount_point": fs.mnt, "fstype": "ext4", "vg": "snapckpt-test-novg", "origin_lv": "data", "origin_uuid": "u1",
+            "snapshot_lv": lv, "snapshot_uuid": "u2", "kind": "thin", "created_unix": 0}])
+    };
+    let with_mount_point = |mp: &str| {
+        let mut v = snap("/dev/null", &own_path, &own_fs_path);
+        v[0]["mount_point"] = mp.into();
+        v
+    };
     let snaps = [
-        ("snapshot path not normalized", snap("/dev/null", "/etc/../etc/x/snapshot", "/.snapckpt/x/snapshot"), "normalized"),
-        ("snapshot fs_path escapes", snap("/dev/null", &format!("{}/.snapckpt/x/snapshot", fs.mnt.display()), "/../../x/snapshot"), "normalized"),
-        ("snapshot of another checkpoint", snap("/dev/null", &format!("{}/.snapckpt/x/snapshot", fs.mnt.display()), "/.snapckpt/y/snapshot"), "another checkpoint"),
-        ("snapshot device is a file", snap("/etc/passwd", &format!("{}/.snapckpt/x/snapshot", fs.mnt.display()), "/.snapckpt/x/snapshot"), "/etc/passwd"),
-        ("snapshot device with options", snap("/dev/null,subvolid=5", &format!("{}/.snapckpt/x/snapshot", fs.mnt.display()), "/.snapckpt/x/snapshot"), "absolute device path"),
+        ("snapshot path not normalized", snap("/dev/null", &format!("/etc/../etc/{id}/snapshot"), &own_fs_path), "normalized"),
+        ("snapshot fs_path escapes", snap("/dev/null", &own_path, &format!("/../../{id}/snapshot")), "normalized"),
+        ("snapshot fs_path of another checkpoint", snap("/dev/null", &own_path, "/.snapckpt/y/snapshot"), "another checkpoint"),
+        ("snapshot device is a file", snap("/etc/passwd", &own_path, &own_fs_path), "/etc/passwd"),
+        ("snapshot device with options", snap("/dev/null,subvolid=5", &own_path, &own_fs_path), "absolute device path"),
         ("snapshot uuid not a uuid", serde_json::json!([{"backend": "btrfs", "mount_point": fs.mnt, "device": "/dev/null", "origin_subvol_id": 5, "origin_subvol_path": "/",
-            "subvol_id": 256, "uuid": "x/../y", "path": format!("{}/.snapckpt/x/snapshot", fs.mnt.display()), "fs_path": "/.snapckpt/x/snapshot", "created_unix": 0}]), "not a UUID"),
+            "subvol_id": 256, "uuid": "x/../y", "path": own_path, "fs_path": own_fs_path, "created_unix": 0}]), "not a UUID"),
+        ("snapshot mount point with ..", with_mount_point("/../victim"), "mount point \"/../victim\" is not a normalized absolute path"),
+        ("snapshot mount point with . ", with_mount_point(&format!("{}/.", fs.mnt.display())), "is not a normalized absolute path"),
+        ("btrfs snapshot of another checkpoint",
+            snap("/dev/null", &format!("{}/.snapckpt/{OTHER_ID}/snapshot", fs.mnt.display()), &format!("/.snapckpt/{OTHER_ID}/snapshot")),
+            "is the snapshot of another checkpoint (20261127T000000Z-0bad), not of this checkpoint"),
+        ("LVM snapshot of another checkpoint", lvm(&format!("snapckpt-{OTHER_ID}")), "is not the snapshot LV of this checkpoint"),
     ];
     for (i, (what, snapshots, expect)) in snaps.into_iter().enumerate() {
         let mut r = good.clone();
@@ -1285,6 +1368,69 @@ fn hostile_checkpoint_records() {
         }
         std::fs::remove_dir_all(&hdir).unwrap();
     }
+
+    // A record file that is not a regular file: refused at once, without reading it (a FIFO
+    // blocked the reader, a symlink to /dev/zero was read until memory ran out).
+    let ir = images.to_str().unwrap();
+    let fifo_dir = images.join("fifo-record");
+    std::fs::create_dir_all(&fifo_dir).unwrap();
+    nix::unistd::mkfifo(&fifo_dir.join("checkpoint.json"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let zero_dir = images.join("zero-record");
+    std::fs::create_dir_all(&zero_dir).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", zero_dir.join("checkpoint.json")).unwrap();
+    let dir_dir = images.join("dir-record");
+    std::fs::create_dir_all(dir_dir.join("checkpoint.json")).unwrap();
+    for (hid, expect) in [
+        ("fifo-record", "not a valid checkpoint record: it is a FIFO, not a regular file"),
+        ("zero-record", "not a valid checkpoint record: it is a symbolic link to /dev/zero, not a regular file"),
+        ("dir-record", "not a valid checkpoint record: it is a directory, not a regular file"),
+    ] {
+        let rec = images.join(hid).join("checkpoint.json");
+        let kind = std::fs::symlink_metadata(&rec).unwrap().file_type();
+        for args in [
+            vec!["restart", hid, "--image-root", ir, "--exec", ufiles.to_str().unwrap(), "report"],
+            vec!["restart", hid, "--image-root", ir],
+            vec!["delete", hid, "--image-root", ir],
+            vec!["delete", hid, "--image-root", ir, "--force"],
+        ] {
+            let (ok, out, err, took) = snapckpt_bounded(&args);
+            assert!(!ok, "{hid}: {args:?} succeeded: {out}");
+            assert_no_panic(&err);
+            assert!(err.starts_with(&format!("snapckpt: error: {}: ", rec.display())) && err.contains(expect), "{hid}: {args:?}: expected {expect:?} in: {err}");
+            assert!(took < Duration::from_secs(10), "{hid}: {args:?} took {took:?}");
+            assert!(!out.contains("FD "), "{hid}: the command ran: {out}");
+            check_untouched(hid);
+            assert_eq!(std::fs::symlink_metadata(&rec).unwrap().file_type(), kind, "{hid}: the record was changed");
+        }
+        let (ok, out, err, took) = snapckpt_bounded(&["list", "--image-root", ir]);
+        assert!(ok && took < Duration::from_secs(10), "{hid}: list failed ({took:?}): {err}");
+        assert!(out.contains(&format!("{hid}  (unreadable: ")) && out.contains(&id), "{hid}: {out}");
+        std::fs::remove_dir_all(images.join(hid)).unwrap();
+    }
+
+    // The record of this checkpoint in the image directory of another id: restart and delete
+    // refuse it (it would consume or remove this checkpoint's names); `delete --force` removes
+    // only that directory.
+    let misnamed = images.join(OTHER_ID);
+    std::fs::create_dir_all(&misnamed).unwrap();
+    std::fs::copy(images.join(&id).join("checkpoint.json"), misnamed.join("checkpoint.json")).unwrap();
+    for args in [
+        vec!["restart", OTHER_ID, "--image-root", ir, "--exec", ufiles.to_str().unwrap(), "report"],
+        vec!["restart", OTHER_ID, "--image-root", ir],
+        vec!["delete", OTHER_ID, "--image-root", ir],
+    ] {
+        let (ok, out, err) = snapckpt(&args);
+        assert!(!ok, "misnamed image directory: {args:?} succeeded: {out}");
+        assert_no_panic(&err);
+        let expect = format!("the record is of checkpoint {id}, but its image directory is named {OTHER_ID}");
+        assert!(err.starts_with("snapckpt: error: ") && err.contains(&expect), "{args:?}: expected {expect:?} in: {err}");
+        assert!(!out.contains("FD "), "misnamed image directory: the command ran: {out}");
+        check_untouched("misnamed image directory");
+    }
+    let (ok, out, err) = snapckpt(&["delete", OTHER_ID, "--image-root", ir, "--force"]);
+    assert!(ok && out.contains("deleted image directory"), "{out}\n{err}");
+    check_untouched("misnamed image directory, delete --force");
+    assert!(!misnamed.exists() && images.join(&id).join("checkpoint.json").exists());
 
     // the real checkpoint is intact and restarts
     drop(p);
