@@ -127,13 +127,21 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
                 let work = image_dir.to_path_buf();
                 criu::restore(&criu::RestoreRequest { criu, image_dir: image_dir.into(), inherit, work_dir: work })?;
                 out.pids = ck.tasks.iter().map(|t| t.pid).collect();
-                hooks::point("restart-restored");
-                unlink_all(&opened)?;
                 if ck.freezer == "sigstop" {
-                    // dumped while stopped by snapckpt: CRIU brings them back stopped
+                    // dumped while stopped by snapckpt: CRIU brings them back stopped; first
+                    // thing, before anything else can fail
                     for &p in out.pids.iter().filter(|&&p| p > 0) {
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGCONT);
                     }
+                }
+                hooks::point("restart-restored");
+                if let Err(e) = unlink_all(&opened) {
+                    // The tasks run: their clones must stay. Say so rather than undo.
+                    out.mounts.clear();
+                    return Err(RestartError::Refused(format!(
+                        "the tasks were restored (pids {:?}) and run, but the relinked names could not all be removed: {e}; remove them by hand (the restored tasks then see unlinked files)",
+                        out.pids
+                    )));
                 }
             }
             (Engine::None, Some(cmd)) => {

@@ -115,6 +115,18 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
     // Asked before freezing: recorded in the image.
     let mut criu_version = String::new();
     if let EngineOpts::Criu { path, .. } = &opts.engine {
+        // CRIU dumps the whole tree under its root: a --pid selection without --tree whose
+        // process has children would dump (and kill) tasks snapckpt neither froze nor scanned.
+        if let tasks::Selection::Pid { pid, tree: false } = &opts.selection {
+            let kids = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|rd| rd.flatten().any(|t| std::fs::read_to_string(t.path().join("children")).is_ok_and(|c| !c.trim().is_empty())))
+                .unwrap_or(false);
+            if kids {
+                return Err(TakeError::Refused(format!(
+                    "pid {pid} has child processes and CRIU dumps a whole process tree: add --tree (or select its cgroup); nothing was changed"
+                )));
+            }
+        }
         criu_root(&pids)?;
         if !opts.dry_run {
             criu_version = criu::version_string(path);
@@ -410,8 +422,18 @@ impl Partial {
         Some(to)
     }
 
-    /// Write the record and rename the directory into place.
+    /// Write the record and rename the directory into place. Every file of the image (CRIU's
+    /// too) is on disk before: tasks are killed right after this, and a crash then must not
+    /// leave a record whose process image is empty.
     fn publish(mut self, ck: &Checkpoint) -> Result<PathBuf, TakeError> {
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    let p = e.path();
+                    std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|source| TakeError::Io { path: p.clone(), syscall: "fsync", source })?;
+                }
+            }
+        }
         image::write_json_atomic(&self.dir, image::RECORD_FILE, ck)?;
         let _ = std::fs::remove_file(self.dir.join(".lock"));
         let fin = self.root.join(&self.id);

@@ -1461,7 +1461,9 @@ pub fn watchdog_main(args: &[String]) -> i32 {
 
     // A process engine (CRIU) may still hold the tasks under ptrace; when it lets them go it
     // puts back the frozen state it found. Thaw after that, not before.
-    wait_untraced(&method, &procs, Duration::from_secs(10));
+    // With snapckpt gone, CRIU learns it only when it next talks to it (at the end of a dump
+    // that may take minutes for a large task): wait for it as long as it holds the tasks.
+    wait_untraced(&method, &procs, Duration::from_secs(24 * 3600));
     let mut result = Ok(());
     for attempt in 0..5 {
         result = start_thaw(&method, &procs, true);
@@ -1503,13 +1505,20 @@ fn wait_untraced(method: &FreezeMethod, procs: &[Proc], max: Duration) {
         FreezeMethod::Sigstop(_) => procs.iter().map(|p| p.pid).collect(),
         FreezeMethod::CgroupV2(cg) | FreezeMethod::CgroupV1(cg) => cgroup_procs(cg).unwrap_or_default(),
     };
-    let traced = |pid: i32| {
-        fs::read_to_string(format!("/proc/{pid}/status"))
-            .map(|s| s.lines().any(|l| l.starts_with("TracerPid:") && l.split_whitespace().nth(1) != Some("0")))
-            .unwrap_or(false)
+    // Only a CRIU tracer matters: it puts back the frozen state it found when it lets go. A
+    // debugger or strace attached to a task does not (and may hold on for ever).
+    let held_by_criu = |pid: i32| {
+        let tracer = fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("TracerPid:").map(|v| v.trim().to_string())))
+            .and_then(|v| v.parse::<i32>().ok())
+            .unwrap_or(0);
+        // its comm may be the dynamic loader's (CRIU run through its own ld.so): look at argv
+        tracer > 0
+            && fs::read(format!("/proc/{tracer}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).take(8).any(|a| a == b"criu" || a.ends_with(b"/criu")))
     };
     let t = Instant::now();
-    while t.elapsed() < max && pids.iter().any(|&p| traced(p)) {
+    while t.elapsed() < max && pids.iter().any(|&p| held_by_criu(p)) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }

@@ -410,3 +410,24 @@ fn criu_leave_stopped() {
         delete_forced(&s, &id);
     }
 }
+
+/// CRIU dumps a whole process tree: `--pid P` (without `--tree`) of a process with children is
+/// refused before anything is frozen; with `--tree` it works.
+#[test]
+fn criu_pid_with_children_needs_tree() {
+    let _g = serial();
+    let s = setup("1G");
+    let log = s.work.path().join("tree.log");
+    let script = format!("sleep 1000 & exec '{}' setup '{}' orphan:1000", prog("ufiles").display(), s.dir.display());
+    let p = Proc::start_setsid(Path::new("/bin/sh"), &["-c", &script], &log);
+    let pid = p.pid.to_string();
+    let ir = s.images.to_str().unwrap();
+    let (ok, _, err) = snapckpt(&["take", "--pid", &pid, "--engine", "criu", "--image-root", ir]);
+    assert!(!ok && err.contains("add --tree") && err.contains("nothing was changed"), "{err}");
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert!(!st.contains(") T "), "left stopped: {st}");
+    let out = snapckpt_ok(&["take", "--pid", &pid, "--tree", "--engine", "criu", "--image-root", ir]);
+    let id = take_id(&out);
+    wait_gone(p.pid);
+    delete_forced(&s, &id);
+}

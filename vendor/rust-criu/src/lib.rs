@@ -198,6 +198,10 @@ impl Criu {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
+        // snapckpt patch: criu in its own process group, so that a ^C or a SIGTERM to the
+        // caller's group does not kill it in the middle of a dump (with its parasite still in
+        // the tasks); it learns of the caller's death from its socket instead.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
 
         // Caller passes fds opened without CLOEXEC; the child (criu swrk) inherits them. We use those fd numbers in the RPC (crun-style).
         let mut criu = cmd.spawn().map_err(|e| CriuError::Spawn {
