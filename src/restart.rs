@@ -31,6 +31,8 @@ pub enum RestartError {
     Snapshot(#[from] snapshot::SnapshotError),
     #[error(transparent)]
     Criu(#[from] criu::CriuError),
+    #[error(transparent)]
+    Tasks(#[from] crate::tasks::TaskError),
     #[error("{path}: is not the recorded object {original}: {why}")]
     Mismatch { path: PathBuf, original: String, why: String },
     #[error("{syscall} {path}: {source}")]
@@ -125,8 +127,12 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
                 let criu = criu::find(opts.criu.as_deref())?;
                 let inherit: Vec<(RawFd, String)> = opened.iter().map(|o| (o.fd.as_raw_fd(), o.obj.criu_key.clone())).collect();
                 let work = image_dir.to_path_buf();
+                // Restored stopped (taken with SIGSTOP): continued below, or by this
+                // watchdog if snapckpt dies before.
+                let _guard = if ck.freezer == "sigstop" { Some(crate::tasks::ContinueGuard::arm(&ck.tasks.iter().map(|t| t.pid).collect::<Vec<_>>())?) } else { None };
                 criu::restore(&criu::RestoreRequest { criu, image_dir: image_dir.into(), inherit, work_dir: work })?;
                 out.pids = ck.tasks.iter().map(|t| t.pid).collect();
+                hooks::point("restart-restored");
                 if ck.freezer == "sigstop" {
                     // dumped while stopped by snapckpt: CRIU brings them back stopped; first
                     // thing, before anything else can fail
@@ -134,7 +140,6 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
                         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGCONT);
                     }
                 }
-                hooks::point("restart-restored");
                 if let Err(e) = unlink_all(&opened) {
                     // The tasks run: their clones must stay. Say so rather than undo.
                     out.mounts.clear();

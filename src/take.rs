@@ -217,6 +217,10 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
                 };
                 let dumped = criu::dump(&req, &mut || {
                     // post-dump: the tasks are still frozen; the natural moment to snapshot.
+                    // CRIU may have let go of the tasks already: the watchdog must wait for it.
+                    for c in tasks::Frozen::criu_children() {
+                        frozen.note_engine(c);
+                    }
                     hooks::point("take-post-dump");
                     let ts = Instant::now();
                     let r = take_snapshots(&specs, &id, &mut snaps);

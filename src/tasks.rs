@@ -1093,6 +1093,31 @@ impl Frozen {
         &self.method
     }
 
+    /// Tell the watchdog about a process engine (CRIU) working on the tasks: if snapckpt dies,
+    /// the watchdog thaws only after that process has ended (CRIU puts back the frozen state it
+    /// found when it gives up). Best effort.
+    pub fn note_engine(&self, pid: i32) {
+        if let Some(w) = &self.watchdog {
+            if let Some(mut stdin) = w.stdin.as_ref() {
+                let _ = stdin.write_all(format!("E{pid}\n").as_bytes());
+            }
+        }
+    }
+
+    /// The CRIU processes that are children of this process (for [`Frozen::note_engine`]).
+    pub fn criu_children() -> Vec<i32> {
+        let me = std::process::id();
+        let mut out = vec![];
+        if let Ok(rd) = fs::read_dir(format!("/proc/{me}/task")) {
+            for t in rd.flatten() {
+                if let Ok(c) = fs::read_to_string(t.path().join("children")) {
+                    out.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|&p| is_criu(p)));
+                }
+            }
+        }
+        out
+    }
+
     /// Time since freezing started.
     pub fn frozen_for(&self) -> Duration {
         self.since.elapsed()
@@ -1245,10 +1270,14 @@ struct Watchdog {
 impl Watchdog {
     /// Start the watchdog for `method` and wait until it is armed.
     fn spawn(method: &FreezeMethod) -> Result<Watchdog, TaskError> {
+        Watchdog::spawn_args(&method.watchdog_args())
+    }
+
+    fn spawn_args(args: &[String]) -> Result<Watchdog, TaskError> {
         let exe = watchdog_exe();
         let mut child = Command::new(&exe)
             .arg(WATCHDOG_ARG)
-            .args(method.watchdog_args())
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1404,6 +1433,11 @@ fn read_ready(mut out: ChildStdout) -> Result<(), String> {
 /// disarmed (byte `D` on stdin) or after a successful thaw (end of file on stdin), 1 if
 /// the thaw failed, 2 for bad arguments. See the module documentation.
 pub fn watchdog_main(args: &[String]) -> i32 {
+    // `sigstop-later PID...` (restart): the tasks do not exist yet; they are pinned when
+    // the parent goes away, and continued.
+    let later = args.first().is_some_and(|a| a == LATER_ARG);
+    let args: Vec<String> = if later { std::iter::once("sigstop".to_string()).chain(args[1..].iter().cloned()).collect() } else { args.to_vec() };
+    let args = &args[..];
     let method = match FreezeMethod::from_watchdog_args(args) {
         Ok(m) => m,
         Err(e) => {
@@ -1448,10 +1482,24 @@ pub fn watchdog_main(args: &[String]) -> i32 {
 
     let mut stdin = io::stdin().lock();
     let mut byte = [0u8; 1];
+    // `E<pid>\n`: a process engine (CRIU) working on the tasks; waited for before thawing.
+    let mut engines: Vec<i32> = vec![];
+    let mut num: Option<String> = None;
     loop {
         match stdin.read(&mut byte) {
             Ok(0) => break,
             Ok(_) if byte[0] == b'D' => return 0,
+            Ok(_) if byte[0] == b'E' => num = Some(String::new()),
+            Ok(_) if byte[0] == b'\n' => {
+                if let Some(p) = num.take().and_then(|n| n.parse::<i32>().ok()).filter(|&p| p > 0) {
+                    engines.push(p);
+                }
+            }
+            Ok(_) if byte[0].is_ascii_digit() => {
+                if let Some(n) = num.as_mut() {
+                    n.push(byte[0] as char);
+                }
+            }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // Anything else: fail safe, thaw.
@@ -1463,7 +1511,15 @@ pub fn watchdog_main(args: &[String]) -> i32 {
     // puts back the frozen state it found. Thaw after that, not before.
     // With snapckpt gone, CRIU learns it only when it next talks to it (at the end of a dump
     // that may take minutes for a large task): wait for it as long as it holds the tasks.
+    let procs: Vec<Proc> = match (&method, later) {
+        (FreezeMethod::Sigstop(pids), true) => pids.iter().filter_map(|&p| Proc::open(p).ok().flatten()).collect(),
+        _ => procs,
+    };
     wait_untraced(&method, &procs, Duration::from_secs(24 * 3600));
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(24 * 3600) && engines.iter().any(|&p| is_live_criu(p)) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let mut result = Ok(());
     for attempt in 0..5 {
         result = start_thaw(&method, &procs, true);
@@ -1490,6 +1546,33 @@ pub fn watchdog_main(args: &[String]) -> i32 {
     }
 }
 
+const LATER_ARG: &str = "sigstop-later";
+
+/// Restart of a checkpoint taken with SIGSTOP: CRIU restores the tasks stopped, and the
+/// restart continues them. This guard is a watchdog that continues them (SIGCONT to the
+/// recorded pids, once CRIU has let them go) if snapckpt dies before it could. Dropping the
+/// guard disarms it.
+pub struct ContinueGuard(Option<Watchdog>);
+
+impl ContinueGuard {
+    pub fn arm(pids: &[i32]) -> Result<ContinueGuard, TaskError> {
+        let mut args = vec![LATER_ARG.to_string()];
+        args.extend(pids.iter().filter(|&&p| p > 0).map(i32::to_string));
+        if args.len() == 1 {
+            return Ok(ContinueGuard(None));
+        }
+        Watchdog::spawn_args(&args).map(|w| ContinueGuard(Some(w)))
+    }
+}
+
+impl Drop for ContinueGuard {
+    fn drop(&mut self) {
+        if let Some(w) = self.0.take() {
+            let _ = w.disarm();
+        }
+    }
+}
+
 /// Write a line to stderr, ignoring failure (`eprintln!` would panic on a closed stderr).
 fn log(msg: &str) {
     let _ = writeln!(io::stderr(), "{msg}");
@@ -1499,6 +1582,20 @@ fn log(msg: &str) {
 // Unit tests
 // ---------------------------------------------------------------------------------------
 
+/// Whether `pid` is a CRIU process: its executable, or a file it maps (CRIU run through its
+/// own ld.so has the loader as exe and comm, and CRIU rewrites its argv), is named `criu`.
+fn is_criu(pid: i32) -> bool {
+    let named_criu = |p: &str| p.rsplit('/').next() == Some("criu");
+    if fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| named_criu(&e.to_string_lossy())) {
+        return true;
+    }
+    fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(5).is_some_and(named_criu)))
+}
+
+fn is_live_criu(pid: i32) -> bool {
+    is_criu(pid) && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| ProcStat::parse(&s).is_some_and(|st| st.state != 'Z' && st.state != 'X'))
+}
+
 /// Wait (at most `max`) until no task of the selection is traced (TracerPid 0).
 fn wait_untraced(method: &FreezeMethod, procs: &[Proc], max: Duration) {
     let pids: Vec<i32> = match method {
@@ -1507,18 +1604,27 @@ fn wait_untraced(method: &FreezeMethod, procs: &[Proc], max: Duration) {
     };
     // Only a CRIU tracer matters: it puts back the frozen state it found when it lets go. A
     // debugger or strace attached to a task does not (and may hold on for ever).
-    let held_by_criu = |pid: i32| {
-        let tracer = fs::read_to_string(format!("/proc/{pid}/status"))
+    let criu_tracer = |pid: i32| {
+        fs::read_to_string(format!("/proc/{pid}/status"))
             .ok()
             .and_then(|s| s.lines().find_map(|l| l.strip_prefix("TracerPid:").map(|v| v.trim().to_string())))
             .and_then(|v| v.parse::<i32>().ok())
-            .unwrap_or(0);
-        // its comm may be the dynamic loader's (CRIU run through its own ld.so): look at argv
-        tracer > 0
-            && fs::read(format!("/proc/{tracer}/cmdline")).is_ok_and(|c| c.split(|&b| b == 0).take(8).any(|a| a == b"criu" || a.ends_with(b"/criu")))
+            .filter(|&t| t > 0 && is_criu(t))
     };
+    // After it lets the tasks go, CRIU puts back the frozen state it found: wait for the CRIU
+    // process itself to end, not only for the tasks to be untraced.
+    let mut tracers: Vec<i32> = vec![];
     let t = Instant::now();
-    while t.elapsed() < max && pids.iter().any(|&p| held_by_criu(p)) {
+    while t.elapsed() < max {
+        let now: Vec<i32> = pids.iter().filter_map(|&p| criu_tracer(p)).collect();
+        for c in &now {
+            if !tracers.contains(c) {
+                tracers.push(*c);
+            }
+        }
+        if now.is_empty() && !tracers.iter().any(|&c| is_live_criu(c)) {
+            return;
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }

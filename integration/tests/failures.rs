@@ -874,6 +874,40 @@ fn restart_killed_criu() {
     eprintln!("NOTE: {findings:#?}");
 }
 
+/// A checkpoint taken with SIGSTOP comes back stopped from CRIU and the restart continues it:
+/// a restart killed right after CRIU restored the task must not leave it stopped (a watchdog
+/// continues it).
+#[test]
+fn restart_killed_after_the_restore_continues_the_tasks() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "1G");
+    let _unstack = Unstack(fs.mnt.clone());
+    let work = Scratch::new("failures-restart-restored");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = work.path().join("ufiles.log");
+    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000"], &log, true, None);
+    let pid = p.pid;
+    let images = work.path().join("images");
+    let id = take_id(&snapckpt_ok(&["take", "--pid", &pid.to_string(), "--image-root", images.to_str().unwrap(), "--engine", "criu", "--snapshot", "btrfs"]));
+    wait_gone(pid);
+    drop(p);
+    let hooks = work.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(hooks.join("restart-restored.wait"), "").unwrap();
+    let root = work.path().join("r");
+    let args: Vec<String> = ["restart", &id, "--image-root", images.to_str().unwrap(), "--snapshot", "--mount-root", root.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+    let mut run = Running::spawn(&args, &hooks, work.path());
+    run.wait_point(&hooks, "restart-restored");
+    let _k = KillOnDrop(vec![pid]);
+    assert!(alive(pid), "CRIU did not restore the task");
+    let (helpers, finished, out, err) = run.kill();
+    assert!(finished.is_none(), "restart ended early: {out}\n{err}");
+    assert_helpers_exit(&helpers, "restart killed after the restore");
+    assert_not_frozen(pid, None, "restart killed after the restore");
+    snapckpt_ok(&["delete", &id, "--force", "--image-root", images.to_str().unwrap()]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Failing filesystems, snapshots and CRIU
 // ---------------------------------------------------------------------------------------------
