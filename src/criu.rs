@@ -20,8 +20,11 @@ use std::process::Command;
 pub enum CriuError {
     #[error("no CRIU found (looked at {looked}); install it with scripts/install-criu.sh or pass --criu PATH")]
     NotFound { looked: String },
-    #[error("criu {op} failed: {msg}\n{log_tail}see the whole log: {log}")]
+    #[error("criu {op} failed: {msg}\n{log_tail}see the whole log: {}", log.display())]
     Failed { op: &'static str, msg: String, log: PathBuf, log_tail: String },
+    /// CRIU failed before it wrote its log (or it is not CRIU at all).
+    #[error("criu {op} failed: {msg}\nCRIU wrote no log (is {} really CRIU? `{} --version` said {version}); try `snapckpt check --criu {}`", criu.display(), criu.display(), criu.display())]
+    NoLog { op: &'static str, msg: String, criu: PathBuf, version: String },
     #[error("run {path}: {source}")]
     Spawn { path: PathBuf, source: std::io::Error },
     #[error("{syscall} {path}: {source}")]
@@ -126,7 +129,7 @@ fn open_dir(dir: &Path) -> Result<OwnedFd, CriuError> {
 /// if it fails, CRIU aborts the dump and the tasks resume.
 pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>) -> Result<(), CriuError> {
     let dirfd = open_dir(&req.image_dir)?;
-    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string()).map_err(|e| failed("dump", e, &req.image_dir, DUMP_LOG))?;
+    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string()).map_err(|e| failed("dump", e, &req.criu, &req.image_dir, DUMP_LOG))?;
     c.set_pid(req.pid);
     c.set_images_dir_fd(dirfd.as_raw_fd());
     c.set_log_level(4);
@@ -150,7 +153,7 @@ pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>
     POST_DUMP.with(|p| *p.borrow_mut() = Some(ptr));
     let r = c.dump();
     POST_DUMP.with(|p| *p.borrow_mut() = None);
-    r.map_err(|e| failed("dump", e, &req.image_dir, DUMP_LOG))?;
+    r.map_err(|e| failed("dump", e, &req.criu, &req.image_dir, DUMP_LOG))?;
     Ok(())
 }
 
@@ -168,7 +171,17 @@ pub struct RestoreRequest {
 pub fn restore(req: &RestoreRequest) -> Result<(), CriuError> {
     let dirfd = open_dir(&req.image_dir)?;
     let workfd = open_dir(&req.work_dir)?;
-    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string()).map_err(|e| failed("restore", e, &req.work_dir, RESTORE_LOG))?;
+    // The log of an earlier restart must not pass for this one's.
+    let old_log = req.work_dir.join(RESTORE_LOG);
+    if old_log.symlink_metadata().is_ok() {
+        match std::fs::remove_file(&old_log) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(CriuError::Io { path: old_log, syscall: "unlink", source: e });
+            }
+            _ => {}
+        }
+    }
+    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string()).map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))?;
     c.set_images_dir_fd(dirfd.as_raw_fd());
     c.set_work_dir_fd(workfd.as_raw_fd());
     c.set_log_level(4);
@@ -179,13 +192,26 @@ pub fn restore(req: &RestoreRequest) -> Result<(), CriuError> {
     c.set_manage_cgroups(false);
     for (fd, key) in &req.inherit {
         crate::sys::clear_cloexec(*fd).map_err(|source| CriuError::Io { path: PathBuf::from(format!("fd {fd}")), syscall: "fcntl", source })?;
-        c.add_inherit_fd(*fd, key.clone()).map_err(|e| failed("restore", e, &req.work_dir, RESTORE_LOG))?;
+        c.add_inherit_fd(*fd, key.clone()).map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))?;
     }
-    c.restore().map_err(|e| failed("restore", e, &req.work_dir, RESTORE_LOG))
+    c.restore().map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))
 }
 
-fn failed(op: &'static str, e: rust_criu::CriuError, dir: &Path, log: &str) -> CriuError {
+fn failed(op: &'static str, e: rust_criu::CriuError, criu: &Path, dir: &Path, log: &str) -> CriuError {
     let log = dir.join(log);
+    if !log.is_file() {
+        let version = match Command::new(criu).arg("--version").output() {
+            Ok(o) => {
+                let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+                match text.lines().map(str::trim).find(|l| !l.is_empty()) {
+                    Some(l) => format!("{l:?}"),
+                    None => format!("nothing ({})", o.status),
+                }
+            }
+            Err(e) => format!("nothing: {e}"),
+        };
+        return CriuError::NoLog { op, msg: e.to_string(), criu: criu.into(), version };
+    }
     CriuError::Failed { op, msg: e.to_string(), log_tail: log_tail(&log), log }
 }
 
@@ -204,4 +230,50 @@ pub fn image_files(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("snapckpt-criu-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A program that is not CRIU writes no log: the error says so and names no log file.
+    #[test]
+    fn not_criu_names_no_log() {
+        let dir = scratch("dump");
+        let req = DumpRequest {
+            criu: "/bin/true".into(),
+            pid: std::process::id() as i32,
+            image_dir: dir.clone(),
+            externals: vec![],
+            freeze_cgroup: None,
+            leave_running: true,
+        };
+        let e = dump(&req, &mut || Ok(())).unwrap_err();
+        let s = e.to_string();
+        assert!(matches!(e, CriuError::NoLog { .. }), "{s}");
+        assert!(s.contains("CRIU wrote no log (is /bin/true really CRIU?"), "{s}");
+        assert!(!s.contains(DUMP_LOG), "{s}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The log of an earlier restore is removed first: a failed restore never shows it.
+    #[test]
+    fn restore_removes_a_stale_log() {
+        let dir = scratch("restore");
+        std::fs::write(dir.join(RESTORE_LOG), "(00.1) Error (criu/util.c:1): an old failure\n").unwrap();
+        let req = RestoreRequest { criu: "/bin/true".into(), image_dir: dir.clone(), inherit: vec![], work_dir: dir.clone() };
+        let e = restore(&req).unwrap_err();
+        let s = e.to_string();
+        assert!(matches!(e, CriuError::NoLog { .. }), "{s}");
+        assert!(!s.contains("an old failure") && !s.contains(RESTORE_LOG), "{s}");
+        assert!(!dir.join(RESTORE_LOG).exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -8,6 +8,7 @@ use snapckpt::relink::{self, Template};
 use snapckpt::snapshot::{Backend, FsSpec};
 use snapckpt::tasks::Selection;
 use snapckpt::{cleanup, criu, restart, scan, take};
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -22,6 +23,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Freeze tasks, relink their unlinked files, snapshot, dump, thaw; write an image.
+    ///
+    /// The tasks are selected by --pid, --cgroup, or a job file (--job) with a [tasks] section.
     Take(TakeArgs),
     /// Restart a checkpoint (by id or image directory).
     Restart(RestartArgs),
@@ -39,27 +42,32 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Select {
-    /// Process to checkpoint.
+    /// Select this process (a thread id selects its process).
     #[arg(long, conflicts_with = "cgroup")]
     pid: Option<i32>,
-    /// With --pid: include all descendants.
-    #[arg(long, requires = "pid")]
+    /// With a pid (--pid, or a job file's): include all its descendants.
+    #[arg(long, conflicts_with = "cgroup")]
     tree: bool,
-    /// A cgroup (v1 freezer hierarchy or v2): every task in it and below.
+    /// Select a cgroup (v1 freezer hierarchy or v2): every task in it and below.
     #[arg(long)]
     cgroup: Option<PathBuf>,
 }
 
 #[derive(Copy, Clone, ValueEnum)]
 enum BackendArg {
+    /// A read-only btrfs snapshot of the subvolume.
     Btrfs,
+    /// An LVM snapshot of the logical volume.
     Lvm,
+    /// No snapshot (overrides the job's [[filesystem]] snapshots).
     None,
 }
 
 #[derive(Copy, Clone, ValueEnum)]
 enum EngineArg {
+    /// Relink (and snapshot) the files only; the tasks keep running.
     None,
+    /// Also dump the processes with CRIU.
     Criu,
 }
 
@@ -70,16 +78,18 @@ struct TakeArgs {
     /// TOML job file (flags given here override it).
     #[arg(long)]
     job: Option<PathBuf>,
-    /// Where image directories go.
+    /// Where image directories go (default: the job's image_root, env SNAPCKPT_IMAGE_ROOT,
+    /// /var/lib/snapckpt/images).
     #[arg(long)]
     image_root: Option<PathBuf>,
     /// Relinked name template (%t checkpoint id, %n counter, XXXXXX random).
     #[arg(long)]
     template: Option<String>,
-    /// Give up freezing after this many milliseconds.
-    #[arg(long)]
+    /// Give up freezing after this many milliseconds (at least 1; default 10000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     freeze_timeout: Option<u64>,
-    /// Snapshot every filesystem that holds relinked files with this backend.
+    /// Snapshot every filesystem that holds relinked files with this backend; `none` takes
+    /// no snapshot, not even those of the job's [[filesystem]] entries.
     #[arg(long, value_enum)]
     snapshot: Option<BackendArg>,
     /// Keep the relinked names on the live filesystems after the snapshot.
@@ -88,7 +98,8 @@ struct TakeArgs {
     /// Process engine: none (files only) or criu.
     #[arg(long, value_enum)]
     engine: Option<EngineArg>,
-    /// CRIU binary.
+    /// CRIU binary (default: the job's [criu] path, env SNAPCKPT_CRIU,
+    /// /opt/snapckpt/criu/bin/criu, PATH).
     #[arg(long)]
     criu: Option<PathBuf>,
     /// With CRIU: leave the tasks running after the dump (default: they are killed, as by CRIU).
@@ -101,7 +112,7 @@ struct TakeArgs {
     /// Say what would be done; change nothing (tasks are frozen briefly for a consistent scan).
     #[arg(long)]
     dry_run: bool,
-    /// Print the record as JSON.
+    /// Print the record (with --dry-run: the plan) as JSON.
     #[arg(long)]
     json: bool,
 }
@@ -113,25 +124,34 @@ struct RestartArgs {
     /// Restore from the checkpoint's snapshots (a writable clone of each is mounted).
     #[arg(long)]
     snapshot: bool,
-    /// Mount the clones under this directory instead of over the original mount points.
-    #[arg(long)]
+    /// With --snapshot: mount the clones under this directory instead of over the original
+    /// mount points.
+    #[arg(long, requires = "snapshot")]
     mount_root: Option<PathBuf>,
+    /// Where to look for the checkpoint id (default: env SNAPCKPT_IMAGE_ROOT,
+    /// /var/lib/snapckpt/images).
     #[arg(long)]
     image_root: Option<PathBuf>,
+    /// CRIU binary, for checkpoints taken with --engine criu.
     #[arg(long)]
     criu: Option<PathBuf>,
-    /// Files-only checkpoints: whose fds --exec gets (default: the first task holding one).
-    #[arg(long)]
+    /// With --exec: whose fds the command gets (default: the first task holding one).
+    #[arg(long, requires = "exec")]
     exec_task: Option<i32>,
-    /// Files-only checkpoints: run CMD holding the files at their recorded fds, flags, offsets.
+    /// Files-only checkpoints: run CMD holding the files at their recorded fds, flags and
+    /// offsets; snapckpt exits with its status. Must come last: everything after it is the
+    /// command and its arguments.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
     exec: Option<Vec<String>>,
 }
 
 #[derive(Args)]
 struct ListArgs {
+    /// The image root to list (default: env SNAPCKPT_IMAGE_ROOT, /var/lib/snapckpt/images).
     #[arg(long)]
     image_root: Option<PathBuf>,
+    /// Print a JSON array of the records; an image whose record cannot be read is an object
+    /// with its id, path and error.
     #[arg(long)]
     json: bool,
 }
@@ -140,6 +160,8 @@ struct ListArgs {
 struct DeleteArgs {
     /// Checkpoint id or image directory.
     id: String,
+    /// Where to look for the checkpoint id (default: env SNAPCKPT_IMAGE_ROOT,
+    /// /var/lib/snapckpt/images).
     #[arg(long)]
     image_root: Option<PathBuf>,
     /// Unmount restart clones that are still mounted; remove an image directory whose record
@@ -150,22 +172,26 @@ struct DeleteArgs {
 
 #[derive(Args)]
 struct GcArgs {
-    /// Mount points to look under (lost+found/checkpoint of each). Default: every mount
-    /// named by a checkpoint in the image root.
-    #[arg(long = "mount")]
+    /// Mount points to look under (lost+found/checkpoint and snapshots of each; repeatable).
+    /// Default: every mount named by a checkpoint in the image root.
+    #[arg(long = "mount", value_name = "MOUNTPOINT")]
     mounts: Vec<PathBuf>,
+    /// The image root whose failed takes are collected (default: env SNAPCKPT_IMAGE_ROOT,
+    /// /var/lib/snapckpt/images).
     #[arg(long)]
     image_root: Option<PathBuf>,
+    /// The template the relinked names were made with (default: unlink-at-restart-%t-%n).
     #[arg(long)]
     template: Option<String>,
     /// Remove the names and snapshots of these checkpoint ids (and nothing else).
-    #[arg(long = "id", conflicts_with = "all")]
+    #[arg(long = "id", value_name = "ID", conflicts_with = "all")]
     ids: Vec<String>,
     /// Remove the names and snapshots of every checkpoint id without an image in this image
     /// root. By default only those of takes that failed or died in it are removed: ids with no
     /// trace there may belong to another image root.
     #[arg(long)]
     all: bool,
+    /// Say what would be removed; remove nothing.
     #[arg(long)]
     dry_run: bool,
 }
@@ -175,27 +201,37 @@ struct ScanArgs {
     #[command(flatten)]
     sel: Select,
     /// Every process on the system (like `lsof +L1`).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["pid", "tree", "cgroup", "freeze"])]
     all: bool,
     /// Freeze the tasks while scanning (not with --all).
     #[arg(long)]
     freeze: bool,
+    /// Print the tasks and objects as JSON.
     #[arg(long)]
     json: bool,
 }
 
 #[derive(Args)]
 struct CheckArgs {
+    /// CRIU binary to check (default: env SNAPCKPT_CRIU, /opt/snapckpt/criu/bin/criu, PATH).
     #[arg(long)]
     criu: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("__watchdog") {
-        return ExitCode::from(snapckpt::tasks::watchdog_main(&args[2..]) as u8);
+    // Output to a closed pipe (`snapckpt scan --json | head`) ends the process quietly, as
+    // for other tools, instead of a panic in println!. See `EpipeWhileWorking` for the work.
+    // SAFETY: restoring the default disposition runs no handler code.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).map(|a| a.as_os_str()) == Some(OsStr::new(snapckpt::tasks::WATCHDOG_ARG)) {
+        let Some(rest) = args[2..].iter().map(|a| a.to_str().map(str::to_string)).collect::<Option<Vec<String>>>() else {
+            eprintln!("snapckpt {}: arguments are not valid UTF-8", snapckpt::tasks::WATCHDOG_ARG);
+            return ExitCode::from(2);
+        };
+        return ExitCode::from(snapckpt::tasks::watchdog_main(&rest) as u8);
     }
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(args);
     let r = match cli.cmd {
         Cmd::Take(a) => cmd_take(a),
         Cmd::Restart(a) => cmd_restart(a),
@@ -216,13 +252,51 @@ fn main() -> ExitCode {
 
 type Res = Result<ExitCode, Box<dyn std::error::Error>>;
 
-fn image_root(flag: Option<PathBuf>, job: Option<&Job>) -> PathBuf {
-    flag.or_else(|| job.and_then(|j| j.image_root.clone()))
-        .or_else(|| std::env::var_os("SNAPCKPT_IMAGE_ROOT").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(take::DEFAULT_IMAGE_ROOT))
+/// While alive, a write to a pipe or socket whose reader has gone fails with EPIPE instead of
+/// killing snapckpt with SIGPIPE: the thaw watchdog's pipe and CRIU's RPC socket are written
+/// while tasks are frozen, and their errors must be reported (and cleaned up after), not end
+/// the process. Dropped before the result is printed.
+struct EpipeWhileWorking;
+
+impl EpipeWhileWorking {
+    fn new() -> EpipeWhileWorking {
+        // SAFETY: SIG_IGN has no handler code.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        EpipeWhileWorking
+    }
 }
 
-fn selection(s: &Select, job: Option<&Job>) -> Result<Selection, String> {
+impl Drop for EpipeWhileWorking {
+    fn drop(&mut self) {
+        // SAFETY: as in main.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+}
+
+/// The image root: the flag, the job's `image_root`, env `SNAPCKPT_IMAGE_ROOT`, the default.
+/// An empty one (which would put images in the current directory) and one that is not a
+/// directory are refused.
+fn image_root(flag: Option<PathBuf>, job: Option<&Job>) -> Result<PathBuf, String> {
+    let (root, from) = if let Some(f) = flag {
+        (f, "--image-root")
+    } else if let Some(r) = job.and_then(|j| j.image_root.clone()) {
+        (r, "the job's image_root")
+    } else if let Some(e) = std::env::var_os("SNAPCKPT_IMAGE_ROOT") {
+        (PathBuf::from(e), "env SNAPCKPT_IMAGE_ROOT")
+    } else {
+        (PathBuf::from(take::DEFAULT_IMAGE_ROOT), "the default image root")
+    };
+    if root.as_os_str().is_empty() {
+        return Err(format!("the image root is empty ({from} is set to \"\"): give a directory with --image-root DIR, or unset it for {}", take::DEFAULT_IMAGE_ROOT));
+    }
+    match std::fs::metadata(&root) {
+        Ok(m) if !m.is_dir() => Err(format!("image root {} ({from}) exists and is not a directory", root.display())),
+        _ => Ok(root),
+    }
+}
+
+/// The tasks: --pid/--cgroup, else the job's [tasks]. `usage` is the hint when there are none.
+fn selection(s: &Select, job: Option<&Job>, usage: &str) -> Result<Selection, String> {
     if let Some(pid) = s.pid {
         return Ok(Selection::Pid { pid, tree: s.tree });
     }
@@ -231,24 +305,31 @@ fn selection(s: &Select, job: Option<&Job>) -> Result<Selection, String> {
     }
     if let Some(j) = job {
         if let Some(pid) = j.tasks.pid {
-            return Ok(Selection::Pid { pid, tree: j.tasks.tree });
+            return Ok(Selection::Pid { pid, tree: s.tree || j.tasks.tree });
         }
         if let Some(c) = &j.tasks.cgroup {
+            if s.tree {
+                return Err(format!("--tree goes with a pid, but the job selects cgroup {} (a cgroup includes its whole subtree)", c.display()));
+            }
             return Ok(Selection::Cgroup(c.clone()));
         }
     }
-    Err("no tasks selected: give --pid PID [--tree], --cgroup PATH, or a job file with [tasks]".into())
+    if s.tree {
+        return Err(format!("--tree needs a pid: {usage}"));
+    }
+    Err(format!("no tasks selected: {usage}"))
 }
 
 fn cmd_take(a: TakeArgs) -> Res {
     let job = a.job.as_deref().map(Job::load).transpose()?;
     let j = job.as_ref();
-    let sel = selection(&a.sel, j)?;
+    let sel = selection(&a.sel, j, "give --pid PID [--tree], --cgroup PATH, or --job FILE with a [tasks] section")?;
     let tpl = a.template.clone().or_else(|| j.and_then(|j| j.relink.template.clone())).unwrap_or_else(|| relink::DEFAULT_TEMPLATE.into());
     let template = Template::parse(&tpl)?;
-    let filesystems: Vec<FsSpec> = j
-        .map(|j| j.filesystem.iter().map(|f| FsSpec { mount_point: f.mount.clone(), backend: f.snapshot, snapshot_dir: f.snapshot_dir.clone(), lvm_size: f.lvm_size.clone() }).collect())
-        .unwrap_or_default();
+    let filesystems: Vec<FsSpec> = match (a.snapshot, j) {
+        (Some(BackendArg::None), _) | (_, None) => vec![],
+        (_, Some(j)) => j.filesystem.iter().map(|f| FsSpec { mount_point: f.mount.clone(), backend: f.snapshot, snapshot_dir: f.snapshot_dir.clone(), lvm_size: f.lvm_size.clone() }).collect(),
+    };
     let auto_snapshot = match a.snapshot {
         Some(BackendArg::Btrfs) => Some(Backend::Btrfs),
         Some(BackendArg::Lvm) => Some(Backend::Lvm),
@@ -259,6 +340,11 @@ fn cmd_take(a: TakeArgs) -> Res {
         Some(EngineArg::None) => EngineKind::None,
         None => j.and_then(|j| j.criu.engine).unwrap_or_default(),
     };
+    if engine_kind == EngineKind::None && (a.leave_running || a.leave_stopped) {
+        let flag = if a.leave_running { "--leave-running" } else { "--leave-stopped" };
+        return Err(format!("{flag} applies to the CRIU engine (give --engine criu); without CRIU the tasks always go on running after the take").into());
+    }
+    let image_root = image_root(a.image_root, j)?;
     let engine = match engine_kind {
         EngineKind::None => take::EngineOpts::None,
         EngineKind::Criu => {
@@ -275,7 +361,7 @@ fn cmd_take(a: TakeArgs) -> Res {
     };
     let opts = take::TakeOptions {
         selection: sel,
-        image_root: image_root(a.image_root, j),
+        image_root,
         template,
         freeze_timeout: Duration::from_millis(a.freeze_timeout.or(j.and_then(|j| j.freeze.timeout_ms)).unwrap_or(10_000)),
         filesystems,
@@ -286,16 +372,43 @@ fn cmd_take(a: TakeArgs) -> Res {
         dry_run: a.dry_run,
         progress: !a.json,
     };
-    match take::take(&opts)? {
+    let working = EpipeWhileWorking::new();
+    let outcome = take::take(&opts)?;
+    drop(working);
+    match outcome {
         take::Outcome::DryRun(p) => {
+            let how = |o: &image::Object| match (o.nlink, o.kind) {
+                (_, image::FileKind::Directory) | (0, image::FileKind::Fifo | image::FileKind::CharDevice | image::FileKind::BlockDevice | image::FileKind::Socket) => "recreate",
+                (0, _) => "link if O_TMPFILE, else clone or copy",
+                _ => "hard link",
+            };
+            if a.json {
+                let objects: Vec<serde_json::Value> = p
+                    .scan
+                    .objects
+                    .iter()
+                    .map(|o| {
+                        let mut v = serde_json::to_value(o).unwrap_or_default();
+                        v["would"] = how(o).into();
+                        v["into"] = format!("{}/{}", o.mount.mount_point.trim_end_matches('/'), relink::CHECKPOINT_DIR).into();
+                        v
+                    })
+                    .collect();
+                let snapshots: Vec<serde_json::Value> = p.snapshots.iter().map(|s| serde_json::json!({ "mount_point": s.mount_point, "backend": s.backend })).collect();
+                let plan = serde_json::json!({
+                    "dry_run": true,
+                    "freezer": p.freezer,
+                    "pids": p.pids,
+                    "tasks": p.scan.tasks,
+                    "objects": objects,
+                    "snapshots": snapshots,
+                });
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("dry run: would freeze {} task(s) with {}: {:?}", p.pids.len(), p.freezer, p.pids);
             for o in &p.scan.objects {
-                let how = match (o.nlink, o.kind) {
-                    (_, image::FileKind::Directory) | (0, image::FileKind::Fifo | image::FileKind::CharDevice | image::FileKind::BlockDevice | image::FileKind::Socket) => "recreate",
-                    (0, _) => "link if O_TMPFILE, else clone or copy",
-                    _ => "hard link",
-                };
-                println!("  would relink {} ({:?}, {} bytes) into {}/{}: {how}", o.original_path, o.class, o.size, o.mount.mount_point.trim_end_matches('/'), relink::CHECKPOINT_DIR);
+                println!("  would relink {} ({:?}, {} bytes) into {}/{}: {}", o.original_path, o.class, o.size, o.mount.mount_point.trim_end_matches('/'), relink::CHECKPOINT_DIR, how(o));
             }
             for s in &p.snapshots {
                 println!("  would snapshot {} with {:?}", s.mount_point.display(), s.backend);
@@ -337,11 +450,21 @@ fn cmd_take(a: TakeArgs) -> Res {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The image root for a checkpoint given as `id_or_path`; a path (with a `/`) needs none.
+fn root_for(flag: Option<PathBuf>, id_or_path: &str) -> Result<PathBuf, String> {
+    if id_or_path.contains('/') {
+        return Ok(flag.unwrap_or_default());
+    }
+    image_root(flag, None)
+}
+
 fn cmd_restart(a: RestartArgs) -> Res {
-    let root = image_root(a.image_root, None);
+    let root = root_for(a.image_root, &a.id)?;
     let dir = image::resolve(&root, &a.id)?;
     let opts = restart::RestartOptions { snapshot: a.snapshot, mount_root: a.mount_root, exec: a.exec, exec_task: a.exec_task, criu: a.criu };
+    let working = EpipeWhileWorking::new();
     let r = restart::restart(&dir, &opts)?;
+    drop(working);
     for m in &r.mounts {
         println!("mounted {} at {}", m.description, m.target.display());
     }
@@ -358,10 +481,20 @@ fn cmd_restart(a: RestartArgs) -> Res {
 }
 
 fn cmd_list(a: ListArgs) -> Res {
-    let root = image_root(a.image_root, None);
+    let root = image_root(a.image_root, None)?;
     let all = image::list(&root)?;
     if a.json {
-        let v: Vec<_> = all.iter().filter_map(|(_, r)| r.as_ref().ok()).collect();
+        let mut v = Vec::with_capacity(all.len());
+        for (p, r) in &all {
+            v.push(match r {
+                Ok(ck) => serde_json::to_value(ck)?,
+                Err(e) => serde_json::json!({
+                    "id": p.file_name().map(|n| n.to_string_lossy().into_owned()),
+                    "path": p,
+                    "error": e.to_string(),
+                }),
+            });
+        }
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -396,7 +529,8 @@ fn cmd_list(a: ListArgs) -> Res {
 }
 
 fn cmd_delete(a: DeleteArgs) -> Res {
-    let root = image_root(a.image_root, None);
+    let root = root_for(a.image_root, &a.id)?;
+    let _working = EpipeWhileWorking::new();
     let dir = image::resolve(&root, &a.id)?;
     if let Err(e) = image::load(&dir) {
         if !a.force {
@@ -413,8 +547,11 @@ fn cmd_delete(a: DeleteArgs) -> Res {
 }
 
 fn cmd_gc(a: GcArgs) -> Res {
-    let root = image_root(a.image_root, None);
+    let root = image_root(a.image_root, None)?;
     let template = Template::parse(a.template.as_deref().unwrap_or(relink::DEFAULT_TEMPLATE))?;
+    if let Some(bad) = a.ids.iter().find(|i| !image::valid_id(i)) {
+        return Err(format!("--id {bad:?} is not a checkpoint id (like 20260101T000000Z-abcd)").into());
+    }
     let mut mounts = a.mounts.clone();
     if mounts.is_empty() {
         for (_, r) in image::list(&root)? {
@@ -427,10 +564,8 @@ fn cmd_gc(a: GcArgs) -> Res {
                 }
             }
         }
-        if mounts.is_empty() {
-            return Err("no mounts to look under: give --mount MOUNTPOINT".into());
-        }
     }
+    let _working = EpipeWhileWorking::new();
     let scope = if a.all {
         cleanup::GcScope::AllWithoutImage
     } else if !a.ids.is_empty() {
@@ -439,6 +574,7 @@ fn cmd_gc(a: GcArgs) -> Res {
         cleanup::GcScope::Failed
     };
     let rep = cleanup::gc(&mounts, &root, &template, &scope, a.dry_run)?;
+    drop(_working);
     let verb = if a.dry_run { "would remove" } else { "removed" };
     for (id, names) in &rep.stale {
         for (m, n) in names {
@@ -467,14 +603,30 @@ fn cmd_gc(a: GcArgs) -> Res {
         rep.stale_snapshots.len(),
         rep.kept
     );
+    for id in &a.ids {
+        if !rep.stale.contains_key(id) && !rep.stale_snapshots.iter().any(|(i, _)| i == id) {
+            println!("--id {id}: no relinked name or snapshot of it under the mounts searched");
+        }
+    }
+    if mounts.is_empty() {
+        println!(
+            "no mount searched: none was given with --mount and no checkpoint in {} names one, so relinked names and snapshots were not looked for; `snapckpt gc --mount MOUNTPOINT` looks under a mount",
+            root.display()
+        );
+        let ids: Vec<&str> = rep.partial_dirs.iter().filter_map(|p| p.file_name()?.to_str()?.strip_prefix('.')?.rsplit_once('.').map(|(id, _)| id)).collect();
+        if !ids.is_empty() && !a.dry_run {
+            println!("names and snapshots those failed takes left are now found only by id: `snapckpt gc --mount MOUNTPOINT --id ID` (ID: {})", ids.join(", "));
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_scan(a: ScanArgs) -> Res {
+    let working = EpipeWhileWorking::new();
     let sc = if a.all {
         scan::scan_lenient(&scan::all_pids())
     } else {
-        let sel = selection(&a.sel, None)?;
+        let sel = selection(&a.sel, None, "give --pid PID [--tree], --cgroup PATH, or --all")?;
         let pids = snapckpt::tasks::resolve(&sel)?;
         if a.freeze {
             let m = snapckpt::tasks::FreezeMethod::for_selection(&sel, &pids)?;
@@ -486,6 +638,7 @@ fn cmd_scan(a: ScanArgs) -> Res {
             scan::scan(&pids)?
         }
     };
+    drop(working);
     if a.json {
         #[derive(serde::Serialize)]
         struct Out<'a> {
@@ -517,37 +670,60 @@ fn cmd_scan(a: ScanArgs) -> Res {
 
 fn cmd_check(a: CheckArgs) -> Res {
     let mut bad = 0;
-    let mut line = |ok: bool, what: &str, detail: String| {
-        println!("[{}] {what}: {detail}", if ok { " ok " } else { "FAIL" });
-        if !ok {
+    let mut line = |st: St, what: &str, detail: String| {
+        let mark = match st {
+            St::Ok => " ok ",
+            St::Warn => "warn",
+            St::Fail => "FAIL",
+        };
+        println!("[{mark}] {what}: {detail}");
+        if st == St::Fail {
             bad += 1;
         }
     };
     let root = nix::unistd::geteuid().is_root();
-    line(root, "running as root", if root { "yes".into() } else { "no: take/restart need root".into() });
+    line(St::ok_or(root, St::Fail), "running as root", if root { "yes".into() } else { "no: take/restart need root".into() });
     let uname = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
-    line(true, "kernel", uname);
+    line(St::Ok, "kernel", uname);
     let o2 = snapckpt::sys::openat2(libc::AT_FDCWD, "/", libc::O_PATH, 0, snapckpt::sys::RESOLVE_NO_SYMLINKS).is_ok();
-    line(o2, "openat2 with RESOLVE_*", if o2 { "available".into() } else { "missing (needs Linux 5.6+)".into() });
+    line(St::ok_or(o2, St::Fail), "openat2 with RESOLVE_*", if o2 { "available".into() } else { "missing (needs Linux 5.6+)".into() });
     let v2 = ["/sys/fs/cgroup/cgroup.freeze", "/sys/fs/cgroup/unified"].iter().any(|p| Path::new(p).exists()) || Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let v1 = Path::new("/sys/fs/cgroup/freezer/freezer.state").exists() || Path::new("/sys/fs/cgroup/freezer").exists();
-    line(v1 || v2, "cgroup freezer", format!("v2 {}, v1 {} (SIGSTOP is used for --pid without a cgroup)", if v2 { "present" } else { "absent" }, if v1 { "present" } else { "absent" }));
+    line(St::ok_or(v1 || v2, St::Fail), "cgroup freezer", format!("v2 {}, v1 {} (SIGSTOP is used for --pid without a cgroup)", if v2 { "present" } else { "absent" }, if v1 { "present" } else { "absent" }));
     let fss = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
     for fs in ["btrfs", "xfs", "ext4"] {
         let have = fss.lines().any(|l| l.split_whitespace().last() == Some(fs));
-        line(true, &format!("filesystem {fs}"), if have { "supported by the kernel".into() } else { "not loaded (modprobe it)".into() });
+        line(St::ok_or(have, St::Warn), &format!("filesystem {fs}"), if have { "supported by the kernel".into() } else { "not loaded (modprobe it)".into() });
     }
     let dm = Path::new("/dev/mapper/control").exists() && std::fs::read_to_string("/proc/misc").map(|m| m.contains("device-mapper")).unwrap_or(false);
     let lvm = which("lvm");
-    line(true, "LVM snapshots", format!("lvm {}, device-mapper {}", if lvm { "found" } else { "not found" }, if dm { "present" } else { "absent (LVM snapshots cannot work on this kernel)" }));
+    line(St::ok_or(lvm && dm, St::Warn), "LVM snapshots", format!("lvm {}, device-mapper {}", if lvm { "found" } else { "not found" }, if dm { "present" } else { "absent (LVM snapshots cannot work on this kernel)" }));
     match criu::find(a.criu.as_deref()) {
         Ok(p) => match criu::check(&p) {
-            Ok((v, ok, out)) => line(ok, "CRIU", format!("{} ({v}): criu check: {}", p.display(), out.lines().last().unwrap_or(""))),
-            Err(e) => line(false, "CRIU", e.to_string()),
+            Ok((v, ok, out)) => line(St::ok_or(ok, St::Fail), "CRIU", format!("{} ({v}): criu check: {}", p.display(), out.lines().last().unwrap_or(""))),
+            Err(e) => line(St::Fail, "CRIU", e.to_string()),
         },
-        Err(e) => line(false, "CRIU", e.to_string()),
+        Err(e) => line(St::Fail, "CRIU", e.to_string()),
     }
     Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The verdict of one `check` line: `[warn]` reports a problem that only some uses meet.
+#[derive(Clone, Copy, PartialEq)]
+enum St {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl St {
+    fn ok_or(ok: bool, otherwise: St) -> St {
+        if ok {
+            St::Ok
+        } else {
+            otherwise
+        }
+    }
 }
 
 /// The name serde gives an enum value (the same word as in the JSON record).

@@ -22,8 +22,10 @@ const DELETED: &str = " (deleted)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    #[error("task {pid} exited during the scan ({path}: {source}); nothing was changed, run the take again")]
+    #[error("task {pid} exited during the scan ({path}: {source}); nothing was changed, run it again")]
     TaskExited { pid: i32, path: PathBuf, source: io::Error },
+    #[error("cannot inspect pid {pid}: {syscall} {path}: {source} (snapckpt needs root and ptrace access to the task)")]
+    Access { pid: i32, path: PathBuf, syscall: &'static str, source: io::Error },
     #[error("{syscall} {path}: {source}")]
     Io { path: PathBuf, syscall: &'static str, source: io::Error },
     #[error("{path}: cannot parse: {msg}")]
@@ -55,7 +57,23 @@ pub fn all_pids() -> Vec<i32> {
     v
 }
 
-/// Scan the given tasks.
+/// What a failed read of a task's `/proc` entry means: the task exited (ENOENT, ESRCH, or
+/// it is gone or a zombie now: a zombie's entries fail with other errors, e.g. EINVAL), the
+/// caller may not look (EACCES, EPERM), or something else.
+fn proc_error(pid: i32, path: PathBuf, syscall: &'static str, source: io::Error) -> ScanError {
+    let exited = matches!(source.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH))
+        || matches!(crate::tasks::zombie(pid), Ok(None) | Ok(Some(Some(_))));
+    if exited {
+        ScanError::TaskExited { pid, path, source }
+    } else if matches!(source.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) {
+        ScanError::Access { pid, path, syscall, source }
+    } else {
+        ScanError::Io { path, syscall, source }
+    }
+}
+
+/// Scan the given tasks. They must be alive: [`crate::tasks::resolve`] leaves zombies out,
+/// and a task that has become one since has exited ([`ScanError::TaskExited`]).
 pub fn scan(pids: &[i32]) -> Result<Scan, ScanError> {
     let mut s = Scanner::default();
     for &pid in pids {
@@ -104,15 +122,19 @@ struct Found<'a> {
 impl Scanner {
     fn task(&mut self, pid: i32) -> Result<(), ScanError> {
         let base = PathBuf::from(format!("/proc/{pid}"));
-        let gone = |path: PathBuf| move |source: io::Error| ScanError::TaskExited { pid, path, source };
+        let gone = |path: PathBuf, syscall: &'static str| move |source: io::Error| proc_error(pid, path, syscall, source);
         let stat_path = base.join("stat");
-        let stat = sys::read_proc(&stat_path).map_err(gone(stat_path.clone()))?;
+        let stat = sys::read_proc(&stat_path).map_err(gone(stat_path.clone(), "read"))?;
         let (comm, ppid) = parse_stat(&stat).ok_or_else(|| ScanError::Parse { path: stat_path.clone(), msg: "no comm/ppid".into() })?;
+        if matches!(crate::tasks::zombie(pid), Ok(Some(Some(_))) | Ok(None)) {
+            let source = io::Error::other("it is a zombie now");
+            return Err(ScanError::TaskExited { pid, path: stat_path, source });
+        }
         let cmdline = std::fs::read(base.join("cmdline"))
             .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(sys::lossy).collect())
             .unwrap_or_default();
         let mut threads: Vec<i32> = std::fs::read_dir(base.join("task"))
-            .map_err(gone(base.join("task")))?
+            .map_err(gone(base.join("task"), "opendir"))?
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect();
@@ -120,7 +142,7 @@ impl Scanner {
 
         let mounts = self.mounts(pid)?;
         let root_path = base.join("root");
-        let root = sys::open(&root_path, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(gone(root_path.clone()))?;
+        let root = sys::open(&root_path, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(gone(root_path.clone(), "open"))?;
 
         let mut task = Task { pid, ppid, threads, comm, cmdline, cwd: None, root: None, exe: None, fds: vec![], maps: vec![] };
 
@@ -143,7 +165,7 @@ impl Scanner {
         // fds
         let fd_dir = base.join("fd");
         let mut fds: Vec<i32> = std::fs::read_dir(&fd_dir)
-            .map_err(gone(fd_dir.clone()))?
+            .map_err(gone(fd_dir.clone(), "opendir"))?
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse().ok())
             .collect();
@@ -178,7 +200,7 @@ impl Scanner {
 
         // file mappings
         let maps_path = base.join("maps");
-        let maps = sys::read_proc(&maps_path).map_err(gone(maps_path.clone()))?;
+        let maps = sys::read_proc(&maps_path).map_err(gone(maps_path.clone(), "read"))?;
         let mut seen = std::collections::HashSet::new();
         for line in maps.lines() {
             let Some(m) = parse_maps_line(line) else { continue };
@@ -209,7 +231,7 @@ impl Scanner {
             return Ok(m.clone());
         }
         let p = PathBuf::from(format!("/proc/{pid}/mountinfo"));
-        let text = sys::read_proc(&p).map_err(|source| ScanError::TaskExited { pid, path: p.clone(), source })?;
+        let text = sys::read_proc(&p).map_err(|source| proc_error(pid, p.clone(), "read", source))?;
         let m = parse_mountinfo(&text);
         self.mountinfo.insert(key, m.clone());
         Ok(m)

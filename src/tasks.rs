@@ -104,10 +104,9 @@ pub enum TaskError {
     EmptySelection(String),
     /// Some tasks did not freeze in time; everything has been thawed again.
     #[error(
-        "tasks did not freeze within {waited:?} and were thawed again; not frozen: {}. \
-         Tasks in uninterruptible sleep (state D, e.g. blocked on NFS, FUSE or a vfork child) \
-         cannot be frozen until they wake up: retry later or with a longer freeze timeout",
-        stuck.join(", ")
+        "tasks did not freeze within {waited:?} and were thawed again; not frozen: {}. {}",
+        stuck.join(", "),
+        freeze_timeout_advice(stuck)
     )]
     FreezeTimeout {
         waited: Duration,
@@ -142,10 +141,38 @@ pub enum TaskError {
     CannotFreeze { path: PathBuf, reason: String },
     /// The selection contains this very process: freezing it would deadlock.
     #[error(
-        "{0} contains snapckpt itself (pid {1}); run snapckpt from outside the process tree \
-         or cgroup it freezes"
+        "the tasks to freeze ({0}) include snapckpt itself (pid {1}); run snapckpt from outside \
+         the process tree or cgroup it freezes"
     )]
     FreezesSelf(String, i32),
+    /// The cgroup directory does not exist.
+    #[error(
+        "cgroup {} does not exist: check the path, or create the cgroup and move the tasks \
+         into it (e.g. /sys/fs/cgroup/unified/NAME or /sys/fs/cgroup/freezer/NAME)",
+        .0.display()
+    )]
+    NoSuchCgroup(PathBuf),
+    /// The selected process has exited and waits to be reaped: there is nothing to checkpoint.
+    #[error(
+        "pid {pid} is a zombie (state Z): it has exited and its parent (pid {ppid}, {parent}) \
+         has not reaped it; there is nothing left to checkpoint"
+    )]
+    Zombie { pid: i32, ppid: i32, parent: String },
+    /// The selection contains a task that can never be frozen or checkpointed (init, a
+    /// kernel thread).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// The advice after [`TaskError::FreezeTimeout`]: the one about uninterruptible sleep only
+/// when a task that did not freeze is in state D.
+fn freeze_timeout_advice(stuck: &[String]) -> &'static str {
+    if stuck.iter().any(|s| s.contains(" state D")) {
+        "Tasks in uninterruptible sleep (state D, e.g. blocked on NFS, FUSE or a vfork child) \
+         cannot be frozen until they wake up: retry later or with a longer freeze timeout"
+    } else {
+        "Retry, or give a longer freeze timeout (--freeze-timeout MS, or [freeze] timeout_ms)"
+    }
 }
 
 fn io_hint(e: &io::Error) -> &'static str {
@@ -362,6 +389,11 @@ impl fmt::Display for Selection {
 ///   (except the root: [`TaskError::NoSuchTask`]).
 /// * `Cgroup`: `cgroup.procs` of the cgroup and all descendant cgroups, v1 or v2, ordered
 ///   so that a parent process comes before its children.
+///
+/// Zombies (processes that have exited but are not reaped yet) hold nothing and are left
+/// out; a selected pid that is itself a zombie is [`TaskError::Zombie`]. Init (pid 1) and
+/// kernel threads can never be frozen or checkpointed: a selection that contains one is
+/// refused ([`TaskError::Unsupported`]) before anything is touched.
 pub fn resolve(sel: &Selection) -> Result<Vec<i32>, TaskError> {
     let pids = match sel {
         Selection::Pid { pid, tree } => {
@@ -369,21 +401,115 @@ pub fn resolve(sel: &Selection) -> Result<Vec<i32>, TaskError> {
                 Some(t) => t,
                 None => return Err(TaskError::NoSuchTask(*pid)),
             };
+            match zombie(root)? {
+                None => return Err(TaskError::NoSuchTask(*pid)),
+                Some(Some(st)) => {
+                    let parent = ProcStat::read(Path::new(&format!("/proc/{}/stat", st.ppid)))
+                        .ok()
+                        .flatten()
+                        .map(|p| p.comm)
+                        .unwrap_or_else(|| "?".into());
+                    return Err(TaskError::Zombie { pid: root, ppid: st.ppid, parent });
+                }
+                Some(None) => {}
+            }
+            check_supported(root, sel)?;
             if *tree {
-                process_tree(root)?
+                drop_zombies(process_tree(root)?)?
             } else {
                 vec![root]
             }
         }
         Selection::Cgroup(path) => {
             cgroup_version(path)?;
-            order_parents_first(cgroup_procs(path)?)?
+            let pids = drop_zombies(order_parents_first(cgroup_procs(path)?)?)?;
+            for &p in &pids {
+                check_supported(p, sel)?;
+            }
+            pids
         }
     };
     if pids.is_empty() {
         return Err(TaskError::EmptySelection(sel.describe()));
     }
     Ok(pids)
+}
+
+/// The kernel's `PF_KTHREAD` in the flags of `/proc/PID/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+/// Refuse init and kernel threads: neither stops for `SIGSTOP` nor can be dumped.
+fn check_supported(pid: i32, sel: &Selection) -> Result<(), TaskError> {
+    let path = PathBuf::from(format!("/proc/{pid}/stat"));
+    let text = match fs::read_to_string(&path) {
+        Ok(s) => s,
+        Err(e) if is_gone(&e) => return Ok(()), // exited: the freeze skips it
+        Err(e) => return Err(io_err(path, "read", e)),
+    };
+    let st = ProcStat::parse(&text);
+    let comm = st.as_ref().map(|s| s.comm.as_str()).unwrap_or("?");
+    let within = match sel {
+        Selection::Pid { .. } => String::new(),
+        Selection::Cgroup(_) => format!(" ({} contains it)", sel.describe()),
+    };
+    if pid == 1 {
+        return Err(TaskError::Unsupported(format!(
+            "pid 1 ({comm}) is init{within}: it ignores SIGSTOP and cannot be checkpointed; \
+             select the workload's own process (--pid PID [--tree]) or cgroup"
+        )));
+    }
+    if is_kernel_thread(pid, &text, st.as_ref().map(|s| s.ppid)) {
+        return Err(TaskError::Unsupported(format!(
+            "pid {pid} ({comm}) is a kernel thread{within}: it has no user memory and can be \
+             neither frozen nor checkpointed; select a user process"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether a `/proc/PID/stat` line is a kernel thread's: `PF_KTHREAD` in its flags (the
+/// ninth field), or, if those cannot be read, an empty command line and kthreadd as parent.
+fn is_kernel_thread(pid: i32, stat: &str, ppid: Option<i32>) -> bool {
+    let flags = stat
+        .rfind(')')
+        .and_then(|c| stat[c + 1..].split_ascii_whitespace().nth(6))
+        .and_then(|f| f.parse::<u64>().ok());
+    match flags {
+        Some(f) => f & PF_KTHREAD != 0,
+        None => {
+            (pid == 2 || ppid == Some(2))
+                && fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.is_empty())
+        }
+    }
+}
+
+/// Whether process `pid` is a zombie: `None` if it has gone, `Some(Some(stat))` if it is a
+/// zombie, `Some(None)` if it lives. A thread-group leader that has exited while other threads
+/// run shows state Z too, but the process lives: a zombie has no thread left but the leader.
+pub fn zombie(pid: i32) -> Result<Option<Option<ProcStat>>, TaskError> {
+    let Some(st) = ProcStat::read(Path::new(&format!("/proc/{pid}/stat")))? else {
+        return Ok(None);
+    };
+    if !matches!(st.state, 'Z' | 'X') {
+        return Ok(Some(None));
+    }
+    match threads(pid) {
+        Ok(tids) if tids.iter().any(|&t| t != pid) => Ok(Some(None)),
+        Ok(_) => Ok(Some(Some(st))),
+        Err(TaskError::NoSuchTask(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `pids` without the zombies (and processes gone meanwhile), order kept.
+fn drop_zombies(pids: Vec<i32>) -> Result<Vec<i32>, TaskError> {
+    let mut out = Vec::with_capacity(pids.len());
+    for pid in pids {
+        if zombie(pid)? == Some(None) {
+            out.push(pid);
+        }
+    }
+    Ok(out)
 }
 
 /// `root` and its descendants, breadth-first.
@@ -474,9 +600,8 @@ pub enum CgroupVersion {
 pub fn cgroup_version(path: &Path) -> Result<CgroupVersion, TaskError> {
     let st = match statfs(path) {
         Ok(st) => st,
-        Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => {
-            return Err(TaskError::NotACgroup(path.to_path_buf()))
-        }
+        Err(nix::errno::Errno::ENOENT) => return Err(TaskError::NoSuchCgroup(path.to_path_buf())),
+        Err(nix::errno::Errno::ENOTDIR) => return Err(TaskError::NotACgroup(path.to_path_buf())),
         Err(e) => return Err(io_err(path, "statfs", e.into())),
     };
     if !path.is_dir() {
@@ -1840,8 +1965,56 @@ mod tests {
     }
 
     #[test]
+    fn no_such_cgroup() {
+        let sel = Selection::Cgroup("/sys/fs/cgroup/nonexistent-snapckpt-test".into());
+        let e = resolve(&sel).unwrap_err();
+        assert!(matches!(e, TaskError::NoSuchCgroup(_)), "{e}");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert!(matches!(
+            FreezeMethod::for_selection(&sel, &[]),
+            Err(TaskError::NoSuchCgroup(_))
+        ));
+    }
+
+    #[test]
+    fn init_and_kernel_threads_are_refused() {
+        for tree in [false, true] {
+            let e = resolve(&Selection::Pid { pid: 1, tree }).unwrap_err();
+            assert!(matches!(e, TaskError::Unsupported(_)), "{e}");
+            assert!(e.to_string().contains("pid 1 (") && e.to_string().contains("is init"), "{e}");
+        }
+        // kthreadd is pid 2 in the initial pid namespace
+        if fs::read_to_string("/proc/2/stat").is_ok_and(|s| s.contains("(kthreadd)")) {
+            let e = resolve(&Selection::Pid { pid: 2, tree: false }).unwrap_err();
+            assert!(e.to_string().contains("pid 2 (kthreadd) is a kernel thread"), "{e}");
+        }
+        let me = std::process::id() as i32;
+        let st = fs::read_to_string(format!("/proc/{me}/stat")).unwrap();
+        assert!(!is_kernel_thread(me, &st, Some(1)));
+        let kt = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 3 0 0";
+        assert!(is_kernel_thread(2, kt, Some(0)));
+        let user = "7 (a) b) S 1 7 7 0 -1 4194560 0 0";
+        assert!(!is_kernel_thread(7, user, Some(1)));
+    }
+
+    #[test]
+    fn freeze_timeout_advice_only_names_state_d_when_seen() {
+        let e = |stuck: &[&str]| {
+            TaskError::FreezeTimeout {
+                waited: Duration::from_millis(5),
+                stuck: stuck.iter().map(|s| s.to_string()).collect(),
+            }
+            .to_string()
+        };
+        assert!(e(&["pid 5 (x) state D"]).contains("uninterruptible sleep"));
+        let s = e(&["pid 5 (x) state R", "pid 6 (y) state S"]);
+        assert!(!s.contains("state D,") && !s.contains("uninterruptible"), "{s}");
+        assert!(s.contains("--freeze-timeout"), "{s}");
+    }
+
+    #[test]
     fn not_a_cgroup() {
-        for p in ["/tmp", "/nonexistent/cgroup", "/proc/self/stat"] {
+        for p in ["/tmp", "/proc/self/stat", "/proc/self/stat/x"] {
             let sel = Selection::Cgroup(p.into());
             assert!(
                 matches!(resolve(&sel), Err(TaskError::NotACgroup(_))),

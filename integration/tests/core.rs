@@ -297,9 +297,20 @@ fn refusal_bad_job_file() {
     let (ok, _, err) = snapckpt(&["take", "--job", j.to_str().unwrap(), "--image-root", work.path().join("i").to_str().unwrap()]);
     assert!(!ok);
     assert!(err.contains(&format!("{}:5:", j.display())) && err.contains("timeout"), "{err}");
-    // every example job in config/ parses
+    // every example job in config/ parses; the demo's only once its placeholder pid is
+    // replaced (as scripts/demo.sh does): as shipped it selects nothing
     for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("config")).unwrap().flatten() {
         if e.path().extension().is_some_and(|x| x == "toml") {
+            if e.file_name() == "demo.toml" {
+                let err = snapckpt::job::Job::load(&e.path()).unwrap_err().to_string();
+                assert!(err.contains("pid = 0") && err.contains("positive"), "{err}");
+                let text = std::fs::read_to_string(e.path()).unwrap();
+                assert_eq!(text.lines().filter(|l| l.starts_with("pid = ")).count(), 1, "demo.sh replaces one `pid = ` line");
+                let filled: String = text.lines().map(|l| if l.starts_with("pid = ") { "pid = 4242\n".to_string() } else { format!("{l}\n") }).collect();
+                let j = snapckpt::job::Job::parse(&filled, &e.path()).unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
+                assert_eq!((j.tasks.pid, j.tasks.tree), (Some(4242), true));
+                continue;
+            }
             snapckpt::job::Job::load(&e.path()).unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
         }
     }
@@ -485,4 +496,251 @@ fn shared_inode_across_tasks_is_one_object() {
     assert_eq!(objs.len(), 1, "{objs:?}");
     let pids: std::collections::BTreeSet<i64> = objs[0]["holders"].as_array().unwrap().iter().map(|h| h["pid"].as_i64().unwrap()).collect();
     assert_eq!(pids.len(), 2);
+}
+
+/// A child process, killed and reaped on drop (also when a test fails).
+struct Killed(std::process::Child);
+impl Killed {
+    fn sleeper() -> Killed {
+        Killed(std::process::Command::new("sleep").arg("1000").stdout(std::process::Stdio::null()).spawn().unwrap())
+    }
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A process with a zombie child it never reaps: `sh` starts a short `sleep` in the
+/// background and replaces itself with a long one. Returns the parent and the zombie's pid.
+fn parent_of_a_zombie() -> (Killed, i32) {
+    let child = Killed(std::process::Command::new("sh").args(["-c", "sleep 0 & exec sleep 1000"]).stdout(std::process::Stdio::null()).spawn().unwrap());
+    let pid = child.pid();
+    let mut zombie = 0;
+    wait_for(
+        || {
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            zombie = kids.split_whitespace().next().and_then(|k| k.parse().ok()).unwrap_or(0);
+            zombie > 0 && state(zombie) == 'Z' && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("sleep"))
+        },
+        Duration::from_secs(10),
+        "a zombie child",
+    );
+    (child, zombie)
+}
+
+/// A zombie in a --tree selection is left out (it holds nothing): scan and take work. A
+/// --pid that is a zombie is refused, saying so.
+#[test]
+fn zombie_in_a_tree_is_skipped() {
+    let work = Scratch::new("zombie");
+    let (parent, zombie) = parent_of_a_zombie();
+    let pid = parent.pid().to_string();
+    let out = snapckpt_ok(&["scan", "--pid", &pid, "--tree", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let pids: Vec<i64> = v["tasks"].as_array().unwrap().iter().map(|t| t["pid"].as_i64().unwrap()).collect();
+    assert_eq!(pids, vec![parent.pid() as i64], "{out}");
+    let images = work.path().join("images");
+    let out = snapckpt_ok(&["take", "--pid", &pid, "--tree", "--engine", "none", "--image-root", images.to_str().unwrap()]);
+    let rec = record(&images.join(take_id(&out)));
+    assert_eq!(rec["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(state(parent.pid()), 'S', "thawed");
+    for args in [vec!["scan", "--pid"], vec!["take", "--dry-run", "--image-root", images.to_str().unwrap(), "--pid"]] {
+        let z = zombie.to_string();
+        let mut a = args.clone();
+        a.push(&z);
+        let (ok, _, err) = snapckpt(&a);
+        assert!(!ok && err.contains(&format!("pid {zombie} is a zombie")) && !err.contains("run the take again"), "{a:?}: {err}");
+    }
+}
+
+/// Init and kernel threads are refused before anything is frozen, instead of a SIGSTOP that
+/// they ignore and a wait for the whole freeze timeout.
+#[test]
+fn init_and_kernel_threads_are_refused_at_once() {
+    let work = Scratch::new("init");
+    let images = work.path().join("images");
+    let mut cases = vec![("1", "is init")];
+    // a kernel thread: PF_KTHREAD (0x00200000) in the flags of /proc/PID/stat
+    let kthread = std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).find(|p| {
+        let st = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let flags = st.rsplit(')').next().and_then(|r| r.split_whitespace().nth(6)).and_then(|f| f.parse::<u64>().ok());
+        flags.is_some_and(|f| f & 0x0020_0000 != 0)
+    });
+    let kt = kthread.map(|p| p.to_string());
+    if let Some(k) = &kt {
+        cases.push((k.as_str(), "is a kernel thread"));
+    }
+    for (pid, what) in cases {
+        for args in [
+            vec!["take", "--pid", pid, "--tree", "--dry-run", "--freeze-timeout", "5000", "--image-root", images.to_str().unwrap()],
+            vec!["take", "--pid", pid, "--freeze-timeout", "5000", "--image-root", images.to_str().unwrap()],
+            vec!["scan", "--pid", pid, "--freeze"],
+        ] {
+            let t = std::time::Instant::now();
+            let (ok, _, err) = snapckpt(&args);
+            assert!(!ok && err.contains(&format!("pid {pid} (")) && err.contains(what), "{args:?}: {err}");
+            assert!(!err.contains("did not freeze") && !err.contains("state D"), "{err}");
+            assert!(t.elapsed() < Duration::from_secs(2), "{args:?} took {:?}", t.elapsed());
+        }
+    }
+    assert!(!images.exists(), "nothing written");
+}
+
+#[test]
+fn freeze_timeout_zero_is_refused_by_the_parser() {
+    let work = Scratch::new("ft0");
+    let p = Killed::sleeper();
+    let images = work.path().join("images");
+    let o = std::process::Command::new(snapckpt_bin())
+        .args(["take", "--pid", &p.pid().to_string(), "--image-root", images.to_str().unwrap(), "--freeze-timeout", "0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "a usage error: {err}");
+    assert!(err.contains("--freeze-timeout"), "{err}");
+    assert!(!images.exists());
+    assert_eq!(state(p.pid()), 'S');
+}
+
+/// Output into a pipe whose reader has gone ends snapckpt quietly (SIGPIPE), not with a
+/// panic; a take whose output nobody reads is complete, its tasks thawed.
+#[test]
+fn closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    let work = Scratch::new("pipe");
+    let p = Killed::sleeper();
+    let images = work.path().join("images");
+    let pid = p.pid().to_string();
+    for args in [vec!["scan", "--all", "--json"], vec!["scan", "--all"], vec!["take", "--pid", &pid, "--engine", "none", "--image-root", images.to_str().unwrap()]] {
+        let mut c = Command::new(snapckpt_bin()).args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        drop(c.stdout.take()); // like `| head -0`
+        let o = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(o.status.signal() == Some(libc::SIGPIPE) || o.status.success(), "{args:?}: {:?} {err}", o.status);
+    }
+    let made: Vec<_> = std::fs::read_dir(&images).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(made.len(), 1, "the take completed: {made:?}");
+    assert_eq!(state(p.pid()), 'S');
+}
+
+/// An empty image root (env or job) is refused before anything is done: it would put the
+/// image in the current directory.
+#[test]
+fn empty_image_root_is_refused() {
+    let work = Scratch::new("emptyroot");
+    let p = Killed::sleeper();
+    let pid = p.pid().to_string();
+    let job = work.path().join("job.toml");
+    std::fs::write(&job, format!("[tasks]\npid = {pid}\n")).unwrap();
+    let cwd = work.path().join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    for args in [vec!["take", "--pid", &pid], vec!["take", "--job", job.to_str().unwrap()], vec!["list"], vec!["gc"]] {
+        let o = std::process::Command::new(snapckpt_bin()).args(&args).env("SNAPCKPT_IMAGE_ROOT", "").current_dir(&cwd).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains("image root is empty"), "{args:?}: {err}");
+        assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "{args:?} wrote into the current directory");
+    }
+    // an image root that is a file
+    let f = work.path().join("afile");
+    std::fs::write(&f, "").unwrap();
+    let (ok, _, err) = snapckpt(&["take", "--pid", &pid, "--image-root", f.to_str().unwrap()]);
+    assert!(!ok && err.contains("exists and is not a directory"), "{err}");
+    assert_eq!(state(p.pid()), 'S');
+}
+
+/// gc in an image root whose only entries are a failed take's log and a dead take's partial
+/// image: with no mount to search it still removes them, and says what it did not search.
+#[test]
+fn gc_without_mounts_cleans_the_image_root() {
+    let work = Scratch::new("gc-nomount");
+    let root = work.path().join("images");
+    let failed = root.join(".20261127T031537Z-ea51.failed");
+    let partial = root.join(".20261127T031538Z-ea52.partial");
+    std::fs::create_dir_all(&failed).unwrap();
+    std::fs::create_dir_all(&partial).unwrap();
+    std::fs::write(failed.join("criu-dump.log"), "log\n").unwrap();
+    let r = root.to_str().unwrap();
+    let out = snapckpt_ok(&["gc", "--image-root", r, "--dry-run"]);
+    assert!(out.contains("would remove partial image") && out.contains("no mount searched"), "{out}");
+    assert!(failed.exists() && partial.exists());
+    let out = snapckpt_ok(&["gc", "--image-root", r]);
+    assert!(out.contains("2 partial image(s)") && out.contains("--mount MOUNTPOINT"), "{out}");
+    assert!(out.contains("20261127T031537Z-ea51") && out.contains("20261127T031538Z-ea52"), "{out}");
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0);
+}
+
+/// `--snapshot none` drops the job's [[filesystem]] snapshots; `--dry-run --json` prints the
+/// plan as JSON.
+#[test]
+fn snapshot_none_overrides_the_job_and_dry_run_json() {
+    let work = Scratch::new("snapnone");
+    let p = Killed::sleeper();
+    let job = work.path().join("job.toml");
+    std::fs::write(&job, format!("[tasks]\npid = {}\n[[filesystem]]\nmount = \"/srv/snapckpt-test-fs\"\nsnapshot = \"btrfs\"\n", p.pid())).unwrap();
+    let images = work.path().join("images");
+    let base = ["take", "--job", job.to_str().unwrap(), "--image-root", images.to_str().unwrap(), "--dry-run"];
+    let out = snapckpt_ok(&base);
+    assert!(out.contains("would snapshot /srv/snapckpt-test-fs with Btrfs"), "{out}");
+    let out = snapckpt_ok(&[&base[..], &["--snapshot", "none"]].concat());
+    assert!(!out.contains("would snapshot"), "{out}");
+    let out = snapckpt_ok(&[&base[..], &["--json"]].concat());
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["pids"], serde_json::json!([p.pid()]));
+    assert_eq!(v["snapshots"][0]["backend"], "btrfs");
+    let out = snapckpt_ok(&[&base[..], &["--json", "--snapshot", "none"]].concat());
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["snapshots"], serde_json::json!([]));
+    assert!(!images.exists());
+    assert_eq!(state(p.pid()), 'S');
+}
+
+/// Options that would be ignored are refused instead.
+#[test]
+fn ignored_options_are_refused() {
+    let work = Scratch::new("conflicts");
+    let p = Killed::sleeper();
+    let pid = p.pid().to_string();
+    let images = work.path().join("images");
+    let ir = images.to_str().unwrap();
+    for (args, what, code) in [
+        (vec!["take", "--pid", &pid, "--image-root", ir, "--leave-stopped"], "--engine criu", 1),
+        (vec!["take", "--pid", &pid, "--image-root", ir, "--leave-running", "--engine", "none"], "--engine criu", 1),
+        (vec!["scan", "--all", "--pid", &pid], "cannot be used with", 2),
+        (vec!["scan", "--all", "--freeze"], "cannot be used with", 2),
+        (vec!["scan", "--all", "--cgroup", "/sys/fs/cgroup/unified"], "cannot be used with", 2),
+        (vec!["restart", "20260101T000000Z-abcd", "--image-root", ir, "--mount-root", "/tmp"], "--snapshot", 2),
+        (vec!["restart", "20260101T000000Z-abcd", "--image-root", ir, "--exec-task", "5"], "--exec", 2),
+        (vec!["scan"], "--all", 1),
+        (vec!["take", "--cgroup", "/sys/fs/cgroup/unified/snapckpt-no-such-cgroup", "--image-root", ir], "does not exist", 1),
+    ] {
+        let o = std::process::Command::new(snapckpt_bin()).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(what), "{args:?}: {err}");
+    }
+    assert!(!images.exists());
+    assert_eq!(state(p.pid()), 'S');
+}
+
+/// `list --json` includes the images whose record cannot be read, with the error.
+#[test]
+fn list_json_includes_unreadable_images() {
+    let work = Scratch::new("listjson");
+    let root = work.path().join("images");
+    std::fs::create_dir_all(root.join("20260101T000000Z-abcd")).unwrap();
+    std::fs::write(root.join("20260101T000000Z-abcd/checkpoint.json"), b"{ not json").unwrap();
+    let out = snapckpt_ok(&["list", "--image-root", root.to_str().unwrap(), "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let a = v.as_array().unwrap();
+    assert_eq!(a.len(), 1, "{out}");
+    assert_eq!(a[0]["id"], "20260101T000000Z-abcd");
+    assert!(a[0]["error"].as_str().is_some_and(|e| !e.is_empty()), "{out}");
 }
