@@ -1088,7 +1088,7 @@ fn criu_fails() {
     let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "ab", "orphan:1000000"], &work.path().join("log2"), true, None);
     let (ok, _, err) = take(p.pid, &images, &["--engine", "criu", "--criu", "/bin/false"]);
     assert_clean_failure(ok, &err, p.pid, &fs.mnt, &images, "criu is /bin/false");
-    assert!(err.contains("criu dump failed") && named_log(&err).is_some_and(|l| l.ends_with("criu-dump.log")), "{err}");
+    assert!(err.contains("criu dump failed") && err.contains("CRIU wrote no log") && named_log(&err).is_none(), "{err}");
     // and the real one still works on the same task
     let (ok, out, err) = take(p.pid, &images, &["--engine", "criu", "--snapshot", "btrfs"]);
     assert!(ok, "{out}\n{err}");
@@ -1718,8 +1718,11 @@ fn fuzz_smoke_parsers() {
         ck.validate(Path::new("seed")).unwrap();
         assert!(!ck.objects.is_empty() && !ck.snapshots.is_empty());
     }
-    for t in &toml {
-        snapckpt::job::Job::parse(std::str::from_utf8(t).unwrap(), Path::new("seed.toml")).unwrap();
+    for t in toml.iter_mut() {
+        // config/demo.toml ships a placeholder pid that every take refuses; the demo fills it in
+        let text = std::str::from_utf8(t).unwrap().replace("\npid = 0\n", "\npid = 4242\n");
+        snapckpt::job::Job::parse(&text, Path::new("seed.toml")).unwrap();
+        *t = text.into_bytes();
     }
     for t in &templates {
         snapckpt::relink::Template::parse(std::str::from_utf8(t).unwrap()).unwrap();
