@@ -129,12 +129,27 @@ pub enum GcScope {
 /// Collect leftovers under the given mounts' checkpoint directories and in `image_root`
 /// (partial images of takes that died, logs of failed takes), and the relinked names and
 /// snapshots of the checkpoint ids `scope` allows.
-pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, scope: &GcScope, dry_run: bool) -> Result<GcReport, CleanupError> {
+/// btrfs snapshots are looked for in the default directory, in `snapshot_dirs`, and in every
+/// directory the image root's checkpoints use.
+pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, scope: &GcScope, snapshot_dirs: &[String], dry_run: bool) -> Result<GcReport, CleanupError> {
     let mut live: HashSet<String> = HashSet::new();
     let mut failed: HashSet<String> = HashSet::new();
     let mut rep = GcReport::default();
+    let mut dirs: Vec<Option<String>> = vec![None];
+    dirs.extend(snapshot_dirs.iter().cloned().map(Some));
     for (_, r) in image::list(image_root)? {
         if let Ok(ck) = r {
+            for s in &ck.snapshots {
+                if let image::Snapshot::Btrfs { mount_point, path, .. } = s {
+                    // <mount>/<dir>/<id>/snapshot
+                    let rel = path.strip_prefix(mount_point.as_str()).map(|r| r.trim_start_matches('/'));
+                    if let Some(d) = rel.and_then(|r| r.strip_suffix(&format!("/{}/snapshot", ck.id))) {
+                        if !d.is_empty() && !dirs.contains(&Some(d.to_string())) {
+                            dirs.push(Some(d.to_string()));
+                        }
+                    }
+                }
+            }
             live.insert(ck.id);
         }
     }
@@ -161,7 +176,12 @@ pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, scope: &Gc
         GcScope::Ids(ids) => ids.iter().any(|i| i == id),
     };
     for m in mounts {
-        for (id, snap) in snapshot::btrfs::find(m, None)?.into_iter().chain(snapshot::lvm::find(m)?) {
+        let mut found = vec![];
+        for d in &dirs {
+            found.extend(snapshot::btrfs::find(m, d.as_deref())?);
+        }
+        found.extend(snapshot::lvm::find(m)?);
+        for (id, snap) in found {
             if doomed(&id) {
                 rep.stale_snapshots.push((id, snap));
             } else if !live.contains(&id) {

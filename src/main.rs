@@ -191,6 +191,10 @@ struct GcArgs {
     /// trace there may belong to another image root.
     #[arg(long)]
     all: bool,
+    /// Also look for btrfs snapshots in this directory of each mount (a job's `snapshot_dir`);
+    /// the default `.snapckpt` and the directories of the image root's checkpoints always.
+    #[arg(long = "snapshot-dir", value_name = "DIR")]
+    snapshot_dirs: Vec<String>,
     /// Say what would be removed; remove nothing.
     #[arg(long)]
     dry_run: bool,
@@ -573,7 +577,7 @@ fn cmd_gc(a: GcArgs) -> Res {
     } else {
         cleanup::GcScope::Failed
     };
-    let rep = cleanup::gc(&mounts, &root, &template, &scope, a.dry_run)?;
+    let rep = cleanup::gc(&mounts, &root, &template, &scope, &a.snapshot_dirs, a.dry_run)?;
     drop(_working);
     let verb = if a.dry_run { "would remove" } else { "removed" };
     for (id, names) in &rep.stale {

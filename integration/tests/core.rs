@@ -452,6 +452,43 @@ fn gc_scope_and_delete_of_an_unreadable_record() {
     assert!(checkpoint_names(&fs.mnt).is_empty());
 }
 
+/// Snapshots in a job's own `snapshot_dir` are found by gc: given with `--snapshot-dir`, or
+/// from the image root's checkpoints that use that directory.
+#[test]
+fn gc_finds_snapshots_in_a_custom_snapshot_dir() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("gc-snapdir");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000"], &work.path().join("log"));
+    let job = work.path().join("job.toml");
+    std::fs::write(&job, format!("[[filesystem]]\nmount = \"{}\"\nsnapshot = \"btrfs\"\nsnapshot_dir = \"snaps/x\"\n", fs.mnt.display())).unwrap();
+    let images = work.path().join("images");
+    let (lost, lost_dir) = take_files_only(p.pid, &images, &["--job", job.to_str().unwrap()]);
+    let (kept, _) = take_files_only(p.pid, &images, &["--job", job.to_str().unwrap()]);
+    let snaps = || {
+        let mut v: Vec<String> = std::fs::read_dir(fs.path("snaps/x")).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert_eq!(snaps().len(), 2);
+    // one image is lost by hand; gc --id finds its snapshot through the other checkpoint's dir
+    std::fs::remove_dir_all(&lost_dir).unwrap();
+    let (mnt, ir) = (fs.mnt.to_str().unwrap(), images.to_str().unwrap());
+    let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", ir, "--id", &lost]);
+    assert!(out.contains("1 stale snapshot(s)"), "{out}");
+    assert_eq!(snaps(), vec![kept.clone()]);
+    // with no checkpoint left to name the directory, --snapshot-dir does
+    let kept_dir = images.join(&kept);
+    std::fs::remove_dir_all(&kept_dir).unwrap();
+    let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", ir, "--id", &kept]);
+    assert!(out.contains("0 stale snapshot(s)"), "{out}");
+    let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", ir, "--id", &kept, "--snapshot-dir", "snaps/x"]);
+    assert!(out.contains("1 stale snapshot(s)"), "{out}");
+    assert!(snaps().is_empty());
+}
+
 #[test]
 fn scan_reports_and_dry_run_changes_nothing() {
     let _g = serial();
