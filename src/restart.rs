@@ -238,7 +238,17 @@ fn open_objects<'a>(ck: &'a Checkpoint, bases: &HashMap<String, Base>) -> Result
         };
         // First a reference that opens nothing (no FIFO open that blocks, no device open with
         // side effects), checked against the record; then the real open through it.
-        let pfd = dir.open(&r.name, libc::O_PATH | libc::O_NOFOLLOW)?;
+        let pfd = match dir.open(&r.name, libc::O_PATH | libc::O_NOFOLLOW) {
+            Err(relink::RelinkError::Io { source, path, .. }) if source.raw_os_error() == Some(libc::ENOENT) && base.dev.is_none() && ck.snapshots.is_empty() => {
+                return Err(RestartError::Refused(format!(
+                    "{}: gone. Checkpoint {} has no snapshot, so a restart consumes its relinked files: it was restarted already (or the names were removed); it cannot be restarted again: `snapckpt delete {}`",
+                    path.display(),
+                    ck.id,
+                    ck.id
+                )));
+            }
+            r => r?,
+        };
         let path = dir.path.join(&r.name);
         let st = sys::fstat(pfd.as_raw_fd()).map_err(|source| RestartError::Io { path: path.clone(), syscall: "fstat", source })?;
         let mismatch = |why: String| RestartError::Mismatch { path: path.clone(), original: o.original_path.clone(), why };

@@ -191,6 +191,8 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
     let mut snaps: Vec<Snapshot> = vec![];
     let mut snapshot_ms = 0;
     let result = (|| -> Result<(Engine, u64), TakeError> {
+        // Past this point a death of snapckpt relies on the watchdog: is it still there?
+        frozen.check_watchdog()?;
         match &opts.engine {
             EngineOpts::None => {
                 let t = Instant::now();
@@ -295,6 +297,10 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
             }
         }
         let f = frozen.take().expect("frozen until here");
+        if let Err(e) = f.check_watchdog() {
+            frozen = Some(f);
+            return Err(e.into());
+        }
         let frozen_for = if after == AfterDump::Run {
             f.thaw()?
         } else {

@@ -1243,6 +1243,19 @@ impl Frozen {
         out
     }
 
+    /// Check that the thaw watchdog still runs (someone may have killed it): a take must not
+    /// go on to steps after which a death of snapckpt would leave the tasks frozen.
+    pub fn check_watchdog(&self) -> Result<(), TaskError> {
+        let Some(w) = &self.watchdog else { return Ok(()) };
+        let pid = w.child.id();
+        let alive = fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| ProcStat::parse(&s).is_some_and(|st| st.state != 'Z' && st.state != 'X'));
+        if alive {
+            Ok(())
+        } else {
+            Err(TaskError::Watchdog(format!("the thaw watchdog (pid {pid}) died while the tasks were frozen (killed?); the take was undone and the tasks thawed")))
+        }
+    }
+
     /// Time since freezing started.
     pub fn frozen_for(&self) -> Duration {
         self.since.elapsed()

@@ -89,6 +89,9 @@ fn every_kind_roundtrip(fstype: &str) {
     // the relinked names are gone again; the inode of "a" is back to one link ("b")
     assert!(checkpoint_names(&fs.mnt).is_empty(), "{:?}", checkpoint_names(&fs.mnt));
     assert_eq!(std::fs::metadata(dir.join("b")).unwrap().nlink(), 1);
+    // without a snapshot that was the only restart: a second one says so
+    let (ok, _, err) = snapckpt(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", prog("ufiles").to_str().unwrap(), "report"]);
+    assert!(!ok && err.contains("cannot be restarted again"), "{err}");
 }
 
 #[test]

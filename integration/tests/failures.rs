@@ -874,6 +874,40 @@ fn restart_killed_criu() {
     eprintln!("NOTE: {findings:#?}");
 }
 
+/// Someone kills the thaw watchdog while the tasks are frozen: the take notices before the
+/// steps that rely on it (the dump, the publication), undoes what it did and thaws.
+#[test]
+fn watchdog_killed_during_take() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("failures-watchdog-killed");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000", "ab"], &work.path().join("log"), true, None);
+    let images = work.path().join("images");
+    let hooks = work.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(hooks.join("take-relinked.wait"), "").unwrap();
+    let args: Vec<String> = ["take", "--pid", &p.pid.to_string(), "--engine", "criu", "--snapshot", "btrfs", "--image-root", images.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+    let mut run = Running::spawn(&args, &hooks, work.path());
+    run.wait_point(&hooks, "take-relinked");
+    let helpers = descendants(run.child.id() as i32);
+    assert!(!helpers.is_empty(), "no watchdog");
+    for h in &helpers {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(*h), nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_file(hooks.join("take-relinked.wait")).unwrap();
+    let st = run.child.wait().unwrap();
+    let (out, err) = run.output();
+    assert!(!st.success() && err.contains("watchdog") && err.contains("died"), "{out}\n{err}");
+    assert_not_frozen(p.pid, None, "watchdog killed");
+    assert!(alive(p.pid), "the task is gone");
+    assert!(checkpoint_names(&fs.mnt).is_empty(), "names left: {:?}", checkpoint_names(&fs.mnt));
+    assert!(snapshot_ids(&fs.mnt).is_empty());
+    assert_eq!(std::fs::read_dir(&images).map(|rd| rd.count()).unwrap_or(0), 0);
+}
+
 /// A checkpoint taken with SIGSTOP comes back stopped from CRIU and the restart continues it:
 /// a restart killed right after CRIU restored the task must not leave it stopped (a watchdog
 /// continues it).
