@@ -1347,7 +1347,7 @@ fn hostile_checkpoint_records() {
     m2("inode wrong", &format!("{o}.relinked.ino"), serde_json::json!(u64::MAX), "is not the recorded object");
     let other = names.iter().find(|n| **n != good["objects"][orphan]["relinked"]["name"]).unwrap().clone();
     m2("name of another object", &format!("{o}.relinked.name"), other.clone().into(), "is not the recorded object");
-    m2("name missing", &format!("{o}.relinked.name"), format!("unlink-at-restart-{id}-99").into(), "No such file");
+    m2("name missing", &format!("{o}.relinked.name"), format!("unlink-at-restart-{id}-99").into(), "cannot be restarted again");
     m2("mount point elsewhere", &format!("{o}.mount.mount_point"), outside.to_str().unwrap().into(), "is not the root of a mount");
     m2("exec task missing", "tasks.0.fds", serde_json::json!([]), "holds an unlinked file");
     m2("criu pid in use", "engine", serde_json::json!({"name": "criu", "version": "x", "leave_running": false, "images": []}), "is in use");
