@@ -165,6 +165,10 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
         }
     }
 
+    // A snapshot that cannot be taken is refused before anything is relinked.
+    for spec in &specs {
+        snapshot::precheck(spec)?;
+    }
     if opts.dry_run {
         let freezer = frozen.method().describe();
         frozen.thaw()?;

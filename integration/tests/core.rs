@@ -720,14 +720,21 @@ fn gc_without_mounts_cleans_the_image_root() {
 /// plan as JSON.
 #[test]
 fn snapshot_none_overrides_the_job_and_dry_run_json() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "256M");
     let work = Scratch::new("snapnone");
     let p = Killed::sleeper();
     let job = work.path().join("job.toml");
-    std::fs::write(&job, format!("[tasks]\npid = {}\n[[filesystem]]\nmount = \"/srv/snapckpt-test-fs\"\nsnapshot = \"btrfs\"\n", p.pid())).unwrap();
+    let job_text = |mount: &str| format!("[tasks]\npid = {}\n[[filesystem]]\nmount = \"{mount}\"\nsnapshot = \"btrfs\"\n", p.pid());
+    // a snapshot that cannot be taken is refused up front, also by a dry run
+    std::fs::write(&job, job_text("/srv/snapckpt-test-fs")).unwrap();
     let images = work.path().join("images");
     let base = ["take", "--job", job.to_str().unwrap(), "--image-root", images.to_str().unwrap(), "--dry-run"];
+    let (ok, _, err) = snapckpt(&base);
+    assert!(!ok && err.contains("/srv/snapckpt-test-fs"), "{err}");
+    std::fs::write(&job, job_text(fs.mnt.to_str().unwrap())).unwrap();
     let out = snapckpt_ok(&base);
-    assert!(out.contains("would snapshot /srv/snapckpt-test-fs with Btrfs"), "{out}");
+    assert!(out.contains(&format!("would snapshot {} with Btrfs", fs.mnt.display())), "{out}");
     let out = snapckpt_ok(&[&base[..], &["--snapshot", "none"]].concat());
     assert!(!out.contains("would snapshot"), "{out}");
     let out = snapckpt_ok(&[&base[..], &["--json"]].concat());

@@ -1065,6 +1065,8 @@ fn snapshot_fails() {
     let (ok, _, err) = take(p.pid, &images, &["--engine", "none", "--snapshot", "btrfs"]);
     assert_clean_failure(ok, &err, p.pid, &fs.mnt, &images, "snapshot fails, files only");
     assert!(err.contains("not btrfs"), "{err}");
+    // refused before anything was relinked: no checkpoint directory was even made
+    assert!(!fs.path("lost+found/checkpoint").exists());
 }
 
 /// The same with CRIU: the snapshot fails in CRIU's post-dump notification, CRIU gives up and
@@ -1072,7 +1074,11 @@ fn snapshot_fails() {
 #[test]
 fn snapshot_fails_in_criu_post_dump() {
     let _g = serial();
-    let fs = LoopFs::new("ext4", "256M");
+    // btrfs passes the checks made before freezing; the snapshot directory, writable by others,
+    // is refused only when the snapshot is taken (in CRIU's post-dump)
+    let fs = LoopFs::new("btrfs", "512M");
+    std::fs::create_dir_all(fs.path(".snapckpt")).unwrap();
+    std::fs::set_permissions(fs.path(".snapckpt"), std::fs::Permissions::from_mode(0o777)).unwrap();
     let work = Scratch::new("failures-snap-criu");
     let images = work.path().join("images");
     for round in 0..4 {
@@ -1089,7 +1095,7 @@ fn snapshot_fails_in_criu_post_dump() {
             let mut args: Vec<&str> = vec!["take", "--image-root", images.to_str().unwrap(), "--engine", "criu", "--snapshot", "btrfs"];
             args.extend(sel.iter().map(String::as_str));
             let (ok, _, err) = snapckpt(&args);
-            assert!(!ok && err.contains("not btrfs"), "{what}: {err}");
+            assert!(!ok && err.contains("writable by group or others"), "{what}: {err}");
             assert_not_frozen(p.pid, cg.as_ref(), &what);
             assert_clean_failure(ok, &err, p.pid, &fs.mnt, &images, &what);
         }

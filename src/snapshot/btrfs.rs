@@ -75,6 +75,44 @@ fn fs_path_string(rel: &Path, at: &Path) -> Result<String, SnapshotError> {
 // ---------------------------------------------------------------------------------------------
 // take
 
+/// The checks of [`take`] that need no snapshot: a valid snapshot directory name, a mount point
+/// that is the root of a btrfs mount and a subvolume root. Run before the tasks are frozen
+/// too ([`precheck`]).
+#[allow(clippy::type_complexity)]
+fn origin(spec: &FsSpec) -> Result<(String, PathBuf, String, std::os::fd::OwnedFd, MountEntry, PathBuf), SnapshotError> {
+    let dir = spec.snapshot_dir.as_deref().unwrap_or(DEFAULT_SNAPSHOT_DIR).to_string();
+    validate_snapshot_dir(&dir)?;
+    if has_nul(&spec.mount_point) {
+        return Err(SnapshotError::Invalid { what: "mount point", value: spec.mount_point.to_string_lossy().into_owned(), why: "contains a NUL byte".into() });
+    }
+    let mp = std::fs::canonicalize(&spec.mount_point).map_err(io_err(&spec.mount_point, "realpath"))?;
+    let mp_str = mp.to_str().ok_or_else(|| SnapshotError::Invalid { what: "mount point", value: mp.to_string_lossy().into_owned(), why: "is not UTF-8".into() })?.to_string();
+
+    // The mount, as the kernel sees it.
+    let mfd = sys::open(&mp, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(io_err(&mp, "open"))?;
+    let mnt_id = sys::mnt_id_of(mfd.as_raw_fd()).map_err(io_err(&mp, "statx"))?;
+    let all = mountinfo()?;
+    let m = all.into_iter().find(|e| e.mnt_id == mnt_id).ok_or_else(|| SnapshotError::Mismatch { path: mp.clone(), why: format!("mount id {mnt_id} is not in /proc/self/mountinfo") })?;
+    if m.mount_point != mp {
+        return Err(SnapshotError::NotMountPoint { path: mp, mount_point: m.mount_point.clone() });
+    }
+    if m.fstype != "btrfs" {
+        return Err(SnapshotError::NotBtrfs { path: mp, fstype: m.fstype.clone() });
+    }
+    let st = sys::fstat(mfd.as_raw_fd()).map_err(io_err(&mp, "fstat"))?;
+    let mview = fd_path(&mfd);
+    if st.st_ino != SUBVOL_ROOT_INO {
+        return Err(not_subvolume_root(&mp, &m, &mview));
+    }
+
+    Ok((dir, mp, mp_str, mfd, m, mview))
+}
+
+/// Whether a snapshot of `spec` can be taken, checked before anything is changed.
+pub fn precheck(spec: &FsSpec) -> Result<(), SnapshotError> {
+    origin(spec).map(drop)
+}
+
 /// Take a read-only snapshot of the subvolume mounted at `spec.mount_point` as
 /// `<mount>/<snapshot_dir>/<id>/snapshot`.
 ///
@@ -86,30 +124,8 @@ fn fs_path_string(rel: &Path, at: &Path) -> Result<String, SnapshotError> {
 /// owned by root, or writable by group or others. `<id>` must not exist yet.
 pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, SnapshotError> {
     validate_id(id)?;
-    let dir = spec.snapshot_dir.as_deref().unwrap_or(DEFAULT_SNAPSHOT_DIR);
-    validate_snapshot_dir(dir)?;
-    if has_nul(&spec.mount_point) {
-        return Err(SnapshotError::Invalid { what: "mount point", value: spec.mount_point.to_string_lossy().into_owned(), why: "contains a NUL byte".into() });
-    }
-    let mp = std::fs::canonicalize(&spec.mount_point).map_err(io_err(&spec.mount_point, "realpath"))?;
-    let mp_str = mp.to_str().ok_or_else(|| SnapshotError::Invalid { what: "mount point", value: mp.to_string_lossy().into_owned(), why: "is not UTF-8".into() })?.to_string();
-
-    // The mount, as the kernel sees it.
-    let mfd = sys::open(&mp, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(io_err(&mp, "open"))?;
-    let mnt_id = sys::mnt_id_of(mfd.as_raw_fd()).map_err(io_err(&mp, "statx"))?;
-    let all = mountinfo()?;
-    let m = all.iter().find(|e| e.mnt_id == mnt_id).ok_or_else(|| SnapshotError::Mismatch { path: mp.clone(), why: format!("mount id {mnt_id} is not in /proc/self/mountinfo") })?;
-    if m.mount_point != mp {
-        return Err(SnapshotError::NotMountPoint { path: mp, mount_point: m.mount_point.clone() });
-    }
-    if m.fstype != "btrfs" {
-        return Err(SnapshotError::NotBtrfs { path: mp, fstype: m.fstype.clone() });
-    }
-    let st = sys::fstat(mfd.as_raw_fd()).map_err(io_err(&mp, "fstat"))?;
-    let mview = fd_path(&mfd);
-    if st.st_ino != SUBVOL_ROOT_INO {
-        return Err(not_subvolume_root(&mp, m, &mview));
-    }
+    let (dir, mp, mp_str, mfd, m, mview) = origin(spec)?;
+    let dir = dir.as_str();
 
     // The origin subvolume.
     let origin = libbtrfsutil::subvolume_info(&mview).map_err(bt_err(&mp, "subvolume info"))?;

@@ -144,6 +144,15 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<image::Snapshot, S
     }
 }
 
+/// Whether a snapshot of `spec` can be taken (btrfs: a subvolume root of a btrfs mount, a valid
+/// snapshot directory), checked before anything is relinked. LVM is checked when it is taken.
+pub fn precheck(spec: &FsSpec) -> Result<(), SnapshotError> {
+    match spec.backend {
+        Backend::Btrfs => btrfs::precheck(spec),
+        Backend::Lvm => Ok(()),
+    }
+}
+
 /// Delete a checkpoint's snapshot and its restart clones. Refuses ([`SnapshotError::InUse`],
 /// naming the mount points) while a clone is mounted, unless `force`: then the clones are
 /// lazily unmounted first.
