@@ -38,7 +38,7 @@ fn every_kind_roundtrip(fstype: &str) {
 
     let images = work.path().join("images");
     let (id, imgdir) = take_files_only(p.pid, &images, &[]);
-    assert_eq!(state(p.pid), 'S', "task must be thawed after take");
+    wait_for(|| state(p.pid) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
     let rec = record(&imgdir);
     let objs = rec["objects"].as_array().unwrap();
     let classes: Vec<(&str, &str)> = objs.iter().map(|o| (o["original_path"].as_str().unwrap(), o["class"].as_str().unwrap())).collect();
@@ -588,7 +588,8 @@ fn zombie_in_a_tree_is_skipped() {
     let out = snapckpt_ok(&["take", "--pid", &pid, "--tree", "--engine", "none", "--image-root", images.to_str().unwrap()]);
     let rec = record(&images.join(take_id(&out)));
     assert_eq!(rec["tasks"].as_array().unwrap().len(), 1);
-    assert_eq!(state(parent.pid()), 'S', "thawed");
+    // thawed: back to sleep (it may still be running for a moment after SIGCONT)
+    wait_for(|| state(parent.pid()) == 'S', Duration::from_secs(5), "the parent thawed");
     for args in [vec!["scan", "--pid"], vec!["take", "--dry-run", "--image-root", images.to_str().unwrap(), "--pid"]] {
         let z = zombie.to_string();
         let mut a = args.clone();
@@ -644,7 +645,7 @@ fn freeze_timeout_zero_is_refused_by_the_parser() {
     assert_eq!(o.status.code(), Some(2), "a usage error: {err}");
     assert!(err.contains("--freeze-timeout"), "{err}");
     assert!(!images.exists());
-    assert_eq!(state(p.pid()), 'S');
+    wait_for(|| state(p.pid()) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
 }
 
 /// Output into a pipe whose reader has gone ends snapckpt quietly (SIGPIPE), not with a
@@ -667,7 +668,7 @@ fn closed_stdout_ends_quietly() {
     }
     let made: Vec<_> = std::fs::read_dir(&images).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(made.len(), 1, "the take completed: {made:?}");
-    assert_eq!(state(p.pid()), 'S');
+    wait_for(|| state(p.pid()) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
 }
 
 /// An empty image root (env or job) is refused before anything is done: it would put the
@@ -692,7 +693,7 @@ fn empty_image_root_is_refused() {
     std::fs::write(&f, "").unwrap();
     let (ok, _, err) = snapckpt(&["take", "--pid", &pid, "--image-root", f.to_str().unwrap()]);
     assert!(!ok && err.contains("exists and is not a directory"), "{err}");
-    assert_eq!(state(p.pid()), 'S');
+    wait_for(|| state(p.pid()) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
 }
 
 /// gc in an image root whose only entries are a failed take's log and a dead take's partial
@@ -746,7 +747,7 @@ fn snapshot_none_overrides_the_job_and_dry_run_json() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["snapshots"], serde_json::json!([]));
     assert!(!images.exists());
-    assert_eq!(state(p.pid()), 'S');
+    wait_for(|| state(p.pid()) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
 }
 
 /// Options that would be ignored are refused instead.
@@ -774,7 +775,7 @@ fn ignored_options_are_refused() {
         assert!(err.contains(what), "{args:?}: {err}");
     }
     assert!(!images.exists());
-    assert_eq!(state(p.pid()), 'S');
+    wait_for(|| state(p.pid()) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
 }
 
 /// `list --json` includes the images whose record cannot be read, with the error.
