@@ -712,6 +712,16 @@ fn take_killed_after_random_delays_criu() {
 
 /// Restart clones stacked over a mount point are detached on drop, down to the filesystem
 /// itself (LoopFs unmounts one mount only).
+/// Lazily unmounts whatever is mounted under a directory on drop (a failed test's clones).
+struct UnmountUnder(PathBuf);
+impl Drop for UnmountUnder {
+    fn drop(&mut self) {
+        for m in mounts_under(&self.0).iter().rev() {
+            let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 struct Unstack(PathBuf);
 impl Drop for Unstack {
     fn drop(&mut self) {
@@ -930,6 +940,7 @@ fn restart_killed_after_the_restore_continues_the_tasks() {
     std::fs::create_dir_all(&hooks).unwrap();
     std::fs::write(hooks.join("restart-restored.wait"), "").unwrap();
     let root = work.path().join("r");
+    let _unmount = UnmountUnder(root.clone());
     let args: Vec<String> = ["restart", &id, "--image-root", images.to_str().unwrap(), "--snapshot", "--mount-root", root.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
     let mut run = Running::spawn(&args, &hooks, work.path());
     run.wait_point(&hooks, "restart-restored");
