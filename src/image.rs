@@ -574,8 +574,7 @@ pub fn load(dir: &Path) -> Result<Checkpoint, ImageError> {
 /// The bytes of the record file `p`: opened without following a symlink and without blocking
 /// (a FIFO), checked to be a regular file, read up to the size limit.
 fn read_record(p: &Path) -> Result<Vec<u8>, ImageError> {
-    use std::io::Read;
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let invalid = |msg: String| ImageError::Invalid { path: p.to_path_buf(), msg };
     let f = std::fs::OpenOptions::new()
         .read(true)
@@ -589,34 +588,11 @@ fn read_record(p: &Path) -> Result<Vec<u8>, ImageError> {
         }
         Err(e) => return Err(ImageError::Io { path: p.to_path_buf(), syscall: "open", source: e }),
     };
-    let meta = f.metadata().map_err(io(p, "fstat"))?;
-    let ft = meta.file_type();
-    if !ft.is_file() {
-        let what = if ft.is_dir() {
-            "a directory"
-        } else if ft.is_fifo() {
-            "a FIFO"
-        } else if ft.is_char_device() {
-            "a character device"
-        } else if ft.is_block_device() {
-            "a block device"
-        } else if ft.is_socket() {
-            "a socket"
-        } else {
-            "not a plain file"
-        };
-        return Err(invalid(format!("it is {what}, not a regular file")));
-    }
-    let too_big = || invalid(format!("record larger than {} MiB", MAX_RECORD_BYTES >> 20));
-    if meta.len() > MAX_RECORD_BYTES {
-        return Err(too_big());
-    }
-    let mut data = Vec::with_capacity(meta.len() as usize);
-    f.take(MAX_RECORD_BYTES + 1).read_to_end(&mut data).map_err(io(p, "read"))?;
-    if data.len() as u64 > MAX_RECORD_BYTES {
-        return Err(too_big());
-    }
-    Ok(data)
+    crate::sys::read_regular(f, MAX_RECORD_BYTES).map_err(|e| match e {
+        crate::sys::ReadRegularError::Io { syscall, source } => ImageError::Io { path: p.to_path_buf(), syscall, source },
+        crate::sys::ReadRegularError::NotRegular(what) => invalid(format!("it is {what}, not a regular file")),
+        crate::sys::ReadRegularError::TooBig => invalid(format!("record larger than {} MiB", MAX_RECORD_BYTES >> 20)),
+    })
 }
 
 /// Image directories with their records (or why a record could not be read).

@@ -141,8 +141,7 @@ impl Job {
     /// [`MAX_JOB_BYTES`]. Anything else (a device, FIFO, socket, directory) is refused without
     /// reading it, and no more than the limit is ever read.
     pub fn load(path: &Path) -> Result<Job, JobError> {
-        use std::io::Read;
-        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         let read_err = |source| JobError::Read { path: path.into(), source };
         let invalid = |msg: String| JobError::Invalid { path: path.into(), msg };
         // O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOCTTY: nor adopt a tty.
@@ -151,33 +150,11 @@ impl Job {
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
             .open(path)
             .map_err(read_err)?;
-        let meta = f.metadata().map_err(read_err)?;
-        let ft = meta.file_type();
-        if !ft.is_file() {
-            let what = if ft.is_dir() {
-                "a directory"
-            } else if ft.is_fifo() {
-                "a FIFO"
-            } else if ft.is_char_device() {
-                "a character device"
-            } else if ft.is_block_device() {
-                "a block device"
-            } else if ft.is_socket() {
-                "a socket"
-            } else {
-                "not a plain file"
-            };
-            return Err(invalid(format!("is {what}, not a regular file: give a TOML job file")));
-        }
-        let too_big = || invalid(format!("larger than {} MiB: not a job file", MAX_JOB_BYTES >> 20));
-        if meta.len() > MAX_JOB_BYTES {
-            return Err(too_big());
-        }
-        let mut data = Vec::with_capacity(meta.len() as usize);
-        f.take(MAX_JOB_BYTES + 1).read_to_end(&mut data).map_err(read_err)?;
-        if data.len() as u64 > MAX_JOB_BYTES {
-            return Err(too_big());
-        }
+        let data = crate::sys::read_regular(f, MAX_JOB_BYTES).map_err(|e| match e {
+            crate::sys::ReadRegularError::Io { source, .. } => read_err(source),
+            crate::sys::ReadRegularError::NotRegular(what) => invalid(format!("is {what}, not a regular file: give a TOML job file")),
+            crate::sys::ReadRegularError::TooBig => invalid(format!("larger than {} MiB: not a job file", MAX_JOB_BYTES >> 20)),
+        })?;
         let text = String::from_utf8(data).map_err(|e| invalid(format!("not UTF-8 text (invalid byte at offset {}): not a job file", e.utf8_error().valid_up_to())))?;
         Job::parse(&text, path)
     }

@@ -102,6 +102,51 @@ pub fn mnt_id_of(fd: RawFd) -> io::Result<u32> {
     Ok(stx.stx_mnt_id as u32)
 }
 
+/// Why [`read_regular`] gave no bytes.
+#[derive(Debug)]
+pub enum ReadRegularError {
+    /// fstat or read failed.
+    Io { syscall: &'static str, source: io::Error },
+    /// Not a regular file: what it is ("a directory", "a FIFO", ...).
+    NotRegular(&'static str),
+    /// Larger than the limit.
+    TooBig,
+}
+
+/// The bytes of the open file `f`, which must be a regular file of at most `max` bytes.
+/// Anything else (a device, FIFO, socket, directory) is refused without reading it, and no
+/// more than `max + 1` bytes are ever read (its size may grow while it is read).
+pub fn read_regular(f: std::fs::File, max: u64) -> Result<Vec<u8>, ReadRegularError> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    let meta = f.metadata().map_err(|source| ReadRegularError::Io { syscall: "fstat", source })?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        return Err(ReadRegularError::NotRegular(if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() {
+            "a character device"
+        } else if ft.is_block_device() {
+            "a block device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a plain file"
+        }));
+    }
+    if meta.len() > max {
+        return Err(ReadRegularError::TooBig);
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    f.take(max + 1).read_to_end(&mut data).map_err(|source| ReadRegularError::Io { syscall: "read", source })?;
+    if data.len() as u64 > max {
+        return Err(ReadRegularError::TooBig);
+    }
+    Ok(data)
+}
+
 /// Whether the open directory `fd` is the root of a mount (statx `STATX_ATTR_MOUNT_ROOT`).
 pub fn is_mount_root(fd: RawFd) -> io::Result<bool> {
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
