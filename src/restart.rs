@@ -350,7 +350,7 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], unlinks: Vec<(RawFd, std::ff
     let pairs: Vec<(i32, RawFd)> = fds.iter().map(|(t, f)| (*t, f.as_raw_fd())).collect();
     // The recorded fd numbers, our own fds and the copies made above them must fit under
     // RLIMIT_NOFILE: raise the soft limit for the command if needed, up to the hard limit.
-    let top = |v: &mut dyn Iterator<Item = i32>| v.max().unwrap_or(0).max(0) as u64;
+    let top = |fds: &mut dyn Iterator<Item = i32>| fds.max().unwrap_or(0).max(0) as u64;
     let max_target = top(&mut pairs.iter().map(|p| p.0));
     let max_ours = top(&mut pairs.iter().map(|p| p.1).chain(unlinks.iter().map(|u| u.0)));
     let need = max_target.max(max_ours) + unlinks.len() as u64 + pairs.len() as u64 + 4;
@@ -367,26 +367,25 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], unlinks: Vec<(RawFd, std::ff
     }
     let out_of_range = |_| RestartError::Refused(format!("--exec: fd numbers up to {need} are out of range"));
     // The directories the child unlinks from, copied above every target fd (a dup2 onto a
-    // target must not replace one of them).
+    // target must not replace one of them); the copies live as long as the command.
     let above_targets = i32::try_from(max_target + 1).map_err(out_of_range)?;
-    let mut dir_copies: Vec<OwnedFd> = vec![];
-    let mut unlinks2 = vec![];
-    for (dfd, name, dir) in unlinks {
-        // SAFETY: fcntl on our descriptor; the result is a new descriptor that we own.
-        let c = unsafe { libc::fcntl(dfd, libc::F_DUPFD_CLOEXEC, above_targets) };
-        if c < 0 {
-            return Err(RestartError::Io { path: PathBuf::from(prog), syscall: "fcntl", source: std::io::Error::last_os_error() });
-        }
-        // SAFETY: a new descriptor that we own.
-        dir_copies.push(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(c) });
-        unlinks2.push((c, name, dir));
-    }
-    let unlinks = unlinks2;
+    let unlinks = unlinks
+        .into_iter()
+        .map(|(dfd, name, dir)| {
+            // SAFETY: fcntl on our descriptor; the result is a new descriptor that we own.
+            let c = unsafe { libc::fcntl(dfd, libc::F_DUPFD_CLOEXEC, above_targets) };
+            if c < 0 {
+                return Err(RestartError::Io { path: PathBuf::from(prog), syscall: "fcntl", source: std::io::Error::last_os_error() });
+            }
+            // SAFETY: a new descriptor that we own.
+            Ok((unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(c) }, name, dir))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let mut c = Command::new(prog);
     c.args(args);
     // Move every source above all targets and our own fds first, so no dup2 clobbers a source.
     // Computed and allocated here: nothing may allocate between fork and exec.
-    let high = i32::try_from(max_target.max(max_ours).max(top(&mut dir_copies.iter().map(|f| f.as_raw_fd()))) + 1).map_err(out_of_range)?;
+    let high = i32::try_from(max_target.max(max_ours).max(top(&mut unlinks.iter().map(|u| u.0.as_raw_fd()))) + 1).map_err(out_of_range)?;
     let mut moved = vec![0i32; pairs.len()];
     // SAFETY: only async-signal-safe calls (close_range, fcntl, dup2) between fork and exec.
     unsafe {
@@ -407,7 +406,7 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], unlinks: Vec<(RawFd, std::ff
                 }
             }
             for (dfd, name, dir) in &unlinks {
-                if libc::unlinkat(*dfd, name.as_ptr(), if *dir { libc::AT_REMOVEDIR } else { 0 }) < 0 {
+                if libc::unlinkat(dfd.as_raw_fd(), name.as_ptr(), if *dir { libc::AT_REMOVEDIR } else { 0 }) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }

@@ -118,10 +118,7 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
         // CRIU dumps the whole tree under its root: a --pid selection without --tree whose
         // process has children would dump (and kill) tasks snapckpt neither froze nor scanned.
         if let tasks::Selection::Pid { pid, tree: false } = &opts.selection {
-            let kids = std::fs::read_dir(format!("/proc/{pid}/task"))
-                .map(|rd| rd.flatten().any(|t| std::fs::read_to_string(t.path().join("children")).is_ok_and(|c| !c.trim().is_empty())))
-                .unwrap_or(false);
-            if kids {
+            if !tasks::children(*pid)?.is_empty() {
                 return Err(TakeError::Refused(format!(
                     "pid {pid} has child processes and CRIU dumps a whole process tree: add --tree (or select its cgroup); nothing was changed"
                 )));

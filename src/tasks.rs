@@ -332,7 +332,7 @@ fn tgid_of(pid: i32) -> Result<Option<i32>, TaskError> {
 }
 
 /// The child processes of all threads of `pid`; empty if the process has gone.
-fn children(pid: i32) -> Result<Vec<i32>, TaskError> {
+pub(crate) fn children(pid: i32) -> Result<Vec<i32>, TaskError> {
     let tids = match threads(pid) {
         Ok(t) => t,
         Err(TaskError::NoSuchTask(_)) => return Ok(Vec::new()),
@@ -1231,16 +1231,7 @@ impl Frozen {
 
     /// The CRIU processes that are children of this process (for [`Frozen::note_engine`]).
     pub fn criu_children() -> Vec<i32> {
-        let me = std::process::id();
-        let mut out = vec![];
-        if let Ok(rd) = fs::read_dir(format!("/proc/{me}/task")) {
-            for t in rd.flatten() {
-                if let Ok(c) = fs::read_to_string(t.path().join("children")) {
-                    out.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).filter(|&p| is_criu(p)));
-                }
-            }
-        }
-        out
+        children(std::process::id() as i32).unwrap_or_default().into_iter().filter(|&p| is_criu(p)).collect()
     }
 
     /// Check that the thaw watchdog still runs (someone may have killed it): a take must not
@@ -1305,7 +1296,6 @@ impl Frozen {
     /// dead (gone, or a zombie waiting for its parent). Returns how long the tasks were frozen,
     /// up to the kill. Used after a checkpoint of tasks that must not go on has been published.
     pub fn kill(mut self, pids: &[i32]) -> Result<Duration, TaskError> {
-        wait_untraced(&self.method, &self.procs, Duration::from_secs(10));
         let frozen_for = self.since.elapsed();
         let mut first_err = None;
         for &pid in pids {

@@ -78,8 +78,7 @@ fn fs_path_string(rel: &Path, at: &Path) -> Result<String, SnapshotError> {
 /// The checks of [`take`] that need no snapshot: a valid snapshot directory name, a mount point
 /// that is the root of a btrfs mount and a subvolume root. Run before the tasks are frozen
 /// too ([`precheck`]).
-#[allow(clippy::type_complexity)]
-fn origin(spec: &FsSpec) -> Result<(String, PathBuf, String, std::os::fd::OwnedFd, MountEntry, PathBuf), SnapshotError> {
+fn origin(spec: &FsSpec) -> Result<Origin, SnapshotError> {
     let dir = spec.snapshot_dir.as_deref().unwrap_or(DEFAULT_SNAPSHOT_DIR).to_string();
     validate_snapshot_dir(&dir)?;
     if has_nul(&spec.mount_point) {
@@ -105,7 +104,21 @@ fn origin(spec: &FsSpec) -> Result<(String, PathBuf, String, std::os::fd::OwnedF
         return Err(not_subvolume_root(&mp, &m, &mview));
     }
 
-    Ok((dir, mp, mp_str, mfd, m, mview))
+    Ok(Origin { dir, mp, mp_str, mfd, m, mview })
+}
+
+/// A checked origin of a snapshot (see [`origin`]).
+struct Origin {
+    /// The snapshot directory, relative to the mount.
+    dir: String,
+    /// The mount point (canonical) and the same as a string.
+    mp: PathBuf,
+    mp_str: String,
+    /// The mount's root, and its mountinfo entry.
+    mfd: std::os::fd::OwnedFd,
+    m: MountEntry,
+    /// `/proc/self/fd/N` of `mfd`.
+    mview: PathBuf,
 }
 
 /// Whether a snapshot of `spec` can be taken, checked before anything is changed.
@@ -124,7 +137,7 @@ pub fn precheck(spec: &FsSpec) -> Result<(), SnapshotError> {
 /// owned by root, or writable by group or others. `<id>` must not exist yet.
 pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, SnapshotError> {
     validate_id(id)?;
-    let (dir, mp, mp_str, mfd, m, mview) = origin(spec)?;
+    let Origin { dir, mp, mp_str, mfd, m, mview } = origin(spec)?;
     let dir = dir.as_str();
 
     // The origin subvolume.
