@@ -19,7 +19,11 @@ pub fn checkpoint_json(data: &[u8]) {
         }
         Ok(()) => {
             for (o, r) in ck.relinked() {
-                assert!(!r.name.is_empty() && !r.name.contains('/') && r.name != "." && r.name != "..", "validated name {:?}", r.name);
+                assert!(
+                    !r.name.is_empty() && !r.name.contains('/') && r.name != "." && r.name != "..",
+                    "validated name {:?}",
+                    r.name
+                );
                 assert_eq!(r.rel_path, format!("{}/{}", snapckpt::relink::CHECKPOINT_DIR, r.name));
                 assert!(o.mount.mount_point.starts_with('/'));
             }
@@ -61,7 +65,10 @@ pub fn job_toml(data: &[u8]) {
             for f in &j.filesystem {
                 assert!(f.mount.is_absolute());
                 if let Some(d) = &f.snapshot_dir {
-                    assert!(!d.starts_with('/') && !d.split('/').any(|c| c == ".." || c == "." || c.is_empty()), "{d:?}");
+                    assert!(
+                        !d.starts_with('/') && !d.split('/').any(|c| c == ".." || c == "." || c.is_empty()),
+                        "{d:?}"
+                    );
                 }
             }
             assert_ne!(j.freeze.timeout_ms, Some(0));
@@ -81,7 +88,14 @@ pub fn template(data: &[u8]) {
     for id in IDS {
         for n in [1u64, 9, 10, 17, 4242, u64::MAX] {
             let name = tpl.render(id, n);
-            assert!(!name.is_empty() && !name.contains('/') && !name.contains('\0') && name != "." && name != "..", "template {t:?} renders {name:?}");
+            assert!(
+                !name.is_empty()
+                    && !name.contains('/')
+                    && !name.contains('\0')
+                    && name != "."
+                    && name != "..",
+                "template {t:?} renders {name:?}"
+            );
             assert!(!name.starts_with('.'), "template {t:?} renders a hidden name {name:?}");
             if let Some(id) = tpl.match_id(&name) {
                 assert!(snapckpt::image::valid_id(&id), "{id:?}");
@@ -104,7 +118,10 @@ pub fn template_roundtrip(data: &[u8]) {
         for n in [1u64, 9, 10, 17, 4242, u64::MAX] {
             let name = tpl.render(id, n);
             if let Some(got) = tpl.match_id(&name) {
-                assert_eq!(got, *id, "template {t:?}: name {name:?} of checkpoint {id} is taken for checkpoint {got}");
+                assert_eq!(
+                    got, *id,
+                    "template {t:?}: name {name:?} of checkpoint {id} is taken for checkpoint {got}"
+                );
             }
         }
     }

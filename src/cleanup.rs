@@ -48,8 +48,16 @@ pub fn delete(image_dir: &Path, force: bool) -> Result<Checkpoint, CleanupError>
     // Rename first so that a crash never leaves a half-deleted but valid-looking image.
     let parent = image_dir.parent().unwrap_or(Path::new("."));
     let doomed = parent.join(format!(".{}.deleting", ck.id));
-    std::fs::rename(image_dir, &doomed).map_err(|source| CleanupError::Io { path: image_dir.into(), syscall: "rename", source })?;
-    std::fs::remove_dir_all(&doomed).map_err(|source| CleanupError::Io { path: doomed.clone(), syscall: "unlink", source })?;
+    std::fs::rename(image_dir, &doomed).map_err(|source| CleanupError::Io {
+        path: image_dir.into(),
+        syscall: "rename",
+        source,
+    })?;
+    std::fs::remove_dir_all(&doomed).map_err(|source| CleanupError::Io {
+        path: doomed.clone(),
+        syscall: "unlink",
+        source,
+    })?;
     Ok(ck)
 }
 
@@ -63,7 +71,11 @@ pub fn delete_unreadable(image_dir: &Path) -> Result<String, CleanupError> {
     if !image::generated_id(&id) {
         return Err(refuse("not named like a checkpoint id"));
     }
-    let md = std::fs::symlink_metadata(image_dir).map_err(|source| CleanupError::Io { path: image_dir.into(), syscall: "lstat", source })?;
+    let md = std::fs::symlink_metadata(image_dir).map_err(|source| CleanupError::Io {
+        path: image_dir.into(),
+        syscall: "lstat",
+        source,
+    })?;
     if !md.is_dir() {
         return Err(refuse("not a directory"));
     }
@@ -72,8 +84,16 @@ pub fn delete_unreadable(image_dir: &Path) -> Result<String, CleanupError> {
     }
     let parent = image_dir.parent().unwrap_or(Path::new("."));
     let doomed = parent.join(format!(".{id}.deleting"));
-    std::fs::rename(image_dir, &doomed).map_err(|source| CleanupError::Io { path: image_dir.into(), syscall: "rename", source })?;
-    std::fs::remove_dir_all(&doomed).map_err(|source| CleanupError::Io { path: doomed.clone(), syscall: "unlink", source })?;
+    std::fs::rename(image_dir, &doomed).map_err(|source| CleanupError::Io {
+        path: image_dir.into(),
+        syscall: "rename",
+        source,
+    })?;
+    std::fs::remove_dir_all(&doomed).map_err(|source| CleanupError::Io {
+        path: doomed.clone(),
+        syscall: "unlink",
+        source,
+    })?;
     Ok(id)
 }
 
@@ -81,7 +101,9 @@ fn remove_live_names(ck: &Checkpoint) -> Result<(), CleanupError> {
     for (o, r) in ck.relinked() {
         let d = match relink::open_checkpoint_dir(Path::new(&o.mount.mount_point), None, false) {
             Ok(d) => d,
-            Err(relink::RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(relink::RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+                continue
+            }
             Err(e) => return Err(e.into()),
         };
         match d.remove(&r.name, o.kind == image::FileKind::Directory) {
@@ -131,7 +153,14 @@ pub enum GcScope {
 /// snapshots of the checkpoint ids `scope` allows.
 /// btrfs snapshots are looked for in the default directory, in `snapshot_dirs`, and in every
 /// directory the image root's checkpoints use.
-pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, scope: &GcScope, snapshot_dirs: &[String], dry_run: bool) -> Result<GcReport, CleanupError> {
+pub fn gc(
+    mounts: &[PathBuf],
+    image_root: &Path,
+    template: &Template,
+    scope: &GcScope,
+    snapshot_dirs: &[String],
+    dry_run: bool,
+) -> Result<GcReport, CleanupError> {
     let mut live: HashSet<String> = HashSet::new();
     let mut failed: HashSet<String> = HashSet::new();
     let mut rep = GcReport::default();
@@ -156,7 +185,11 @@ pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, scope: &Gc
     if let Ok(rd) = std::fs::read_dir(image_root) {
         for e in rd.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
-            let Some(id) = n.strip_prefix('.').and_then(|s| s.strip_suffix(".partial").or_else(|| s.strip_suffix(".deleting")).or_else(|| s.strip_suffix(".failed"))) else {
+            let Some(id) = n.strip_prefix('.').and_then(|s| {
+                s.strip_suffix(".partial")
+                    .or_else(|| s.strip_suffix(".deleting"))
+                    .or_else(|| s.strip_suffix(".failed"))
+            }) else {
                 continue;
             };
             if !image::valid_id(id) {
@@ -203,7 +236,11 @@ pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, scope: &Gc
     for names in rep.stale.values() {
         for (m, name) in names {
             let d = relink::open_checkpoint_dir(m, None, false)?;
-            let is_dir = d.open(name, libc::O_PATH | libc::O_NOFOLLOW).ok().and_then(|f| crate::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&f)).ok()).is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
+            let is_dir = d
+                .open(name, libc::O_PATH | libc::O_NOFOLLOW)
+                .ok()
+                .and_then(|f| crate::sys::fstat(std::os::fd::AsRawFd::as_raw_fd(&f)).ok())
+                .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR);
             d.remove(name, is_dir)?;
         }
     }
@@ -211,7 +248,11 @@ pub fn gc(mounts: &[PathBuf], image_root: &Path, template: &Template, scope: &Gc
         snapshot::delete(s, false)?;
     }
     for p in &rep.partial_dirs {
-        std::fs::remove_dir_all(p).map_err(|source| CleanupError::Io { path: p.clone(), syscall: "unlink", source })?;
+        std::fs::remove_dir_all(p).map_err(|source| CleanupError::Io {
+            path: p.clone(),
+            syscall: "unlink",
+            source,
+        })?;
     }
     rep.removed = true;
     Ok(rep)

@@ -18,7 +18,9 @@ use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CriuError {
-    #[error("no CRIU found (looked at {looked}); install it with scripts/install-criu.sh or pass --criu PATH")]
+    #[error(
+        "no CRIU found (looked at {looked}); install it with scripts/install-criu.sh or pass --criu PATH"
+    )]
     NotFound { looked: String },
     #[error("criu {op} failed: {msg}\n{log_tail}see the whole log: {}", log.display())]
     Failed { op: &'static str, msg: String, log: PathBuf, log_tail: String },
@@ -64,9 +66,15 @@ pub fn find(explicit: Option<&Path>) -> Result<PathBuf, CriuError> {
 
 /// `criu --version` and `criu check`: (version line, check passed, check output).
 pub fn check(criu: &Path) -> Result<(String, bool, String), CriuError> {
-    let v = Command::new(criu).arg("--version").output().map_err(|source| CriuError::Spawn { path: criu.into(), source })?;
+    let v = Command::new(criu)
+        .arg("--version")
+        .output()
+        .map_err(|source| CriuError::Spawn { path: criu.into(), source })?;
     let version = String::from_utf8_lossy(&v.stdout).lines().next().unwrap_or("").trim().to_string();
-    let c = Command::new(criu).arg("check").output().map_err(|source| CriuError::Spawn { path: criu.into(), source })?;
+    let c = Command::new(criu)
+        .arg("check")
+        .output()
+        .map_err(|source| CriuError::Spawn { path: criu.into(), source })?;
     let out = format!("{}{}", String::from_utf8_lossy(&c.stdout), String::from_utf8_lossy(&c.stderr));
     Ok((version, c.status.success() && out.contains("Looks good"), out.trim().to_string()))
 }
@@ -78,7 +86,12 @@ pub fn version_string(criu: &Path) -> String {
         .arg("--version")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.trim().trim_start_matches("Version: ").to_string()))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.trim().trim_start_matches("Version: ").to_string())
+        })
         .unwrap_or_default()
 }
 
@@ -120,8 +133,13 @@ fn notify(script: &str, _n: &Criu_notify, _fd: Option<RawFd>) -> i32 {
 
 fn open_dir(dir: &Path) -> Result<OwnedFd, CriuError> {
     // Not CLOEXEC: criu swrk inherits it and uses its number.
-    let fd = crate::sys::open(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|source| CriuError::Io { path: dir.into(), syscall: "open", source })?;
-    crate::sys::clear_cloexec(fd.as_raw_fd()).map_err(|source| CriuError::Io { path: dir.into(), syscall: "fcntl", source })?;
+    let fd = crate::sys::open(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0)
+        .map_err(|source| CriuError::Io { path: dir.into(), syscall: "open", source })?;
+    crate::sys::clear_cloexec(fd.as_raw_fd()).map_err(|source| CriuError::Io {
+        path: dir.into(),
+        syscall: "fcntl",
+        source,
+    })?;
     Ok(fd)
 }
 
@@ -129,7 +147,8 @@ fn open_dir(dir: &Path) -> Result<OwnedFd, CriuError> {
 /// if it fails, CRIU aborts the dump and the tasks resume.
 pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>) -> Result<(), CriuError> {
     let dirfd = open_dir(&req.image_dir)?;
-    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string()).map_err(|e| failed("dump", e, &req.criu, &req.image_dir, DUMP_LOG))?;
+    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string())
+        .map_err(|e| failed("dump", e, &req.criu, &req.image_dir, DUMP_LOG))?;
     c.set_pid(req.pid);
     c.set_images_dir_fd(dirfd.as_raw_fd());
     c.set_log_level(4);
@@ -181,7 +200,8 @@ pub fn restore(req: &RestoreRequest) -> Result<(), CriuError> {
             _ => {}
         }
     }
-    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string()).map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))?;
+    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string())
+        .map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))?;
     c.set_images_dir_fd(dirfd.as_raw_fd());
     c.set_work_dir_fd(workfd.as_raw_fd());
     c.set_log_level(4);
@@ -191,8 +211,13 @@ pub fn restore(req: &RestoreRequest) -> Result<(), CriuError> {
     c.set_file_locks(true);
     c.set_manage_cgroups(false);
     for (fd, key) in &req.inherit {
-        crate::sys::clear_cloexec(*fd).map_err(|source| CriuError::Io { path: PathBuf::from(format!("fd {fd}")), syscall: "fcntl", source })?;
-        c.add_inherit_fd(*fd, key.clone()).map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))?;
+        crate::sys::clear_cloexec(*fd).map_err(|source| CriuError::Io {
+            path: PathBuf::from(format!("fd {fd}")),
+            syscall: "fcntl",
+            source,
+        })?;
+        c.add_inherit_fd(*fd, key.clone())
+            .map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))?;
     }
     c.restore().map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))
 }
@@ -202,7 +227,8 @@ fn failed(op: &'static str, e: rust_criu::CriuError, criu: &Path, dir: &Path, lo
     if !log.is_file() {
         let version = match Command::new(criu).arg("--version").output() {
             Ok(o) => {
-                let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+                let text =
+                    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
                 match text.lines().map(str::trim).find(|l| !l.is_empty()) {
                     Some(l) => format!("{l:?}"),
                     None => format!("nothing ({})", o.status),
@@ -218,7 +244,8 @@ fn failed(op: &'static str, e: rust_criu::CriuError, criu: &Path, dir: &Path, lo
 /// The error lines at the end of a CRIU log, for the user.
 pub fn log_tail(log: &Path) -> String {
     let Ok(text) = std::fs::read_to_string(log) else { return String::new() };
-    let lines: Vec<&str> = text.lines().filter(|l| l.contains("Error") || l.contains("error") || l.contains("Warn")).collect();
+    let lines: Vec<&str> =
+        text.lines().filter(|l| l.contains("Error") || l.contains("error") || l.contains("Warn")).collect();
     let tail = &lines[lines.len().saturating_sub(8)..];
     tail.iter().map(|l| format!("  | {l}\n")).collect()
 }
@@ -226,7 +253,12 @@ pub fn log_tail(log: &Path) -> String {
 /// CRIU's image files in a directory (names only), for the record.
 pub fn image_files(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".img")).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".img"))
+                .collect()
+        })
         .unwrap_or_default();
     v.sort();
     v
@@ -268,7 +300,12 @@ mod tests {
     fn restore_removes_a_stale_log() {
         let dir = scratch("restore");
         std::fs::write(dir.join(RESTORE_LOG), "(00.1) Error (criu/util.c:1): an old failure\n").unwrap();
-        let req = RestoreRequest { criu: "/bin/true".into(), image_dir: dir.clone(), inherit: vec![], work_dir: dir.clone() };
+        let req = RestoreRequest {
+            criu: "/bin/true".into(),
+            image_dir: dir.clone(),
+            inherit: vec![],
+            work_dir: dir.clone(),
+        };
         let e = restore(&req).unwrap_err();
         let s = e.to_string();
         assert!(matches!(e, CriuError::NoLog { .. }), "{s}");

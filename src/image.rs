@@ -346,7 +346,9 @@ impl Checkpoint {
             version: VERSION,
             id: id.into(),
             created_unix,
-            hostname: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             job: None,
             selection: String::new(),
             freezer: String::new(),
@@ -398,19 +400,36 @@ impl Checkpoint {
             }
             let actual = FileKind::from_mode(o.mode);
             if o.kind != actual {
-                return bad(format!("object {i}: kind is {:?} but its mode {:o} is that of a {}", o.kind.name(), o.mode, actual.name()));
+                return bad(format!(
+                    "object {i}: kind is {:?} but its mode {:o} is that of a {}",
+                    o.kind.name(),
+                    o.mode,
+                    actual.name()
+                ));
             }
             for h in &o.holders {
                 if h.pid <= 0 {
-                    return bad(format!("object {i}: holder pid {} is not a process id (must be > 0)", h.pid));
+                    return bad(format!(
+                        "object {i}: holder pid {} is not a process id (must be > 0)",
+                        h.pid
+                    ));
                 }
             }
             if let Some(r) = &o.relinked {
-                if r.name.is_empty() || r.name.contains('/') || r.name == "." || r.name == ".." || r.name.contains('\0') {
+                if r.name.is_empty()
+                    || r.name.contains('/')
+                    || r.name == "."
+                    || r.name == ".."
+                    || r.name.contains('\0')
+                {
                     return bad(format!("object {i}: relinked name {:?} is not a plain file name", r.name));
                 }
                 if r.rel_path != format!("{}/{}", crate::relink::CHECKPOINT_DIR, r.name) {
-                    return bad(format!("object {i}: relinked path {:?} is not under {}", r.rel_path, crate::relink::CHECKPOINT_DIR));
+                    return bad(format!(
+                        "object {i}: relinked path {:?} is not under {}",
+                        r.rel_path,
+                        crate::relink::CHECKPOINT_DIR
+                    ));
                 }
                 if let Some(t) = &template {
                     match t.match_id(&r.name) {
@@ -449,13 +468,19 @@ impl Checkpoint {
                     return bad(format!("task {}: fd {} is above {MAX_FD}, the largest fd number Linux allows by default (fs.nr_open)", t.pid, f.fd));
                 }
                 if f.pos > i64::MAX as u64 {
-                    return bad(format!("task {} fd {}: file position {} is beyond the largest file offset (2^63-1)", t.pid, f.fd, f.pos));
+                    return bad(format!(
+                        "task {} fd {}: file position {} is beyond the largest file offset (2^63-1)",
+                        t.pid, f.fd, f.pos
+                    ));
                 }
                 check(f.object, &format!("task {} fd {}", t.pid, f.fd))?;
             }
             for m in &t.maps {
                 if m.pgoff > i64::MAX as u64 {
-                    return bad(format!("task {} mapping {:x}: file offset {} is beyond the largest file offset (2^63-1)", t.pid, m.start, m.pgoff));
+                    return bad(format!(
+                        "task {} mapping {:x}: file offset {} is beyond the largest file offset (2^63-1)",
+                        t.pid, m.start, m.pgoff
+                    ));
                 }
                 check(m.object, &format!("task {} mapping {:x}", t.pid, m.start))?;
             }
@@ -479,7 +504,10 @@ impl Checkpoint {
                         let mut comps = v.rsplit('/');
                         let (last, owner) = (comps.next(), comps.next());
                         let (Some(crate::snapshot::btrfs::SNAPSHOT_NAME), Some(owner)) = (last, owner) else {
-                            return bad(format!("snapshot {k}: {field} {v:?} does not end in <checkpoint id>/{}", crate::snapshot::btrfs::SNAPSHOT_NAME));
+                            return bad(format!(
+                                "snapshot {k}: {field} {v:?} does not end in <checkpoint id>/{}",
+                                crate::snapshot::btrfs::SNAPSHOT_NAME
+                            ));
                         };
                         if owner != id {
                             return bad(format!("snapshot {k}: {field} {v:?} is the snapshot of another checkpoint ({owner}), not of this checkpoint {id}: a record may only name its own snapshots"));
@@ -506,7 +534,10 @@ impl Checkpoint {
 /// Whether `p` is a normalized absolute path: "/" or "/a/b", without empty, "." or ".."
 /// components and without NUL.
 pub fn normalized_abs(p: &str) -> bool {
-    p == "/" || (p.starts_with('/') && !p.contains('\0') && p[1..].split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
+    p == "/"
+        || (p.starts_with('/')
+            && !p.contains('\0')
+            && p[1..].split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
 }
 
 /// Checkpoint ids (and everything derived from them in paths) use only these characters.
@@ -538,8 +569,10 @@ pub fn new_id(now_unix: u64) -> String {
 pub fn write_json_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), ImageError> {
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let dst = dir.join(name);
-    let data = serde_json::to_vec_pretty(value).map_err(|e| ImageError::Invalid { path: dst.clone(), msg: e.to_string() })?;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp, "open"))?;
+    let data = serde_json::to_vec_pretty(value)
+        .map_err(|e| ImageError::Invalid { path: dst.clone(), msg: e.to_string() })?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp, "open"))?;
     f.write_all(&data).map_err(io(&tmp, "write"))?;
     f.write_all(b"\n").map_err(io(&tmp, "write"))?;
     f.sync_all().map_err(io(&tmp, "fsync"))?;
@@ -558,7 +591,8 @@ pub fn write_json_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> Res
 pub fn load(dir: &Path) -> Result<Checkpoint, ImageError> {
     let p = dir.join(RECORD_FILE);
     let data = read_record(&p)?;
-    let ck: Checkpoint = serde_json::from_slice(&data).map_err(|e| ImageError::Invalid { path: p.clone(), msg: e.to_string() })?;
+    let ck: Checkpoint = serde_json::from_slice(&data)
+        .map_err(|e| ImageError::Invalid { path: p.clone(), msg: e.to_string() })?;
     ck.validate(&p)?;
     if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
         if generated_id(name) && name != ck.id {
@@ -582,16 +616,27 @@ fn read_record(p: &Path) -> Result<Vec<u8>, ImageError> {
         .open(p);
     let f = match f {
         Ok(f) => f,
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) && std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) => {
+        Err(e)
+            if e.raw_os_error() == Some(libc::ELOOP)
+                && std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) =>
+        {
             let to = std::fs::read_link(p).map(|t| format!(" to {}", t.display())).unwrap_or_default();
-            return Err(invalid(format!("it is a symbolic link{to}, not a regular file; snapckpt does not follow links to records")));
+            return Err(invalid(format!(
+                "it is a symbolic link{to}, not a regular file; snapckpt does not follow links to records"
+            )));
         }
         Err(e) => return Err(ImageError::Io { path: p.to_path_buf(), syscall: "open", source: e }),
     };
     crate::sys::read_regular(f, MAX_RECORD_BYTES).map_err(|e| match e {
-        crate::sys::ReadRegularError::Io { syscall, source } => ImageError::Io { path: p.to_path_buf(), syscall, source },
-        crate::sys::ReadRegularError::NotRegular(what) => invalid(format!("it is {what}, not a regular file")),
-        crate::sys::ReadRegularError::TooBig => invalid(format!("record larger than {} MiB", MAX_RECORD_BYTES >> 20)),
+        crate::sys::ReadRegularError::Io { syscall, source } => {
+            ImageError::Io { path: p.to_path_buf(), syscall, source }
+        }
+        crate::sys::ReadRegularError::NotRegular(what) => {
+            invalid(format!("it is {what}, not a regular file"))
+        }
+        crate::sys::ReadRegularError::TooBig => {
+            invalid(format!("record larger than {} MiB", MAX_RECORD_BYTES >> 20))
+        }
     })
 }
 
@@ -648,7 +693,11 @@ mod tests {
         let id = new_id(1795734000);
         assert!(valid_id(&id), "{id}");
         assert!(generated_id(&id), "{id}");
-        assert!(!generated_id("not-an-id") && !generated_id("20261126T230000Z-3fa") && !generated_id("20261126T230000Z-3fAg"));
+        assert!(
+            !generated_id("not-an-id")
+                && !generated_id("20261126T230000Z-3fa")
+                && !generated_id("20261126T230000Z-3fAg")
+        );
         assert!(id.starts_with("20261126T230000Z-"));
         assert!(!valid_id("../x"));
         assert!(!valid_id(".hidden"));
@@ -671,7 +720,18 @@ mod tests {
             cwd: None,
             root: None,
             exe: None,
-            fds: vec![Fd { fd: 3, path: "/a (deleted)".into(), kind: FileKind::Regular, flags: 2, pos: 5, mnt_id: 1, dev: 1, ino: 2, nlink: 0, object: Some(0) }],
+            fds: vec![Fd {
+                fd: 3,
+                path: "/a (deleted)".into(),
+                kind: FileKind::Regular,
+                flags: 2,
+                pos: 5,
+                mnt_id: 1,
+                dev: 1,
+                ino: 2,
+                nlink: 0,
+                object: Some(0),
+            }],
             maps: vec![],
         });
         write_json_atomic(&d, RECORD_FILE, &ck).unwrap();
@@ -695,7 +755,14 @@ mod tests {
     fn good() -> Checkpoint {
         let mut ck = Checkpoint::new(ID, 1);
         ck.template = crate::relink::DEFAULT_TEMPLATE.into();
-        let mount = MountRef { mnt_id: 40, mount_point: "/srv/data".into(), fs_root: "/".into(), fstype: "btrfs".into(), source: "/dev/loop0".into(), dev: 1 };
+        let mount = MountRef {
+            mnt_id: 40,
+            mount_point: "/srv/data".into(),
+            fs_root: "/".into(),
+            fstype: "btrfs".into(),
+            source: "/dev/loop0".into(),
+            dev: 1,
+        };
         let name = format!("unlink-at-restart-{ID}-1");
         ck.objects.push(Object {
             index: 0,
@@ -714,7 +781,13 @@ mod tests {
             mount,
             criu_key: Object::criu_key_for(40, 2),
             holders: vec![Holder { pid: 10, what: "fd 3".into() }],
-            relinked: Some(Relinked { rel_path: format!("{}/{name}", crate::relink::CHECKPOINT_DIR), name, method: Method::Clone, ino: 3, bytes_copied: 0 }),
+            relinked: Some(Relinked {
+                rel_path: format!("{}/{name}", crate::relink::CHECKPOINT_DIR),
+                name,
+                method: Method::Clone,
+                ino: 3,
+                bytes_copied: 0,
+            }),
         });
         ck.tasks.push(Task {
             pid: 10,
@@ -725,7 +798,18 @@ mod tests {
             cwd: None,
             root: None,
             exe: None,
-            fds: vec![Fd { fd: MAX_FD, path: "/srv/data/a (deleted)".into(), kind: FileKind::Regular, flags: 2, pos: i64::MAX as u64, mnt_id: 40, dev: 1, ino: 2, nlink: 0, object: Some(0) }],
+            fds: vec![Fd {
+                fd: MAX_FD,
+                path: "/srv/data/a (deleted)".into(),
+                kind: FileKind::Regular,
+                flags: 2,
+                pos: i64::MAX as u64,
+                mnt_id: 40,
+                dev: 1,
+                ino: 2,
+                nlink: 0,
+                object: Some(0),
+            }],
             maps: vec![],
         });
         ck.snapshots.push(Snapshot::Btrfs {
@@ -761,7 +845,9 @@ mod tests {
         for p in ["/", "/a", "/a/b.c/..d", "/srv/data"] {
             assert!(normalized_abs(p), "{p:?}");
         }
-        for p in ["", "a", "a/b", "//", "/a/", "/a//b", "/..", "/../victim", "/a/../b", "/a/.", "/./a", "/a\0b"] {
+        for p in
+            ["", "a", "a/b", "//", "/a/", "/a//b", "/..", "/../victim", "/a/../b", "/a/.", "/./a", "/a\0b"]
+        {
             assert!(!normalized_abs(p), "{p:?}");
         }
     }
@@ -782,22 +868,70 @@ mod tests {
         let other = "20261127T000000Z-0bad";
         type Mutation = Box<dyn Fn(&mut Checkpoint)>;
         let cases: Vec<(&str, Mutation, &str)> = vec![
-            ("object mount point with ..", Box::new(|c| c.objects[0].mount.mount_point = "/../victim".into()), "object 0: mount point \"/../victim\" is not a normalized absolute path"),
-            ("object mount point with //", Box::new(|c| c.objects[0].mount.mount_point = "/srv//data".into()), "not a normalized absolute path"),
-            ("object mount point with .", Box::new(|c| c.objects[0].mount.mount_point = "/srv/./data".into()), "not a normalized absolute path"),
-            ("object mount point with NUL", Box::new(|c| c.objects[0].mount.mount_point = "/srv/\0".into()), "not a normalized absolute path"),
-            ("snapshot mount point with ..", Box::new(|c| set_btrfs(c, "mount_point", "/srv/data/../../etc")), "snapshot 0: mount point \"/srv/data/../../etc\" is not a normalized"),
-            ("record id differs from the names", Box::new(move |c| c.id = other.into()), "is a name of checkpoint 20261126T210000Z-abcd, not of this checkpoint 20261127T000000Z-0bad"),
-            ("name not from the template", Box::new(|c| rename(c, "something-else")), "is not a name of checkpoint"),
+            (
+                "object mount point with ..",
+                Box::new(|c| c.objects[0].mount.mount_point = "/../victim".into()),
+                "object 0: mount point \"/../victim\" is not a normalized absolute path",
+            ),
+            (
+                "object mount point with //",
+                Box::new(|c| c.objects[0].mount.mount_point = "/srv//data".into()),
+                "not a normalized absolute path",
+            ),
+            (
+                "object mount point with .",
+                Box::new(|c| c.objects[0].mount.mount_point = "/srv/./data".into()),
+                "not a normalized absolute path",
+            ),
+            (
+                "object mount point with NUL",
+                Box::new(|c| c.objects[0].mount.mount_point = "/srv/\0".into()),
+                "not a normalized absolute path",
+            ),
+            (
+                "snapshot mount point with ..",
+                Box::new(|c| set_btrfs(c, "mount_point", "/srv/data/../../etc")),
+                "snapshot 0: mount point \"/srv/data/../../etc\" is not a normalized",
+            ),
+            (
+                "record id differs from the names",
+                Box::new(move |c| c.id = other.into()),
+                "is a name of checkpoint 20261126T210000Z-abcd, not of this checkpoint 20261127T000000Z-0bad",
+            ),
+            (
+                "name not from the template",
+                Box::new(|c| rename(c, "something-else")),
+                "is not a name of checkpoint",
+            ),
             ("template invalid", Box::new(|c| c.template = "../%t".into()), "template:"),
-            ("btrfs snapshot of another checkpoint", Box::new(move |c| {
-                set_btrfs(c, "path", &format!("/srv/data/.snapckpt/{other}/snapshot"));
-                set_btrfs(c, "fs_path", &format!("/.snapckpt/{other}/snapshot"));
-            }), "is the snapshot of another checkpoint (20261127T000000Z-0bad)"),
-            ("btrfs fs_path of another checkpoint", Box::new(move |c| set_btrfs(c, "fs_path", &format!("/.snapckpt/{other}/snapshot"))), "fs_path"),
-            ("btrfs path not a snapshot", Box::new(|c| set_btrfs(c, "path", "/srv/data/.snapckpt/x")), "does not end in <checkpoint id>/snapshot"),
-            ("btrfs path with ..", Box::new(|c| set_btrfs(c, "path", &format!("/srv/../etc/{ID}/snapshot"))), "is not a normalized absolute path"),
-            ("lvm snapshot of another checkpoint", Box::new(move |c| c.snapshots.push(lvm(&format!("snapckpt-{other}")))), "is not the snapshot LV of this checkpoint"),
+            (
+                "btrfs snapshot of another checkpoint",
+                Box::new(move |c| {
+                    set_btrfs(c, "path", &format!("/srv/data/.snapckpt/{other}/snapshot"));
+                    set_btrfs(c, "fs_path", &format!("/.snapckpt/{other}/snapshot"));
+                }),
+                "is the snapshot of another checkpoint (20261127T000000Z-0bad)",
+            ),
+            (
+                "btrfs fs_path of another checkpoint",
+                Box::new(move |c| set_btrfs(c, "fs_path", &format!("/.snapckpt/{other}/snapshot"))),
+                "fs_path",
+            ),
+            (
+                "btrfs path not a snapshot",
+                Box::new(|c| set_btrfs(c, "path", "/srv/data/.snapckpt/x")),
+                "does not end in <checkpoint id>/snapshot",
+            ),
+            (
+                "btrfs path with ..",
+                Box::new(|c| set_btrfs(c, "path", &format!("/srv/../etc/{ID}/snapshot"))),
+                "is not a normalized absolute path",
+            ),
+            (
+                "lvm snapshot of another checkpoint",
+                Box::new(move |c| c.snapshots.push(lvm(&format!("snapckpt-{other}")))),
+                "is not the snapshot LV of this checkpoint",
+            ),
             ("pid -1", Box::new(|c| c.tasks[0].pid = -1), "task pid -1 is not a process id"),
             ("pid 0", Box::new(|c| c.tasks[0].pid = 0), "task pid 0 is not a process id"),
             ("ppid -1", Box::new(|c| c.tasks[0].ppid = -1), "parent pid -1"),
@@ -807,18 +941,27 @@ mod tests {
             ("fd MAX_FD + 1", Box::new(|c| c.tasks[0].fds[0].fd = MAX_FD + 1), "is above"),
             ("fd negative", Box::new(|c| c.tasks[0].fds[0].fd = -1), "negative fd"),
             ("position beyond off_t", Box::new(|c| c.tasks[0].fds[0].pos = u64::MAX), "file position"),
-            ("kind regular for a FIFO", Box::new(|c| c.objects[0].mode = libc::S_IFIFO | 0o600), "kind is \"regular\" but its mode 10600 is that of a fifo"),
+            (
+                "kind regular for a FIFO",
+                Box::new(|c| c.objects[0].mode = libc::S_IFIFO | 0o600),
+                "kind is \"regular\" but its mode 10600 is that of a fifo",
+            ),
             ("kind fifo for a file", Box::new(|c| c.objects[0].kind = FileKind::Fifo), "kind is \"fifo\""),
         ];
         for (what, f, expect) in cases {
             let mut c = good();
             f(&mut c);
             let e = c.validate(p).unwrap_err().to_string();
-            assert!(e.starts_with("ck.json: not a valid checkpoint record: ") && e.contains(expect), "{what}: {e}");
+            assert!(
+                e.starts_with("ck.json: not a valid checkpoint record: ") && e.contains(expect),
+                "{what}: {e}"
+            );
         }
 
         fn set_btrfs(c: &mut Checkpoint, field: &str, v: &str) {
-            let Snapshot::Btrfs { mount_point, path, fs_path, .. } = &mut c.snapshots[0] else { unreachable!() };
+            let Snapshot::Btrfs { mount_point, path, fs_path, .. } = &mut c.snapshots[0] else {
+                unreachable!()
+            };
             *match field {
                 "mount_point" => mount_point,
                 "path" => path,
@@ -839,16 +982,26 @@ mod tests {
         let d = std::env::temp_dir().join(format!("snapckpt-img-load-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         let t0 = std::time::Instant::now();
-        let (fifo, link, dir, good_dir, other_dir) = (d.join("fifo"), d.join("link"), d.join("dir"), d.join(ID), d.join("20261127T000000Z-0bad"));
+        let (fifo, link, dir, good_dir, other_dir) =
+            (d.join("fifo"), d.join("link"), d.join("dir"), d.join(ID), d.join("20261127T000000Z-0bad"));
         for x in [&fifo, &link, &dir, &good_dir, &other_dir] {
             std::fs::create_dir_all(x).unwrap();
         }
-        nix::unistd::mkfifo(&fifo.join(RECORD_FILE), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        nix::unistd::mkfifo(&fifo.join(RECORD_FILE), nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .unwrap();
         std::os::unix::fs::symlink("/dev/zero", link.join(RECORD_FILE)).unwrap();
         std::fs::create_dir(dir.join(RECORD_FILE)).unwrap();
-        for (x, expect) in [(&fifo, "it is a FIFO, not a regular file"), (&link, "it is a symbolic link to /dev/zero, not a regular file"), (&dir, "it is a directory, not a regular file")] {
+        for (x, expect) in [
+            (&fifo, "it is a FIFO, not a regular file"),
+            (&link, "it is a symbolic link to /dev/zero, not a regular file"),
+            (&dir, "it is a directory, not a regular file"),
+        ] {
             let e = load(x).unwrap_err().to_string();
-            assert!(e.starts_with(&format!("{}: not a valid checkpoint record: ", x.join(RECORD_FILE).display())) && e.contains(expect), "{e}");
+            assert!(
+                e.starts_with(&format!("{}: not a valid checkpoint record: ", x.join(RECORD_FILE).display()))
+                    && e.contains(expect),
+                "{e}"
+            );
         }
         write_json_atomic(&good_dir, RECORD_FILE, &good()).unwrap();
         assert_eq!(load(&good_dir).unwrap(), good());

@@ -152,10 +152,19 @@ impl Job {
             .map_err(read_err)?;
         let data = crate::sys::read_regular(f, MAX_JOB_BYTES).map_err(|e| match e {
             crate::sys::ReadRegularError::Io { source, .. } => read_err(source),
-            crate::sys::ReadRegularError::NotRegular(what) => invalid(format!("is {what}, not a regular file: give a TOML job file")),
-            crate::sys::ReadRegularError::TooBig => invalid(format!("larger than {} MiB: not a job file", MAX_JOB_BYTES >> 20)),
+            crate::sys::ReadRegularError::NotRegular(what) => {
+                invalid(format!("is {what}, not a regular file: give a TOML job file"))
+            }
+            crate::sys::ReadRegularError::TooBig => {
+                invalid(format!("larger than {} MiB: not a job file", MAX_JOB_BYTES >> 20))
+            }
         })?;
-        let text = String::from_utf8(data).map_err(|e| invalid(format!("not UTF-8 text (invalid byte at offset {}): not a job file", e.utf8_error().valid_up_to())))?;
+        let text = String::from_utf8(data).map_err(|e| {
+            invalid(format!(
+                "not UTF-8 text (invalid byte at offset {}): not a job file",
+                e.utf8_error().valid_up_to()
+            ))
+        })?;
         Job::parse(&text, path)
     }
 
@@ -176,8 +185,15 @@ impl Job {
         }
         match (&self.tasks.pid, &self.tasks.cgroup) {
             (Some(_), Some(_)) => return bad("[tasks]: give pid or cgroup, not both".into()),
-            (Some(p), None) if *p <= 0 => return bad(format!("[tasks] pid = {p}: must be a positive process id")),
-            (None, Some(_)) if self.tasks.tree => return bad("[tasks] tree = true goes with pid, not cgroup (a cgroup includes its whole subtree)".into()),
+            (Some(p), None) if *p <= 0 => {
+                return bad(format!("[tasks] pid = {p}: must be a positive process id"))
+            }
+            (None, Some(_)) if self.tasks.tree => {
+                return bad(
+                    "[tasks] tree = true goes with pid, not cgroup (a cgroup includes its whole subtree)"
+                        .into(),
+                )
+            }
             _ => {}
         }
         if let Some(c) = &self.tasks.cgroup {
@@ -192,16 +208,26 @@ impl Job {
         }
         for (i, f) in self.filesystem.iter().enumerate() {
             if !f.mount.is_absolute() {
-                return bad(format!("[[filesystem]] #{}: mount = {:?} must be an absolute path", i + 1, f.mount));
+                return bad(format!(
+                    "[[filesystem]] #{}: mount = {:?} must be an absolute path",
+                    i + 1,
+                    f.mount
+                ));
             }
             if let Some(d) = &f.snapshot_dir {
-                if d.is_empty() || d.starts_with('/') || d.split('/').any(|c| c == ".." || c == "." || c.is_empty()) {
+                if d.is_empty()
+                    || d.starts_with('/')
+                    || d.split('/').any(|c| c == ".." || c == "." || c.is_empty())
+                {
                     return bad(format!("[[filesystem]] #{}: snapshot_dir = {d:?} must be a relative path inside the mount, without '.' or '..'", i + 1));
                 }
             }
             if let Some(s) = &f.lvm_size {
                 if !valid_size(s) {
-                    return bad(format!("[[filesystem]] #{}: lvm_size = {s:?} is not a size like \"512M\" or \"2G\"", i + 1));
+                    return bad(format!(
+                        "[[filesystem]] #{}: lvm_size = {s:?} is not a size like \"512M\" or \"2G\"",
+                        i + 1
+                    ));
                 }
             }
         }
@@ -288,7 +314,10 @@ leave_running = true
             ("[relink]\ntemplate = \"../%t-%n\"\n", "plain file name"),
             ("[[filesystem]]\nmount = \"rel\"\nsnapshot = \"btrfs\"\n", "absolute"),
             ("[[filesystem]]\nmount = \"/a\"\nsnapshot = \"zfs\"\n", "unknown variant"),
-            ("[[filesystem]]\nmount = \"/a\"\nsnapshot = \"btrfs\"\nsnapshot_dir = \"../x\"\n", "relative path"),
+            (
+                "[[filesystem]]\nmount = \"/a\"\nsnapshot = \"btrfs\"\nsnapshot_dir = \"../x\"\n",
+                "relative path",
+            ),
             ("[[filesystem]]\nmount = \"/a\"\nsnapshot = \"lvm\"\nlvm_size = \"lots\"\n", "not a size"),
             ("[tasks\n", "job.toml:1:"),
             ("[criu]\nleave_running = true\nleave_stopped = true\n", "exclude each other"),

@@ -14,7 +14,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "snapckpt", version, about = "Checkpoint/restart that relinks unlinked open files and lets a filesystem snapshot carry their data")]
+#[command(
+    name = "snapckpt",
+    version,
+    about = "Checkpoint/restart that relinks unlinked open files and lets a filesystem snapshot carry their data"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -229,7 +233,9 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).map(|a| a.as_os_str()) == Some(OsStr::new(snapckpt::tasks::WATCHDOG_ARG)) {
-        let Some(rest) = args[2..].iter().map(|a| a.to_str().map(str::to_string)).collect::<Option<Vec<String>>>() else {
+        let Some(rest) =
+            args[2..].iter().map(|a| a.to_str().map(str::to_string)).collect::<Option<Vec<String>>>()
+        else {
             eprintln!("snapckpt {}: arguments are not valid UTF-8", snapckpt::tasks::WATCHDOG_ARG);
             return ExitCode::from(2);
         };
@@ -294,7 +300,9 @@ fn image_root(flag: Option<PathBuf>, job: Option<&Job>) -> Result<PathBuf, Strin
         return Err(format!("the image root is empty ({from} is set to \"\"): give a directory with --image-root DIR, or unset it for {}", take::DEFAULT_IMAGE_ROOT));
     }
     match std::fs::metadata(&root) {
-        Ok(m) if !m.is_dir() => Err(format!("image root {} ({from}) exists and is not a directory", root.display())),
+        Ok(m) if !m.is_dir() => {
+            Err(format!("image root {} ({from}) exists and is not a directory", root.display()))
+        }
         _ => Ok(root),
     }
 }
@@ -327,12 +335,26 @@ fn selection(s: &Select, job: Option<&Job>, usage: &str) -> Result<Selection, St
 fn cmd_take(a: TakeArgs) -> Res {
     let job = a.job.as_deref().map(Job::load).transpose()?;
     let j = job.as_ref();
-    let sel = selection(&a.sel, j, "give --pid PID [--tree], --cgroup PATH, or --job FILE with a [tasks] section")?;
-    let tpl = a.template.clone().or_else(|| j.and_then(|j| j.relink.template.clone())).unwrap_or_else(|| relink::DEFAULT_TEMPLATE.into());
+    let sel =
+        selection(&a.sel, j, "give --pid PID [--tree], --cgroup PATH, or --job FILE with a [tasks] section")?;
+    let tpl = a
+        .template
+        .clone()
+        .or_else(|| j.and_then(|j| j.relink.template.clone()))
+        .unwrap_or_else(|| relink::DEFAULT_TEMPLATE.into());
     let template = Template::parse(&tpl)?;
     let filesystems: Vec<FsSpec> = match (a.snapshot, j) {
         (Some(BackendArg::None), _) | (_, None) => vec![],
-        (_, Some(j)) => j.filesystem.iter().map(|f| FsSpec { mount_point: f.mount.clone(), backend: f.snapshot, snapshot_dir: f.snapshot_dir.clone(), lvm_size: f.lvm_size.clone() }).collect(),
+        (_, Some(j)) => j
+            .filesystem
+            .iter()
+            .map(|f| FsSpec {
+                mount_point: f.mount.clone(),
+                backend: f.snapshot,
+                snapshot_dir: f.snapshot_dir.clone(),
+                lvm_size: f.lvm_size.clone(),
+            })
+            .collect(),
     };
     let auto_snapshot = match a.snapshot {
         Some(BackendArg::Btrfs) => Some(Backend::Btrfs),
@@ -367,7 +389,9 @@ fn cmd_take(a: TakeArgs) -> Res {
         selection: sel,
         image_root,
         template,
-        freeze_timeout: Duration::from_millis(a.freeze_timeout.or(j.and_then(|j| j.freeze.timeout_ms)).unwrap_or(10_000)),
+        freeze_timeout: Duration::from_millis(
+            a.freeze_timeout.or(j.and_then(|j| j.freeze.timeout_ms)).unwrap_or(10_000),
+        ),
         filesystems,
         auto_snapshot,
         keep_links: a.keep_links || j.is_some_and(|j| j.snapshot.keep_links),
@@ -382,7 +406,14 @@ fn cmd_take(a: TakeArgs) -> Res {
     match outcome {
         take::Outcome::DryRun(p) => {
             let how = |o: &image::Object| match (o.nlink, o.kind) {
-                (_, image::FileKind::Directory) | (0, image::FileKind::Fifo | image::FileKind::CharDevice | image::FileKind::BlockDevice | image::FileKind::Socket) => "recreate",
+                (_, image::FileKind::Directory)
+                | (
+                    0,
+                    image::FileKind::Fifo
+                    | image::FileKind::CharDevice
+                    | image::FileKind::BlockDevice
+                    | image::FileKind::Socket,
+                ) => "recreate",
                 (0, _) => "link if O_TMPFILE, else clone or copy",
                 _ => "hard link",
             };
@@ -394,11 +425,20 @@ fn cmd_take(a: TakeArgs) -> Res {
                     .map(|o| {
                         let mut v = serde_json::to_value(o).unwrap_or_default();
                         v["would"] = how(o).into();
-                        v["into"] = format!("{}/{}", o.mount.mount_point.trim_end_matches('/'), relink::CHECKPOINT_DIR).into();
+                        v["into"] = format!(
+                            "{}/{}",
+                            o.mount.mount_point.trim_end_matches('/'),
+                            relink::CHECKPOINT_DIR
+                        )
+                        .into();
                         v
                     })
                     .collect();
-                let snapshots: Vec<serde_json::Value> = p.snapshots.iter().map(|s| serde_json::json!({ "mount_point": s.mount_point, "backend": s.backend })).collect();
+                let snapshots: Vec<serde_json::Value> = p
+                    .snapshots
+                    .iter()
+                    .map(|s| serde_json::json!({ "mount_point": s.mount_point, "backend": s.backend }))
+                    .collect();
                 let plan = serde_json::json!({
                     "dry_run": true,
                     "freezer": p.freezer,
@@ -412,7 +452,15 @@ fn cmd_take(a: TakeArgs) -> Res {
             }
             println!("dry run: would freeze {} task(s) with {}: {:?}", p.pids.len(), p.freezer, p.pids);
             for o in &p.scan.objects {
-                println!("  would relink {} ({:?}, {} bytes) into {}/{}: {}", o.original_path, o.class, o.size, o.mount.mount_point.trim_end_matches('/'), relink::CHECKPOINT_DIR, how(o));
+                println!(
+                    "  would relink {} ({:?}, {} bytes) into {}/{}: {}",
+                    o.original_path,
+                    o.class,
+                    o.size,
+                    o.mount.mount_point.trim_end_matches('/'),
+                    relink::CHECKPOINT_DIR,
+                    how(o)
+                );
             }
             for s in &p.snapshots {
                 println!("  would snapshot {} with {:?}", s.mount_point.display(), s.backend);
@@ -441,9 +489,15 @@ fn cmd_take(a: TakeArgs) -> Res {
                     println!("  snapshot: {}", sn.describe());
                 }
                 let tm = &t.record.timings;
-                println!("  frozen {} ms (scan {} ms, relink {} ms, snapshot {} ms, dump {} ms)", tm.frozen_ms, tm.scan_ms, tm.relink_ms, tm.snapshot_ms, tm.dump_ms);
+                println!(
+                    "  frozen {} ms (scan {} ms, relink {} ms, snapshot {} ms, dump {} ms)",
+                    tm.frozen_ms, tm.scan_ms, tm.relink_ms, tm.snapshot_ms, tm.dump_ms
+                );
                 if let Some(k) = t.killed_in {
-                    println!("  tasks killed after the checkpoint was published (exited in {} ms)", k.as_millis());
+                    println!(
+                        "  tasks killed after the checkpoint was published (exited in {} ms)",
+                        k.as_millis()
+                    );
                 }
                 if let Some(how) = &t.left_frozen {
                     println!("  tasks left frozen; to resume them: {how}");
@@ -465,7 +519,13 @@ fn root_for(flag: Option<PathBuf>, id_or_path: &str) -> Result<PathBuf, String> 
 fn cmd_restart(a: RestartArgs) -> Res {
     let root = root_for(a.image_root, &a.id)?;
     let dir = image::resolve(&root, &a.id)?;
-    let opts = restart::RestartOptions { snapshot: a.snapshot, mount_root: a.mount_root, exec: a.exec, exec_task: a.exec_task, criu: a.criu };
+    let opts = restart::RestartOptions {
+        snapshot: a.snapshot,
+        mount_root: a.mount_root,
+        exec: a.exec,
+        exec_task: a.exec_task,
+        criu: a.criu,
+    };
     let working = EpipeWhileWorking::new();
     let r = restart::restart(&dir, &opts)?;
     drop(working);
@@ -523,7 +583,15 @@ fn cmd_list(a: ListArgs) -> Res {
                 );
                 for s in &ck.snapshots {
                     let clones = snapckpt::snapshot::mounted_clones(s).map(|v| v.len()).unwrap_or(0);
-                    println!("    snapshot {}{}", s.describe(), if clones > 0 { format!(" ({clones} restart clone(s) mounted)") } else { String::new() });
+                    println!(
+                        "    snapshot {}{}",
+                        s.describe(),
+                        if clones > 0 {
+                            format!(" ({clones} restart clone(s) mounted)")
+                        } else {
+                            String::new()
+                        }
+                    );
                 }
             }
             Err(e) => println!("{}  (unreadable: {e})", p.display()),
@@ -542,7 +610,9 @@ fn cmd_delete(a: DeleteArgs) -> Res {
         }
         let id = cleanup::delete_unreadable(&dir).map_err(|e2| format!("{e}\n{e2}"))?;
         println!("deleted image directory {} (record unreadable: {e})", dir.display());
-        println!("its relinked names and snapshots are left: `snapckpt gc --mount MOUNT --id {id}` removes them");
+        println!(
+            "its relinked names and snapshots are left: `snapckpt gc --mount MOUNT --id {id}` removes them"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let ck = cleanup::delete(&dir, a.force)?;
@@ -592,7 +662,12 @@ fn cmd_gc(a: GcArgs) -> Res {
         println!("{verb} snapshot {} (checkpoint {id})", s.describe());
     }
     for (m, n) in &rep.unknown {
-        println!("left alone {}/{}/{n}: not made by template {}", m.display(), relink::CHECKPOINT_DIR, template.as_str());
+        println!(
+            "left alone {}/{}/{n}: not made by template {}",
+            m.display(),
+            relink::CHECKPOINT_DIR,
+            template.as_str()
+        );
     }
     for (id, n) in &rep.unclaimed {
         println!(
@@ -617,7 +692,11 @@ fn cmd_gc(a: GcArgs) -> Res {
             "no mount searched: none was given with --mount and no checkpoint in {} names one, so relinked names and snapshots were not looked for; `snapckpt gc --mount MOUNTPOINT` looks under a mount",
             root.display()
         );
-        let ids: Vec<&str> = rep.partial_dirs.iter().filter_map(|p| p.file_name()?.to_str()?.strip_prefix('.')?.rsplit_once('.').map(|(id, _)| id)).collect();
+        let ids: Vec<&str> = rep
+            .partial_dirs
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str()?.strip_prefix('.')?.rsplit_once('.').map(|(id, _)| id))
+            .collect();
         if !ids.is_empty() && !a.dry_run {
             println!("names and snapshots those failed takes left are now found only by id: `snapckpt gc --mount MOUNTPOINT --id ID` (ID: {})", ids.join(", "));
         }
@@ -652,7 +731,10 @@ fn cmd_scan(a: ScanArgs) -> Res {
         println!("{}", serde_json::to_string_pretty(&Out { tasks: &sc.tasks, objects: &sc.objects })?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<8} {:<14} {:<12} {:<11} {:>5} {:>12} {:<10} PATH", "PID", "HOLDS", "CLASS", "KIND", "NLINK", "SIZE", "MOUNT");
+    println!(
+        "{:<8} {:<14} {:<12} {:<11} {:>5} {:>12} {:<10} PATH",
+        "PID", "HOLDS", "CLASS", "KIND", "NLINK", "SIZE", "MOUNT"
+    );
     for o in &sc.objects {
         for h in &o.holders {
             println!(
@@ -686,25 +768,62 @@ fn cmd_check(a: CheckArgs) -> Res {
         }
     };
     let root = nix::unistd::geteuid().is_root();
-    line(St::ok_or(root, St::Fail), "running as root", if root { "yes".into() } else { "no: take/restart need root".into() });
-    let uname = nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    line(
+        St::ok_or(root, St::Fail),
+        "running as root",
+        if root { "yes".into() } else { "no: take/restart need root".into() },
+    );
+    let uname =
+        nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
     line(St::Ok, "kernel", uname);
-    let o2 = snapckpt::sys::openat2(libc::AT_FDCWD, "/", libc::O_PATH, 0, snapckpt::sys::RESOLVE_NO_SYMLINKS).is_ok();
-    line(St::ok_or(o2, St::Fail), "openat2 with RESOLVE_*", if o2 { "available".into() } else { "missing (needs Linux 5.6+)".into() });
-    let v2 = ["/sys/fs/cgroup/cgroup.freeze", "/sys/fs/cgroup/unified"].iter().any(|p| Path::new(p).exists()) || Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
-    let v1 = Path::new("/sys/fs/cgroup/freezer/freezer.state").exists() || Path::new("/sys/fs/cgroup/freezer").exists();
-    line(St::ok_or(v1 || v2, St::Fail), "cgroup freezer", format!("v2 {}, v1 {} (SIGSTOP is used for --pid without a cgroup)", if v2 { "present" } else { "absent" }, if v1 { "present" } else { "absent" }));
+    let o2 = snapckpt::sys::openat2(libc::AT_FDCWD, "/", libc::O_PATH, 0, snapckpt::sys::RESOLVE_NO_SYMLINKS)
+        .is_ok();
+    line(
+        St::ok_or(o2, St::Fail),
+        "openat2 with RESOLVE_*",
+        if o2 { "available".into() } else { "missing (needs Linux 5.6+)".into() },
+    );
+    let v2 = ["/sys/fs/cgroup/cgroup.freeze", "/sys/fs/cgroup/unified"].iter().any(|p| Path::new(p).exists())
+        || Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let v1 = Path::new("/sys/fs/cgroup/freezer/freezer.state").exists()
+        || Path::new("/sys/fs/cgroup/freezer").exists();
+    line(
+        St::ok_or(v1 || v2, St::Fail),
+        "cgroup freezer",
+        format!(
+            "v2 {}, v1 {} (SIGSTOP is used for --pid without a cgroup)",
+            if v2 { "present" } else { "absent" },
+            if v1 { "present" } else { "absent" }
+        ),
+    );
     let fss = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
     for fs in ["btrfs", "xfs", "ext4"] {
         let have = fss.lines().any(|l| l.split_whitespace().last() == Some(fs));
-        line(St::ok_or(have, St::Warn), &format!("filesystem {fs}"), if have { "supported by the kernel".into() } else { "not loaded (modprobe it)".into() });
+        line(
+            St::ok_or(have, St::Warn),
+            &format!("filesystem {fs}"),
+            if have { "supported by the kernel".into() } else { "not loaded (modprobe it)".into() },
+        );
     }
-    let dm = Path::new("/dev/mapper/control").exists() && std::fs::read_to_string("/proc/misc").map(|m| m.contains("device-mapper")).unwrap_or(false);
+    let dm = Path::new("/dev/mapper/control").exists()
+        && std::fs::read_to_string("/proc/misc").map(|m| m.contains("device-mapper")).unwrap_or(false);
     let lvm = which("lvm");
-    line(St::ok_or(lvm && dm, St::Warn), "LVM snapshots", format!("lvm {}, device-mapper {}", if lvm { "found" } else { "not found" }, if dm { "present" } else { "absent (LVM snapshots cannot work on this kernel)" }));
+    line(
+        St::ok_or(lvm && dm, St::Warn),
+        "LVM snapshots",
+        format!(
+            "lvm {}, device-mapper {}",
+            if lvm { "found" } else { "not found" },
+            if dm { "present" } else { "absent (LVM snapshots cannot work on this kernel)" }
+        ),
+    );
     match criu::find(a.criu.as_deref()) {
         Ok(p) => match criu::check(&p) {
-            Ok((v, ok, out)) => line(St::ok_or(ok, St::Fail), "CRIU", format!("{} ({v}): criu check: {}", p.display(), out.lines().last().unwrap_or(""))),
+            Ok((v, ok, out)) => line(
+                St::ok_or(ok, St::Fail),
+                "CRIU",
+                format!("{} ({v}): criu check: {}", p.display(), out.lines().last().unwrap_or("")),
+            ),
             Err(e) => line(St::Fail, "CRIU", e.to_string()),
         },
         Err(e) => line(St::Fail, "CRIU", e.to_string()),

@@ -32,7 +32,9 @@ const FICLONE: libc::c_ulong = 0x40049409;
 pub enum RelinkError {
     #[error("name template {template:?}: {msg}")]
     Template { template: String, msg: String },
-    #[error("{path}: refusing to use it: {why}. Fix: remove it or make it a root-owned directory with mode 0700")]
+    #[error(
+        "{path}: refusing to use it: {why}. Fix: remove it or make it a root-owned directory with mode 0700"
+    )]
     Unsafe { path: PathBuf, why: String },
     #[error("{path}: {why}")]
     WrongMount { path: PathBuf, why: String },
@@ -150,7 +152,8 @@ impl Template {
                 Part::Rand(k) => {
                     let hex = sys::random_hex(*k);
                     for (i, c) in hex.as_bytes().chunks(2).enumerate().take(*k) {
-                        let v = u8::from_str_radix(std::str::from_utf8(c).unwrap_or("0"), 16).unwrap_or(i as u8);
+                        let v =
+                            u8::from_str_radix(std::str::from_utf8(c).unwrap_or("0"), 16).unwrap_or(i as u8);
                         s.push(ALNUM[v as usize % ALNUM.len()] as char);
                     }
                 }
@@ -179,7 +182,10 @@ impl Template {
                     }
                 }
                 Part::Rand(k) => {
-                    if s.len() >= *k && s.is_char_boundary(*k) && s[..*k].bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    if s.len() >= *k
+                        && s.is_char_boundary(*k)
+                        && s[..*k].bytes().all(|b| b.is_ascii_alphanumeric())
+                    {
                         go(rest, &s[*k..], id, out)
                     }
                 }
@@ -190,7 +196,10 @@ impl Template {
                     }
                 }
                 Part::Id => {
-                    let n = s.bytes().take_while(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.').count();
+                    let n = s
+                        .bytes()
+                        .take_while(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+                        .count();
                     for k in 1..=n {
                         go(rest, &s[k..], Some(&s[..k]), out);
                     }
@@ -229,7 +238,8 @@ impl CheckpointDir {
     /// Open a name inside the directory without following symlinks.
     pub fn open(&self, name: &str, flags: i32) -> Result<OwnedFd, RelinkError> {
         check_name(name, &self.path)?;
-        sys::openat2(self.fd(), name, flags, 0, sys::RESOLVE_STRICT).map_err(ioe(&self.path.join(name), "openat2"))
+        sys::openat2(self.fd(), name, flags, 0, sys::RESOLVE_STRICT)
+            .map_err(ioe(&self.path.join(name), "openat2"))
     }
 
     /// Remove a name (a directory with `dir`).
@@ -240,8 +250,11 @@ impl CheckpointDir {
 
     /// The names in the directory (plain names only).
     pub fn names(&self) -> Result<Vec<(String, bool)>, RelinkError> {
-        let dup = sys::openat2(self.fd(), ".", libc::O_RDONLY | libc::O_DIRECTORY, 0, sys::RESOLVE_STRICT).map_err(ioe(&self.path, "openat2"))?;
-        let mut d = nix::dir::Dir::from_fd(std::os::fd::IntoRawFd::into_raw_fd(dup)).map_err(|e| RelinkError::Io { path: self.path.clone(), syscall: "fdopendir", source: e.into() })?;
+        let dup = sys::openat2(self.fd(), ".", libc::O_RDONLY | libc::O_DIRECTORY, 0, sys::RESOLVE_STRICT)
+            .map_err(ioe(&self.path, "openat2"))?;
+        let mut d = nix::dir::Dir::from_fd(std::os::fd::IntoRawFd::into_raw_fd(dup)).map_err(|e| {
+            RelinkError::Io { path: self.path.clone(), syscall: "fdopendir", source: e.into() }
+        })?;
         let mut out = vec![];
         for e in d.iter().flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
@@ -266,17 +279,27 @@ fn check_name(name: &str, dir: &Path) -> Result<(), RelinkError> {
 /// Open (creating if `create`) `lost+found/checkpoint` under `mount_dir`, the root of a mount.
 /// If `expect_mnt_id` is given, the directory reached must be that mount's root (a planted
 /// symlink or a renamed parent would lead elsewhere).
-pub fn open_checkpoint_dir(mount_dir: &Path, expect_mnt_id: Option<u32>, create: bool) -> Result<CheckpointDir, RelinkError> {
+pub fn open_checkpoint_dir(
+    mount_dir: &Path,
+    expect_mnt_id: Option<u32>,
+    create: bool,
+) -> Result<CheckpointDir, RelinkError> {
     let mfd = sys::open(mount_dir, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(ioe(mount_dir, "open"))?;
     // The directory reached must be the root of a mount (not a directory some path trick led
     // to), and with `expect_mnt_id` the root of that very mount.
     if !sys::is_mount_root(mfd.as_raw_fd()).map_err(ioe(mount_dir, "statx"))? {
-        return Err(RelinkError::WrongMount { path: mount_dir.into(), why: "is not the root of a mount (give the mount point)".into() });
+        return Err(RelinkError::WrongMount {
+            path: mount_dir.into(),
+            why: "is not the root of a mount (give the mount point)".into(),
+        });
     }
     if let Some(want) = expect_mnt_id {
         let got = sys::mnt_id_of(mfd.as_raw_fd()).map_err(ioe(mount_dir, "statx"))?;
         if got != want {
-            return Err(RelinkError::WrongMount { path: mount_dir.into(), why: format!("is on mount {got}, expected the root of mount {want}") });
+            return Err(RelinkError::WrongMount {
+                path: mount_dir.into(),
+                why: format!("is on mount {got}, expected the root of mount {want}"),
+            });
         }
     }
     let mut fd = mfd;
@@ -304,10 +327,16 @@ fn open_secure_subdir(parent: RawFd, name: &str, path: &Path, create: bool) -> R
     };
     let st = sys::fstat(fd.as_raw_fd()).map_err(ioe(path, "fstat"))?;
     if st.st_uid != 0 {
-        return Err(RelinkError::Unsafe { path: path.into(), why: format!("owned by uid {}, not root", st.st_uid) });
+        return Err(RelinkError::Unsafe {
+            path: path.into(),
+            why: format!("owned by uid {}, not root", st.st_uid),
+        });
     }
     if st.st_mode & 0o022 != 0 {
-        return Err(RelinkError::Unsafe { path: path.into(), why: format!("mode {:o} is writable by group or others", st.st_mode & 0o7777) });
+        return Err(RelinkError::Unsafe {
+            path: path.into(),
+            why: format!("mode {:o} is writable by group or others", st.st_mode & 0o7777),
+        });
     }
     Ok(fd)
 }
@@ -321,7 +350,9 @@ fn refuse_or_io(e: io::Error, path: &Path) -> RelinkError {
     match e.raw_os_error() {
         Some(libc::ELOOP) => RelinkError::Unsafe { path: path.into(), why: "it is a symlink".into() },
         Some(libc::ENOTDIR) => RelinkError::Unsafe { path: path.into(), why: "it is not a directory".into() },
-        Some(libc::EXDEV) => RelinkError::Unsafe { path: path.into(), why: "it leads to another mount".into() },
+        Some(libc::EXDEV) => {
+            RelinkError::Unsafe { path: path.into(), why: "it leads to another mount".into() }
+        }
         _ => RelinkError::Io { path: path.into(), syscall: "openat2", source: e },
     }
 }
@@ -369,7 +400,11 @@ impl Relinker {
     }
 
     /// Relink every object; on error, the names made so far are removed again.
-    pub fn relink_all(&mut self, objects: &mut [Object], mut progress: impl FnMut(&Object)) -> Result<Stats, RelinkError> {
+    pub fn relink_all(
+        &mut self,
+        objects: &mut [Object],
+        mut progress: impl FnMut(&Object),
+    ) -> Result<Stats, RelinkError> {
         let mut stats = Stats::default();
         for o in objects.iter_mut() {
             if let Err(e) = self.relink_one(o, &mut stats) {
@@ -389,10 +424,19 @@ impl Relinker {
         let holder = o
             .holders
             .iter()
-            .min_by_key(|h| if h.what.starts_with("fd ") { 0 } else if h.what.starts_with("map ") { 1 } else { 2 })
+            .min_by_key(|h| {
+                if h.what.starts_with("fd ") {
+                    0
+                } else if h.what.starts_with("map ") {
+                    1
+                } else {
+                    2
+                }
+            })
             .cloned()
             .ok_or_else(|| RelinkError::NoHolder { index: o.index, original: o.original_path.clone() })?;
-        let src = scan::holder_proc_path(&holder).ok_or_else(|| RelinkError::NoHolder { index: o.index, original: o.original_path.clone() })?;
+        let src = scan::holder_proc_path(&holder)
+            .ok_or_else(|| RelinkError::NoHolder { index: o.index, original: o.original_path.clone() })?;
         let mnt_id = o.mount.mnt_id;
         if let std::collections::hash_map::Entry::Vacant(e) = self.dirs.entry(mnt_id) {
             let mdir = scan::mount_dir_for(holder.pid, &o.mount.mount_point);
@@ -411,18 +455,28 @@ impl Relinker {
                 match sys::link_follow(&src, dir.fd(), OsStr::new(&name)) {
                     Ok(()) => Ok((Method::Link, 0)),
                     // nlink == 0 and not an O_TMPFILE: the kernel will not link it; copy it.
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) && st.st_nlink == 0 && o.kind == FileKind::Regular => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::ENOENT)
+                            && st.st_nlink == 0
+                            && o.kind == FileKind::Regular =>
+                    {
                         copy_orphan(&src, dir, &name, &st, &o.original_path)
                     }
-                    Err(e) => Err(RelinkError::Io { path: dir.path.join(&name), syscall: "linkat", source: e }),
+                    Err(e) => {
+                        Err(RelinkError::Io { path: dir.path.join(&name), syscall: "linkat", source: e })
+                    }
                 }
             };
             match r {
-                Err(RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => continue,
+                Err(RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
+                    continue
+                }
                 Err(e) => return Err(e),
                 Ok((method, bytes)) => {
                     self.made.push((mnt_id, name.clone(), is_dir));
-                    let new = dir.open(&name, libc::O_PATH | libc::O_NOFOLLOW).and_then(|f| sys::fstat(f.as_raw_fd()).map_err(ioe(&dir.path, "fstat")))?;
+                    let new = dir
+                        .open(&name, libc::O_PATH | libc::O_NOFOLLOW)
+                        .and_then(|f| sys::fstat(f.as_raw_fd()).map_err(ioe(&dir.path, "fstat")))?;
                     match method {
                         Method::Link => stats.linked += 1,
                         Method::Clone => stats.cloned += 1,
@@ -444,14 +498,19 @@ impl Relinker {
                 }
             }
         }
-        Err(RelinkError::Io { path: self.dirs[&mnt_id].path.clone(), syscall: "linkat", source: io::Error::from_raw_os_error(libc::EEXIST) })
+        Err(RelinkError::Io {
+            path: self.dirs[&mnt_id].path.clone(),
+            syscall: "linkat",
+            source: io::Error::from_raw_os_error(libc::EEXIST),
+        })
     }
 
     /// Remove every name this relinker made (best effort, all attempted); the first error is
     /// returned.
     /// Remove the names made on the mounts `mnts` (by mount id); the others stay.
     pub fn remove_on(&mut self, mnts: &std::collections::HashSet<u32>) -> Result<(), RelinkError> {
-        let (doomed, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.made).into_iter().partition(|(m, _, _)| mnts.contains(m));
+        let (doomed, kept): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.made).into_iter().partition(|(m, _, _)| mnts.contains(m));
         self.made = kept;
         let mut first = None;
         for (mnt, name, is_dir) in doomed.into_iter().rev() {
@@ -483,7 +542,8 @@ fn recreate_node(dir: &CheckpointDir, name: &str, st: &libc::stat) -> Result<(),
     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
         sys::mkdirat(dir.fd(), OsStr::new(name), 0o700).map_err(ioe(&p, "mkdirat"))?;
     } else {
-        sys::mknodat(dir.fd(), OsStr::new(name), (st.st_mode & libc::S_IFMT) | 0o600, st.st_rdev).map_err(ioe(&p, "mknodat"))?;
+        sys::mknodat(dir.fd(), OsStr::new(name), (st.st_mode & libc::S_IFMT) | 0o600, st.st_rdev)
+            .map_err(ioe(&p, "mknodat"))?;
     }
     if let Err(e) = sys::set_owner_mode_times(dir.fd(), OsStr::new(name), st) {
         let _ = dir.remove(name, st.st_mode & libc::S_IFMT == libc::S_IFDIR);
@@ -494,12 +554,19 @@ fn recreate_node(dir: &CheckpointDir, name: &str, st: &libc::stat) -> Result<(),
 
 /// Preserve an nlink==0 file as a new inode: O_TMPFILE, reflink or copy of the data segments,
 /// owner/mode/times, then linkat into place. Returns the method and the bytes written.
-fn copy_orphan(src: &Path, dir: &CheckpointDir, name: &str, st: &libc::stat, original: &str) -> Result<(Method, u64), RelinkError> {
+fn copy_orphan(
+    src: &Path,
+    dir: &CheckpointDir,
+    name: &str,
+    st: &libc::stat,
+    original: &str,
+) -> Result<(Method, u64), RelinkError> {
     let dst_path = dir.path.join(name);
     let sfd = sys::open(src, libc::O_RDONLY | libc::O_NOATIME, 0)
         .or_else(|_| sys::open(src, libc::O_RDONLY, 0))
         .map_err(ioe(src, "open"))?;
-    let tfd = sys::openat2(dir.fd(), ".", libc::O_TMPFILE | libc::O_RDWR, 0o600, sys::RESOLVE_STRICT).map_err(ioe(&dir.path, "open(O_TMPFILE)"))?;
+    let tfd = sys::openat2(dir.fd(), ".", libc::O_TMPFILE | libc::O_RDWR, 0o600, sys::RESOLVE_STRICT)
+        .map_err(ioe(&dir.path, "open(O_TMPFILE)"))?;
     let size = st.st_size as u64;
     let nospace = |e: io::Error, syscall: &'static str| {
         if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
@@ -524,15 +591,25 @@ fn copy_orphan(src: &Path, dir: &CheckpointDir, name: &str, st: &libc::stat, ori
         if libc::ftruncate(tfd.as_raw_fd(), size as libc::off_t) < 0 {
             return Err(nospace(io::Error::last_os_error(), "ftruncate"));
         }
-        if libc::fchown(tfd.as_raw_fd(), st.st_uid, st.st_gid) < 0 || libc::fchmod(tfd.as_raw_fd(), st.st_mode & 0o7777) < 0 {
-            return Err(RelinkError::Io { path: dst_path.clone(), syscall: "fchown/fchmod", source: io::Error::last_os_error() });
+        if libc::fchown(tfd.as_raw_fd(), st.st_uid, st.st_gid) < 0
+            || libc::fchmod(tfd.as_raw_fd(), st.st_mode & 0o7777) < 0
+        {
+            return Err(RelinkError::Io {
+                path: dst_path.clone(),
+                syscall: "fchown/fchmod",
+                source: io::Error::last_os_error(),
+            });
         }
         let ts = [
             libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
             libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
         ];
         if libc::futimens(tfd.as_raw_fd(), ts.as_ptr()) < 0 {
-            return Err(RelinkError::Io { path: dst_path.clone(), syscall: "futimens", source: io::Error::last_os_error() });
+            return Err(RelinkError::Io {
+                path: dst_path.clone(),
+                syscall: "futimens",
+                source: io::Error::last_os_error(),
+            });
         }
         if bytes > 0 && libc::fsync(tfd.as_raw_fd()) < 0 {
             return Err(nospace(io::Error::last_os_error(), "fsync"));
@@ -573,7 +650,14 @@ fn sparse_copy(src: RawFd, dst: RawFd, size: u64) -> Result<(Method, u64), (io::
     Ok((method, written))
 }
 
-fn copy_range(src: RawFd, dst: RawFd, start: u64, len: u64, method: &mut Method, buf: &mut Vec<u8>) -> Result<u64, (io::Error, &'static str)> {
+fn copy_range(
+    src: RawFd,
+    dst: RawFd,
+    start: u64,
+    len: u64,
+    method: &mut Method,
+    buf: &mut Vec<u8>,
+) -> Result<u64, (io::Error, &'static str)> {
     let mut done = 0u64;
     while done < len {
         let chunk = (len - done).min(1 << 30) as usize;
@@ -591,7 +675,9 @@ fn copy_range(src: RawFd, dst: RawFd, start: u64, len: u64, method: &mut Method,
             }
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
-                Some(libc::EXDEV | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => *method = Method::SparseCopy,
+                Some(libc::EXDEV | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
+                    *method = Method::SparseCopy
+                }
                 Some(libc::EINTR) => continue,
                 _ => return Err((e, "copy_file_range")),
             }
@@ -601,7 +687,8 @@ fn copy_range(src: RawFd, dst: RawFd, start: u64, len: u64, method: &mut Method,
         }
         let want = chunk.min(buf.len());
         // SAFETY: buffer is at least `want` long.
-        let n = unsafe { libc::pread(src, buf.as_mut_ptr() as *mut libc::c_void, want, (start + done) as i64) };
+        let n =
+            unsafe { libc::pread(src, buf.as_mut_ptr() as *mut libc::c_void, want, (start + done) as i64) };
         if n < 0 {
             return Err((io::Error::last_os_error(), "pread"));
         }
@@ -611,7 +698,14 @@ fn copy_range(src: RawFd, dst: RawFd, start: u64, len: u64, method: &mut Method,
         let mut w = 0usize;
         while w < n as usize {
             // SAFETY: writing from our buffer.
-            let m = unsafe { libc::pwrite(dst, buf[w..].as_ptr() as *const libc::c_void, n as usize - w, (start + done) as i64 + w as i64) };
+            let m = unsafe {
+                libc::pwrite(
+                    dst,
+                    buf[w..].as_ptr() as *const libc::c_void,
+                    n as usize - w,
+                    (start + done) as i64 + w as i64,
+                )
+            };
             if m < 0 {
                 return Err((io::Error::last_os_error(), "pwrite"));
             }
@@ -624,10 +718,15 @@ fn copy_range(src: RawFd, dst: RawFd, start: u64, len: u64, method: &mut Method,
 
 /// Relinked names under one mount's checkpoint directory, grouped by the checkpoint id they
 /// carry (names that the template does not match are listed under `None`).
-pub fn leftovers(mount_dir: &Path, template: &Template) -> Result<Vec<(Option<String>, String, bool)>, RelinkError> {
+pub fn leftovers(
+    mount_dir: &Path,
+    template: &Template,
+) -> Result<Vec<(Option<String>, String, bool)>, RelinkError> {
     let d = match open_checkpoint_dir(mount_dir, None, false) {
         Ok(d) => d,
-        Err(RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => return Ok(vec![]),
+        Err(RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            return Ok(vec![])
+        }
         Err(e) => return Err(e),
     };
     Ok(d.names()?.into_iter().map(|(n, is_dir)| (template.match_id(&n), n, is_dir)).collect())
@@ -660,7 +759,9 @@ mod tests {
 
     #[test]
     fn template_refusals() {
-        for bad in ["../x-%t-%n", "a/%t-%n", "..%t%n", "%t", "x-%n", "%t%n", "%q-%t-%n", "", ".x-%t-%n", "%t-%t-%n"] {
+        for bad in
+            ["../x-%t-%n", "a/%t-%n", "..%t%n", "%t", "x-%n", "%t%n", "%q-%t-%n", "", ".x-%t-%n", "%t-%t-%n"]
+        {
             assert!(Template::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(Template::parse("100%%-%t-%n").is_ok());

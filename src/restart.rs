@@ -84,7 +84,9 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
     let mut out = Restarted::default();
     if let Engine::Criu { .. } = ck.engine {
         if opts.exec.is_some() {
-            return Err(RestartError::Refused("this checkpoint has a CRIU process image; --exec is for files-only checkpoints".into()));
+            return Err(RestartError::Refused(
+                "this checkpoint has a CRIU process image; --exec is for files-only checkpoints".into(),
+            ));
         }
         for t in &ck.tasks {
             // A task killed by the dump may linger a moment as a zombie: give it time.
@@ -94,7 +96,9 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             if proc_dir.exists() {
-                let now = std::fs::read_to_string(proc_dir.join("comm")).map(|c| c.trim().to_string()).unwrap_or_default();
+                let now = std::fs::read_to_string(proc_dir.join("comm"))
+                    .map(|c| c.trim().to_string())
+                    .unwrap_or_default();
                 let who = if now == t.comm {
                     format!("by {now}: the original task is still running? stop it first")
                 } else {
@@ -125,19 +129,34 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
         match (&ck.engine, &opts.exec) {
             (Engine::Criu { .. }, _) => {
                 let criu = criu::find(opts.criu.as_deref())?;
-                let inherit: Vec<(RawFd, String)> = opened.iter().map(|o| (o.fd.as_raw_fd(), o.obj.criu_key.clone())).collect();
+                let inherit: Vec<(RawFd, String)> =
+                    opened.iter().map(|o| (o.fd.as_raw_fd(), o.obj.criu_key.clone())).collect();
                 let work = image_dir.to_path_buf();
                 // Restored stopped (taken with SIGSTOP): continued below, or by this
                 // watchdog if snapckpt dies before.
-                let _guard = if ck.freezer == "sigstop" { Some(crate::tasks::ContinueGuard::arm(&ck.tasks.iter().map(|t| t.pid).collect::<Vec<_>>())?) } else { None };
-                criu::restore(&criu::RestoreRequest { criu, image_dir: image_dir.into(), inherit, work_dir: work })?;
+                let _guard = if ck.freezer == "sigstop" {
+                    Some(crate::tasks::ContinueGuard::arm(
+                        &ck.tasks.iter().map(|t| t.pid).collect::<Vec<_>>(),
+                    )?)
+                } else {
+                    None
+                };
+                criu::restore(&criu::RestoreRequest {
+                    criu,
+                    image_dir: image_dir.into(),
+                    inherit,
+                    work_dir: work,
+                })?;
                 out.pids = ck.tasks.iter().map(|t| t.pid).collect();
                 hooks::point("restart-restored");
                 if ck.freezer == "sigstop" {
                     // dumped while stopped by snapckpt: CRIU brings them back stopped; first
                     // thing, before anything else can fail
                     for &p in out.pids.iter().filter(|&&p| p > 0) {
-                        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGCONT);
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(p),
+                            nix::sys::signal::Signal::SIGCONT,
+                        );
                     }
                 }
                 if let Err(e) = unlink_all(&opened) {
@@ -151,16 +170,22 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
             }
             (Engine::None, Some(cmd)) => {
                 // Refuse before consuming the names if the command cannot be run at all.
-                let prog = cmd.first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
+                let prog =
+                    cmd.first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
                 let Some(exe) = which(prog) else {
                     return Err(RestartError::Refused(format!("--exec: {prog}: no such executable")));
                 };
                 // The names are consumed just before execve: an execve that fails then would
                 // lose them. Refuse what the kernel cannot run before that.
                 let mut head = [0u8; 4];
-                let n = std::fs::File::open(&exe).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
+                let n = std::fs::File::open(&exe)
+                    .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                    .unwrap_or(0);
                 if !(head[..n].starts_with(b"\x7fELF") || head[..n].starts_with(b"#!")) {
-                    return Err(RestartError::Refused(format!("--exec: {}: not an executable (no ELF header or #! line); nothing was changed", exe.display())));
+                    return Err(RestartError::Refused(format!(
+                        "--exec: {}: not an executable (no ELF header or #! line); nothing was changed",
+                        exe.display()
+                    )));
                 }
                 let fds = exec_fds(&ck, opts.exec_task, &opened)?;
                 // The names are unlinked by the command's process itself, once the files are at
@@ -168,7 +193,17 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
                 // the checkpoint restartable, and the command never sees the names.
                 let unlinks = opened
                     .iter()
-                    .map(|o| Ok((o.dir.fd(), sys::cstr(&o.name).map_err(|source| RestartError::Io { path: o.dir.path.join(&o.name), syscall: "unlinkat", source })?, o.obj.kind == FileKind::Directory)))
+                    .map(|o| {
+                        Ok((
+                            o.dir.fd(),
+                            sys::cstr(&o.name).map_err(|source| RestartError::Io {
+                                path: o.dir.path.join(&o.name),
+                                syscall: "unlinkat",
+                                source,
+                            })?,
+                            o.obj.kind == FileKind::Directory,
+                        ))
+                    })
                     .collect::<Result<Vec<_>, RestartError>>()?;
                 out.exec_status = Some(run_exec(cmd, &fds, unlinks)?);
             }
@@ -182,7 +217,10 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
     if let Err(e) = r {
         for m in out.mounts.iter().rev() {
             if let Err(ue) = snapshot::unmount_clone(m, true) {
-                eprintln!("snapckpt: warning: could not remove the restart clone at {}: {ue}", m.target.display());
+                eprintln!(
+                    "snapckpt: warning: could not remove the restart clone at {}: {ue}",
+                    m.target.display()
+                );
             }
         }
         return Err(e);
@@ -191,9 +229,16 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
 }
 
 /// Mount a clone of every snapshot; returns origin mount point -> where it is now.
-fn mount_snapshots(ck: &Checkpoint, opts: &RestartOptions, made: &mut Vec<MountedClone>) -> Result<HashMap<String, Base>, RestartError> {
+fn mount_snapshots(
+    ck: &Checkpoint,
+    opts: &RestartOptions,
+    made: &mut Vec<MountedClone>,
+) -> Result<HashMap<String, Base>, RestartError> {
     if ck.snapshots.is_empty() {
-        return Err(RestartError::Refused(format!("checkpoint {} has no snapshots; restart it without --snapshot", ck.id)));
+        return Err(RestartError::Refused(format!(
+            "checkpoint {} has no snapshots; restart it without --snapshot",
+            ck.id
+        )));
     }
     let mut bases = HashMap::new();
     for s in &ck.snapshots {
@@ -205,10 +250,13 @@ fn mount_snapshots(ck: &Checkpoint, opts: &RestartOptions, made: &mut Vec<Mounte
             Some(root) => root.join(mp.trim_start_matches('/')),
             None => PathBuf::from(mp),
         };
-        sys::trusted_dirs(&target, opts.mount_root.is_some()).map_err(|why| RestartError::Refused(format!("restart target {}: {why}", target.display())))?;
+        sys::trusted_dirs(&target, opts.mount_root.is_some())
+            .map_err(|why| RestartError::Refused(format!("restart target {}: {why}", target.display())))?;
         let m = snapshot::mount_clone(s, &target)?;
         // The device of the clone: every preserved file must be opened on it.
-        let dev = sys::stat(&m.target).map_err(|source| RestartError::Io { path: m.target.clone(), syscall: "stat", source })?.st_dev;
+        let dev = sys::stat(&m.target)
+            .map_err(|source| RestartError::Io { path: m.target.clone(), syscall: "stat", source })?
+            .st_dev;
         bases.insert(mp.to_string(), Base { path: m.target.clone(), dev: Some(dev) });
         made.push(m);
     }
@@ -223,11 +271,17 @@ struct Base {
     dev: Option<u64>,
 }
 
-fn open_objects<'a>(ck: &'a Checkpoint, bases: &HashMap<String, Base>) -> Result<Vec<Opened<'a>>, RestartError> {
+fn open_objects<'a>(
+    ck: &'a Checkpoint,
+    bases: &HashMap<String, Base>,
+) -> Result<Vec<Opened<'a>>, RestartError> {
     let mut dirs: HashMap<PathBuf, std::rc::Rc<CheckpointDir>> = HashMap::new();
     let mut out = vec![];
     for (o, r) in ck.relinked() {
-        let base = bases.get(&o.mount.mount_point).cloned().unwrap_or_else(|| Base { path: PathBuf::from(&o.mount.mount_point), dev: None });
+        let base = bases
+            .get(&o.mount.mount_point)
+            .cloned()
+            .unwrap_or_else(|| Base { path: PathBuf::from(&o.mount.mount_point), dev: None });
         let dir = match dirs.get(&base.path) {
             Some(d) => d.clone(),
             None => {
@@ -239,7 +293,11 @@ fn open_objects<'a>(ck: &'a Checkpoint, bases: &HashMap<String, Base>) -> Result
         // First a reference that opens nothing (no FIFO open that blocks, no device open with
         // side effects), checked against the record; then the real open through it.
         let pfd = match dir.open(&r.name, libc::O_PATH | libc::O_NOFOLLOW) {
-            Err(relink::RelinkError::Io { source, path, .. }) if source.raw_os_error() == Some(libc::ENOENT) && base.dev.is_none() && ck.snapshots.is_empty() => {
+            Err(relink::RelinkError::Io { source, path, .. })
+                if source.raw_os_error() == Some(libc::ENOENT)
+                    && base.dev.is_none()
+                    && ck.snapshots.is_empty() =>
+            {
                 return Err(RestartError::Refused(format!(
                     "{}: gone. Checkpoint {} has no snapshot, so a restart consumes its relinked files: it was restarted already (or the names were removed); it cannot be restarted again: `snapckpt delete {}`",
                     path.display(),
@@ -250,18 +308,36 @@ fn open_objects<'a>(ck: &'a Checkpoint, bases: &HashMap<String, Base>) -> Result
             r => r?,
         };
         let path = dir.path.join(&r.name);
-        let st = sys::fstat(pfd.as_raw_fd()).map_err(|source| RestartError::Io { path: path.clone(), syscall: "fstat", source })?;
-        let mismatch = |why: String| RestartError::Mismatch { path: path.clone(), original: o.original_path.clone(), why };
+        let st = sys::fstat(pfd.as_raw_fd()).map_err(|source| RestartError::Io {
+            path: path.clone(),
+            syscall: "fstat",
+            source,
+        })?;
+        let mismatch = |why: String| RestartError::Mismatch {
+            path: path.clone(),
+            original: o.original_path.clone(),
+            why,
+        };
         if let Some(dev) = base.dev {
             if st.st_dev != dev {
-                return Err(mismatch(format!("is on device {:#x}, not on the restart clone ({dev:#x}) mounted at {}", st.st_dev, base.path.display())));
+                return Err(mismatch(format!(
+                    "is on device {:#x}, not on the restart clone ({dev:#x}) mounted at {}",
+                    st.st_dev,
+                    base.path.display()
+                )));
             }
         }
         if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
-            return Err(mismatch("is a symbolic link, not a file snapckpt made (planted?); remove it".into()));
+            return Err(mismatch(
+                "is a symbolic link, not a file snapckpt made (planted?); remove it".into(),
+            ));
         }
         if st.st_mode & libc::S_IFMT != o.mode & libc::S_IFMT {
-            return Err(mismatch(format!("file type {:o}, recorded {:o}", st.st_mode & libc::S_IFMT, o.mode & libc::S_IFMT)));
+            return Err(mismatch(format!(
+                "file type {:o}, recorded {:o}",
+                st.st_mode & libc::S_IFMT,
+                o.mode & libc::S_IFMT
+            )));
         }
         if st.st_ino != r.ino {
             return Err(mismatch(format!("inode {}, recorded {}", st.st_ino, r.ino)));
@@ -281,7 +357,8 @@ fn open_objects<'a>(ck: &'a Checkpoint, bases: &HashMap<String, Base>) -> Result
         let fd = if flags == libc::O_PATH {
             pfd
         } else {
-            sys::open(format!("/proc/self/fd/{}", pfd.as_raw_fd()), flags | libc::O_NOCTTY, 0).map_err(|source| RestartError::Io { path: path.clone(), syscall: "open", source })?
+            sys::open(format!("/proc/self/fd/{}", pfd.as_raw_fd()), flags | libc::O_NOCTTY, 0)
+                .map_err(|source| RestartError::Io { path: path.clone(), syscall: "open", source })?
         };
         out.push(Opened { obj: o, fd, dir, name: r.name.clone() });
     }
@@ -291,8 +368,16 @@ fn open_objects<'a>(ck: &'a Checkpoint, bases: &HashMap<String, Base>) -> Result
 /// Whether every holder of `o` is an fd opened with O_PATH (no mapping, cwd or exe, no fd
 /// that can read or write): then it is handed back as O_PATH only.
 fn held_only_as_opath(ck: &Checkpoint, o: &Object) -> bool {
-    let fds: Vec<u32> = ck.tasks.iter().flat_map(|t| t.fds.iter()).filter(|f| f.object == Some(o.index)).map(|f| f.flags).collect();
-    !fds.is_empty() && o.holders.iter().all(|h| h.what.starts_with("fd ")) && fds.iter().all(|&fl| fl as i32 & libc::O_PATH != 0)
+    let fds: Vec<u32> = ck
+        .tasks
+        .iter()
+        .flat_map(|t| t.fds.iter())
+        .filter(|f| f.object == Some(o.index))
+        .map(|f| f.flags)
+        .collect();
+    !fds.is_empty()
+        && o.holders.iter().all(|h| h.what.starts_with("fd "))
+        && fds.iter().all(|&fl| fl as i32 & libc::O_PATH != 0)
 }
 
 /// Remove the relinked names: the inodes go back to their recorded link counts.
@@ -304,14 +389,20 @@ fn unlink_all(opened: &[Opened]) -> Result<(), RestartError> {
 }
 
 /// The fds `--exec` gets: (target fd, reopened file at the recorded flags and offset).
-fn exec_fds(ck: &Checkpoint, task: Option<i32>, opened: &[Opened]) -> Result<Vec<(i32, OwnedFd)>, RestartError> {
+fn exec_fds(
+    ck: &Checkpoint,
+    task: Option<i32>,
+    opened: &[Opened],
+) -> Result<Vec<(i32, OwnedFd)>, RestartError> {
     let t = match task {
-        Some(p) => ck.tasks.iter().find(|t| t.pid == p).ok_or_else(|| RestartError::Refused(format!("no task {p} in checkpoint {}", ck.id)))?,
-        None => ck
+        Some(p) => ck
             .tasks
             .iter()
-            .find(|t| t.fds.iter().any(|f| f.object.is_some()))
-            .ok_or_else(|| RestartError::Refused(format!("no task of checkpoint {} holds an unlinked file in an fd", ck.id)))?,
+            .find(|t| t.pid == p)
+            .ok_or_else(|| RestartError::Refused(format!("no task {p} in checkpoint {}", ck.id)))?,
+        None => ck.tasks.iter().find(|t| t.fds.iter().any(|f| f.object.is_some())).ok_or_else(|| {
+            RestartError::Refused(format!("no task of checkpoint {} holds an unlinked file in an fd", ck.id))
+        })?,
     };
     let by_obj: HashMap<usize, &Opened> = opened.iter().map(|o| (o.obj.index, o)).collect();
     let mut out = vec![];
@@ -319,7 +410,13 @@ fn exec_fds(ck: &Checkpoint, task: Option<i32>, opened: &[Opened]) -> Result<Vec
         let Some(i) = f.object else { continue };
         let Some(o) = by_obj.get(&i) else { continue };
         // O_TMPFILE's bits include O_DIRECTORY: keep only the status and access flags
-        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_NONBLOCK | libc::O_DIRECT | libc::O_NOATIME | libc::O_SYNC | libc::O_DSYNC;
+        let keep = libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_NONBLOCK
+            | libc::O_DIRECT
+            | libc::O_NOATIME
+            | libc::O_SYNC
+            | libc::O_DSYNC;
         let mut flags = (f.flags as i32) & keep;
         if o.obj.kind == FileKind::Directory {
             flags |= libc::O_DIRECTORY;
@@ -330,11 +427,19 @@ fn exec_fds(ck: &Checkpoint, task: Option<i32>, opened: &[Opened]) -> Result<Vec
             flags = libc::O_PATH;
         }
         let src = format!("/proc/self/fd/{}", o.fd.as_raw_fd());
-        let nfd = sys::open(&src, flags, 0).map_err(|source| RestartError::Io { path: o.dir.path.join(&o.name), syscall: "open", source })?;
+        let nfd = sys::open(&src, flags, 0).map_err(|source| RestartError::Io {
+            path: o.dir.path.join(&o.name),
+            syscall: "open",
+            source,
+        })?;
         if o.obj.kind == FileKind::Regular && !opath {
             // SAFETY: lseek on our descriptor.
             if unsafe { libc::lseek(nfd.as_raw_fd(), f.pos as i64, libc::SEEK_SET) } < 0 {
-                return Err(RestartError::Io { path: o.dir.path.join(&o.name), syscall: "lseek", source: std::io::Error::last_os_error() });
+                return Err(RestartError::Io {
+                    path: o.dir.path.join(&o.name),
+                    syscall: "lseek",
+                    source: std::io::Error::last_os_error(),
+                });
             }
         }
         out.push((f.fd, nfd));
@@ -344,9 +449,14 @@ fn exec_fds(ck: &Checkpoint, task: Option<i32>, opened: &[Opened]) -> Result<Vec
 
 /// Run `cmd` with `fds` at their recorded numbers; between putting them there and execve the
 /// child unlinks `unlinks` (directory fd, name, is a directory). Waits for it; its exit status.
-fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], unlinks: Vec<(RawFd, std::ffi::CString, bool)>) -> Result<i32, RestartError> {
+fn run_exec(
+    cmd: &[String],
+    fds: &[(i32, OwnedFd)],
+    unlinks: Vec<(RawFd, std::ffi::CString, bool)>,
+) -> Result<i32, RestartError> {
     use std::os::unix::process::CommandExt;
-    let (prog, args) = cmd.split_first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
+    let (prog, args) =
+        cmd.split_first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
     let pairs: Vec<(i32, RawFd)> = fds.iter().map(|(t, f)| (*t, f.as_raw_fd())).collect();
     // The recorded fd numbers, our own fds and the copies made above them must fit under
     // RLIMIT_NOFILE: raise the soft limit for the command if needed, up to the hard limit.
@@ -354,16 +464,19 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], unlinks: Vec<(RawFd, std::ff
     let max_target = top(&mut pairs.iter().map(|p| p.0));
     let max_ours = top(&mut pairs.iter().map(|p| p.1).chain(unlinks.iter().map(|u| u.0)));
     let need = max_target.max(max_ours) + unlinks.len() as u64 + pairs.len() as u64 + 4;
-    let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_err(|e| RestartError::Io { path: PathBuf::from(prog), syscall: "getrlimit", source: e.into() })?;
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_err(|e| {
+            RestartError::Io { path: PathBuf::from(prog), syscall: "getrlimit", source: e.into() }
+        })?;
     if need > soft {
         if need > hard {
             return Err(RestartError::Refused(format!(
                 "--exec: the recorded fds need {need} descriptors, but RLIMIT_NOFILE allows {hard} (hard limit): raise it (ulimit -Hn) and restart again; nothing was changed"
             )));
         }
-        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, need, hard)
-            .map_err(|e| RestartError::Io { path: PathBuf::from(prog), syscall: "setrlimit", source: e.into() })?;
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, need, hard).map_err(
+            |e| RestartError::Io { path: PathBuf::from(prog), syscall: "setrlimit", source: e.into() },
+        )?;
     }
     let out_of_range = |_| RestartError::Refused(format!("--exec: fd numbers up to {need} are out of range"));
     // The directories the child unlinks from, copied above every target fd (a dup2 onto a
@@ -375,7 +488,11 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], unlinks: Vec<(RawFd, std::ff
             // SAFETY: fcntl on our descriptor; the result is a new descriptor that we own.
             let c = unsafe { libc::fcntl(dfd, libc::F_DUPFD_CLOEXEC, above_targets) };
             if c < 0 {
-                return Err(RestartError::Io { path: PathBuf::from(prog), syscall: "fcntl", source: std::io::Error::last_os_error() });
+                return Err(RestartError::Io {
+                    path: PathBuf::from(prog),
+                    syscall: "fcntl",
+                    source: std::io::Error::last_os_error(),
+                });
             }
             // SAFETY: a new descriptor that we own.
             Ok((unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(c) }, name, dir))
@@ -385,7 +502,9 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], unlinks: Vec<(RawFd, std::ff
     c.args(args);
     // Move every source above all targets and our own fds first, so no dup2 clobbers a source.
     // Computed and allocated here: nothing may allocate between fork and exec.
-    let high = i32::try_from(max_target.max(max_ours).max(top(&mut unlinks.iter().map(|u| u.0.as_raw_fd()))) + 1).map_err(out_of_range)?;
+    let high =
+        i32::try_from(max_target.max(max_ours).max(top(&mut unlinks.iter().map(|u| u.0.as_raw_fd()))) + 1)
+            .map_err(out_of_range)?;
     let mut moved = vec![0i32; pairs.len()];
     // SAFETY: only async-signal-safe calls (close_range, fcntl, dup2) between fork and exec.
     unsafe {
@@ -406,7 +525,9 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], unlinks: Vec<(RawFd, std::ff
                 }
             }
             for (dfd, name, dir) in &unlinks {
-                if libc::unlinkat(dfd.as_raw_fd(), name.as_ptr(), if *dir { libc::AT_REMOVEDIR } else { 0 }) < 0 {
+                if libc::unlinkat(dfd.as_raw_fd(), name.as_ptr(), if *dir { libc::AT_REMOVEDIR } else { 0 })
+                    < 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
             }
@@ -418,14 +539,19 @@ fn run_exec(cmd: &[String], fds: &[(i32, OwnedFd)], unlinks: Vec<(RawFd, std::ff
             "--exec {prog}: could not start it ({e}: putting the files at their recorded fd numbers, unlinking the relinked names or execve failed); see `snapckpt list` for what is left"
         ))
     })?;
-    let st = child.wait().map_err(|source| RestartError::Io { path: PathBuf::from(prog), syscall: "wait", source })?;
+    let st = child.wait().map_err(|source| RestartError::Io {
+        path: PathBuf::from(prog),
+        syscall: "wait",
+        source,
+    })?;
     Ok(st.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
 }
 
 /// Resolve a command like execvp would (a path with '/' as is, else through PATH).
 fn which(prog: &str) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
-    let ok = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let ok =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
     if prog.contains('/') {
         return ok(Path::new(prog)).then(|| PathBuf::from(prog));
     }

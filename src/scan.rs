@@ -9,7 +9,7 @@
 //! Unlinked inodes become [`Object`]s, one per inode (keyed by dev/ino), shared by every fd,
 //! mapping, cwd or exe of every task that holds it.
 
-use crate::image::{FileKind, FileRef, Fd, Holder, Mapping, MountRef, Object, Task, Unlinked};
+use crate::image::{Fd, FileKind, FileRef, Holder, Mapping, MountRef, Object, Task, Unlinked};
 use crate::sys;
 use std::collections::HashMap;
 use std::io;
@@ -122,10 +122,13 @@ struct Found<'a> {
 impl Scanner {
     fn task(&mut self, pid: i32) -> Result<(), ScanError> {
         let base = PathBuf::from(format!("/proc/{pid}"));
-        let gone = |path: PathBuf, syscall: &'static str| move |source: io::Error| proc_error(pid, path, syscall, source);
+        let gone = |path: PathBuf, syscall: &'static str| {
+            move |source: io::Error| proc_error(pid, path, syscall, source)
+        };
         let stat_path = base.join("stat");
         let stat = sys::read_proc(&stat_path).map_err(gone(stat_path.clone(), "read"))?;
-        let (comm, ppid) = parse_stat(&stat).ok_or_else(|| ScanError::Parse { path: stat_path.clone(), msg: "no comm/ppid".into() })?;
+        let (comm, ppid) = parse_stat(&stat)
+            .ok_or_else(|| ScanError::Parse { path: stat_path.clone(), msg: "no comm/ppid".into() })?;
         if matches!(crate::tasks::zombie(pid), Ok(Some(Some(_))) | Ok(None)) {
             let source = io::Error::other("it is a zombie now");
             return Err(ScanError::TaskExited { pid, path: stat_path, source });
@@ -142,9 +145,21 @@ impl Scanner {
 
         let mounts = self.mounts(pid)?;
         let root_path = base.join("root");
-        let root = sys::open(&root_path, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(gone(root_path.clone(), "open"))?;
+        let root = sys::open(&root_path, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(gone(root_path.clone(), "open"))?;
 
-        let mut task = Task { pid, ppid, threads, comm, cmdline, cwd: None, root: None, exe: None, fds: vec![], maps: vec![] };
+        let mut task = Task {
+            pid,
+            ppid,
+            threads,
+            comm,
+            cmdline,
+            cwd: None,
+            root: None,
+            exe: None,
+            fds: vec![],
+            maps: vec![],
+        };
 
         // cwd, root, exe
         for (name, slot) in [("cwd", 0), ("root", 1), ("exe", 2)] {
@@ -182,7 +197,14 @@ impl Scanner {
             } else {
                 FileKind::Anonymous
             };
-            let f = Found { pid, what: format!("fd {n}"), target: &target, st: &st, mnt_id: Some(mnt_id), fdflags: Some(flags) };
+            let f = Found {
+                pid,
+                what: format!("fd {n}"),
+                target: &target,
+                st: &st,
+                mnt_id: Some(mnt_id),
+                fdflags: Some(flags),
+            };
             let object = if kind == FileKind::Anonymous { None } else { self.classify(&f, &root, &mounts) };
             task.fds.push(Fd {
                 fd: n,
@@ -210,15 +232,32 @@ impl Scanner {
             let link = base.join("map_files").join(format!("{:x}-{:x}", m.start, m.end));
             let Ok(st) = sys::stat(&link) else { continue };
             let target = sys::readlink(&link).unwrap_or_else(|_| m.path.as_bytes().to_vec());
-            let mnt_id = sys::open(&link, libc::O_PATH, 0).ok().and_then(|f| sys::mnt_id_of(f.as_raw_fd()).ok());
+            let mnt_id =
+                sys::open(&link, libc::O_PATH, 0).ok().and_then(|f| sys::mnt_id_of(f.as_raw_fd()).ok());
             let object = match mnt_id {
                 Some(id) if mounts.contains_key(&id) => {
-                    let f = Found { pid, what: format!("map {:x}-{:x}", m.start, m.end), target: &target, st: &st, mnt_id, fdflags: None };
+                    let f = Found {
+                        pid,
+                        what: format!("map {:x}-{:x}", m.start, m.end),
+                        target: &target,
+                        st: &st,
+                        mnt_id,
+                        fdflags: None,
+                    };
                     self.classify(&f, &root, &mounts)
                 }
                 _ => None, // SysV shm, memfd and other kernel-internal mounts
             };
-            task.maps.push(Mapping { start: m.start, end: m.end, perms: m.perms, pgoff: m.pgoff, path: sys::lossy(&target), dev: st.st_dev, ino: st.st_ino, object });
+            task.maps.push(Mapping {
+                start: m.start,
+                end: m.end,
+                perms: m.perms,
+                pgoff: m.pgoff,
+                path: sys::lossy(&target),
+                dev: st.st_dev,
+                ino: st.st_ino,
+                object,
+            });
         }
         self.tasks.push(task);
         Ok(())
@@ -226,7 +265,10 @@ impl Scanner {
 
     fn mounts(&mut self, pid: i32) -> Result<HashMap<u32, MountRef>, ScanError> {
         let ns = sys::readlink(format!("/proc/{pid}/ns/mnt")).map(|b| sys::lossy(&b)).unwrap_or_default();
-        let key = format!("{ns}/{}", sys::readlink(format!("/proc/{pid}/root")).map(|b| sys::lossy(&b)).unwrap_or_default());
+        let key = format!(
+            "{ns}/{}",
+            sys::readlink(format!("/proc/{pid}/root")).map(|b| sys::lossy(&b)).unwrap_or_default()
+        );
         if let Some(m) = self.mountinfo.get(&key) {
             return Ok(m.clone());
         }
@@ -313,7 +355,13 @@ pub fn classify(root: &OwnedFd, target: &[u8], st: &libc::stat, fdflags: Option<
 fn resolves_to(root: &OwnedFd, path: &[u8], dev: u64, ino: u64) -> bool {
     let rel: &[u8] = if path.first() == Some(&b'/') { &path[1..] } else { path };
     let rel = if rel.is_empty() { b"." as &[u8] } else { rel };
-    match sys::openat2(root.as_raw_fd(), sys::os(rel), libc::O_PATH | libc::O_NOFOLLOW, 0, sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_MAGICLINKS) {
+    match sys::openat2(
+        root.as_raw_fd(),
+        sys::os(rel),
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        sys::RESOLVE_IN_ROOT | sys::RESOLVE_NO_MAGICLINKS,
+    ) {
         Ok(fd) => sys::fstat(fd.as_raw_fd()).map(|st| st.st_dev == dev && st.st_ino == ino).unwrap_or(false),
         Err(_) => false,
     }
@@ -468,10 +516,14 @@ mod tests {
 
     #[test]
     fn maps_with_spaces() {
-        let m = parse_maps_line("7f0000000000-7f0000001000 rw-s 00002000 00:2a 1234                       /tmp/a b (deleted)").unwrap();
+        let m = parse_maps_line(
+            "7f0000000000-7f0000001000 rw-s 00002000 00:2a 1234                       /tmp/a b (deleted)",
+        )
+        .unwrap();
         assert_eq!((m.start, m.end, m.pgoff), (0x7f0000000000, 0x7f0000001000, 0x2000));
         assert_eq!(m.path, "/tmp/a b (deleted)");
-        let m = parse_maps_line("7ffd1000-7ffd2000 r-xp 00000000 00:00 0                          [vdso]").unwrap();
+        let m = parse_maps_line("7ffd1000-7ffd2000 r-xp 00000000 00:00 0                          [vdso]")
+            .unwrap();
         assert_eq!(m.path, "[vdso]");
         let m = parse_maps_line("7ffd1000-7ffd2000 r-xp 00000000 00:00 0 ").unwrap();
         assert_eq!(m.path, "");
@@ -479,7 +531,8 @@ mod tests {
 
     #[test]
     fn mountinfo() {
-        let t = "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
+        let t =
+            "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
                  40 36 0:50 / /x rw - btrfs /dev/loop0 rw\n";
         let m = parse_mountinfo(t);
         assert_eq!(m[&36].mount_point, "/mnt/with space");

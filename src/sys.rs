@@ -34,13 +34,25 @@ pub fn cstr(p: impl AsRef<OsStr>) -> io::Result<CString> {
 }
 
 /// openat2(2). `dirfd` may be `libc::AT_FDCWD`.
-pub fn openat2(dirfd: RawFd, path: impl AsRef<OsStr>, flags: i32, mode: u32, resolve: u64) -> io::Result<OwnedFd> {
+pub fn openat2(
+    dirfd: RawFd,
+    path: impl AsRef<OsStr>,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     let p = cstr(path)?;
     let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: mode as u64, resolve };
     loop {
         // SAFETY: valid C string and a correctly sized open_how structure.
         let r = unsafe {
-            libc::syscall(libc::SYS_openat2, dirfd, p.as_ptr(), &how as *const OpenHow, std::mem::size_of::<OpenHow>())
+            libc::syscall(
+                libc::SYS_openat2,
+                dirfd,
+                p.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
         };
         if r >= 0 {
             // SAFETY: the kernel returned a new descriptor that we own.
@@ -91,7 +103,13 @@ pub fn mnt_id_of(fd: RawFd) -> io::Result<u32> {
     let empty = b"\0";
     // SAFETY: valid pointers; AT_EMPTY_PATH on an fd.
     let r = unsafe {
-        libc::statx(fd, empty.as_ptr() as *const libc::c_char, libc::AT_EMPTY_PATH, libc::STATX_MNT_ID, &mut stx)
+        libc::statx(
+            fd,
+            empty.as_ptr() as *const libc::c_char,
+            libc::AT_EMPTY_PATH,
+            libc::STATX_MNT_ID,
+            &mut stx,
+        )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
@@ -140,7 +158,9 @@ pub fn read_regular(f: std::fs::File, max: u64) -> Result<Vec<u8>, ReadRegularEr
         return Err(ReadRegularError::TooBig);
     }
     let mut data = Vec::with_capacity(meta.len() as usize);
-    f.take(max + 1).read_to_end(&mut data).map_err(|source| ReadRegularError::Io { syscall: "read", source })?;
+    f.take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(|source| ReadRegularError::Io { syscall: "read", source })?;
     if data.len() as u64 > max {
         return Err(ReadRegularError::TooBig);
     }
@@ -152,7 +172,15 @@ pub fn is_mount_root(fd: RawFd) -> io::Result<bool> {
     let mut stx: libc::statx = unsafe { std::mem::zeroed() };
     let empty = b"\0";
     // SAFETY: valid pointers; AT_EMPTY_PATH on an fd.
-    let r = unsafe { libc::statx(fd, empty.as_ptr() as *const libc::c_char, libc::AT_EMPTY_PATH, libc::STATX_BASIC_STATS, &mut stx) };
+    let r = unsafe {
+        libc::statx(
+            fd,
+            empty.as_ptr() as *const libc::c_char,
+            libc::AT_EMPTY_PATH,
+            libc::STATX_BASIC_STATS,
+            &mut stx,
+        )
+    };
     if r < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -181,7 +209,13 @@ pub fn trusted_dirs(path: &Path, create: bool) -> Result<(), String> {
         }
         cur.push(name);
         let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-        let next = match openat2(fd.as_raw_fd(), name, flags, 0, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH) {
+        let next = match openat2(
+            fd.as_raw_fd(),
+            name,
+            flags,
+            0,
+            RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH,
+        ) {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
                 match mkdirat(fd.as_raw_fd(), name, 0o755) {
@@ -189,7 +223,14 @@ pub fn trusted_dirs(path: &Path, create: bool) -> Result<(), String> {
                     Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                     Err(e) => return Err(format!("mkdir {}: {e}", cur.display())),
                 }
-                openat2(fd.as_raw_fd(), name, flags, 0, RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH).map_err(|e| format!("open {}: {e}", cur.display()))?
+                openat2(
+                    fd.as_raw_fd(),
+                    name,
+                    flags,
+                    0,
+                    RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_BENEATH,
+                )
+                .map_err(|e| format!("open {}: {e}", cur.display()))?
             }
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
                 return Err(format!("{} is a symlink or not a directory: give the real path", cur.display()));
@@ -396,9 +437,11 @@ mod tests {
         std::fs::create_dir_all(&d).unwrap();
         std::os::unix::fs::symlink("/etc", d.join("l")).unwrap();
         let dfd = open(&d, libc::O_DIRECTORY | libc::O_RDONLY, 0).unwrap();
-        let e = openat2(dfd.as_raw_fd(), "l", libc::O_DIRECTORY | libc::O_RDONLY, 0, RESOLVE_STRICT).unwrap_err();
+        let e =
+            openat2(dfd.as_raw_fd(), "l", libc::O_DIRECTORY | libc::O_RDONLY, 0, RESOLVE_STRICT).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
-        let e = openat2(dfd.as_raw_fd(), "../", libc::O_DIRECTORY | libc::O_RDONLY, 0, RESOLVE_STRICT).unwrap_err();
+        let e = openat2(dfd.as_raw_fd(), "../", libc::O_DIRECTORY | libc::O_RDONLY, 0, RESOLVE_STRICT)
+            .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EXDEV));
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -203,7 +203,8 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
             }
             EngineOpts::Criu { path, after } => {
                 let root = criu_root(&pids)?;
-                let externals: Vec<String> = sc.objects.iter().filter(|o| o.relinked.is_some()).map(|o| o.criu_key.clone()).collect();
+                let externals: Vec<String> =
+                    sc.objects.iter().filter(|o| o.relinked.is_some()).map(|o| o.criu_key.clone()).collect();
                 let t = Instant::now();
                 let mut snap_err = None;
                 let mut snap_t = 0;
@@ -245,7 +246,10 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
                 let dump_ms = ms(t.elapsed()).saturating_sub(snap_t);
                 let images = criu::image_files(&partial.dir);
                 let (leave_running, leave_stopped) = (*after == AfterDump::Run, *after == AfterDump::Stop);
-                Ok((Engine::Criu { version: criu_version.clone(), leave_running, leave_stopped, images }, dump_ms))
+                Ok((
+                    Engine::Criu { version: criu_version.clone(), leave_running, leave_stopped, images },
+                    dump_ms,
+                ))
             }
         }
     })();
@@ -260,7 +264,10 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
             }
             for s in snaps.iter().rev() {
                 if let Err(de) = snapshot::delete(s, true) {
-                    eprintln!("snapckpt: warning: could not delete snapshot {} of the failed take: {de}", s.describe());
+                    eprintln!(
+                        "snapckpt: warning: could not delete snapshot {} of the failed take: {de}",
+                        s.describe()
+                    );
                 }
             }
             if let Err(re) = relinker.remove_all() {
@@ -289,12 +296,21 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
         if !snaps.is_empty() && !opts.keep_links {
             let snapped: std::collections::HashSet<&str> = snaps.iter().map(Snapshot::mount_point).collect();
             let relinked = || sc.objects.iter().filter(|o| o.relinked.is_some());
-            let mnts: std::collections::HashSet<u32> = relinked().filter(|o| snapped.contains(o.mount.mount_point.as_str())).map(|o| o.mount.mnt_id).collect();
+            let mnts: std::collections::HashSet<u32> = relinked()
+                .filter(|o| snapped.contains(o.mount.mount_point.as_str()))
+                .map(|o| o.mount.mnt_id)
+                .collect();
             relinker.remove_on(&mnts)?;
             ck.links_removed = relinked().all(|o| snapped.contains(o.mount.mount_point.as_str()));
             if !ck.links_removed {
-                let kept: Vec<&str> = relinked().filter(|o| !snapped.contains(o.mount.mount_point.as_str())).map(|o| o.mount.mount_point.as_str()).collect();
-                eprintln!("snapckpt: note: no snapshot of {}: the relinked names there stay on the live filesystem", kept.join(", "));
+                let kept: Vec<&str> = relinked()
+                    .filter(|o| !snapped.contains(o.mount.mount_point.as_str()))
+                    .map(|o| o.mount.mount_point.as_str())
+                    .collect();
+                eprintln!(
+                    "snapckpt: note: no snapshot of {}: the relinked names there stay on the live filesystem",
+                    kept.join(", ")
+                );
             }
         }
         let f = frozen.take().expect("frozen until here");
@@ -313,7 +329,8 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
         ck.tasks = std::mem::take(&mut sc.tasks);
         ck.objects = std::mem::take(&mut sc.objects);
         ck.snapshots = snaps.clone();
-        ck.timings = image::Timings { freeze_ms, scan_ms, relink_ms, snapshot_ms, dump_ms, frozen_ms: ms(frozen_for) };
+        ck.timings =
+            image::Timings { freeze_ms, scan_ms, relink_ms, snapshot_ms, dump_ms, frozen_ms: ms(frozen_for) };
         partial.publish(&ck)
     })();
     let dir = match published {
@@ -321,7 +338,10 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
         Err(e) => {
             for s in snaps.iter().rev() {
                 if let Err(de) = snapshot::delete(s, true) {
-                    eprintln!("snapckpt: warning: could not delete snapshot {} of the failed take: {de}", s.describe());
+                    eprintln!(
+                        "snapckpt: warning: could not delete snapshot {} of the failed take: {de}",
+                        s.describe()
+                    );
                 }
             }
             if let Err(re) = relinker.remove_all() {
@@ -414,7 +434,11 @@ impl Partial {
         let f = std::fs::File::create(&lockp).map_err(io(&lockp, "open"))?;
         // SAFETY: flock on a file we hold.
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
-            return Err(TakeError::Io { path: lockp, syscall: "flock", source: std::io::Error::last_os_error() });
+            return Err(TakeError::Io {
+                path: lockp,
+                syscall: "flock",
+                source: std::io::Error::last_os_error(),
+            });
         }
         Ok(Partial { root: root.into(), id: id.into(), dir, _lock: f, done: false })
     }
@@ -441,15 +465,27 @@ impl Partial {
             for e in rd.flatten() {
                 if e.file_type().is_ok_and(|t| t.is_file()) {
                     let p = e.path();
-                    std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|source| TakeError::Io { path: p.clone(), syscall: "fsync", source })?;
+                    std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|source| TakeError::Io {
+                        path: p.clone(),
+                        syscall: "fsync",
+                        source,
+                    })?;
                 }
             }
         }
         image::write_json_atomic(&self.dir, image::RECORD_FILE, ck)?;
         let _ = std::fs::remove_file(self.dir.join(".lock"));
         let fin = self.root.join(&self.id);
-        std::fs::rename(&self.dir, &fin).map_err(|source| TakeError::Io { path: fin.clone(), syscall: "rename", source })?;
-        sys::fsync_dir(&self.root).map_err(|source| TakeError::Io { path: self.root.clone(), syscall: "fsync", source })?;
+        std::fs::rename(&self.dir, &fin).map_err(|source| TakeError::Io {
+            path: fin.clone(),
+            syscall: "rename",
+            source,
+        })?;
+        sys::fsync_dir(&self.root).map_err(|source| TakeError::Io {
+            path: self.root.clone(),
+            syscall: "fsync",
+            source,
+        })?;
         self.done = true;
         Ok(fin)
     }

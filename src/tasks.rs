@@ -108,10 +108,7 @@ pub enum TaskError {
         stuck.join(", "),
         freeze_timeout_advice(stuck)
     )]
-    FreezeTimeout {
-        waited: Duration,
-        stuck: Vec<String>,
-    },
+    FreezeTimeout { waited: Duration, stuck: Vec<String> },
     /// Thawing was requested but the tasks did not all leave the frozen state.
     #[error(
         "{what} did not thaw within {waited:?}; the watchdog was left to retry. Check the tasks \
@@ -178,19 +175,13 @@ fn freeze_timeout_advice(stuck: &[String]) -> &'static str {
 fn io_hint(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::EACCES) | Some(libc::EPERM) => " (permission denied: run snapckpt as root)",
-        Some(libc::EROFS) => {
-            " (read-only cgroup filesystem: is this a container without cgroup delegation?)"
-        }
+        Some(libc::EROFS) => " (read-only cgroup filesystem: is this a container without cgroup delegation?)",
         _ => "",
     }
 }
 
 fn io_err(path: impl Into<PathBuf>, syscall: &'static str, source: io::Error) -> TaskError {
-    TaskError::Io {
-        path: path.into(),
-        syscall,
-        source,
-    }
+    TaskError::Io { path: path.into(), syscall, source }
 }
 
 /// Whether an error from /proc or a pidfd means "the task has gone".
@@ -200,12 +191,8 @@ fn is_gone(e: &io::Error) -> bool {
 
 /// Write `data` to a cgroup control file with a single `write(2)`.
 fn write_file(path: &Path, data: &str) -> Result<(), TaskError> {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(|e| io_err(path, "open", e))?;
-    f.write_all(data.as_bytes())
-        .map_err(|e| io_err(path, "write", e))
+    let mut f = fs::OpenOptions::new().write(true).open(path).map_err(|e| io_err(path, "open", e))?;
+    f.write_all(data.as_bytes()).map_err(|e| io_err(path, "write", e))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -239,23 +226,14 @@ impl ProcStat {
         let mut rest = s[close + 1..].split_ascii_whitespace();
         let state = rest.next()?.chars().next()?;
         let ppid = rest.next()?.parse().ok()?;
-        Some(ProcStat {
-            pid,
-            comm,
-            state,
-            ppid,
-        })
+        Some(ProcStat { pid, comm, state, ppid })
     }
 
     /// Read and parse `path` (a stat file). `Ok(None)` if the task has gone.
     fn read(path: &Path) -> Result<Option<ProcStat>, TaskError> {
         match fs::read_to_string(path) {
             Ok(s) => ProcStat::parse(&s).map(Some).ok_or_else(|| {
-                io_err(
-                    path,
-                    "parse",
-                    io::Error::new(io::ErrorKind::InvalidData, "malformed stat line"),
-                )
+                io_err(path, "parse", io::Error::new(io::ErrorKind::InvalidData, "malformed stat line"))
             }),
             Err(e) if is_gone(&e) => Ok(None),
             Err(e) => Err(io_err(path, "read", e)),
@@ -273,11 +251,7 @@ fn parse_pids(s: &str, path: &Path) -> Result<Vec<i32>, TaskError> {
     s.split_ascii_whitespace()
         .map(|w| {
             w.parse::<i32>().ok().filter(|&p| p >= 0).ok_or_else(|| {
-                io_err(
-                    path,
-                    "parse",
-                    io::Error::new(io::ErrorKind::InvalidData, format!("not a pid: {w:?}")),
-                )
+                io_err(path, "parse", io::Error::new(io::ErrorKind::InvalidData, format!("not a pid: {w:?}")))
             })
         })
         .collect()
@@ -298,11 +272,7 @@ pub fn threads(pid: i32) -> Result<Vec<i32>, TaskError> {
             Err(e) if is_gone(&e) => return Err(TaskError::NoSuchTask(pid)),
             Err(e) => return Err(io_err(&dir, "readdir", e)),
         };
-        if let Some(tid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        {
+        if let Some(tid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) {
             tids.push(tid);
         }
     }
@@ -322,13 +292,7 @@ fn tgid_of(pid: i32) -> Result<Option<i32>, TaskError> {
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())
         .map(Some)
-        .ok_or_else(|| {
-            io_err(
-                path,
-                "parse",
-                io::Error::new(io::ErrorKind::InvalidData, "no Tgid line"),
-            )
-        })
+        .ok_or_else(|| io_err(path, "parse", io::Error::new(io::ErrorKind::InvalidData, "no Tgid line")))
 }
 
 /// The child processes of all threads of `pid`; empty if the process has gone.
@@ -624,11 +588,7 @@ fn v2_frozen(cg: &Path) -> Result<Option<bool>, TaskError> {
     };
     match s.lines().find_map(|l| l.strip_prefix("frozen ")) {
         Some(v) => Ok(Some(v.trim() == "1")),
-        None => Err(io_err(
-            path,
-            "parse",
-            io::Error::new(io::ErrorKind::InvalidData, "no \"frozen\" line"),
-        )),
+        None => Err(io_err(path, "parse", io::Error::new(io::ErrorKind::InvalidData, "no \"frozen\" line"))),
     }
 }
 
@@ -653,9 +613,7 @@ fn cgroup_subtree(cg: &Path) -> Result<Vec<PathBuf>, TaskError> {
         let rd = match fs::read_dir(&dir) {
             Ok(rd) => rd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) && i > 1 => continue,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                return Err(TaskError::NotACgroup(dir))
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Err(TaskError::NotACgroup(dir)),
             Err(e) => return Err(io_err(dir, "opendir", e)),
         };
         let mut subs: Vec<PathBuf> = rd
@@ -675,14 +633,7 @@ fn cgroup_threads(dir: &Path) -> Result<Vec<ProcStat>, TaskError> {
     let procs = dir.join("cgroup.procs");
     let pids = match fs::read_to_string(&procs) {
         Ok(s) => parse_pids(&s, &procs)?,
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::ENOENT) | Some(libc::EOPNOTSUPP)
-            ) =>
-        {
-            Vec::new()
-        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EOPNOTSUPP)) => Vec::new(),
         Err(e) => return Err(io_err(procs, "read", e)),
     };
     let mut out = Vec::new();
@@ -735,11 +686,7 @@ fn stuck_in_cgroup(cg: &Path, version: CgroupVersion) -> Vec<String> {
     for dir in cgroup_subtree(cg).unwrap_or_else(|_| vec![cg.to_path_buf()]) {
         let frozen = match version {
             CgroupVersion::V2 => v2_frozen(&dir).ok().flatten().unwrap_or(true),
-            CgroupVersion::V1 => v1_state(&dir)
-                .ok()
-                .flatten()
-                .map(|s| s == "FROZEN")
-                .unwrap_or(true),
+            CgroupVersion::V1 => v1_state(&dir).ok().flatten().map(|s| s == "FROZEN").unwrap_or(true),
         };
         let before = out.len();
         for st in cgroup_threads(&dir).unwrap_or_default() {
@@ -751,13 +698,7 @@ fn stuck_in_cgroup(cg: &Path, version: CgroupVersion) -> Vec<String> {
                 CgroupVersion::V1 => !frozen,
             };
             if suspect {
-                out.push(format!(
-                    "tid {} ({}) state {} in {}",
-                    st.pid,
-                    st.comm,
-                    st.state,
-                    dir.display()
-                ));
+                out.push(format!("tid {} ({}) state {} in {}", st.pid, st.comm, st.state, dir.display()));
             }
         }
         if !frozen && out.len() == before {
@@ -800,7 +741,9 @@ impl FreezeMethod {
         match self {
             FreezeMethod::CgroupV2(p) => format!("echo 0 > {}", p.join("cgroup.freeze").display()),
             FreezeMethod::CgroupV1(p) => format!("echo THAWED > {}", p.join("freezer.state").display()),
-            FreezeMethod::Sigstop(_) => format!("kill -CONT {}", pids.iter().map(i32::to_string).collect::<Vec<_>>().join(" ")),
+            FreezeMethod::Sigstop(_) => {
+                format!("kill -CONT {}", pids.iter().map(i32::to_string).collect::<Vec<_>>().join(" "))
+            }
         }
     }
 
@@ -819,10 +762,8 @@ impl FreezeMethod {
                 let version = cgroup_version(path)?;
                 // Absolute and free of symlinks: the watchdog runs in `/`, and CRIU compares it.
                 let path = &fs::canonicalize(path).map_err(|e| io_err(path, "realpath", e))?;
-                let cannot = |reason: &str| TaskError::CannotFreeze {
-                    path: path.clone(),
-                    reason: reason.to_string(),
-                };
+                let cannot =
+                    |reason: &str| TaskError::CannotFreeze { path: path.clone(), reason: reason.to_string() };
                 match version {
                     CgroupVersion::V2 if path.join("cgroup.freeze").exists() => Ok(FreezeMethod::CgroupV2(path.clone())),
                     CgroupVersion::V2 => Err(cannot(
@@ -853,9 +794,9 @@ impl FreezeMethod {
         match self {
             FreezeMethod::CgroupV2(p) => vec!["cgroup-v2".into(), p.to_string_lossy().into_owned()],
             FreezeMethod::CgroupV1(p) => vec!["cgroup-v1".into(), p.to_string_lossy().into_owned()],
-            FreezeMethod::Sigstop(pids) => std::iter::once("sigstop".to_string())
-                .chain(pids.iter().map(|p| p.to_string()))
-                .collect(),
+            FreezeMethod::Sigstop(pids) => {
+                std::iter::once("sigstop".to_string()).chain(pids.iter().map(|p| p.to_string())).collect()
+            }
         }
     }
 
@@ -911,18 +852,15 @@ impl Proc {
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
         if fd >= 0 {
             // SAFETY: the kernel returned a new descriptor that we own (pidfds are CLOEXEC).
-            return Ok(Some(Proc {
-                pid,
-                pidfd: Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }),
-            }));
+            return Ok(Some(Proc { pid, pidfd: Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }) }));
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::ESRCH) => Ok(None),
             // EINVAL: not a thread-group leader; resolve() only gives leaders, but be lenient.
-            Some(libc::ENOSYS) | Some(libc::EINVAL) => Ok(Path::new(&format!("/proc/{pid}"))
-                .exists()
-                .then_some(Proc { pid, pidfd: None })),
+            Some(libc::ENOSYS) | Some(libc::EINVAL) => {
+                Ok(Path::new(&format!("/proc/{pid}")).exists().then_some(Proc { pid, pidfd: None }))
+            }
             _ => Err(io_err(format!("/proc/{pid}"), "pidfd_open", e)),
         }
     }
@@ -951,11 +889,7 @@ impl Proc {
         }
         Err(io_err(
             format!("/proc/{}", self.pid),
-            if self.pidfd.is_some() {
-                "pidfd_send_signal"
-            } else {
-                "kill"
-            },
+            if self.pidfd.is_some() { "pidfd_send_signal" } else { "kill" },
             e,
         ))
     }
@@ -973,17 +907,9 @@ impl Proc {
         for tid in tids {
             let path = PathBuf::from(format!("/proc/{pid}/task/{tid}/stat"));
             if let Some(st) = ProcStat::read(&path)? {
-                let ok = if want_stopped {
-                    st.is_stopped()
-                } else {
-                    !matches!(st.state, 'T')
-                };
+                let ok = if want_stopped { st.is_stopped() } else { !matches!(st.state, 'T') };
                 if !ok {
-                    let who = if pid == tid {
-                        format!("pid {pid}")
-                    } else {
-                        format!("pid {pid} tid {tid}")
-                    };
+                    let who = if pid == tid { format!("pid {pid}") } else { format!("pid {pid} tid {tid}") };
                     out.push(format!("{who} ({}) state {}", st.comm, st.state));
                 }
             }
@@ -1051,10 +977,7 @@ fn stuck_tasks(method: &FreezeMethod, procs: &[Proc]) -> Vec<String> {
         FreezeMethod::CgroupV1(cg) => stuck_in_cgroup(cg, CgroupVersion::V1),
         FreezeMethod::Sigstop(_) => procs
             .iter()
-            .flat_map(|p| {
-                p.threads_not(true)
-                    .unwrap_or_else(|e| vec![format!("pid {} ({e})", p.pid)])
-            })
+            .flat_map(|p| p.threads_not(true).unwrap_or_else(|e| vec![format!("pid {} ({e})", p.pid)]))
             .collect(),
     }
 }
@@ -1063,11 +986,7 @@ fn stuck_tasks(method: &FreezeMethod, procs: &[Proc]) -> Vec<String> {
 /// Processes that have exited are never an error.
 fn start_thaw(method: &FreezeMethod, procs: &[Proc], gone_ok: bool) -> Result<(), TaskError> {
     let write = |path: PathBuf, data: &str| match write_file(&path, data) {
-        Err(TaskError::Io { source, .. })
-            if gone_ok && source.raw_os_error() == Some(libc::ENOENT) =>
-        {
-            Ok(())
-        }
+        Err(TaskError::Io { source, .. }) if gone_ok && source.raw_os_error() == Some(libc::ENOENT) => Ok(()),
         r => r,
     };
     match method {
@@ -1157,14 +1076,8 @@ pub fn freeze(method: FreezeMethod, timeout: Duration) -> Result<Frozen, TaskErr
     let watchdog = Watchdog::spawn(&method)?;
     let since = Instant::now();
     // From here on, dropping `frozen` thaws and disarms: every error path is covered.
-    let mut frozen = Frozen {
-        method,
-        procs,
-        since,
-        latency: Duration::ZERO,
-        watchdog: Some(watchdog),
-        done: false,
-    };
+    let mut frozen =
+        Frozen { method, procs, since, latency: Duration::ZERO, watchdog: Some(watchdog), done: false };
     start_freeze(&frozen.method, &frozen.procs)?;
     if !wait_until(timeout, || is_frozen(&frozen.method, &frozen.procs))? {
         let mut stuck = stuck_tasks(&frozen.method, &frozen.procs);
@@ -1181,16 +1094,16 @@ pub fn freeze(method: FreezeMethod, timeout: Duration) -> Result<Frozen, TaskErr
 /// `p` made absolute (the watchdog runs in `/`); the watchdog's arguments must be UTF-8.
 fn absolute(p: PathBuf) -> Result<PathBuf, TaskError> {
     let p = if p.is_relative() {
-        std::env::current_dir()
-            .map_err(|e| io_err(".", "getcwd", e))?
-            .join(p)
+        std::env::current_dir().map_err(|e| io_err(".", "getcwd", e))?.join(p)
     } else {
         p
     };
     if p.to_str().is_none() {
         return Err(TaskError::CannotFreeze {
             path: p,
-            reason: "the path is not valid UTF-8, which the thaw watchdog's arguments must be; rename the cgroup".into(),
+            reason:
+                "the path is not valid UTF-8, which the thaw watchdog's arguments must be; rename the cgroup"
+                    .into(),
         });
     }
     Ok(p)
@@ -1239,7 +1152,8 @@ impl Frozen {
     pub fn check_watchdog(&self) -> Result<(), TaskError> {
         let Some(w) = &self.watchdog else { return Ok(()) };
         let pid = w.child.id();
-        let alive = fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| ProcStat::parse(&s).is_some_and(|st| st.state != 'Z' && st.state != 'X'));
+        let alive = fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| ProcStat::parse(&s).is_some_and(|st| st.state != 'Z' && st.state != 'X'));
         if alive {
             Ok(())
         } else {
@@ -1331,10 +1245,7 @@ impl Frozen {
             if wait_until(THAW_TIMEOUT, || is_thawed(&self.method, &self.procs))? {
                 Ok(())
             } else {
-                Err(TaskError::ThawTimeout {
-                    what: self.method.describe(),
-                    waited: THAW_TIMEOUT,
-                })
+                Err(TaskError::ThawTimeout { what: self.method.describe(), waited: THAW_TIMEOUT })
             }
         });
         let elapsed = self.since.elapsed();
@@ -1374,11 +1285,7 @@ pub fn set_watchdog_exe(path: impl Into<PathBuf>) {
 /// The watchdog executable: set by [`set_watchdog_exe`], else `$SNAPCKPT_WATCHDOG_EXE`,
 /// else `/proc/self/exe` (this very binary, even if its file was replaced meanwhile).
 pub fn watchdog_exe() -> PathBuf {
-    if let Some(p) = WATCHDOG_EXE
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone()
-    {
+    if let Some(p) = WATCHDOG_EXE.lock().unwrap_or_else(|e| e.into_inner()).clone() {
         return p;
     }
     match std::env::var_os(WATCHDOG_EXE_ENV) {
@@ -1420,10 +1327,7 @@ impl Watchdog {
         let stdin = child.stdin.take();
         let stdout = child.stdout.take();
         let mut wd = Watchdog { child, stdin };
-        match stdout
-            .ok_or_else(|| "no stdout pipe".to_string())
-            .and_then(read_ready)
-        {
+        match stdout.ok_or_else(|| "no stdout pipe".to_string()).and_then(read_ready) {
             Ok(()) => Ok(wd),
             Err(msg) => {
                 let _ = wd.child.kill();
@@ -1446,10 +1350,9 @@ impl Watchdog {
         }
         match self.wait()? {
             Some(st) if st.success() => Ok(()),
-            Some(st) => Err(TaskError::Watchdog(format!(
-                "watchdog pid {} exited with {st}",
-                self.child.id()
-            ))),
+            Some(st) => {
+                Err(TaskError::Watchdog(format!("watchdog pid {} exited with {st}", self.child.id())))
+            }
             None => {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
@@ -1482,10 +1385,7 @@ impl Watchdog {
         let mut status = None;
         let pid = self.child.id();
         wait_until(WATCHDOG_EXIT_TIMEOUT, || {
-            status = self
-                .child
-                .try_wait()
-                .map_err(|e| io_err(format!("/proc/{pid}"), "waitpid", e))?;
+            status = self.child.try_wait().map_err(|e| io_err(format!("/proc/{pid}"), "waitpid", e))?;
             Ok(status.is_some())
         })?;
         Ok(status)
@@ -1513,11 +1413,7 @@ fn read_ready(mut out: ChildStdout) -> Result<(), String> {
         if left.is_zero() {
             return Err(format!("no answer within {WATCHDOG_READY_TIMEOUT:?}"));
         }
-        let mut pfd = libc::pollfd {
-            fd: out.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: out.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         // SAFETY: one valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
         if r < 0 {
@@ -1543,10 +1439,7 @@ fn read_ready(mut out: ChildStdout) -> Result<(), String> {
     } else if got.is_empty() {
         Err("it exited without a word".to_string())
     } else {
-        Err(format!(
-            "it said {:?}",
-            String::from_utf8_lossy(&got).trim()
-        ))
+        Err(format!("it said {:?}", String::from_utf8_lossy(&got).trim()))
     }
 }
 
@@ -1564,7 +1457,11 @@ pub fn watchdog_main(args: &[String]) -> i32 {
     // `sigstop-later PID...` (restart): the tasks do not exist yet; they are pinned when
     // the parent goes away, and continued.
     let later = args.first().is_some_and(|a| a == LATER_ARG);
-    let args: Vec<String> = if later { std::iter::once("sigstop".to_string()).chain(args[1..].iter().cloned()).collect() } else { args.to_vec() };
+    let args: Vec<String> = if later {
+        std::iter::once("sigstop".to_string()).chain(args[1..].iter().cloned()).collect()
+    } else {
+        args.to_vec()
+    };
     let args = &args[..];
     let method = match FreezeMethod::from_watchdog_args(args) {
         Ok(m) => m,
@@ -1575,14 +1472,7 @@ pub fn watchdog_main(args: &[String]) -> i32 {
     };
     // Leave the terminal's session and process group; fails harmlessly if already a leader.
     let _ = nix::unistd::setsid();
-    for sig in [
-        libc::SIGINT,
-        libc::SIGTERM,
-        libc::SIGHUP,
-        libc::SIGQUIT,
-        libc::SIGTSTP,
-        libc::SIGPIPE,
-    ] {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT, libc::SIGTSTP, libc::SIGPIPE] {
         // SAFETY: installing SIG_IGN has no handler code to be unsafe.
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
@@ -1592,10 +1482,7 @@ pub fn watchdog_main(args: &[String]) -> i32 {
 
     // Pin the identity of the processes now, before the parent freezes them.
     let procs: Vec<Proc> = match &method {
-        FreezeMethod::Sigstop(pids) => pids
-            .iter()
-            .filter_map(|&p| Proc::open(p).ok().flatten())
-            .collect(),
+        FreezeMethod::Sigstop(pids) => pids.iter().filter_map(|&p| Proc::open(p).ok().flatten()).collect(),
         _ => Vec::new(),
     };
 
@@ -1640,7 +1527,9 @@ pub fn watchdog_main(args: &[String]) -> i32 {
     // With snapckpt gone, CRIU learns it only when it next talks to it (at the end of a dump
     // that may take minutes for a large task): wait for it as long as it holds the tasks.
     let procs: Vec<Proc> = match (&method, later) {
-        (FreezeMethod::Sigstop(pids), true) => pids.iter().filter_map(|&p| Proc::open(p).ok().flatten()).collect(),
+        (FreezeMethod::Sigstop(pids), true) => {
+            pids.iter().filter_map(|&p| Proc::open(p).ok().flatten()).collect()
+        }
         _ => procs,
     };
     wait_untraced(&method, &procs, Duration::from_secs(24 * 3600));
@@ -1658,17 +1547,11 @@ pub fn watchdog_main(args: &[String]) -> i32 {
     }
     match result {
         Ok(()) => {
-            log(&format!(
-                "snapckpt watchdog: the freezing process went away; thawed {}",
-                method.describe()
-            ));
+            log(&format!("snapckpt watchdog: the freezing process went away; thawed {}", method.describe()));
             0
         }
         Err(e) => {
-            log(&format!(
-                "snapckpt watchdog: could not thaw {}: {e}",
-                method.describe()
-            ));
+            log(&format!("snapckpt watchdog: could not thaw {}: {e}", method.describe()));
             1
         }
     }
@@ -1717,11 +1600,14 @@ fn is_criu(pid: i32) -> bool {
     if fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| named_criu(&e.to_string_lossy())) {
         return true;
     }
-    fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(5).is_some_and(named_criu)))
+    fs::read_to_string(format!("/proc/{pid}/maps"))
+        .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(5).is_some_and(named_criu)))
 }
 
 fn is_live_criu(pid: i32) -> bool {
-    is_criu(pid) && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| ProcStat::parse(&s).is_some_and(|st| st.state != 'Z' && st.state != 'X'))
+    is_criu(pid)
+        && fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| ProcStat::parse(&s).is_some_and(|st| st.state != 'Z' && st.state != 'X'))
 }
 
 /// Wait (at most `max`) until no task of the selection is traced (TracerPid 0).
@@ -1764,15 +1650,7 @@ mod tests {
     #[test]
     fn parse_stat_plain() {
         let st = ProcStat::parse("1234 (bash) S 1 1234 1234 34816 0 4194560 0 0").unwrap();
-        assert_eq!(
-            st,
-            ProcStat {
-                pid: 1234,
-                comm: "bash".into(),
-                state: 'S',
-                ppid: 1
-            }
-        );
+        assert_eq!(st, ProcStat { pid: 1234, comm: "bash".into(), state: 'S', ppid: 1 });
     }
 
     #[test]
@@ -1789,26 +1667,16 @@ mod tests {
 
     #[test]
     fn parse_stat_garbage_is_none() {
-        for s in [
-            "",
-            "12",
-            "12 (x",
-            "x (y) S 1",
-            "12 (y)",
-            "12 (y) S",
-            "12 (y) S notapid",
-            ") 12 (",
-            "12 )x( S 1",
-        ] {
+        for s in
+            ["", "12", "12 (x", "x (y) S 1", "12 (y)", "12 (y) S", "12 (y) S notapid", ") 12 (", "12 )x( S 1"]
+        {
             assert_eq!(ProcStat::parse(s), None, "{s:?}");
         }
     }
 
     #[test]
     fn parse_own_stat() {
-        let st = ProcStat::read(Path::new("/proc/thread-self/stat"))
-            .unwrap()
-            .unwrap();
+        let st = ProcStat::read(Path::new("/proc/thread-self/stat")).unwrap().unwrap();
         // SAFETY: gettid has no preconditions.
         assert_eq!(st.pid, unsafe { libc::gettid() });
         assert_eq!(st.state, 'R');
@@ -1834,10 +1702,7 @@ mod tests {
             FreezeMethod::CgroupV1("/sys/fs/cgroup/freezer/x".into()),
             FreezeMethod::Sigstop(vec![12, 13, 14]),
         ] {
-            assert_eq!(
-                FreezeMethod::from_watchdog_args(&m.watchdog_args()).unwrap(),
-                m
-            );
+            assert_eq!(FreezeMethod::from_watchdog_args(&m.watchdog_args()).unwrap(), m);
         }
         assert_eq!(
             FreezeMethod::Sigstop(vec![12, 13]).watchdog_args(),
@@ -1857,64 +1722,31 @@ mod tests {
             &["cgroup-v1", "a", "b"],
             &["bogus", "1"],
         ] {
-            assert!(
-                FreezeMethod::from_watchdog_args(&s(bad)).is_err(),
-                "{bad:?}"
-            );
+            assert!(FreezeMethod::from_watchdog_args(&s(bad)).is_err(), "{bad:?}");
         }
         assert_eq!(watchdog_main(&s(&["bogus"])), 2);
     }
 
     #[test]
     fn describe() {
-        assert_eq!(
-            Selection::Pid {
-                pid: 5,
-                tree: false
-            }
-            .describe(),
-            "pid 5"
-        );
-        assert_eq!(
-            Selection::Pid { pid: 5, tree: true }.describe(),
-            "process tree of pid 5"
-        );
+        assert_eq!(Selection::Pid { pid: 5, tree: false }.describe(), "pid 5");
+        assert_eq!(Selection::Pid { pid: 5, tree: true }.describe(), "process tree of pid 5");
         assert_eq!(
             Selection::Cgroup("/sys/fs/cgroup/unified/x".into()).describe(),
             "cgroup /sys/fs/cgroup/unified/x"
         );
-        assert_eq!(
-            FreezeMethod::CgroupV2("/c".into()).describe(),
-            "cgroup-v2 /c"
-        );
-        assert_eq!(
-            FreezeMethod::CgroupV1("/c".into()).describe(),
-            "cgroup-v1 /c"
-        );
+        assert_eq!(FreezeMethod::CgroupV2("/c".into()).describe(), "cgroup-v2 /c");
+        assert_eq!(FreezeMethod::CgroupV1("/c".into()).describe(), "cgroup-v1 /c");
         assert_eq!(FreezeMethod::Sigstop(vec![1]).describe(), "sigstop");
-        assert_eq!(
-            FreezeMethod::CgroupV1("/c".into()).cgroup_path(),
-            Some(Path::new("/c"))
-        );
+        assert_eq!(FreezeMethod::CgroupV1("/c".into()).cgroup_path(), Some(Path::new("/c")));
         assert_eq!(FreezeMethod::Sigstop(vec![1]).cgroup_path(), None);
     }
 
     #[test]
     fn resolve_self_and_threads() {
         let me = std::process::id() as i32;
-        assert_eq!(
-            resolve(&Selection::Pid {
-                pid: me,
-                tree: false
-            })
-            .unwrap(),
-            vec![me]
-        );
-        let tree = resolve(&Selection::Pid {
-            pid: me,
-            tree: true,
-        })
-        .unwrap();
+        assert_eq!(resolve(&Selection::Pid { pid: me, tree: false }).unwrap(), vec![me]);
+        let tree = resolve(&Selection::Pid { pid: me, tree: true }).unwrap();
         assert_eq!(tree[0], me);
         let tids = threads(me).unwrap();
         assert!(tids.contains(&me));
@@ -1928,14 +1760,7 @@ mod tests {
         });
         let tid = rx.recv().unwrap();
         assert_ne!(tid, me);
-        assert_eq!(
-            resolve(&Selection::Pid {
-                pid: tid,
-                tree: false
-            })
-            .unwrap(),
-            vec![me]
-        );
+        assert_eq!(resolve(&Selection::Pid { pid: tid, tree: false }).unwrap(), vec![me]);
         assert!(threads(me).unwrap().contains(&tid));
         done_tx.send(()).unwrap();
         t.join().unwrap();
@@ -1944,26 +1769,11 @@ mod tests {
     #[test]
     fn resolve_missing_pid() {
         assert!(matches!(
-            resolve(&Selection::Pid {
-                pid: i32::MAX,
-                tree: true
-            }),
+            resolve(&Selection::Pid { pid: i32::MAX, tree: true }),
             Err(TaskError::NoSuchTask(_))
         ));
-        assert!(matches!(
-            resolve(&Selection::Pid {
-                pid: 0,
-                tree: false
-            }),
-            Err(TaskError::NoSuchTask(0))
-        ));
-        assert!(matches!(
-            resolve(&Selection::Pid {
-                pid: -1,
-                tree: false
-            }),
-            Err(TaskError::NoSuchTask(-1))
-        ));
+        assert!(matches!(resolve(&Selection::Pid { pid: 0, tree: false }), Err(TaskError::NoSuchTask(0))));
+        assert!(matches!(resolve(&Selection::Pid { pid: -1, tree: false }), Err(TaskError::NoSuchTask(-1))));
         assert!(matches!(threads(i32::MAX), Err(TaskError::NoSuchTask(_))));
     }
 
@@ -1973,10 +1783,7 @@ mod tests {
         let e = resolve(&sel).unwrap_err();
         assert!(matches!(e, TaskError::NoSuchCgroup(_)), "{e}");
         assert!(e.to_string().contains("does not exist"), "{e}");
-        assert!(matches!(
-            FreezeMethod::for_selection(&sel, &[]),
-            Err(TaskError::NoSuchCgroup(_))
-        ));
+        assert!(matches!(FreezeMethod::for_selection(&sel, &[]), Err(TaskError::NoSuchCgroup(_))));
     }
 
     #[test]
@@ -2019,17 +1826,8 @@ mod tests {
     fn not_a_cgroup() {
         for p in ["/tmp", "/proc/self/stat", "/proc/self/stat/x"] {
             let sel = Selection::Cgroup(p.into());
-            assert!(
-                matches!(resolve(&sel), Err(TaskError::NotACgroup(_))),
-                "{p}"
-            );
-            assert!(
-                matches!(
-                    FreezeMethod::for_selection(&sel, &[]),
-                    Err(TaskError::NotACgroup(_))
-                ),
-                "{p}"
-            );
+            assert!(matches!(resolve(&sel), Err(TaskError::NotACgroup(_))), "{p}");
+            assert!(matches!(FreezeMethod::for_selection(&sel, &[]), Err(TaskError::NotACgroup(_))), "{p}");
         }
     }
 
@@ -2044,30 +1842,17 @@ mod tests {
     fn order_parents_first_uses_ppid() {
         // This process and its parent: the parent must come first whatever the input order.
         let me = std::process::id() as i32;
-        let parent = ProcStat::read(Path::new("/proc/self/stat"))
-            .unwrap()
-            .unwrap()
-            .ppid;
-        assert_eq!(
-            order_parents_first(vec![me, parent, me]).unwrap(),
-            vec![parent, me]
-        );
+        let parent = ProcStat::read(Path::new("/proc/self/stat")).unwrap().unwrap().ppid;
+        assert_eq!(order_parents_first(vec![me, parent, me]).unwrap(), vec![parent, me]);
         // Gone pids are dropped.
         assert_eq!(order_parents_first(vec![i32::MAX, me]).unwrap(), vec![me]);
     }
 
     #[test]
     fn errors_tell_what_to_do() {
-        let e = io_err(
-            "/sys/fs/cgroup/x/cgroup.freeze",
-            "write",
-            io::Error::from_raw_os_error(libc::EACCES),
-        );
+        let e = io_err("/sys/fs/cgroup/x/cgroup.freeze", "write", io::Error::from_raw_os_error(libc::EACCES));
         let s = e.to_string();
-        assert!(
-            s.starts_with("write /sys/fs/cgroup/x/cgroup.freeze: "),
-            "{s}"
-        );
+        assert!(s.starts_with("write /sys/fs/cgroup/x/cgroup.freeze: "), "{s}");
         assert!(s.contains("run snapckpt as root"), "{s}");
         let e = TaskError::FreezeTimeout {
             waited: Duration::from_millis(5),
@@ -2076,4 +1861,3 @@ mod tests {
         assert!(e.to_string().contains("pid 1 (x) state D"));
     }
 }
-

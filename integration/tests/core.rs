@@ -33,7 +33,22 @@ fn every_kind_roundtrip(fstype: &str) {
     let dir = fs.path("data");
     std::fs::create_dir_all(&dir).unwrap();
     let log = work.path().join("ufiles.log");
-    let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "ab", "orphan:10485760", "twofds", "tmpfile", "fifo", "odd", "mmap", "cwd"], &log);
+    let p = Proc::start(
+        &prog("ufiles"),
+        &[
+            "setup",
+            dir.to_str().unwrap(),
+            "ab",
+            "orphan:10485760",
+            "twofds",
+            "tmpfile",
+            "fifo",
+            "odd",
+            "mmap",
+            "cwd",
+        ],
+        &log,
+    );
     let before = fd_lines(&first_report(&log));
 
     let images = work.path().join("images");
@@ -41,7 +56,8 @@ fn every_kind_roundtrip(fstype: &str) {
     wait_for(|| state(p.pid) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
     let rec = record(&imgdir);
     let objs = rec["objects"].as_array().unwrap();
-    let classes: Vec<(&str, &str)> = objs.iter().map(|o| (o["original_path"].as_str().unwrap(), o["class"].as_str().unwrap())).collect();
+    let classes: Vec<(&str, &str)> =
+        objs.iter().map(|o| (o["original_path"].as_str().unwrap(), o["class"].as_str().unwrap())).collect();
     let class_of = |suffix: &str| classes.iter().find(|(p, _)| p.ends_with(suffix)).map(|x| x.1);
     assert_eq!(class_of("/a"), Some("name-gone"), "{classes:?}");
     assert_eq!(class_of("/orphan-10485760"), Some("orphan"));
@@ -52,12 +68,20 @@ fn every_kind_roundtrip(fstype: &str) {
     assert_eq!(class_of("/gone-dir"), Some("removed-dir"));
     assert_eq!(class_of("/mapped"), Some("orphan"));
     assert!(classes.iter().any(|(_, c)| *c == "tmpfile"), "{classes:?}");
-    assert!(class_of("/kept (deleted)").is_none(), "a linked file named '... (deleted)' is not unlinked: {classes:?}");
+    assert!(
+        class_of("/kept (deleted)").is_none(),
+        "a linked file named '... (deleted)' is not unlinked: {classes:?}"
+    );
     // two fds of one inode share one object
     let two = objs.iter().find(|o| o["original_path"].as_str().unwrap().ends_with("/two")).unwrap();
     assert_eq!(two["holders"].as_array().unwrap().len(), 2);
     let methods: Vec<&str> = objs.iter().map(|o| o["relinked"]["method"].as_str().unwrap()).collect();
-    let method_of = |suffix: &str| objs.iter().find(|o| o["original_path"].as_str().unwrap().ends_with(suffix)).unwrap()["relinked"]["method"].as_str().unwrap();
+    let method_of = |suffix: &str| {
+        objs.iter().find(|o| o["original_path"].as_str().unwrap().ends_with(suffix)).unwrap()["relinked"]
+            ["method"]
+            .as_str()
+            .unwrap()
+    };
     assert_eq!(method_of("/a"), "link");
     assert_eq!(method_of("/gone-dir"), "recreate");
     assert_eq!(method_of("/fifo"), "recreate");
@@ -66,7 +90,8 @@ fn every_kind_roundtrip(fstype: &str) {
         "btrfs" | "xfs" => assert_eq!(orphan_method, "clone", "{methods:?}"),
         _ => assert!(orphan_method == "copy-range" || orphan_method == "sparse-copy", "{methods:?}"),
     }
-    let tmpfile_method = objs.iter().find(|o| o["class"] == "tmpfile").unwrap()["relinked"]["method"].as_str().unwrap();
+    let tmpfile_method =
+        objs.iter().find(|o| o["class"] == "tmpfile").unwrap()["relinked"]["method"].as_str().unwrap();
     assert_eq!(tmpfile_method, "link", "an O_TMPFILE file is linked, not copied");
     // names carry the checkpoint id; dir is root-owned 0700
     let names = checkpoint_names(&fs.mnt);
@@ -78,10 +103,24 @@ fn every_kind_roundtrip(fstype: &str) {
 
     // The task dies; restart hands the files to a new process at the recorded fds.
     drop(p);
-    let (ok, out, err) = snapckpt(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", prog("ufiles").to_str().unwrap(), "report"]);
+    let (ok, out, err) = snapckpt(&[
+        "restart",
+        &id,
+        "--image-root",
+        images.to_str().unwrap(),
+        "--exec",
+        prog("ufiles").to_str().unwrap(),
+        "report",
+    ]);
     assert!(ok, "restart failed: {out}\n{err}");
     let after = fd_lines(&out);
-    let fd_objects: Vec<i64> = rec["tasks"][0]["fds"].as_array().unwrap().iter().filter(|f| !f["object"].is_null()).map(|f| f["fd"].as_i64().unwrap()).collect();
+    let fd_objects: Vec<i64> = rec["tasks"][0]["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| !f["object"].is_null())
+        .map(|f| f["fd"].as_i64().unwrap())
+        .collect();
     assert_eq!(after.keys().map(|k| *k as i64).collect::<Vec<_>>(), fd_objects, "restored fds: {out}");
     for (fd, line) in &after {
         assert_eq!(line, &before[fd], "fd {fd} differs after restart");
@@ -90,7 +129,15 @@ fn every_kind_roundtrip(fstype: &str) {
     assert!(checkpoint_names(&fs.mnt).is_empty(), "{:?}", checkpoint_names(&fs.mnt));
     assert_eq!(std::fs::metadata(dir.join("b")).unwrap().nlink(), 1);
     // without a snapshot that was the only restart: a second one says so
-    let (ok, _, err) = snapckpt(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", prog("ufiles").to_str().unwrap(), "report"]);
+    let (ok, _, err) = snapckpt(&[
+        "restart",
+        &id,
+        "--image-root",
+        images.to_str().unwrap(),
+        "--exec",
+        prog("ufiles").to_str().unwrap(),
+        "report",
+    ]);
     assert!(!ok && err.contains("cannot be restarted again"), "{err}");
 }
 
@@ -126,7 +173,17 @@ fn ab_write_reaches_b() {
         let images = work.path().join("images");
         let (id, _) = take_files_only(p.pid, &images, &[]);
         drop(p);
-        snapckpt_ok(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", prog("ufiles").to_str().unwrap(), "write", "3", "XY"]);
+        snapckpt_ok(&[
+            "restart",
+            &id,
+            "--image-root",
+            images.to_str().unwrap(),
+            "--exec",
+            prog("ufiles").to_str().unwrap(),
+            "write",
+            "3",
+            "XY",
+        ]);
         assert_eq!(std::fs::read_to_string(dir.join("b")).unwrap(), "helXY", "{fstype}");
         assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "new", "{fstype}");
     }
@@ -171,7 +228,15 @@ fn orphan_1g_sparse() {
             assert!(grew < 4 << 20, "{fstype}: take allocated {grew} bytes");
         }
         drop(p);
-        let out = snapckpt_ok(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", prog("ufiles").to_str().unwrap(), "report"]);
+        let out = snapckpt_ok(&[
+            "restart",
+            &id,
+            "--image-root",
+            images.to_str().unwrap(),
+            "--exec",
+            prog("ufiles").to_str().unwrap(),
+            "report",
+        ]);
         let after = fd_lines(&out);
         assert_eq!(after.len(), 1);
         for (fd, line) in &after {
@@ -182,7 +247,8 @@ fn orphan_1g_sparse() {
 
 fn expect_take_refused(pid: i32, images: &Path, extra: &[&str], what: &str) {
     let pid_s = pid.to_string();
-    let mut args = vec!["take", "--pid", &pid_s, "--image-root", images.to_str().unwrap(), "--engine", "none"];
+    let mut args =
+        vec!["take", "--pid", &pid_s, "--image-root", images.to_str().unwrap(), "--engine", "none"];
     args.extend_from_slice(extra);
     let (ok, out, err) = snapckpt(&args);
     assert!(!ok, "take should fail ({what}): {out}");
@@ -191,7 +257,8 @@ fn expect_take_refused(pid: i32, images: &Path, extra: &[&str], what: &str) {
     // thawed, no image, no partial image
     std::thread::sleep(Duration::from_millis(50));
     assert_ne!(state(pid), 'T', "task left stopped");
-    let left: Vec<_> = std::fs::read_dir(images).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let left: Vec<_> =
+        std::fs::read_dir(images).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "image root not empty after a failed take: {left:?}");
 }
 
@@ -206,9 +273,16 @@ fn exec_high_fd_opath_and_a_command_that_cannot_start() {
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
     let log = work.path().join("log");
-    let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "highfd:2000", "opath", "orphan:5000"], &log);
+    let p = Proc::start(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "highfd:2000", "opath", "orphan:5000"],
+        &log,
+    );
     let before = fd_lines(&first_report(&log));
-    assert!(before.contains_key(&2000) && before.values().any(|l| l.contains("flags=10000000")), "{before:?}");
+    assert!(
+        before.contains_key(&2000) && before.values().any(|l| l.contains("flags=10000000")),
+        "{before:?}"
+    );
     let images = work.path().join("images");
     let (id, _) = take_files_only(p.pid, &images, &[]);
     drop(p);
@@ -218,7 +292,14 @@ fn exec_high_fd_opath_and_a_command_that_cannot_start() {
     let junk = work.path().join("junk");
     std::fs::write(&junk, "not a program\n").unwrap();
     std::fs::set_permissions(&junk, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let (ok, _, err) = snapckpt(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", junk.to_str().unwrap()]);
+    let (ok, _, err) = snapckpt(&[
+        "restart",
+        &id,
+        "--image-root",
+        images.to_str().unwrap(),
+        "--exec",
+        junk.to_str().unwrap(),
+    ]);
     assert!(!ok && err.contains("not an executable") && err.contains("nothing was changed"), "{err}");
     assert_eq!(checkpoint_names(&fs.mnt), names);
     let restart_limited = |ulimit: &str| {
@@ -285,7 +366,15 @@ fn refusals_unsafe_checkpoint_dir() {
     sh(&format!("chmod 0700 '{}'", lf.join("checkpoint").display()));
 
     // a template that escapes the directory
-    let (ok, _, err) = snapckpt(&["take", "--pid", &p.pid.to_string(), "--image-root", images.to_str().unwrap(), "--template", "../../x-%t-%n"]);
+    let (ok, _, err) = snapckpt(&[
+        "take",
+        "--pid",
+        &p.pid.to_string(),
+        "--image-root",
+        images.to_str().unwrap(),
+        "--template",
+        "../../x-%t-%n",
+    ]);
     assert!(!ok && err.contains("plain file name"), "{err}");
 
     // and with everything right, it works
@@ -297,7 +386,13 @@ fn refusal_bad_job_file() {
     let work = Scratch::new("job");
     let j = work.path().join("job.toml");
     std::fs::write(&j, "name = \"x\"\n[tasks]\npid = 1\n[freeze]\ntimeout = 5\n").unwrap();
-    let (ok, _, err) = snapckpt(&["take", "--job", j.to_str().unwrap(), "--image-root", work.path().join("i").to_str().unwrap()]);
+    let (ok, _, err) = snapckpt(&[
+        "take",
+        "--job",
+        j.to_str().unwrap(),
+        "--image-root",
+        work.path().join("i").to_str().unwrap(),
+    ]);
     assert!(!ok);
     assert!(err.contains(&format!("{}:5:", j.display())) && err.contains("timeout"), "{err}");
     // every example job in config/ parses; the demo's only once its placeholder pid is
@@ -308,9 +403,23 @@ fn refusal_bad_job_file() {
                 let err = snapckpt::job::Job::load(&e.path()).unwrap_err().to_string();
                 assert!(err.contains("pid = 0") && err.contains("positive"), "{err}");
                 let text = std::fs::read_to_string(e.path()).unwrap();
-                assert_eq!(text.lines().filter(|l| l.starts_with("pid = ")).count(), 1, "demo.sh replaces one `pid = ` line");
-                let filled: String = text.lines().map(|l| if l.starts_with("pid = ") { "pid = 4242\n".to_string() } else { format!("{l}\n") }).collect();
-                let j = snapckpt::job::Job::parse(&filled, &e.path()).unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
+                assert_eq!(
+                    text.lines().filter(|l| l.starts_with("pid = ")).count(),
+                    1,
+                    "demo.sh replaces one `pid = ` line"
+                );
+                let filled: String =
+                    text.lines()
+                        .map(|l| {
+                            if l.starts_with("pid = ") {
+                                "pid = 4242\n".to_string()
+                            } else {
+                                format!("{l}\n")
+                            }
+                        })
+                        .collect();
+                let j = snapckpt::job::Job::parse(&filled, &e.path())
+                    .unwrap_or_else(|err| panic!("{}: {err}", e.path().display()));
                 assert_eq!((j.tasks.pid, j.tasks.tree), (Some(4242), true));
                 continue;
             }
@@ -347,9 +456,14 @@ fn refusal_task_exits_during_scan() {
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
-    assert!(err.contains("exited") || err.contains("No such process") || err.contains("no such task"), "{err}");
+    assert!(
+        err.contains("exited") || err.contains("No such process") || err.contains("no such task"),
+        "{err}"
+    );
     assert!(checkpoint_names(&fs.mnt).is_empty());
-    let left: Vec<_> = std::fs::read_dir(&images).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let left: Vec<_> = std::fs::read_dir(&images)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -386,12 +500,23 @@ fn killed_take_is_thawed_and_collected() {
     child.wait().unwrap();
     wait_for(|| state(p.pid) != 'T', Duration::from_secs(5), "watchdog thaw");
     assert_eq!(checkpoint_names(&fs.mnt).len(), 4);
-    let (ok, out, _) = snapckpt(&["gc", "--mount", fs.mnt.to_str().unwrap(), "--image-root", images.to_str().unwrap(), "--dry-run"]);
+    let (ok, out, _) = snapckpt(&[
+        "gc",
+        "--mount",
+        fs.mnt.to_str().unwrap(),
+        "--image-root",
+        images.to_str().unwrap(),
+        "--dry-run",
+    ]);
     assert!(ok && out.contains("2 stale name(s), 1 partial image(s)"), "{out}");
     assert_eq!(checkpoint_names(&fs.mnt).len(), 4, "dry run removes nothing");
     snapckpt_ok(&["gc", "--mount", fs.mnt.to_str().unwrap(), "--image-root", images.to_str().unwrap()]);
     assert_eq!(checkpoint_names(&fs.mnt), live_names, "only the live checkpoint's names are left");
-    let left: Vec<String> = std::fs::read_dir(&images).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let left: Vec<String> = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(left, vec![live_id.clone()]);
     // delete removes the live checkpoint's names too
     snapckpt_ok(&["delete", &live_id, "--image-root", images.to_str().unwrap()]);
@@ -408,12 +533,20 @@ fn gc_scope_and_delete_of_an_unreadable_record() {
     let work = Scratch::new("gc-scope");
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
-    let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000", "ab"], &work.path().join("log"));
+    let p = Proc::start(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:100000", "ab"],
+        &work.path().join("log"),
+    );
     let (ra, rb) = (work.path().join("root-a"), work.path().join("root-b"));
     let (ida, _) = take_files_only(p.pid, &ra, &[]);
     let (idb, dirb) = take_files_only(p.pid, &rb, &["--snapshot", "btrfs"]);
     let mnt = fs.mnt.to_str().unwrap();
-    let snaps = || std::fs::read_dir(fs.path(".snapckpt")).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>()).unwrap_or_default();
+    let snaps = || {
+        std::fs::read_dir(fs.path(".snapckpt"))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
     let names_a = checkpoint_names(&fs.mnt);
     assert_eq!(names_a.len(), 2, "{names_a:?}");
     assert_eq!(snaps(), vec![idb.clone()]);
@@ -425,7 +558,8 @@ fn gc_scope_and_delete_of_an_unreadable_record() {
     assert_eq!(snaps(), vec![idb.clone()]);
     assert_eq!(checkpoint_names(&fs.mnt), names_a);
     // --all would take it (dry run), root B keeps its own names too
-    let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", ra.to_str().unwrap(), "--all", "--dry-run"]);
+    let out =
+        snapckpt_ok(&["gc", "--mount", mnt, "--image-root", ra.to_str().unwrap(), "--all", "--dry-run"]);
     assert!(out.contains("would remove snapshot") && out.contains(&format!("(checkpoint {idb})")), "{out}");
     let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", rb.to_str().unwrap()]);
     assert!(out.contains(&format!("left alone 2 name(s)/snapshot(s) of checkpoint {ida}")), "{out}");
@@ -464,14 +598,27 @@ fn gc_finds_snapshots_in_a_custom_snapshot_dir() {
     let work = Scratch::new("gc-snapdir");
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
-    let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000"], &work.path().join("log"));
+    let p = Proc::start(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:100000"],
+        &work.path().join("log"),
+    );
     let job = work.path().join("job.toml");
-    std::fs::write(&job, format!("[[filesystem]]\nmount = \"{}\"\nsnapshot = \"btrfs\"\nsnapshot_dir = \"snaps/x\"\n", fs.mnt.display())).unwrap();
+    std::fs::write(
+        &job,
+        format!(
+            "[[filesystem]]\nmount = \"{}\"\nsnapshot = \"btrfs\"\nsnapshot_dir = \"snaps/x\"\n",
+            fs.mnt.display()
+        ),
+    )
+    .unwrap();
     let images = work.path().join("images");
     let (lost, lost_dir) = take_files_only(p.pid, &images, &["--job", job.to_str().unwrap()]);
     let (kept, _) = take_files_only(p.pid, &images, &["--job", job.to_str().unwrap()]);
     let snaps = || {
-        let mut v: Vec<String> = std::fs::read_dir(fs.path("snaps/x")).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+        let mut v: Vec<String> = std::fs::read_dir(fs.path("snaps/x"))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
         v.sort();
         v
     };
@@ -487,7 +634,8 @@ fn gc_finds_snapshots_in_a_custom_snapshot_dir() {
     std::fs::remove_dir_all(&kept_dir).unwrap();
     let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", ir, "--id", &kept]);
     assert!(out.contains("0 stale snapshot(s)"), "{out}");
-    let out = snapckpt_ok(&["gc", "--mount", mnt, "--image-root", ir, "--id", &kept, "--snapshot-dir", "snaps/x"]);
+    let out =
+        snapckpt_ok(&["gc", "--mount", mnt, "--image-root", ir, "--id", &kept, "--snapshot-dir", "snaps/x"]);
     assert!(out.contains("1 stale snapshot(s)"), "{out}");
     assert!(snaps().is_empty());
 }
@@ -503,13 +651,21 @@ fn scan_reports_and_dry_run_changes_nothing() {
     let p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "odd", "ab"], &log);
     let out = snapckpt_ok(&["scan", "--pid", &p.pid.to_string(), "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
-    let paths: Vec<&str> = v["objects"].as_array().unwrap().iter().map(|o| o["original_path"].as_str().unwrap()).collect();
+    let paths: Vec<&str> =
+        v["objects"].as_array().unwrap().iter().map(|o| o["original_path"].as_str().unwrap()).collect();
     assert_eq!(paths.len(), 3, "{paths:?}");
     assert!(!paths.iter().any(|p| p.ends_with("kept (deleted)")));
     let table = snapckpt_ok(&["scan", "--pid", &p.pid.to_string()]);
     assert!(table.contains("name-gone") && table.contains("orphan"), "{table}");
     let images = work.path().join("images");
-    let out = snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--image-root", images.to_str().unwrap(), "--dry-run"]);
+    let out = snapckpt_ok(&[
+        "take",
+        "--pid",
+        &p.pid.to_string(),
+        "--image-root",
+        images.to_str().unwrap(),
+        "--dry-run",
+    ]);
     assert!(out.contains("would relink"), "{out}");
     assert!(checkpoint_names(&fs.mnt).is_empty());
     assert!(!fs.path("lost+found/checkpoint").exists() || checkpoint_names(&fs.mnt).is_empty());
@@ -528,13 +684,21 @@ fn shared_inode_across_tasks_is_one_object() {
     let log = work.path().join("log");
     let p = Proc::start(&prog("ufiles_tree"), &[dir.to_str().unwrap()], &log);
     let images = work.path().join("images");
-    let out = snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--tree", "--image-root", images.to_str().unwrap()]);
+    let out = snapckpt_ok(&[
+        "take",
+        "--pid",
+        &p.pid.to_string(),
+        "--tree",
+        "--image-root",
+        images.to_str().unwrap(),
+    ]);
     let id = out.lines().next().unwrap().split_whitespace().nth(1).unwrap();
     let rec = record(&images.join(id));
     assert_eq!(rec["tasks"].as_array().unwrap().len(), 2);
     let objs = rec["objects"].as_array().unwrap();
     assert_eq!(objs.len(), 1, "{objs:?}");
-    let pids: std::collections::BTreeSet<i64> = objs[0]["holders"].as_array().unwrap().iter().map(|h| h["pid"].as_i64().unwrap()).collect();
+    let pids: std::collections::BTreeSet<i64> =
+        objs[0]["holders"].as_array().unwrap().iter().map(|h| h["pid"].as_i64().unwrap()).collect();
     assert_eq!(pids.len(), 2);
 }
 
@@ -542,7 +706,13 @@ fn shared_inode_across_tasks_is_one_object() {
 struct Killed(std::process::Child);
 impl Killed {
     fn sleeper() -> Killed {
-        Killed(std::process::Command::new("sleep").arg("1000").stdout(std::process::Stdio::null()).spawn().unwrap())
+        Killed(
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
     }
     fn pid(&self) -> i32 {
         self.0.id() as i32
@@ -558,14 +728,23 @@ impl Drop for Killed {
 /// A process with a zombie child it never reaps: `sh` starts a short `sleep` in the
 /// background and replaces itself with a long one. Returns the parent and the zombie's pid.
 fn parent_of_a_zombie() -> (Killed, i32) {
-    let child = Killed(std::process::Command::new("sh").args(["-c", "sleep 0 & exec sleep 1000"]).stdout(std::process::Stdio::null()).spawn().unwrap());
+    let child = Killed(
+        std::process::Command::new("sh")
+            .args(["-c", "sleep 0 & exec sleep 1000"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let pid = child.pid();
     let mut zombie = 0;
     wait_for(
         || {
-            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            let kids =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
             zombie = kids.split_whitespace().next().and_then(|k| k.parse().ok()).unwrap_or(0);
-            zombie > 0 && state(zombie) == 'Z' && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("sleep"))
+            zombie > 0
+                && state(zombie) == 'Z'
+                && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("sleep"))
         },
         Duration::from_secs(10),
         "a zombie child",
@@ -585,17 +764,31 @@ fn zombie_in_a_tree_is_skipped() {
     let pids: Vec<i64> = v["tasks"].as_array().unwrap().iter().map(|t| t["pid"].as_i64().unwrap()).collect();
     assert_eq!(pids, vec![parent.pid() as i64], "{out}");
     let images = work.path().join("images");
-    let out = snapckpt_ok(&["take", "--pid", &pid, "--tree", "--engine", "none", "--image-root", images.to_str().unwrap()]);
+    let out = snapckpt_ok(&[
+        "take",
+        "--pid",
+        &pid,
+        "--tree",
+        "--engine",
+        "none",
+        "--image-root",
+        images.to_str().unwrap(),
+    ]);
     let rec = record(&images.join(take_id(&out)));
     assert_eq!(rec["tasks"].as_array().unwrap().len(), 1);
     // thawed: back to sleep (it may still be running for a moment after SIGCONT)
     wait_for(|| state(parent.pid()) == 'S', Duration::from_secs(5), "the parent thawed");
-    for args in [vec!["scan", "--pid"], vec!["take", "--dry-run", "--image-root", images.to_str().unwrap(), "--pid"]] {
+    for args in
+        [vec!["scan", "--pid"], vec!["take", "--dry-run", "--image-root", images.to_str().unwrap(), "--pid"]]
+    {
         let z = zombie.to_string();
         let mut a = args.clone();
         a.push(&z);
         let (ok, _, err) = snapckpt(&a);
-        assert!(!ok && err.contains(&format!("pid {zombie} is a zombie")) && !err.contains("run the take again"), "{a:?}: {err}");
+        assert!(
+            !ok && err.contains(&format!("pid {zombie} is a zombie")) && !err.contains("run the take again"),
+            "{a:?}: {err}"
+        );
     }
 }
 
@@ -607,18 +800,36 @@ fn init_and_kernel_threads_are_refused_at_once() {
     let images = work.path().join("images");
     let mut cases = vec![("1", "is init")];
     // a kernel thread: PF_KTHREAD (0x00200000) in the flags of /proc/PID/stat
-    let kthread = std::fs::read_dir("/proc").unwrap().flatten().filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok()).find(|p| {
-        let st = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let flags = st.rsplit(')').next().and_then(|r| r.split_whitespace().nth(6)).and_then(|f| f.parse::<u64>().ok());
-        flags.is_some_and(|f| f & 0x0020_0000 != 0)
-    });
+    let kthread = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|p| {
+            let st = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let flags = st
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().nth(6))
+                .and_then(|f| f.parse::<u64>().ok());
+            flags.is_some_and(|f| f & 0x0020_0000 != 0)
+        });
     let kt = kthread.map(|p| p.to_string());
     if let Some(k) = &kt {
         cases.push((k.as_str(), "is a kernel thread"));
     }
     for (pid, what) in cases {
         for args in [
-            vec!["take", "--pid", pid, "--tree", "--dry-run", "--freeze-timeout", "5000", "--image-root", images.to_str().unwrap()],
+            vec![
+                "take",
+                "--pid",
+                pid,
+                "--tree",
+                "--dry-run",
+                "--freeze-timeout",
+                "5000",
+                "--image-root",
+                images.to_str().unwrap(),
+            ],
             vec!["take", "--pid", pid, "--freeze-timeout", "5000", "--image-root", images.to_str().unwrap()],
             vec!["scan", "--pid", pid, "--freeze"],
         ] {
@@ -638,7 +849,15 @@ fn freeze_timeout_zero_is_refused_by_the_parser() {
     let p = Killed::sleeper();
     let images = work.path().join("images");
     let o = std::process::Command::new(snapckpt_bin())
-        .args(["take", "--pid", &p.pid().to_string(), "--image-root", images.to_str().unwrap(), "--freeze-timeout", "0"])
+        .args([
+            "take",
+            "--pid",
+            &p.pid().to_string(),
+            "--image-root",
+            images.to_str().unwrap(),
+            "--freeze-timeout",
+            "0",
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -658,13 +877,27 @@ fn closed_stdout_ends_quietly() {
     let p = Killed::sleeper();
     let images = work.path().join("images");
     let pid = p.pid().to_string();
-    for args in [vec!["scan", "--all", "--json"], vec!["scan", "--all"], vec!["take", "--pid", &pid, "--engine", "none", "--image-root", images.to_str().unwrap()]] {
-        let mut c = Command::new(snapckpt_bin()).args(&args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    for args in [
+        vec!["scan", "--all", "--json"],
+        vec!["scan", "--all"],
+        vec!["take", "--pid", &pid, "--engine", "none", "--image-root", images.to_str().unwrap()],
+    ] {
+        let mut c = Command::new(snapckpt_bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         drop(c.stdout.take()); // like `| head -0`
         let o = c.wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!err.contains("panicked"), "{args:?}: {err}");
-        assert!(o.status.signal() == Some(libc::SIGPIPE) || o.status.success(), "{args:?}: {:?} {err}", o.status);
+        assert!(
+            o.status.signal() == Some(libc::SIGPIPE) || o.status.success(),
+            "{args:?}: {:?} {err}",
+            o.status
+        );
     }
     let made: Vec<_> = std::fs::read_dir(&images).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(made.len(), 1, "the take completed: {made:?}");
@@ -682,8 +915,15 @@ fn empty_image_root_is_refused() {
     std::fs::write(&job, format!("[tasks]\npid = {pid}\n")).unwrap();
     let cwd = work.path().join("cwd");
     std::fs::create_dir_all(&cwd).unwrap();
-    for args in [vec!["take", "--pid", &pid], vec!["take", "--job", job.to_str().unwrap()], vec!["list"], vec!["gc"]] {
-        let o = std::process::Command::new(snapckpt_bin()).args(&args).env("SNAPCKPT_IMAGE_ROOT", "").current_dir(&cwd).output().unwrap();
+    for args in
+        [vec!["take", "--pid", &pid], vec!["take", "--job", job.to_str().unwrap()], vec!["list"], vec!["gc"]]
+    {
+        let o = std::process::Command::new(snapckpt_bin())
+            .args(&args)
+            .env("SNAPCKPT_IMAGE_ROOT", "")
+            .current_dir(&cwd)
+            .output()
+            .unwrap();
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains("image root is empty"), "{args:?}: {err}");
         assert_eq!(std::fs::read_dir(&cwd).unwrap().count(), 0, "{args:?} wrote into the current directory");
@@ -726,11 +966,14 @@ fn snapshot_none_overrides_the_job_and_dry_run_json() {
     let work = Scratch::new("snapnone");
     let p = Killed::sleeper();
     let job = work.path().join("job.toml");
-    let job_text = |mount: &str| format!("[tasks]\npid = {}\n[[filesystem]]\nmount = \"{mount}\"\nsnapshot = \"btrfs\"\n", p.pid());
+    let job_text = |mount: &str| {
+        format!("[tasks]\npid = {}\n[[filesystem]]\nmount = \"{mount}\"\nsnapshot = \"btrfs\"\n", p.pid())
+    };
     // a snapshot that cannot be taken is refused up front, also by a dry run
     std::fs::write(&job, job_text("/srv/snapckpt-test-fs")).unwrap();
     let images = work.path().join("images");
-    let base = ["take", "--job", job.to_str().unwrap(), "--image-root", images.to_str().unwrap(), "--dry-run"];
+    let base =
+        ["take", "--job", job.to_str().unwrap(), "--image-root", images.to_str().unwrap(), "--dry-run"];
     let (ok, _, err) = snapckpt(&base);
     assert!(!ok && err.contains("/srv/snapckpt-test-fs"), "{err}");
     std::fs::write(&job, job_text(fs.mnt.to_str().unwrap())).unwrap();
@@ -760,14 +1003,26 @@ fn ignored_options_are_refused() {
     let ir = images.to_str().unwrap();
     for (args, what, code) in [
         (vec!["take", "--pid", &pid, "--image-root", ir, "--leave-stopped"], "--engine criu", 1),
-        (vec!["take", "--pid", &pid, "--image-root", ir, "--leave-running", "--engine", "none"], "--engine criu", 1),
+        (
+            vec!["take", "--pid", &pid, "--image-root", ir, "--leave-running", "--engine", "none"],
+            "--engine criu",
+            1,
+        ),
         (vec!["scan", "--all", "--pid", &pid], "cannot be used with", 2),
         (vec!["scan", "--all", "--freeze"], "cannot be used with", 2),
         (vec!["scan", "--all", "--cgroup", "/sys/fs/cgroup/unified"], "cannot be used with", 2),
-        (vec!["restart", "20260101T000000Z-abcd", "--image-root", ir, "--mount-root", "/tmp"], "--snapshot", 2),
+        (
+            vec!["restart", "20260101T000000Z-abcd", "--image-root", ir, "--mount-root", "/tmp"],
+            "--snapshot",
+            2,
+        ),
         (vec!["restart", "20260101T000000Z-abcd", "--image-root", ir, "--exec-task", "5"], "--exec", 2),
         (vec!["scan"], "--all", 1),
-        (vec!["take", "--cgroup", "/sys/fs/cgroup/unified/snapckpt-no-such-cgroup", "--image-root", ir], "does not exist", 1),
+        (
+            vec!["take", "--cgroup", "/sys/fs/cgroup/unified/snapckpt-no-such-cgroup", "--image-root", ir],
+            "does not exist",
+            1,
+        ),
     ] {
         let o = std::process::Command::new(snapckpt_bin()).args(&args).output().unwrap();
         let err = String::from_utf8_lossy(&o.stderr);

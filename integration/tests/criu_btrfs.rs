@@ -14,7 +14,13 @@ fn report_after(log: &Path, from: usize) -> Vec<String> {
     let s = std::fs::read(log).unwrap();
     let s = String::from_utf8_lossy(&s[from.min(s.len())..]).into_owned();
     let s = s.split("ready").next().unwrap().to_string();
-    s.split("checked").next().unwrap().lines().filter(|l| l.starts_with("FD ") || l.starts_with("MAP ") || l.starts_with("CWD ")).map(str::to_string).collect()
+    s.split("checked")
+        .next()
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("FD ") || l.starts_with("MAP ") || l.starts_with("CWD "))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Ask a restored ufiles process to check itself; returns its report.
@@ -22,7 +28,11 @@ fn self_check(pid: i32, log: &Path, from: usize) -> Vec<String> {
     wait_paused(pid);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
     wait_for(
-        || std::fs::read(log).map(|s| String::from_utf8_lossy(&s[from.min(s.len())..]).contains("checked")).unwrap_or(false),
+        || {
+            std::fs::read(log)
+                .map(|s| String::from_utf8_lossy(&s[from.min(s.len())..]).contains("checked"))
+                .unwrap_or(false)
+        },
         Duration::from_secs(30),
         "self check",
     );
@@ -40,7 +50,17 @@ fn du(p: &Path) -> u64 {
 /// `snapckpt take --engine criu --snapshot btrfs` of `pid` (plus `extra`); the checkpoint id.
 fn take_criu(s: &Setup, pid: i32, extra: &[&str]) -> String {
     let pid = pid.to_string();
-    let mut args = vec!["take", "--pid", &pid, "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()];
+    let mut args = vec![
+        "take",
+        "--pid",
+        &pid,
+        "--engine",
+        "criu",
+        "--snapshot",
+        "btrfs",
+        "--image-root",
+        s.images.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     take_id(&snapckpt_ok(&args))
 }
@@ -48,7 +68,15 @@ fn take_criu(s: &Setup, pid: i32, extra: &[&str]) -> String {
 /// `snapckpt restart ID --snapshot --mount-root <work>/<name>`; returns the mount root.
 fn restart_side(s: &Setup, id: &str, name: &str) -> PathBuf {
     let root = s.work.path().join(name);
-    snapckpt_ok(&["restart", id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    snapckpt_ok(&[
+        "restart",
+        id,
+        "--snapshot",
+        "--mount-root",
+        root.to_str().unwrap(),
+        "--image-root",
+        s.images.to_str().unwrap(),
+    ]);
     root
 }
 
@@ -80,9 +108,33 @@ fn criu_every_kind_restart_twice() {
     let _g = serial();
     let s = setup("2G");
     let log = s.work.path().join("ufiles.log");
-    let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "ab", "orphan:268435456", "mmap", "tmpfile", "twofds", "fifo", "cwd"], &log);
+    let mut p = Proc::start_setsid(
+        &prog("ufiles"),
+        &[
+            "setup",
+            s.dir.to_str().unwrap(),
+            "ab",
+            "orphan:268435456",
+            "mmap",
+            "tmpfile",
+            "twofds",
+            "fifo",
+            "cwd",
+        ],
+        &log,
+    );
     let before = report_after(&log, 0);
-    let out = snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]);
+    let out = snapckpt_ok(&[
+        "take",
+        "--pid",
+        &p.pid.to_string(),
+        "--engine",
+        "criu",
+        "--snapshot",
+        "btrfs",
+        "--image-root",
+        s.images.to_str().unwrap(),
+    ]);
     let id = take_id(&out);
     p.child.wait().unwrap(); // CRIU killed it after the dump
     let rec = record(&s.images, &id);
@@ -91,7 +143,10 @@ fn criu_every_kind_restart_twice() {
     assert_eq!(rec["snapshots"].as_array().unwrap().len(), 1);
     // no file data in CRIU's image: no ghost files, and the whole directory is small
     assert!(du(&s.images.join(&id)) < 1 << 20, "image dir {} bytes", du(&s.images.join(&id)));
-    assert!(!std::fs::read_dir(s.images.join(&id)).unwrap().flatten().any(|e| e.file_name().to_string_lossy().starts_with("ghost")));
+    assert!(!std::fs::read_dir(s.images.join(&id))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("ghost")));
     // the relinked names are in the snapshot only
     assert_eq!(std::fs::read_dir(s.fs.path("lost+found/checkpoint")).unwrap().count(), 0);
 
@@ -102,19 +157,34 @@ fn criu_every_kind_restart_twice() {
     for round in 1..=2 {
         let root = s.work.path().join(format!("r{round}"));
         sh(&format!("truncate -s {logsize} '{}'", log.display())); // CRIU checks the log's size
-        let out = snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+        let out = snapckpt_ok(&[
+            "restart",
+            &id,
+            "--snapshot",
+            "--mount-root",
+            root.to_str().unwrap(),
+            "--image-root",
+            s.images.to_str().unwrap(),
+        ]);
         assert!(out.contains(&format!("restored tasks [{}]", p.pid)), "{out}");
         let after = self_check(p.pid, &log, logsize);
         assert_eq!(after, before, "round {round}: the restored process sees what it saw");
         let clone = root.join(s.fs.mnt.strip_prefix("/").unwrap());
-        assert_eq!(std::fs::read_to_string(clone.join("data/b")).unwrap(), "hello", "round {round}: live changes not seen");
+        assert_eq!(
+            std::fs::read_to_string(clone.join("data/b")).unwrap(),
+            "hello",
+            "round {round}: live changes not seen"
+        );
         // the relinked names were unlinked again inside the clone
         assert_eq!(std::fs::read_dir(clone.join("lost+found/checkpoint")).unwrap().count(), 0);
         kill_wait(p.pid);
     }
     // the read-only snapshot is untouched: its relinked names are all still there
     let snap = PathBuf::from(rec["snapshots"][0]["path"].as_str().unwrap());
-    assert_eq!(std::fs::read_dir(snap.join("lost+found/checkpoint")).unwrap().count(), rec["objects"].as_array().unwrap().len());
+    assert_eq!(
+        std::fs::read_dir(snap.join("lost+found/checkpoint")).unwrap().count(),
+        rec["objects"].as_array().unwrap().len()
+    );
     // delete refuses while a clone is mounted, --force unmounts
     let (ok, _, err) = snapckpt(&["delete", &id, "--image-root", s.images.to_str().unwrap()]);
     assert!(!ok && err.contains("mounted"), "{err}");
@@ -137,7 +207,11 @@ fn criu_ab_write_lands_in_b() {
     let root = restart_side(&s, &id, "r");
     wait_paused(p.pid);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), nix::sys::signal::Signal::SIGUSR2).unwrap();
-    wait_for(|| String::from_utf8_lossy(&std::fs::read(&log).unwrap()[logsize..]).contains("wrote"), Duration::from_secs(10), "write");
+    wait_for(
+        || String::from_utf8_lossy(&std::fs::read(&log).unwrap()[logsize..]).contains("wrote"),
+        Duration::from_secs(10),
+        "write",
+    );
     let clone = root.join(s.fs.mnt.strip_prefix("/").unwrap());
     assert_eq!(std::fs::read_to_string(clone.join("data/b")).unwrap(), "helXY");
     assert_eq!(std::fs::read_to_string(clone.join("data/a")).unwrap(), "new");
@@ -156,7 +230,11 @@ fn criu_1g_sparse_orphan() {
     let _g = serial();
     let s = setup("3G");
     let log = s.work.path().join("ufiles.log");
-    let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "orphan:1073741824", "dense:67108864"], &log);
+    let mut p = Proc::start_setsid(
+        &prog("ufiles"),
+        &["setup", s.dir.to_str().unwrap(), "orphan:1073741824", "dense:67108864"],
+        &log,
+    );
     let before = report_after(&log, 0);
     let id = take_criu(&s, p.pid, &[]);
     p.child.wait().unwrap();
@@ -182,18 +260,33 @@ fn criu_two_processes_share_an_orphan() {
     let s = setup("1G");
     let log = s.work.path().join("tree.log");
     let mut p = Proc::start_setsid(&prog("ufiles_tree"), &[s.dir.to_str().unwrap()], &log);
-    let child: i32 = std::fs::read_to_string(&log).unwrap().split("child=").nth(1).unwrap().trim().parse().unwrap();
+    let child: i32 =
+        std::fs::read_to_string(&log).unwrap().split("child=").nth(1).unwrap().trim().parse().unwrap();
     let before = std::fs::metadata(&log).unwrap().len() as usize;
     let check = |from: usize| -> BTreeMap<String, String> {
         for pid in [p.pid, child] {
             wait_paused(pid);
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1)
+                .unwrap();
         }
-        wait_for(|| String::from_utf8_lossy(&std::fs::read(&log).unwrap()[from..]).matches("CHECK").count() >= 3, Duration::from_secs(10), "checks");
+        wait_for(
+            || String::from_utf8_lossy(&std::fs::read(&log).unwrap()[from..]).matches("CHECK").count() >= 3,
+            Duration::from_secs(10),
+            "checks",
+        );
         String::from_utf8_lossy(&std::fs::read(&log).unwrap()[from..])
             .lines()
             .filter(|l| l.starts_with("CHECK"))
-            .map(|l| (format!("{} {}", l.split_whitespace().nth(1).unwrap(), l.split("pos=").nth(1).unwrap().split(' ').next().unwrap()), l.to_string()))
+            .map(|l| {
+                (
+                    format!(
+                        "{} {}",
+                        l.split_whitespace().nth(1).unwrap(),
+                        l.split("pos=").nth(1).unwrap().split(' ').next().unwrap()
+                    ),
+                    l.to_string(),
+                )
+            })
             .collect()
     };
     let orig = check(before);
@@ -207,7 +300,15 @@ fn criu_two_processes_share_an_orphan() {
     assert_eq!(rec["tasks"].as_array().unwrap().len(), 2);
     let root = s.work.path().join("r");
     sh(&format!("truncate -s {logsize} '{}'", log.display()));
-    snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    snapckpt_ok(&[
+        "restart",
+        &id,
+        "--snapshot",
+        "--mount-root",
+        root.to_str().unwrap(),
+        "--image-root",
+        s.images.to_str().unwrap(),
+    ]);
     let after = check(logsize);
     assert_eq!(after, orig);
     kill_wait(p.pid); // the parent first: a killed child would stay a zombie of a live parent
@@ -231,12 +332,29 @@ fn criu_cgroup_v2_selection() {
     }
     let _rm = Rm(cg.clone());
     let log = s.work.path().join("ufiles.log");
-    let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "orphan:10485760", "cwd"], &log);
+    let mut p = Proc::start_setsid(
+        &prog("ufiles"),
+        &["setup", s.dir.to_str().unwrap(), "orphan:10485760", "cwd"],
+        &log,
+    );
     std::fs::write(cg.join("cgroup.procs"), p.pid.to_string()).unwrap();
     let before = report_after(&log, 0);
-    let id = take_id(&snapckpt_ok(&["take", "--cgroup", cg.to_str().unwrap(), "--engine", "criu", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]));
+    let id = take_id(&snapckpt_ok(&[
+        "take",
+        "--cgroup",
+        cg.to_str().unwrap(),
+        "--engine",
+        "criu",
+        "--snapshot",
+        "btrfs",
+        "--image-root",
+        s.images.to_str().unwrap(),
+    ]));
     p.child.wait().unwrap();
-    assert!(std::fs::read_to_string(cg.join("cgroup.events")).unwrap().contains("frozen 0"), "cgroup left frozen");
+    assert!(
+        std::fs::read_to_string(cg.join("cgroup.events")).unwrap().contains("frozen 0"),
+        "cgroup left frozen"
+    );
     let rec = record(&s.images, &id);
     assert!(rec["freezer"].as_str().unwrap().starts_with("cgroup-v2"), "{}", rec["freezer"]);
     let logsize = std::fs::metadata(&log).unwrap().len() as usize;
@@ -253,19 +371,53 @@ fn files_only_btrfs_snapshot_restart_twice() {
     let _g = serial();
     let s = setup("1G");
     let log = s.work.path().join("ufiles.log");
-    let p = Proc::start(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "ab", "orphan:1048576", "twofds"], &log);
+    let p = Proc::start(
+        &prog("ufiles"),
+        &["setup", s.dir.to_str().unwrap(), "ab", "orphan:1048576", "twofds"],
+        &log,
+    );
     let before = report_after(&log, 0);
-    let id = take_id(&snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--engine", "none", "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()]));
+    let id = take_id(&snapckpt_ok(&[
+        "take",
+        "--pid",
+        &p.pid.to_string(),
+        "--engine",
+        "none",
+        "--snapshot",
+        "btrfs",
+        "--image-root",
+        s.images.to_str().unwrap(),
+    ]));
     drop(p);
     std::fs::write(s.dir.join("b"), "changed").unwrap();
     // without --snapshot the restart is refused: the names live only in the snapshot
-    let (ok, _, err) = snapckpt(&["restart", &id, "--image-root", s.images.to_str().unwrap(), "--exec", "true"]);
+    let (ok, _, err) =
+        snapckpt(&["restart", &id, "--image-root", s.images.to_str().unwrap(), "--exec", "true"]);
     assert!(!ok && err.contains("--snapshot"), "{err}");
     for round in 1..=2 {
         let root = s.work.path().join(format!("r{round}"));
-        let out = snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", s.images.to_str().unwrap(), "--exec", prog("ufiles").to_str().unwrap(), "report"]);
-        let fd_lines: Vec<String> = out.lines().filter(|l| l.starts_with("FD ")).map(str::to_string).collect();
-        let want: Vec<String> = before.iter().filter(|l| l.starts_with("FD ") && fd_lines.iter().any(|f| f.split_whitespace().nth(1) == l.split_whitespace().nth(1))).cloned().collect();
+        let out = snapckpt_ok(&[
+            "restart",
+            &id,
+            "--snapshot",
+            "--mount-root",
+            root.to_str().unwrap(),
+            "--image-root",
+            s.images.to_str().unwrap(),
+            "--exec",
+            prog("ufiles").to_str().unwrap(),
+            "report",
+        ]);
+        let fd_lines: Vec<String> =
+            out.lines().filter(|l| l.starts_with("FD ")).map(str::to_string).collect();
+        let want: Vec<String> = before
+            .iter()
+            .filter(|l| {
+                l.starts_with("FD ")
+                    && fd_lines.iter().any(|f| f.split_whitespace().nth(1) == l.split_whitespace().nth(1))
+            })
+            .cloned()
+            .collect();
         assert_eq!(fd_lines.len(), 4, "{out}");
         assert_eq!(fd_lines, want, "round {round}");
     }
@@ -287,8 +439,15 @@ fn criu_deleted_executable() {
     let id = take_criu(&s, p.pid, &[]);
     p.child.wait().unwrap();
     let rec = record(&s.images, &id);
-    let exe_obj = rec["objects"].as_array().unwrap().iter().find(|o| o["original_path"].as_str().unwrap().ends_with("/ufiles-copy")).expect("exe is an object").clone();
-    let holders: Vec<&str> = exe_obj["holders"].as_array().unwrap().iter().map(|h| h["what"].as_str().unwrap()).collect();
+    let exe_obj = rec["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["original_path"].as_str().unwrap().ends_with("/ufiles-copy"))
+        .expect("exe is an object")
+        .clone();
+    let holders: Vec<&str> =
+        exe_obj["holders"].as_array().unwrap().iter().map(|h| h["what"].as_str().unwrap()).collect();
     assert!(holders.contains(&"exe") && holders.iter().any(|h| h.starts_with("map ")), "{holders:?}");
     let logsize = std::fs::metadata(&log).unwrap().len() as usize;
     restart_side(&s, &id, "r");
@@ -311,7 +470,15 @@ fn gc_collects_snapshot_of_killed_take() {
     std::fs::create_dir_all(&hooks).unwrap();
     std::fs::write(hooks.join("take-snapshotted.wait"), "").unwrap();
     let mut child = std::process::Command::new(snapckpt_bin())
-        .args(["take", "--pid", &p.pid.to_string(), "--snapshot", "btrfs", "--image-root", s.images.to_str().unwrap()])
+        .args([
+            "take",
+            "--pid",
+            &p.pid.to_string(),
+            "--snapshot",
+            "btrfs",
+            "--image-root",
+            s.images.to_str().unwrap(),
+        ])
         .env("SNAPCKPT_HOOK_DIR", &hooks)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -320,9 +487,19 @@ fn gc_collects_snapshot_of_killed_take() {
     wait_for(|| hooks.join("take-snapshotted.reached").exists(), Duration::from_secs(20), "snapshotted");
     child.kill().unwrap();
     child.wait().unwrap();
-    wait_for(|| !std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap().contains(") T "), Duration::from_secs(5), "thaw");
+    wait_for(
+        || !std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap().contains(") T "),
+        Duration::from_secs(5),
+        "thaw",
+    );
     assert_eq!(std::fs::read_dir(s.fs.path(".snapckpt")).unwrap().count(), 1);
-    let out = snapckpt_ok(&["gc", "--mount", s.fs.mnt.to_str().unwrap(), "--image-root", s.images.to_str().unwrap()]);
+    let out = snapckpt_ok(&[
+        "gc",
+        "--mount",
+        s.fs.mnt.to_str().unwrap(),
+        "--image-root",
+        s.images.to_str().unwrap(),
+    ]);
     assert!(out.contains("2 stale name(s), 1 partial image(s), 1 stale snapshot(s)"), "{out}");
     assert_eq!(std::fs::read_dir(s.fs.path(".snapckpt")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(s.fs.path("lost+found/checkpoint")).unwrap().count(), 0);
@@ -336,7 +513,11 @@ fn criu_leave_running() {
     let _g = serial();
     let s = setup("1G");
     let log = s.work.path().join("ufiles.log");
-    let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "orphan:1000000", "ab"], &log);
+    let mut p = Proc::start_setsid(
+        &prog("ufiles"),
+        &["setup", s.dir.to_str().unwrap(), "orphan:1000000", "ab"],
+        &log,
+    );
     let before = report_after(&log, 0);
     let id = take_criu(&s, p.pid, &["--leave-running"]);
     let logsize = std::fs::metadata(&log).unwrap().len() as usize;
@@ -359,14 +540,24 @@ fn criu_leave_running() {
 fn criu_leave_stopped() {
     let _g = serial();
     let s = setup("1G");
-    let frozen_v2 = |cg: &Path| std::fs::read_to_string(cg.join("cgroup.events")).unwrap_or_default().lines().any(|l| l == "frozen 1");
+    let frozen_v2 = |cg: &Path| {
+        std::fs::read_to_string(cg.join("cgroup.events")).unwrap_or_default().lines().any(|l| l == "frozen 1")
+    };
     for use_cgroup in [false, true] {
         let what = if use_cgroup { "cgroup v2" } else { "sigstop" };
         let log = s.work.path().join(format!("ufiles-{what}.log"));
         let dir = s.dir.join(format!("ls-{}", unique()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:1000000", "ab"], &log);
-        let cg = Path::new("/sys/fs/cgroup/unified").join(format!("snapckpt-criu-ls-{}-{}", std::process::id(), unique()));
+        let mut p = Proc::start_setsid(
+            &prog("ufiles"),
+            &["setup", dir.to_str().unwrap(), "orphan:1000000", "ab"],
+            &log,
+        );
+        let cg = Path::new("/sys/fs/cgroup/unified").join(format!(
+            "snapckpt-criu-ls-{}-{}",
+            std::process::id(),
+            unique()
+        ));
         let mut args: Vec<String> = vec!["take".into()];
         if use_cgroup {
             std::fs::create_dir(&cg).unwrap();
@@ -375,12 +566,27 @@ fn criu_leave_stopped() {
         } else {
             args.extend(["--pid".into(), p.pid.to_string()]);
         }
-        args.extend(["--engine", "criu", "--snapshot", "btrfs", "--leave-stopped", "--image-root", s.images.to_str().unwrap()].map(String::from));
+        args.extend(
+            [
+                "--engine",
+                "criu",
+                "--snapshot",
+                "btrfs",
+                "--leave-stopped",
+                "--image-root",
+                s.images.to_str().unwrap(),
+            ]
+            .map(String::from),
+        );
         let before = report_after(&log, 0);
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = snapckpt_ok(&a);
         let id = take_id(&out);
-        let resume = out.lines().find_map(|l| l.split("to resume them: ").nth(1)).unwrap_or_else(|| panic!("{what}: no resume command in:\n{out}")).to_string();
+        let resume = out
+            .lines()
+            .find_map(|l| l.split("to resume them: ").nth(1))
+            .unwrap_or_else(|| panic!("{what}: no resume command in:\n{out}"))
+            .to_string();
         // stays frozen: the watchdog is gone and did not thaw
         std::thread::sleep(Duration::from_millis(500));
         let st = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap();
@@ -391,7 +597,13 @@ fn criu_leave_stopped() {
             assert!(st.contains(") T "), "{what}: not stopped: {st}");
             assert_eq!(resume, format!("kill -CONT {}", p.pid));
         }
-        assert!(!std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap().lines().any(|l| l.starts_with("TracerPid:") && !l.ends_with("\t0")), "{what}: still traced");
+        assert!(
+            !std::fs::read_to_string(format!("/proc/{}/status", p.pid))
+                .unwrap()
+                .lines()
+                .any(|l| l.starts_with("TracerPid:") && !l.ends_with("\t0")),
+            "{what}: still traced"
+        );
         // the printed command resumes it, unchanged
         sh(&resume);
         let logsize = std::fs::metadata(&log).unwrap().len() as usize;
@@ -418,7 +630,8 @@ fn criu_pid_with_children_needs_tree() {
     let _g = serial();
     let s = setup("1G");
     let log = s.work.path().join("tree.log");
-    let script = format!("sleep 1000 & exec '{}' setup '{}' orphan:1000", prog("ufiles").display(), s.dir.display());
+    let script =
+        format!("sleep 1000 & exec '{}' setup '{}' orphan:1000", prog("ufiles").display(), s.dir.display());
     let p = Proc::start_setsid(Path::new("/bin/sh"), &["-c", &script], &log);
     let pid = p.pid.to_string();
     let ir = s.images.to_str().unwrap();

@@ -74,7 +74,9 @@ fn seed(what: &str) -> u64 {
 }
 
 fn criu_bin() -> PathBuf {
-    std::env::var_os("SNAPCKPT_CRIU").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/opt/snapckpt/criu/bin/criu"))
+    std::env::var_os("SNAPCKPT_CRIU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/snapckpt/criu/bin/criu"))
 }
 
 /// The state letter of a process, None when it is gone.
@@ -125,7 +127,8 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         for &p in &self.0 {
             if alive(p) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
             }
         }
     }
@@ -184,7 +187,10 @@ fn assert_names_complete(mnt: &Path, expected: &BTreeSet<(u64, u64)>, what: &str
             continue;
         }
         let got = fnv_file(&p).unwrap();
-        assert!(expected.contains(&got), "{what}: {n} is not a complete copy of any held file: (size, hash) {got:?}, held {expected:?}");
+        assert!(
+            expected.contains(&got),
+            "{what}: {n} is not a complete copy of any held file: (size, hash) {got:?}, held {expected:?}"
+        );
     }
 }
 
@@ -198,7 +204,8 @@ fn check_image_root(root: &Path, what: &str) -> (Vec<String>, Vec<PathBuf>) {
         let n = e.file_name().to_string_lossy().into_owned();
         let is_dir = e.file_type().unwrap().is_dir();
         if is_dir && snapckpt::image::valid_id(&n) {
-            let ck = snapckpt::image::load(&e.path()).unwrap_or_else(|err| panic!("{what}: image {n} is not whole: {err}"));
+            let ck = snapckpt::image::load(&e.path())
+                .unwrap_or_else(|err| panic!("{what}: image {n} is not whole: {err}"));
             assert_eq!(ck.id, n, "{what}");
             ids.push(n);
         } else if is_dir && n.starts_with('.') && n.ends_with(".partial") {
@@ -217,7 +224,9 @@ fn template() -> snapckpt::relink::Template {
 
 /// Ids with a directory under `<mount>/.snapckpt`.
 fn snapshot_ids(mnt: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(mnt.join(".snapckpt")).map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default();
+    let mut v: Vec<String> = std::fs::read_dir(mnt.join(".snapckpt"))
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
     v.sort();
     v
 }
@@ -273,12 +282,16 @@ fn assert_no_panic(err: &str) {
 struct Cgroup(PathBuf);
 impl Cgroup {
     fn new(tag: &str) -> Cgroup {
-        let p = Path::new(V2_ROOT).join(format!("snapckpt-failures-{tag}-{}-{}", std::process::id(), unique()));
+        let p =
+            Path::new(V2_ROOT).join(format!("snapckpt-failures-{tag}-{}-{}", std::process::id(), unique()));
         std::fs::create_dir(&p).unwrap();
         Cgroup(p)
     }
     fn frozen(&self) -> bool {
-        std::fs::read_to_string(self.0.join("cgroup.events")).unwrap_or_default().lines().any(|l| l == "frozen 1")
+        std::fs::read_to_string(self.0.join("cgroup.events"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == "frozen 1")
     }
     fn add(&self, pid: i32) {
         std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
@@ -298,7 +311,8 @@ impl Drop for Cgroup {
                 break;
             }
             for p in pids {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
+                let _ =
+                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -329,7 +343,11 @@ fn workload(bin: &Path, args: &[&str], log: &Path, setsid: bool, cg: Option<&Cgr
     if let Some(cg) = cg {
         cg.add(pid);
     }
-    wait_for(|| std::fs::read_to_string(log).map(|s| s.contains("ready")).unwrap_or(false), Duration::from_secs(20), "workload ready");
+    wait_for(
+        || std::fs::read_to_string(log).map(|s| s.contains("ready")).unwrap_or(false),
+        Duration::from_secs(20),
+        "workload ready",
+    );
     p
 }
 
@@ -356,7 +374,10 @@ impl Running {
         Running { child, out, err }
     }
     fn output(&self) -> (String, String) {
-        (std::fs::read_to_string(&self.out).unwrap_or_default(), std::fs::read_to_string(&self.err).unwrap_or_default())
+        (
+            std::fs::read_to_string(&self.out).unwrap_or_default(),
+            std::fs::read_to_string(&self.err).unwrap_or_default(),
+        )
     }
     /// Wait until hook `point` is reached (panics if snapckpt ends first).
     fn wait_point(&mut self, hooks: &Path, point: &str) {
@@ -399,7 +420,11 @@ fn assert_helpers_exit(helpers: &[i32], what: &str) {
     while helpers.iter().any(|&p| alive(p)) && t.elapsed() < Duration::from_secs(10) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let left: Vec<String> = helpers.iter().filter(|&&p| alive(p)).map(|&p| format!("{p} ({}, state {:?})", comm(p), state(p))).collect();
+    let left: Vec<String> = helpers
+        .iter()
+        .filter(|&&p| alive(p))
+        .map(|&p| format!("{p} ({}, state {:?})", comm(p), state(p)))
+        .collect();
     drop(KillOnDrop(helpers.to_vec()));
     assert!(left.is_empty(), "{what}: helpers of the killed snapckpt still running after 10 s: {left:?}");
 }
@@ -417,7 +442,11 @@ fn assert_not_frozen(pid: i32, cg: Option<&Cgroup>, what: &str) {
             }
         }
         if t.elapsed() > Duration::from_secs(3) {
-            panic!("{what}: task {pid} left frozen: state {:?}, cgroup frozen {:?}", state(pid), cg.map(Cgroup::frozen));
+            panic!(
+                "{what}: task {pid} left frozen: state {:?}, cgroup frozen {:?}",
+                state(pid),
+                cg.map(Cgroup::frozen)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -427,7 +456,15 @@ fn assert_not_frozen(pid: i32, cg: Option<&Cgroup>, what: &str) {
 // SIGKILL during take
 // ---------------------------------------------------------------------------------------------
 
-const TAKE_POINTS: &[&str] = &["take-frozen", "take-scanned", "take-relinked", "take-post-dump", "take-snapshotted", "take-published", "take-thawed"];
+const TAKE_POINTS: &[&str] = &[
+    "take-frozen",
+    "take-scanned",
+    "take-relinked",
+    "take-post-dump",
+    "take-snapshotted",
+    "take-published",
+    "take-thawed",
+];
 
 /// One filesystem, one image root, one workload (restarted when CRIU has killed it), killed
 /// takes one after the other.
@@ -525,7 +562,11 @@ impl TakeRig {
                 // published (CRIU dumps with leave-running), killed by snapckpt after that.
                 let gone_or_thawed = p == "take-thawed" || (!self.criu && p == "take-published");
                 if !gone_or_thawed {
-                    assert!(stopped(pid) || self.cg.as_ref().is_some_and(Cgroup::frozen), "{what}: task not frozen at {p}: {:?}", state(pid));
+                    assert!(
+                        stopped(pid) || self.cg.as_ref().is_some_and(Cgroup::frozen),
+                        "{what}: task not frozen at {p}: {:?}",
+                        state(pid)
+                    );
                 }
             }
             None => std::thread::sleep(delay),
@@ -551,7 +592,10 @@ impl TakeRig {
         // 3. whole images or partial directories only
         let (ids, _partial) = check_image_root(&self.images, what);
         // the process is never lost: dead only with a published image
-        assert!(alive(pid) || !ids.is_empty(), "{what}: the task is gone but no image was published: its state is lost");
+        assert!(
+            alive(pid) || !ids.is_empty(),
+            "{what}: the task is gone but no image was published: its state is lost"
+        );
         // 4. snapshots of failed takes
         for id in snapshot_ids(&self.fs.mnt) {
             if !ids.contains(&id) {
@@ -559,7 +603,13 @@ impl TakeRig {
             }
         }
         // 5. gc leaves no stale names and no partial images
-        let (ok, gout, gerr) = snapckpt(&["gc", "--mount", self.fs.mnt.to_str().unwrap(), "--image-root", self.images.to_str().unwrap()]);
+        let (ok, gout, gerr) = snapckpt(&[
+            "gc",
+            "--mount",
+            self.fs.mnt.to_str().unwrap(),
+            "--image-root",
+            self.images.to_str().unwrap(),
+        ]);
         assert!(ok, "{what}: gc failed: {gout}\n{gerr}");
         assert_no_panic(&gerr);
         let (ids2, partial2) = check_image_root(&self.images, what);
@@ -568,11 +618,17 @@ impl TakeRig {
         let tpl = template();
         for n in checkpoint_names(&self.fs.mnt) {
             let id = tpl.match_id(&n);
-            assert!(id.as_ref().is_some_and(|i| ids.contains(i)), "{what}: stale name {n} left after gc ({gout})");
+            assert!(
+                id.as_ref().is_some_and(|i| ids.contains(i)),
+                "{what}: stale name {n} left after gc ({gout})"
+            );
         }
         // and no snapshot of a failed take
         let snaps = snapshot_ids(&self.fs.mnt);
-        assert!(snaps.iter().all(|i| ids.contains(i)), "{what}: snapshots of failed takes left after gc: {snaps:?} ({gout})");
+        assert!(
+            snaps.iter().all(|i| ids.contains(i)),
+            "{what}: snapshots of failed takes left after gc: {snaps:?} ({gout})"
+        );
         // back to a clean state
         for id in &ids {
             snapckpt_ok(&["delete", id, "--image-root", self.images.to_str().unwrap()]);
@@ -630,14 +686,30 @@ fn kill_at_take_points(rig: &mut TakeRig, label: &str, points: &[&str]) {
 fn take_killed_at_every_point_files_only() {
     let _g = serial();
     let points: Vec<&str> = TAKE_POINTS.iter().copied().filter(|p| *p != "take-post-dump").collect();
-    let mut rig = TakeRig::new("ext4", false, false, false, &["ab", "orphan:20000000", "dense:3000000", "tmpfile", "twofds", "fifo", "cwd"]);
+    let mut rig = TakeRig::new(
+        "ext4",
+        false,
+        false,
+        false,
+        &["ab", "orphan:20000000", "dense:3000000", "tmpfile", "twofds", "fifo", "cwd"],
+    );
     kill_at_take_points(&mut rig, "ext4 files-only sigstop", &points);
     drop(rig);
-    let mut rig = TakeRig::new("btrfs", false, true, true, &["ab", "orphan:20000000", "dense:3000000", "tmpfile", "twofds"]);
+    let mut rig = TakeRig::new(
+        "btrfs",
+        false,
+        true,
+        true,
+        &["ab", "orphan:20000000", "dense:3000000", "tmpfile", "twofds"],
+    );
     kill_at_take_points(&mut rig, "btrfs files-only snapshot cgroup-v2", &points);
     rig.report_leftover_snapshots();
     // snapshots are made from take-snapshotted on
-    assert!(rig.leftover_snapshots.iter().any(|(w, _)| w.contains("take-snapshotted")), "{:?}", rig.leftover_snapshots);
+    assert!(
+        rig.leftover_snapshots.iter().any(|(w, _)| w.contains("take-snapshotted")),
+        "{:?}",
+        rig.leftover_snapshots
+    );
 }
 
 const CRIU_SCENARIO: &[&str] = &["ab", "orphan:20000000", "dense:3000000", "tmpfile", "twofds"];
@@ -648,11 +720,19 @@ const CRIU_SCENARIO: &[&str] = &["ab", "orphan:20000000", "dense:3000000", "tmpf
 fn take_killed_at_every_point_criu() {
     let _g = serial();
     let mut rig = TakeRig::new("btrfs", true, true, false, CRIU_SCENARIO);
-    kill_at_take_points(&mut rig, "btrfs criu snapshot sigstop", &["take-frozen", "take-scanned", "take-relinked", "take-snapshotted", "take-thawed"]);
+    kill_at_take_points(
+        &mut rig,
+        "btrfs criu snapshot sigstop",
+        &["take-frozen", "take-scanned", "take-relinked", "take-snapshotted", "take-thawed"],
+    );
     rig.report_leftover_snapshots();
     drop(rig);
     let mut rig = TakeRig::new("btrfs", true, true, true, CRIU_SCENARIO);
-    kill_at_take_points(&mut rig, "btrfs criu snapshot cgroup-v2", &["take-frozen", "take-relinked", "take-snapshotted", "take-thawed"]);
+    kill_at_take_points(
+        &mut rig,
+        "btrfs criu snapshot cgroup-v2",
+        &["take-frozen", "take-relinked", "take-snapshotted", "take-thawed"],
+    );
     rig.report_leftover_snapshots();
 }
 
@@ -664,7 +744,11 @@ fn take_killed_during_criu_dump() {
     for cgroup in [false, true] {
         let mut rig = TakeRig::new("btrfs", true, true, cgroup, CRIU_SCENARIO);
         for _ in 0..3 {
-            kill_at_take_points(&mut rig, &format!("btrfs criu snapshot cgroup {cgroup}"), &["take-post-dump"]);
+            kill_at_take_points(
+                &mut rig,
+                &format!("btrfs criu snapshot cgroup {cgroup}"),
+                &["take-post-dump"],
+            );
         }
     }
 }
@@ -675,7 +759,8 @@ fn take_killed_during_criu_dump() {
 fn take_killed_after_random_delays_files_only() {
     let _g = serial();
     let mut rng = Rng::new(seed("take_killed_after_random_delays_files_only"));
-    let mut rig = TakeRig::new("ext4", false, false, false, &["ab", "dense:48000000", "orphan:20000000", "tmpfile"]);
+    let mut rig =
+        TakeRig::new("ext4", false, false, false, &["ab", "dense:48000000", "orphan:20000000", "tmpfile"]);
     let full = rig.time_take();
     let n = 6;
     for i in 0..n {
@@ -755,7 +840,14 @@ fn is_read_only_subvolume(p: &Path) -> bool {
 
 /// Kill a restart at each of its hook points (and check), then run it again to the end.
 /// `later` runs a whole restart and checks what it restored.
-fn kill_restart_at_points(fs: &LoopFs, work: &Path, id: &str, restart_args: &[String], mut later: impl FnMut(&str), findings: &mut Vec<String>) {
+fn kill_restart_at_points(
+    fs: &LoopFs,
+    work: &Path,
+    id: &str,
+    restart_args: &[String],
+    mut later: impl FnMut(&str),
+    findings: &mut Vec<String>,
+) {
     let hooks = work.join("restart-hooks");
     std::fs::create_dir_all(&hooks).unwrap();
     // A name only the live filesystem has: it must not be visible while a clone covers it.
@@ -764,7 +856,10 @@ fn kill_restart_at_points(fs: &LoopFs, work: &Path, id: &str, restart_args: &[St
     let live_before = listing(&live.path, &[".snapckpt"]);
     let snap = live.path.join(".snapckpt").join(id).join("snapshot");
     let snap_before = listing(&snap, &[]);
-    assert!(snap_before.keys().any(|k| k.starts_with("lost+found/checkpoint/unlink-at-restart-")), "{snap_before:?}");
+    assert!(
+        snap_before.keys().any(|k| k.starts_with("lost+found/checkpoint/unlink-at-restart-")),
+        "{snap_before:?}"
+    );
     assert!(is_read_only_subvolume(&snap));
     for point in ["restart-mounted", "restart-opened"] {
         let what = format!("restart killed at {point}");
@@ -786,9 +881,20 @@ fn kill_restart_at_points(fs: &LoopFs, work: &Path, id: &str, restart_args: &[St
         assert_eq!(listing(&snap, &[]), snap_before, "{what}: the snapshot changed");
         assert!(is_read_only_subvolume(&snap), "{what}: the snapshot is no longer read-only");
         let stacked = mounts_under(&fs.mnt).iter().filter(|m| Path::new(m) == fs.mnt).count();
-        let clones: Vec<String> = std::fs::read_dir(live.path.join(".snapckpt").join(id)).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "snapshot").collect();
-        findings.push(format!("{what}: {} clone mount(s) left over the origin, clone subvolumes {clones:?}", stacked - 1));
-        let temp: Vec<String> = mounts_under(Path::new("/run/snapckpt")).into_iter().filter(|m| m.contains(&format!("-{spid}-"))).collect();
+        let clones: Vec<String> = std::fs::read_dir(live.path.join(".snapckpt").join(id))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "snapshot")
+            .collect();
+        findings.push(format!(
+            "{what}: {} clone mount(s) left over the origin, clone subvolumes {clones:?}",
+            stacked - 1
+        ));
+        let temp: Vec<String> = mounts_under(Path::new("/run/snapckpt"))
+            .into_iter()
+            .filter(|m| m.contains(&format!("-{spid}-")))
+            .collect();
         assert!(temp.is_empty(), "{what}: temporary mounts left: {temp:?}");
         // a later restart works
         later(&what);
@@ -796,7 +902,11 @@ fn kill_restart_at_points(fs: &LoopFs, work: &Path, id: &str, restart_args: &[St
     // delete --force takes every clone and mount away
     let images = restart_args.iter().skip_while(|a| *a != "--image-root").nth(1).unwrap().clone();
     snapckpt_ok(&["delete", id, "--force", "--image-root", &images]);
-    assert_eq!(mounts_under(&fs.mnt).iter().filter(|m| Path::new(m) == fs.mnt).count(), 1, "clones left mounted after delete --force");
+    assert_eq!(
+        mounts_under(&fs.mnt).iter().filter(|m| Path::new(m) == fs.mnt).count(),
+        1,
+        "clones left mounted after delete --force"
+    );
     assert!(fs.path("live-only").exists());
     assert!(!fs.path(&format!(".snapckpt/{id}")).exists(), "snapshot directory left after delete --force");
     assert_eq!(listing(&live.path, &[".snapckpt"]), live_before);
@@ -812,15 +922,43 @@ fn restart_killed_files_only_snapshot() {
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
     let log = work.path().join("ufiles.log");
-    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "ab", "orphan:20000000", "dense:3000000", "tmpfile", "twofds"], &log, false, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "ab", "orphan:20000000", "dense:3000000", "tmpfile", "twofds"],
+        &log,
+        false,
+        None,
+    );
     let before = fd_lines(&first_report(&log));
     let images = work.path().join("images");
-    let out = snapckpt_ok(&["take", "--pid", &p.pid.to_string(), "--image-root", images.to_str().unwrap(), "--engine", "none", "--snapshot", "btrfs"]);
+    let out = snapckpt_ok(&[
+        "take",
+        "--pid",
+        &p.pid.to_string(),
+        "--image-root",
+        images.to_str().unwrap(),
+        "--engine",
+        "none",
+        "--snapshot",
+        "btrfs",
+    ]);
     let id = take_id(&out);
     assert!(checkpoint_names(&fs.mnt).is_empty(), "links are removed once the snapshot has them");
     drop(p);
     let ufiles = prog("ufiles");
-    let args: Vec<String> = ["restart", &id, "--image-root", images.to_str().unwrap(), "--snapshot", "--exec", ufiles.to_str().unwrap(), "report"].iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> = [
+        "restart",
+        &id,
+        "--image-root",
+        images.to_str().unwrap(),
+        "--snapshot",
+        "--exec",
+        ufiles.to_str().unwrap(),
+        "report",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut findings = vec![];
     kill_restart_at_points(
@@ -848,16 +986,44 @@ fn restart_killed_criu() {
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
     let log = work.path().join("ufiles.log");
-    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "ab", "orphan:20000000", "dense:3000000", "tmpfile", "twofds", "odd"], &log, true, None);
+    let p = workload(
+        &prog("ufiles"),
+        &[
+            "setup",
+            dir.to_str().unwrap(),
+            "ab",
+            "orphan:20000000",
+            "dense:3000000",
+            "tmpfile",
+            "twofds",
+            "odd",
+        ],
+        &log,
+        true,
+        None,
+    );
     let pid = p.pid;
     let before = fd_lines(&first_report(&log));
     let images = work.path().join("images");
-    let out = snapckpt_ok(&["take", "--pid", &pid.to_string(), "--image-root", images.to_str().unwrap(), "--engine", "criu", "--snapshot", "btrfs"]);
+    let out = snapckpt_ok(&[
+        "take",
+        "--pid",
+        &pid.to_string(),
+        "--image-root",
+        images.to_str().unwrap(),
+        "--engine",
+        "criu",
+        "--snapshot",
+        "btrfs",
+    ]);
     let id = take_id(&out);
     wait_gone(pid);
     drop(p);
     let logsize = std::fs::metadata(&log).unwrap().len();
-    let args: Vec<String> = ["restart", &id, "--image-root", images.to_str().unwrap(), "--snapshot"].iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> = ["restart", &id, "--image-root", images.to_str().unwrap(), "--snapshot"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut findings = vec![];
     kill_restart_at_points(
@@ -873,8 +1039,13 @@ fn restart_killed_criu() {
             let _k = KillOnDrop(vec![pid]);
             assert!(ok, "{what}: later restart failed: {out}\n{err}");
             wait_for(|| alive(pid), Duration::from_secs(10), "restored task");
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
-            let tail = || std::fs::read(&log).map(|b| String::from_utf8_lossy(&b[logsize as usize..]).into_owned()).unwrap_or_default();
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1)
+                .unwrap();
+            let tail = || {
+                std::fs::read(&log)
+                    .map(|b| String::from_utf8_lossy(&b[logsize as usize..]).into_owned())
+                    .unwrap_or_default()
+            };
             wait_for(|| tail().contains("checked"), Duration::from_secs(10), "report of the restored task");
             assert_eq!(fd_lines(&tail()), before, "{what}: the restored task holds other files");
             kill_wait(pid);
@@ -893,12 +1064,31 @@ fn watchdog_killed_during_take() {
     let work = Scratch::new("failures-watchdog-killed");
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
-    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000", "ab"], &work.path().join("log"), true, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:100000", "ab"],
+        &work.path().join("log"),
+        true,
+        None,
+    );
     let images = work.path().join("images");
     let hooks = work.path().join("hooks");
     std::fs::create_dir_all(&hooks).unwrap();
     std::fs::write(hooks.join("take-relinked.wait"), "").unwrap();
-    let args: Vec<String> = ["take", "--pid", &p.pid.to_string(), "--engine", "criu", "--snapshot", "btrfs", "--image-root", images.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> = [
+        "take",
+        "--pid",
+        &p.pid.to_string(),
+        "--engine",
+        "criu",
+        "--snapshot",
+        "btrfs",
+        "--image-root",
+        images.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut run = Running::spawn(&args, &hooks, work.path());
     run.wait_point(&hooks, "take-relinked");
     let helpers = descendants(run.child.id() as i32);
@@ -933,7 +1123,17 @@ fn restart_killed_after_the_restore_continues_the_tasks() {
     let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000"], &log, true, None);
     let pid = p.pid;
     let images = work.path().join("images");
-    let id = take_id(&snapckpt_ok(&["take", "--pid", &pid.to_string(), "--image-root", images.to_str().unwrap(), "--engine", "criu", "--snapshot", "btrfs"]));
+    let id = take_id(&snapckpt_ok(&[
+        "take",
+        "--pid",
+        &pid.to_string(),
+        "--image-root",
+        images.to_str().unwrap(),
+        "--engine",
+        "criu",
+        "--snapshot",
+        "btrfs",
+    ]));
     wait_gone(pid);
     drop(p);
     let hooks = work.path().join("hooks");
@@ -941,7 +1141,18 @@ fn restart_killed_after_the_restore_continues_the_tasks() {
     std::fs::write(hooks.join("restart-restored.wait"), "").unwrap();
     let root = work.path().join("r");
     let _unmount = UnmountUnder(root.clone());
-    let args: Vec<String> = ["restart", &id, "--image-root", images.to_str().unwrap(), "--snapshot", "--mount-root", root.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+    let args: Vec<String> = [
+        "restart",
+        &id,
+        "--image-root",
+        images.to_str().unwrap(),
+        "--snapshot",
+        "--mount-root",
+        root.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let mut run = Running::spawn(&args, &hooks, work.path());
     run.wait_point(&hooks, "restart-restored");
     let _k = KillOnDrop(vec![pid]);
@@ -974,7 +1185,8 @@ fn assert_clean_failure(ok: bool, err: &str, pid: i32, mnt: &Path, images: &Path
     assert_not_frozen(pid, None, what);
     assert!(alive(pid), "{what}: the task is gone");
     assert!(checkpoint_names(mnt).is_empty(), "{what}: names left: {:?}", checkpoint_names(mnt));
-    let left: Vec<_> = std::fs::read_dir(images).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    let left: Vec<_> =
+        std::fs::read_dir(images).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "{what}: image root not empty: {left:?}");
     assert!(snapshot_ids(mnt).is_empty(), "{what}: snapshots left: {:?}", snapshot_ids(mnt));
 }
@@ -1005,7 +1217,8 @@ fn read_only_filesystem() {
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("a"), "hello").unwrap();
-    let script = format!("cd '{}' && exec 3<a && ln a b && rm a && echo ready && exec sleep 1000", dir.display());
+    let script =
+        format!("cd '{}' && exec 3<a && ln a b && rm a && echo ready && exec sleep 1000", dir.display());
     let p = workload(Path::new("/bin/sh"), &["-c", &script], &work.path().join("log"), false, None);
     let images = work.path().join("images");
     let ro = RemountRw(fs.mnt.clone());
@@ -1017,7 +1230,8 @@ fn read_only_filesystem() {
     // it exists: the link fails
     drop(ro);
     std::fs::create_dir_all(fs.path("lost+found/checkpoint")).unwrap();
-    std::fs::set_permissions(fs.path("lost+found/checkpoint"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(fs.path("lost+found/checkpoint"), std::fs::Permissions::from_mode(0o700))
+        .unwrap();
     let ro = RemountRw(fs.mnt.clone());
     sh(&format!("mount -o remount,ro '{}'", fs.mnt.display()));
     let (ok, _, err) = take(p.pid, &images, &["--engine", "none"]);
@@ -1039,7 +1253,13 @@ fn full_filesystem_during_orphan_copy() {
     let work = Scratch::new("failures-full");
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
-    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "dense:24000000", "orphan:1000000"], &work.path().join("log"), false, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "dense:24000000", "orphan:1000000"],
+        &work.path().join("log"),
+        false,
+        None,
+    );
     sh("sync");
     let v = nix::sys::statvfs::statvfs(&fs.mnt).unwrap();
     let free = v.blocks_free() * v.fragment_size();
@@ -1072,7 +1292,13 @@ fn snapshot_fails() {
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
     let images = work.path().join("images");
-    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "ab", "orphan:1000000", "tmpfile", "fifo"], &work.path().join("log"), false, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "ab", "orphan:1000000", "tmpfile", "fifo"],
+        &work.path().join("log"),
+        false,
+        None,
+    );
     let (ok, _, err) = take(p.pid, &images, &["--engine", "none", "--snapshot", "btrfs"]);
     assert_clean_failure(ok, &err, p.pid, &fs.mnt, &images, "snapshot fails, files only");
     assert!(err.contains("not btrfs"), "{err}");
@@ -1098,12 +1324,26 @@ fn snapshot_fails_in_criu_post_dump() {
             let dir = fs.path(&format!("d{}", unique()));
             std::fs::create_dir_all(&dir).unwrap();
             let cg = cgroup.then(|| Cgroup::new("snapcriu"));
-            let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "ab", "orphan:1000000", "tmpfile"], &work.path().join(format!("log{}", unique())), true, cg.as_ref());
+            let p = workload(
+                &prog("ufiles"),
+                &["setup", dir.to_str().unwrap(), "ab", "orphan:1000000", "tmpfile"],
+                &work.path().join(format!("log{}", unique())),
+                true,
+                cg.as_ref(),
+            );
             let sel = match &cg {
                 Some(c) => vec!["--cgroup".to_string(), c.arg()],
                 None => vec!["--pid".to_string(), p.pid.to_string()],
             };
-            let mut args: Vec<&str> = vec!["take", "--image-root", images.to_str().unwrap(), "--engine", "criu", "--snapshot", "btrfs"];
+            let mut args: Vec<&str> = vec![
+                "take",
+                "--image-root",
+                images.to_str().unwrap(),
+                "--engine",
+                "criu",
+                "--snapshot",
+                "btrfs",
+            ];
             args.extend(sel.iter().map(String::as_str));
             let (ok, _, err) = snapckpt(&args);
             assert!(!ok && err.contains("writable by group or others"), "{what}: {err}");
@@ -1129,17 +1369,35 @@ fn criu_fails() {
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
     let images = work.path().join("images");
-    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "ab", "orphan:1000000"], &work.path().join("log1"), false, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "ab", "orphan:1000000"],
+        &work.path().join("log1"),
+        false,
+        None,
+    );
     let (ok, _, err) = take(p.pid, &images, &["--engine", "criu", "--snapshot", "btrfs"]);
     assert_clean_failure(ok, &err, p.pid, &fs.mnt, &images, "not a session leader");
-    assert!(err.contains("criu dump failed") && named_log(&err).is_some_and(|l| l.ends_with("criu-dump.log")), "{err}");
+    assert!(
+        err.contains("criu dump failed") && named_log(&err).is_some_and(|l| l.ends_with("criu-dump.log")),
+        "{err}"
+    );
     drop(p);
     let dir = fs.path("d2");
     std::fs::create_dir_all(&dir).unwrap();
-    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "ab", "orphan:1000000"], &work.path().join("log2"), true, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "ab", "orphan:1000000"],
+        &work.path().join("log2"),
+        true,
+        None,
+    );
     let (ok, _, err) = take(p.pid, &images, &["--engine", "criu", "--criu", "/bin/false"]);
     assert_clean_failure(ok, &err, p.pid, &fs.mnt, &images, "criu is /bin/false");
-    assert!(err.contains("criu dump failed") && err.contains("CRIU wrote no log") && named_log(&err).is_none(), "{err}");
+    assert!(
+        err.contains("criu dump failed") && err.contains("CRIU wrote no log") && named_log(&err).is_none(),
+        "{err}"
+    );
     // and the real one still works on the same task
     let (ok, out, err) = take(p.pid, &images, &["--engine", "criu", "--snapshot", "btrfs"]);
     assert!(ok, "{out}\n{err}");
@@ -1155,7 +1413,13 @@ fn criu_failure_keeps_the_log_it_names() {
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
     let images = work.path().join("images");
-    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000"], &work.path().join("log"), false, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:100000"],
+        &work.path().join("log"),
+        false,
+        None,
+    );
     let (ok, _, err) = take(p.pid, &images, &["--engine", "criu"]);
     assert!(!ok);
     let log = named_log(&err).unwrap_or_else(|| panic!("no log named: {err}"));
@@ -1163,7 +1427,8 @@ fn criu_failure_keeps_the_log_it_names() {
     assert!(log.starts_with(&images), "{} is outside the image root", log.display());
     assert_not_frozen(p.pid, None, "criu failed");
     // gc removes the kept log with the rest of the failed take.
-    let out = snapckpt_ok(&["gc", "--image-root", images.to_str().unwrap(), "--mount", fs.mnt.to_str().unwrap()]);
+    let out =
+        snapckpt_ok(&["gc", "--image-root", images.to_str().unwrap(), "--mount", fs.mnt.to_str().unwrap()]);
     assert!(!log.exists(), "gc left {}:\n{out}", log.display());
     let left: Vec<_> = std::fs::read_dir(&images).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "image root not empty after gc: {left:?}");
@@ -1176,7 +1441,15 @@ fn criu_failure_keeps_the_log_it_names() {
 /// What must not change: a file's bytes, mode, owner, link count and mtime.
 fn fingerprint(p: &Path) -> String {
     let md = std::fs::symlink_metadata(p).unwrap();
-    format!("{:?} mode {:o} uid {} nlink {} mtime {}.{}", fnv_file(p).ok(), md.mode(), md.uid(), md.nlink(), md.mtime(), md.mtime_nsec())
+    format!(
+        "{:?} mode {:o} uid {} nlink {} mtime {}.{}",
+        fnv_file(p).ok(),
+        md.mode(),
+        md.uid(),
+        md.nlink(),
+        md.mtime(),
+        md.mtime_nsec()
+    )
 }
 
 fn set(v: &mut Value, path: &str, new: Value) {
@@ -1207,7 +1480,12 @@ fn snapckpt_bounded(args: &[&str]) -> (bool, String, String, Duration) {
         });
     }
     let o = c.output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned(), t0.elapsed())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+        t0.elapsed(),
+    )
 }
 
 /// Job files that are not regular files (`--job /dev/zero` read until the host ran out of
@@ -1231,11 +1509,17 @@ fn hostile_job_files() {
         (empty_root.as_path(), "empty-root.toml: image_root = \"\""),
     ] {
         let j = job.to_str().unwrap();
-        for args in [vec!["take", "--job", j, "--dry-run"], vec!["take", "--job", j, "--image-root", images.to_str().unwrap()]] {
+        for args in [
+            vec!["take", "--job", j, "--dry-run"],
+            vec!["take", "--job", j, "--image-root", images.to_str().unwrap()],
+        ] {
             let (ok, out, err, took) = snapckpt_bounded(&args);
             assert!(!ok, "{args:?} succeeded: {out}");
             assert_no_panic(&err);
-            assert!(err.starts_with("snapckpt: error: ") && err.contains(expect), "{args:?}: expected {expect:?} in: {err}");
+            assert!(
+                err.starts_with("snapckpt: error: ") && err.contains(expect),
+                "{args:?}: expected {expect:?} in: {err}"
+            );
             assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
         }
     }
@@ -1252,14 +1536,22 @@ fn hostile_checkpoint_records() {
     let work = Scratch::new("failures-hostile");
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
-    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "ab", "orphan:100000"], &work.path().join("log"), false, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "ab", "orphan:100000"],
+        &work.path().join("log"),
+        false,
+        None,
+    );
     let images = work.path().join("images");
     let (ok, out, err) = take(p.pid, &images, &["--engine", "none"]);
     assert!(ok, "{err}");
     let id = take_id(&out);
-    let good: Value = serde_json::from_slice(&std::fs::read(images.join(&id).join("checkpoint.json")).unwrap()).unwrap();
+    let good: Value =
+        serde_json::from_slice(&std::fs::read(images.join(&id).join("checkpoint.json")).unwrap()).unwrap();
     let orphan = good["objects"].as_array().unwrap().iter().position(|o| o["class"] == "orphan").unwrap();
-    let fd_with_object = good["tasks"][0]["fds"].as_array().unwrap().iter().position(|f| !f["object"].is_null()).unwrap();
+    let fd_with_object =
+        good["tasks"][0]["fds"].as_array().unwrap().iter().position(|f| !f["object"].is_null()).unwrap();
     let names = checkpoint_names(&fs.mnt);
     assert_eq!(names.len(), 2);
     // bait: a file outside the image root and the checkpoint directory
@@ -1283,45 +1575,103 @@ fn hostile_checkpoint_records() {
     mutate("name absolute", &format!("{o}.relinked.name"), "/etc/passwd".into(), "not a plain file name");
     mutate("name dot-dot", &format!("{o}.relinked.name"), "..".into(), "not a plain file name");
     mutate("name empty", &format!("{o}.relinked.name"), "".into(), "not a plain file name");
-    mutate("rel_path escapes", &format!("{o}.relinked.rel_path"), "lost+found/checkpoint/../../../etc/passwd".into(), "is not under");
+    mutate(
+        "rel_path escapes",
+        &format!("{o}.relinked.rel_path"),
+        "lost+found/checkpoint/../../../etc/passwd".into(),
+        "is not under",
+    );
     mutate("fd object out of range", &format!("{f}.object"), 99.into(), "refers to object 99");
-    mutate("map object out of range", "tasks.0.cwd", serde_json::json!({"path": "/", "dev": 1, "ino": 2, "object": 1000000}), "refers to object 1000000");
+    mutate(
+        "map object out of range",
+        "tasks.0.cwd",
+        serde_json::json!({"path": "/", "dev": 1, "ino": 2, "object": 1000000}),
+        "refers to object 1000000",
+    );
     mutate("object index lies", &format!("{o}.index"), 7.into(), "says it is object 7");
     mutate("negative fd", &format!("{f}.fd"), (-5).into(), "negative fd");
-    mutate("fd beyond i32", &format!("{f}.fd"), serde_json::json!(4294967296u64), "not a valid checkpoint record");
+    mutate(
+        "fd beyond i32",
+        &format!("{f}.fd"),
+        serde_json::json!(4294967296u64),
+        "not a valid checkpoint record",
+    );
     mutate("size beyond u64", &format!("{o}.size"), serde_json::json!(1e30), "not a valid checkpoint record");
     mutate("wrong version", "version", 2.into(), "version 2 is not supported");
     mutate("huge version", "version", serde_json::json!(u32::MAX), "is not supported");
     mutate("wrong format", "format", "something-else".into(), "format is");
     mutate("id escapes", "id", "../../tmp/x".into(), "checkpoint id");
     mutate("relative mount point", &format!("{o}.mount.mount_point"), "mnt/../x".into(), "not absolute");
-    mutate("absolute mount point with ..", &format!("{o}.mount.mount_point"), "/../victim".into(), "mount point \"/../victim\" is not a normalized absolute path");
-    mutate("mount point with //", &format!("{o}.mount.mount_point"), format!("{}//", fs.mnt.display()).into(), "is not a normalized absolute path");
+    mutate(
+        "absolute mount point with ..",
+        &format!("{o}.mount.mount_point"),
+        "/../victim".into(),
+        "mount point \"/../victim\" is not a normalized absolute path",
+    );
+    mutate(
+        "mount point with //",
+        &format!("{o}.mount.mount_point"),
+        format!("{}//", fs.mnt.display()).into(),
+        "is not a normalized absolute path",
+    );
     // a record that takes another checkpoint's files: its id differs from its objects' names
-    mutate("id differs from the objects' names", "id", OTHER_ID.into(), "not of this checkpoint 20261127T000000Z-0bad");
+    mutate(
+        "id differs from the objects' names",
+        "id",
+        OTHER_ID.into(),
+        "not of this checkpoint 20261127T000000Z-0bad",
+    );
     mutate("pid -1", "tasks.0.pid", (-1).into(), "task pid -1 is not a process id");
     mutate("pid 0", "tasks.0.pid", 0.into(), "task pid 0 is not a process id");
     mutate("ppid -1", "tasks.0.ppid", (-1).into(), "parent pid -1 is negative");
     mutate("fd 2147483647", &format!("{f}.fd"), 2147483647.into(), "fd 2147483647 is above 1048576");
     mutate("position beyond off_t", &format!("{f}.pos"), serde_json::json!(u64::MAX), "file position");
     // S_IFIFO | 0600: a FIFO that the record calls a regular file (restart opened it as one)
-    mutate("kind regular for a FIFO object", &format!("{o}.mode"), (0o10600).into(), "kind is \"regular\" but its mode 10600 is that of a fifo");
-    mutate("directory kind for a file", &format!("{o}.kind"), "directory".into(), "kind is \"directory\" but its mode");
+    mutate(
+        "kind regular for a FIFO object",
+        &format!("{o}.mode"),
+        (0o10600).into(),
+        "kind is \"regular\" but its mode 10600 is that of a fifo",
+    );
+    mutate(
+        "directory kind for a file",
+        &format!("{o}.kind"),
+        "directory".into(),
+        "kind is \"directory\" but its mode",
+    );
     mutate("unknown kind", &format!("{o}.kind"), "teleporter".into(), "not a valid checkpoint record");
     mutate("unknown field", "extra", 1.into(), "not a valid checkpoint record");
     let text = serde_json::to_vec_pretty(&good).unwrap();
     bad.push(("truncated".into(), text[..text.len() / 2].to_vec(), "not a valid checkpoint record"));
     bad.push(("empty".into(), vec![], "not a valid checkpoint record"));
     bad.push(("not UTF-8".into(), b"\xff\xfe{\"format\"\x00".to_vec(), "not a valid checkpoint record"));
-    bad.push(("deep nesting".into(), format!("{}{}", "[".repeat(100000), "]".repeat(100000)).into_bytes(), "not a valid checkpoint record"));
-    bad.push(("number overflow".into(), String::from_utf8_lossy(&text).replacen("\"created_unix\": ", "\"created_unix\": 99999999999999999999999", 1).into_bytes(), "not a valid checkpoint record"));
+    bad.push((
+        "deep nesting".into(),
+        format!("{}{}", "[".repeat(100000), "]".repeat(100000)).into_bytes(),
+        "not a valid checkpoint record",
+    ));
+    bad.push((
+        "number overflow".into(),
+        String::from_utf8_lossy(&text)
+            .replacen("\"created_unix\": ", "\"created_unix\": 99999999999999999999999", 1)
+            .into_bytes(),
+        "not a valid checkpoint record",
+    ));
 
     let check_untouched = |what: &str| {
         for (p, before) in watched.iter().zip(&prints) {
             assert_eq!(&fingerprint(p), before, "{what}: {} changed", p.display());
         }
-        assert_eq!(listing(&checkpoint_dir(&fs.mnt), &[]), live_names, "{what}: the live checkpoint's names changed");
-        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "{what}: something was written next to the bait");
+        assert_eq!(
+            listing(&checkpoint_dir(&fs.mnt), &[]),
+            live_names,
+            "{what}: the live checkpoint's names changed"
+        );
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            1,
+            "{what}: something was written next to the bait"
+        );
     };
     let ufiles = prog("ufiles");
     for (i, (what, bytes, expect)) in bad.iter().enumerate() {
@@ -1333,17 +1683,32 @@ fn hostile_checkpoint_records() {
         for args in [
             vec!["restart", &hid, "--image-root", ir, "--exec", ufiles.to_str().unwrap(), "report"],
             vec!["restart", &hid, "--image-root", ir],
-            vec!["restart", &hid, "--image-root", ir, "--snapshot", "--mount-root", outside.to_str().unwrap()],
+            vec![
+                "restart",
+                &hid,
+                "--image-root",
+                ir,
+                "--snapshot",
+                "--mount-root",
+                outside.to_str().unwrap(),
+            ],
             vec!["delete", &hid, "--image-root", ir],
             vec!["delete", &hid, "--image-root", ir, "--force"],
         ] {
             let (ok, out, err) = snapckpt(&args);
             assert!(!ok, "{what}: {args:?} succeeded: {out}");
             assert_no_panic(&err);
-            assert!(err.starts_with("snapckpt: error: ") && err.contains(expect), "{what}: {args:?}: expected {expect:?} in: {err}");
+            assert!(
+                err.starts_with("snapckpt: error: ") && err.contains(expect),
+                "{what}: {args:?}: expected {expect:?} in: {err}"
+            );
             assert!(!out.contains("ufiles") && !out.contains("FD "), "{what}: the command ran: {out}");
             check_untouched(what);
-            assert_eq!(std::fs::read(hdir.join("checkpoint.json")).unwrap(), *bytes, "{what}: the record was changed");
+            assert_eq!(
+                std::fs::read(hdir.join("checkpoint.json")).unwrap(),
+                *bytes,
+                "{what}: the record was changed"
+            );
         }
         // `list` shows it as unreadable and goes on
         let (ok, out, err) = snapckpt(&["list", "--image-root", ir]);
@@ -1361,13 +1726,38 @@ fn hostile_checkpoint_records() {
         loadable.push((what.to_string(), r, expect));
     };
     m2("size huge", &format!("{o}.size"), serde_json::json!(u64::MAX), "is not the recorded object");
-    m2("inode wrong", &format!("{o}.relinked.ino"), serde_json::json!(u64::MAX), "is not the recorded object");
+    m2(
+        "inode wrong",
+        &format!("{o}.relinked.ino"),
+        serde_json::json!(u64::MAX),
+        "is not the recorded object",
+    );
     let other = names.iter().find(|n| **n != good["objects"][orphan]["relinked"]["name"]).unwrap().clone();
-    m2("name of another object", &format!("{o}.relinked.name"), other.clone().into(), "is not the recorded object");
-    m2("name missing", &format!("{o}.relinked.name"), format!("unlink-at-restart-{id}-99").into(), "cannot be restarted again");
-    m2("mount point elsewhere", &format!("{o}.mount.mount_point"), outside.to_str().unwrap().into(), "is not the root of a mount");
+    m2(
+        "name of another object",
+        &format!("{o}.relinked.name"),
+        other.clone().into(),
+        "is not the recorded object",
+    );
+    m2(
+        "name missing",
+        &format!("{o}.relinked.name"),
+        format!("unlink-at-restart-{id}-99").into(),
+        "cannot be restarted again",
+    );
+    m2(
+        "mount point elsewhere",
+        &format!("{o}.mount.mount_point"),
+        outside.to_str().unwrap().into(),
+        "is not the root of a mount",
+    );
     m2("exec task missing", "tasks.0.fds", serde_json::json!([]), "holds an unlinked file");
-    m2("criu pid in use", "engine", serde_json::json!({"name": "criu", "version": "x", "leave_running": false, "images": []}), "is in use");
+    m2(
+        "criu pid in use",
+        "engine",
+        serde_json::json!({"name": "criu", "version": "x", "leave_running": false, "images": []}),
+        "is in use",
+    );
     m2("snapshots missing", "links_removed", true.into(), "kept only in its snapshots");
     for (i, (what, mut r, expect)) in loadable.into_iter().enumerate() {
         let hid = format!("loadable-{i}");
@@ -1385,11 +1775,18 @@ fn hostile_checkpoint_records() {
         std::fs::write(hdir.join("checkpoint.json"), &bytes).unwrap();
         snapckpt::image::load(&hdir).unwrap_or_else(|e| panic!("{what}: {e}"));
         let ir = images.to_str().unwrap();
-        let args = if what == "criu pid in use" { vec!["restart", &hid, "--image-root", ir] } else { vec!["restart", &hid, "--image-root", ir, "--exec", ufiles.to_str().unwrap(), "report"] };
+        let args = if what == "criu pid in use" {
+            vec!["restart", &hid, "--image-root", ir]
+        } else {
+            vec!["restart", &hid, "--image-root", ir, "--exec", ufiles.to_str().unwrap(), "report"]
+        };
         let (ok, out, err) = snapckpt(&args);
         assert!(!ok, "{what}: restart succeeded: {out}");
         assert_no_panic(&err);
-        assert!(err.starts_with("snapckpt: error: ") && err.contains(expect), "{what}: expected {expect:?} in: {err}");
+        assert!(
+            err.starts_with("snapckpt: error: ") && err.contains(expect),
+            "{what}: expected {expect:?} in: {err}"
+        );
         assert!(!out.contains("FD "), "{what}: the command ran: {out}");
         check_untouched(&what);
         std::fs::remove_dir_all(&hdir).unwrap();
@@ -1414,19 +1811,57 @@ fn hostile_checkpoint_records() {
         v
     };
     let snaps = [
-        ("snapshot path not normalized", snap("/dev/null", &format!("/etc/../etc/{id}/snapshot"), &own_fs_path), "normalized"),
-        ("snapshot fs_path escapes", snap("/dev/null", &own_path, &format!("/../../{id}/snapshot")), "normalized"),
-        ("snapshot fs_path of another checkpoint", snap("/dev/null", &own_path, "/.snapckpt/y/snapshot"), "another checkpoint"),
+        (
+            "snapshot path not normalized",
+            snap("/dev/null", &format!("/etc/../etc/{id}/snapshot"), &own_fs_path),
+            "normalized",
+        ),
+        (
+            "snapshot fs_path escapes",
+            snap("/dev/null", &own_path, &format!("/../../{id}/snapshot")),
+            "normalized",
+        ),
+        (
+            "snapshot fs_path of another checkpoint",
+            snap("/dev/null", &own_path, "/.snapckpt/y/snapshot"),
+            "another checkpoint",
+        ),
         ("snapshot device is a file", snap("/etc/passwd", &own_path, &own_fs_path), "/etc/passwd"),
-        ("snapshot device with options", snap("/dev/null,subvolid=5", &own_path, &own_fs_path), "absolute device path"),
-        ("snapshot uuid not a uuid", serde_json::json!([{"backend": "btrfs", "mount_point": fs.mnt, "device": "/dev/null", "origin_subvol_id": 5, "origin_subvol_path": "/",
-            "subvol_id": 256, "uuid": "x/../y", "path": own_path, "fs_path": own_fs_path, "created_unix": 0}]), "not a UUID"),
-        ("snapshot mount point with ..", with_mount_point("/../victim"), "mount point \"/../victim\" is not a normalized absolute path"),
-        ("snapshot mount point with . ", with_mount_point(&format!("{}/.", fs.mnt.display())), "is not a normalized absolute path"),
-        ("btrfs snapshot of another checkpoint",
-            snap("/dev/null", &format!("{}/.snapckpt/{OTHER_ID}/snapshot", fs.mnt.display()), &format!("/.snapckpt/{OTHER_ID}/snapshot")),
-            "is the snapshot of another checkpoint (20261127T000000Z-0bad), not of this checkpoint"),
-        ("LVM snapshot of another checkpoint", lvm(&format!("snapckpt-{OTHER_ID}")), "is not the snapshot LV of this checkpoint"),
+        (
+            "snapshot device with options",
+            snap("/dev/null,subvolid=5", &own_path, &own_fs_path),
+            "absolute device path",
+        ),
+        (
+            "snapshot uuid not a uuid",
+            serde_json::json!([{"backend": "btrfs", "mount_point": fs.mnt, "device": "/dev/null", "origin_subvol_id": 5, "origin_subvol_path": "/",
+            "subvol_id": 256, "uuid": "x/../y", "path": own_path, "fs_path": own_fs_path, "created_unix": 0}]),
+            "not a UUID",
+        ),
+        (
+            "snapshot mount point with ..",
+            with_mount_point("/../victim"),
+            "mount point \"/../victim\" is not a normalized absolute path",
+        ),
+        (
+            "snapshot mount point with . ",
+            with_mount_point(&format!("{}/.", fs.mnt.display())),
+            "is not a normalized absolute path",
+        ),
+        (
+            "btrfs snapshot of another checkpoint",
+            snap(
+                "/dev/null",
+                &format!("{}/.snapckpt/{OTHER_ID}/snapshot", fs.mnt.display()),
+                &format!("/.snapckpt/{OTHER_ID}/snapshot"),
+            ),
+            "is the snapshot of another checkpoint (20261127T000000Z-0bad), not of this checkpoint",
+        ),
+        (
+            "LVM snapshot of another checkpoint",
+            lvm(&format!("snapckpt-{OTHER_ID}")),
+            "is not the snapshot LV of this checkpoint",
+        ),
     ];
     for (i, (what, snapshots, expect)) in snaps.into_iter().enumerate() {
         let mut r = good.clone();
@@ -1440,16 +1875,43 @@ fn hostile_checkpoint_records() {
         for args in [
             vec!["delete", &hid, "--image-root", ir],
             vec!["delete", &hid, "--image-root", ir, "--force"],
-            vec!["restart", &hid, "--image-root", ir, "--snapshot", "--exec", ufiles.to_str().unwrap(), "report"],
-            vec!["restart", &hid, "--image-root", ir, "--snapshot", "--mount-root", mroot.to_str().unwrap(), "--exec", ufiles.to_str().unwrap(), "report"],
+            vec![
+                "restart",
+                &hid,
+                "--image-root",
+                ir,
+                "--snapshot",
+                "--exec",
+                ufiles.to_str().unwrap(),
+                "report",
+            ],
+            vec![
+                "restart",
+                &hid,
+                "--image-root",
+                ir,
+                "--snapshot",
+                "--mount-root",
+                mroot.to_str().unwrap(),
+                "--exec",
+                ufiles.to_str().unwrap(),
+                "report",
+            ],
         ] {
             let (ok, out, err) = snapckpt(&args);
             assert!(!ok, "{what}: {args:?} succeeded: {out}");
             assert_no_panic(&err);
-            assert!(err.starts_with("snapckpt: error: ") && err.contains(expect), "{what}: {args:?}: expected {expect:?} in: {err}");
+            assert!(
+                err.starts_with("snapckpt: error: ") && err.contains(expect),
+                "{what}: {args:?}: expected {expect:?} in: {err}"
+            );
             check_untouched(what);
             assert!(hdir.join("checkpoint.json").exists());
-            assert!(mounts_under(&mroot).is_empty() && mounts_under(&fs.mnt).len() == 1, "{what}: {args:?} left a mount: {:?}", mounts_under(&fs.mnt));
+            assert!(
+                mounts_under(&mroot).is_empty() && mounts_under(&fs.mnt).len() == 1,
+                "{what}: {args:?} left a mount: {:?}",
+                mounts_under(&fs.mnt)
+            );
         }
         std::fs::remove_dir_all(&hdir).unwrap();
     }
@@ -1459,7 +1921,8 @@ fn hostile_checkpoint_records() {
     let ir = images.to_str().unwrap();
     let fifo_dir = images.join("fifo-record");
     std::fs::create_dir_all(&fifo_dir).unwrap();
-    nix::unistd::mkfifo(&fifo_dir.join("checkpoint.json"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    nix::unistd::mkfifo(&fifo_dir.join("checkpoint.json"), nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .unwrap();
     let zero_dir = images.join("zero-record");
     std::fs::create_dir_all(&zero_dir).unwrap();
     std::os::unix::fs::symlink("/dev/zero", zero_dir.join("checkpoint.json")).unwrap();
@@ -1467,7 +1930,10 @@ fn hostile_checkpoint_records() {
     std::fs::create_dir_all(dir_dir.join("checkpoint.json")).unwrap();
     for (hid, expect) in [
         ("fifo-record", "not a valid checkpoint record: it is a FIFO, not a regular file"),
-        ("zero-record", "not a valid checkpoint record: it is a symbolic link to /dev/zero, not a regular file"),
+        (
+            "zero-record",
+            "not a valid checkpoint record: it is a symbolic link to /dev/zero, not a regular file",
+        ),
         ("dir-record", "not a valid checkpoint record: it is a directory, not a regular file"),
     ] {
         let rec = images.join(hid).join("checkpoint.json");
@@ -1481,11 +1947,18 @@ fn hostile_checkpoint_records() {
             let (ok, out, err, took) = snapckpt_bounded(&args);
             assert!(!ok, "{hid}: {args:?} succeeded: {out}");
             assert_no_panic(&err);
-            assert!(err.starts_with(&format!("snapckpt: error: {}: ", rec.display())) && err.contains(expect), "{hid}: {args:?}: expected {expect:?} in: {err}");
+            assert!(
+                err.starts_with(&format!("snapckpt: error: {}: ", rec.display())) && err.contains(expect),
+                "{hid}: {args:?}: expected {expect:?} in: {err}"
+            );
             assert!(took < Duration::from_secs(10), "{hid}: {args:?} took {took:?}");
             assert!(!out.contains("FD "), "{hid}: the command ran: {out}");
             check_untouched(hid);
-            assert_eq!(std::fs::symlink_metadata(&rec).unwrap().file_type(), kind, "{hid}: the record was changed");
+            assert_eq!(
+                std::fs::symlink_metadata(&rec).unwrap().file_type(),
+                kind,
+                "{hid}: the record was changed"
+            );
         }
         let (ok, out, err, took) = snapckpt_bounded(&["list", "--image-root", ir]);
         assert!(ok && took < Duration::from_secs(10), "{hid}: list failed ({took:?}): {err}");
@@ -1508,7 +1981,10 @@ fn hostile_checkpoint_records() {
         assert!(!ok, "misnamed image directory: {args:?} succeeded: {out}");
         assert_no_panic(&err);
         let expect = format!("the record is of checkpoint {id}, but its image directory is named {OTHER_ID}");
-        assert!(err.starts_with("snapckpt: error: ") && err.contains(&expect), "{args:?}: expected {expect:?} in: {err}");
+        assert!(
+            err.starts_with("snapckpt: error: ") && err.contains(&expect),
+            "{args:?}: expected {expect:?} in: {err}"
+        );
         assert!(!out.contains("FD "), "misnamed image directory: the command ran: {out}");
         check_untouched("misnamed image directory");
     }
@@ -1519,7 +1995,15 @@ fn hostile_checkpoint_records() {
 
     // the real checkpoint is intact and restarts
     drop(p);
-    let (ok, out, err) = snapckpt(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", ufiles.to_str().unwrap(), "report"]);
+    let (ok, out, err) = snapckpt(&[
+        "restart",
+        &id,
+        "--image-root",
+        images.to_str().unwrap(),
+        "--exec",
+        ufiles.to_str().unwrap(),
+        "report",
+    ]);
     assert!(ok && out.contains("FD 3"), "{out}\n{err}");
 }
 
@@ -1536,7 +2020,13 @@ fn planted_links_are_refused() {
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
     std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let log = work.path().join("log");
-    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000", "tmpfile"], &log, false, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:100000", "tmpfile"],
+        &log,
+        false,
+        None,
+    );
     let before = fd_lines(&first_report(&log));
     let images = work.path().join("images");
     let (ok, out, err) = take(p.pid, &images, &["--engine", "none"]);
@@ -1544,7 +2034,11 @@ fn planted_links_are_refused() {
     let id = take_id(&out);
     drop(p);
     let rec = snapckpt::image::load(&images.join(&id)).unwrap();
-    let orphan = rec.objects.iter().find(|o| o.relinked.as_ref().is_some_and(|r| r.method != snapckpt::image::Method::Link)).unwrap();
+    let orphan = rec
+        .objects
+        .iter()
+        .find(|o| o.relinked.as_ref().is_some_and(|r| r.method != snapckpt::image::Method::Link))
+        .unwrap();
     let name = orphan.relinked.as_ref().unwrap().name.clone();
     let ckdir = checkpoint_dir(&fs.mnt);
     let target = ckdir.join(&name);
@@ -1558,10 +2052,22 @@ fn planted_links_are_refused() {
     let print = (fingerprint(&secret), fingerprint(&secret2));
 
     // 1. nobody cannot plant a link there (lost+found and checkpoint are root-only)
-    let setpriv = |cmd: &str| Command::new("setpriv").args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c", cmd]).output().unwrap();
-    for cmd in [format!("ln -s '{}' '{}/evil'", secret.display(), ckdir.display()), format!("echo x > '{0}/x' && ln '{0}/x' '{1}/evil'", dir.display(), ckdir.display()), format!("ls '{}'", ckdir.display())] {
+    let setpriv = |cmd: &str| {
+        Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "sh", "-c", cmd])
+            .output()
+            .unwrap()
+    };
+    for cmd in [
+        format!("ln -s '{}' '{}/evil'", secret.display(), ckdir.display()),
+        format!("echo x > '{0}/x' && ln '{0}/x' '{1}/evil'", dir.display(), ckdir.display()),
+        format!("ls '{}'", ckdir.display()),
+    ] {
         let o = setpriv(&cmd);
-        assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("Permission denied"), "as nobody: {cmd}: {o:?}");
+        assert!(
+            !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+            "as nobody: {cmd}: {o:?}"
+        );
     }
     assert!(!ckdir.join("evil").exists());
     // nobody owns the workload's directory and plants a symlink where the original file was:
@@ -1570,7 +2076,19 @@ fn planted_links_are_refused() {
     assert!(o.status.success(), "{o:?}");
 
     let ufiles = prog("ufiles");
-    let restart = || snapckpt(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", ufiles.to_str().unwrap(), "write", "3", "PWNED"]);
+    let restart = || {
+        snapckpt(&[
+            "restart",
+            &id,
+            "--image-root",
+            images.to_str().unwrap(),
+            "--exec",
+            ufiles.to_str().unwrap(),
+            "write",
+            "3",
+            "PWNED",
+        ])
+    };
     let saved = ckdir.join(format!("{name}.saved"));
     std::fs::rename(&target, &saved).unwrap();
     // 2. a symlink to a file on the same filesystem, and to one elsewhere
@@ -1580,8 +2098,15 @@ fn planted_links_are_refused() {
         assert!(!ok, "restart through a planted symlink succeeded: {out}");
         assert_no_panic(&err);
         assert!(err.contains("symbolic link") || err.contains("symlink"), "{err}");
-        assert_eq!((fingerprint(&secret), fingerprint(&secret2)), print, "a planted symlink's target changed");
-        assert!(std::fs::symlink_metadata(&target).unwrap().file_type().is_symlink(), "restart removed the planted symlink");
+        assert_eq!(
+            (fingerprint(&secret), fingerprint(&secret2)),
+            print,
+            "a planted symlink's target changed"
+        );
+        assert!(
+            std::fs::symlink_metadata(&target).unwrap().file_type().is_symlink(),
+            "restart removed the planted symlink"
+        );
         std::fs::remove_file(&target).unwrap();
     }
     // 3. a hard link to a root-owned file on the same filesystem
@@ -1598,7 +2123,15 @@ fn planted_links_are_refused() {
 
     // 4. the real file back: restart works, writes go to the preserved copy only
     std::fs::rename(&saved, &target).unwrap();
-    let (ok, out, err) = snapckpt(&["restart", &id, "--image-root", images.to_str().unwrap(), "--exec", ufiles.to_str().unwrap(), "report"]);
+    let (ok, out, err) = snapckpt(&[
+        "restart",
+        &id,
+        "--image-root",
+        images.to_str().unwrap(),
+        "--exec",
+        ufiles.to_str().unwrap(),
+        "report",
+    ]);
     assert!(ok, "{out}\n{err}");
     assert_eq!(fd_lines(&out), before);
     assert_eq!((fingerprint(&secret), fingerprint(&secret2)), print);
@@ -1612,11 +2145,74 @@ fn planted_links_are_refused() {
 mod fuzz_targets;
 
 const DICT: &[&str] = &[
-    "../../etc/passwd", "/etc/passwd", "..", ".", "", "\\u0000", "\\ud800", "\\n", " (deleted)", "18446744073709551615", "18446744073709551616", "-1", "-9223372036854775808",
-    "9223372036854775807", "4294967295", "4294967296", "2147483648", "1e999", "-0", "0.5", "null", "true", "false", "[]", "{}", "\"\"", "[[", "]]", "{\"", "\":", ",", "%t", "%n", "%%",
-    "XXXXXX", "%", "/", "\0", "\u{feff}", "é", "[tasks]", "[[filesystem]]", "[criu]", "pid = ", "cgroup = ", "tree = true", "snapshot = \"lvm\"", "lvm_size = ", "snapshot_dir = ",
-    "timeout_ms = 0", "engine = \"criu\"", "template = ", "= ", "\"\"\"", "'''", "inf", "nan", "0x10", "1979-05-27T07:32:00Z", "\"criu\"", "\"btrfs\"", "\"lvm\"", "\"none\"",
-    "\"link\"", "\"clone\"", "\"orphan\"", "\"directory\"", "\"fifo\"",
+    "../../etc/passwd",
+    "/etc/passwd",
+    "..",
+    ".",
+    "",
+    "\\u0000",
+    "\\ud800",
+    "\\n",
+    " (deleted)",
+    "18446744073709551615",
+    "18446744073709551616",
+    "-1",
+    "-9223372036854775808",
+    "9223372036854775807",
+    "4294967295",
+    "4294967296",
+    "2147483648",
+    "1e999",
+    "-0",
+    "0.5",
+    "null",
+    "true",
+    "false",
+    "[]",
+    "{}",
+    "\"\"",
+    "[[",
+    "]]",
+    "{\"",
+    "\":",
+    ",",
+    "%t",
+    "%n",
+    "%%",
+    "XXXXXX",
+    "%",
+    "/",
+    "\0",
+    "\u{feff}",
+    "é",
+    "[tasks]",
+    "[[filesystem]]",
+    "[criu]",
+    "pid = ",
+    "cgroup = ",
+    "tree = true",
+    "snapshot = \"lvm\"",
+    "lvm_size = ",
+    "snapshot_dir = ",
+    "timeout_ms = 0",
+    "engine = \"criu\"",
+    "template = ",
+    "= ",
+    "\"\"\"",
+    "'''",
+    "inf",
+    "nan",
+    "0x10",
+    "1979-05-27T07:32:00Z",
+    "\"criu\"",
+    "\"btrfs\"",
+    "\"lvm\"",
+    "\"none\"",
+    "\"link\"",
+    "\"clone\"",
+    "\"orphan\"",
+    "\"directory\"",
+    "\"fifo\"",
 ];
 
 fn mutate_bytes(rng: &mut Rng, mut v: Vec<u8>, seeds: &[Vec<u8>]) -> Vec<u8> {
@@ -1653,11 +2249,28 @@ fn mutate_bytes(rng: &mut Rng, mut v: Vec<u8>, seeds: &[Vec<u8>]) -> Vec<u8> {
             }
             6 => {
                 // replace a run of digits by an extreme number
-                let starts: Vec<usize> = (0..v.len()).filter(|&i| v[i].is_ascii_digit() && (i == 0 || !v[i - 1].is_ascii_digit())).collect();
+                let starts: Vec<usize> = (0..v.len())
+                    .filter(|&i| v[i].is_ascii_digit() && (i == 0 || !v[i - 1].is_ascii_digit()))
+                    .collect();
                 if !starts.is_empty() {
                     let a = *rng.pick(&starts);
                     let b = (a..v.len()).find(|&i| !v[i].is_ascii_digit()).unwrap_or(v.len());
-                    let n = rng.pick(&["0", "1", "255", "256", "4294967295", "4294967296", "18446744073709551615", "18446744073709551616", "99999999999999999999999", "1e308", "-1"]).as_bytes().to_vec();
+                    let n = rng
+                        .pick(&[
+                            "0",
+                            "1",
+                            "255",
+                            "256",
+                            "4294967295",
+                            "4294967296",
+                            "18446744073709551615",
+                            "18446744073709551616",
+                            "99999999999999999999999",
+                            "1e308",
+                            "-1",
+                        ])
+                        .as_bytes()
+                        .to_vec();
                     v.splice(a..b, n);
                 }
             }
@@ -1689,13 +2302,32 @@ fn random_value(rng: &mut Rng, depth: u32) -> Value {
     match rng.below(if depth > 3 { 8 } else { 10 }) {
         0 => Value::Null,
         1 => Value::Bool(rng.below(2) == 0),
-        2 => serde_json::json!(*rng.pick(&[0u64, 1, 255, 65535, u32::MAX as u64, u32::MAX as u64 + 1, i64::MAX as u64, u64::MAX])),
+        2 => serde_json::json!(*rng.pick(&[
+            0u64,
+            1,
+            255,
+            65535,
+            u32::MAX as u64,
+            u32::MAX as u64 + 1,
+            i64::MAX as u64,
+            u64::MAX
+        ])),
         3 => serde_json::json!(*rng.pick(&[-1i64, i32::MIN as i64, i64::MIN])),
         4 => serde_json::json!(1.5e300),
         5 | 6 => Value::String(rng.pick(DICT).to_string()),
         7 => Value::String("x".repeat(rng.below(5000) as usize)),
         8 => Value::Array((0..rng.below(4)).map(|_| random_value(rng, depth + 1)).collect()),
-        _ => Value::Object((0..rng.below(4)).map(|_| (rng.pick(&["name", "index", "fd", "object", "pid", "backend", "path", "x"]).to_string(), random_value(rng, depth + 1))).collect()),
+        _ => Value::Object(
+            (0..rng.below(4))
+                .map(|_| {
+                    (
+                        rng.pick(&["name", "index", "fd", "object", "pid", "backend", "path", "x"])
+                            .to_string(),
+                        random_value(rng, depth + 1),
+                    )
+                })
+                .collect(),
+        ),
     }
 }
 
@@ -1727,7 +2359,9 @@ fn mutate_json(rng: &mut Rng, mut v: Value) -> Value {
         }
         let new = match rng.below(4) {
             0 => Value::Null,
-            1 if cur.is_number() => serde_json::json!(*rng.pick(&[0u64, u32::MAX as u64, u64::MAX, 7, 1000000])),
+            1 if cur.is_number() => {
+                serde_json::json!(*rng.pick(&[0u64, u32::MAX as u64, u64::MAX, 7, 1000000]))
+            }
             1 if cur.is_string() => Value::String(rng.pick(DICT).to_string()),
             _ => random_value(rng, 0),
         };
@@ -1737,7 +2371,11 @@ fn mutate_json(rng: &mut Rng, mut v: Value) -> Value {
 }
 
 fn seeds_in(dir: &Path) -> Vec<Vec<u8>> {
-    let mut v: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir).unwrap().flatten().map(|e| (e.path(), std::fs::read(e.path()).unwrap())).collect();
+    let mut v: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
+        .collect();
     v.sort();
     assert!(!v.is_empty(), "no seeds in {}", dir.display());
     v.into_iter().map(|x| x.1).collect()
@@ -1748,7 +2386,11 @@ fn no_panic(what: &str, seed: u64, i: usize, input: &[u8], f: fn(&[u8])) {
     if std::panic::catch_unwind(|| f(input)).is_err() {
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-smoke-{what}-{seed}-{i}"));
         std::fs::write(&out, input).unwrap();
-        panic!("{what}: input {i} of seed {seed} panicked; saved as {} ({:?})", out.display(), String::from_utf8_lossy(&input[..input.len().min(300)]));
+        panic!(
+            "{what}: input {i} of seed {seed} panicked; saved as {} ({:?})",
+            out.display(),
+            String::from_utf8_lossy(&input[..input.len().min(300)])
+        );
     }
 }
 
@@ -1782,26 +2424,41 @@ fn fuzz_smoke_parsers() {
     let t0 = Instant::now();
     let mut n = 0;
     for i in 0..6000 {
-        let input = { let x = rng.pick(&json).clone(); mutate_bytes(&mut rng, x, &json) };
+        let input = {
+            let x = rng.pick(&json).clone();
+            mutate_bytes(&mut rng, x, &json)
+        };
         no_panic("checkpoint_json", seed, i, &input, fuzz_targets::checkpoint_json);
         n += 1;
     }
     for i in 0..6000 {
-        let v = { let x = rng.pick(&values).clone(); mutate_json(&mut rng, x) };
+        let v = {
+            let x = rng.pick(&values).clone();
+            mutate_json(&mut rng, x)
+        };
         let input = serde_json::to_vec(&v).unwrap();
         no_panic("checkpoint_json_tree", seed, i, &input, fuzz_targets::checkpoint_json);
         n += 1;
     }
     for i in 0..6000 {
-        let input = { let x = rng.pick(&toml).clone(); mutate_bytes(&mut rng, x, &toml) };
+        let input = {
+            let x = rng.pick(&toml).clone();
+            mutate_bytes(&mut rng, x, &toml)
+        };
         no_panic("job_toml", seed, i, &input, fuzz_targets::job_toml);
         n += 1;
     }
     for i in 0..3000 {
-        let mut input = { let x = rng.pick(&templates).clone(); mutate_bytes(&mut rng, x, &templates) };
+        let mut input = {
+            let x = rng.pick(&templates).clone();
+            mutate_bytes(&mut rng, x, &templates)
+        };
         if rng.below(2) == 0 {
             input.push(b'\n');
-            input.extend_from_slice(format!("unlink-at-restart-20261127T002101Z-{:04x}-{}", rng.below(65536), rng.next()).as_bytes());
+            input.extend_from_slice(
+                format!("unlink-at-restart-20261127T002101Z-{:04x}-{}", rng.below(65536), rng.next())
+                    .as_bytes(),
+            );
         }
         no_panic("template", seed, i, &input, fuzz_targets::template);
         n += 1;
@@ -1814,7 +2471,10 @@ fn fuzz_smoke_parsers() {
 #[test]
 fn template_names_map_back_to_their_checkpoint() {
     let tpl = snapckpt::relink::Template::parse(TEMPLATE).unwrap();
-    assert_eq!(tpl.match_id(&tpl.render("20261127T002101Z-3213", 10)).as_deref(), Some("20261127T002101Z-3213"));
+    assert_eq!(
+        tpl.match_id(&tpl.render("20261127T002101Z-3213", 10)).as_deref(),
+        Some("20261127T002101Z-3213")
+    );
     for t in ["ck-%t1%n", "ck-%n1%t", "10,%%-%t1%n", "unlink-at-restart-%t-%n", "ck.%t.XXXXXX"] {
         fuzz_targets::template_roundtrip(t.as_bytes());
     }

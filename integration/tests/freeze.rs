@@ -34,11 +34,7 @@ fn setup() {
 }
 
 fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
+    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
 }
 
 /// Poll `f` every 5 ms until it is true or `timeout` passes.
@@ -95,24 +91,16 @@ fn thread_states(pid: i32) -> Vec<char> {
     };
     rd.flatten()
         .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|s| {
-            s[s.rfind(')')? + 1..]
-                .split_whitespace()
-                .next()?
-                .chars()
-                .next()
-        })
+        .filter_map(|s| s[s.rfind(')')? + 1..].split_whitespace().next()?.chars().next())
         .collect()
 }
 
 fn all_stopped(pids: &[i32]) -> bool {
-    pids.iter()
-        .all(|&p| thread_states(p).iter().all(|&c| c == 'T'))
+    pids.iter().all(|&p| thread_states(p).iter().all(|&c| c == 'T'))
 }
 
 fn none_stopped(pids: &[i32]) -> bool {
-    pids.iter()
-        .all(|&p| thread_states(p).iter().all(|&c| c != 'T'))
+    pids.iter().all(|&p| thread_states(p).iter().all(|&c| c != 'T'))
 }
 
 /// Whether the process has gone (or is a zombie).
@@ -169,29 +157,15 @@ impl Cgroup {
     /// Whether `dir` (this cgroup or its leaf) is frozen, from the kernel's point of view.
     fn is_frozen(&self, dir: &Path) -> bool {
         match self.kind {
-            Cg::V2 => fs::read_to_string(dir.join("cgroup.events"))
-                .unwrap()
-                .contains("frozen 1"),
-            Cg::V1 => {
-                fs::read_to_string(dir.join("freezer.state"))
-                    .unwrap()
-                    .trim()
-                    == "FROZEN"
-            }
+            Cg::V2 => fs::read_to_string(dir.join("cgroup.events")).unwrap().contains("frozen 1"),
+            Cg::V1 => fs::read_to_string(dir.join("freezer.state")).unwrap().trim() == "FROZEN",
         }
     }
 
     fn is_thawed(&self, dir: &Path) -> bool {
         match self.kind {
-            Cg::V2 => fs::read_to_string(dir.join("cgroup.events"))
-                .unwrap()
-                .contains("frozen 0"),
-            Cg::V1 => {
-                fs::read_to_string(dir.join("freezer.state"))
-                    .unwrap()
-                    .trim()
-                    == "THAWED"
-            }
+            Cg::V2 => fs::read_to_string(dir.join("cgroup.events")).unwrap().contains("frozen 0"),
+            Cg::V1 => fs::read_to_string(dir.join("freezer.state")).unwrap().trim() == "THAWED",
         }
     }
 
@@ -201,10 +175,7 @@ impl Cgroup {
             Cg::V2 => fs::write(self.path.join("cgroup.freeze"), "1").unwrap(),
             Cg::V1 => fs::write(self.path.join("freezer.state"), "FROZEN").unwrap(),
         }
-        assert!(
-            eventually(TIMEOUT, || self.is_frozen(&self.path)),
-            "cgroup did not freeze"
-        );
+        assert!(eventually(TIMEOUT, || self.is_frozen(&self.path)), "cgroup did not freeze");
     }
 
     fn thaw_by_hand(&self) {
@@ -218,11 +189,7 @@ impl Cgroup {
         [self.path.clone(), self.leaf()]
             .iter()
             .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
-            .flat_map(|s| {
-                s.split_whitespace()
-                    .filter_map(|w| w.parse().ok())
-                    .collect::<Vec<i32>>()
-            })
+            .flat_map(|s| s.split_whitespace().filter_map(|w| w.parse().ok()).collect::<Vec<i32>>())
             .collect()
     }
 }
@@ -264,33 +231,18 @@ impl Tree {
         let mut cmd = Command::new(prog("freeze_tree"));
         cmd.arg(&dir);
         if let Some(cg) = cg {
-            cmd.arg(cg.path.join("cgroup.procs"))
-                .arg(cg.leaf().join("cgroup.procs"));
+            cmd.arg(cg.path.join("cgroup.procs")).arg(cg.leaf().join("cgroup.procs"));
         }
         let root = cmd.spawn().expect("spawn freeze_tree");
-        let mut tree = Tree {
-            root,
-            dir,
-            pids: Vec::new(),
-        };
-        let ready = eventually(TIMEOUT, || {
-            tree.try_counters()
-                .is_some_and(|c| c.iter().all(|&n| n > 0))
-        });
+        let mut tree = Tree { root, dir, pids: Vec::new() };
+        let ready = eventually(TIMEOUT, || tree.try_counters().is_some_and(|c| c.iter().all(|&n| n > 0)));
         assert!(ready, "freeze_tree did not start counting");
         let root_pid = tree.root.id() as i32;
-        tree.pids = tasks::resolve(&Selection::Pid {
-            pid: root_pid,
-            tree: true,
-        })
-        .unwrap();
+        tree.pids = tasks::resolve(&Selection::Pid { pid: root_pid, tree: true }).unwrap();
         assert_eq!(tree.pids.len(), 3, "{:?}", tree.pids);
         assert_eq!(tree.pids[0], root_pid);
         for &p in &tree.pids {
-            assert!(
-                eventually(TIMEOUT, || tasks::threads(p).is_ok_and(|t| t.len() == 3)),
-                "threads of {p}"
-            );
+            assert!(eventually(TIMEOUT, || tasks::threads(p).is_ok_and(|t| t.len() == 3)), "threads of {p}");
         }
         tree
     }
@@ -298,11 +250,7 @@ impl Tree {
     fn try_counters(&self) -> Option<[u64; 3]> {
         let mut out = [0; 3];
         for (i, c) in out.iter_mut().enumerate() {
-            *c = fs::read_to_string(self.dir.join(format!("counter.{i}")))
-                .ok()?
-                .trim()
-                .parse()
-                .ok()?;
+            *c = fs::read_to_string(self.dir.join(format!("counter.{i}"))).ok()?.trim().parse().ok()?;
         }
         Some(out)
     }
@@ -325,11 +273,7 @@ impl Tree {
             let now = self.counters();
             now.iter().zip(before.iter()).all(|(n, b)| n > b)
         });
-        assert!(
-            moved,
-            "counters did not advance: {before:?} -> {:?}",
-            self.counters()
-        );
+        assert!(moved, "counters did not advance: {before:?} -> {:?}", self.counters());
     }
 }
 
@@ -370,9 +314,7 @@ impl HandWatchdog {
             .spawn()
             .expect("spawn snapckpt __watchdog");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
         assert_eq!(line, "ready\n");
         let stdin = child.stdin.take();
         HandWatchdog { child, stdin }
@@ -381,11 +323,7 @@ impl HandWatchdog {
     fn exit_code(&mut self) -> Option<i32> {
         let mut code = None;
         eventually(WATCHDOG_THAW, || {
-            code = self
-                .child
-                .try_wait()
-                .unwrap()
-                .map(|s| s.code().unwrap_or(-1));
+            code = self.child.try_wait().unwrap().map(|s| s.code().unwrap_or(-1));
             code.is_some()
         });
         code
@@ -403,10 +341,7 @@ fn sigstop_by_hand(pids: &[i32]) {
     for &p in pids {
         kill(p, libc::SIGSTOP);
     }
-    assert!(
-        eventually(TIMEOUT, || all_stopped(pids)),
-        "SIGSTOP did not stop the tree"
-    );
+    assert!(eventually(TIMEOUT, || all_stopped(pids)), "SIGSTOP did not stop the tree");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -417,10 +352,7 @@ fn sigstop_by_hand(pids: &[i32]) {
 fn sigstop_tree_freeze_and_thaw() {
     setup();
     let tree = Tree::start(None);
-    let sel = Selection::Pid {
-        pid: tree.pids[0],
-        tree: true,
-    };
+    let sel = Selection::Pid { pid: tree.pids[0], tree: true };
     let pids = tasks::resolve(&sel).unwrap();
     let method = FreezeMethod::for_selection(&sel, &pids).unwrap();
     assert_eq!(method, FreezeMethod::Sigstop(tree.pids.clone()));
@@ -449,27 +381,16 @@ fn cgroup_freeze_and_thaw(kind: Cg) {
     assert_eq!(leaf_procs.trim(), tree.pids[2].to_string());
 
     let sel = Selection::Cgroup(cg.path.clone());
-    assert_eq!(
-        tasks::resolve(&sel).unwrap(),
-        tree.pids,
-        "all processes, parents first"
-    );
+    assert_eq!(tasks::resolve(&sel).unwrap(), tree.pids, "all processes, parents first");
     let method = FreezeMethod::for_selection(&sel, &tree.pids).unwrap();
     assert_eq!(method, cg.method());
     assert_eq!(method.cgroup_path(), Some(cg.path.as_path()));
-    let prefix = if kind == Cg::V2 {
-        "cgroup-v2 "
-    } else {
-        "cgroup-v1 "
-    };
+    let prefix = if kind == Cg::V2 { "cgroup-v2 " } else { "cgroup-v1 " };
     assert_eq!(method.describe(), format!("{prefix}{}", cg.path.display()));
 
     let frozen = tasks::freeze(method, TIMEOUT).unwrap();
     assert!(cg.is_frozen(&cg.path));
-    assert!(
-        cg.is_frozen(&cg.leaf()),
-        "the descendant cgroup is frozen too"
-    );
+    assert!(cg.is_frozen(&cg.leaf()), "the descendant cgroup is frozen too");
     tree.assert_still();
     frozen.thaw().unwrap();
     assert!(cg.is_thawed(&cg.path));
@@ -517,20 +438,14 @@ fn release_after_kill(kind: Option<Cg>) {
     setup();
     let cg = kind.map(Cgroup::new);
     let tree = Tree::start(cg.as_ref());
-    let method = cg
-        .as_ref()
-        .map_or(FreezeMethod::Sigstop(tree.pids.clone()), |c| c.method());
+    let method = cg.as_ref().map_or(FreezeMethod::Sigstop(tree.pids.clone()), |c| c.method());
     let frozen = tasks::freeze(method, TIMEOUT).unwrap();
     for &p in tree.pids.iter().rev() {
         kill(p, libc::SIGKILL);
     }
     if kind != Some(Cg::V1) {
         // v1 frozen tasks only die once thawed; v2 and stopped tasks die now.
-        assert!(eventually(TIMEOUT, || tree
-            .pids
-            .iter()
-            .skip(1)
-            .all(|&p| gone(p))));
+        assert!(eventually(TIMEOUT, || tree.pids.iter().skip(1).all(|&p| gone(p))));
     }
     frozen.release().unwrap();
     if let Some(cg) = &cg {
@@ -605,14 +520,8 @@ fn empty_and_unfreezable_cgroups() {
     assert!(matches!(e, TaskError::CannotFreeze { .. }), "{e}");
     let e = FreezeMethod::for_selection(&Selection::Cgroup(V1_ROOT.into()), &[1]).unwrap_err();
     assert!(matches!(e, TaskError::CannotFreeze { .. }), "{e}");
-    assert_eq!(
-        tasks::cgroup_version(Path::new(V1_ROOT)).unwrap(),
-        tasks::CgroupVersion::V1
-    );
-    assert_eq!(
-        tasks::cgroup_version(&cg.path).unwrap(),
-        tasks::CgroupVersion::V2
-    );
+    assert_eq!(tasks::cgroup_version(Path::new(V1_ROOT)).unwrap(), tasks::CgroupVersion::V1);
+    assert_eq!(tasks::cgroup_version(&cg.path).unwrap(), tasks::CgroupVersion::V2);
 }
 
 #[test]
@@ -638,27 +547,19 @@ fn freeze_timeout_names_the_stuck_task() {
         }
     }
     let mut guard = Kill(vec![pid]);
-    assert!(
-        eventually(TIMEOUT, || thread_states(pid) == ['D']
-            && child_pid().is_some()),
-        "no vfork wait"
-    );
+    assert!(eventually(TIMEOUT, || thread_states(pid) == ['D'] && child_pid().is_some()), "no vfork wait");
     let child = child_pid().unwrap();
     guard.0.insert(0, child);
 
     let start = Instant::now();
-    let e =
-        tasks::freeze(FreezeMethod::Sigstop(vec![pid]), Duration::from_millis(300)).unwrap_err();
+    let e = tasks::freeze(FreezeMethod::Sigstop(vec![pid]), Duration::from_millis(300)).unwrap_err();
     assert!(start.elapsed() < Duration::from_secs(3));
     match &e {
         TaskError::FreezeTimeout { waited, stuck } => {
             assert!(*waited >= Duration::from_millis(300));
             assert_eq!(stuck.len(), 1, "{stuck:?}");
             assert!(stuck[0].contains(&format!("pid {pid}")), "{stuck:?}");
-            assert!(
-                stuck[0].contains("freeze_vfork") && stuck[0].contains("state D"),
-                "{stuck:?}"
-            );
+            assert!(stuck[0].contains("freeze_vfork") && stuck[0].contains("state D"), "{stuck:?}");
         }
         e => panic!("expected FreezeTimeout, got {e}"),
     }
@@ -666,17 +567,9 @@ fn freeze_timeout_names_the_stuck_task() {
 
     // It was thawed again: once the vfork child is gone the parent runs on, not stopped.
     kill(child, libc::SIGKILL);
-    assert!(
-        eventually(TIMEOUT, || thread_states(pid) == ['S']),
-        "{:?}",
-        thread_states(pid)
-    );
+    assert!(eventually(TIMEOUT, || thread_states(pid) == ['S']), "{:?}", thread_states(pid));
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(
-        thread_states(pid),
-        ['S'],
-        "the pending SIGSTOP was not cancelled"
-    );
+    assert_eq!(thread_states(pid), ['S'], "the pending SIGSTOP was not cancelled");
     drop(guard);
     parent.wait().unwrap();
 }
@@ -692,10 +585,7 @@ fn watchdog_eof_thaws_sigstop() {
     sigstop_by_hand(&tree.pids);
     tree.assert_still();
     drop(wd.stdin.take());
-    assert!(
-        eventually(WATCHDOG_THAW, || none_stopped(&tree.pids)),
-        "the watchdog did not thaw"
-    );
+    assert!(eventually(WATCHDOG_THAW, || none_stopped(&tree.pids)), "the watchdog did not thaw");
     assert_eq!(wd.exit_code(), Some(0));
     tree.assert_running();
 }
@@ -724,10 +614,7 @@ fn watchdog_eof_thaws_cgroup(kind: Cg) {
     cg.freeze_by_hand();
     tree.assert_still();
     drop(wd.stdin.take());
-    assert!(
-        eventually(WATCHDOG_THAW, || cg.is_thawed(&cg.path)),
-        "the watchdog did not thaw"
-    );
+    assert!(eventually(WATCHDOG_THAW, || cg.is_thawed(&cg.path)), "the watchdog did not thaw");
     assert_eq!(wd.exit_code(), Some(0));
     tree.assert_running();
 }
@@ -767,11 +654,7 @@ fn watchdog_ignores_terminal_signals() {
         kill(wpid, sig);
     }
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(
-        wd.child.try_wait().unwrap(),
-        None,
-        "the watchdog died of a signal"
-    );
+    assert_eq!(wd.child.try_wait().unwrap(), None, "the watchdog died of a signal");
     // It left our session.
     // SAFETY: plain system calls.
     assert_ne!(unsafe { libc::getsid(wpid) }, unsafe { libc::getsid(0) });
@@ -782,23 +665,10 @@ fn watchdog_ignores_terminal_signals() {
 
 #[test]
 fn watchdog_rejects_bad_arguments() {
-    for args in [
-        &["sigstop"][..],
-        &["sigstop", "abc"],
-        &["cgroup-v2"],
-        &["nonsense", "1"],
-    ] {
-        let out = Command::new(SNAPCKPT)
-            .arg("__watchdog")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+    for args in [&["sigstop"][..], &["sigstop", "abc"], &["cgroup-v2"], &["nonsense", "1"]] {
+        let out = Command::new(SNAPCKPT).arg("__watchdog").args(args).stdin(Stdio::null()).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("expected"),
-            "{args:?}"
-        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("expected"), "{args:?}");
     }
 }
 
@@ -836,12 +706,7 @@ fn helper_freeze_and_hold() {
 /// first `HOLDER-` line it prints.
 fn holder(method: &FreezeMethod, watchdog_exe: &str) -> (Child, String) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "helper_freeze_and_hold",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", "helper_freeze_and_hold", "--nocapture", "--test-threads=1"])
         .env(HOLDER_ENV, method.watchdog_args().join(" "))
         .env("SNAPCKPT_WATCHDOG_EXE", watchdog_exe)
         .stdout(Stdio::piped())
@@ -857,12 +722,10 @@ fn holder(method: &FreezeMethod, watchdog_exe: &str) -> (Child, String) {
             }
         }
     });
-    let line = rx
-        .recv_timeout(Duration::from_secs(20))
-        .unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("the holder process did not report");
-        });
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!("the holder process did not report");
+    });
     (child, line)
 }
 
@@ -870,23 +733,15 @@ fn holder(method: &FreezeMethod, watchdog_exe: &str) -> (Child, String) {
 fn watchdog_thaws_after_freezer_is_sigkilled_sigstop() {
     let tree = Tree::start(None);
     let (mut holder, line) = holder(&FreezeMethod::Sigstop(tree.pids.clone()), SNAPCKPT);
-    let wd: i32 = line
-        .strip_prefix("HOLDER-FROZEN ")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("{line}"));
+    let wd: i32 =
+        line.strip_prefix("HOLDER-FROZEN ").and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("{line}"));
     assert!(all_stopped(&tree.pids));
     tree.assert_still();
     holder.kill().unwrap(); // SIGKILL: no destructor runs in the holder
     holder.wait().unwrap();
-    assert!(
-        eventually(WATCHDOG_THAW, || none_stopped(&tree.pids)),
-        "not thawed after the freezer died"
-    );
+    assert!(eventually(WATCHDOG_THAW, || none_stopped(&tree.pids)), "not thawed after the freezer died");
     tree.assert_running();
-    assert!(
-        eventually(WATCHDOG_THAW, || gone(wd)),
-        "the watchdog is still running"
-    );
+    assert!(eventually(WATCHDOG_THAW, || gone(wd)), "the watchdog is still running");
 }
 
 #[test]
@@ -899,10 +754,7 @@ fn watchdog_thaws_after_freezer_is_sigkilled_cgroup_v2() {
     tree.assert_still();
     holder.kill().unwrap();
     holder.wait().unwrap();
-    assert!(
-        eventually(WATCHDOG_THAW, || cg.is_thawed(&cg.path)),
-        "not thawed after the freezer died"
-    );
+    assert!(eventually(WATCHDOG_THAW, || cg.is_thawed(&cg.path)), "not thawed after the freezer died");
     tree.assert_running();
 }
 

@@ -38,7 +38,17 @@ struct Fields {
 
 fn fields(s: &Snapshot) -> Fields {
     match s {
-        Snapshot::Btrfs { mount_point, device, origin_subvol_id, origin_subvol_path, subvol_id, uuid, path, fs_path, created_unix } => Fields {
+        Snapshot::Btrfs {
+            mount_point,
+            device,
+            origin_subvol_id,
+            origin_subvol_path,
+            subvol_id,
+            uuid,
+            path,
+            fs_path,
+            created_unix,
+        } => Fields {
             mount_point: mount_point.clone(),
             device: device.clone(),
             origin_subvol_id: *origin_subvol_id,
@@ -68,13 +78,21 @@ fn no_temp_mounts() -> bool {
 struct MountGuard(PathBuf);
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).stderr(std::process::Stdio::null()).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
 /// Paths of regular files under `dir` whose content contains `needle`.
 fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let out = std::process::Command::new("find").arg(dir).args(["-xdev", "-type", "f", "-exec", "grep", "-l", "-F", needle, "{}", "+"]).output().unwrap();
+    let out = std::process::Command::new("find")
+        .arg(dir)
+        .args(["-xdev", "-type", "f", "-exec", "grep", "-l", "-F", needle, "{}", "+"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
 
@@ -102,7 +120,10 @@ fn take_keeps_old_content_read_only() {
     // btrfs agrees: the subvolume, its UUID, read-only.
     let show = sh(&format!("btrfs subvolume show {}", f.path.display()));
     assert!(show.contains(&f.uuid), "{show}");
-    assert_eq!(sh(&format!("btrfs inspect-internal rootid {}", f.path.display())).trim(), f.subvol_id.to_string());
+    assert_eq!(
+        sh(&format!("btrfs inspect-internal rootid {}", f.path.display())).trim(),
+        f.subvol_id.to_string()
+    );
     assert_eq!(sh(&format!("btrfs property get -ts {} ro", f.path.display())).trim(), "ro=true");
 
     // The snapshot directory: root-owned, 0700; <id> a plain directory.
@@ -306,7 +327,8 @@ fn clones_are_independent_and_delete_respects_mounts() {
     std::fs::write(fs.path("file"), "").unwrap();
     let e = snapshot::mount_clone(&s, &fs.path("file")).unwrap_err();
     assert!(matches!(e, SnapshotError::Refused { .. }), "{e}");
-    let entries: Vec<_> = std::fs::read_dir(fs.path(".snapckpt/ck2")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let entries: Vec<_> =
+        std::fs::read_dir(fs.path(".snapckpt/ck2")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(entries, vec![std::ffi::OsString::from("snapshot")]);
     snapshot::delete(&s, false).unwrap();
     assert!(no_temp_mounts());
@@ -329,7 +351,10 @@ fn subvolume_mount_and_device_only_restart() {
     assert_eq!(f.mount_point, canon(&origin).to_str().unwrap());
     assert_eq!(f.device, fs.dev);
     assert_eq!(f.origin_subvol_path, "/@data");
-    assert_eq!(f.origin_subvol_id, sh(&format!("btrfs inspect-internal rootid {}", origin.display())).trim().parse::<u64>().unwrap());
+    assert_eq!(
+        f.origin_subvol_id,
+        sh(&format!("btrfs inspect-internal rootid {}", origin.display())).trim().parse::<u64>().unwrap()
+    );
     assert_eq!(f.path, canon(&origin).join(".snapckpt/ck/snapshot"));
     assert_eq!(f.fs_path, "/@data/.snapckpt/ck/snapshot");
     // The same subvolume seen from the top-level mount.
@@ -458,7 +483,8 @@ fn unsafe_snapshot_directories_are_refused() {
     // A symlink in an intermediate component, too.
     std::fs::create_dir(fs.path("real")).unwrap();
     std::os::unix::fs::symlink("real", fs.path("link")).unwrap();
-    let e = snapshot::take(&FsSpec { snapshot_dir: Some("link/snaps".into()), ..spec(&fs.mnt) }, "ck", 1).unwrap_err();
+    let e = snapshot::take(&FsSpec { snapshot_dir: Some("link/snaps".into()), ..spec(&fs.mnt) }, "ck", 1)
+        .unwrap_err();
     assert!(matches!(e, SnapshotError::Refused { .. }), "{e}");
     assert!(!fs.path("real/snaps").exists());
 
@@ -501,12 +527,24 @@ fn orphans_are_dropped_relinked_names_are_kept() {
     std::fs::create_dir_all(fs.path("lost+found/checkpoint")).unwrap();
 
     // An orphan: open, write, unlink, keep the fd.
-    let mut orphan = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(fs.path("orphan.dat")).unwrap();
+    let mut orphan = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(fs.path("orphan.dat"))
+        .unwrap();
     orphan.write_all(orphan_text.as_bytes()).unwrap();
     orphan.sync_all().unwrap();
     std::fs::remove_file(fs.path("orphan.dat")).unwrap();
     // An unlinked file given a name in lost+found/checkpoint first (as the relink stage does).
-    let mut kept = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(fs.path("kept.dat")).unwrap();
+    let mut kept = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(fs.path("kept.dat"))
+        .unwrap();
     kept.write_all(kept_text.as_bytes()).unwrap();
     kept.sync_all().unwrap();
     std::fs::hard_link(fs.path("kept.dat"), fs.path("lost+found/checkpoint/0-kept.dat")).unwrap();
@@ -527,7 +565,8 @@ fn orphans_are_dropped_relinked_names_are_kept() {
     let holders = files_containing(&f.path, &format!("RELINKED-DATA-{tag}"));
     assert_eq!(holders, vec![f.path.join("lost+found/checkpoint/0-kept.dat").to_str().unwrap().to_string()]);
     assert_eq!(read(f.path.join("lost+found/checkpoint/0-kept.dat")), kept_text);
-    let all: Vec<String> = sh(&format!("find {} -xdev", f.path.display())).lines().map(str::to_string).collect();
+    let all: Vec<String> =
+        sh(&format!("find {} -xdev", f.path.display())).lines().map(str::to_string).collect();
     assert!(!all.iter().any(|p| p.contains("orphan")), "{all:?}");
 
     // A restart clone carries it too.
@@ -647,12 +686,26 @@ fn restart_mount_root_only_root_can_change() {
     let work = Scratch::new("mount-root-trust");
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
-    let p = common::Proc::start(&common::prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:5000"], &work.path().join("log"));
+    let p = common::Proc::start(
+        &common::prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:5000"],
+        &work.path().join("log"),
+    );
     let images = work.path().join("images");
     let id = take_snapshot_cli(p.pid, &images, &["--snapshot", "btrfs"]);
     drop(p);
     let ir = images.to_str().unwrap();
-    let restart = |root: &Path| common::snapckpt(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", ir]);
+    let restart = |root: &Path| {
+        common::snapckpt(&[
+            "restart",
+            &id,
+            "--snapshot",
+            "--mount-root",
+            root.to_str().unwrap(),
+            "--image-root",
+            ir,
+        ])
+    };
     let victim = work.path().join("victim");
     std::fs::create_dir_all(&victim).unwrap();
     std::fs::write(victim.join("important"), "keep").unwrap();
@@ -678,7 +731,15 @@ fn restart_mount_root_only_root_can_change() {
     assert!(!user_root.join(&first).exists(), "restart created directories in the user's mount root");
     // 3. a root-owned one works
     let good = work.path().join("good");
-    let out = common::snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", good.to_str().unwrap(), "--image-root", ir]);
+    let out = common::snapckpt_ok(&[
+        "restart",
+        &id,
+        "--snapshot",
+        "--mount-root",
+        good.to_str().unwrap(),
+        "--image-root",
+        ir,
+    ]);
     let mounted = good.join(origin.strip_prefix("/").unwrap());
     assert!(is_mounted(&mounted), "{out}");
     common::snapckpt_ok(&["delete", &id, "--force", "--image-root", ir]);
@@ -698,21 +759,49 @@ fn names_on_filesystems_without_a_snapshot_are_kept() {
     std::fs::create_dir_all(&d2).unwrap();
     let log = work.path().join("log");
     let uf = common::prog("ufiles");
-    let script = format!("'{}' setup '{}' orphan:4000 & exec '{}' setup '{}' orphan:5000", uf.display(), d2.display(), uf.display(), d1.display());
+    let script = format!(
+        "'{}' setup '{}' orphan:4000 & exec '{}' setup '{}' orphan:5000",
+        uf.display(),
+        d2.display(),
+        uf.display(),
+        d1.display()
+    );
     let out = std::fs::File::create(&log).unwrap();
     let mut child = std::process::Command::new("sh").arg("-c").arg(&script).stdout(out).spawn().unwrap();
-    common::wait_for(|| read(&log).matches("ready").count() == 2, std::time::Duration::from_secs(20), "two workloads ready");
+    common::wait_for(
+        || read(&log).matches("ready").count() == 2,
+        std::time::Duration::from_secs(20),
+        "two workloads ready",
+    );
     let job = work.path().join("job.toml");
-    std::fs::write(&job, format!("[[filesystem]]\nmount = \"{}\"\nsnapshot = \"btrfs\"\n", fs.mnt.display())).unwrap();
+    std::fs::write(&job, format!("[[filesystem]]\nmount = \"{}\"\nsnapshot = \"btrfs\"\n", fs.mnt.display()))
+        .unwrap();
     let images = work.path().join("images");
     let pid = child.id().to_string();
-    let (ok, out, err) = common::snapckpt(&["take", "--pid", &pid, "--tree", "--engine", "none", "--job", job.to_str().unwrap(), "--image-root", images.to_str().unwrap()]);
+    let (ok, out, err) = common::snapckpt(&[
+        "take",
+        "--pid",
+        &pid,
+        "--tree",
+        "--engine",
+        "none",
+        "--job",
+        job.to_str().unwrap(),
+        "--image-root",
+        images.to_str().unwrap(),
+    ]);
     assert!(ok, "{out}\n{err}");
     assert!(err.contains("no snapshot of") && err.contains(other.mnt.to_str().unwrap()), "{err}");
-    let names = |m: &Path| std::fs::read_dir(m.join("lost+found/checkpoint")).map(|rd| rd.count()).unwrap_or(0);
-    assert_eq!((names(&fs.mnt), names(&other.mnt)), (0, 1), "the btrfs names go (the snapshot has them), the ext4 one stays");
+    let names =
+        |m: &Path| std::fs::read_dir(m.join("lost+found/checkpoint")).map(|rd| rd.count()).unwrap_or(0);
+    assert_eq!(
+        (names(&fs.mnt), names(&other.mnt)),
+        (0, 1),
+        "the btrfs names go (the snapshot has them), the ext4 one stays"
+    );
     let id = common::take_id(&out);
-    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(images.join(&id).join("checkpoint.json")).unwrap()).unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(images.join(&id).join("checkpoint.json")).unwrap()).unwrap();
     assert_eq!(rec["links_removed"], false);
     let kids = read(format!("/proc/{pid}/task/{pid}/children"));
     let _ = child.kill();
@@ -722,7 +811,15 @@ fn names_on_filesystems_without_a_snapshot_are_kept() {
     }
     // restart finds both: the btrfs one in the clone, the ext4 one on the live filesystem
     let root = work.path().join("r");
-    let out = common::snapckpt_ok(&["restart", &id, "--snapshot", "--mount-root", root.to_str().unwrap(), "--image-root", images.to_str().unwrap()]);
+    let out = common::snapckpt_ok(&[
+        "restart",
+        &id,
+        "--snapshot",
+        "--mount-root",
+        root.to_str().unwrap(),
+        "--image-root",
+        images.to_str().unwrap(),
+    ]);
     assert!(out.matches("preserved file").count() == 2, "{out}");
     common::snapckpt_ok(&["delete", &id, "--force", "--image-root", images.to_str().unwrap()]);
     assert_eq!(names(&other.mnt), 0, "delete removes the kept name");
@@ -737,21 +834,44 @@ fn take_failing_after_the_snapshot_undoes_it() {
     let work = Scratch::new("fail-after-snapshot");
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
-    let p = common::Proc::start(&common::prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:5000", "ab"], &work.path().join("log"));
+    let p = common::Proc::start(
+        &common::prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:5000", "ab"],
+        &work.path().join("log"),
+    );
     let images = work.path().join("images");
     let hooks = work.path().join("hooks");
     std::fs::create_dir_all(&hooks).unwrap();
     std::fs::write(hooks.join("take-snapshotted.wait"), "").unwrap();
     let child = std::process::Command::new(common::snapckpt_bin())
-        .args(["take", "--pid", &p.pid.to_string(), "--engine", "none", "--snapshot", "btrfs", "--image-root", images.to_str().unwrap()])
+        .args([
+            "take",
+            "--pid",
+            &p.pid.to_string(),
+            "--engine",
+            "none",
+            "--snapshot",
+            "btrfs",
+            "--image-root",
+            images.to_str().unwrap(),
+        ])
         .env("SNAPCKPT_HOOK_DIR", &hooks)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    common::wait_for(|| hooks.join("take-snapshotted.reached").exists(), std::time::Duration::from_secs(20), "snapshotted");
+    common::wait_for(
+        || hooks.join("take-snapshotted.reached").exists(),
+        std::time::Duration::from_secs(20),
+        "snapshotted",
+    );
     // the record cannot be written: its temporary file already exists
-    let partial = std::fs::read_dir(&images).unwrap().flatten().find(|e| e.file_name().to_string_lossy().ends_with(".partial")).unwrap().path();
+    let partial = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+        .unwrap()
+        .path();
     std::fs::write(partial.join(format!(".checkpoint.json.tmp-{}", child.id())), "").unwrap();
     std::fs::remove_file(hooks.join("take-snapshotted.wait")).unwrap();
     let out = child.wait_with_output().unwrap();

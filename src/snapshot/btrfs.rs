@@ -23,7 +23,10 @@
 //! recursively: a clone holding other subvolumes (e.g. the snapshot of a later checkpoint taken
 //! from a restarted filesystem) makes the deletion fail with a message instead.
 
-use super::{has_nul, is_topmost, mountinfo, validate_id, validate_snapshot_dir, CloneDetail, FsSpec, MountEntry, MountedClone, SnapshotError};
+use super::{
+    has_nul, is_topmost, mountinfo, validate_id, validate_snapshot_dir, CloneDetail, FsSpec, MountEntry,
+    MountedClone, SnapshotError,
+};
 use crate::image::{self, Snapshot};
 use crate::sys;
 use libbtrfsutil::{CreateSnapshotOptions, SubvolumeInfo};
@@ -53,7 +56,12 @@ fn io_err<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(io::Error) -
 }
 
 fn bt_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(libbtrfsutil::Error) -> SnapshotError + 'a {
-    move |e| SnapshotError::Btrfs { path: path.to_path_buf(), op, msg: format!("{e} ({})", e.os_error()), errno: e.errno() }
+    move |e| SnapshotError::Btrfs {
+        path: path.to_path_buf(),
+        op,
+        msg: format!("{e} ({})", e.os_error()),
+        errno: e.errno(),
+    }
 }
 
 /// `/proc/self/fd/N`: a path that reaches exactly the object an fd refers to, so that
@@ -68,7 +76,11 @@ fn same_uuid(a: &str, b: &str) -> bool {
 
 /// "/" + the path libbtrfsutil gives relative to the filesystem's top level.
 fn fs_path_string(rel: &Path, at: &Path) -> Result<String, SnapshotError> {
-    let s = rel.to_str().ok_or_else(|| SnapshotError::Invalid { what: "subvolume path", value: rel.to_string_lossy().into_owned(), why: format!("of {} is not UTF-8", at.display()) })?;
+    let s = rel.to_str().ok_or_else(|| SnapshotError::Invalid {
+        what: "subvolume path",
+        value: rel.to_string_lossy().into_owned(),
+        why: format!("of {} is not UTF-8", at.display()),
+    })?;
     Ok(format!("/{}", s.trim_start_matches('/')))
 }
 
@@ -82,16 +94,30 @@ fn origin(spec: &FsSpec) -> Result<Origin, SnapshotError> {
     let dir = spec.snapshot_dir.as_deref().unwrap_or(DEFAULT_SNAPSHOT_DIR).to_string();
     validate_snapshot_dir(&dir)?;
     if has_nul(&spec.mount_point) {
-        return Err(SnapshotError::Invalid { what: "mount point", value: spec.mount_point.to_string_lossy().into_owned(), why: "contains a NUL byte".into() });
+        return Err(SnapshotError::Invalid {
+            what: "mount point",
+            value: spec.mount_point.to_string_lossy().into_owned(),
+            why: "contains a NUL byte".into(),
+        });
     }
     let mp = std::fs::canonicalize(&spec.mount_point).map_err(io_err(&spec.mount_point, "realpath"))?;
-    let mp_str = mp.to_str().ok_or_else(|| SnapshotError::Invalid { what: "mount point", value: mp.to_string_lossy().into_owned(), why: "is not UTF-8".into() })?.to_string();
+    let mp_str = mp
+        .to_str()
+        .ok_or_else(|| SnapshotError::Invalid {
+            what: "mount point",
+            value: mp.to_string_lossy().into_owned(),
+            why: "is not UTF-8".into(),
+        })?
+        .to_string();
 
     // The mount, as the kernel sees it.
     let mfd = sys::open(&mp, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(io_err(&mp, "open"))?;
     let mnt_id = sys::mnt_id_of(mfd.as_raw_fd()).map_err(io_err(&mp, "statx"))?;
     let all = mountinfo()?;
-    let m = all.into_iter().find(|e| e.mnt_id == mnt_id).ok_or_else(|| SnapshotError::Mismatch { path: mp.clone(), why: format!("mount id {mnt_id} is not in /proc/self/mountinfo") })?;
+    let m = all.into_iter().find(|e| e.mnt_id == mnt_id).ok_or_else(|| SnapshotError::Mismatch {
+        path: mp.clone(),
+        why: format!("mount id {mnt_id} is not in /proc/self/mountinfo"),
+    })?;
     if m.mount_point != mp {
         return Err(SnapshotError::NotMountPoint { path: mp, mount_point: m.mount_point.clone() });
     }
@@ -151,7 +177,10 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
     let id_path = sdir_path.join(id);
     sys::mkdirat(sfd.as_raw_fd(), OsStr::new(id), 0o700).map_err(|e| {
         if e.raw_os_error() == Some(libc::EEXIST) {
-            SnapshotError::Refused { path: id_path.clone(), why: format!("already exists: checkpoint {id} already has a snapshot directory here") }
+            SnapshotError::Refused {
+                path: id_path.clone(),
+                why: format!("already exists: checkpoint {id} already has a snapshot directory here"),
+            }
         } else {
             SnapshotError::Io { path: id_path.clone(), syscall: "mkdir", source: e }
         }
@@ -159,13 +188,14 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
     let remove_id_dir = || {
         let _ = sys::unlinkat(sfd.as_raw_fd(), OsStr::new(id), true);
     };
-    let ifd = match sys::openat2(sfd.as_raw_fd(), id, libc::O_PATH | libc::O_DIRECTORY, 0, sys::RESOLVE_STRICT) {
-        Ok(fd) => fd,
-        Err(e) => {
-            remove_id_dir();
-            return Err(SnapshotError::Io { path: id_path, syscall: "openat2", source: e });
-        }
-    };
+    let ifd =
+        match sys::openat2(sfd.as_raw_fd(), id, libc::O_PATH | libc::O_DIRECTORY, 0, sys::RESOLVE_STRICT) {
+            Ok(fd) => fd,
+            Err(e) => {
+                remove_id_dir();
+                return Err(SnapshotError::Io { path: id_path, syscall: "openat2", source: e });
+            }
+        };
 
     // The snapshot itself.
     let snap_path = id_path.join(SNAPSHOT_NAME);
@@ -177,7 +207,10 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
     let described = (|| {
         let info = libbtrfsutil::subvolume_info(&snap_view).map_err(bt_err(&snap_path, "subvolume info"))?;
         if info.flags() & ROOT_SUBVOL_RDONLY == 0 {
-            return Err(SnapshotError::Mismatch { path: snap_path.clone(), why: "the new snapshot is not read-only".into() });
+            return Err(SnapshotError::Mismatch {
+                path: snap_path.clone(),
+                why: "the new snapshot is not read-only".into(),
+            });
         }
         let rel = libbtrfsutil::subvolume_path(&snap_view).map_err(bt_err(&snap_path, "subvolume path"))?;
         Ok((info, fs_path_string(&rel, &snap_path)?))
@@ -205,7 +238,9 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
 
 /// The error for a btrfs mount whose root is a plain directory, with what to do about it.
 fn not_subvolume_root(mp: &Path, m: &MountEntry, view: &Path) -> SnapshotError {
-    let containing = libbtrfsutil::subvolume_path(view).ok().map(|p| format!("/{}", p.to_string_lossy().trim_start_matches('/')));
+    let containing = libbtrfsutil::subvolume_path(view)
+        .ok()
+        .map(|p| format!("/{}", p.to_string_lossy().trim_start_matches('/')));
     let id = libbtrfsutil::subvolume_id(view).ok();
     let inside = match (containing, id) {
         (Some(p), Some(id)) => format!("subvolume {p} (id {id})"),
@@ -254,19 +289,32 @@ fn open_snapshot_dir(mfd: &OwnedFd, mp: &Path, dir: &str) -> Result<OwnedFd, Sna
                     Some(libc::EXDEV) => "is on another mount".to_string(),
                     _ => return Err(SnapshotError::Io { path, syscall: "openat2", source: e }),
                 };
-                return Err(SnapshotError::Refused { path, why: format!("{why}; the snapshot directory must be a plain directory owned by root") });
+                return Err(SnapshotError::Refused {
+                    path,
+                    why: format!("{why}; the snapshot directory must be a plain directory owned by root"),
+                });
             }
         };
         let st = sys::fstat(fd.as_raw_fd()).map_err(io_err(&path, "fstat"))?;
         if st.st_uid != 0 {
-            return Err(SnapshotError::Refused { path, why: format!("owned by uid {}, not root", st.st_uid) });
+            return Err(SnapshotError::Refused {
+                path,
+                why: format!("owned by uid {}, not root", st.st_uid),
+            });
         }
         if st.st_mode & 0o022 != 0 {
-            return Err(SnapshotError::Refused { path, why: format!("writable by group or others (mode {:o})", st.st_mode & 0o7777) });
+            return Err(SnapshotError::Refused {
+                path,
+                why: format!("writable by group or others (mode {:o})", st.st_mode & 0o7777),
+            });
         }
         cur = Some(fd);
     }
-    cur.ok_or_else(|| SnapshotError::Invalid { what: "snapshot directory", value: dir.into(), why: "is empty".into() })
+    cur.ok_or_else(|| SnapshotError::Invalid {
+        what: "snapshot directory",
+        value: dir.into(),
+        why: "is empty".into(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -287,7 +335,9 @@ impl Rec {
         let Snapshot::Btrfs { device, path, fs_path, uuid, .. } = s else {
             return Err(SnapshotError::Unsupported(format!("{} is not a btrfs snapshot", s.describe())));
         };
-        let bad = |what: &'static str, value: &str, why: &str| Err(SnapshotError::Invalid { what, value: value.into(), why: why.into() });
+        let bad = |what: &'static str, value: &str, why: &str| {
+            Err(SnapshotError::Invalid { what, value: value.into(), why: why.into() })
+        };
         if device.is_empty() || !device.starts_with('/') || device.contains('\0') || device.contains(',') {
             return bad("device", device, "must be an absolute device path");
         }
@@ -297,9 +347,18 @@ impl Rec {
         let id = check_layout("snapshot path", path)?;
         let id2 = check_layout("snapshot path within the filesystem", fs_path)?;
         if id != id2 {
-            return bad("snapshot path within the filesystem", fs_path, "names another checkpoint than the snapshot path");
+            return bad(
+                "snapshot path within the filesystem",
+                fs_path,
+                "names another checkpoint than the snapshot path",
+            );
         }
-        Ok(Rec { device: device.clone(), path: PathBuf::from(path), fs_path: fs_path.clone(), uuid: uuid.clone() })
+        Ok(Rec {
+            device: device.clone(),
+            path: PathBuf::from(path),
+            fs_path: fs_path.clone(),
+            uuid: uuid.clone(),
+        })
     }
 
     /// The `<id>` directory within the filesystem.
@@ -334,7 +393,12 @@ struct TempMount {
 impl TempMount {
     /// The device's top level (subvolid=5), not executable.
     fn top(device: &str) -> Result<TempMount, SnapshotError> {
-        TempMount::new(device, "subvolid=5", MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC, "top")
+        TempMount::new(
+            device,
+            "subvolid=5",
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            "top",
+        )
     }
 
     fn new(device: &str, options: &str, flags: MsFlags, tag: &str) -> Result<TempMount, SnapshotError> {
@@ -346,13 +410,22 @@ impl TempMount {
         }
         let md = std::fs::symlink_metadata(root).map_err(io_err(root, "lstat"))?;
         if !md.is_dir() || md.uid() != 0 || md.mode() & 0o022 != 0 {
-            return Err(SnapshotError::Refused { path: root.into(), why: "must be a directory owned by root and not writable by group or others".into() });
+            return Err(SnapshotError::Refused {
+                path: root.into(),
+                why: "must be a directory owned by root and not writable by group or others".into(),
+            });
         }
         let dir = root.join(format!("{tag}-{}-{}", std::process::id(), sys::random_hex(4)));
         std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(io_err(&dir, "mkdir"))?;
         if let Err(e) = nix::mount::mount(Some(device), &dir, Some("btrfs"), flags, Some(options)) {
             let _ = std::fs::remove_dir(&dir);
-            return Err(SnapshotError::Mount { device: device.into(), target: dir, fstype: "btrfs", options: options.into(), source: e.into() });
+            return Err(SnapshotError::Mount {
+                device: device.into(),
+                target: dir,
+                fstype: "btrfs",
+                options: options.into(),
+                source: e.into(),
+            });
         }
         Ok(TempMount { dir })
     }
@@ -390,7 +463,8 @@ struct Located {
 fn locate(rec: &Rec) -> Result<Option<Located>, SnapshotError> {
     if let Ok(info) = libbtrfsutil::subvolume_info(&rec.path) {
         let id_dir = rec.path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let writable = nix::sys::statvfs::statvfs(&id_dir).is_ok_and(|v| !v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+        let writable = nix::sys::statvfs::statvfs(&id_dir)
+            .is_ok_and(|v| !v.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
         if same_uuid(&info.uuid().to_string(), &rec.uuid) && writable {
             return Ok(Some(Located { id_dir, snapshot: Some(rec.path.clone()), direct: true, _temp: None }));
         }
@@ -472,11 +546,13 @@ fn mounts_of(rec: &Rec, all: &[MountEntry], clones: bool, itself: bool) -> Vec<M
         .filter(|e| e.fstype == "btrfs")
         .filter(|e| {
             let is_snap = e.root == Path::new(&rec.fs_path);
-            let is_clone = e.root.parent() == Some(id_dir) && e.root.file_name().and_then(clone_number).is_some();
+            let is_clone =
+                e.root.parent() == Some(id_dir) && e.root.file_name().and_then(clone_number).is_some();
             if !((clones && is_clone) || (itself && is_snap)) {
                 return false;
             }
-            let by_uuid = if is_topmost(e, all) { libbtrfsutil::subvolume_info(&e.mount_point).ok() } else { None };
+            let by_uuid =
+                if is_topmost(e, all) { libbtrfsutil::subvolume_info(&e.mount_point).ok() } else { None };
             match by_uuid {
                 Some(i) if is_snap => same_uuid(&i.uuid().to_string(), &rec.uuid),
                 Some(i) => i.parent_uuid().is_some_and(|u| same_uuid(&u.to_string(), &rec.uuid)),
@@ -518,11 +594,20 @@ fn detach_all(rec: &Rec) -> Result<(), SnapshotError> {
         for e in top {
             match nix::mount::umount2(&e.mount_point, MntFlags::MNT_DETACH) {
                 Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-                Err(err) => return Err(SnapshotError::Io { path: e.mount_point.clone(), syscall: "umount2(MNT_DETACH)", source: err.into() }),
+                Err(err) => {
+                    return Err(SnapshotError::Io {
+                        path: e.mount_point.clone(),
+                        syscall: "umount2(MNT_DETACH)",
+                        source: err.into(),
+                    })
+                }
             }
         }
     }
-    Err(SnapshotError::Refused { path: rec.path.clone(), why: "its clones stay mounted after 64 rounds of unmounting".into() })
+    Err(SnapshotError::Refused {
+        path: rec.path.clone(),
+        why: "its clones stay mounted after 64 rounds of unmounting".into(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -546,11 +631,18 @@ pub fn delete(s: &Snapshot, force: bool) -> Result<(), SnapshotError> {
     let Some(loc) = locate(&rec)? else { return Ok(()) };
     for (_, p) in clone_entries(&loc.id_dir)? {
         match libbtrfsutil::subvolume_info(&p) {
-            Ok(info) if info.parent_uuid().is_some_and(|u| same_uuid(&u.to_string(), &rec.uuid)) => delete_subvolume(&p, true)?,
+            Ok(info) if info.parent_uuid().is_some_and(|u| same_uuid(&u.to_string(), &rec.uuid)) => {
+                delete_subvolume(&p, true)?
+            }
             Ok(info) => {
                 return Err(SnapshotError::Refused {
                     path: p,
-                    why: format!("subvolume {} is not a snapshot of {} (UUID {}); not deleting it", info.id(), rec.path.display(), rec.uuid),
+                    why: format!(
+                        "subvolume {} is not a snapshot of {} (UUID {}); not deleting it",
+                        info.id(),
+                        rec.path.display(),
+                        rec.uuid
+                    ),
                 })
             }
             Err(e) if e.kind() == libbtrfsutil::ErrorKind::NOT_SUBVOLUME => {
@@ -591,12 +683,19 @@ fn clone_mount_options(subvol_id: u64, fs_path: &str) -> String {
 /// the origin is still mounted there. Bind mounts have no such rule, so then the clone is
 /// mounted on a temporary directory and bound from there onto `target`.
 fn mount_device(device: &str, target: &Path, options: &str) -> Result<(), SnapshotError> {
-    let err = |source: io::Error| SnapshotError::Mount { device: device.into(), target: target.into(), fstype: "btrfs", options: options.into(), source };
+    let err = |source: io::Error| SnapshotError::Mount {
+        device: device.into(),
+        target: target.into(),
+        fstype: "btrfs",
+        options: options.into(),
+        source,
+    };
     match nix::mount::mount(Some(device), target, Some("btrfs"), MsFlags::empty(), Some(options)) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::EBUSY) => {
             let tmp = TempMount::new(device, options, MsFlags::empty(), "clone")?;
-            nix::mount::mount(Some(&tmp.dir), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| err(e.into()))
+            nix::mount::mount(Some(&tmp.dir), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| err(e.into()))
             // `tmp` is unmounted here; the bind mount at `target` stays.
         }
         Err(e) => Err(err(e.into())),
@@ -613,16 +712,27 @@ fn mount_device(device: &str, target: &Path, options: &str) -> Result<(), Snapsh
 pub fn mount_clone(s: &Snapshot, target: &Path) -> Result<MountedClone, SnapshotError> {
     let rec = Rec::from(s)?;
     if has_nul(target) {
-        return Err(SnapshotError::Invalid { what: "mount target", value: target.to_string_lossy().into_owned(), why: "contains a NUL byte".into() });
+        return Err(SnapshotError::Invalid {
+            what: "mount target",
+            value: target.to_string_lossy().into_owned(),
+            why: "contains a NUL byte".into(),
+        });
     }
     let target = std::fs::canonicalize(target).map_err(io_err(target, "realpath"))?;
     let md = std::fs::metadata(&target).map_err(io_err(&target, "stat"))?;
     if !md.is_dir() {
-        return Err(SnapshotError::Refused { path: target, why: "the mount target is not a directory".into() });
+        return Err(SnapshotError::Refused {
+            path: target,
+            why: "the mount target is not a directory".into(),
+        });
     }
     let loc = locate(&rec)?.ok_or_else(|| SnapshotError::Mismatch {
         path: rec.path.clone(),
-        why: format!("the snapshot is gone: its directory {} does not exist on {}", rec.id_fs_dir(), rec.device),
+        why: format!(
+            "the snapshot is gone: its directory {} does not exist on {}",
+            rec.id_fs_dir(),
+            rec.device
+        ),
     })?;
     let snap = loc.snapshot.clone().ok_or_else(|| SnapshotError::Mismatch {
         path: rec.path.clone(),
@@ -648,10 +758,18 @@ pub fn mount_clone(s: &Snapshot, target: &Path) -> Result<MountedClone, Snapshot
 }
 
 /// The part of [`mount_clone`] after the clone exists: describe, mount, verify.
-fn mount_made_clone(rec: &Rec, loc: &Located, clone: &Path, target: &Path) -> Result<MountedClone, SnapshotError> {
+fn mount_made_clone(
+    rec: &Rec,
+    loc: &Located,
+    clone: &Path,
+    target: &Path,
+) -> Result<MountedClone, SnapshotError> {
     let info: SubvolumeInfo = libbtrfsutil::subvolume_info(clone).map_err(bt_err(clone, "subvolume info"))?;
     if !info.parent_uuid().is_some_and(|u| same_uuid(&u.to_string(), &rec.uuid)) {
-        return Err(SnapshotError::Mismatch { path: clone.into(), why: "the new clone is not a snapshot of the checkpoint's snapshot".into() });
+        return Err(SnapshotError::Mismatch {
+            path: clone.into(),
+            why: "the new clone is not a snapshot of the checkpoint's snapshot".into(),
+        });
     }
     let rel = libbtrfsutil::subvolume_path(clone).map_err(bt_err(clone, "subvolume path"))?;
     let fs_path = fs_path_string(&rel, clone)?;
@@ -664,7 +782,11 @@ fn mount_made_clone(rec: &Rec, loc: &Located, clone: &Path, target: &Path) -> Re
         other => {
             let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
             let why = match other {
-                Ok(i) => format!("after mounting, subvolume {} is visible there instead of the clone {}", i.id(), info.id()),
+                Ok(i) => format!(
+                    "after mounting, subvolume {} is visible there instead of the clone {}",
+                    i.id(),
+                    info.id()
+                ),
                 Err(e) => format!("after mounting, subvolume info fails: {e}"),
             };
             return Err(SnapshotError::Mismatch { path: target.into(), why });
@@ -674,8 +796,19 @@ fn mount_made_clone(rec: &Rec, loc: &Located, clone: &Path, target: &Path) -> Re
     Ok(MountedClone {
         target: target.to_path_buf(),
         clone_path,
-        description: format!("btrfs clone {fs_path} (subvol {}) of snapshot {} on {}", info.id(), rec.fs_path, rec.device),
-        detail: CloneDetail::Btrfs { device: rec.device.clone(), subvol_id: info.id(), uuid, fs_path, snapshot_uuid: rec.uuid.clone() },
+        description: format!(
+            "btrfs clone {fs_path} (subvol {}) of snapshot {} on {}",
+            info.id(),
+            rec.fs_path,
+            rec.device
+        ),
+        detail: CloneDetail::Btrfs {
+            device: rec.device.clone(),
+            subvol_id: info.id(),
+            uuid,
+            fs_path,
+            snapshot_uuid: rec.uuid.clone(),
+        },
     })
 }
 
@@ -689,11 +822,24 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
     let CloneDetail::Btrfs { device, subvol_id, uuid, fs_path, .. } = &m.detail else {
         return Err(SnapshotError::Unsupported(format!("{} is not a btrfs restart clone", m.description)));
     };
-    if has_nul(&m.target) || has_nul(&m.clone_path) || has_nul(Path::new(fs_path)) || !fs_path.starts_with('/') || device.contains('\0') {
-        return Err(SnapshotError::Invalid { what: "restart clone", value: m.description.clone(), why: "has a malformed target, path or device".into() });
+    if has_nul(&m.target)
+        || has_nul(&m.clone_path)
+        || has_nul(Path::new(fs_path))
+        || !fs_path.starts_with('/')
+        || device.contains('\0')
+    {
+        return Err(SnapshotError::Invalid {
+            what: "restart clone",
+            value: m.description.clone(),
+            why: "has a malformed target, path or device".into(),
+        });
     }
     let id_s = subvol_id.to_string();
-    let is_clone = |e: &MountEntry| e.fstype == "btrfs" && e.root == Path::new(fs_path) && e.super_option("subvolid") == Some(id_s.as_str());
+    let is_clone = |e: &MountEntry| {
+        e.fstype == "btrfs"
+            && e.root == Path::new(fs_path)
+            && e.super_option("subvolid") == Some(id_s.as_str())
+    };
     let all = mountinfo()?;
     if let Some(e) = all.iter().find(|e| e.mount_point == m.target && is_clone(e)) {
         super::unmount_clone_mount(m, e, &all)?;
@@ -701,7 +847,11 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
     if !remove {
         return Ok(());
     }
-    let still: Vec<PathBuf> = mountinfo()?.iter().filter(|e| is_clone(e) && e.source == *device).map(|e| e.mount_point.clone()).collect();
+    let still: Vec<PathBuf> = mountinfo()?
+        .iter()
+        .filter(|e| is_clone(e) && e.source == *device)
+        .map(|e| e.mount_point.clone())
+        .collect();
     if !still.is_empty() {
         return Err(SnapshotError::InUse { path: m.clone_path.clone(), mounts: still });
     }
@@ -717,7 +867,10 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
     let p = temp.at(fs_path);
     match libbtrfsutil::subvolume_info(&p) {
         Ok(i) if same_uuid(&i.uuid().to_string(), uuid) => delete_subvolume(&p, true),
-        Ok(i) => Err(SnapshotError::Mismatch { path: PathBuf::from(format!("{device}:{fs_path}")), why: format!("subvolume UUID {} is not the clone's {uuid}; not deleting it", i.uuid()) }),
+        Ok(i) => Err(SnapshotError::Mismatch {
+            path: PathBuf::from(format!("{device}:{fs_path}")),
+            why: format!("subvolume UUID {} is not the clone's {uuid}; not deleting it", i.uuid()),
+        }),
         Err(e) if e.errno() == libc::ENOENT => Ok(()),
         Err(e) => Err(bt_err(&p, "subvolume info")(e)),
     }
@@ -727,11 +880,16 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
 /// [`take`] described it, with its checkpoint id: for `gc` to find the snapshots of takes
 /// that died before writing their image. A mount that is not btrfs, or has no snapshot
 /// directory, has none.
-pub fn find(mount_point: &Path, snapshot_dir: Option<&str>) -> Result<Vec<(String, Snapshot)>, SnapshotError> {
+pub fn find(
+    mount_point: &Path,
+    snapshot_dir: Option<&str>,
+) -> Result<Vec<(String, Snapshot)>, SnapshotError> {
     let dir = snapshot_dir.unwrap_or(DEFAULT_SNAPSHOT_DIR);
     validate_snapshot_dir(dir)?;
     let mp = std::fs::canonicalize(mount_point).map_err(io_err(mount_point, "realpath"))?;
-    let Some(m) = mountinfo()?.into_iter().find(|e| e.mount_point == mp && e.fstype == "btrfs") else { return Ok(vec![]) };
+    let Some(m) = mountinfo()?.into_iter().find(|e| e.mount_point == mp && e.fstype == "btrfs") else {
+        return Ok(vec![]);
+    };
     let sdir = mp.join(dir);
     let meta = match std::fs::symlink_metadata(&sdir) {
         Ok(md) => md,
@@ -771,7 +929,6 @@ pub fn find(mount_point: &Path, snapshot_dir: Option<&str>) -> Result<Vec<(Strin
     Ok(out)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -793,7 +950,8 @@ mod tests {
     #[test]
     fn records_are_checked() {
         assert!(Rec::from(&snap("/m/.snapckpt/a1/snapshot", "/.snapckpt/a1/snapshot", "/dev/loop0")).is_ok());
-        let r = Rec::from(&snap("/m/.snapckpt/a1/snapshot", "/@d/.snapckpt/a1/snapshot", "/dev/loop0")).unwrap();
+        let r =
+            Rec::from(&snap("/m/.snapckpt/a1/snapshot", "/@d/.snapckpt/a1/snapshot", "/dev/loop0")).unwrap();
         assert_eq!(r.id_fs_dir(), "/@d/.snapckpt/a1");
         for (p, f, d) in [
             ("/m/../etc/a1/snapshot", "/.snapckpt/a1/snapshot", "/dev/loop0"),
@@ -816,7 +974,10 @@ mod tests {
         for bad in ["restart-", "restart-+1", "restart-1x", "snapshot", "restart-99999999999"] {
             assert_eq!(clone_number(OsStr::new(bad)), None, "{bad}");
         }
-        assert_eq!(clone_mount_options(260, "/@d/.snapckpt/a/restart-1"), "subvolid=260,subvol=/@d/.snapckpt/a/restart-1");
+        assert_eq!(
+            clone_mount_options(260, "/@d/.snapckpt/a/restart-1"),
+            "subvolid=260,subvol=/@d/.snapckpt/a/restart-1"
+        );
         assert_eq!(clone_mount_options(260, "/a,b/.snapckpt/a/restart-1"), "subvolid=260");
     }
 }

@@ -75,8 +75,8 @@ pub const KIND_CLASSIC: &str = "classic";
 const MAX_SNAPSHOT_LV: usize = 48;
 /// Substrings LVM reserves for its internal LVs (lib/misc/lvm-string.c).
 const RESERVED: &[&str] = &[
-    "_cdata", "_cmeta", "_corig", "_cpool", "_cvol", "_imeta", "_iorig", "_mimage", "_mlog", "_pmspare", "_rimage", "_rmeta", "_tdata", "_tmeta", "_vdata",
-    "_vorigin", "_wcorig", "_vdo",
+    "_cdata", "_cmeta", "_corig", "_cpool", "_cvol", "_imeta", "_iorig", "_mimage", "_mlog", "_pmspare",
+    "_rimage", "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig", "_vdo",
 ];
 
 /// The lvs fields snapckpt reads.
@@ -102,7 +102,12 @@ fn tool(name: &str) -> PathBuf {
 /// Run an lvm tool; its stdout on success, [`SnapshotError::Lvm`] (command, args, status,
 /// stderr) otherwise.
 fn run(cmd: &str, args: &[&str]) -> Result<String, SnapshotError> {
-    let err = |status: String, stderr: String| SnapshotError::Lvm { cmd: cmd.into(), args: args.iter().map(|a| a.to_string()).collect(), status, stderr };
+    let err = |status: String, stderr: String| SnapshotError::Lvm {
+        cmd: cmd.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        status,
+        stderr,
+    };
     let out = Command::new(tool(cmd))
         .args(args)
         .env("LVM_SUPPRESS_FD_WARNINGS", "1")
@@ -238,7 +243,12 @@ fn lvs(selectors: &[&str]) -> Result<Vec<Lv>, SnapshotError> {
     let mut args = vec!["--reportformat", "json", "--units", "b", "--nosuffix", "-o", LVS_FIELDS];
     args.extend_from_slice(selectors);
     let out = run("lvs", &args)?;
-    parse_lvs(&out).map_err(|e| SnapshotError::Lvm { cmd: "lvs".into(), args: args.iter().map(|a| a.to_string()).collect(), status: "exit status 0".into(), stderr: e })
+    parse_lvs(&out).map_err(|e| SnapshotError::Lvm {
+        cmd: "lvs".into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        status: "exit status 0".into(),
+        stderr: e,
+    })
 }
 
 /// The LVs of a VG; `None` when the VG does not exist (any more).
@@ -248,7 +258,12 @@ fn vg_lvs(vg: &str) -> Result<Option<Vec<Lv>>, SnapshotError> {
         Err(e) => {
             let args = ["--reportformat", "json", "-o", "vg_name"];
             let out = run("vgs", &args)?;
-            let vgs = parse_vgs(&out).map_err(|m| SnapshotError::Lvm { cmd: "vgs".into(), args: args.iter().map(|a| a.to_string()).collect(), status: "exit status 0".into(), stderr: m })?;
+            let vgs = parse_vgs(&out).map_err(|m| SnapshotError::Lvm {
+                cmd: "vgs".into(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+                status: "exit status 0".into(),
+                stderr: m,
+            })?;
             if vgs.iter().any(|v| v == vg) {
                 Err(e)
             } else {
@@ -287,7 +302,12 @@ pub(crate) fn valid_lv_name(n: &str) -> bool {
 
 /// True if `n` is a VG name LVM accepts (same characters; no leading '-').
 fn valid_vg_name(n: &str) -> bool {
-    !n.is_empty() && n.len() <= 127 && !n.starts_with('-') && n != "." && n != ".." && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b))
+    !n.is_empty()
+        && n.len() <= 127
+        && !n.starts_with('-')
+        && n != "."
+        && n != ".."
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b))
 }
 
 /// The snapshot LV name of checkpoint `id`: `snapckpt-<id>`, or, when that is longer than
@@ -299,7 +319,8 @@ pub(crate) fn snapshot_lv_name(id: &str) -> String {
     if plain.len() <= MAX_SNAPSHOT_LV && valid_lv_name(&plain) && valid_lv_name(&format!("{plain}-r1")) {
         return plain;
     }
-    let clean: String = id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
+    let clean: String =
+        id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
     let keep = MAX_SNAPSHOT_LV - LV_PREFIX.len() - 1 - 8;
     let head: String = clean.chars().take(keep).collect();
     format!("{LV_PREFIX}{head}-{:08x}", fnv(id) as u32)
@@ -307,7 +328,10 @@ pub(crate) fn snapshot_lv_name(id: &str) -> String {
 
 /// A string as an LVM tag: characters outside `[A-Za-z0-9_+.-/=!:&#]` become '_'.
 pub(crate) fn tag_safe(s: &str) -> String {
-    s.chars().map(|c| if c.is_ascii_alphanumeric() || "_+.-/=!:&#".contains(c) { c } else { '_' }).take(1000).collect()
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "_+.-/=!:&#".contains(c) { c } else { '_' })
+        .take(1000)
+        .collect()
 }
 
 /// The restart number of `name` if it is `<snap>-r<N>`.
@@ -338,7 +362,8 @@ fn supported_fstype(fstype: &str) -> Option<&'static str> {
 /// /proc/self/mountinfo with each entry's device number (field 3, major:minor).
 fn dev_mounts() -> Result<(Vec<MountEntry>, HashMap<u32, u64>), SnapshotError> {
     let p = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read(p).map_err(|source| SnapshotError::Io { path: p.into(), syscall: "read", source })?;
+    let text =
+        std::fs::read(p).map_err(|source| SnapshotError::Io { path: p.into(), syscall: "read", source })?;
     Ok((super::parse_mountinfo(&text), parse_mount_devs(&text)))
 }
 
@@ -381,16 +406,28 @@ fn detach_all(what: &Path, want: &[u64]) -> Result<(), SnapshotError> {
         }
         let top: Vec<&MountEntry> = ours.iter().filter(|e| is_topmost(e, &all)).collect();
         if top.is_empty() {
-            return Err(SnapshotError::Refused { path: ours[0].mount_point.clone(), why: "a restart clone mounted here is covered by another mount; unmount that first".into() });
+            return Err(SnapshotError::Refused {
+                path: ours[0].mount_point.clone(),
+                why: "a restart clone mounted here is covered by another mount; unmount that first".into(),
+            });
         }
         for e in top {
             match nix::mount::umount2(&e.mount_point, MntFlags::MNT_DETACH) {
                 Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-                Err(err) => return Err(SnapshotError::Io { path: e.mount_point.clone(), syscall: "umount2(MNT_DETACH)", source: err.into() }),
+                Err(err) => {
+                    return Err(SnapshotError::Io {
+                        path: e.mount_point.clone(),
+                        syscall: "umount2(MNT_DETACH)",
+                        source: err.into(),
+                    })
+                }
             }
         }
     }
-    Err(SnapshotError::Refused { path: what.into(), why: "its mounts stay after 64 rounds of unmounting".into() })
+    Err(SnapshotError::Refused {
+        path: what.into(),
+        why: "its mounts stay after 64 rounds of unmounting".into(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,16 +451,42 @@ fn lv_of_mount(source: &str, dev: u64) -> Result<Option<Lv>, SnapshotError> {
 pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, SnapshotError> {
     validate_id(id)?;
     if super::has_nul(&spec.mount_point) {
-        return Err(SnapshotError::Invalid { what: "mount point", value: spec.mount_point.to_string_lossy().into_owned(), why: "contains a NUL byte".into() });
+        return Err(SnapshotError::Invalid {
+            what: "mount point",
+            value: spec.mount_point.to_string_lossy().into_owned(),
+            why: "contains a NUL byte".into(),
+        });
     }
-    let mp = std::fs::canonicalize(&spec.mount_point).map_err(|source| SnapshotError::Io { path: spec.mount_point.clone(), syscall: "realpath", source })?;
-    let mp_str = mp.to_str().ok_or_else(|| SnapshotError::Invalid { what: "mount point", value: mp.to_string_lossy().into_owned(), why: "is not UTF-8".into() })?.to_string();
+    let mp = std::fs::canonicalize(&spec.mount_point).map_err(|source| SnapshotError::Io {
+        path: spec.mount_point.clone(),
+        syscall: "realpath",
+        source,
+    })?;
+    let mp_str = mp
+        .to_str()
+        .ok_or_else(|| SnapshotError::Invalid {
+            what: "mount point",
+            value: mp.to_string_lossy().into_owned(),
+            why: "is not UTF-8".into(),
+        })?
+        .to_string();
 
     // The mount, as the kernel sees it.
-    let mfd = sys::open(&mp, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|source| SnapshotError::Io { path: mp.clone(), syscall: "open", source })?;
-    let mnt_id = sys::mnt_id_of(mfd.as_raw_fd()).map_err(|source| SnapshotError::Io { path: mp.clone(), syscall: "statx", source })?;
+    let mfd = sys::open(&mp, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|source| SnapshotError::Io {
+        path: mp.clone(),
+        syscall: "open",
+        source,
+    })?;
+    let mnt_id = sys::mnt_id_of(mfd.as_raw_fd()).map_err(|source| SnapshotError::Io {
+        path: mp.clone(),
+        syscall: "statx",
+        source,
+    })?;
     let (all, devs) = dev_mounts()?;
-    let m = all.iter().find(|e| e.mnt_id == mnt_id).ok_or_else(|| SnapshotError::Mismatch { path: mp.clone(), why: format!("mount id {mnt_id} is not in /proc/self/mountinfo") })?;
+    let m = all.iter().find(|e| e.mnt_id == mnt_id).ok_or_else(|| SnapshotError::Mismatch {
+        path: mp.clone(),
+        why: format!("mount id {mnt_id} is not in /proc/self/mountinfo"),
+    })?;
     if m.mount_point != mp {
         return Err(SnapshotError::NotMountPoint { path: mp, mount_point: m.mount_point.clone() });
     }
@@ -436,7 +499,10 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
             why: format!("the mount shows {} of its filesystem, not its root; an LVM snapshot covers the whole LV: name the mount of the filesystem's root", m.root.display()),
         });
     }
-    let dev = *devs.get(&mnt_id).ok_or_else(|| SnapshotError::Mismatch { path: mp.clone(), why: "mountinfo gives no device number".into() })?;
+    let dev = *devs.get(&mnt_id).ok_or_else(|| SnapshotError::Mismatch {
+        path: mp.clone(),
+        why: "mountinfo gives no device number".into(),
+    })?;
 
     // The LV.
     let lv = lv_of_mount(&m.source, dev)?.ok_or_else(|| SnapshotError::Refused {
@@ -449,11 +515,18 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
         ),
     })?;
     if !valid_vg_name(&lv.vg) || !valid_lv_name(&lv.name) {
-        return Err(SnapshotError::Invalid { what: "logical volume", value: lv.full(), why: "lvs gave a name LVM itself would refuse".into() });
+        return Err(SnapshotError::Invalid {
+            what: "logical volume",
+            value: lv.full(),
+            why: "lvs gave a name LVM itself would refuse".into(),
+        });
     }
     let thin = lv.is_thin();
     if !thin && lv.is_classic_snapshot() {
-        return Err(SnapshotError::Refused { path: mp, why: format!("{} is itself a classic snapshot, and LVM cannot snapshot a snapshot", lv.full()) });
+        return Err(SnapshotError::Refused {
+            path: mp,
+            why: format!("{} is itself a classic snapshot, and LVM cannot snapshot a snapshot", lv.full()),
+        });
     }
     let size = if thin {
         None
@@ -474,7 +547,13 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
     let vg = lv.vg.clone();
     let all_lvs = vg_lvs(&vg)?.unwrap_or_default();
     if let Some(x) = all_lvs.iter().find(|l| l.name == name) {
-        return Err(SnapshotError::Refused { path: PathBuf::from(x.full()), why: format!("an LV of that name already exists (UUID {}): checkpoint {id} already has a snapshot here", x.uuid) });
+        return Err(SnapshotError::Refused {
+            path: PathBuf::from(x.full()),
+            why: format!(
+                "an LV of that name already exists (UUID {}): checkpoint {id} already has a snapshot here",
+                x.uuid
+            ),
+        });
     }
     let id_tag = format!("{TAG_ID_PREFIX}{}", tag_safe(id));
     let origin = lv.full();
@@ -488,9 +567,18 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
 
     // Describe it; on failure remove it again.
     let made = (|| {
-        let s = find_lv(&vg, &name)?.ok_or_else(|| SnapshotError::Mismatch { path: PathBuf::from(format!("{vg}/{name}")), why: "lvcreate succeeded but lvs does not show the snapshot".into() })?;
+        let s = find_lv(&vg, &name)?.ok_or_else(|| SnapshotError::Mismatch {
+            path: PathBuf::from(format!("{vg}/{name}")),
+            why: "lvcreate succeeded but lvs does not show the snapshot".into(),
+        })?;
         if s.origin != lv.name || s.is_thin() != thin || !s.has_tag(TAG) {
-            return Err(SnapshotError::Mismatch { path: PathBuf::from(s.full()), why: format!("the new LV is not the expected snapshot of {origin} (attr {}, origin {:?})", s.attr, s.origin) });
+            return Err(SnapshotError::Mismatch {
+                path: PathBuf::from(s.full()),
+                why: format!(
+                    "the new LV is not the expected snapshot of {origin} (attr {}, origin {:?})",
+                    s.attr, s.origin
+                ),
+            });
         }
         Ok(s)
     })();
@@ -533,14 +621,19 @@ impl Rec {
         let Snapshot::Lvm { fstype, vg, snapshot_lv, snapshot_uuid, kind, .. } = s else {
             return Err(SnapshotError::Unsupported(format!("{} is not an LVM snapshot", s.describe())));
         };
-        let bad = |what: &'static str, value: &str, why: &str| Err(SnapshotError::Invalid { what, value: value.into(), why: why.into() });
+        let bad = |what: &'static str, value: &str, why: &str| {
+            Err(SnapshotError::Invalid { what, value: value.into(), why: why.into() })
+        };
         if !valid_vg_name(vg) {
             return bad("volume group", vg, "is not a valid VG name");
         }
         if !valid_lv_name(snapshot_lv) || !snapshot_lv.starts_with(LV_PREFIX) {
             return bad("snapshot LV", snapshot_lv, "is not a snapckpt-... LV name");
         }
-        if snapshot_uuid.is_empty() || snapshot_uuid.len() > 64 || !snapshot_uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        if snapshot_uuid.is_empty()
+            || snapshot_uuid.len() > 64
+            || !snapshot_uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
             return bad("snapshot LV UUID", snapshot_uuid, "is not an LVM UUID");
         }
         let thin = match kind.as_str() {
@@ -548,8 +641,16 @@ impl Rec {
             KIND_CLASSIC => false,
             _ => return bad("LVM snapshot kind", kind, "must be \"thin\" or \"classic\""),
         };
-        let Some(fstype) = supported_fstype(fstype) else { return bad("filesystem type", fstype, "is not ext2/3/4 or xfs") };
-        Ok(Rec { fstype, vg: vg.clone(), snapshot_lv: snapshot_lv.clone(), uuid: snapshot_uuid.clone(), thin })
+        let Some(fstype) = supported_fstype(fstype) else {
+            return bad("filesystem type", fstype, "is not ext2/3/4 or xfs");
+        };
+        Ok(Rec {
+            fstype,
+            vg: vg.clone(),
+            snapshot_lv: snapshot_lv.clone(),
+            uuid: snapshot_uuid.clone(),
+            thin,
+        })
     }
 
     fn full(&self) -> String {
@@ -572,7 +673,10 @@ fn locate(rec: &Rec, lvs: &[Lv]) -> Result<(Option<Lv>, Vec<Lv>), SnapshotError>
     let snap = match lvs.iter().find(|l| l.name == rec.snapshot_lv) {
         Some(l) if l.uuid == rec.uuid => Some(l.clone()),
         Some(l) => {
-            return Err(SnapshotError::Mismatch { path: PathBuf::from(rec.full()), why: format!("LV UUID is {}, the checkpoint recorded {}; not touching it", l.uuid, rec.uuid) });
+            return Err(SnapshotError::Mismatch {
+                path: PathBuf::from(rec.full()),
+                why: format!("LV UUID is {}, the checkpoint recorded {}; not touching it", l.uuid, rec.uuid),
+            });
         }
         None => None,
     };
@@ -612,7 +716,9 @@ pub fn delete(s: &Snapshot, force: bool) -> Result<(), SnapshotError> {
     let (snap, clones) = match locate(&rec, &lvs) {
         Ok(x) => x,
         // Another LV has the snapshot's name: leave it alone, remove only our clones.
-        Err(SnapshotError::Mismatch { .. }) if force => (None, lvs.iter().filter(|l| rec.is_clone(l)).cloned().collect()),
+        Err(SnapshotError::Mismatch { .. }) if force => {
+            (None, lvs.iter().filter(|l| rec.is_clone(l)).cloned().collect())
+        }
         Err(e) => return Err(e),
     };
     let want = devs_of(snap.iter().chain(clones.iter()));
@@ -620,7 +726,10 @@ pub fn delete(s: &Snapshot, force: bool) -> Result<(), SnapshotError> {
     let mounted = mounts_of_devs(&all, &devs, &want);
     if !mounted.is_empty() {
         if !force {
-            return Err(SnapshotError::InUse { path: PathBuf::from(rec.full()), mounts: mount_points(&mounted) });
+            return Err(SnapshotError::InUse {
+                path: PathBuf::from(rec.full()),
+                mounts: mount_points(&mounted),
+            });
         }
         detach_all(Path::new(&rec.full()), &want)?;
     }
@@ -655,7 +764,10 @@ fn wait_for_node(path: &str, dev: u64) -> Result<(), SnapshotError> {
             Err(e) => e.to_string(),
         };
         if t0.elapsed() > NODE_WAIT {
-            return Err(SnapshotError::Mismatch { path: path.into(), why: format!("after activation, the device node {last} (waited {} s)", NODE_WAIT.as_secs()) });
+            return Err(SnapshotError::Mismatch {
+                path: path.into(),
+                why: format!("after activation, the device node {last} (waited {} s)", NODE_WAIT.as_secs()),
+            });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -663,17 +775,37 @@ fn wait_for_node(path: &str, dev: u64) -> Result<(), SnapshotError> {
 
 /// Mount the active LV `lv` read-write at `target` and check that it is what is visible there.
 fn mount_lv(lv: &Lv, fstype: &'static str, target: &Path) -> Result<(), SnapshotError> {
-    let dev = lv.dev().ok_or_else(|| SnapshotError::Mismatch { path: PathBuf::from(lv.full()), why: "the LV is not active after activation".into() })?;
+    let dev = lv.dev().ok_or_else(|| SnapshotError::Mismatch {
+        path: PathBuf::from(lv.full()),
+        why: "the LV is not active after activation".into(),
+    })?;
     let node = if lv.dm_path.starts_with("/dev/") { lv.dm_path.clone() } else { lv.path.clone() };
     wait_for_node(&node, dev)?;
     let options = mount_options(fstype);
-    nix::mount::mount(Some(node.as_str()), target, Some(fstype), MsFlags::empty(), if options.is_empty() { None } else { Some(options) })
-        .map_err(|e| SnapshotError::Mount { device: node.clone(), target: target.into(), fstype, options: options.into(), source: e.into() })?;
+    nix::mount::mount(
+        Some(node.as_str()),
+        target,
+        Some(fstype),
+        MsFlags::empty(),
+        if options.is_empty() { None } else { Some(options) },
+    )
+    .map_err(|e| SnapshotError::Mount {
+        device: node.clone(),
+        target: target.into(),
+        fstype,
+        options: options.into(),
+        source: e.into(),
+    })?;
     let (all, devs) = dev_mounts()?;
-    let ok = all.iter().any(|e| e.mount_point == target && devs.get(&e.mnt_id) == Some(&dev) && is_topmost(e, &all));
+    let ok = all
+        .iter()
+        .any(|e| e.mount_point == target && devs.get(&e.mnt_id) == Some(&dev) && is_topmost(e, &all));
     if !ok {
         let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
-        return Err(SnapshotError::Mismatch { path: target.into(), why: format!("after mounting {node}, something else is visible there") });
+        return Err(SnapshotError::Mismatch {
+            path: target.into(),
+            why: format!("after mounting {node}, something else is visible there"),
+        });
     }
     Ok(())
 }
@@ -684,20 +816,44 @@ fn mount_lv(lv: &Lv, fstype: &'static str, target: &Path) -> Result<(), Snapshot
 pub fn mount_clone(s: &Snapshot, target: &Path) -> Result<MountedClone, SnapshotError> {
     let rec = Rec::from(s)?;
     if super::has_nul(target) {
-        return Err(SnapshotError::Invalid { what: "mount target", value: target.to_string_lossy().into_owned(), why: "contains a NUL byte".into() });
+        return Err(SnapshotError::Invalid {
+            what: "mount target",
+            value: target.to_string_lossy().into_owned(),
+            why: "contains a NUL byte".into(),
+        });
     }
-    let target = std::fs::canonicalize(target).map_err(|source| SnapshotError::Io { path: target.into(), syscall: "realpath", source })?;
-    let md = std::fs::metadata(&target).map_err(|source| SnapshotError::Io { path: target.clone(), syscall: "stat", source })?;
+    let target = std::fs::canonicalize(target).map_err(|source| SnapshotError::Io {
+        path: target.into(),
+        syscall: "realpath",
+        source,
+    })?;
+    let md = std::fs::metadata(&target).map_err(|source| SnapshotError::Io {
+        path: target.clone(),
+        syscall: "stat",
+        source,
+    })?;
     if !md.is_dir() {
-        return Err(SnapshotError::Refused { path: target, why: "the mount target is not a directory".into() });
+        return Err(SnapshotError::Refused {
+            path: target,
+            why: "the mount target is not a directory".into(),
+        });
     }
-    let gone = || SnapshotError::Mismatch { path: PathBuf::from(rec.full()), why: "the snapshot LV does not exist any more".into() };
-    let lvs = vg_lvs(&rec.vg)?.ok_or_else(|| SnapshotError::Mismatch { path: PathBuf::from(rec.full()), why: format!("volume group {} is not there", rec.vg) })?;
+    let gone = || SnapshotError::Mismatch {
+        path: PathBuf::from(rec.full()),
+        why: "the snapshot LV does not exist any more".into(),
+    };
+    let lvs = vg_lvs(&rec.vg)?.ok_or_else(|| SnapshotError::Mismatch {
+        path: PathBuf::from(rec.full()),
+        why: format!("volume group {} is not there", rec.vg),
+    })?;
     let (snap, clones) = locate(&rec, &lvs)?;
     let snap = snap.ok_or_else(gone)?;
     if rec.thin {
         if !snap.is_thin() {
-            return Err(SnapshotError::Mismatch { path: PathBuf::from(rec.full()), why: format!("recorded as a thin snapshot, but lv_attr is {}", snap.attr) });
+            return Err(SnapshotError::Mismatch {
+                path: PathBuf::from(rec.full()),
+                why: format!("recorded as a thin snapshot, but lv_attr is {}", snap.attr),
+            });
         }
         thin_clone(&rec, &snap, &clones, &target)
     } else {
@@ -713,7 +869,8 @@ fn thin_clone(rec: &Rec, snap: &Lv, clones: &[Lv], target: &Path) -> Result<Moun
     // lvcreate; another restart may take the name first: then try the next number.
     let name = loop {
         let name = format!("{}-r{n}", rec.snapshot_lv);
-        let mut args: Vec<&str> = vec!["--snapshot", "--name", &name, "--addtag", TAG, "--addtag", &clone_tag];
+        let mut args: Vec<&str> =
+            vec!["--snapshot", "--name", &name, "--addtag", TAG, "--addtag", &clone_tag];
         for t in &id_tags {
             args.extend_from_slice(&["--addtag", t]);
         }
@@ -729,9 +886,15 @@ fn thin_clone(rec: &Rec, snap: &Lv, clones: &[Lv], target: &Path) -> Result<Moun
     let full = format!("{}/{name}", rec.vg);
     let r = (|| {
         run("lvchange", &["--activate", "y", "--ignoreactivationskip", &full])?;
-        let lv = find_lv(&rec.vg, &name)?.ok_or_else(|| SnapshotError::Mismatch { path: PathBuf::from(&full), why: "lvcreate succeeded but lvs does not show the clone".into() })?;
+        let lv = find_lv(&rec.vg, &name)?.ok_or_else(|| SnapshotError::Mismatch {
+            path: PathBuf::from(&full),
+            why: "lvcreate succeeded but lvs does not show the clone".into(),
+        })?;
         if lv.origin != rec.snapshot_lv || !lv.has_tag(&clone_tag) {
-            return Err(SnapshotError::Mismatch { path: PathBuf::from(&full), why: format!("the new LV is not a clone of {} (origin {:?})", rec.full(), lv.origin) });
+            return Err(SnapshotError::Mismatch {
+                path: PathBuf::from(&full),
+                why: format!("the new LV is not a clone of {} (origin {:?})", rec.full(), lv.origin),
+            });
         }
         mount_lv(&lv, rec.fstype, target)?;
         Ok(lv)
@@ -748,7 +911,10 @@ fn thin_clone(rec: &Rec, snap: &Lv, clones: &[Lv], target: &Path) -> Result<Moun
 
 fn classic_mount(rec: &Rec, snap: &Lv, target: &Path) -> Result<MountedClone, SnapshotError> {
     if !snap.is_classic_snapshot() {
-        return Err(SnapshotError::Mismatch { path: PathBuf::from(rec.full()), why: format!("recorded as a classic snapshot, but lv_attr is {}", snap.attr) });
+        return Err(SnapshotError::Mismatch {
+            path: PathBuf::from(rec.full()),
+            why: format!("recorded as a classic snapshot, but lv_attr is {}", snap.attr),
+        });
     }
     if snap.is_invalid() {
         return Err(SnapshotError::Refused {
@@ -774,7 +940,12 @@ fn classic_mount(rec: &Rec, snap: &Lv, target: &Path) -> Result<MountedClone, Sn
     let full = rec.full();
     let snap = if snap.dev().is_none() {
         run("lvchange", &["--activate", "y", &full])?;
-        find_lv(&rec.vg, &rec.snapshot_lv)?.filter(|l| l.uuid == rec.uuid).ok_or_else(|| SnapshotError::Mismatch { path: PathBuf::from(&full), why: "the snapshot LV vanished while activating it".into() })?
+        find_lv(&rec.vg, &rec.snapshot_lv)?.filter(|l| l.uuid == rec.uuid).ok_or_else(|| {
+            SnapshotError::Mismatch {
+                path: PathBuf::from(&full),
+                why: "the snapshot LV vanished while activating it".into(),
+            }
+        })?
     } else {
         snap.clone()
     };
@@ -821,7 +992,11 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
         return Err(SnapshotError::Unsupported(format!("{} is not an LVM restart clone", m.description)));
     };
     if super::has_nul(&m.target) || !valid_vg_name(vg) || !valid_lv_name(lv) || !valid_lv_name(snapshot_lv) {
-        return Err(SnapshotError::Invalid { what: "restart clone", value: m.description.clone(), why: "has a malformed target, VG or LV name".into() });
+        return Err(SnapshotError::Invalid {
+            what: "restart clone",
+            value: m.description.clone(),
+            why: "has a malformed target, VG or LV name".into(),
+        });
     }
     let (all, devs) = dev_mounts()?;
     if let Some(e) = all.iter().find(|e| e.mount_point == m.target && devs.get(&e.mnt_id) == Some(dev)) {
@@ -843,7 +1018,10 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
     }
     if *thin {
         if x.origin != *snapshot_lv && !x.has_tag(&format!("{TAG_CLONE_OF_PREFIX}{snapshot_uuid}")) {
-            return Err(SnapshotError::Mismatch { path: PathBuf::from(x.full()), why: format!("is not a clone of {vg}/{snapshot_lv}; not removing it") });
+            return Err(SnapshotError::Mismatch {
+                path: PathBuf::from(x.full()),
+                why: format!("is not a clone of {vg}/{snapshot_lv}; not removing it"),
+            });
         }
         remove_lv(&x)
     } else {
@@ -863,10 +1041,18 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
 /// died before writing their image. A mount that is not ext2/3/4 or xfs on an LV, or a system
 /// without the lvm tools, has none.
 pub fn find(mount_point: &Path) -> Result<Vec<(String, Snapshot)>, SnapshotError> {
-    let mp = std::fs::canonicalize(mount_point).map_err(|source| SnapshotError::Io { path: mount_point.into(), syscall: "realpath", source })?;
+    let mp = std::fs::canonicalize(mount_point).map_err(|source| SnapshotError::Io {
+        path: mount_point.into(),
+        syscall: "realpath",
+        source,
+    })?;
     let (all, devs) = dev_mounts()?;
-    let Some(m) = all.iter().rev().find(|e| e.mount_point == mp && is_topmost(e, &all)) else { return Ok(vec![]) };
-    let (Some(fstype), Some(&dev)) = (supported_fstype(&m.fstype), devs.get(&m.mnt_id)) else { return Ok(vec![]) };
+    let Some(m) = all.iter().rev().find(|e| e.mount_point == mp && is_topmost(e, &all)) else {
+        return Ok(vec![]);
+    };
+    let (Some(fstype), Some(&dev)) = (supported_fstype(&m.fstype), devs.get(&m.mnt_id)) else {
+        return Ok(vec![]);
+    };
     let origin = match lv_of_mount(&m.source, dev) {
         Ok(Some(lv)) => lv,
         Ok(None) => return Ok(vec![]),
@@ -879,7 +1065,9 @@ pub fn find(mount_point: &Path) -> Result<Vec<(String, Snapshot)>, SnapshotError
         if l.origin != origin.name || !l.has_tag(TAG) || !(l.is_thin() || l.is_classic_snapshot()) {
             continue;
         }
-        let Some(id) = l.tags.iter().find_map(|t| t.strip_prefix(TAG_ID_PREFIX)).map(String::from) else { continue };
+        let Some(id) = l.tags.iter().find_map(|t| t.strip_prefix(TAG_ID_PREFIX)).map(String::from) else {
+            continue;
+        };
         if validate_id(&id).is_err() || snapshot_lv_name(&id) != l.name {
             continue;
         }
@@ -950,10 +1138,20 @@ mod tests {
         assert_eq!(by("pool").path, "");
 
         // clones: name and tag
-        let rec = Rec { fstype: "xfs", vg: "vg0".into(), snapshot_lv: "snapckpt-X".into(), uuid: "sX1uqc-Je1f-FYQr-6HdT-3tgz-XmcR-87ERcB".into(), thin: true };
+        let rec = Rec {
+            fstype: "xfs",
+            vg: "vg0".into(),
+            snapshot_lv: "snapckpt-X".into(),
+            uuid: "sX1uqc-Je1f-FYQr-6HdT-3tgz-XmcR-87ERcB".into(),
+            thin: true,
+        };
         let (s, c) = locate(&rec, &v).unwrap();
         assert_eq!(s.unwrap().name, "snapckpt-X");
-        assert_eq!(c.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(), vec!["snapckpt-X-r1"], "r2 lacks the clone-of tag");
+        assert_eq!(
+            c.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            vec!["snapckpt-X-r1"],
+            "r2 lacks the clone-of tag"
+        );
         let wrong = Rec { uuid: "other".into(), ..rec };
         assert!(matches!(locate(&wrong, &v), Err(SnapshotError::Mismatch { .. })));
     }
@@ -969,13 +1167,18 @@ mod tests {
         assert_eq!(v[1].size, None);
         assert!(parse_lvs("  Volume group \"x\" not found").is_err());
         assert!(parse_lvs(r#"{"report":"x"}"#).is_err());
-        assert_eq!(parse_vgs(r#"{"report":[{"vg":[{"vg_name":"vg0"},{"vg_name":"data"}]}]}"#).unwrap(), vec!["vg0", "data"]);
+        assert_eq!(
+            parse_vgs(r#"{"report":[{"vg":[{"vg_name":"vg0"},{"vg_name":"data"}]}]}"#).unwrap(),
+            vec!["vg0", "data"]
+        );
     }
 
     #[test]
     fn names() {
         assert_eq!(snapshot_lv_name("20261126T230102Z-3fa2"), "snapckpt-20261126T230102Z-3fa2");
-        for id in ["20261126T230102Z-3fa2", "a_tmeta", "x_rimage_y", "a".repeat(64).as_str(), "-x", "a_b", "snap.1"] {
+        for id in
+            ["20261126T230102Z-3fa2", "a_tmeta", "x_rimage_y", "a".repeat(64).as_str(), "-x", "a_b", "snap.1"]
+        {
             let n = snapshot_lv_name(id);
             assert!(valid_lv_name(&n), "{id} -> {n}");
             assert!(n.len() <= MAX_SNAPSHOT_LV, "{id} -> {n}");
@@ -990,7 +1193,15 @@ mod tests {
         assert_eq!(tag_safe("2026-x.y_z"), "2026-x.y_z");
         assert_eq!(tag_safe("a b,c"), "a_b_c");
         assert_eq!(clone_number("snapckpt-X", "snapckpt-X-r12"), Some(12));
-        for bad in ["snapckpt-X", "snapckpt-X-r", "snapckpt-X-r01", "snapckpt-X-rx", "snapckpt-X-r1-r2", "snapckpt-Y-r1", "snapckpt-X-r12345678"] {
+        for bad in [
+            "snapckpt-X",
+            "snapckpt-X-r",
+            "snapckpt-X-r01",
+            "snapckpt-X-rx",
+            "snapckpt-X-r1-r2",
+            "snapckpt-Y-r1",
+            "snapckpt-X-r12345678",
+        ] {
             assert_eq!(clone_number("snapckpt-X", bad), None, "{bad}");
         }
         assert_eq!(mount_options("xfs"), "nouuid");

@@ -59,7 +59,9 @@ pub enum SnapshotError {
     #[error("mount -t {fstype} {device} -o {options} {target}: {source}")]
     Mount { device: String, target: PathBuf, fstype: &'static str, options: String, source: std::io::Error },
     /// The path given as a mount point is not the root of a mount.
-    #[error("{path} is not a mount point: it is inside the mount at {mount_point}; name the mount point itself")]
+    #[error(
+        "{path} is not a mount point: it is inside the mount at {mount_point}; name the mount point itself"
+    )]
     NotMountPoint { path: PathBuf, mount_point: PathBuf },
     /// The mount is btrfs but its root is a plain directory inside a subvolume.
     #[error("{mount_point} is not the root of a btrfs subvolume: {why}")]
@@ -204,7 +206,9 @@ pub fn validate_id(id: &str) -> Result<(), SnapshotError> {
 /// Check a snapshot directory: a relative path of plain components (no "", ".", "..", no
 /// leading '/', no NUL, no ',' which would break mount options).
 pub fn validate_snapshot_dir(dir: &str) -> Result<(), SnapshotError> {
-    let bad = |why: &str| Err(SnapshotError::Invalid { what: "snapshot directory", value: dir.into(), why: why.into() });
+    let bad = |why: &str| {
+        Err(SnapshotError::Invalid { what: "snapshot directory", value: dir.into(), why: why.into() })
+    };
     if dir.is_empty() {
         return bad("is empty");
     }
@@ -251,7 +255,8 @@ impl MountEntry {
 /// Read and parse /proc/self/mountinfo.
 pub(crate) fn mountinfo() -> Result<Vec<MountEntry>, SnapshotError> {
     let p = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read(p).map_err(|source| SnapshotError::Io { path: p.into(), syscall: "read", source })?;
+    let text =
+        std::fs::read(p).map_err(|source| SnapshotError::Io { path: p.into(), syscall: "read", source })?;
     Ok(parse_mountinfo(&text))
 }
 
@@ -285,7 +290,9 @@ fn unescape(b: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let octal = i + 4 <= b.len() && (b'0'..=b'3').contains(&b[i + 1]) && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c));
+        let octal = i + 4 <= b.len()
+            && (b'0'..=b'3').contains(&b[i + 1])
+            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c));
         if b[i] == b'\\' && octal {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
@@ -299,13 +306,22 @@ fn unescape(b: &[u8]) -> Vec<u8> {
 
 /// Unmount `e`, the mount of restart clone `m` at its target: refused if another mount covers
 /// it, [`SnapshotError::InUse`] if it is busy.
-pub(crate) fn unmount_clone_mount(m: &MountedClone, e: &MountEntry, all: &[MountEntry]) -> Result<(), SnapshotError> {
+pub(crate) fn unmount_clone_mount(
+    m: &MountedClone,
+    e: &MountEntry,
+    all: &[MountEntry],
+) -> Result<(), SnapshotError> {
     if !is_topmost(e, all) {
-        return Err(SnapshotError::Refused { path: m.target.clone(), why: "another mount covers the restart clone; unmount it first".into() });
+        return Err(SnapshotError::Refused {
+            path: m.target.clone(),
+            why: "another mount covers the restart clone; unmount it first".into(),
+        });
     }
     match nix::mount::umount2(&m.target, nix::mount::MntFlags::empty()) {
         Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EBUSY) => Err(SnapshotError::InUse { path: m.clone_path.clone(), mounts: vec![m.target.clone()] }),
+        Err(nix::errno::Errno::EBUSY) => {
+            Err(SnapshotError::InUse { path: m.clone_path.clone(), mounts: vec![m.target.clone()] })
+        }
         Err(err) => Err(SnapshotError::Io { path: m.target.clone(), syscall: "umount", source: err.into() }),
     }
 }

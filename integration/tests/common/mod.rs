@@ -15,7 +15,9 @@ pub fn snapckpt_bin() -> PathBuf {
 pub struct Scratch(pub PathBuf);
 impl Scratch {
     pub fn new(tag: &str) -> Scratch {
-        let base = std::env::var_os("SNAPCKPT_TEST_TMP").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/var/tmp/snapckpt-tests"));
+        let base = std::env::var_os("SNAPCKPT_TEST_TMP")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/tmp/snapckpt-tests"));
         let p = base.join(format!("{tag}-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&p).unwrap();
         Scratch(p)
@@ -40,7 +42,11 @@ pub fn unique() -> u64 {
 pub fn sh(cmd: &str) -> String {
     let o = Command::new("sh").arg("-c").arg(cmd).output().expect("spawn sh");
     if !o.status.success() {
-        panic!("command failed: {cmd}\nstdout: {}\nstderr: {}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        panic!(
+            "command failed: {cmd}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -85,7 +91,13 @@ impl LoopFs {
 impl Drop for LoopFs {
     fn drop(&mut self) {
         // anything mounted below (restart clones) first
-        let _ = Command::new("sh").arg("-c").arg(format!("grep -o ' {}/[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l", self.mnt.display())).status();
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o ' {}/[^ ]*' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l",
+                self.mnt.display()
+            ))
+            .status();
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         if self.fstype != "tmpfs" {
             let _ = Command::new("losetup").arg("-d").arg(&self.dev).status();
@@ -102,16 +114,25 @@ pub fn prog(name: &str) -> PathBuf {
     let out = outdir.join(name);
     let lock = outdir.join(format!("{name}.lock"));
     let f = std::fs::File::create(&lock).unwrap();
-    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map(|g| {
-        let fresh = out.metadata().and_then(|m| m.modified()).ok() >= src.metadata().and_then(|m| m.modified()).ok();
-        if !fresh || !out.exists() {
-            let tmp = outdir.join(format!("{name}.tmp{}", std::process::id()));
-            let st = Command::new("cc").args(["-O1", "-g", "-Wall", "-pthread", "-o"]).arg(&tmp).arg(&src).status().unwrap();
-            assert!(st.success(), "cc {} failed", src.display());
-            std::fs::rename(&tmp, &out).unwrap();
-        }
-        drop(g);
-    }).ok().unwrap();
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map(|g| {
+            let fresh = out.metadata().and_then(|m| m.modified()).ok()
+                >= src.metadata().and_then(|m| m.modified()).ok();
+            if !fresh || !out.exists() {
+                let tmp = outdir.join(format!("{name}.tmp{}", std::process::id()));
+                let st = Command::new("cc")
+                    .args(["-O1", "-g", "-Wall", "-pthread", "-o"])
+                    .arg(&tmp)
+                    .arg(&src)
+                    .status()
+                    .unwrap();
+                assert!(st.success(), "cc {} failed", src.display());
+                std::fs::rename(&tmp, &out).unwrap();
+            }
+            drop(g);
+        })
+        .ok()
+        .unwrap();
     out
 }
 
@@ -125,10 +146,20 @@ impl Proc {
     /// (the rest of its stdout goes to `log`).
     pub fn start(bin: &Path, args: &[&str], log: &Path) -> Proc {
         let out = std::fs::File::create(log).unwrap();
-        let child = Command::new(bin).args(args).stdin(Stdio::null()).stdout(out).stderr(Stdio::inherit()).spawn().unwrap();
+        let child = Command::new(bin)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
         let pid = child.id() as i32;
         let p = Proc { child, pid };
-        wait_for(|| std::fs::read_to_string(log).map(|s| s.contains("ready")).unwrap_or(false), Duration::from_secs(20), "program ready");
+        wait_for(
+            || std::fs::read_to_string(log).map(|s| s.contains("ready")).unwrap_or(false),
+            Duration::from_secs(20),
+            "program ready",
+        );
         p
     }
 }
@@ -152,7 +183,11 @@ pub fn wait_for(mut f: impl FnMut() -> bool, timeout: Duration, what: &str) {
 /// Run snapckpt with args; returns (success, stdout, stderr).
 pub fn snapckpt(args: &[&str]) -> (bool, String, String) {
     let o = Command::new(snapckpt_bin()).args(args).stdin(Stdio::null()).output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 /// Like `snapckpt`, but panics with the output on failure.
@@ -185,7 +220,11 @@ impl Proc {
         let child = c.spawn().unwrap();
         let pid = child.id() as i32;
         let p = Proc { child, pid };
-        wait_for(|| std::fs::read_to_string(log).map(|s| s.contains("ready")).unwrap_or(false), Duration::from_secs(20), "program ready");
+        wait_for(
+            || std::fs::read_to_string(log).map(|s| s.contains("ready")).unwrap_or(false),
+            Duration::from_secs(20),
+            "program ready",
+        );
         p
     }
 }
@@ -198,13 +237,26 @@ pub fn kill_wait(pid: i32) {
 
 /// Wait until a process is gone (e.g. killed by CRIU after a dump).
 pub fn wait_gone(pid: i32) {
-    wait_for(|| !Path::new(&format!("/proc/{pid}")).exists() || std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true), Duration::from_secs(10), "process gone");
+    wait_for(
+        || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .map(|s| s.contains(") Z"))
+                    .unwrap_or(true)
+        },
+        Duration::from_secs(10),
+        "process gone",
+    );
 }
 
 /// Wait until a (restored) process sleeps in pause(2): from then on it handles signals.
 pub fn wait_paused(pid: i32) {
     wait_for(
-        || std::fs::read_to_string(format!("/proc/{pid}/wchan")).map(|w| w.contains("pause")).unwrap_or(false),
+        || {
+            std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+                .map(|w| w.contains("pause"))
+                .unwrap_or(false)
+        },
         Duration::from_secs(30),
         "process in pause()",
     );
@@ -230,7 +282,12 @@ pub fn first_report(log: &Path) -> String {
 
 /// The checkpoint id in the first line of `snapckpt take` (`checkpoint ID in DIR`).
 pub fn take_id(stdout: &str) -> String {
-    stdout.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or_else(|| panic!("no checkpoint id in {stdout:?}")).to_string()
+    stdout
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_else(|| panic!("no checkpoint id in {stdout:?}"))
+        .to_string()
 }
 
 /// The names under `MNT/lost+found/checkpoint`, sorted (none if it does not exist).
