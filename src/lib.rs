@@ -21,6 +21,7 @@ pub mod criu;
 pub mod hooks;
 pub mod image;
 pub mod job;
+pub mod record;
 pub mod relink;
 pub mod restart;
 pub mod scan;

@@ -2,8 +2,9 @@
 //! calls one pipeline function per subcommand, and prints the result.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use snapckpt::image::{self, Engine};
+use snapckpt::image;
 use snapckpt::job::{EngineKind, Job};
+use snapckpt::record::{self, Engine};
 use snapckpt::relink::{self, Template};
 use snapckpt::snapshot::{Backend, FsSpec};
 use snapckpt::tasks::Selection;
@@ -401,18 +402,24 @@ fn cmd_take(a: TakeArgs) -> Res {
         progress: !a.json,
     };
     let working = EpipeWhileWorking::new();
-    let outcome = take::take(&opts)?;
+    let outcome = take::take(&opts).inspect_err(|e| {
+        if let take::TakeError::Undone { warnings, .. } = e {
+            for w in warnings {
+                eprintln!("snapckpt: warning: {w}");
+            }
+        }
+    })?;
     drop(working);
     match outcome {
         take::Outcome::DryRun(p) => {
-            let how = |o: &image::Object| match (o.nlink, o.kind) {
-                (_, image::FileKind::Directory)
+            let how = |o: &record::Object| match (o.nlink, o.kind) {
+                (_, record::FileKind::Directory)
                 | (
                     0,
-                    image::FileKind::Fifo
-                    | image::FileKind::CharDevice
-                    | image::FileKind::BlockDevice
-                    | image::FileKind::Socket,
+                    record::FileKind::Fifo
+                    | record::FileKind::CharDevice
+                    | record::FileKind::BlockDevice
+                    | record::FileKind::Socket,
                 ) => "recreate",
                 (0, _) => "link if O_TMPFILE, else clone or copy",
                 _ => "hard link",
@@ -470,6 +477,9 @@ fn cmd_take(a: TakeArgs) -> Res {
             }
         }
         take::Outcome::Taken(t) => {
+            for n in &t.notes {
+                eprintln!("snapckpt: note: {n}");
+            }
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&t.record)?);
             } else {
@@ -623,7 +633,7 @@ fn cmd_delete(a: DeleteArgs) -> Res {
 fn cmd_gc(a: GcArgs) -> Res {
     let root = image_root(a.image_root, None)?;
     let template = Template::parse(a.template.as_deref().unwrap_or(relink::DEFAULT_TEMPLATE))?;
-    if let Some(bad) = a.ids.iter().find(|i| !image::valid_id(i)) {
+    if let Some(bad) = a.ids.iter().find(|i| !record::names::valid_id(i)) {
         return Err(format!("--id {bad:?} is not a checkpoint id (like 20260101T000000Z-abcd)").into());
     }
     let mut mounts = a.mounts.clone();
@@ -725,8 +735,8 @@ fn cmd_scan(a: ScanArgs) -> Res {
     if a.json {
         #[derive(serde::Serialize)]
         struct Out<'a> {
-            tasks: &'a [image::Task],
-            objects: &'a [image::Object],
+            tasks: &'a [record::Task],
+            objects: &'a [record::Object],
         }
         println!("{}", serde_json::to_string_pretty(&Out { tasks: &sc.tasks, objects: &sc.objects })?);
         return Ok(ExitCode::SUCCESS);

@@ -13,7 +13,7 @@
 //! 0700 when missing, refused when they are symlinks, not owned by root, or writable by group or
 //! others, and everything under them is opened with openat2 and no symlink resolution.
 
-use crate::image::{FileKind, Method, Object, Relinked};
+use crate::record::{FileKind, Held, Method, Object, Relinked};
 use crate::{scan, sys};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -21,17 +21,14 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-/// Where relinked names live, relative to a mount's root.
-pub const CHECKPOINT_DIR: &str = "lost+found/checkpoint";
-/// The default name template: `%t` the checkpoint id, `%n` a counter.
-pub const DEFAULT_TEMPLATE: &str = "unlink-at-restart-%t-%n";
+pub use crate::record::names::{Template, CHECKPOINT_DIR, DEFAULT_TEMPLATE};
 
 const FICLONE: libc::c_ulong = 0x40049409;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelinkError {
-    #[error("name template {template:?}: {msg}")]
-    Template { template: String, msg: String },
+    #[error(transparent)]
+    Template(#[from] crate::record::names::TemplateError),
     #[error(
         "{path}: refusing to use it: {why}. Fix: remove it or make it a root-owned directory with mode 0700"
     )]
@@ -48,174 +45,6 @@ pub enum RelinkError {
 
 fn ioe<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(io::Error) -> RelinkError + 'a {
     move |source| RelinkError::Io { path: path.to_path_buf(), syscall, source }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Name templates
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
-    Lit(String),
-    Id,
-    Num,
-    Rand(usize),
-}
-
-/// A mkstemp-like name template: `%t` checkpoint id, `%n` counter, a run of six or more `X`
-/// random characters, `%%` a literal percent sign. It must contain `%t` (so leftovers can be
-/// traced to their checkpoint) and `%n` or `XXXXXX` (so names are unique), and may not name
-/// anything but a plain file inside the checkpoint directory.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Template {
-    raw: String,
-    parts: Vec<Part>,
-}
-
-impl Template {
-    pub fn parse(t: &str) -> Result<Template, RelinkError> {
-        let bad = |msg: &str| Err(RelinkError::Template { template: t.into(), msg: msg.into() });
-        if t.is_empty() || t.len() > 200 {
-            return bad("must be 1 to 200 characters");
-        }
-        if t.contains('/') || t.contains('\0') || t == "." || t == ".." || t.contains("..") {
-            return bad("must be a plain file name: no '/', no '..', no NUL (it may not escape lost+found/checkpoint)");
-        }
-        if t.starts_with('.') {
-            return bad("may not start with '.' (reserved for snapckpt's temporary files)");
-        }
-        let mut parts = vec![];
-        let mut lit = String::new();
-        let cs: Vec<char> = t.chars().collect();
-        let mut i = 0;
-        while i < cs.len() {
-            let c = cs[i];
-            if c == '%' {
-                let p = match cs.get(i + 1) {
-                    Some('t') => Part::Id,
-                    Some('n') => Part::Num,
-                    Some('%') => {
-                        lit.push('%');
-                        i += 2;
-                        continue;
-                    }
-                    _ => return bad("'%' must be followed by t, n or %"),
-                };
-                if !lit.is_empty() {
-                    parts.push(Part::Lit(std::mem::take(&mut lit)));
-                }
-                if matches!(parts.last(), Some(Part::Id | Part::Num | Part::Rand(_))) {
-                    return bad("two fields in a row (%t, %n, XXXXXX) need a separator between them");
-                }
-                parts.push(p);
-                i += 2;
-            } else if c == 'X' && cs[i..].iter().take_while(|&&x| x == 'X').count() >= 6 {
-                let n = cs[i..].iter().take_while(|&&x| x == 'X').count();
-                if !lit.is_empty() {
-                    parts.push(Part::Lit(std::mem::take(&mut lit)));
-                }
-                if matches!(parts.last(), Some(Part::Id | Part::Num | Part::Rand(_))) {
-                    return bad("two fields in a row (%t, %n, XXXXXX) need a separator between them");
-                }
-                parts.push(Part::Rand(n));
-                i += n;
-            } else {
-                lit.push(c);
-                i += 1;
-            }
-        }
-        if !lit.is_empty() {
-            parts.push(Part::Lit(lit));
-        }
-        if parts.iter().filter(|p| **p == Part::Id).count() != 1 {
-            return bad("must contain %t (the checkpoint id) exactly once");
-        }
-        if !parts.iter().any(|p| matches!(p, Part::Num | Part::Rand(_))) {
-            return bad("must contain %n or XXXXXX so that names are unique");
-        }
-        Ok(Template { raw: t.into(), parts })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.raw
-    }
-
-    /// The name for checkpoint `id` and counter `n` (random characters drawn anew each call).
-    pub fn render(&self, id: &str, n: u64) -> String {
-        const ALNUM: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-        let mut s = String::new();
-        for p in &self.parts {
-            match p {
-                Part::Lit(l) => s.push_str(l),
-                Part::Id => s.push_str(id),
-                Part::Num => s.push_str(&n.to_string()),
-                Part::Rand(k) => {
-                    let hex = sys::random_hex(*k);
-                    for (i, c) in hex.as_bytes().chunks(2).enumerate().take(*k) {
-                        let v =
-                            u8::from_str_radix(std::str::from_utf8(c).unwrap_or("0"), 16).unwrap_or(i as u8);
-                        s.push(ALNUM[v as usize % ALNUM.len()] as char);
-                    }
-                }
-            }
-        }
-        s
-    }
-
-    /// If `name` was made by this template, the checkpoint id in it.
-    pub fn match_id(&self, name: &str) -> Option<String> {
-        // Every way the name can be read; an id only if they all agree (a name that could be
-        // another checkpoint's is left alone by gc rather than removed).
-        fn go(parts: &[Part], s: &str, id: Option<&str>, out: &mut Vec<String>) {
-            let Some((p, rest)) = parts.split_first() else {
-                if s.is_empty() {
-                    if let Some(i) = id {
-                        out.push(i.to_string());
-                    }
-                }
-                return;
-            };
-            match p {
-                Part::Lit(l) => {
-                    if let Some(r) = s.strip_prefix(l.as_str()) {
-                        go(rest, r, id, out)
-                    }
-                }
-                Part::Rand(k) => {
-                    if s.len() >= *k
-                        && s.is_char_boundary(*k)
-                        && s[..*k].bytes().all(|b| b.is_ascii_alphanumeric())
-                    {
-                        go(rest, &s[*k..], id, out)
-                    }
-                }
-                Part::Num => {
-                    let n = s.bytes().take_while(|b| b.is_ascii_digit()).count();
-                    for k in 1..=n {
-                        go(rest, &s[k..], id, out);
-                    }
-                }
-                Part::Id => {
-                    let n = s
-                        .bytes()
-                        .take_while(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-                        .count();
-                    for k in 1..=n {
-                        go(rest, &s[k..], Some(&s[..k]), out);
-                    }
-                }
-            }
-        }
-        let mut ids = vec![];
-        go(&self.parts, name, None, &mut ids);
-        ids.retain(|i| crate::image::valid_id(i));
-        ids.sort();
-        ids.dedup();
-        match ids.as_slice() {
-            [one] => Some(one.clone()),
-            _ => None,
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -424,14 +253,10 @@ impl Relinker {
         let holder = o
             .holders
             .iter()
-            .min_by_key(|h| {
-                if h.what.starts_with("fd ") {
-                    0
-                } else if h.what.starts_with("map ") {
-                    1
-                } else {
-                    2
-                }
+            .min_by_key(|h| match h.what {
+                Held::Fd(_) => 0,
+                Held::Map { .. } => 1,
+                _ => 2,
             })
             .cloned()
             .ok_or_else(|| RelinkError::NoHolder { index: o.index, original: o.original_path.clone() })?;

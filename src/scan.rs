@@ -9,7 +9,7 @@
 //! Unlinked inodes become [`Object`]s, one per inode (keyed by dev/ino), shared by every fd,
 //! mapping, cwd or exe of every task that holds it.
 
-use crate::image::{Fd, FileKind, FileRef, Holder, Mapping, MountRef, Object, Task, Unlinked};
+use crate::record::{Fd, FileKind, FileRef, Held, Holder, Mapping, MountRef, Object, Task, Unlinked};
 use crate::sys;
 use std::collections::HashMap;
 use std::io;
@@ -111,7 +111,7 @@ struct Scanner {
 /// One file found in a task, before classification.
 struct Found<'a> {
     pid: i32,
-    what: String,
+    what: Held,
     /// readlink text of the /proc link
     target: &'a [u8],
     st: &'a libc::stat,
@@ -162,13 +162,13 @@ impl Scanner {
         };
 
         // cwd, root, exe
-        for (name, slot) in [("cwd", 0), ("root", 1), ("exe", 2)] {
-            let p = base.join(name);
+        for (what, slot) in [(Held::Cwd, 0), (Held::Root, 1), (Held::Exe, 2)] {
+            let p = base.join(what.proc_name());
             let Ok(target) = sys::readlink(&p) else { continue }; // kernel threads, zombies
             let Ok(st) = sys::stat(&p) else { continue };
             let mnt_id = sys::open(&p, libc::O_PATH, 0).ok().and_then(|f| sys::mnt_id_of(f.as_raw_fd()).ok());
-            let f = Found { pid, what: name.into(), target: &target, st: &st, mnt_id, fdflags: None };
-            let object = if name == "root" { None } else { self.classify(&f, &root, &mounts) };
+            let f = Found { pid, what, target: &target, st: &st, mnt_id, fdflags: None };
+            let object = if what == Held::Root { None } else { self.classify(&f, &root, &mounts) };
             let r = FileRef { path: sys::lossy(&target), dev: st.st_dev, ino: st.st_ino, object };
             match slot {
                 0 => task.cwd = Some(r),
@@ -199,7 +199,7 @@ impl Scanner {
             };
             let f = Found {
                 pid,
-                what: format!("fd {n}"),
+                what: Held::Fd(n),
                 target: &target,
                 st: &st,
                 mnt_id: Some(mnt_id),
@@ -238,7 +238,7 @@ impl Scanner {
                 Some(id) if mounts.contains_key(&id) => {
                     let f = Found {
                         pid,
-                        what: format!("map {:x}-{:x}", m.start, m.end),
+                        what: Held::Map { start: m.start, end: m.end },
                         target: &target,
                         st: &st,
                         mnt_id,
@@ -283,7 +283,7 @@ impl Scanner {
     fn classify(&mut self, f: &Found, root: &OwnedFd, mounts: &HashMap<u32, MountRef>) -> Option<usize> {
         let class = classify(root, f.target, f.st, f.fdflags)?;
         let key = (f.st.st_dev, f.st.st_ino);
-        let holder = Holder { pid: f.pid, what: f.what.clone() };
+        let holder = Holder { pid: f.pid, what: f.what };
         if let Some(&i) = self.by_inode.get(&key) {
             self.objects[i].holders.push(holder);
             return Some(i);
@@ -482,18 +482,7 @@ pub fn mount_dir_for(pid: i32, mount_point: &str) -> PathBuf {
 
 /// The /proc path through which snapckpt reaches a holder's file.
 pub fn holder_proc_path(h: &Holder) -> Option<PathBuf> {
-    let base = format!("/proc/{}", h.pid);
-    let w = h.what.as_str();
-    if let Some(n) = w.strip_prefix("fd ") {
-        return Some(PathBuf::from(format!("{base}/fd/{n}")));
-    }
-    if let Some(r) = w.strip_prefix("map ") {
-        return Some(PathBuf::from(format!("{base}/map_files/{r}")));
-    }
-    match w {
-        "cwd" | "exe" | "root" => Some(PathBuf::from(format!("{base}/{w}"))),
-        _ => None,
-    }
+    Some(h.what.proc_path(h.pid))
 }
 
 #[cfg(test)]
@@ -565,9 +554,9 @@ mod tests {
 
     #[test]
     fn holder_paths() {
-        let h = Holder { pid: 5, what: "map 10-20".into() };
+        let h = Holder { pid: 5, what: Held::Map { start: 0x10, end: 0x20 } };
         assert_eq!(holder_proc_path(&h).unwrap(), PathBuf::from("/proc/5/map_files/10-20"));
-        let h = Holder { pid: 5, what: "fd 3".into() };
+        let h = Holder { pid: 5, what: Held::Fd(3) };
         assert_eq!(holder_proc_path(&h).unwrap(), PathBuf::from("/proc/5/fd/3"));
     }
 }

@@ -203,7 +203,7 @@ fn check_image_root(root: &Path, what: &str) -> (Vec<String>, Vec<PathBuf>) {
     for e in rd.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         let is_dir = e.file_type().unwrap().is_dir();
-        if is_dir && snapckpt::image::valid_id(&n) {
+        if is_dir && snapckpt::record::names::valid_id(&n) {
             let ck = snapckpt::image::load(&e.path())
                 .unwrap_or_else(|err| panic!("{what}: image {n} is not whole: {err}"));
             assert_eq!(ck.id, n, "{what}");
@@ -2037,7 +2037,7 @@ fn planted_links_are_refused() {
     let orphan = rec
         .objects
         .iter()
-        .find(|o| o.relinked.as_ref().is_some_and(|r| r.method != snapckpt::image::Method::Link))
+        .find(|o| o.relinked.as_ref().is_some_and(|r| r.method != snapckpt::record::Method::Link))
         .unwrap();
     let name = orphan.relinked.as_ref().unwrap().name.clone();
     let ckdir = checkpoint_dir(&fs.mnt);
@@ -2407,7 +2407,7 @@ fn fuzz_smoke_parsers() {
     let templates = seeds_in(&root.join("fuzz/seeds/template"));
     // the seeds themselves are valid
     for j in &json {
-        let ck: snapckpt::image::Checkpoint = serde_json::from_slice(j).unwrap();
+        let ck: snapckpt::record::Checkpoint = serde_json::from_slice(j).unwrap();
         ck.validate(Path::new("seed")).unwrap();
         assert!(!ck.objects.is_empty() && !ck.snapshots.is_empty());
     }

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{sh, LoopFs, Scratch};
-use snapckpt::image::Snapshot;
+use snapckpt::record::Snapshot;
 use snapckpt::snapshot::{self, Backend, FsSpec, SnapshotError};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

@@ -18,7 +18,7 @@
 pub mod btrfs;
 pub mod lvm;
 
-use crate::image;
+use crate::record;
 use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -139,7 +139,7 @@ pub enum CloneDetail {
 /// Take a read-only snapshot of `spec.mount_point` for checkpoint `id`.
 ///
 /// btrfs: `<mount>/<snapshot_dir>/<id>/snapshot`; see [`btrfs::take`].
-pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<image::Snapshot, SnapshotError> {
+pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<record::Snapshot, SnapshotError> {
     match spec.backend {
         Backend::Btrfs => btrfs::take(spec, id, now_unix),
         Backend::Lvm => lvm::take(spec, id, now_unix),
@@ -158,19 +158,19 @@ pub fn precheck(spec: &FsSpec) -> Result<(), SnapshotError> {
 /// Delete a checkpoint's snapshot and its restart clones. Refuses ([`SnapshotError::InUse`],
 /// naming the mount points) while a clone is mounted, unless `force`: then the clones are
 /// lazily unmounted first.
-pub fn delete(s: &image::Snapshot, force: bool) -> Result<(), SnapshotError> {
+pub fn delete(s: &record::Snapshot, force: bool) -> Result<(), SnapshotError> {
     match s {
-        image::Snapshot::Btrfs { .. } => btrfs::delete(s, force),
-        image::Snapshot::Lvm { .. } => lvm::delete(s, force),
+        record::Snapshot::Btrfs { .. } => btrfs::delete(s, force),
+        record::Snapshot::Lvm { .. } => lvm::delete(s, force),
     }
 }
 
 /// Make a writable clone of the read-only snapshot and mount it at `target` (an existing
 /// directory). On failure nothing is left behind.
-pub fn mount_clone(s: &image::Snapshot, target: &Path) -> Result<MountedClone, SnapshotError> {
+pub fn mount_clone(s: &record::Snapshot, target: &Path) -> Result<MountedClone, SnapshotError> {
     match s {
-        image::Snapshot::Btrfs { .. } => btrfs::mount_clone(s, target),
-        image::Snapshot::Lvm { .. } => lvm::mount_clone(s, target),
+        record::Snapshot::Btrfs { .. } => btrfs::mount_clone(s, target),
+        record::Snapshot::Lvm { .. } => lvm::mount_clone(s, target),
     }
 }
 
@@ -183,16 +183,16 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
 }
 
 /// The mount points of this snapshot's restart clones, from /proc/self/mountinfo, sorted.
-pub fn mounted_clones(s: &image::Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
+pub fn mounted_clones(s: &record::Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
     match s {
-        image::Snapshot::Btrfs { .. } => btrfs::mounted_clones(s),
-        image::Snapshot::Lvm { .. } => lvm::mounted_clones(s),
+        record::Snapshot::Btrfs { .. } => btrfs::mounted_clones(s),
+        record::Snapshot::Lvm { .. } => lvm::mounted_clones(s),
     }
 }
 
 /// Check a checkpoint id: `[A-Za-z0-9._-]`, no leading '.', at most 64 characters.
 pub fn validate_id(id: &str) -> Result<(), SnapshotError> {
-    if image::valid_id(id) {
+    if record::names::valid_id(id) {
         Ok(())
     } else {
         Err(SnapshotError::Invalid {
