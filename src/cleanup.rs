@@ -44,7 +44,7 @@ pub fn delete(image_dir: &Path, force: bool) -> Result<Checkpoint, CleanupError>
         snapshot::delete(s, force)?;
     }
     if !ck.links_removed {
-        remove_live_names(&ck)?;
+        relink::remove_live_names(&ck)?;
     }
     image::remove(image_dir, &ck.id)?;
     Ok(ck)
@@ -73,24 +73,6 @@ pub fn delete_unreadable(image_dir: &Path) -> Result<String, CleanupError> {
     }
     image::remove(image_dir, &id)?;
     Ok(id)
-}
-
-fn remove_live_names(ck: &Checkpoint) -> Result<(), CleanupError> {
-    for (o, r) in ck.relinked() {
-        let d = match relink::open_checkpoint_dir(Path::new(&o.mount.mount_point), None, false) {
-            Ok(d) => d,
-            Err(relink::RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
-                continue
-            }
-            Err(e) => return Err(e.into()),
-        };
-        match d.remove(&r.name, o.kind == record::FileKind::Directory) {
-            Ok(()) => {}
-            Err(relink::RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// What `gc` found (and removed unless it was a dry run).

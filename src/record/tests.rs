@@ -267,3 +267,34 @@ fn typed_fields_keep_their_spelling() {
     assert!(serde_json::from_str::<LvmKind>(r#""cow""#).is_err());
     assert_eq!(serde_json::from_str::<LvmKind>(r#""thin""#).unwrap(), LvmKind::Thin);
 }
+
+#[test]
+fn template_default_roundtrip() {
+    let t = Template::parse(DEFAULT_TEMPLATE).unwrap();
+    let id = "20261126T210000Z-3fa2";
+    let n = t.render(id, 17);
+    assert_eq!(n, "unlink-at-restart-20261126T210000Z-3fa2-17");
+    assert_eq!(t.match_id(&n).as_deref(), Some(id));
+    assert_eq!(t.match_id("unlink-at-restart-x"), None);
+    assert_eq!(t.match_id("other"), None);
+}
+
+#[test]
+fn template_random() {
+    let t = Template::parse("ck.%t.XXXXXX").unwrap();
+    let a = t.render("id1", 1);
+    let b = t.render("id1", 2);
+    assert_eq!(a.len(), "ck.id1.".len() + 6);
+    assert_ne!(a, b);
+    assert_eq!(t.match_id(&a).as_deref(), Some("id1"));
+}
+
+#[test]
+fn template_refusals() {
+    for bad in
+        ["../x-%t-%n", "a/%t-%n", "..%t%n", "%t", "x-%n", "%t%n", "%q-%t-%n", "", ".x-%t-%n", "%t-%t-%n"]
+    {
+        assert!(Template::parse(bad).is_err(), "{bad:?} accepted");
+    }
+    assert!(Template::parse("100%%-%t-%n").is_ok());
+}

@@ -1,194 +1,29 @@
-//! Relinking: give every unlinked object a name again, in its own filesystem, at
-//! `<mount>/lost+found/checkpoint/<template>`, so that a filesystem snapshot carries its data.
+//! The take side of a relinked name: make it. Every unlinked object gets a name again in its
+//! own filesystem, at `<mount>/lost+found/checkpoint/<template>`, so that a filesystem
+//! snapshot carries its data.
 //!
-//! * nlink > 0 (name gone) and O_TMPFILE files: a hard link to the same inode, made with
-//!   `linkat("/proc/PID/fd/N", AT_SYMLINK_FOLLOW)` through the mount the task sees.
+//! * nlink > 0 (name gone) and O_TMPFILE files and symlinks: a hard link to the same inode,
+//!   made with `linkat("/proc/PID/fd/N", AT_SYMLINK_FOLLOW)` through the mount the task sees.
 //! * nlink == 0 orphans, which the kernel refuses to link: a new inode, written into an
 //!   O_TMPFILE in the checkpoint directory by reflink (FICLONE), else `copy_file_range` over
 //!   the data segments only (SEEK_DATA/SEEK_HOLE), else read/write of the data segments, with
 //!   owner, mode and times kept, and linked into place only when complete.
-//! * removed directories, FIFOs and device nodes: a new node of the same type, mode and owner.
-//!
-//! `lost+found/checkpoint` is a security boundary: both directories are created root-owned
-//! 0700 when missing, refused when they are symlinks, not owned by root, or writable by group or
-//! others, and everything under them is opened with openat2 and no symlink resolution.
+//! * removed directories, FIFOs, sockets, device nodes and symlinks: a new node of the same
+//!   type, mode and owner (a symlink with the same target).
 
+use super::dir::{open_checkpoint_dir, CheckpointDir};
+use super::{ioe, RelinkError};
+use crate::record::names::relinked_rel_path;
+use crate::record::names::Template;
 use crate::record::{FileKind, Held, Method, Object, Relinked};
 use crate::{scan, sys};
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
-
-pub use crate::record::names::{Template, CHECKPOINT_DIR, DEFAULT_TEMPLATE};
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::Path;
 
 const FICLONE: libc::c_ulong = 0x40049409;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RelinkError {
-    #[error(transparent)]
-    Template(#[from] crate::record::names::TemplateError),
-    #[error(
-        "{path}: refusing to use it: {why}. Fix: remove it or make it a root-owned directory with mode 0700"
-    )]
-    Unsafe { path: PathBuf, why: String },
-    #[error("{path}: {why}")]
-    WrongMount { path: PathBuf, why: String },
-    #[error("{syscall} {path}: {source}")]
-    Io { path: PathBuf, syscall: &'static str, source: io::Error },
-    #[error("object {index} ({original}): no holder left to reach it through /proc")]
-    NoHolder { index: usize, original: String },
-    #[error("{path}: no space left while copying orphan {original} ({size} bytes): free space on that filesystem or use a filesystem with reflinks")]
-    NoSpace { path: PathBuf, original: String, size: u64 },
-}
-
-fn ioe<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(io::Error) -> RelinkError + 'a {
-    move |source| RelinkError::Io { path: path.to_path_buf(), syscall, source }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The checkpoint directory
-// ---------------------------------------------------------------------------------------------
-
-/// An open `lost+found/checkpoint` of one mount.
-#[derive(Debug)]
-pub struct CheckpointDir {
-    fd: OwnedFd,
-    /// For messages: the path it was reached by.
-    pub path: PathBuf,
-}
-
-impl CheckpointDir {
-    pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
-
-    /// Open a name inside the directory without following symlinks.
-    pub fn open(&self, name: &str, flags: i32) -> Result<OwnedFd, RelinkError> {
-        check_name(name, &self.path)?;
-        sys::openat2(self.fd(), name, flags, 0, sys::RESOLVE_STRICT)
-            .map_err(ioe(&self.path.join(name), "openat2"))
-    }
-
-    /// Remove a name (a directory with `dir`).
-    pub fn remove(&self, name: &str, dir: bool) -> Result<(), RelinkError> {
-        check_name(name, &self.path)?;
-        sys::unlinkat(self.fd(), OsStr::new(name), dir).map_err(ioe(&self.path.join(name), "unlinkat"))
-    }
-
-    /// The names in the directory (plain names only).
-    pub fn names(&self) -> Result<Vec<(String, bool)>, RelinkError> {
-        let dup = sys::openat2(self.fd(), ".", libc::O_RDONLY | libc::O_DIRECTORY, 0, sys::RESOLVE_STRICT)
-            .map_err(ioe(&self.path, "openat2"))?;
-        let mut d = nix::dir::Dir::from_fd(std::os::fd::IntoRawFd::into_raw_fd(dup)).map_err(|e| {
-            RelinkError::Io { path: self.path.clone(), syscall: "fdopendir", source: e.into() }
-        })?;
-        let mut out = vec![];
-        for e in d.iter().flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if n == "." || n == ".." {
-                continue;
-            }
-            let is_dir = e.file_type() == Some(nix::dir::Type::Directory);
-            out.push((n, is_dir));
-        }
-        out.sort();
-        Ok(out)
-    }
-}
-
-fn check_name(name: &str, dir: &Path) -> Result<(), RelinkError> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." || name.contains('\0') {
-        return Err(RelinkError::Unsafe { path: dir.join(name), why: "not a plain file name".into() });
-    }
-    Ok(())
-}
-
-/// Open (creating if `create`) `lost+found/checkpoint` under `mount_dir`, the root of a mount.
-/// If `expect_mnt_id` is given, the directory reached must be that mount's root (a planted
-/// symlink or a renamed parent would lead elsewhere).
-pub fn open_checkpoint_dir(
-    mount_dir: &Path,
-    expect_mnt_id: Option<u32>,
-    create: bool,
-) -> Result<CheckpointDir, RelinkError> {
-    let mfd = sys::open(mount_dir, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(ioe(mount_dir, "open"))?;
-    // The directory reached must be the root of a mount (not a directory some path trick led
-    // to), and with `expect_mnt_id` the root of that very mount.
-    if !sys::is_mount_root(mfd.as_raw_fd()).map_err(ioe(mount_dir, "statx"))? {
-        return Err(RelinkError::WrongMount {
-            path: mount_dir.into(),
-            why: "is not the root of a mount (give the mount point)".into(),
-        });
-    }
-    if let Some(want) = expect_mnt_id {
-        let got = sys::mnt_id_of(mfd.as_raw_fd()).map_err(ioe(mount_dir, "statx"))?;
-        if got != want {
-            return Err(RelinkError::WrongMount {
-                path: mount_dir.into(),
-                why: format!("is on mount {got}, expected the root of mount {want}"),
-            });
-        }
-    }
-    let mut fd = mfd;
-    let mut path = mount_dir.to_path_buf();
-    for comp in CHECKPOINT_DIR.split('/') {
-        path.push(comp);
-        fd = open_secure_subdir(fd.as_raw_fd(), comp, &path, create)?;
-    }
-    Ok(CheckpointDir { fd, path })
-}
-
-fn open_secure_subdir(parent: RawFd, name: &str, path: &Path, create: bool) -> Result<OwnedFd, RelinkError> {
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
-    let fd = match sys::openat2(parent, name, flags, 0, sys::RESOLVE_STRICT) {
-        Ok(fd) => fd,
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
-            match sys::mkdirat(parent, OsStr::new(name), 0o700) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(RelinkError::Io { path: path.into(), syscall: "mkdirat", source: e }),
-            }
-            sys::openat2(parent, name, flags, 0, sys::RESOLVE_STRICT).map_err(|e| refuse_or_io(e, path))?
-        }
-        Err(e) => return Err(refuse_or_io(e, path)),
-    };
-    let st = sys::fstat(fd.as_raw_fd()).map_err(ioe(path, "fstat"))?;
-    if st.st_uid != 0 {
-        return Err(RelinkError::Unsafe {
-            path: path.into(),
-            why: format!("owned by uid {}, not root", st.st_uid),
-        });
-    }
-    if st.st_mode & 0o022 != 0 {
-        return Err(RelinkError::Unsafe {
-            path: path.into(),
-            why: format!("mode {:o} is writable by group or others", st.st_mode & 0o7777),
-        });
-    }
-    Ok(fd)
-}
-
-fn refuse_or_io(e: io::Error, path: &Path) -> RelinkError {
-    // O_DIRECTORY|O_NOFOLLOW on a symlink gives ENOTDIR: say what it really is.
-    let is_symlink = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-    if is_symlink && matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) {
-        return RelinkError::Unsafe { path: path.into(), why: "it is a symlink".into() };
-    }
-    match e.raw_os_error() {
-        Some(libc::ELOOP) => RelinkError::Unsafe { path: path.into(), why: "it is a symlink".into() },
-        Some(libc::ENOTDIR) => RelinkError::Unsafe { path: path.into(), why: "it is not a directory".into() },
-        Some(libc::EXDEV) => {
-            RelinkError::Unsafe { path: path.into(), why: "it leads to another mount".into() }
-        }
-        _ => RelinkError::Io { path: path.into(), syscall: "openat2", source: e },
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Relinking
-// ---------------------------------------------------------------------------------------------
 
 /// What the relink stage did, for the summary line.
 #[derive(Debug, Default, Clone)]
@@ -313,7 +148,7 @@ impl Relinker {
                     }
                     stats.bytes_copied += bytes;
                     o.relinked = Some(Relinked {
-                        rel_path: format!("{CHECKPOINT_DIR}/{name}"),
+                        rel_path: relinked_rel_path(&name),
                         name,
                         method,
                         ino: new.st_ino,
@@ -539,56 +374,4 @@ fn copy_range(
         done += n as u64;
     }
     Ok(done)
-}
-
-/// Relinked names under one mount's checkpoint directory, grouped by the checkpoint id they
-/// carry (names that the template does not match are listed under `None`).
-pub fn leftovers(
-    mount_dir: &Path,
-    template: &Template,
-) -> Result<Vec<(Option<String>, String, bool)>, RelinkError> {
-    let d = match open_checkpoint_dir(mount_dir, None, false) {
-        Ok(d) => d,
-        Err(RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
-            return Ok(vec![])
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(d.names()?.into_iter().map(|(n, is_dir)| (template.match_id(&n), n, is_dir)).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn template_default_roundtrip() {
-        let t = Template::parse(DEFAULT_TEMPLATE).unwrap();
-        let id = "20261126T210000Z-3fa2";
-        let n = t.render(id, 17);
-        assert_eq!(n, "unlink-at-restart-20261126T210000Z-3fa2-17");
-        assert_eq!(t.match_id(&n).as_deref(), Some(id));
-        assert_eq!(t.match_id("unlink-at-restart-x"), None);
-        assert_eq!(t.match_id("other"), None);
-    }
-
-    #[test]
-    fn template_random() {
-        let t = Template::parse("ck.%t.XXXXXX").unwrap();
-        let a = t.render("id1", 1);
-        let b = t.render("id1", 2);
-        assert_eq!(a.len(), "ck.id1.".len() + 6);
-        assert_ne!(a, b);
-        assert_eq!(t.match_id(&a).as_deref(), Some("id1"));
-    }
-
-    #[test]
-    fn template_refusals() {
-        for bad in
-            ["../x-%t-%n", "a/%t-%n", "..%t%n", "%t", "x-%n", "%t%n", "%q-%t-%n", "", ".x-%t-%n", "%t-%t-%n"]
-        {
-            assert!(Template::parse(bad).is_err(), "{bad:?} accepted");
-        }
-        assert!(Template::parse("100%%-%t-%n").is_ok());
-    }
 }
