@@ -15,12 +15,16 @@
 //! | restart from a checkpoint | [`restart`] |
 //! | delete checkpoints, collect leftovers | [`cleanup`] |
 //! | TOML job files | [`job`] |
+//!
+//! [`procfs`] parses `/proc` (stat, mountinfo, fdinfo, maps) for all of them; [`sys`] wraps
+//! the system calls.
 
 pub mod cleanup;
 pub mod criu;
 pub mod hooks;
 pub mod image;
 pub mod job;
+pub mod procfs;
 pub mod record;
 pub mod relink;
 pub mod restart;

@@ -12,8 +12,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 /// An open `lost+found/checkpoint` of one mount.
-
-/// An open `lost+found/checkpoint` of one mount.
 #[derive(Debug)]
 pub struct CheckpointDir {
     fd: OwnedFd,

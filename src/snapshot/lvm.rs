@@ -320,19 +320,7 @@ fn dev_mounts() -> Result<(Vec<MountEntry>, HashMap<u32, u64>), SnapshotError> {
 
 /// mnt_id -> device number, from mountinfo text.
 pub(crate) fn parse_mount_devs(text: &[u8]) -> HashMap<u32, u64> {
-    let mut out = HashMap::new();
-    for line in String::from_utf8_lossy(text).lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        if f.len() < 3 {
-            continue;
-        }
-        let Ok(id) = f[0].parse::<u32>() else { continue };
-        let Some((a, b)) = f[2].split_once(':') else { continue };
-        if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-            out.insert(id, sys::makedev(a, b));
-        }
-    }
-    out
+    super::parse_mountinfo(text).into_iter().map(|e| (e.mnt_id, e.dev)).collect()
 }
 
 /// The mounts of any of the devices `devs`.

@@ -20,8 +20,7 @@ pub mod lvm;
 
 use crate::record;
 use serde::{Deserialize, Serialize};
-use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// The snapshot backend of a filesystem.
@@ -232,76 +231,16 @@ pub fn validate_snapshot_dir(dir: &str) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// One line of /proc/self/mountinfo, paths decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MountEntry {
-    pub mnt_id: u32,
-    pub parent_id: u32,
-    /// Root of the mount within its filesystem (field 4).
-    pub root: PathBuf,
-    pub mount_point: PathBuf,
-    pub fstype: String,
-    pub source: String,
-    pub super_options: String,
-}
-
-impl MountEntry {
-    /// The value of a super option such as `subvolid`.
-    pub fn super_option(&self, key: &str) -> Option<&str> {
-        self.super_options.split(',').find_map(|o| o.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-    }
-}
+/// One line of /proc/self/mountinfo ([`crate::procfs::MountEntry`]) and its parser.
+pub(crate) use crate::procfs::{parse_mountinfo, MountEntry};
 
 /// Read and parse /proc/self/mountinfo.
 pub(crate) fn mountinfo() -> Result<Vec<MountEntry>, SnapshotError> {
-    let p = Path::new("/proc/self/mountinfo");
-    let text =
-        std::fs::read(p).map_err(|source| SnapshotError::Io { path: p.into(), syscall: "read", source })?;
-    Ok(parse_mountinfo(&text))
-}
-
-/// Parse mountinfo text; malformed lines are skipped.
-pub(crate) fn parse_mountinfo(text: &[u8]) -> Vec<MountEntry> {
-    let mut out = vec![];
-    for line in text.split(|&b| b == b'\n') {
-        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let Some(sep) = f.iter().position(|x| *x == b"-") else { continue };
-        if sep < 6 || f.len() < sep + 4 {
-            continue;
-        }
-        let num = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| s.parse::<u32>().ok());
-        let (Some(mnt_id), Some(parent_id)) = (num(f[0]), num(f[1])) else { continue };
-        let text = |b: &[u8]| String::from_utf8_lossy(&unescape(b)).into_owned();
-        out.push(MountEntry {
-            mnt_id,
-            parent_id,
-            root: PathBuf::from(OsString::from_vec(unescape(f[3]))),
-            mount_point: PathBuf::from(OsString::from_vec(unescape(f[4]))),
-            fstype: text(f[sep + 1]),
-            source: text(f[sep + 2]),
-            super_options: text(f[sep + 3]),
-        });
-    }
-    out
-}
-
-/// Decode the kernel's `\ooo` octal escapes (space, tab, newline, backslash).
-fn unescape(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = i + 4 <= b.len()
-            && (b'0'..=b'3').contains(&b[i + 1])
-            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c));
-        if b[i] == b'\\' && octal {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    crate::procfs::read_mountinfo("self").map_err(|e| SnapshotError::Io {
+        path: e.path,
+        syscall: e.syscall,
+        source: e.source,
+    })
 }
 
 /// Unmount `e`, the mount of restart clone `m` at its target: refused if another mount covers
