@@ -133,6 +133,11 @@ struct RestartArgs {
     /// mount points.
     #[arg(long, requires = "snapshot")]
     mount_root: Option<PathBuf>,
+    /// With --snapshot: mount the clones over the original mount points in the host's mount
+    /// namespace (visible to every process) instead of in a private mount namespace of the
+    /// restored tasks (the default for CRIU checkpoints and --exec).
+    #[arg(long, requires = "snapshot", conflicts_with = "mount_root")]
+    host_mounts: bool,
     /// Where to look for the checkpoint id (default: env SNAPCKPT_IMAGE_ROOT,
     /// /var/lib/snapckpt/images).
     #[arg(long)]
@@ -531,6 +536,7 @@ fn cmd_restart(a: RestartArgs) -> Res {
     let dir = image::resolve(&root, &a.id)?;
     let opts = restart::RestartOptions {
         snapshot: a.snapshot,
+        mounts: if a.host_mounts { restart::Mounts::Host } else { restart::Mounts::Private },
         mount_root: a.mount_root,
         exec: a.exec,
         exec_task: a.exec_task,
@@ -539,8 +545,9 @@ fn cmd_restart(a: RestartArgs) -> Res {
     let working = EpipeWhileWorking::new();
     let r = restart::restart(&dir, &opts)?;
     drop(working);
+    let ns = if r.private_ns { " (in the restored tasks' private mount namespace)" } else { "" };
     for m in &r.mounts {
-        println!("mounted {} at {}", m.description, m.target.display());
+        println!("mounted {} at {}{ns}", m.description, m.target.display());
     }
     if !r.pids.is_empty() {
         println!("restored tasks {:?} ({} unlinked object(s) handed back)", r.pids, r.objects);

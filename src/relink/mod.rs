@@ -19,6 +19,7 @@ pub use crate::record::names::{Template, CHECKPOINT_DIR, DEFAULT_TEMPLATE};
 pub use dir::{open_checkpoint_dir, CheckpointDir};
 pub use make::{Relinker, Stats};
 pub use remove::{leftovers, remove_live_names};
+pub use reopen::{open_objects, Base, Reopened};
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,10 @@ pub enum RelinkError {
     WrongMount { path: PathBuf, why: String },
     #[error("{syscall} {path}: {source}")]
     Io { path: PathBuf, syscall: &'static str, source: io::Error },
+    #[error("{path}: is not the recorded object {original}: {why}")]
+    Mismatch { path: PathBuf, original: String, why: String },
+    #[error("{}: gone. Checkpoint {id} has no snapshot, so a restart consumes its relinked files: it was restarted already (or the names were removed); it cannot be restarted again: `snapckpt delete {id}`", path.display())]
+    Consumed { path: PathBuf, id: String },
     #[error("object {index} ({original}): no holder left to reach it through /proc")]
     NoHolder { index: usize, original: String },
     #[error("{path}: no space left while copying orphan {original} ({size} bytes): free space on that filesystem or use a filesystem with reflinks")]

@@ -1,0 +1,300 @@
+//! `snapckpt restart`: bring a checkpoint back, as a transaction of named stages.
+//!
+//! 1. **check** what can be checked before anything changes (engine and options agree, the
+//!    recorded pids are free, an `--exec` command can start, a `--mount-root` exists);
+//! 2. **isolate**: by default enter a private mount namespace ([`namespace`]) so the clones
+//!    are mounted at the recorded mount points for the restored tasks only;
+//! 3. **mount** a writable clone of each snapshot (the read-only snapshot stays untouched, so
+//!    a checkpoint restarts again and again);
+//! 4. **reopen** each relinked object, checked to be the recorded inode, under its original
+//!    path ([`crate::relink::reopen`]);
+//! 5. **hand over**: CRIU restores the tasks with each object as `inherit_fd`, or the
+//!    `--exec` command gets the objects at the recorded fds ([`exec`]);
+//! 6. **unlink** the relinked names, so the inodes are back at their recorded link counts.
+//!
+//! A failure before the hand-over unmounts and removes the clones it made and leaves the
+//! checkpoint as it was.
+
+mod exec;
+pub mod namespace;
+
+use crate::image;
+use crate::record::{Checkpoint, Engine, FileKind, Freezer};
+use crate::relink::{self, Base, Reopened};
+use crate::snapshot::{self, MountedClone};
+use crate::{criu, hooks, sys};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    #[error(transparent)]
+    Image(#[from] image::ImageError),
+    #[error(transparent)]
+    Relink(#[from] relink::RelinkError),
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::SnapshotError),
+    #[error(transparent)]
+    Criu(#[from] criu::CriuError),
+    #[error(transparent)]
+    Tasks(#[from] crate::tasks::TaskError),
+    #[error("{syscall} {path}: {source}")]
+    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Where the restart clones are mounted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mounts {
+    /// In a private mount namespace of the restored tasks, at the recorded mount points.
+    #[default]
+    Private,
+    /// In the host's mount namespace, over the recorded mount points (or under `mount_root`).
+    Host,
+}
+
+/// How to restart.
+#[derive(Debug, Clone, Default)]
+pub struct RestartOptions {
+    /// Mount writable clones of the checkpoint's snapshots.
+    pub snapshot: bool,
+    /// Where the clones are mounted.
+    pub mounts: Mounts,
+    /// Mount them under this directory (paths mapped: `<mount_root>/<origin mount point>`)
+    /// instead of over the origins, in the host's namespace.
+    pub mount_root: Option<PathBuf>,
+    /// Run this command holding the objects at their recorded fds (files-only checkpoints).
+    pub exec: Option<Vec<String>>,
+    /// Whose fds `exec` gets (default: the first task that holds an object).
+    pub exec_task: Option<i32>,
+    /// CRIU binary (for checkpoints with a process image).
+    pub criu: Option<PathBuf>,
+}
+
+/// What a restart did.
+#[derive(Debug, Default)]
+pub struct Restarted {
+    pub mounts: Vec<MountedClone>,
+    /// Whether the clones are mounted in a private mount namespace (not visible on the host).
+    pub private_ns: bool,
+    pub objects: usize,
+    /// Exit status of the `--exec` command.
+    pub exec_status: Option<i32>,
+    /// Pids restored by CRIU.
+    pub pids: Vec<i32>,
+    /// Names left in place (files-only checkpoint without --exec).
+    pub left_in_place: Vec<PathBuf>,
+}
+
+/// Restart the checkpoint in `image_dir`.
+pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, RestartError> {
+    let ck = image::load(image_dir)?;
+    check(&ck, opts)?;
+    let mut out = Restarted::default();
+    if let Err(e) = run(&ck, image_dir, opts, &mut out) {
+        undo_mounts(&out.mounts);
+        return Err(e);
+    }
+    Ok(out)
+}
+
+/// Unmount and remove the clones of a failed restart.
+fn undo_mounts(mounts: &[MountedClone]) {
+    for m in mounts.iter().rev() {
+        if let Err(ue) = snapshot::unmount_clone(m, true) {
+            eprintln!(
+                "snapckpt: warning: could not remove the restart clone at {}: {ue}",
+                m.target.display()
+            );
+        }
+    }
+}
+
+/// Everything that can be refused before anything changes.
+fn check(ck: &Checkpoint, opts: &RestartOptions) -> Result<(), RestartError> {
+    if let Engine::Criu { .. } = ck.engine {
+        if opts.exec.is_some() {
+            return Err(RestartError::Refused(
+                "this checkpoint has a CRIU process image; --exec is for files-only checkpoints".into(),
+            ));
+        }
+        check_pids_free(ck)?;
+    }
+    if ck.links_removed && !opts.snapshot && ck.relinked().next().is_some() {
+        return Err(RestartError::Refused(format!(
+            "the relinked files of checkpoint {} are kept only in its snapshots: add --snapshot",
+            ck.id
+        )));
+    }
+    if opts.snapshot && ck.snapshots.is_empty() {
+        return Err(RestartError::Refused(format!(
+            "checkpoint {} has no snapshots; restart it without --snapshot",
+            ck.id
+        )));
+    }
+    if let Some(root) = &opts.mount_root {
+        if !root.is_dir() {
+            return Err(RestartError::Refused(format!(
+                "--mount-root {}: no such directory; create it (root-owned, not writable by others) first; nothing was changed",
+                root.display()
+            )));
+        }
+    }
+    if let (Engine::None, Some(cmd)) = (&ck.engine, &opts.exec) {
+        exec::check_command(cmd)?;
+    }
+    Ok(())
+}
+
+/// CRIU restores tasks with their old pids: each must be free (a task killed by the dump may
+/// linger a moment as a zombie: give it time).
+fn check_pids_free(ck: &Checkpoint) -> Result<(), RestartError> {
+    for t in &ck.tasks {
+        let proc_dir = PathBuf::from(format!("/proc/{}", t.pid));
+        let t0 = std::time::Instant::now();
+        while proc_dir.exists() && t0.elapsed() < std::time::Duration::from_secs(5) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        if proc_dir.exists() {
+            let now = std::fs::read_to_string(proc_dir.join("comm"))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_default();
+            let who = if now == t.comm {
+                format!("by {now}: the original task is still running? stop it first")
+            } else {
+                format!("by {now:?}, not the checkpointed {:?}: another process got that pid", t.comm)
+            };
+            return Err(RestartError::Refused(format!(
+                "pid {} is in use {who}. CRIU restores tasks with their old pids; nothing was changed",
+                t.pid
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether this restart runs in a private mount namespace: clones of a checkpoint whose tasks
+/// come back (CRIU, or an `--exec` command) at the recorded paths, unless asked otherwise.
+fn private_namespace(ck: &Checkpoint, opts: &RestartOptions) -> bool {
+    let tasks_come_back = matches!(ck.engine, Engine::Criu { .. }) || opts.exec.is_some();
+    opts.snapshot && tasks_come_back && opts.mounts == Mounts::Private && opts.mount_root.is_none()
+}
+
+/// The stages after the checks; `out` collects what must be undone on failure.
+fn run(
+    ck: &Checkpoint,
+    image_dir: &Path,
+    opts: &RestartOptions,
+    out: &mut Restarted,
+) -> Result<(), RestartError> {
+    if private_namespace(ck, opts) {
+        namespace::enter_private()?;
+        out.private_ns = true;
+    }
+    let bases = if opts.snapshot { mount_snapshots(ck, opts, &mut out.mounts)? } else { HashMap::new() };
+    hooks::point("restart-mounted");
+    let opened = relink::open_objects(ck, &bases, true)?;
+    hooks::point("restart-opened");
+    match (&ck.engine, &opts.exec) {
+        (Engine::Criu { .. }, _) => restore(ck, image_dir, opts, &opened, out)?,
+        (Engine::None, Some(cmd)) => out.exec_status = Some(run_exec(ck, opts, cmd, &opened)?),
+        (Engine::None, None) => out.left_in_place = opened.iter().map(|o| o.dir.path.join(&o.name)).collect(),
+    }
+    out.objects = opened.len();
+    Ok(())
+}
+
+/// Mount a clone of every snapshot; returns origin mount point -> where it is now.
+fn mount_snapshots(
+    ck: &Checkpoint,
+    opts: &RestartOptions,
+    made: &mut Vec<MountedClone>,
+) -> Result<HashMap<String, Base>, RestartError> {
+    let mut bases = HashMap::new();
+    for s in &ck.snapshots {
+        let mp = s.mount_point();
+        // Root mounts a writable clone at the target: only root may be able to change where
+        // that path leads (no symlinks, every directory root-owned and not writable by others),
+        // or a user could have it mounted over any directory, or swap the path afterwards.
+        let target = match &opts.mount_root {
+            Some(root) => root.join(mp.trim_start_matches('/')),
+            None => PathBuf::from(mp),
+        };
+        sys::trusted_dirs(&target, opts.mount_root.is_some())
+            .map_err(|why| RestartError::Refused(format!("restart target {}: {why}", target.display())))?;
+        let m = snapshot::mount_clone(s, &target)?;
+        // The device of the clone: every preserved file must be opened on it.
+        let dev = sys::stat(&m.target)
+            .map_err(|source| RestartError::Io { path: m.target.clone(), syscall: "stat", source })?
+            .st_dev;
+        bases.insert(mp.to_string(), Base { path: m.target.clone(), dev: Some(dev) });
+        made.push(m);
+    }
+    Ok(bases)
+}
+
+/// CRIU restore with every object handed over as `inherit_fd`, then the names unlinked.
+fn restore(
+    ck: &Checkpoint,
+    image_dir: &Path,
+    opts: &RestartOptions,
+    opened: &[Reopened],
+    out: &mut Restarted,
+) -> Result<(), RestartError> {
+    let criu = criu::find(opts.criu.as_deref())?;
+    let inherit: Vec<(RawFd, String)> =
+        opened.iter().map(|o| (o.fd.as_raw_fd(), o.obj.criu_key.clone())).collect();
+    let pids: Vec<i32> = ck.tasks.iter().map(|t| t.pid).collect();
+    // Restored stopped (taken with SIGSTOP): continued below, or by this watchdog if
+    // snapckpt dies before.
+    let _guard =
+        if ck.freezer == Freezer::Sigstop { Some(crate::tasks::ContinueGuard::arm(&pids)?) } else { None };
+    criu::restore(&criu::RestoreRequest {
+        criu,
+        image_dir: image_dir.into(),
+        inherit,
+        work_dir: image_dir.to_path_buf(),
+    })?;
+    out.pids = pids;
+    hooks::point("restart-restored");
+    if ck.freezer == Freezer::Sigstop {
+        // Dumped while stopped by snapckpt: CRIU brings them back stopped; first thing,
+        // before anything else can fail.
+        for &p in out.pids.iter().filter(|&&p| p > 0) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    if let Err(e) = opened.iter().try_for_each(Reopened::unlink) {
+        // The tasks run: their clones must stay. Say so rather than undo.
+        out.mounts.clear();
+        return Err(RestartError::Refused(format!(
+            "the tasks were restored (pids {:?}) and run, but the relinked names could not all be removed: {e}; remove them by hand (the restored tasks then see unlinked files)",
+            out.pids
+        )));
+    }
+    Ok(())
+}
+
+/// `--exec`: the command holds the objects at the recorded fds and unlinks the names itself.
+fn run_exec(
+    ck: &Checkpoint,
+    opts: &RestartOptions,
+    cmd: &[String],
+    opened: &[Reopened],
+) -> Result<i32, RestartError> {
+    let fds = exec::exec_fds(ck, opts.exec_task, opened)?;
+    let unlinks = opened
+        .iter()
+        .map(|o| {
+            let name = sys::cstr(&o.name).map_err(|source| RestartError::Io {
+                path: o.dir.path.join(&o.name),
+                syscall: "unlinkat",
+                source,
+            })?;
+            Ok((o.dir.fd(), name, o.obj.kind == FileKind::Directory))
+        })
+        .collect::<Result<Vec<_>, RestartError>>()?;
+    exec::run_exec(cmd, &fds, unlinks)
+}
