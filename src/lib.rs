@@ -21,6 +21,7 @@
 
 pub mod cleanup;
 pub mod criu;
+pub mod criu_image;
 pub mod hooks;
 pub mod image;
 pub mod job;
