@@ -193,7 +193,7 @@ fn image_root_traces(
     let Ok(rd) = std::fs::read_dir(image_root) else { return Ok(t) };
     for e in rd.flatten() {
         let Some((id, state)) = image::State::of_name(&e.file_name().to_string_lossy()) else { continue };
-        if state == image::State::Partial && image::partial_in_use(&e.path()) {
+        if state.in_use(&e.path()) {
             t.live.insert(id);
         } else {
             t.failed.insert(id);

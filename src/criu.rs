@@ -6,9 +6,11 @@
 //! and passes the cgroup as `freeze_cgroup`. The `post-dump` notification arrives while the
 //! tasks are still frozen: that is when the filesystem snapshot is taken.
 //!
-//! At restore, each preserved file is opened by snapckpt and handed over as `inherit_fd`
-//! under the same key; CRIU reopens it through /proc/self/fd/N for every fd, mapping, cwd and
-//! exe, with each one's flags and offset.
+//! At restore, snapckpt gives each preserved file its original path (see
+//! [`crate::relink::reopen`]) and hands CRIU a copy of the image whose external entries name
+//! those paths ([`crate::criu_image`]): CRIU opens each by path with its own flags (also
+//! `O_NOFOLLOW`, which a reopen of `/proc/self/fd/N` refuses), and on the `post-restore`
+//! notification, before any restored task runs, snapckpt removes the names again.
 
 use rust_criu::rust_criu_protobuf::rpc::Criu_notify;
 use std::cell::RefCell;
@@ -112,23 +114,39 @@ pub struct DumpRequest {
 pub const DUMP_LOG: &str = "criu-dump.log";
 pub const RESTORE_LOG: &str = "criu-restore.log";
 
+type Hook = *mut (dyn FnMut() -> Result<(), String> + 'static);
+
 thread_local! {
-    static POST_DUMP: RefCell<Option<*mut (dyn FnMut() -> Result<(), String> + 'static)>> = const { RefCell::new(None) };
+    /// The callback for one notification (`post-dump` at dump, `post-restore` at restore),
+    /// set by [`with_hook`] for the duration of one RPC call on this thread.
+    static HOOK: RefCell<Option<(&'static str, Hook)>> = const { RefCell::new(None) };
 }
 
 fn notify(script: &str, _n: &Criu_notify, _fd: Option<RawFd>) -> i32 {
-    if script != "post-dump" {
-        return 0;
-    }
-    POST_DUMP.with(|p| match *p.borrow() {
-        // SAFETY: the pointer is set by `dump` for the duration of the RPC call on this
+    HOOK.with(|h| match *h.borrow() {
+        // SAFETY: the pointer is set by `with_hook` for the duration of the RPC call on this
         // thread, and the closure it points to outlives that call.
-        Some(f) => match unsafe { (*f)() } {
+        Some((want, f)) if want == script => match unsafe { (*f)() } {
             Ok(()) => 0,
             Err(_) => 1,
         },
-        None => 0,
+        _ => 0,
     })
+}
+
+/// Run `rpc` with `hook` answering CRIU's `script` notification; if it fails, CRIU aborts.
+fn with_hook<T>(
+    script: &'static str,
+    hook: &mut dyn FnMut() -> Result<(), String>,
+    rpc: impl FnOnce() -> T,
+) -> T {
+    // SAFETY: erase the closure's lifetime; it is removed again before this function returns.
+    let ptr: *mut (dyn FnMut() -> Result<(), String> + '_) = hook;
+    let ptr: Hook = unsafe { std::mem::transmute(ptr) };
+    HOOK.with(|h| *h.borrow_mut() = Some((script, ptr)));
+    let r = rpc();
+    HOOK.with(|h| *h.borrow_mut() = None);
+    r
 }
 
 fn open_dir(dir: &Path) -> Result<OwnedFd, CriuError> {
@@ -166,28 +184,28 @@ pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>
     }
     c.set_notify_scripts(true);
     c.set_notify_cb(notify);
-    // SAFETY: erase the closure's lifetime; it is removed again before this function returns.
-    let ptr: *mut (dyn FnMut() -> Result<(), String> + '_) = post_dump;
-    let ptr: *mut (dyn FnMut() -> Result<(), String> + 'static) = unsafe { std::mem::transmute(ptr) };
-    POST_DUMP.with(|p| *p.borrow_mut() = Some(ptr));
-    let r = c.dump();
-    POST_DUMP.with(|p| *p.borrow_mut() = None);
-    r.map_err(|e| failed("dump", e, &req.criu, &req.image_dir, DUMP_LOG))?;
+    with_hook("post-dump", post_dump, || c.dump())
+        .map_err(|e| failed("dump", e, &req.criu, &req.image_dir, DUMP_LOG))?;
     Ok(())
 }
 
 /// A restore request.
 pub struct RestoreRequest {
     pub criu: PathBuf,
+    /// The image to restore: a copy of the checkpoint's image whose external files name the
+    /// paths snapckpt placed them at (see [`crate::criu_image::rewrite_externals`]).
     pub image_dir: PathBuf,
-    /// Opened preserved files and their keys; the fds must stay open until `restore` returns.
-    pub inherit: Vec<(RawFd, String)>,
     /// Where CRIU writes its log (the image directory may be read-only or shared).
     pub work_dir: PathBuf,
 }
 
 /// Restore a process tree; the tasks get their old pids and run detached from snapckpt.
-pub fn restore(req: &RestoreRequest) -> Result<(), CriuError> {
+/// `post_restore` runs once every task has opened its files and before any runs its own code;
+/// if it fails, CRIU kills the restored tree.
+pub fn restore(
+    req: &RestoreRequest,
+    post_restore: &mut dyn FnMut() -> Result<(), String>,
+) -> Result<(), CriuError> {
     let dirfd = open_dir(&req.image_dir)?;
     let workfd = open_dir(&req.work_dir)?;
     // The log of an earlier restart must not pass for this one's.
@@ -210,16 +228,10 @@ pub fn restore(req: &RestoreRequest) -> Result<(), CriuError> {
     c.set_ext_unix_sk(true);
     c.set_file_locks(true);
     c.set_manage_cgroups(false);
-    for (fd, key) in &req.inherit {
-        crate::sys::clear_cloexec(*fd).map_err(|source| CriuError::Io {
-            path: PathBuf::from(format!("fd {fd}")),
-            syscall: "fcntl",
-            source,
-        })?;
-        c.add_inherit_fd(*fd, key.clone())
-            .map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))?;
-    }
-    c.restore().map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))
+    c.set_notify_scripts(true);
+    c.set_notify_cb(notify);
+    with_hook("post-restore", post_restore, || c.restore())
+        .map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))
 }
 
 fn failed(op: &'static str, e: rust_criu::CriuError, criu: &Path, dir: &Path, log: &str) -> CriuError {

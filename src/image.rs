@@ -45,16 +45,19 @@ pub enum State {
     Failed,
     /// `.<id>.deleting`: a deletion in progress or interrupted.
     Deleting,
+    /// `.<id>.restoring-<pid>`: the rewritten CRIU image a restart by process `pid` reads.
+    Restoring(u32),
 }
 
 impl State {
-    const ALL: [State; 3] = [State::Partial, State::Failed, State::Deleting];
+    const FIXED: [State; 3] = [State::Partial, State::Failed, State::Deleting];
 
-    fn suffix(self) -> &'static str {
+    fn suffix(self) -> String {
         match self {
-            State::Partial => ".partial",
-            State::Failed => ".failed",
-            State::Deleting => ".deleting",
+            State::Partial => ".partial".into(),
+            State::Failed => ".failed".into(),
+            State::Deleting => ".deleting".into(),
+            State::Restoring(pid) => format!(".restoring-{pid}"),
         }
     }
 
@@ -66,9 +69,24 @@ impl State {
     /// The checkpoint id and state of an entry name such as `.ID.partial`.
     pub fn of_name(name: &str) -> Option<(String, State)> {
         let rest = name.strip_prefix('.')?;
-        State::ALL.iter().find_map(|&st| {
-            rest.strip_suffix(st.suffix()).filter(|id| valid_id(id)).map(|id| (id.to_string(), st))
+        let fixed = State::FIXED.iter().find_map(|&st| {
+            rest.strip_suffix(st.suffix().as_str()).filter(|id| valid_id(id)).map(|id| (id.to_string(), st))
+        });
+        fixed.or_else(|| {
+            let (id, pid) = rest.rsplit_once(".restoring-")?;
+            let pid: u32 = pid.parse().ok().filter(|_| pid.bytes().all(|b| b.is_ascii_digit()))?;
+            valid_id(id).then(|| (id.to_string(), State::Restoring(pid)))
         })
+    }
+
+    /// Whether the process that owns this trace still runs (a take holding its lock, a
+    /// restart still restoring).
+    pub fn in_use(self, path: &Path) -> bool {
+        match self {
+            State::Partial => partial_in_use(path),
+            State::Restoring(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+            State::Failed | State::Deleting => false,
+        }
     }
 }
 

@@ -51,6 +51,7 @@ fn take_criu(s: &Setup, pid: i32, extra: &[&str]) -> String {
 /// `snapckpt restart ID --snapshot --mount-root <work>/<name>`; returns the mount root.
 fn restart_side(s: &Setup, id: &str, name: &str) -> PathBuf {
     let root = s.work.path().join(name);
+    std::fs::create_dir_all(&root).unwrap();
     snapckpt_ok(&[
         "restart",
         id,
@@ -128,6 +129,7 @@ fn criu_every_kind_restart_twice() {
     let logsize = std::fs::metadata(&log).unwrap().len() as usize;
     for round in 1..=2 {
         let root = s.work.path().join(format!("r{round}"));
+        std::fs::create_dir_all(&root).unwrap();
         sh(&format!("truncate -s {logsize} '{}'", log.display())); // CRIU checks the log's size
         let out = snapckpt_ok(&[
             "restart",
@@ -271,6 +273,7 @@ fn criu_two_processes_share_an_orphan() {
     assert_eq!(rec["objects"].as_array().unwrap().len(), 1);
     assert_eq!(rec["tasks"].as_array().unwrap().len(), 2);
     let root = s.work.path().join("r");
+    std::fs::create_dir_all(&root).unwrap();
     sh(&format!("truncate -s {logsize} '{}'", log.display()));
     snapckpt_ok(&[
         "restart",
@@ -350,6 +353,7 @@ fn files_only_btrfs_snapshot_restart_twice() {
     assert!(!ok && err.contains("--snapshot"), "{err}");
     for round in 1..=2 {
         let root = s.work.path().join(format!("r{round}"));
+        std::fs::create_dir_all(&root).unwrap();
         let out = snapckpt_ok(&[
             "restart",
             &id,

@@ -930,6 +930,7 @@ fn restart_killed_after_the_restore_continues_the_tasks() {
     drop(p);
     let hooks = Hooks::new(work.path().join("hooks"), &["restart-restored"]);
     let root = work.path().join("r");
+    std::fs::create_dir_all(&root).unwrap();
     let _unmount = UnmountUnder(root.clone());
     let args: Vec<String> = [
         "restart",

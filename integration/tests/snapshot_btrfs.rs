@@ -700,6 +700,7 @@ fn restart_mount_root_only_root_can_change() {
     assert!(!user_root.join(&first).exists(), "restart created directories in the user's mount root");
     // 3. a root-owned one works
     let good = work.path().join("good");
+    std::fs::create_dir_all(&good).unwrap();
     let out = common::snapckpt_ok(&[
         "restart",
         &id,
@@ -779,6 +780,7 @@ fn names_on_filesystems_without_a_snapshot_are_kept() {
     }
     // restart finds both: the btrfs one in the clone, the ext4 one on the live filesystem
     let root = work.path().join("r");
+    std::fs::create_dir_all(&root).unwrap();
     let out = common::snapckpt_ok(&[
         "restart",
         &id,

@@ -19,7 +19,7 @@ pub use crate::record::names::{Template, CHECKPOINT_DIR, DEFAULT_TEMPLATE};
 pub use dir::{open_checkpoint_dir, CheckpointDir};
 pub use make::{Relinker, Stats};
 pub use remove::{leftovers, remove_live_names};
-pub use reopen::{open_objects, Base, Reopened};
+pub use reopen::{open_objects, Base, Keep, Reopened};
 
 use std::io;
 use std::path::{Path, PathBuf};

@@ -39,15 +39,54 @@ pub struct Reopened<'a> {
     pub dir: Rc<CheckpointDir>,
     /// The relinked name in `dir`.
     pub name: String,
-    /// The path the open file carries (the original one, or a sibling of it).
+    /// The path the open file carries (the original one, or a sibling of it), in snapckpt's
+    /// view; with [`Keep::Placed`], the name that stays until [`Reopened::release`].
     pub opened_as: PathBuf,
+    placement: Option<Placement>,
 }
 
 impl Reopened<'_> {
-    /// Remove the relinked name: the inode goes back to its recorded link count.
-    pub fn unlink(&self) -> Result<(), RelinkError> {
-        self.dir.remove(&self.name, self.obj.kind == FileKind::Directory)
+    /// Take the object's placed name away again (see [`Keep::Placed`]) and remove the relinked
+    /// name: the inode goes back to its recorded link count. Idempotent.
+    pub fn release(&mut self) -> Result<(), RelinkError> {
+        let moved = self.placement.as_ref().is_some_and(|p| p.is_dir && p.placed);
+        if let Some(mut p) = self.placement.take() {
+            p.undo()?;
+        }
+        if moved {
+            // A directory was moved to its placed name, which is gone now.
+            return Ok(());
+        }
+        match self.dir.remove(&self.name, self.obj.kind == FileKind::Directory) {
+            Err(e) if super::remove::is_enoent(&e) => Ok(()),
+            r => r,
+        }
     }
+
+    /// Whether the object still has its placed name (dev/ino of what is there now).
+    pub fn placed_is_intact(&self) -> bool {
+        let Some(p) = &self.placement else { return true };
+        let here = sys::openat2(
+            p.parent.as_raw_fd(),
+            &p.used,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+            sys::RESOLVE_STRICT,
+        );
+        match (here.and_then(|f| sys::fstat(f.as_raw_fd())), sys::fstat(self.fd.as_raw_fd())) {
+            (Ok(a), Ok(b)) => a.st_ino == b.st_ino && a.st_dev == b.st_dev,
+            _ => false,
+        }
+    }
+}
+
+/// How long an object keeps the name it is opened under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Only for snapckpt's own open: the name is taken away at once (the fd carries it).
+    Opened,
+    /// Until [`Reopened::release`]: another opener (CRIU) opens it by that name.
+    Placed,
 }
 
 /// Open and check every relinked object of `ck`. `bases` maps an origin mount point to where
@@ -56,7 +95,7 @@ impl Reopened<'_> {
 pub fn open_objects<'a>(
     ck: &'a Checkpoint,
     bases: &HashMap<String, Base>,
-    original_names: bool,
+    keep: Keep,
 ) -> Result<Vec<Reopened<'a>>, RelinkError> {
     let mut dirs: HashMap<PathBuf, Rc<CheckpointDir>> = HashMap::new();
     let mut out = vec![];
@@ -75,12 +114,8 @@ pub fn open_objects<'a>(
         };
         let pfd = open_checked(ck, o, &dir, &r.name, r.ino, r.method, &base)?;
         let flags = handover_flags(ck, o, &pfd, &dir.path.join(&r.name))?;
-        let (fd, opened_as) = if original_names {
-            open_at_original(o, &base, &dir, &r.name, &pfd, flags)?
-        } else {
-            (reopen(&pfd, flags, &dir.path.join(&r.name))?, dir.path.join(&r.name))
-        };
-        out.push(Reopened { obj: o, fd, dir, name: r.name.clone(), opened_as });
+        let (fd, opened_as, placement) = open_at_original(o, &base, &dir, &r.name, &pfd, flags, keep)?;
+        out.push(Reopened { obj: o, fd, dir, name: r.name.clone(), opened_as, placement });
     }
     Ok(out)
 }
@@ -176,17 +211,22 @@ fn open_at_original(
     name: &str,
     pfd: &OwnedFd,
     flags: i32,
-) -> Result<(OwnedFd, PathBuf), RelinkError> {
+    keep: Keep,
+) -> Result<(OwnedFd, PathBuf, Option<Placement>), RelinkError> {
     let relinked = dir.path.join(name);
     let Some(rel) = relative_to_mount(&o.original_path, &o.mount.mount_point) else {
-        return Ok((reopen(pfd, flags, &relinked)?, relinked));
+        return Ok((reopen(pfd, flags, &relinked)?, relinked, None));
     };
     let mut place = Placement::prepare(&base.path, &rel, base.dev.is_some())?;
+    let at = base.path.join(&place.used_rel);
     let r = place.open(o, dir, name, pfd, flags);
-    let undone = place.undo();
-    let fd = r?;
-    undone?;
-    Ok((fd, PathBuf::from(&o.mount.mount_point).join(&place.used_rel)))
+    if r.is_err() || keep == Keep::Opened {
+        let undone = place.undo();
+        let fd = r?;
+        undone?;
+        return Ok((fd, at, None));
+    }
+    Ok((r?, at, Some(place)))
 }
 
 /// `path` relative to `mount_point`, if it lies strictly under it (plain components only).
@@ -214,6 +254,24 @@ struct Placement {
     /// Whether `used` currently names our object.
     placed: bool,
     is_dir: bool,
+    /// A directory's relinked name it was moved from (to move it back if abandoned).
+    home: Option<(OwnedFd, String)>,
+}
+
+impl Drop for Placement {
+    /// A placement dropped without [`Placement::undo`] (a failed restart): everything is put
+    /// back as it was, a moved directory to its relinked name, so the checkpoint restarts again.
+    fn drop(&mut self) {
+        if self.placed && self.is_dir {
+            if let Some((home, name)) = self.home.take() {
+                let at = self.parent_path.join(&self.used);
+                if rename_between(self.parent.as_raw_fd(), &self.used, home.as_raw_fd(), &name, &at).is_ok() {
+                    self.placed = false;
+                }
+            }
+        }
+        let _ = self.undo();
+    }
 }
 
 impl Placement {
@@ -251,6 +309,7 @@ impl Placement {
             aside: None,
             placed: false,
             is_dir: false,
+            home: None,
         };
         if p.exists(last) {
             if private_clone {
@@ -312,6 +371,9 @@ impl Placement {
         if self.is_dir {
             // A directory cannot get a second link: it is moved here and, once open, removed.
             rename_between(dir.fd(), name, self.parent.as_raw_fd(), &self.used, &at)?;
+            let home = sys::openat2(dir.fd(), ".", libc::O_PATH | libc::O_DIRECTORY, 0, sys::RESOLVE_STRICT)
+                .map_err(ioe(&dir.path, "openat2"))?;
+            self.home = Some((home, name.to_string()));
         } else {
             sys::link_follow(
                 procfs::self_fd_path(pfd.as_raw_fd()),

@@ -20,11 +20,10 @@ pub mod namespace;
 
 use crate::image;
 use crate::record::{Checkpoint, Engine, FileKind, Freezer};
-use crate::relink::{self, Base, Reopened};
+use crate::relink::{self, Base, Keep, Reopened};
 use crate::snapshot::{self, MountedClone};
 use crate::{criu, hooks, sys};
 use std::collections::HashMap;
-use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -195,10 +194,11 @@ fn run(
     }
     let bases = if opts.snapshot { mount_snapshots(ck, opts, &mut out.mounts)? } else { HashMap::new() };
     hooks::point("restart-mounted");
-    let opened = relink::open_objects(ck, &bases, true)?;
+    let keep = if matches!(ck.engine, Engine::Criu { .. }) { Keep::Placed } else { Keep::Opened };
+    let mut opened = relink::open_objects(ck, &bases, keep)?;
     hooks::point("restart-opened");
     match (&ck.engine, &opts.exec) {
-        (Engine::Criu { .. }, _) => restore(ck, image_dir, opts, &opened, out)?,
+        (Engine::Criu { .. }, _) => restore(ck, image_dir, opts, &mut opened, out)?,
         (Engine::None, Some(cmd)) => out.exec_status = Some(run_exec(ck, opts, cmd, &opened)?),
         (Engine::None, None) => out.left_in_place = opened.iter().map(|o| o.dir.path.join(&o.name)).collect(),
     }
@@ -235,28 +235,28 @@ fn mount_snapshots(
     Ok(bases)
 }
 
-/// CRIU restore with every object handed over as `inherit_fd`, then the names unlinked.
+/// CRIU restore from a copy of the image whose external files name the paths the objects were
+/// placed at; on `post-restore`, before any restored task runs, the placed and relinked names
+/// are removed (each checked to still be the object first).
 fn restore(
     ck: &Checkpoint,
     image_dir: &Path,
     opts: &RestartOptions,
-    opened: &[Reopened],
+    opened: &mut [Reopened],
     out: &mut Restarted,
 ) -> Result<(), RestartError> {
     let criu = criu::find(opts.criu.as_deref())?;
-    let inherit: Vec<(RawFd, String)> =
-        opened.iter().map(|o| (o.fd.as_raw_fd(), o.obj.criu_key.clone())).collect();
+    let paths: HashMap<String, PathBuf> =
+        opened.iter().map(|o| (o.obj.criu_key.clone(), o.opened_as.clone())).collect();
+    let work = RestoreImage::make(ck, image_dir, &paths)?;
     let pids: Vec<i32> = ck.tasks.iter().map(|t| t.pid).collect();
     // Restored stopped (taken with SIGSTOP): continued below, or by this watchdog if
     // snapckpt dies before.
     let _guard =
         if ck.freezer == Freezer::Sigstop { Some(crate::tasks::ContinueGuard::arm(&pids)?) } else { None };
-    criu::restore(&criu::RestoreRequest {
-        criu,
-        image_dir: image_dir.into(),
-        inherit,
-        work_dir: image_dir.to_path_buf(),
-    })?;
+    let req = criu::RestoreRequest { criu, image_dir: work.dir.clone(), work_dir: image_dir.to_path_buf() };
+    criu::restore(&req, &mut || release_all(opened))?;
+    drop(work);
     out.pids = pids;
     hooks::point("restart-restored");
     if ck.freezer == Freezer::Sigstop {
@@ -266,15 +266,50 @@ fn restore(
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGCONT);
         }
     }
-    if let Err(e) = opened.iter().try_for_each(Reopened::unlink) {
-        // The tasks run: their clones must stay. Say so rather than undo.
-        out.mounts.clear();
-        return Err(RestartError::Refused(format!(
-            "the tasks were restored (pids {:?}) and run, but the relinked names could not all be removed: {e}; remove them by hand (the restored tasks then see unlinked files)",
-            out.pids
-        )));
-    }
     Ok(())
+}
+
+/// The `post-restore` step: every placed name still the object, then all names removed.
+fn release_all(opened: &mut [Reopened]) -> Result<(), String> {
+    if let Some(o) = opened.iter().find(|o| !o.placed_is_intact()) {
+        return Err(format!(
+            "{} is no longer the preserved file (replaced during the restore?)",
+            o.opened_as.display()
+        ));
+    }
+    hooks::point("restart-post-restore");
+    opened.iter_mut().try_for_each(Reopened::release).map_err(|e| e.to_string())
+}
+
+/// The rewritten copy of a checkpoint's CRIU image that one restore reads, beside the image
+/// (`<root>/.<id>.restoring-<pid>`, on its filesystem so that the image files are hard
+/// links, not copies); removed when the restore is over, by `gc` if snapckpt was killed.
+struct RestoreImage {
+    dir: PathBuf,
+}
+
+impl RestoreImage {
+    fn make(
+        ck: &Checkpoint,
+        image_dir: &Path,
+        paths: &HashMap<String, PathBuf>,
+    ) -> Result<RestoreImage, RestartError> {
+        let name = image::State::Restoring(std::process::id()).name(&ck.id);
+        let dir = image_dir.parent().unwrap_or(Path::new(".")).join(name);
+        if dir.symlink_metadata().is_ok() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        crate::criu_image::rewrite_externals(image_dir, &dir, paths).map_err(|e| {
+            RestartError::Refused(format!("cannot prepare the CRIU image for the restore: {e}"))
+        })?;
+        Ok(RestoreImage { dir })
+    }
+}
+
+impl Drop for RestoreImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// `--exec`: the command holds the objects at the recorded fds and unlinks the names itself.
