@@ -315,10 +315,9 @@ mod tests {
         let req = RestoreRequest {
             criu: "/bin/true".into(),
             image_dir: dir.clone(),
-            inherit: vec![],
             work_dir: dir.clone(),
         };
-        let e = restore(&req).unwrap_err();
+        let e = restore(&req, &mut || Ok(())).unwrap_err();
         let s = e.to_string();
         assert!(matches!(e, CriuError::NoLog { .. }), "{s}");
         assert!(!s.contains("an old failure") && !s.contains(RESTORE_LOG), "{s}");
