@@ -18,6 +18,7 @@
 
 pub mod cleanup;
 pub mod criu;
+pub mod engine;
 pub mod hooks;
 pub mod image;
 pub mod job;
@@ -28,3 +29,4 @@ pub mod snapshot;
 pub mod sys;
 pub mod take;
 pub mod tasks;
+pub mod units;

@@ -172,7 +172,7 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
                 // Refuse before consuming the names if the command cannot be run at all.
                 let prog =
                     cmd.first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
-                let Some(exe) = which(prog) else {
+                let Some(exe) = sys::which(prog) else {
                     return Err(RestartError::Refused(format!("--exec: {prog}: no such executable")));
                 };
                 // The names are consumed just before execve: an execve that fails then would
@@ -545,15 +545,4 @@ fn run_exec(
         source,
     })?;
     Ok(st.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
-}
-
-/// Resolve a command like execvp would (a path with '/' as is, else through PATH).
-fn which(prog: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let ok =
-        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if prog.contains('/') {
-        return ok(Path::new(prog)).then(|| PathBuf::from(prog));
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(prog)).find(|p| ok(p))
 }
