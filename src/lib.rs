@@ -15,8 +15,15 @@
 //! | restart from a checkpoint | [`restart`] |
 //! | delete checkpoints, collect leftovers | [`cleanup`] |
 //! | TOML job files | [`job`] |
+//! | flags, job file and environment resolved into each command's options | [`config`] |
+//! | the `check` command: what this machine offers | [`check`] |
+//!
+//! Shared vocabulary: [`engine`] (what happens to tasks after a CRIU dump), [`units`] (sizes),
+//! [`sys`] (system calls and small helpers).
 
+pub mod check;
 pub mod cleanup;
+pub mod config;
 pub mod criu;
 pub mod engine;
 pub mod hooks;
