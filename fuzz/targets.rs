@@ -3,8 +3,8 @@
 //! deterministic smoke test in integration/tests/failures.rs.
 #![allow(dead_code)]
 
-use snapckpt::image::Checkpoint;
 use snapckpt::job::Job;
+use snapckpt::record::Checkpoint;
 use snapckpt::relink::Template;
 use std::path::Path;
 
@@ -40,7 +40,7 @@ pub fn checkpoint_json(data: &[u8]) {
                 let _ = s.describe();
                 assert!(s.mount_point().starts_with('/'));
             }
-            assert!(snapckpt::image::valid_id(&ck.id));
+            assert!(snapckpt::record::names::valid_id(&ck.id));
             let again = serde_json::to_vec(&ck).expect("a record serializes");
             let back: Checkpoint = serde_json::from_slice(&again).expect("a serialized record parses");
             assert_eq!(back, ck, "round trip changed the record");
@@ -98,12 +98,12 @@ pub fn template(data: &[u8]) {
             );
             assert!(!name.starts_with('.'), "template {t:?} renders a hidden name {name:?}");
             if let Some(id) = tpl.match_id(&name) {
-                assert!(snapckpt::image::valid_id(&id), "{id:?}");
+                assert!(snapckpt::record::names::valid_id(&id), "{id:?}");
             }
         }
     }
     if let Some(id) = tpl.match_id(probe) {
-        assert!(snapckpt::image::valid_id(&id), "{id:?}");
+        assert!(snapckpt::record::names::valid_id(&id), "{id:?}");
     }
 }
 

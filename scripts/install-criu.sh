@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install Debian trixie's criu (4.1.x) and every library it needs into a private
-# prefix, without touching /etc/apt or the host's dpkg database.
+# Install a Debian criu >= 4.2 (today: 4.2.1 from forky/testing) and every library it
+# needs into a private prefix, without touching /etc/apt or the host's dpkg database.
 #
 #   PREFIX=${SNAPCKPT_CRIU_PREFIX:-/opt/snapckpt/criu}
 #   PREFIX/bin/criu    wrapper: runs PREFIX/usr/sbin/criu through the prefix's own
@@ -8,22 +8,29 @@
 #                      (exec, all args and inherited fds passed through)
 #
 # Why: bookworm's criu 3.17.1 fails `criu check` on the 6.x host kernel; trixie's
-# criu needs libc6 >= 2.38, so it is run with trixie's own loader and libc.
+# 4.1.1 cannot dump TCP/UDP sockets on 6.18 (getsockopt SO_PASSCRED on an inet socket
+# is EOPNOTSUPP; fixed in CRIU 4.2: "criu/sockets: Restrict SO_PASSCRED and SO_PASSSEC
+# to supported families"). Newer suites' criu needs a newer libc6, so it is run with
+# that suite's own loader and libc.
 #
 # Mirror: the URI of the host's Debian archive entry in
 # /etc/apt/sources.list.d/debian.sources (or /etc/apt/sources.list); override with
-# SNAPCKPT_DEBIAN_MIRROR. Suite: SNAPCKPT_CRIU_SUITE (default trixie).
+# SNAPCKPT_DEBIAN_MIRROR. Suites: SNAPCKPT_CRIU_SUITES (default "trixie-backports forky
+# sid"), tried in order, one at a time (never mixed): the first whose criu is >=
+# SNAPCKPT_CRIU_MIN_VERSION (default 4.2) is used, with its own libc and libraries.
 #
-# Idempotent: if PREFIX/bin/criu --version works and PREFIX/.snapckpt-criu-stamp
-# matches this script's STAMP, nothing is downloaded. Always ends with `criu check`.
+# Idempotent: if PREFIX/bin/criu --version works, is >= the minimum version, and
+# PREFIX/.snapckpt-criu-stamp matches this script's STAMP, nothing is downloaded.
+# Always ends with `criu check`.
 # Needs root. Exit status != 0 if anything, including `criu check`, fails.
 set -euo pipefail
 
-SCRIPT_VERSION=1
-SUITE=${SNAPCKPT_CRIU_SUITE:-trixie}
+SCRIPT_VERSION=2
+SUITES=${SNAPCKPT_CRIU_SUITES:-trixie-backports forky sid}
+MIN_VERSION=${SNAPCKPT_CRIU_MIN_VERSION:-4.2}
 PREFIX=${SNAPCKPT_CRIU_PREFIX:-/opt/snapckpt/criu}
 PREFIX=${PREFIX%/}
-STAMP="snapckpt-install-criu v${SCRIPT_VERSION} suite=${SUITE}"
+STAMP="snapckpt-install-criu v${SCRIPT_VERSION} suites=${SUITES} min=${MIN_VERSION}"
 STAMP_FILE="$PREFIX/.snapckpt-criu-stamp"
 MULTIARCH=x86_64-linux-gnu
 KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
@@ -54,6 +61,10 @@ ensure_host_packages() {
     fi
 }
 
+# criu_version CMD...: "Version: 4.2.1" (CMD --version) -> 4.2.1
+criu_version() { "$@" --version 2>/dev/null | awk '$1 == "Version:" { print $2; exit }'; }
+version_ok() { [ -n "$1" ] && dpkg --compare-versions "$1" ge "$MIN_VERSION"; }
+
 # One installer at a time per prefix.
 mkdir -p "$(dirname "$PREFIX")"
 exec 9>"$PREFIX.lock"
@@ -62,7 +73,7 @@ flock 9
 # ---- cached? ---------------------------------------------------------------
 if [ -x "$PREFIX/bin/criu" ] && [ -f "$STAMP_FILE" ] &&
     [ "$(cat "$STAMP_FILE")" = "$STAMP" ] &&
-    "$PREFIX/bin/criu" --version >/dev/null 2>&1; then
+    version_ok "$(criu_version "$PREFIX/bin/criu")"; then
     log "already installed ($("$PREFIX/bin/criu" --version | head -n1)), nothing to do"
     ensure_host_packages
     run_check
@@ -101,7 +112,7 @@ find_mirror() {
 }
 MIRROR=${SNAPCKPT_DEBIAN_MIRROR:-$(find_mirror)}
 [ -n "$MIRROR" ] || die "no Debian mirror URI found in /etc/apt (set SNAPCKPT_DEBIAN_MIRROR)"
-log "mirror $MIRROR, suite $SUITE, prefix $PREFIX"
+log "mirror $MIRROR, suites '$SUITES' (criu >= $MIN_VERSION), prefix $PREFIX"
 
 # ---- private apt state --------------------------------------------------------
 WORK=$(mktemp -d /tmp/snapckpt-criu.XXXXXX)
@@ -110,9 +121,6 @@ cleanup() { rm -rf -- "$WORK" "$STAGE"; }
 trap cleanup EXIT
 mkdir -p "$WORK/lists/partial" "$WORK/cache/archives/partial" "$WORK/debs" "$WORK/empty.d"
 touch "$WORK/status"
-cat >"$WORK/sources.list" <<EOF
-deb [signed-by=$KEYRING] $MIRROR $SUITE main
-EOF
 APT_OPTS=(
     -o "Dir::Etc::SourceList=$WORK/sources.list"
     -o "Dir::Etc::SourceParts=/nonexistent"
@@ -132,8 +140,26 @@ APT_OPTS=(
     -o "Acquire::IndexTargets::deb::Contents-deb::DefaultEnabled=false"
     -o "Acquire::Languages=none"
 )
-log "apt-get update (private lists)"
-apt-get "${APT_OPTS[@]}" -qq update
+
+# First suite (one at a time, private lists) whose criu is new enough.
+SUITE="" CRIU_DEB_VERSION=""
+for s in $SUITES; do
+    printf 'deb [signed-by=%s] %s %s main\n' "$KEYRING" "$MIRROR" "$s" >"$WORK/sources.list"
+    rm -rf -- "$WORK/lists" && mkdir -p "$WORK/lists/partial"
+    log "apt-get update (private lists): $s"
+    if ! apt-get "${APT_OPTS[@]}" -qq update; then
+        log "suite $s: apt-get update failed, skipped"
+        continue
+    fi
+    v=$(apt-cache "${APT_OPTS[@]}" policy criu | awk '$1 == "Candidate:" { print $2 }')
+    if [ -n "$v" ] && [ "$v" != "(none)" ] && dpkg --compare-versions "$v" ge "$MIN_VERSION"; then
+        SUITE=$s CRIU_DEB_VERSION=$v
+        break
+    fi
+    log "suite $s: criu ${v:-(none)} is not >= $MIN_VERSION, skipped"
+done
+[ -n "$SUITE" ] || die "no suite of '$SUITES' carries criu >= $MIN_VERSION"
+log "using criu $CRIU_DEB_VERSION from $SUITE"
 
 # Dependency closure: apt's resolver against an empty dpkg status (nothing installed).
 mapfile -t PKGS < <(apt-get "${APT_OPTS[@]}" -s --no-install-recommends install criu libcompel1 |
@@ -166,18 +192,20 @@ for obj in usr/sbin/criu "$LIBDIR_REL/libcompel.so.1"; do
     outside=$(awk '/=>/ && $3 ~ /^\// { print $3 }' <<<"$ldd_out" | grep -v "^$STAGE/" || true)
     [ -z "$outside" ] || die "$obj resolves libraries outside the prefix: $outside"
 done
-"$STAGE/$LOADER_REL" --library-path "$STAGE/$LIBDIR_REL" "$STAGE/usr/sbin/criu" --version >/dev/null ||
-    die "staged criu --version failed"
+staged_version=$(criu_version "$STAGE/$LOADER_REL" --library-path "$STAGE/$LIBDIR_REL" "$STAGE/usr/sbin/criu")
+[ -n "$staged_version" ] || die "staged criu --version failed"
+version_ok "$staged_version" || die "staged criu is $staged_version, not >= $MIN_VERSION"
 
 mkdir -p "$STAGE/bin"
 cat >"$STAGE/bin/criu" <<EOF
 #!/bin/sh
 # Generated by snapckpt scripts/install-criu.sh (v$SCRIPT_VERSION): Debian $SUITE criu
-# run through its own glibc. exec keeps the pid, all arguments and inherited fds.
+# $CRIU_DEB_VERSION run through its own glibc. exec keeps the pid, all arguments and inherited fds.
 exec "$PREFIX/$LOADER_REL" --library-path "$PREFIX/$LIBDIR_REL" "$PREFIX/usr/sbin/criu" "\$@"
 EOF
 chmod 0755 "$STAGE/bin/criu"
 (cd "$WORK/debs" && ls -1 *.deb) >"$STAGE/.snapckpt-criu-packages"
+printf 'suite=%s criu=%s\n' "$SUITE" "$CRIU_DEB_VERSION" >"$STAGE/.snapckpt-criu-source"
 printf '%s\n' "$STAMP" >"$STAGE/.snapckpt-criu-stamp"
 
 if [ -e "$PREFIX" ] || [ -L "$PREFIX" ]; then

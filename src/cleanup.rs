@@ -5,7 +5,8 @@
 //! the names under each mount's `lost+found/checkpoint` by id and remove those whose
 //! checkpoint has no complete image and no take in progress.
 
-use crate::image::{self, Checkpoint};
+use crate::image;
+use crate::record::{self, Checkpoint};
 use crate::relink::{self, Template};
 use crate::snapshot;
 use std::collections::BTreeMap;
@@ -43,21 +44,9 @@ pub fn delete(image_dir: &Path, force: bool) -> Result<Checkpoint, CleanupError>
         snapshot::delete(s, force)?;
     }
     if !ck.links_removed {
-        remove_live_names(&ck)?;
+        relink::remove_live_names(&ck)?;
     }
-    // Rename first so that a crash never leaves a half-deleted but valid-looking image.
-    let parent = image_dir.parent().unwrap_or(Path::new("."));
-    let doomed = parent.join(format!(".{}.deleting", ck.id));
-    std::fs::rename(image_dir, &doomed).map_err(|source| CleanupError::Io {
-        path: image_dir.into(),
-        syscall: "rename",
-        source,
-    })?;
-    std::fs::remove_dir_all(&doomed).map_err(|source| CleanupError::Io {
-        path: doomed.clone(),
-        syscall: "unlink",
-        source,
-    })?;
+    image::remove(image_dir, &ck.id)?;
     Ok(ck)
 }
 
@@ -68,7 +57,7 @@ pub fn delete(image_dir: &Path, force: bool) -> Result<Checkpoint, CleanupError>
 pub fn delete_unreadable(image_dir: &Path) -> Result<String, CleanupError> {
     let refuse = |why: &str| CleanupError::Refused(format!("{}: {why}; not removed", image_dir.display()));
     let id = image_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    if !image::generated_id(&id) {
+    if !record::names::generated_id(&id) {
         return Err(refuse("not named like a checkpoint id"));
     }
     let md = std::fs::symlink_metadata(image_dir).map_err(|source| CleanupError::Io {
@@ -79,40 +68,11 @@ pub fn delete_unreadable(image_dir: &Path) -> Result<String, CleanupError> {
     if !md.is_dir() {
         return Err(refuse("not a directory"));
     }
-    if std::fs::symlink_metadata(image_dir.join(image::RECORD_FILE)).map(|m| !m.is_file()).unwrap_or(true) {
+    if std::fs::symlink_metadata(image_dir.join(record::RECORD_FILE)).map(|m| !m.is_file()).unwrap_or(true) {
         return Err(refuse("holds no checkpoint record"));
     }
-    let parent = image_dir.parent().unwrap_or(Path::new("."));
-    let doomed = parent.join(format!(".{id}.deleting"));
-    std::fs::rename(image_dir, &doomed).map_err(|source| CleanupError::Io {
-        path: image_dir.into(),
-        syscall: "rename",
-        source,
-    })?;
-    std::fs::remove_dir_all(&doomed).map_err(|source| CleanupError::Io {
-        path: doomed.clone(),
-        syscall: "unlink",
-        source,
-    })?;
+    image::remove(image_dir, &id)?;
     Ok(id)
-}
-
-fn remove_live_names(ck: &Checkpoint) -> Result<(), CleanupError> {
-    for (o, r) in ck.relinked() {
-        let d = match relink::open_checkpoint_dir(Path::new(&o.mount.mount_point), None, false) {
-            Ok(d) => d,
-            Err(relink::RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
-                continue
-            }
-            Err(e) => return Err(e.into()),
-        };
-        match d.remove(&r.name, o.kind == image::FileKind::Directory) {
-            Ok(()) => {}
-            Err(relink::RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
 }
 
 /// What `gc` found (and removed unless it was a dry run).
@@ -127,7 +87,7 @@ pub struct GcReport {
     /// Partial image directories of takes that died, and the kept CRIU logs of failed takes.
     pub partial_dirs: Vec<PathBuf>,
     /// btrfs and LVM snapshots of checkpoints that have no image (takes that died after the snapshot).
-    pub stale_snapshots: Vec<(String, image::Snapshot)>,
+    pub stale_snapshots: Vec<(String, record::Snapshot)>,
     /// Ids with names or snapshots but neither an image nor a trace of a failed take in this
     /// image root (perhaps another image root's checkpoints): how many names and snapshots.
     /// Left alone unless the scope names them.
@@ -161,48 +121,10 @@ pub fn gc(
     snapshot_dirs: &[String],
     dry_run: bool,
 ) -> Result<GcReport, CleanupError> {
-    let mut live: HashSet<String> = HashSet::new();
-    let mut failed: HashSet<String> = HashSet::new();
     let mut rep = GcReport::default();
     let mut dirs: Vec<Option<String>> = vec![None];
     dirs.extend(snapshot_dirs.iter().cloned().map(Some));
-    for (_, r) in image::list(image_root)? {
-        if let Ok(ck) = r {
-            for s in &ck.snapshots {
-                if let image::Snapshot::Btrfs { mount_point, path, .. } = s {
-                    // <mount>/<dir>/<id>/snapshot
-                    let rel = path.strip_prefix(mount_point.as_str()).map(|r| r.trim_start_matches('/'));
-                    if let Some(d) = rel.and_then(|r| r.strip_suffix(&format!("/{}/snapshot", ck.id))) {
-                        if !d.is_empty() && !dirs.contains(&Some(d.to_string())) {
-                            dirs.push(Some(d.to_string()));
-                        }
-                    }
-                }
-            }
-            live.insert(ck.id);
-        }
-    }
-    if let Ok(rd) = std::fs::read_dir(image_root) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            let Some(id) = n.strip_prefix('.').and_then(|s| {
-                s.strip_suffix(".partial")
-                    .or_else(|| s.strip_suffix(".deleting"))
-                    .or_else(|| s.strip_suffix(".failed"))
-            }) else {
-                continue;
-            };
-            if !image::valid_id(id) {
-                continue;
-            }
-            if n.ends_with(".partial") && crate::take::partial_in_use(&e.path()) {
-                live.insert(id.to_string());
-            } else {
-                failed.insert(id.to_string());
-                rep.partial_dirs.push(e.path());
-            }
-        }
-    }
+    let Traces { live, failed } = image_root_traces(image_root, &mut dirs, &mut rep)?;
     let doomed = |id: &str| match scope {
         GcScope::Failed => failed.contains(id) && !live.contains(id),
         GcScope::AllWithoutImage => !live.contains(id),
@@ -230,9 +152,59 @@ pub fn gc(
             }
         }
     }
-    if dry_run {
-        return Ok(rep);
+    if !dry_run {
+        remove_found(&rep)?;
+        rep.removed = true;
     }
+    Ok(rep)
+}
+
+/// The ids an image root knows: `live` (a published image, or a take still writing its
+/// partial directory) and `failed` (a trace of a take or deletion that did not finish, whose
+/// entries go into `rep.partial_dirs`). Custom btrfs snapshot dirs named by the records are
+/// added to `dirs`.
+struct Traces {
+    live: HashSet<String>,
+    failed: HashSet<String>,
+}
+
+fn image_root_traces(
+    image_root: &Path,
+    dirs: &mut Vec<Option<String>>,
+    rep: &mut GcReport,
+) -> Result<Traces, CleanupError> {
+    let mut t = Traces { live: HashSet::new(), failed: HashSet::new() };
+    for (_, r) in image::list(image_root)? {
+        let Ok(ck) = r else { continue };
+        for s in &ck.snapshots {
+            if let record::Snapshot::Btrfs { mount_point, path, .. } = s {
+                // <mount>/<dir>/<id>/snapshot
+                let rel = path.strip_prefix(mount_point.as_str()).map(|r| r.trim_start_matches('/'));
+                let tail = format!("/{}/{}", ck.id, record::names::SNAPSHOT_NAME);
+                if let Some(d) = rel.and_then(|r| r.strip_suffix(&tail)) {
+                    if !d.is_empty() && !dirs.contains(&Some(d.to_string())) {
+                        dirs.push(Some(d.to_string()));
+                    }
+                }
+            }
+        }
+        t.live.insert(ck.id);
+    }
+    let Ok(rd) = std::fs::read_dir(image_root) else { return Ok(t) };
+    for e in rd.flatten() {
+        let Some((id, state)) = image::State::of_name(&e.file_name().to_string_lossy()) else { continue };
+        if state == image::State::Partial && image::partial_in_use(&e.path()) {
+            t.live.insert(id);
+        } else {
+            t.failed.insert(id);
+            rep.partial_dirs.push(e.path());
+        }
+    }
+    Ok(t)
+}
+
+/// Remove what a gc survey found: names, snapshots, then the image root's traces.
+fn remove_found(rep: &GcReport) -> Result<(), CleanupError> {
     for names in rep.stale.values() {
         for (m, name) in names {
             let d = relink::open_checkpoint_dir(m, None, false)?;
@@ -254,6 +226,5 @@ pub fn gc(
             source,
         })?;
     }
-    rep.removed = true;
-    Ok(rep)
+    Ok(())
 }

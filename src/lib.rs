@@ -18,8 +18,9 @@
 //! | flags, job file and environment resolved into each command's options | [`config`] |
 //! | the `check` command: what this machine offers | [`check`] |
 //!
-//! Shared vocabulary: [`engine`] (what happens to tasks after a CRIU dump), [`units`] (sizes),
-//! [`sys`] (system calls and small helpers).
+//! [`procfs`] parses `/proc` (stat, mountinfo, fdinfo, maps) for all of them; [`sys`] wraps
+//! the system calls; [`engine`] (what happens to tasks after a CRIU dump) and [`units`]
+//! (sizes) are vocabulary shared by several stages.
 
 pub mod check;
 pub mod cleanup;
@@ -29,6 +30,8 @@ pub mod engine;
 pub mod hooks;
 pub mod image;
 pub mod job;
+pub mod procfs;
+pub mod record;
 pub mod relink;
 pub mod restart;
 pub mod scan;

@@ -6,7 +6,8 @@ use clap::{Parser, Subcommand};
 use snapckpt::config::{
     self, CheckArgs, DeleteArgs, Env, GcArgs, ListArgs, RestartArgs, ScanArgs, ScanTarget, TakeArgs,
 };
-use snapckpt::image::{self, Engine};
+use snapckpt::image;
+use snapckpt::record::{self, Engine};
 use snapckpt::{check, cleanup, relink, restart, scan, take};
 use std::ffi::OsStr;
 use std::process::ExitCode;
@@ -104,19 +105,33 @@ fn cmd_take(a: TakeArgs, env: &Env) -> Res {
     let json = a.json;
     let opts = config::take_options(a, env)?;
     let working = EpipeWhileWorking::new();
-    let outcome = take::take(&opts)?;
+    let outcome = take::take(&opts).inspect_err(|e| {
+        if let take::TakeError::Undone { warnings, .. } = e {
+            for w in warnings {
+                eprintln!("snapckpt: warning: {w}");
+            }
+        }
+    })?;
     drop(working);
     match outcome {
         take::Outcome::DryRun(p) if json => println!("{}", serde_json::to_string_pretty(&plan_json(&p))?),
         take::Outcome::DryRun(p) => print_plan(&p),
-        take::Outcome::Taken(t) if json => println!("{}", serde_json::to_string_pretty(&t.record)?),
-        take::Outcome::Taken(t) => print_taken(&t),
+        take::Outcome::Taken(t) => {
+            for n in &t.notes {
+                eprintln!("snapckpt: note: {n}");
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&t.record)?);
+            } else {
+                print_taken(&t);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Where a dry run would relink `o`.
-fn relink_into(o: &image::Object) -> String {
+fn relink_into(o: &record::Object) -> String {
     format!("{}/{}", o.mount.mount_point.trim_end_matches('/'), relink::CHECKPOINT_DIR)
 }
 
@@ -246,7 +261,7 @@ fn cmd_list(a: ListArgs, env: &Env) -> Res {
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_listed(ck: &image::Checkpoint) {
+fn print_listed(ck: &record::Checkpoint) {
     let engine = match &ck.engine {
         Engine::None => "files".to_string(),
         Engine::Criu { version, .. } => format!("criu {version}"),
@@ -369,8 +384,8 @@ fn cmd_scan(a: ScanArgs) -> Res {
     if o.json {
         #[derive(serde::Serialize)]
         struct Out<'a> {
-            tasks: &'a [image::Task],
-            objects: &'a [image::Object],
+            tasks: &'a [record::Task],
+            objects: &'a [record::Object],
         }
         println!("{}", serde_json::to_string_pretty(&Out { tasks: &sc.tasks, objects: &sc.objects })?);
         return Ok(ExitCode::SUCCESS);

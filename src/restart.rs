@@ -12,7 +12,8 @@
 //!
 //! A failed restart unmounts and removes the clones it made and leaves the names in place.
 
-use crate::image::{self, Checkpoint, Engine, FileKind, Method, Object};
+use crate::image;
+use crate::record::{Checkpoint, Engine, FileKind, Freezer, Held, Method, Object};
 use crate::relink::{self, CheckpointDir};
 use crate::snapshot::{self, MountedClone};
 use crate::{criu, hooks, sys};
@@ -134,7 +135,7 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
                 let work = image_dir.to_path_buf();
                 // Restored stopped (taken with SIGSTOP): continued below, or by this
                 // watchdog if snapckpt dies before.
-                let _guard = if ck.freezer == "sigstop" {
+                let _guard = if ck.freezer == Freezer::Sigstop {
                     Some(crate::tasks::ContinueGuard::arm(
                         &ck.tasks.iter().map(|t| t.pid).collect::<Vec<_>>(),
                     )?)
@@ -149,7 +150,7 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
                 })?;
                 out.pids = ck.tasks.iter().map(|t| t.pid).collect();
                 hooks::point("restart-restored");
-                if ck.freezer == "sigstop" {
+                if ck.freezer == Freezer::Sigstop {
                     // dumped while stopped by snapckpt: CRIU brings them back stopped; first
                     // thing, before anything else can fail
                     for &p in out.pids.iter().filter(|&&p| p > 0) {
@@ -376,7 +377,7 @@ fn held_only_as_opath(ck: &Checkpoint, o: &Object) -> bool {
         .map(|f| f.flags)
         .collect();
     !fds.is_empty()
-        && o.holders.iter().all(|h| h.what.starts_with("fd "))
+        && o.holders.iter().all(|h| matches!(h.what, Held::Fd(_)))
         && fds.iter().all(|&fl| fl as i32 & libc::O_PATH != 0)
 }
 

@@ -9,7 +9,8 @@
 //! Unlinked inodes become [`Object`]s, one per inode (keyed by dev/ino), shared by every fd,
 //! mapping, cwd or exe of every task that holds it.
 
-use crate::image::{Fd, FileKind, FileRef, Holder, Mapping, MountRef, Object, Task, Unlinked};
+use crate::procfs::{self, parse_fdinfo, parse_maps_line, FdInfo};
+use crate::record::{Fd, FileKind, FileRef, Held, Holder, Mapping, MountRef, Object, Task, Unlinked};
 use crate::sys;
 use std::collections::HashMap;
 use std::io;
@@ -111,7 +112,7 @@ struct Scanner {
 /// One file found in a task, before classification.
 struct Found<'a> {
     pid: i32,
-    what: String,
+    what: Held,
     /// readlink text of the /proc link
     target: &'a [u8],
     st: &'a libc::stat,
@@ -121,7 +122,7 @@ struct Found<'a> {
 
 impl Scanner {
     fn task(&mut self, pid: i32) -> Result<(), ScanError> {
-        let base = PathBuf::from(format!("/proc/{pid}"));
+        let base = procfs::pid_dir(pid);
         let gone = |path: PathBuf, syscall: &'static str| {
             move |source: io::Error| proc_error(pid, path, syscall, source)
         };
@@ -162,13 +163,13 @@ impl Scanner {
         };
 
         // cwd, root, exe
-        for (name, slot) in [("cwd", 0), ("root", 1), ("exe", 2)] {
-            let p = base.join(name);
+        for (what, slot) in [(Held::Cwd, 0), (Held::Root, 1), (Held::Exe, 2)] {
+            let p = base.join(what.proc_name());
             let Ok(target) = sys::readlink(&p) else { continue }; // kernel threads, zombies
             let Ok(st) = sys::stat(&p) else { continue };
             let mnt_id = sys::open(&p, libc::O_PATH, 0).ok().and_then(|f| sys::mnt_id_of(f.as_raw_fd()).ok());
-            let f = Found { pid, what: name.into(), target: &target, st: &st, mnt_id, fdflags: None };
-            let object = if name == "root" { None } else { self.classify(&f, &root, &mounts) };
+            let f = Found { pid, what, target: &target, st: &st, mnt_id, fdflags: None };
+            let object = if what == Held::Root { None } else { self.classify(&f, &root, &mounts) };
             let r = FileRef { path: sys::lossy(&target), dev: st.st_dev, ino: st.st_ino, object };
             match slot {
                 0 => task.cwd = Some(r),
@@ -191,7 +192,7 @@ impl Scanner {
             let Ok(target) = sys::readlink(&link) else { continue };
             let Ok(st) = sys::stat(&link) else { continue };
             let Ok(info) = sys::read_proc(base.join("fdinfo").join(n.to_string())) else { continue };
-            let (pos, flags, mnt_id) = parse_fdinfo(&info);
+            let FdInfo { pos, flags, mnt_id } = parse_fdinfo(&info);
             let kind = if target.first() == Some(&b'/') && mounts.contains_key(&mnt_id) {
                 FileKind::from_mode(st.st_mode)
             } else {
@@ -199,7 +200,7 @@ impl Scanner {
             };
             let f = Found {
                 pid,
-                what: format!("fd {n}"),
+                what: Held::Fd(n),
                 target: &target,
                 st: &st,
                 mnt_id: Some(mnt_id),
@@ -229,7 +230,7 @@ impl Scanner {
             if !m.path.starts_with('/') || !seen.insert((m.start, m.end)) {
                 continue;
             }
-            let link = base.join("map_files").join(format!("{:x}-{:x}", m.start, m.end));
+            let link = procfs::mapping_path(pid, m.start, m.end);
             let Ok(st) = sys::stat(&link) else { continue };
             let target = sys::readlink(&link).unwrap_or_else(|_| m.path.as_bytes().to_vec());
             let mnt_id =
@@ -238,7 +239,7 @@ impl Scanner {
                 Some(id) if mounts.contains_key(&id) => {
                     let f = Found {
                         pid,
-                        what: format!("map {:x}-{:x}", m.start, m.end),
+                        what: Held::Map { start: m.start, end: m.end },
                         target: &target,
                         st: &st,
                         mnt_id,
@@ -264,17 +265,17 @@ impl Scanner {
     }
 
     fn mounts(&mut self, pid: i32) -> Result<HashMap<u32, MountRef>, ScanError> {
-        let ns = sys::readlink(format!("/proc/{pid}/ns/mnt")).map(|b| sys::lossy(&b)).unwrap_or_default();
+        let ns = sys::readlink(procfs::pid_path(pid, "ns/mnt")).map(|b| sys::lossy(&b)).unwrap_or_default();
         let key = format!(
             "{ns}/{}",
-            sys::readlink(format!("/proc/{pid}/root")).map(|b| sys::lossy(&b)).unwrap_or_default()
+            sys::readlink(procfs::pid_path(pid, "root")).map(|b| sys::lossy(&b)).unwrap_or_default()
         );
         if let Some(m) = self.mountinfo.get(&key) {
             return Ok(m.clone());
         }
-        let p = PathBuf::from(format!("/proc/{pid}/mountinfo"));
+        let p = procfs::pid_path(pid, "mountinfo");
         let text = sys::read_proc(&p).map_err(|source| proc_error(pid, p.clone(), "read", source))?;
-        let m = parse_mountinfo(&text);
+        let m = mount_refs(&text);
         self.mountinfo.insert(key, m.clone());
         Ok(m)
     }
@@ -283,7 +284,7 @@ impl Scanner {
     fn classify(&mut self, f: &Found, root: &OwnedFd, mounts: &HashMap<u32, MountRef>) -> Option<usize> {
         let class = classify(root, f.target, f.st, f.fdflags)?;
         let key = (f.st.st_dev, f.st.st_ino);
-        let holder = Holder { pid: f.pid, what: f.what.clone() };
+        let holder = Holder { pid: f.pid, what: f.what };
         if let Some(&i) = self.by_inode.get(&key) {
             self.objects[i].holders.push(holder);
             return Some(i);
@@ -376,124 +377,39 @@ fn path_under(path: &str, mp: &str) -> bool {
     mp == "/" || path == mp || path.strip_prefix(mp).is_some_and(|r| r.starts_with('/'))
 }
 
-/// comm and ppid from /proc/PID/stat; comm may hold spaces and ')' so parse from the last ')'.
+/// comm and ppid from /proc/PID/stat (see [`procfs::ProcStat::parse`]).
 pub fn parse_stat(s: &str) -> Option<(String, i32)> {
-    let open = s.find('(')?;
-    let close = s.rfind(')')?;
-    let comm = s.get(open + 1..close)?.to_string();
-    let mut rest = s.get(close + 1..)?.split_whitespace();
-    let _state = rest.next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    Some((comm, ppid))
+    procfs::ProcStat::parse(s).map(|st| (st.comm, st.ppid))
 }
 
-/// pos, flags (octal) and mnt_id from /proc/PID/fdinfo/N.
-pub fn parse_fdinfo(s: &str) -> (u64, u32, u32) {
-    let (mut pos, mut flags, mut mnt) = (0, 0, 0);
-    for l in s.lines() {
-        let mut it = l.splitn(2, ':');
-        let (k, v) = (it.next().unwrap_or(""), it.next().unwrap_or("").trim());
-        match k {
-            "pos" => pos = v.parse().unwrap_or(0),
-            "flags" => flags = u32::from_str_radix(v, 8).unwrap_or(0),
-            "mnt_id" => mnt = v.parse().unwrap_or(0),
-            _ => {}
-        }
-    }
-    (pos, flags, mnt)
-}
-
-pub struct MapsLine {
-    pub start: u64,
-    pub end: u64,
-    pub perms: String,
-    pub pgoff: u64,
-    pub path: String,
-}
-
-/// One line of /proc/PID/maps. The path is everything after the inode field (it may hold spaces).
-pub fn parse_maps_line(l: &str) -> Option<MapsLine> {
-    let mut rest = l;
-    let mut fields = Vec::with_capacity(5);
-    for _ in 0..5 {
-        rest = rest.trim_start();
-        let end = rest.find(' ').unwrap_or(rest.len());
-        fields.push(&rest[..end]);
-        rest = &rest[end..];
-    }
-    let (a, b) = fields[0].split_once('-')?;
-    Some(MapsLine {
-        start: u64::from_str_radix(a, 16).ok()?,
-        end: u64::from_str_radix(b, 16).ok()?,
-        perms: fields[1].to_string(),
-        pgoff: u64::from_str_radix(fields[2], 16).ok()?,
-        path: rest.trim_start().to_string(),
-    })
-}
-
-/// Parse /proc/PID/mountinfo (octal escapes in paths decoded).
-pub fn parse_mountinfo(text: &str) -> HashMap<u32, MountRef> {
-    let mut m = HashMap::new();
-    for l in text.lines() {
-        let f: Vec<&str> = l.split(' ').collect();
-        let Some(sep) = f.iter().position(|x| *x == "-") else { continue };
-        if f.len() < 5 || f.len() < sep + 3 {
-            continue;
-        }
-        let Ok(id) = f[0].parse::<u32>() else { continue };
-        let Some((maj, min)) = f[2].split_once(':') else { continue };
-        let (Ok(maj), Ok(min)) = (maj.parse(), min.parse()) else { continue };
-        m.insert(
-            id,
-            MountRef {
-                mnt_id: id,
-                mount_point: unescape(f[4]),
-                fs_root: unescape(f[3]),
-                fstype: f[sep + 1].to_string(),
-                source: unescape(f[sep + 2]),
-                dev: sys::makedev(maj, min),
-            },
-        );
-    }
-    m
-}
-
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    sys::lossy(&out)
+/// The mounts of a mountinfo text as the scan records them, by mount id.
+pub fn mount_refs(text: &str) -> HashMap<u32, MountRef> {
+    let lossy = |p: &Path| p.to_string_lossy().into_owned();
+    procfs::parse_mountinfo(text.as_bytes())
+        .into_iter()
+        .map(|e| {
+            let m = MountRef {
+                mnt_id: e.mnt_id,
+                mount_point: lossy(&e.mount_point),
+                fs_root: lossy(&e.root),
+                fstype: e.fstype,
+                source: e.source,
+                dev: e.dev,
+            };
+            (e.mnt_id, m)
+        })
+        .collect()
 }
 
 /// The mount a checkpoint directory goes to, reached as snapckpt sees it: through the task's
 /// root, so that tasks in other mount namespaces work and linkat stays on one vfsmount.
 pub fn mount_dir_for(pid: i32, mount_point: &str) -> PathBuf {
-    Path::new(&format!("/proc/{pid}/root")).join(mount_point.trim_start_matches('/'))
+    procfs::in_root(pid, mount_point)
 }
 
 /// The /proc path through which snapckpt reaches a holder's file.
 pub fn holder_proc_path(h: &Holder) -> Option<PathBuf> {
-    let base = format!("/proc/{}", h.pid);
-    let w = h.what.as_str();
-    if let Some(n) = w.strip_prefix("fd ") {
-        return Some(PathBuf::from(format!("{base}/fd/{n}")));
-    }
-    if let Some(r) = w.strip_prefix("map ") {
-        return Some(PathBuf::from(format!("{base}/map_files/{r}")));
-    }
-    match w {
-        "cwd" | "exe" | "root" => Some(PathBuf::from(format!("{base}/{w}"))),
-        _ => None,
-    }
+    Some(h.what.proc_path(h.pid))
 }
 
 #[cfg(test)]
@@ -509,32 +425,11 @@ mod tests {
     }
 
     #[test]
-    fn fdinfo() {
-        let (pos, flags, mnt) = parse_fdinfo("pos:\t4096\nflags:\t0102002\nmnt_id:\t31\nino:\t12\n");
-        assert_eq!((pos, flags, mnt), (4096, 0o102002, 31));
-    }
-
-    #[test]
-    fn maps_with_spaces() {
-        let m = parse_maps_line(
-            "7f0000000000-7f0000001000 rw-s 00002000 00:2a 1234                       /tmp/a b (deleted)",
-        )
-        .unwrap();
-        assert_eq!((m.start, m.end, m.pgoff), (0x7f0000000000, 0x7f0000001000, 0x2000));
-        assert_eq!(m.path, "/tmp/a b (deleted)");
-        let m = parse_maps_line("7ffd1000-7ffd2000 r-xp 00000000 00:00 0                          [vdso]")
-            .unwrap();
-        assert_eq!(m.path, "[vdso]");
-        let m = parse_maps_line("7ffd1000-7ffd2000 r-xp 00000000 00:00 0 ").unwrap();
-        assert_eq!(m.path, "");
-    }
-
-    #[test]
     fn mountinfo() {
         let t =
             "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
                  40 36 0:50 / /x rw - btrfs /dev/loop0 rw\n";
-        let m = parse_mountinfo(t);
+        let m = mount_refs(t);
         assert_eq!(m[&36].mount_point, "/mnt/with space");
         assert_eq!(m[&36].fs_root, "/mnt1");
         assert_eq!(m[&36].fstype, "ext3");
@@ -565,9 +460,9 @@ mod tests {
 
     #[test]
     fn holder_paths() {
-        let h = Holder { pid: 5, what: "map 10-20".into() };
+        let h = Holder { pid: 5, what: Held::Map { start: 0x10, end: 0x20 } };
         assert_eq!(holder_proc_path(&h).unwrap(), PathBuf::from("/proc/5/map_files/10-20"));
-        let h = Holder { pid: 5, what: "fd 3".into() };
+        let h = Holder { pid: 5, what: Held::Fd(3) };
         assert_eq!(holder_proc_path(&h).unwrap(), PathBuf::from("/proc/5/fd/3"));
     }
 }

@@ -5,11 +5,13 @@
 //! snapshots of a failed take, and leaves either a whole image directory or none: the image is
 //! built as `<root>/.<id>.partial` and renamed to `<root>/<id>` only at the end.
 
-use crate::image::{self, Checkpoint, Engine, Snapshot};
+use crate::image::{self, ImageDir};
+use crate::record::{self, Checkpoint, Engine, Snapshot, Timings};
 use crate::relink::{self, Relinker, Template};
 use crate::snapshot::{self, Backend, FsSpec};
 use crate::tasks::{self, FreezeMethod, Selection};
 use crate::{criu, hooks, scan, sys};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,9 @@ pub enum TakeError {
     Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
     #[error("{0}")]
     Refused(String),
+    /// A failed take whose undo left something behind (named in `warnings`).
+    #[error("{source}")]
+    Undone { source: Box<TakeError>, warnings: Vec<String> },
     /// The checkpoint is complete but the tasks could not be killed (or left frozen) after it.
     #[error("checkpoint {} is complete, but ending its tasks failed: {source}. They may still be running: check them (kill them before restarting it)", dir.display())]
     Killing { dir: PathBuf, source: tasks::TaskError },
@@ -78,6 +83,8 @@ pub struct Taken {
     pub killed_in: Option<Duration>,
     /// Tasks left frozen (CRIU with leave-stopped): how to resume them.
     pub left_frozen: Option<String>,
+    /// What the user should know (printed by the caller as notes).
+    pub notes: Vec<String>,
 }
 
 /// The plan of a dry run.
@@ -95,10 +102,37 @@ pub enum Outcome {
     DryRun(Plan),
 }
 
-/// Take a checkpoint.
+/// Take a checkpoint: a transaction of named stages. Until the image is published every
+/// failure runs the one undo ([`Tx::undo`]): snapshots deleted, relinked names removed, tasks
+/// thawed; a SIGKILL of snapckpt is covered by the freezer's watchdog and by `gc`.
 pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
+    let sel = select(opts)?;
+    if opts.dry_run {
+        return dry_run(opts, sel).map(Outcome::DryRun);
+    }
+    // The partial image directory, with a lock that `gc` respects while we run.
+    let image = ImageDir::create(&opts.image_root, &sel.id)?;
+    let mut tx =
+        Tx { opts, sel, image, frozen: None, relinker: None, snaps: vec![], timings: Timings::default() };
+    let staged = tx.run();
+    match staged {
+        Ok(done) => tx.finish(done).map(Outcome::Taken),
+        Err(e) => Err(tx.fail(e)),
+    }
+}
+
+/// What the stages before the freeze decided.
+struct Selected {
+    id: String,
+    now: u64,
+    method: FreezeMethod,
+    criu_version: String,
+}
+
+/// Select the tasks and check what can be checked before anything changes.
+fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
     let now = sys::now_unix();
-    let id = image::new_id(now);
+    let id = record::names::new_id(now);
     let pids = tasks::resolve(&opts.selection)?;
     let method = FreezeMethod::for_selection(&opts.selection, &pids)?;
     // Asked before freezing: recorded in the image.
@@ -118,29 +152,36 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
             criu_version = criu::version_string(path);
         }
     }
+    Ok(Selected { id, now, method, criu_version })
+}
 
-    // The partial image directory, with a lock that `gc` respects while we run.
-    let partial = if opts.dry_run { None } else { Some(Partial::create(&opts.image_root, &id)?) };
+/// A dry run: freeze briefly for a consistent scan, plan, thaw.
+fn dry_run(opts: &TakeOptions, sel: Selected) -> Result<Plan, TakeError> {
+    let frozen = tasks::freeze(sel.method, opts.freeze_timeout)?;
+    let pids = selection_after_freeze(opts, &frozen)?;
+    let sc = scan::scan(&pids)?;
+    let specs = snapshot_plan(opts, &sc)?;
+    let freezer = frozen.method().describe();
+    frozen.thaw()?;
+    Ok(Plan { pids, freezer, scan: sc, snapshots: specs })
+}
 
-    let t0 = Instant::now();
-    let frozen = tasks::freeze(method, opts.freeze_timeout)?;
-    let freeze_ms = ms(t0.elapsed());
-    hooks::point("take-frozen");
-
-    // Tasks may have forked between resolve and freeze.
-    let pids2 = tasks::resolve(&opts.selection)?;
+/// Tasks may have forked between the selection and the freeze: a SIGSTOP freeze of a pid
+/// tree does not cover a new task, so the take is refused.
+fn selection_after_freeze(opts: &TakeOptions, frozen: &tasks::Frozen) -> Result<Vec<i32>, TakeError> {
+    let pids = tasks::resolve(&opts.selection)?;
     if let FreezeMethod::Sigstop(stopped) = frozen.method() {
-        let new: Vec<i32> = pids2.iter().copied().filter(|p| !stopped.contains(p)).collect();
+        let new: Vec<i32> = pids.iter().copied().filter(|p| !stopped.contains(p)).collect();
         if !new.is_empty() {
             return Err(TakeError::Refused(format!("tasks {new:?} appeared while freezing; nothing was changed, run the take again (or select a cgroup)")));
         }
     }
-    let pids = pids2;
+    Ok(pids)
+}
 
-    let t1 = Instant::now();
-    let mut sc = scan::scan(&pids)?;
-    let scan_ms = ms(t1.elapsed());
-    hooks::point("take-scanned");
+/// The filesystems to snapshot: the job's, plus (with `auto_snapshot`) every other one that
+/// holds an unlinked object. Each is checked to be possible before anything is relinked.
+fn snapshot_plan(opts: &TakeOptions, sc: &scan::Scan) -> Result<Vec<FsSpec>, TakeError> {
     let mut specs = opts.filesystems.clone();
     if let Some(b) = opts.auto_snapshot {
         for o in &sc.objects {
@@ -150,213 +191,275 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
             }
         }
     }
-
-    // A snapshot that cannot be taken is refused before anything is relinked.
     for spec in &specs {
         snapshot::precheck(spec)?;
     }
-    if opts.dry_run {
-        let freezer = frozen.method().describe();
-        frozen.thaw()?;
-        return Ok(Outcome::DryRun(Plan { pids, freezer, scan: sc, snapshots: specs }));
-    }
-    let partial = partial.expect("not a dry run");
+    Ok(specs)
+}
 
-    let mut ck = Checkpoint::new(&id, now);
-    ck.job = opts.job_name.clone();
-    ck.selection = opts.selection.describe();
-    ck.freezer = frozen.method().describe();
-    ck.template = opts.template.as_str().to_string();
+/// A take in progress: what the undo must reverse.
+struct Tx<'a> {
+    opts: &'a TakeOptions,
+    sel: Selected,
+    image: ImageDir,
+    frozen: Option<tasks::Frozen>,
+    relinker: Option<Relinker>,
+    snaps: Vec<Snapshot>,
+    timings: Timings,
+}
 
-    // Relink. On error the relinker has already removed what it made.
-    let t2 = Instant::now();
-    let mut relinker = Relinker::new(&id, opts.template.clone());
-    let bar = progress_bar(opts.progress, sc.objects.len() as u64, "relink");
-    let stats = relinker.relink_all(&mut sc.objects, |_| bar.inc(1))?;
-    bar.finish_and_clear();
-    let relink_ms = ms(t2.elapsed());
-    hooks::point("take-relinked");
+/// The stages' result, ready to publish.
+struct Staged {
+    ck: Checkpoint,
+    stats: relink::Stats,
+    pids: Vec<i32>,
+    notes: Vec<String>,
+}
 
-    // From here on a failure must undo the relinks and snapshots.
-    let mut snaps: Vec<Snapshot> = vec![];
-    let mut snapshot_ms = 0;
-    let result = (|| -> Result<(Engine, u64), TakeError> {
+impl Tx<'_> {
+    /// Every stage up to a complete record (not yet published).
+    fn run(&mut self) -> Result<Staged, TakeError> {
+        let t0 = Instant::now();
+        let method = self.sel.method.clone();
+        let frozen = self.frozen.insert(tasks::freeze(method, self.opts.freeze_timeout)?);
+        self.timings.freeze_ms = ms(t0.elapsed());
+        hooks::point("take-frozen");
+        let pids = selection_after_freeze(self.opts, frozen)?;
+
+        let t1 = Instant::now();
+        let mut sc = scan::scan(&pids)?;
+        self.timings.scan_ms = ms(t1.elapsed());
+        hooks::point("take-scanned");
+        let specs = snapshot_plan(self.opts, &sc)?;
+
+        let stats = self.relink(&mut sc)?;
         // Past this point a death of snapckpt relies on the watchdog: is it still there?
-        frozen.check_watchdog()?;
-        match &opts.engine {
+        self.frozen().check_watchdog()?;
+        let engine = self.checkpoint(&sc, &pids, &specs)?;
+        hooks::point("take-snapshotted");
+        let mut notes = vec![];
+        let links_removed = self.drop_live_names(&sc, &mut notes)?;
+
+        let mut ck = Checkpoint::new(&self.sel.id, self.sel.now);
+        ck.job = self.opts.job_name.clone();
+        ck.selection = self.opts.selection.describe();
+        ck.freezer = freezer_record(self.frozen().method());
+        ck.template = self.opts.template.as_str().to_string();
+        ck.engine = engine;
+        ck.tasks = sc.tasks;
+        ck.objects = sc.objects;
+        ck.snapshots = self.snaps.clone();
+        ck.links_removed = links_removed;
+        Ok(Staged { ck, stats, pids, notes })
+    }
+
+    fn frozen(&self) -> &tasks::Frozen {
+        self.frozen.as_ref().expect("frozen during the stages")
+    }
+
+    /// Relink every unlinked object. On error the relinker has already removed what it made.
+    fn relink(&mut self, sc: &mut scan::Scan) -> Result<relink::Stats, TakeError> {
+        let t = Instant::now();
+        let relinker = self.relinker.insert(Relinker::new(&self.sel.id, self.opts.template.clone()));
+        let bar = progress_bar(self.opts.progress, sc.objects.len() as u64, "relink");
+        let stats = relinker.relink_all(&mut sc.objects, |_| bar.inc(1))?;
+        bar.finish_and_clear();
+        self.timings.relink_ms = ms(t.elapsed());
+        hooks::point("take-relinked");
+        Ok(stats)
+    }
+
+    /// Save the process state (CRIU, with the snapshots taken at its post-dump) or, files
+    /// only, take the snapshots while the tasks are frozen.
+    fn checkpoint(&mut self, sc: &scan::Scan, pids: &[i32], specs: &[FsSpec]) -> Result<Engine, TakeError> {
+        match &self.opts.engine {
             EngineOpts::None => {
                 let t = Instant::now();
-                take_snapshots(&specs, &id, &mut snaps)?;
-                snapshot_ms = ms(t.elapsed());
-                Ok((Engine::None, 0))
+                take_snapshots(specs, &self.sel.id, &mut self.snaps)?;
+                self.timings.snapshot_ms = ms(t.elapsed());
+                Ok(Engine::None)
             }
             EngineOpts::Criu { path, after } => {
-                let root = criu_root(&pids)?;
-                let externals: Vec<String> =
-                    sc.objects.iter().filter(|o| o.relinked.is_some()).map(|o| o.criu_key.clone()).collect();
-                let t = Instant::now();
-                let mut snap_err = None;
-                let mut snap_t = 0;
-                let req = criu::DumpRequest {
-                    criu: path.clone(),
-                    pid: root,
-                    image_dir: partial.dir.clone(),
-                    externals,
-                    freeze_cgroup: frozen.method().cgroup_path().map(Path::to_path_buf),
-                    // Always: tasks that must not go on are killed by us once the image is
-                    // published (`Frozen::kill`), so a take that fails after the dump lets
-                    // them go on instead of losing them.
-                    leave_running: true,
-                };
-                let dumped = criu::dump(&req, &mut || {
-                    // post-dump: the tasks are still frozen; the natural moment to snapshot.
-                    // CRIU may have let go of the tasks already: the watchdog must wait for it.
-                    for c in tasks::Frozen::criu_children() {
-                        frozen.note_engine(c);
-                    }
-                    hooks::point("take-post-dump");
-                    let ts = Instant::now();
-                    let r = take_snapshots(&specs, &id, &mut snaps);
-                    snap_t = ms(ts.elapsed());
-                    match r {
-                        Ok(()) => Ok(()),
-                        Err(e) => {
-                            let msg = e.to_string();
-                            snap_err = Some(e);
-                            Err(msg)
-                        }
-                    }
-                });
-                snapshot_ms = snap_t;
-                if let Some(e) = snap_err {
-                    return Err(e);
-                }
-                dumped?;
-                let dump_ms = ms(t.elapsed()).saturating_sub(snap_t);
-                let images = criu::image_files(&partial.dir);
-                let (leave_running, leave_stopped) = (*after == AfterDump::Run, *after == AfterDump::Stop);
-                Ok((
-                    Engine::Criu { version: criu_version.clone(), leave_running, leave_stopped, images },
-                    dump_ms,
-                ))
+                let (path, after) = (path.clone(), *after);
+                self.dump(&path, sc, pids, specs)?;
+                let images = criu::image_files(self.image.path());
+                let (leave_running, leave_stopped) = (after == AfterDump::Run, after == AfterDump::Stop);
+                Ok(Engine::Criu {
+                    version: self.sel.criu_version.clone(),
+                    leave_running,
+                    leave_stopped,
+                    images,
+                })
             }
-        }
-    })();
-    let (engine, dump_ms) = match result {
-        Ok(x) => x,
-        Err(mut e) => {
-            // The CRIU log the error names must outlive the partial directory.
-            if let TakeError::Criu(criu::CriuError::Failed { log, .. }) = &mut e {
-                if let Some(kept) = partial.keep_failed_log(log) {
-                    *log = kept;
-                }
-            }
-            for s in snaps.iter().rev() {
-                if let Err(de) = snapshot::delete(s, true) {
-                    eprintln!(
-                        "snapckpt: warning: could not delete snapshot {} of the failed take: {de}",
-                        s.describe()
-                    );
-                }
-            }
-            if let Err(re) = relinker.remove_all() {
-                eprintln!("snapckpt: warning: could not remove relinked names of the failed take: {re} (run `snapckpt gc`)");
-            }
-            drop(frozen); // thaws
-            return Err(e);
-        }
-    };
-    hooks::point("take-snapshotted");
-
-    // CRIU without --leave-running: the tasks stay frozen until the image is published and
-    // are killed only then. A failure before that (or a kill of snapckpt: the watchdog) thaws
-    // them and they go on. Their exit (the kernel freeing what they held, e.g. the page cache
-    // and extents of a large unlinked file) is not part of the checkpoint: timed apart.
-    let after = match &opts.engine {
-        EngineOpts::Criu { after, .. } => *after,
-        EngineOpts::None => AfterDump::Run,
-    };
-    // Up to the publication a failure undoes the snapshots and the relinked names.
-    let mut frozen = Some(frozen);
-    let mut still_frozen = None;
-    let published = (|| -> Result<PathBuf, TakeError> {
-        // The snapshots carry the relinked names; the live filesystems need them no more. Only
-        // on the mounts that were snapshotted: a name on another mount is the only copy.
-        if !snaps.is_empty() && !opts.keep_links {
-            let snapped: std::collections::HashSet<&str> = snaps.iter().map(Snapshot::mount_point).collect();
-            let relinked = || sc.objects.iter().filter(|o| o.relinked.is_some());
-            let mnts: std::collections::HashSet<u32> = relinked()
-                .filter(|o| snapped.contains(o.mount.mount_point.as_str()))
-                .map(|o| o.mount.mnt_id)
-                .collect();
-            relinker.remove_on(&mnts)?;
-            ck.links_removed = relinked().all(|o| snapped.contains(o.mount.mount_point.as_str()));
-            if !ck.links_removed {
-                let kept: Vec<&str> = relinked()
-                    .filter(|o| !snapped.contains(o.mount.mount_point.as_str()))
-                    .map(|o| o.mount.mount_point.as_str())
-                    .collect();
-                eprintln!(
-                    "snapckpt: note: no snapshot of {}: the relinked names there stay on the live filesystem",
-                    kept.join(", ")
-                );
-            }
-        }
-        let f = frozen.take().expect("frozen until here");
-        if let Err(e) = f.check_watchdog() {
-            frozen = Some(f);
-            return Err(e.into());
-        }
-        let frozen_for = if after == AfterDump::Run {
-            f.thaw()?
-        } else {
-            let d = f.frozen_for();
-            still_frozen = Some(f);
-            d
-        };
-        ck.engine = engine;
-        ck.tasks = std::mem::take(&mut sc.tasks);
-        ck.objects = std::mem::take(&mut sc.objects);
-        ck.snapshots = snaps.clone();
-        ck.timings =
-            image::Timings { freeze_ms, scan_ms, relink_ms, snapshot_ms, dump_ms, frozen_ms: ms(frozen_for) };
-        partial.publish(&ck)
-    })();
-    let dir = match published {
-        Ok(d) => d,
-        Err(e) => {
-            for s in snaps.iter().rev() {
-                if let Err(de) = snapshot::delete(s, true) {
-                    eprintln!(
-                        "snapckpt: warning: could not delete snapshot {} of the failed take: {de}",
-                        s.describe()
-                    );
-                }
-            }
-            if let Err(re) = relinker.remove_all() {
-                eprintln!("snapckpt: warning: could not remove relinked names of the failed take: {re} (run `snapckpt gc`)");
-            }
-            drop(still_frozen); // thaws (the tasks go on)
-            drop(frozen);
-            return Err(e);
-        }
-    };
-    hooks::point("take-published");
-    let mut killed_in = None;
-    let mut left_frozen = None;
-    if let Some(frozen) = still_frozen {
-        if after == AfterDump::Stop {
-            let how = frozen.method().resume_hint(&pids);
-            frozen.keep_frozen().map_err(|e| TakeError::Killing { dir: dir.clone(), source: e })?;
-            left_frozen = Some(how);
-        } else {
-            let t = Instant::now();
-            frozen.kill(&pids).map_err(|e| TakeError::Killing { dir: dir.clone(), source: e })?;
-            killed_in = Some(t.elapsed());
         }
     }
-    hooks::point("take-thawed");
-    Ok(Outcome::Taken(Taken { dir, record: ck, stats, killed_in, left_frozen }))
+
+    /// The CRIU dump, every relinked object declared external, the snapshots taken on CRIU's
+    /// post-dump notification while the tasks are still frozen.
+    fn dump(
+        &mut self,
+        criu: &Path,
+        sc: &scan::Scan,
+        pids: &[i32],
+        specs: &[FsSpec],
+    ) -> Result<(), TakeError> {
+        let externals: Vec<String> =
+            sc.objects.iter().filter(|o| o.relinked.is_some()).map(|o| o.criu_key.clone()).collect();
+        let req = criu::DumpRequest {
+            criu: criu.to_path_buf(),
+            pid: criu_root(pids)?,
+            image_dir: self.image.path().to_path_buf(),
+            externals,
+            freeze_cgroup: self.frozen().method().cgroup_path().map(Path::to_path_buf),
+            // Always: tasks that must not go on are killed by us once the image is
+            // published (`Frozen::kill`), so a take that fails after the dump lets
+            // them go on instead of losing them.
+            leave_running: true,
+        };
+        let t = Instant::now();
+        let (frozen, id, snaps) = (self.frozen.as_ref().expect("frozen"), &self.sel.id, &mut self.snaps);
+        let mut snap_err = None;
+        let mut snap_t = 0;
+        let dumped = criu::dump(&req, &mut || {
+            // post-dump: the tasks are still frozen; the natural moment to snapshot.
+            // CRIU may have let go of the tasks already: the watchdog must wait for it.
+            for c in tasks::Frozen::criu_children() {
+                frozen.note_engine(c);
+            }
+            hooks::point("take-post-dump");
+            let ts = Instant::now();
+            let r = take_snapshots(specs, id, snaps);
+            snap_t = ms(ts.elapsed());
+            r.map_err(|e| {
+                let msg = e.to_string();
+                snap_err = Some(e);
+                msg
+            })
+        });
+        self.timings.snapshot_ms = snap_t;
+        if let Some(e) = snap_err {
+            return Err(e);
+        }
+        dumped?;
+        self.timings.dump_ms = ms(t.elapsed()).saturating_sub(snap_t);
+        Ok(())
+    }
+
+    /// The snapshots carry the relinked names; the live filesystems need them no more. Only
+    /// on the mounts that were snapshotted: a name on another mount is the only copy. Whether
+    /// every name is gone from the live filesystems.
+    fn drop_live_names(&mut self, sc: &scan::Scan, notes: &mut Vec<String>) -> Result<bool, TakeError> {
+        if self.snaps.is_empty() || self.opts.keep_links {
+            return Ok(false);
+        }
+        let snapped: HashSet<&str> = self.snaps.iter().map(Snapshot::mount_point).collect();
+        let relinked = || sc.objects.iter().filter(|o| o.relinked.is_some());
+        let mnts: HashSet<u32> = relinked()
+            .filter(|o| snapped.contains(o.mount.mount_point.as_str()))
+            .map(|o| o.mount.mnt_id)
+            .collect();
+        self.relinker.as_mut().expect("relinked").remove_on(&mnts)?;
+        let kept: Vec<&str> = relinked()
+            .filter(|o| !snapped.contains(o.mount.mount_point.as_str()))
+            .map(|o| o.mount.mount_point.as_str())
+            .collect();
+        if !kept.is_empty() {
+            notes.push(format!(
+                "no snapshot of {}: the relinked names there stay on the live filesystem",
+                kept.join(", ")
+            ));
+        }
+        Ok(kept.is_empty())
+    }
+
+    /// Publish the image, then thaw, kill or leave the tasks frozen. A failure before the
+    /// publication is undone; after it the checkpoint stands.
+    fn finish(mut self, mut done: Staged) -> Result<Taken, TakeError> {
+        let after = match &self.opts.engine {
+            EngineOpts::Criu { after, .. } => *after,
+            EngineOpts::None => AfterDump::Run,
+        };
+        let published = self.publish(&mut done, after);
+        let (dir, still_frozen) = match published {
+            Ok(x) => x,
+            Err(e) => return Err(self.fail(e)),
+        };
+        hooks::point("take-published");
+        let Staged { ck, stats, pids, notes } = done;
+        let mut taken = Taken { dir, record: ck, stats, killed_in: None, left_frozen: None, notes };
+        if let Some(frozen) = still_frozen {
+            let killing = |source| TakeError::Killing { dir: taken.dir.clone(), source };
+            if after == AfterDump::Stop {
+                let how = frozen.method().resume_hint(&pids);
+                frozen.keep_frozen().map_err(killing)?;
+                taken.left_frozen = Some(how);
+            } else {
+                let t = Instant::now();
+                frozen.kill(&pids).map_err(killing)?;
+                taken.killed_in = Some(t.elapsed());
+            }
+        }
+        hooks::point("take-thawed");
+        Ok(taken)
+    }
+
+    /// CRIU without --leave-running: the tasks stay frozen until the image is published and
+    /// are killed only then (by [`Tx::finish`]). Their exit (the kernel freeing what they
+    /// held, e.g. the page cache of a large unlinked file) is not part of the checkpoint.
+    fn publish(
+        &mut self,
+        done: &mut Staged,
+        after: AfterDump,
+    ) -> Result<(PathBuf, Option<tasks::Frozen>), TakeError> {
+        self.frozen().check_watchdog()?;
+        let frozen_for = self.frozen().frozen_for();
+        let still_frozen = if after == AfterDump::Run {
+            let d = self.frozen.take().expect("frozen").thaw()?;
+            self.timings.frozen_ms = ms(d);
+            None
+        } else {
+            self.timings.frozen_ms = ms(frozen_for);
+            self.frozen.take()
+        };
+        done.ck.timings = self.timings.clone();
+        match self.image.publish(&done.ck) {
+            Ok(dir) => Ok((dir, still_frozen)),
+            Err(e) => {
+                self.frozen = still_frozen;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Undo a failed take: keep CRIU's log, delete the snapshots, remove the relinked names,
+    /// thaw the tasks. What could not be undone is carried in the error as warnings.
+    fn fail(mut self, mut e: TakeError) -> TakeError {
+        // The CRIU log the error names must outlive the partial directory.
+        if let TakeError::Criu(criu::CriuError::Failed { log, .. }) = &mut e {
+            if let Some(kept) = self.image.keep_failed_log(log) {
+                *log = kept;
+            }
+        }
+        let mut warnings = vec![];
+        for s in self.snaps.iter().rev() {
+            if let Err(de) = snapshot::delete(s, true) {
+                warnings.push(format!("could not delete snapshot {} of the failed take: {de}", s.describe()));
+            }
+        }
+        if let Some(r) = self.relinker.as_mut() {
+            if let Err(re) = r.remove_all() {
+                warnings.push(format!(
+                    "could not remove relinked names of the failed take: {re} (run `snapckpt gc`)"
+                ));
+            }
+        }
+        drop(self.frozen.take()); // thaws
+        if warnings.is_empty() {
+            e
+        } else {
+            TakeError::Undone { source: Box::new(e), warnings }
+        }
+    }
 }
 
 fn take_snapshots(specs: &[FsSpec], id: &str, out: &mut Vec<Snapshot>) -> Result<(), TakeError> {
@@ -385,6 +488,15 @@ fn criu_root(pids: &[i32]) -> Result<i32, TakeError> {
     }
 }
 
+/// How the record names a freeze method.
+fn freezer_record(m: &tasks::FreezeMethod) -> record::Freezer {
+    match m {
+        tasks::FreezeMethod::CgroupV2(p) => record::Freezer::CgroupV2 { path: p.clone() },
+        tasks::FreezeMethod::CgroupV1(p) => record::Freezer::CgroupV1 { path: p.clone() },
+        tasks::FreezeMethod::Sigstop(_) => record::Freezer::Sigstop,
+    }
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
@@ -401,103 +513,7 @@ fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
     pb
 }
 
-/// The image directory under construction: `<root>/.<id>.partial`, locked while we run.
-struct Partial {
-    root: PathBuf,
-    id: String,
-    dir: PathBuf,
-    _lock: std::fs::File,
-    done: bool,
-}
-
-impl Partial {
-    fn create(root: &Path, id: &str) -> Result<Partial, TakeError> {
-        let io = |path: &Path, syscall| {
-            let path = path.to_path_buf();
-            move |source| TakeError::Io { path, syscall, source }
-        };
-        std::fs::create_dir_all(root).map_err(io(root, "mkdir"))?;
-        let dir = root.join(format!(".{id}.partial"));
-        std::fs::create_dir(&dir).map_err(io(&dir, "mkdir"))?;
-        let lockp = dir.join(".lock");
-        let f = std::fs::File::create(&lockp).map_err(io(&lockp, "open"))?;
-        // SAFETY: flock on a file we hold.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
-            return Err(TakeError::Io {
-                path: lockp,
-                syscall: "flock",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(Partial { root: root.into(), id: id.into(), dir, _lock: f, done: false })
-    }
-
-    /// Move `log` (a file of the partial directory) to `<root>/.<id>.failed/`, which outlives
-    /// the partial directory (`snapckpt gc` removes it). Its new path, if it could be moved.
-    fn keep_failed_log(&self, log: &Path) -> Option<PathBuf> {
-        if log.parent() != Some(self.dir.as_path()) || !log.is_file() {
-            return None;
-        }
-        let keep = self.root.join(format!(".{}.failed", self.id));
-        std::fs::create_dir_all(&keep).ok()?;
-        let to = keep.join(log.file_name()?);
-        std::fs::rename(log, &to).ok()?;
-        let _ = sys::fsync_dir(&keep);
-        Some(to)
-    }
-
-    /// Write the record and rename the directory into place. Every file of the image (CRIU's
-    /// too) is on disk before: tasks are killed right after this, and a crash then must not
-    /// leave a record whose process image is empty.
-    fn publish(mut self, ck: &Checkpoint) -> Result<PathBuf, TakeError> {
-        if let Ok(rd) = std::fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_file()) {
-                    let p = e.path();
-                    std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|source| TakeError::Io {
-                        path: p.clone(),
-                        syscall: "fsync",
-                        source,
-                    })?;
-                }
-            }
-        }
-        image::write_json_atomic(&self.dir, image::RECORD_FILE, ck)?;
-        let _ = std::fs::remove_file(self.dir.join(".lock"));
-        let fin = self.root.join(&self.id);
-        std::fs::rename(&self.dir, &fin).map_err(|source| TakeError::Io {
-            path: fin.clone(),
-            syscall: "rename",
-            source,
-        })?;
-        sys::fsync_dir(&self.root).map_err(|source| TakeError::Io {
-            path: self.root.clone(),
-            syscall: "fsync",
-            source,
-        })?;
-        self.done = true;
-        Ok(fin)
-    }
-}
-
-impl Drop for Partial {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// Is a partial image directory still being written by a live take?
-pub fn partial_in_use(dir: &Path) -> bool {
-    let Ok(f) = std::fs::File::open(dir.join(".lock")) else { return false };
-    // SAFETY: flock on a file we hold.
-    let r = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) };
-    r < 0
-}
-
-/// The default image root.
-pub const DEFAULT_IMAGE_ROOT: &str = "/var/lib/snapckpt/images";
+pub use crate::image::DEFAULT_IMAGE_ROOT;
 
 #[allow(unused)]
 fn _assert_send() {

@@ -1,29 +1,10 @@
 //! The core pipeline without snapshots or CRIU: scan, relink, image, restart --exec, gc, and
 //! every refusal, on real btrfs, xfs, ext4 and tmpfs with real processes. Run as root.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-fn record(dir: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.join("checkpoint.json")).unwrap()).unwrap()
-}
-
-fn take_files_only(pid: i32, images: &Path, extra: &[&str]) -> (String, PathBuf) {
-    let pid = pid.to_string();
-    let mut args = vec!["take", "--pid", &pid, "--image-root", images.to_str().unwrap(), "--engine", "none"];
-    args.extend_from_slice(extra);
-    let out = snapckpt_ok(&args);
-    let id = out.lines().next().unwrap().split_whitespace().nth(1).unwrap().to_string();
-    (id.clone(), images.join(id))
-}
-
-fn state(pid: i32) -> char {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    s.rsplit(')').next().and_then(|r| r.trim().chars().next()).unwrap_or('?')
-}
 
 /// Every scenario, files-only take and restart --exec, on one filesystem type.
 fn every_kind_roundtrip(fstype: &str) {
@@ -53,7 +34,7 @@ fn every_kind_roundtrip(fstype: &str) {
 
     let images = work.path().join("images");
     let (id, imgdir) = take_files_only(p.pid, &images, &[]);
-    wait_for(|| state(p.pid) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
+    wait_for(|| state(p.pid) == Some('S'), Duration::from_secs(5), "asleep (thawed, not stopped)");
     let rec = record(&imgdir);
     let objs = rec["objects"].as_array().unwrap();
     let classes: Vec<(&str, &str)> =
@@ -246,17 +227,15 @@ fn orphan_1g_sparse() {
 }
 
 fn expect_take_refused(pid: i32, images: &Path, extra: &[&str], what: &str) {
-    let pid_s = pid.to_string();
-    let mut args =
-        vec!["take", "--pid", &pid_s, "--image-root", images.to_str().unwrap(), "--engine", "none"];
+    let mut args = vec!["--engine", "none"];
     args.extend_from_slice(extra);
-    let (ok, out, err) = snapckpt(&args);
+    let (ok, out, err) = take(pid, images, &args);
     assert!(!ok, "take should fail ({what}): {out}");
     assert!(err.contains(what), "expected {what:?} in: {err}");
     assert!(!err.contains("panicked"), "{err}");
     // thawed, no image, no partial image
     std::thread::sleep(Duration::from_millis(50));
-    assert_ne!(state(pid), 'T', "task left stopped");
+    assert_ne!(state(pid), Some('T'), "task left stopped");
     let left: Vec<_> =
         std::fs::read_dir(images).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "image root not empty after a failed take: {left:?}");
@@ -366,15 +345,7 @@ fn refusals_unsafe_checkpoint_dir() {
     sh(&format!("chmod 0700 '{}'", lf.join("checkpoint").display()));
 
     // a template that escapes the directory
-    let (ok, _, err) = snapckpt(&[
-        "take",
-        "--pid",
-        &p.pid.to_string(),
-        "--image-root",
-        images.to_str().unwrap(),
-        "--template",
-        "../../x-%t-%n",
-    ]);
+    let (ok, _, err) = take(p.pid, &images, &["--template", "../../x-%t-%n"]);
     assert!(!ok && err.contains("plain file name"), "{err}");
 
     // and with everything right, it works
@@ -438,21 +409,18 @@ fn refusal_task_exits_during_scan() {
     std::fs::create_dir_all(&dir).unwrap();
     let log = work.path().join("log");
     let mut p = Proc::start(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000"], &log);
-    let hooks = work.path().join("hooks");
-    std::fs::create_dir_all(&hooks).unwrap();
-    std::fs::write(hooks.join("take-frozen.wait"), "").unwrap();
+    let hooks = Hooks::new(work.path().join("hooks"), &["take-frozen"]);
     let images = work.path().join("images");
-    let child = std::process::Command::new(snapckpt_bin())
-        .args(["take", "--pid", &p.pid.to_string(), "--image-root", images.to_str().unwrap()])
-        .env("SNAPCKPT_HOOK_DIR", &hooks)
+    let child = hooks
+        .command(&["take", "--pid", &p.pid.to_string(), "--image-root", images.to_str().unwrap()])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_for(|| hooks.join("take-frozen.reached").exists(), Duration::from_secs(20), "take frozen");
+    hooks.wait_reached("take-frozen", "take frozen");
     p.child.kill().unwrap();
     p.child.wait().unwrap();
-    std::fs::remove_file(hooks.join("take-frozen.wait")).unwrap();
+    hooks.release("take-frozen");
     let o = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
@@ -484,21 +452,18 @@ fn killed_take_is_thawed_and_collected() {
     let live_names = checkpoint_names(&fs.mnt);
     assert_eq!(live_names.len(), 2);
 
-    let hooks = work.path().join("hooks");
-    std::fs::create_dir_all(&hooks).unwrap();
-    std::fs::write(hooks.join("take-relinked.wait"), "").unwrap();
-    let mut child = std::process::Command::new(snapckpt_bin())
-        .args(["take", "--pid", &p.pid.to_string(), "--image-root", images.to_str().unwrap()])
-        .env("SNAPCKPT_HOOK_DIR", &hooks)
+    let hooks = Hooks::new(work.path().join("hooks"), &["take-relinked"]);
+    let mut child = hooks
+        .command(&["take", "--pid", &p.pid.to_string(), "--image-root", images.to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(|| hooks.join("take-relinked.reached").exists(), Duration::from_secs(20), "relinked");
-    assert_eq!(state(p.pid), 'T', "frozen during the take");
+    hooks.wait_reached("take-relinked", "relinked");
+    assert_eq!(state(p.pid), Some('T'), "frozen during the take");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    wait_for(|| state(p.pid) != 'T', Duration::from_secs(5), "watchdog thaw");
+    wait_for(|| state(p.pid) != Some('T'), Duration::from_secs(5), "watchdog thaw");
     assert_eq!(checkpoint_names(&fs.mnt).len(), 4);
     let (ok, out, _) = snapckpt(&[
         "gc",
@@ -658,14 +623,7 @@ fn scan_reports_and_dry_run_changes_nothing() {
     let table = snapckpt_ok(&["scan", "--pid", &p.pid.to_string()]);
     assert!(table.contains("name-gone") && table.contains("orphan"), "{table}");
     let images = work.path().join("images");
-    let out = snapckpt_ok(&[
-        "take",
-        "--pid",
-        &p.pid.to_string(),
-        "--image-root",
-        images.to_str().unwrap(),
-        "--dry-run",
-    ]);
+    let out = take_ok(p.pid, &images, &["--dry-run"]);
     assert!(out.contains("would relink"), "{out}");
     assert!(checkpoint_names(&fs.mnt).is_empty());
     assert!(!fs.path("lost+found/checkpoint").exists() || checkpoint_names(&fs.mnt).is_empty());
@@ -684,16 +642,8 @@ fn shared_inode_across_tasks_is_one_object() {
     let log = work.path().join("log");
     let p = Proc::start(&prog("ufiles_tree"), &[dir.to_str().unwrap()], &log);
     let images = work.path().join("images");
-    let out = snapckpt_ok(&[
-        "take",
-        "--pid",
-        &p.pid.to_string(),
-        "--tree",
-        "--image-root",
-        images.to_str().unwrap(),
-    ]);
-    let id = out.lines().next().unwrap().split_whitespace().nth(1).unwrap();
-    let rec = record(&images.join(id));
+    let out = take_ok(p.pid, &images, &["--tree"]);
+    let rec = record(&images.join(take_id(&out)));
     assert_eq!(rec["tasks"].as_array().unwrap().len(), 2);
     let objs = rec["objects"].as_array().unwrap();
     assert_eq!(objs.len(), 1, "{objs:?}");
@@ -743,7 +693,7 @@ fn parent_of_a_zombie() -> (Killed, i32) {
                 std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
             zombie = kids.split_whitespace().next().and_then(|k| k.parse().ok()).unwrap_or(0);
             zombie > 0
-                && state(zombie) == 'Z'
+                && state(zombie) == Some('Z')
                 && std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e.ends_with("sleep"))
         },
         Duration::from_secs(10),
@@ -777,7 +727,7 @@ fn zombie_in_a_tree_is_skipped() {
     let rec = record(&images.join(take_id(&out)));
     assert_eq!(rec["tasks"].as_array().unwrap().len(), 1);
     // thawed: back to sleep (it may still be running for a moment after SIGCONT)
-    wait_for(|| state(parent.pid()) == 'S', Duration::from_secs(5), "the parent thawed");
+    wait_for(|| state(parent.pid()) == Some('S'), Duration::from_secs(5), "the parent thawed");
     for args in
         [vec!["scan", "--pid"], vec!["take", "--dry-run", "--image-root", images.to_str().unwrap(), "--pid"]]
     {
@@ -864,7 +814,7 @@ fn freeze_timeout_zero_is_refused_by_the_parser() {
     assert_eq!(o.status.code(), Some(2), "a usage error: {err}");
     assert!(err.contains("--freeze-timeout"), "{err}");
     assert!(!images.exists());
-    wait_for(|| state(p.pid()) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
+    wait_for(|| state(p.pid()) == Some('S'), Duration::from_secs(5), "asleep (thawed, not stopped)");
 }
 
 /// Output into a pipe whose reader has gone ends snapckpt quietly (SIGPIPE), not with a
@@ -901,7 +851,7 @@ fn closed_stdout_ends_quietly() {
     }
     let made: Vec<_> = std::fs::read_dir(&images).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(made.len(), 1, "the take completed: {made:?}");
-    wait_for(|| state(p.pid()) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
+    wait_for(|| state(p.pid()) == Some('S'), Duration::from_secs(5), "asleep (thawed, not stopped)");
 }
 
 /// An empty image root (env or job) is refused before anything is done: it would put the
@@ -933,7 +883,7 @@ fn empty_image_root_is_refused() {
     std::fs::write(&f, "").unwrap();
     let (ok, _, err) = snapckpt(&["take", "--pid", &pid, "--image-root", f.to_str().unwrap()]);
     assert!(!ok && err.contains("exists and is not a directory"), "{err}");
-    wait_for(|| state(p.pid()) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
+    wait_for(|| state(p.pid()) == Some('S'), Duration::from_secs(5), "asleep (thawed, not stopped)");
 }
 
 /// gc in an image root whose only entries are a failed take's log and a dead take's partial
@@ -990,7 +940,7 @@ fn snapshot_none_overrides_the_job_and_dry_run_json() {
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["snapshots"], serde_json::json!([]));
     assert!(!images.exists());
-    wait_for(|| state(p.pid()) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
+    wait_for(|| state(p.pid()) == Some('S'), Duration::from_secs(5), "asleep (thawed, not stopped)");
 }
 
 /// Options that would be ignored are refused instead.
@@ -1030,7 +980,7 @@ fn ignored_options_are_refused() {
         assert!(err.contains(what), "{args:?}: {err}");
     }
     assert!(!images.exists());
-    wait_for(|| state(p.pid()) == 'S', Duration::from_secs(5), "asleep (thawed, not stopped)");
+    wait_for(|| state(p.pid()) == Some('S'), Duration::from_secs(5), "asleep (thawed, not stopped)");
 }
 
 /// `list --json` includes the images whose record cannot be read, with the error.

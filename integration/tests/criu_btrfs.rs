@@ -2,9 +2,7 @@
 //! processes with no file data in its image. Real CRIU (scripts/install-criu.sh), real loop
 //! btrfs, real processes that check themselves after restart. Run as root.
 
-mod common;
-use common::*;
-use serde_json::Value;
+use crate::common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,30 +37,15 @@ fn self_check(pid: i32, log: &Path, from: usize) -> Vec<String> {
     report_after(log, from)
 }
 
-fn record(images: &Path, id: &str) -> Value {
-    serde_json::from_slice(&std::fs::read(images.join(id).join("checkpoint.json")).unwrap()).unwrap()
-}
-
 fn du(p: &Path) -> u64 {
     sh(&format!("du -sb '{}'", p.display())).split_whitespace().next().unwrap().parse().unwrap()
 }
 
 /// `snapckpt take --engine criu --snapshot btrfs` of `pid` (plus `extra`); the checkpoint id.
 fn take_criu(s: &Setup, pid: i32, extra: &[&str]) -> String {
-    let pid = pid.to_string();
-    let mut args = vec![
-        "take",
-        "--pid",
-        &pid,
-        "--engine",
-        "criu",
-        "--snapshot",
-        "btrfs",
-        "--image-root",
-        s.images.to_str().unwrap(),
-    ];
+    let mut args = vec!["--engine", "criu", "--snapshot", "btrfs"];
     args.extend_from_slice(extra);
-    take_id(&snapckpt_ok(&args))
+    take_id(&take_ok(pid, &s.images, &args))
 }
 
 /// `snapckpt restart ID --snapshot --mount-root <work>/<name>`; returns the mount root.
@@ -124,20 +107,9 @@ fn criu_every_kind_restart_twice() {
         &log,
     );
     let before = report_after(&log, 0);
-    let out = snapckpt_ok(&[
-        "take",
-        "--pid",
-        &p.pid.to_string(),
-        "--engine",
-        "criu",
-        "--snapshot",
-        "btrfs",
-        "--image-root",
-        s.images.to_str().unwrap(),
-    ]);
-    let id = take_id(&out);
+    let id = take_criu(&s, p.pid, &[]);
     p.child.wait().unwrap(); // CRIU killed it after the dump
-    let rec = record(&s.images, &id);
+    let rec = record(&s.images.join(&id));
     assert_eq!(rec["engine"]["name"], "criu");
     assert_eq!(rec["links_removed"], true);
     assert_eq!(rec["snapshots"].as_array().unwrap().len(), 1);
@@ -240,7 +212,7 @@ fn criu_1g_sparse_orphan() {
     p.child.wait().unwrap();
     let img = du(&s.images.join(&id));
     assert!(img < 1 << 20, "image dir is {img} bytes");
-    let rec = record(&s.images, &id);
+    let rec = record(&s.images.join(&id));
     for o in rec["objects"].as_array().unwrap() {
         assert_eq!(o["relinked"]["method"], "clone", "{o}");
         assert_eq!(o["relinked"]["bytes_copied"], 0);
@@ -295,7 +267,7 @@ fn criu_two_processes_share_an_orphan() {
     let id = take_criu(&s, p.pid, &["--tree"]);
     p.child.wait().unwrap();
     wait_gone(child);
-    let rec = record(&s.images, &id);
+    let rec = record(&s.images.join(&id));
     assert_eq!(rec["objects"].as_array().unwrap().len(), 1);
     assert_eq!(rec["tasks"].as_array().unwrap().len(), 2);
     let root = s.work.path().join("r");
@@ -321,23 +293,15 @@ fn criu_two_processes_share_an_orphan() {
 fn criu_cgroup_v2_selection() {
     let _g = serial();
     let s = setup("1G");
-    let cg = PathBuf::from(format!("/sys/fs/cgroup/unified/snapckpt-test-criu-{}", std::process::id()));
-    std::fs::create_dir_all(&cg).unwrap();
-    struct Rm(PathBuf);
-    impl Drop for Rm {
-        fn drop(&mut self) {
-            let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
-            let _ = std::fs::remove_dir(&self.0);
-        }
-    }
-    let _rm = Rm(cg.clone());
+    let cgroup = Cgroup::new(Cg::V2, "criu");
+    let cg = &cgroup.path;
     let log = s.work.path().join("ufiles.log");
     let mut p = Proc::start_setsid(
         &prog("ufiles"),
         &["setup", s.dir.to_str().unwrap(), "orphan:10485760", "cwd"],
         &log,
     );
-    std::fs::write(cg.join("cgroup.procs"), p.pid.to_string()).unwrap();
+    cgroup.add(p.pid);
     let before = report_after(&log, 0);
     let id = take_id(&snapckpt_ok(&[
         "take",
@@ -355,7 +319,7 @@ fn criu_cgroup_v2_selection() {
         std::fs::read_to_string(cg.join("cgroup.events")).unwrap().contains("frozen 0"),
         "cgroup left frozen"
     );
-    let rec = record(&s.images, &id);
+    let rec = record(&s.images.join(&id));
     assert!(rec["freezer"].as_str().unwrap().starts_with("cgroup-v2"), "{}", rec["freezer"]);
     let logsize = std::fs::metadata(&log).unwrap().len() as usize;
     restart_side(&s, &id, "r");
@@ -377,17 +341,7 @@ fn files_only_btrfs_snapshot_restart_twice() {
         &log,
     );
     let before = report_after(&log, 0);
-    let id = take_id(&snapckpt_ok(&[
-        "take",
-        "--pid",
-        &p.pid.to_string(),
-        "--engine",
-        "none",
-        "--snapshot",
-        "btrfs",
-        "--image-root",
-        s.images.to_str().unwrap(),
-    ]));
+    let id = take_files_only(p.pid, &s.images, &["--snapshot", "btrfs"]).0;
     drop(p);
     std::fs::write(s.dir.join("b"), "changed").unwrap();
     // without --snapshot the restart is refused: the names live only in the snapshot
@@ -438,7 +392,7 @@ fn criu_deleted_executable() {
     let before = report_after(&log, 0);
     let id = take_criu(&s, p.pid, &[]);
     p.child.wait().unwrap();
-    let rec = record(&s.images, &id);
+    let rec = record(&s.images.join(&id));
     let exe_obj = rec["objects"]
         .as_array()
         .unwrap()
@@ -466,11 +420,9 @@ fn gc_collects_snapshot_of_killed_take() {
     let s = setup("1G");
     let log = s.work.path().join("ufiles.log");
     let p = Proc::start(&prog("ufiles"), &["setup", s.dir.to_str().unwrap(), "orphan:100000", "ab"], &log);
-    let hooks = s.work.path().join("hooks");
-    std::fs::create_dir_all(&hooks).unwrap();
-    std::fs::write(hooks.join("take-snapshotted.wait"), "").unwrap();
-    let mut child = std::process::Command::new(snapckpt_bin())
-        .args([
+    let hooks = Hooks::new(s.work.path().join("hooks"), &["take-snapshotted"]);
+    let mut child = hooks
+        .command(&[
             "take",
             "--pid",
             &p.pid.to_string(),
@@ -479,12 +431,11 @@ fn gc_collects_snapshot_of_killed_take() {
             "--image-root",
             s.images.to_str().unwrap(),
         ])
-        .env("SNAPCKPT_HOOK_DIR", &hooks)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(|| hooks.join("take-snapshotted.reached").exists(), Duration::from_secs(20), "snapshotted");
+    hooks.wait_reached("take-snapshotted", "snapshotted");
     child.kill().unwrap();
     child.wait().unwrap();
     wait_for(
@@ -540,9 +491,6 @@ fn criu_leave_running() {
 fn criu_leave_stopped() {
     let _g = serial();
     let s = setup("1G");
-    let frozen_v2 = |cg: &Path| {
-        std::fs::read_to_string(cg.join("cgroup.events")).unwrap_or_default().lines().any(|l| l == "frozen 1")
-    };
     for use_cgroup in [false, true] {
         let what = if use_cgroup { "cgroup v2" } else { "sigstop" };
         let log = s.work.path().join(format!("ufiles-{what}.log"));
@@ -553,16 +501,11 @@ fn criu_leave_stopped() {
             &["setup", dir.to_str().unwrap(), "orphan:1000000", "ab"],
             &log,
         );
-        let cg = Path::new("/sys/fs/cgroup/unified").join(format!(
-            "snapckpt-criu-ls-{}-{}",
-            std::process::id(),
-            unique()
-        ));
+        let cgroup = use_cgroup.then(|| Cgroup::new(Cg::V2, "criu-ls"));
         let mut args: Vec<String> = vec!["take".into()];
-        if use_cgroup {
-            std::fs::create_dir(&cg).unwrap();
-            std::fs::write(cg.join("cgroup.procs"), p.pid.to_string()).unwrap();
-            args.extend(["--cgroup".into(), cg.display().to_string()]);
+        if let Some(cg) = &cgroup {
+            cg.add(p.pid);
+            args.extend(["--cgroup".into(), cg.arg()]);
         } else {
             args.extend(["--pid".into(), p.pid.to_string()]);
         }
@@ -590,9 +533,9 @@ fn criu_leave_stopped() {
         // stays frozen: the watchdog is gone and did not thaw
         std::thread::sleep(Duration::from_millis(500));
         let st = std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).unwrap();
-        if use_cgroup {
-            assert!(frozen_v2(&cg), "{what}: cgroup thawed");
-            assert_eq!(resume, format!("echo 0 > {}/cgroup.freeze", cg.display()));
+        if let Some(cg) = &cgroup {
+            assert!(cg.frozen(), "{what}: cgroup thawed");
+            assert_eq!(resume, format!("echo 0 > {}/cgroup.freeze", cg.path.display()));
         } else {
             assert!(st.contains(") T "), "{what}: not stopped: {st}");
             assert_eq!(resume, format!("kill -CONT {}", p.pid));
@@ -610,11 +553,11 @@ fn criu_leave_stopped() {
         assert_eq!(self_check(p.pid, &log, logsize), before, "{what}");
         p.child.kill().unwrap();
         p.child.wait().unwrap();
-        if use_cgroup {
-            std::fs::remove_dir(&cg).unwrap();
+        if let Some(cg) = &cgroup {
+            std::fs::remove_dir(&cg.path).unwrap();
         }
         sh(&format!("truncate -s {logsize} '{}'", log.display()));
-        let rec = record(&s.images, &id);
+        let rec = record(&s.images.join(&id));
         assert_eq!(rec["engine"]["leave_stopped"], true, "{what}: {}", rec["engine"]);
         restart_side(&s, &id, &format!("r-{}", unique()));
         assert_eq!(self_check(p.pid, &log, logsize), before, "{what}: restored");

@@ -19,8 +19,7 @@
 //! The random delays and the fuzz inputs come from a seeded generator; the seed is printed and
 //! `SNAPCKPT_FAILURES_SEED=N` replays a run.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -29,7 +28,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const V2_ROOT: &str = "/sys/fs/cgroup/unified";
 const TEMPLATE: &str = "unlink-at-restart-%t-%n";
 /// A checkpoint id that is not the one of the record a hostile test starts from.
 const OTHER_ID: &str = "20261127T000000Z-0bad";
@@ -73,88 +71,6 @@ fn seed(what: &str) -> u64 {
     s
 }
 
-fn criu_bin() -> PathBuf {
-    std::env::var_os("SNAPCKPT_CRIU")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/opt/snapckpt/criu/bin/criu"))
-}
-
-/// The state letter of a process, None when it is gone.
-fn state(pid: i32) -> Option<char> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit(')').next().and_then(|r| r.trim().chars().next())
-}
-
-fn alive(pid: i32) -> bool {
-    !matches!(state(pid), None | Some('Z') | Some('X'))
-}
-
-fn stopped(pid: i32) -> bool {
-    matches!(state(pid), Some('T') | Some('t'))
-}
-
-fn comm(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
-}
-
-/// Every process below `pid` (children, grandchildren, ...).
-fn descendants(pid: i32) -> Vec<i32> {
-    let mut parent: Vec<(i32, i32)> = vec![];
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(st) = std::fs::read_to_string(format!("/proc/{p}/stat")) else { continue };
-        let Some(rest) = st.rsplit_once(')').map(|x| x.1) else { continue };
-        let ppid = rest.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
-        parent.push((p, ppid));
-    }
-    let mut out = vec![];
-    let mut todo = vec![pid];
-    while let Some(q) = todo.pop() {
-        for &(p, pp) in &parent {
-            if pp == q && !out.contains(&p) {
-                out.push(p);
-                todo.push(p);
-            }
-        }
-    }
-    out
-}
-
-/// SIGKILLs the listed processes (if still there) when dropped.
-#[derive(Default)]
-struct KillOnDrop(Vec<i32>);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for &p in &self.0 {
-            if alive(p) {
-                let _ =
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
-            }
-        }
-    }
-}
-
-/// FNV-1a of a whole file, with its size.
-fn fnv_file(p: &Path) -> std::io::Result<(u64, u64)> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(p)?;
-    let mut h: u64 = 0xcbf29ce484222325;
-    let mut n = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        for b in &buf[..k] {
-            h ^= *b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-        n += k as u64;
-    }
-    Ok((n, h))
-}
-
 /// (size, hash) of every regular file a process holds at fds >= 3.
 fn held_contents(pid: i32) -> BTreeSet<(u64, u64)> {
     let mut out = BTreeSet::new();
@@ -168,10 +84,6 @@ fn held_contents(pid: i32) -> BTreeSet<(u64, u64)> {
         }
     }
     out
-}
-
-fn checkpoint_dir(mnt: &Path) -> PathBuf {
-    mnt.join("lost+found/checkpoint")
 }
 
 /// Every name under lost+found/checkpoint is a complete copy of a file the tasks hold (same
@@ -203,7 +115,7 @@ fn check_image_root(root: &Path, what: &str) -> (Vec<String>, Vec<PathBuf>) {
     for e in rd.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
         let is_dir = e.file_type().unwrap().is_dir();
-        if is_dir && snapckpt::image::valid_id(&n) {
+        if is_dir && snapckpt::record::names::valid_id(&n) {
             let ck = snapckpt::image::load(&e.path())
                 .unwrap_or_else(|err| panic!("{what}: image {n} is not whole: {err}"));
             assert_eq!(ck.id, n, "{what}");
@@ -229,17 +141,6 @@ fn snapshot_ids(mnt: &Path) -> Vec<String> {
         .unwrap_or_default();
     v.sort();
     v
-}
-
-/// Mount points (as in /proc/self/mountinfo) at or below `p`.
-fn mounts_under(p: &Path) -> Vec<String> {
-    let p = p.to_string_lossy();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
-        .filter(|m| m == p.as_ref() || m.starts_with(&format!("{p}/")))
-        .collect()
 }
 
 /// Every name below `root` (not into `skip_top`), with what it is: "dir", "link -> T", or the
@@ -272,83 +173,6 @@ fn listing(root: &Path, skip_top: &[&str]) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     walk(root, "", &mut out, skip_top);
     out
-}
-
-fn assert_no_panic(err: &str) {
-    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "snapckpt panicked:\n{err}");
-}
-
-/// A cgroup v2 for one workload; thawed, emptied and removed on drop.
-struct Cgroup(PathBuf);
-impl Cgroup {
-    fn new(tag: &str) -> Cgroup {
-        let p =
-            Path::new(V2_ROOT).join(format!("snapckpt-failures-{tag}-{}-{}", std::process::id(), unique()));
-        std::fs::create_dir(&p).unwrap();
-        Cgroup(p)
-    }
-    fn frozen(&self) -> bool {
-        std::fs::read_to_string(self.0.join("cgroup.events"))
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l == "frozen 1")
-    }
-    fn add(&self, pid: i32) {
-        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
-    }
-    fn arg(&self) -> String {
-        self.0.display().to_string()
-    }
-}
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
-        let t = Instant::now();
-        loop {
-            let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
-            let pids: Vec<i32> = procs.lines().filter_map(|l| l.trim().parse().ok()).collect();
-            if pids.is_empty() || t.elapsed() > Duration::from_secs(5) {
-                break;
-            }
-            for p in pids {
-                let _ =
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGKILL);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
-/// Start a workload; `setsid` makes it a session leader (CRIU needs that), `cg` puts it in a
-/// cgroup before it is ready.
-fn workload(bin: &Path, args: &[&str], log: &Path, setsid: bool, cg: Option<&Cgroup>) -> Proc {
-    let out = std::fs::File::create(log).unwrap();
-    let mut c = Command::new(bin);
-    c.args(args).stdin(Stdio::null()).stdout(out).stderr(Stdio::inherit());
-    // SAFETY: close_range and setsid are async-signal-safe.
-    unsafe {
-        c.pre_exec(move || {
-            // nothing inherited from whoever runs the tests but 0-2
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 4u32 /* CLOSE_RANGE_CLOEXEC */);
-            if setsid {
-                libc::setsid();
-            }
-            Ok(())
-        });
-    }
-    let child = c.spawn().unwrap();
-    let pid = child.id() as i32;
-    let p = Proc { child, pid };
-    if let Some(cg) = cg {
-        cg.add(pid);
-    }
-    wait_for(
-        || std::fs::read_to_string(log).map(|s| s.contains("ready")).unwrap_or(false),
-        Duration::from_secs(20),
-        "workload ready",
-    );
-    p
 }
 
 /// snapckpt running in the background, its output in files.
@@ -493,7 +317,7 @@ impl TakeRig {
         std::fs::create_dir_all(fs.path("d")).unwrap();
         let hooks = work.path().join("hooks");
         std::fs::create_dir_all(&hooks).unwrap();
-        let cg = cgroup.then(|| Cgroup::new("take"));
+        let cg = cgroup.then(|| Cgroup::new(Cg::V2, "failures-take"));
         TakeRig {
             images: work.path().join("images"),
             hooks,
@@ -931,17 +755,7 @@ fn restart_killed_files_only_snapshot() {
     );
     let before = fd_lines(&first_report(&log));
     let images = work.path().join("images");
-    let out = snapckpt_ok(&[
-        "take",
-        "--pid",
-        &p.pid.to_string(),
-        "--image-root",
-        images.to_str().unwrap(),
-        "--engine",
-        "none",
-        "--snapshot",
-        "btrfs",
-    ]);
+    let out = take_ok(p.pid, &images, &["--engine", "none", "--snapshot", "btrfs"]);
     let id = take_id(&out);
     assert!(checkpoint_names(&fs.mnt).is_empty(), "links are removed once the snapshot has them");
     drop(p);
@@ -1005,17 +819,7 @@ fn restart_killed_criu() {
     let pid = p.pid;
     let before = fd_lines(&first_report(&log));
     let images = work.path().join("images");
-    let out = snapckpt_ok(&[
-        "take",
-        "--pid",
-        &pid.to_string(),
-        "--image-root",
-        images.to_str().unwrap(),
-        "--engine",
-        "criu",
-        "--snapshot",
-        "btrfs",
-    ]);
+    let out = take_ok(pid, &images, &["--engine", "criu", "--snapshot", "btrfs"]);
     let id = take_id(&out);
     wait_gone(pid);
     drop(p);
@@ -1072,9 +876,7 @@ fn watchdog_killed_during_take() {
         None,
     );
     let images = work.path().join("images");
-    let hooks = work.path().join("hooks");
-    std::fs::create_dir_all(&hooks).unwrap();
-    std::fs::write(hooks.join("take-relinked.wait"), "").unwrap();
+    let hooks = Hooks::new(work.path().join("hooks"), &["take-relinked"]);
     let args: Vec<String> = [
         "take",
         "--pid",
@@ -1089,15 +891,15 @@ fn watchdog_killed_during_take() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut run = Running::spawn(&args, &hooks, work.path());
-    run.wait_point(&hooks, "take-relinked");
+    let mut run = Running::spawn(&args, hooks.path(), work.path());
+    run.wait_point(hooks.path(), "take-relinked");
     let helpers = descendants(run.child.id() as i32);
     assert!(!helpers.is_empty(), "no watchdog");
     for h in &helpers {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(*h), nix::sys::signal::Signal::SIGKILL).unwrap();
     }
     std::thread::sleep(Duration::from_millis(100));
-    std::fs::remove_file(hooks.join("take-relinked.wait")).unwrap();
+    hooks.release("take-relinked");
     let st = run.child.wait().unwrap();
     let (out, err) = run.output();
     assert!(!st.success() && err.contains("watchdog") && err.contains("died"), "{out}\n{err}");
@@ -1123,22 +925,10 @@ fn restart_killed_after_the_restore_continues_the_tasks() {
     let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:100000"], &log, true, None);
     let pid = p.pid;
     let images = work.path().join("images");
-    let id = take_id(&snapckpt_ok(&[
-        "take",
-        "--pid",
-        &pid.to_string(),
-        "--image-root",
-        images.to_str().unwrap(),
-        "--engine",
-        "criu",
-        "--snapshot",
-        "btrfs",
-    ]));
+    let id = take_id(&take_ok(pid, &images, &["--engine", "criu", "--snapshot", "btrfs"]));
     wait_gone(pid);
     drop(p);
-    let hooks = work.path().join("hooks");
-    std::fs::create_dir_all(&hooks).unwrap();
-    std::fs::write(hooks.join("restart-restored.wait"), "").unwrap();
+    let hooks = Hooks::new(work.path().join("hooks"), &["restart-restored"]);
     let root = work.path().join("r");
     let _unmount = UnmountUnder(root.clone());
     let args: Vec<String> = [
@@ -1153,8 +943,8 @@ fn restart_killed_after_the_restore_continues_the_tasks() {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let mut run = Running::spawn(&args, &hooks, work.path());
-    run.wait_point(&hooks, "restart-restored");
+    let mut run = Running::spawn(&args, hooks.path(), work.path());
+    run.wait_point(hooks.path(), "restart-restored");
     let _k = KillOnDrop(vec![pid]);
     assert!(alive(pid), "CRIU did not restore the task");
     let (helpers, finished, out, err) = run.kill();
@@ -1189,13 +979,6 @@ fn assert_clean_failure(ok: bool, err: &str, pid: i32, mnt: &Path, images: &Path
         std::fs::read_dir(images).map(|rd| rd.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "{what}: image root not empty: {left:?}");
     assert!(snapshot_ids(mnt).is_empty(), "{what}: snapshots left: {:?}", snapshot_ids(mnt));
-}
-
-fn take(pid: i32, images: &Path, extra: &[&str]) -> (bool, String, String) {
-    let pid = pid.to_string();
-    let mut args = vec!["take", "--pid", &pid, "--image-root", images.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    snapckpt(&args)
 }
 
 /// Remounts a filesystem read-write on drop.
@@ -1323,7 +1106,7 @@ fn snapshot_fails_in_criu_post_dump() {
             let what = format!("snapshot fails in post-dump, cgroup {cgroup}, round {round}");
             let dir = fs.path(&format!("d{}", unique()));
             std::fs::create_dir_all(&dir).unwrap();
-            let cg = cgroup.then(|| Cgroup::new("snapcriu"));
+            let cg = cgroup.then(|| Cgroup::new(Cg::V2, "failures-snapcriu"));
             let p = workload(
                 &prog("ufiles"),
                 &["setup", dir.to_str().unwrap(), "ab", "orphan:1000000", "tmpfile"],
@@ -1547,8 +1330,7 @@ fn hostile_checkpoint_records() {
     let (ok, out, err) = take(p.pid, &images, &["--engine", "none"]);
     assert!(ok, "{err}");
     let id = take_id(&out);
-    let good: Value =
-        serde_json::from_slice(&std::fs::read(images.join(&id).join("checkpoint.json")).unwrap()).unwrap();
+    let good = record(&images.join(&id));
     let orphan = good["objects"].as_array().unwrap().iter().position(|o| o["class"] == "orphan").unwrap();
     let fd_with_object =
         good["tasks"][0]["fds"].as_array().unwrap().iter().position(|f| !f["object"].is_null()).unwrap();
@@ -2037,7 +1819,7 @@ fn planted_links_are_refused() {
     let orphan = rec
         .objects
         .iter()
-        .find(|o| o.relinked.as_ref().is_some_and(|r| r.method != snapckpt::image::Method::Link))
+        .find(|o| o.relinked.as_ref().is_some_and(|r| r.method != snapckpt::record::Method::Link))
         .unwrap();
     let name = orphan.relinked.as_ref().unwrap().name.clone();
     let ckdir = checkpoint_dir(&fs.mnt);
@@ -2407,7 +2189,7 @@ fn fuzz_smoke_parsers() {
     let templates = seeds_in(&root.join("fuzz/seeds/template"));
     // the seeds themselves are valid
     for j in &json {
-        let ck: snapckpt::image::Checkpoint = serde_json::from_slice(j).unwrap();
+        let ck: snapckpt::record::Checkpoint = serde_json::from_slice(j).unwrap();
         ck.validate(Path::new("seed")).unwrap();
         assert!(!ck.objects.is_empty() && !ck.snapshots.is_empty());
     }

@@ -9,75 +9,24 @@
 //! Every test cleans up after itself through guards (processes killed leaf-first, cgroups
 //! thawed and removed), also when it fails.
 
-use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use crate::common::{eventually, prog, unique_name, Cg, Cgroup, KillOnDrop, V1_ROOT, V2_ROOT};
 
 use snapckpt::tasks::{self, FreezeMethod, Selection, TaskError};
 
 const SNAPCKPT: &str = env!("CARGO_BIN_EXE_snapckpt");
-const V2_ROOT: &str = "/sys/fs/cgroup/unified";
-const V1_ROOT: &str = "/sys/fs/cgroup/freezer";
 const TIMEOUT: Duration = Duration::from_secs(5);
 /// The watchdog must thaw within this time once its pipe is closed.
 const WATCHDOG_THAW: Duration = Duration::from_secs(2);
 
-static COUNTER: AtomicUsize = AtomicUsize::new(0);
-
 fn setup() {
     tasks::set_watchdog_exe(SNAPCKPT);
-}
-
-fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
-}
-
-/// Poll `f` every 5 ms until it is true or `timeout` passes.
-fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return true;
-        }
-        if start.elapsed() > timeout {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Helper programs
-// ---------------------------------------------------------------------------------------
-
-/// Compile `integration/progs/<name>.c` once and return the executable.
-fn prog(name: &str) -> PathBuf {
-    static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
-    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    let map = built.get_or_insert_with(HashMap::new);
-    if let Some(p) = map.get(name) {
-        return p.clone();
-    }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("integration/progs/{name}.c"));
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("freeze-progs");
-    fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(name);
-    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
-    let st = Command::new("cc")
-        .args(["-O2", "-Wall", "-pthread", "-o"])
-        .arg(&tmp)
-        .arg(&src)
-        .status()
-        .expect("run cc");
-    assert!(st.success(), "cc {} failed", src.display());
-    fs::rename(&tmp, &out).unwrap();
-    map.insert(name.to_string(), out.clone());
-    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -114,103 +63,6 @@ fn kill(pid: i32, sig: i32) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Cgroups
-// ---------------------------------------------------------------------------------------
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Cg {
-    V1,
-    V2,
-}
-
-/// A test cgroup with a child cgroup `leaf`, removed (after thawing and killing whatever is
-/// in it) when dropped.
-struct Cgroup {
-    kind: Cg,
-    path: PathBuf,
-}
-
-impl Cgroup {
-    fn new(kind: Cg) -> Cgroup {
-        let root = match kind {
-            Cg::V1 => V1_ROOT,
-            Cg::V2 => V2_ROOT,
-        };
-        let path = Path::new(root).join(unique("snapckpt-test"));
-        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
-        let cg = Cgroup { kind, path };
-        fs::create_dir(cg.leaf()).unwrap();
-        cg
-    }
-
-    fn leaf(&self) -> PathBuf {
-        self.path.join("leaf")
-    }
-
-    fn method(&self) -> FreezeMethod {
-        match self.kind {
-            Cg::V1 => FreezeMethod::CgroupV1(self.path.clone()),
-            Cg::V2 => FreezeMethod::CgroupV2(self.path.clone()),
-        }
-    }
-
-    /// Whether `dir` (this cgroup or its leaf) is frozen, from the kernel's point of view.
-    fn is_frozen(&self, dir: &Path) -> bool {
-        match self.kind {
-            Cg::V2 => fs::read_to_string(dir.join("cgroup.events")).unwrap().contains("frozen 1"),
-            Cg::V1 => fs::read_to_string(dir.join("freezer.state")).unwrap().trim() == "FROZEN",
-        }
-    }
-
-    fn is_thawed(&self, dir: &Path) -> bool {
-        match self.kind {
-            Cg::V2 => fs::read_to_string(dir.join("cgroup.events")).unwrap().contains("frozen 0"),
-            Cg::V1 => fs::read_to_string(dir.join("freezer.state")).unwrap().trim() == "THAWED",
-        }
-    }
-
-    /// Freeze by hand (not through snapckpt) and wait.
-    fn freeze_by_hand(&self) {
-        match self.kind {
-            Cg::V2 => fs::write(self.path.join("cgroup.freeze"), "1").unwrap(),
-            Cg::V1 => fs::write(self.path.join("freezer.state"), "FROZEN").unwrap(),
-        }
-        assert!(eventually(TIMEOUT, || self.is_frozen(&self.path)), "cgroup did not freeze");
-    }
-
-    fn thaw_by_hand(&self) {
-        let _ = match self.kind {
-            Cg::V2 => fs::write(self.path.join("cgroup.freeze"), "0"),
-            Cg::V1 => fs::write(self.path.join("freezer.state"), "THAWED"),
-        };
-    }
-
-    fn procs(&self) -> Vec<i32> {
-        [self.path.clone(), self.leaf()]
-            .iter()
-            .filter_map(|d| fs::read_to_string(d.join("cgroup.procs")).ok())
-            .flat_map(|s| s.split_whitespace().filter_map(|w| w.parse().ok()).collect::<Vec<i32>>())
-            .collect()
-    }
-}
-
-impl Drop for Cgroup {
-    fn drop(&mut self) {
-        self.thaw_by_hand();
-        for p in self.procs() {
-            kill(p, libc::SIGKILL);
-        }
-        eventually(Duration::from_secs(5), || self.procs().is_empty());
-        for dir in [self.leaf(), self.path.clone()] {
-            eventually(Duration::from_secs(5), || match fs::remove_dir(&dir) {
-                Ok(()) => true,
-                Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-            });
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // The workload: freeze_tree
 // ---------------------------------------------------------------------------------------
 
@@ -226,7 +78,7 @@ struct Tree {
 impl Tree {
     /// Start the tree, optionally inside `cg` (the grandchild in its leaf cgroup).
     fn start(cg: Option<&Cgroup>) -> Tree {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("freeze-tree"));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique_name("freeze-tree"));
         fs::create_dir_all(&dir).unwrap();
         let mut cmd = Command::new(prog("freeze_tree"));
         cmd.arg(&dir);
@@ -374,7 +226,7 @@ fn sigstop_tree_freeze_and_thaw() {
 
 fn cgroup_freeze_and_thaw(kind: Cg) {
     setup();
-    let cg = Cgroup::new(kind);
+    let cg = Cgroup::with_leaf(kind, "freeze");
     let tree = Tree::start(Some(&cg));
     // The grandchild is in the leaf cgroup, the others in the cgroup itself.
     let leaf_procs = fs::read_to_string(cg.leaf().join("cgroup.procs")).unwrap();
@@ -423,7 +275,7 @@ fn drop_thaws_sigstop() {
 #[test]
 fn drop_thaws_cgroup_v2() {
     setup();
-    let cg = Cgroup::new(Cg::V2);
+    let cg = Cgroup::with_leaf(Cg::V2, "freeze");
     let tree = Tree::start(Some(&cg));
     let frozen = tasks::freeze(cg.method(), TIMEOUT).unwrap();
     tree.assert_still();
@@ -436,7 +288,7 @@ fn drop_thaws_cgroup_v2() {
 /// the cgroup frozen.
 fn release_after_kill(kind: Option<Cg>) {
     setup();
-    let cg = kind.map(Cgroup::new);
+    let cg = kind.map(|k| Cgroup::with_leaf(k, "freeze"));
     let tree = Tree::start(cg.as_ref());
     let method = cg.as_ref().map_or(FreezeMethod::Sigstop(tree.pids.clone()), |c| c.method());
     let frozen = tasks::freeze(method, TIMEOUT).unwrap();
@@ -472,7 +324,7 @@ fn release_after_kill_cgroup_v1() {
 #[test]
 fn release_after_cgroup_removed() {
     setup();
-    let cg = Cgroup::new(Cg::V2);
+    let cg = Cgroup::with_leaf(Cg::V2, "freeze");
     let frozen = tasks::freeze(cg.method(), TIMEOUT).unwrap();
     fs::remove_dir(cg.leaf()).unwrap();
     fs::remove_dir(&cg.path).unwrap();
@@ -510,7 +362,7 @@ fn partly_exited_selection_is_frozen() {
 #[test]
 fn empty_and_unfreezable_cgroups() {
     setup();
-    let cg = Cgroup::new(Cg::V2);
+    let cg = Cgroup::with_leaf(Cg::V2, "freeze");
     let sel = Selection::Cgroup(cg.path.clone());
     let e = tasks::resolve(&sel).unwrap_err();
     assert!(matches!(e, TaskError::EmptySelection(_)), "{e}");
@@ -538,15 +390,7 @@ fn freeze_timeout_names_the_stuck_task() {
             .parse()
             .ok()
     };
-    struct Kill(Vec<i32>);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            for &p in &self.0 {
-                kill(p, libc::SIGKILL);
-            }
-        }
-    }
-    let mut guard = Kill(vec![pid]);
+    let mut guard = KillOnDrop(vec![pid]);
     assert!(eventually(TIMEOUT, || thread_states(pid) == ['D'] && child_pid().is_some()), "no vfork wait");
     let child = child_pid().unwrap();
     guard.0.insert(0, child);
@@ -608,7 +452,7 @@ fn watchdog_disarmed_leaves_frozen() {
 }
 
 fn watchdog_eof_thaws_cgroup(kind: Cg) {
-    let cg = Cgroup::new(kind);
+    let cg = Cgroup::with_leaf(kind, "freeze");
     let tree = Tree::start(Some(&cg));
     let mut wd = HandWatchdog::start(&cg.method());
     cg.freeze_by_hand();
@@ -631,7 +475,7 @@ fn watchdog_eof_thaws_cgroup_v1() {
 
 #[test]
 fn watchdog_disarmed_leaves_cgroup_v2_frozen() {
-    let cg = Cgroup::new(Cg::V2);
+    let cg = Cgroup::with_leaf(Cg::V2, "freeze");
     let tree = Tree::start(Some(&cg));
     let mut wd = HandWatchdog::start(&cg.method());
     cg.freeze_by_hand();
@@ -706,7 +550,8 @@ fn helper_freeze_and_hold() {
 /// first `HOLDER-` line it prints.
 fn holder(method: &FreezeMethod, watchdog_exe: &str) -> (Child, String) {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_freeze_and_hold", "--nocapture", "--test-threads=1"])
+        // the test's name in this binary: module path, without the crate
+        .args(["--exact", "freeze::helper_freeze_and_hold", "--nocapture", "--test-threads=1"])
         .env(HOLDER_ENV, method.watchdog_args().join(" "))
         .env("SNAPCKPT_WATCHDOG_EXE", watchdog_exe)
         .stdout(Stdio::piped())
@@ -716,7 +561,7 @@ fn holder(method: &FreezeMethod, watchdog_exe: &str) -> (Child, String) {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            // libtest prints "test helper_freeze_and_hold ... " before our line.
+            // libtest prints "test freeze::helper_freeze_and_hold ... " before our line.
             if let Some(at) = line.find("HOLDER-") {
                 let _ = tx.send(line[at..].to_string());
             }
@@ -746,7 +591,7 @@ fn watchdog_thaws_after_freezer_is_sigkilled_sigstop() {
 
 #[test]
 fn watchdog_thaws_after_freezer_is_sigkilled_cgroup_v2() {
-    let cg = Cgroup::new(Cg::V2);
+    let cg = Cgroup::with_leaf(Cg::V2, "freeze");
     let tree = Tree::start(Some(&cg));
     let (mut holder, line) = holder(&cg.method(), SNAPCKPT);
     assert!(line.starts_with("HOLDER-FROZEN "), "{line}");

@@ -2,10 +2,8 @@
 //!
 //! The `btrfs` command is used here only to set up and to verify.
 
-mod common;
-
-use common::{sh, LoopFs, Scratch};
-use snapckpt::image::Snapshot;
+use crate::common::{self, is_mounted, read, sh, LoopFs, MountGuard, Scratch};
+use snapckpt::record::Snapshot;
 use snapckpt::snapshot::{self, Backend, FsSpec, SnapshotError};
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -13,10 +11,6 @@ use std::path::{Path, PathBuf};
 
 fn spec(mp: &Path) -> FsSpec {
     FsSpec { mount_point: mp.to_path_buf(), backend: Backend::Btrfs, snapshot_dir: None, lvm_size: None }
-}
-
-fn read(p: impl AsRef<Path>) -> String {
-    std::fs::read_to_string(p.as_ref()).unwrap_or_else(|e| panic!("read {}: {e}", p.as_ref().display()))
 }
 
 fn canon(p: &Path) -> PathBuf {
@@ -63,27 +57,9 @@ fn fields(s: &Snapshot) -> Fields {
     }
 }
 
-/// Is anything mounted at `p` (per /proc/self/mountinfo)?
-fn is_mounted(p: &Path) -> bool {
-    let p = p.to_str().unwrap().replace(' ', "\\040");
-    read("/proc/self/mountinfo").lines().any(|l| l.split(' ').nth(4) == Some(p.as_str()))
-}
-
 /// No temporary top-level mount left under /run/snapckpt.
 fn no_temp_mounts() -> bool {
     !read("/proc/self/mountinfo").contains(" /run/snapckpt/")
-}
-
-/// Unmounts (lazily) on drop, so that a failing test does not leave a mount behind.
-struct MountGuard(PathBuf);
-impl Drop for MountGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
 }
 
 /// Paths of regular files under `dir` whose content contains `needle`.
@@ -669,13 +645,6 @@ fn origin_mount_read_only_at_restart() {
 // Through the CLI: what restart mounts where, and what a take keeps
 // ---------------------------------------------------------------------------------------------
 
-fn take_snapshot_cli(pid: i32, images: &Path, extra: &[&str]) -> String {
-    let pid = pid.to_string();
-    let mut args = vec!["take", "--pid", &pid, "--engine", "none", "--image-root", images.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    common::take_id(&common::snapckpt_ok(&args))
-}
-
 /// Root mounts a writable clone at `<mount-root>/<origin>`: a mount root that a user can
 /// write to, or a symlink on the way, could send that mount over any directory. Refused,
 /// nothing mounted, nothing created outside; a root-owned mount root works.
@@ -692,7 +661,7 @@ fn restart_mount_root_only_root_can_change() {
         &work.path().join("log"),
     );
     let images = work.path().join("images");
-    let id = take_snapshot_cli(p.pid, &images, &["--snapshot", "btrfs"]);
+    let id = common::take_files_only(p.pid, &images, &["--snapshot", "btrfs"]).0;
     drop(p);
     let ir = images.to_str().unwrap();
     let restart = |root: &Path| {
@@ -800,8 +769,7 @@ fn names_on_filesystems_without_a_snapshot_are_kept() {
         "the btrfs names go (the snapshot has them), the ext4 one stays"
     );
     let id = common::take_id(&out);
-    let rec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(images.join(&id).join("checkpoint.json")).unwrap()).unwrap();
+    let rec = common::record(&images.join(&id));
     assert_eq!(rec["links_removed"], false);
     let kids = read(format!("/proc/{pid}/task/{pid}/children"));
     let _ = child.kill();
@@ -840,11 +808,9 @@ fn take_failing_after_the_snapshot_undoes_it() {
         &work.path().join("log"),
     );
     let images = work.path().join("images");
-    let hooks = work.path().join("hooks");
-    std::fs::create_dir_all(&hooks).unwrap();
-    std::fs::write(hooks.join("take-snapshotted.wait"), "").unwrap();
-    let child = std::process::Command::new(common::snapckpt_bin())
-        .args([
+    let hooks = common::Hooks::new(work.path().join("hooks"), &["take-snapshotted"]);
+    let child = hooks
+        .command(&[
             "take",
             "--pid",
             &p.pid.to_string(),
@@ -855,16 +821,11 @@ fn take_failing_after_the_snapshot_undoes_it() {
             "--image-root",
             images.to_str().unwrap(),
         ])
-        .env("SNAPCKPT_HOOK_DIR", &hooks)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    common::wait_for(
-        || hooks.join("take-snapshotted.reached").exists(),
-        std::time::Duration::from_secs(20),
-        "snapshotted",
-    );
+    hooks.wait_reached("take-snapshotted", "snapshotted");
     // the record cannot be written: its temporary file already exists
     let partial = std::fs::read_dir(&images)
         .unwrap()
@@ -873,7 +834,7 @@ fn take_failing_after_the_snapshot_undoes_it() {
         .unwrap()
         .path();
     std::fs::write(partial.join(format!(".checkpoint.json.tmp-{}", child.id())), "").unwrap();
-    std::fs::remove_file(hooks.join("take-snapshotted.wait")).unwrap();
+    hooks.release("take-snapshotted");
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("File exists"), "{err}");

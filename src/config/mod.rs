@@ -17,8 +17,10 @@ pub use args::{
     BackendArg, CheckArgs, DeleteArgs, EngineArg, GcArgs, ListArgs, RestartArgs, ScanArgs, Select, TakeArgs,
 };
 
-use crate::image::{self, FileKind, Object};
+use crate::image;
 use crate::job::{EngineKind, Job};
+use crate::record::names::{valid_id, TemplateError};
+use crate::record::{FileKind, Object};
 use crate::relink::{self, Template};
 use crate::snapshot::{Backend, FsSpec};
 use crate::tasks::Selection;
@@ -64,7 +66,7 @@ pub enum ConfigError {
     #[error(transparent)]
     Job(#[from] crate::job::JobError),
     #[error(transparent)]
-    Template(#[from] relink::RelinkError),
+    Template(#[from] TemplateError),
     #[error(transparent)]
     Criu(#[from] criu::CriuError),
     #[error(transparent)]
@@ -306,7 +308,7 @@ pub struct GcOptions {
 pub fn gc_options(a: GcArgs, env: &Env) -> Result<GcOptions, ConfigError> {
     let root = image_root(a.image_root, None, env)?;
     let template = Template::parse(a.template.as_deref().unwrap_or(relink::DEFAULT_TEMPLATE))?;
-    if let Some(bad) = a.ids.iter().find(|i| !image::valid_id(i)) {
+    if let Some(bad) = a.ids.iter().find(|i| !valid_id(i)) {
         return Err(ConfigError::NotAnId { id: bad.clone() });
     }
     let mounts = gc_mounts(a.mounts, || mounts_named(&root))?;

@@ -27,7 +27,7 @@ use super::{
     has_nul, is_topmost, mountinfo, validate_id, validate_snapshot_dir, CloneDetail, FsSpec, MountEntry,
     MountedClone, SnapshotError,
 };
-use crate::image::{self, Snapshot};
+use crate::record::{self, Snapshot};
 use crate::sys;
 use libbtrfsutil::{CreateSnapshotOptions, SubvolumeInfo};
 use nix::mount::{MntFlags, MsFlags};
@@ -378,7 +378,7 @@ fn check_layout<'a>(what: &'static str, p: &'a str) -> Result<&'a str, SnapshotE
         return Err(bad("must be a normalized path (no '.', '..' or '//')"));
     }
     let n = comps.len();
-    if n < 2 || comps[n - 1] != SNAPSHOT_NAME || !image::valid_id(comps[n - 2]) {
+    if n < 2 || comps[n - 1] != SNAPSHOT_NAME || !record::names::valid_id(comps[n - 2]) {
         return Err(bad("must end in <checkpoint id>/snapshot"));
     }
     Ok(comps[n - 2])

@@ -45,7 +45,8 @@
 //! mounts are matched by device number (mountinfo's major:minor against the LV's dm device).
 
 use super::{is_topmost, validate_id, CloneDetail, FsSpec, MountEntry, MountedClone, SnapshotError};
-use crate::image::Snapshot;
+use crate::record::names::{snapshot_lv_name, valid_lv_name, LV_PREFIX};
+use crate::record::{LvmKind, Snapshot};
 use crate::sys;
 use nix::mount::{MntFlags, MsFlags};
 use serde::Deserialize;
@@ -55,8 +56,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Prefix of every LV snapckpt makes.
-pub const LV_PREFIX: &str = "snapckpt-";
 /// Tag on every LV snapckpt makes.
 pub const TAG: &str = "snapckpt";
 /// Prefix of the tag naming the checkpoint id.
@@ -65,19 +64,6 @@ pub const TAG_ID_PREFIX: &str = "snapckpt_id_";
 pub const TAG_CLONE_OF_PREFIX: &str = "snapckpt_clone_of_";
 /// Tag on a classic snapshot that a restart has mounted read-write (and so consumed).
 pub const TAG_RESTARTED: &str = "snapckpt_restarted";
-/// `thin` / `classic`, as recorded.
-pub const KIND_THIN: &str = "thin";
-pub const KIND_CLASSIC: &str = "classic";
-
-/// Longest snapshot LV name made here; restart clones add `-r<N>`. LVM's limit is 127
-/// characters for "VG/LV" and 127 for the device-mapper name (VG and LV with '-' doubled,
-/// plus suffixes such as "-cow"): this leaves room for the VG name.
-const MAX_SNAPSHOT_LV: usize = 48;
-/// Substrings LVM reserves for its internal LVs (lib/misc/lvm-string.c).
-const RESERVED: &[&str] = &[
-    "_cdata", "_cmeta", "_corig", "_cpool", "_cvol", "_imeta", "_iorig", "_mimage", "_mlog", "_pmspare",
-    "_rimage", "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig", "_vdo",
-];
 
 /// The lvs fields snapckpt reads.
 const LVS_FIELDS: &str = "lv_name,vg_name,lv_uuid,lv_attr,lv_dm_path,lv_path,pool_lv,origin,lv_size,lv_kernel_major,lv_kernel_minor,lv_tags";
@@ -281,25 +267,6 @@ fn find_lv(vg: &str, name: &str) -> Result<Option<Lv>, SnapshotError> {
 // ---------------------------------------------------------------------------------------------
 // names
 
-/// 64-bit FNV-1a.
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100000001b3))
-}
-
-/// True if LVM accepts `n` as an LV name (lib/misc/lvm-string.c: characters, no leading '-',
-/// not "." or "..", no reserved substring or prefix, length).
-pub(crate) fn valid_lv_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 127
-        && !n.starts_with('-')
-        && n != "."
-        && n != ".."
-        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b))
-        && !n.starts_with("snapshot")
-        && !n.starts_with("pvmove")
-        && !RESERVED.iter().any(|r| n.contains(r))
-}
-
 /// True if `n` is a VG name LVM accepts (same characters; no leading '-').
 fn valid_vg_name(n: &str) -> bool {
     !n.is_empty()
@@ -308,22 +275,6 @@ fn valid_vg_name(n: &str) -> bool {
         && n != "."
         && n != ".."
         && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"+_.-".contains(&b))
-}
-
-/// The snapshot LV name of checkpoint `id`: `snapckpt-<id>`, or, when that is longer than
-/// [`MAX_SNAPSHOT_LV`] or not a name LVM accepts, `snapckpt-<sanitized id prefix>-<hash>`
-/// (the hash of the whole id keeps it unique).
-pub(crate) fn snapshot_lv_name(id: &str) -> String {
-    let plain = format!("{LV_PREFIX}{id}");
-    // The clone names derived from it must be valid too.
-    if plain.len() <= MAX_SNAPSHOT_LV && valid_lv_name(&plain) && valid_lv_name(&format!("{plain}-r1")) {
-        return plain;
-    }
-    let clean: String =
-        id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' }).collect();
-    let keep = MAX_SNAPSHOT_LV - LV_PREFIX.len() - 1 - 8;
-    let head: String = clean.chars().take(keep).collect();
-    format!("{LV_PREFIX}{head}-{:08x}", fnv(id) as u32)
 }
 
 /// A string as an LVM tag: characters outside `[A-Za-z0-9_+.-/=!:&#]` become '_'.
@@ -369,19 +320,7 @@ fn dev_mounts() -> Result<(Vec<MountEntry>, HashMap<u32, u64>), SnapshotError> {
 
 /// mnt_id -> device number, from mountinfo text.
 pub(crate) fn parse_mount_devs(text: &[u8]) -> HashMap<u32, u64> {
-    let mut out = HashMap::new();
-    for line in String::from_utf8_lossy(text).lines() {
-        let f: Vec<&str> = line.split(' ').collect();
-        if f.len() < 3 {
-            continue;
-        }
-        let Ok(id) = f[0].parse::<u32>() else { continue };
-        let Some((a, b)) = f[2].split_once(':') else { continue };
-        if let (Ok(a), Ok(b)) = (a.parse::<u32>(), b.parse::<u32>()) {
-            out.insert(id, sys::makedev(a, b));
-        }
-    }
-    out
+    super::parse_mountinfo(text).into_iter().map(|e| (e.mnt_id, e.dev)).collect()
 }
 
 /// The mounts of any of the devices `devs`.
@@ -598,7 +537,7 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
         origin_uuid: lv.uuid.clone(),
         snapshot_lv: s.name.clone(),
         snapshot_uuid: s.uuid.clone(),
-        kind: if thin { KIND_THIN } else { KIND_CLASSIC }.to_string(),
+        kind: if thin { LvmKind::Thin } else { LvmKind::Classic },
         created_unix: now_unix,
     })
 }
@@ -636,11 +575,7 @@ impl Rec {
         {
             return bad("snapshot LV UUID", snapshot_uuid, "is not an LVM UUID");
         }
-        let thin = match kind.as_str() {
-            KIND_THIN => true,
-            KIND_CLASSIC => false,
-            _ => return bad("LVM snapshot kind", kind, "must be \"thin\" or \"classic\""),
-        };
+        let thin = *kind == LvmKind::Thin;
         let Some(fstype) = supported_fstype(fstype) else {
             return bad("filesystem type", fstype, "is not ext2/3/4 or xfs");
         };
@@ -1071,7 +1006,7 @@ pub fn find(mount_point: &Path) -> Result<Vec<(String, Snapshot)>, SnapshotError
         if validate_id(&id).is_err() || snapshot_lv_name(&id) != l.name {
             continue;
         }
-        let kind = if l.is_thin() { KIND_THIN } else { KIND_CLASSIC };
+        let kind = if l.is_thin() { LvmKind::Thin } else { LvmKind::Classic };
         out.push((
             id,
             Snapshot::Lvm {
@@ -1082,7 +1017,7 @@ pub fn find(mount_point: &Path) -> Result<Vec<(String, Snapshot)>, SnapshotError
                 origin_uuid: origin.uuid.clone(),
                 snapshot_lv: l.name.clone(),
                 snapshot_uuid: l.uuid.clone(),
-                kind: kind.to_string(),
+                kind,
                 created_unix: 0,
             },
         ));
@@ -1181,7 +1116,7 @@ mod tests {
         {
             let n = snapshot_lv_name(id);
             assert!(valid_lv_name(&n), "{id} -> {n}");
-            assert!(n.len() <= MAX_SNAPSHOT_LV, "{id} -> {n}");
+            assert!(n.len() <= crate::record::names::MAX_SNAPSHOT_LV, "{id} -> {n}");
             assert!(valid_lv_name(&format!("{n}-r999999")), "{id} -> {n}");
         }
         assert_ne!(snapshot_lv_name(&"a".repeat(64)), snapshot_lv_name(&"a".repeat(63)));
@@ -1224,6 +1159,7 @@ mod tests {
     #[test]
     fn records_are_checked() {
         let snap = |vg: &str, lv: &str, uuid: &str, kind: &str, fstype: &str| Snapshot::Lvm {
+            kind: if kind == "thin" { LvmKind::Thin } else { LvmKind::Classic },
             mount_point: "/m".into(),
             fstype: fstype.into(),
             vg: vg.into(),
@@ -1231,7 +1167,6 @@ mod tests {
             origin_uuid: "u".into(),
             snapshot_lv: lv.into(),
             snapshot_uuid: uuid.into(),
-            kind: kind.into(),
             created_unix: 1,
         };
         let r = Rec::from(&snap("vg0", "snapckpt-a1", "sX1uqc-Je1f", "thin", "xfs")).unwrap();
@@ -1244,7 +1179,6 @@ mod tests {
             ("vg0", "snapckpt-a/1", "u1", "thin", "xfs"),
             ("vg0", "snapckpt-a1", "", "thin", "xfs"),
             ("vg0", "snapckpt-a1", "u 1", "thin", "xfs"),
-            ("vg0", "snapckpt-a1", "u1", "cow", "xfs"),
             ("vg0", "snapckpt-a1", "u1", "thin", "btrfs"),
         ] {
             assert!(Rec::from(&snap(vg, lv, uuid, kind, fs)).is_err(), "{vg} {lv} {uuid} {kind} {fs}");

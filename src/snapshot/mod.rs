@@ -18,10 +18,9 @@
 pub mod btrfs;
 pub mod lvm;
 
-use crate::image;
+use crate::record;
 use serde::{Deserialize, Serialize};
-use std::ffi::OsString;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// The snapshot backend of a filesystem.
@@ -139,7 +138,7 @@ pub enum CloneDetail {
 /// Take a read-only snapshot of `spec.mount_point` for checkpoint `id`.
 ///
 /// btrfs: `<mount>/<snapshot_dir>/<id>/snapshot`; see [`btrfs::take`].
-pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<image::Snapshot, SnapshotError> {
+pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<record::Snapshot, SnapshotError> {
     match spec.backend {
         Backend::Btrfs => btrfs::take(spec, id, now_unix),
         Backend::Lvm => lvm::take(spec, id, now_unix),
@@ -158,19 +157,19 @@ pub fn precheck(spec: &FsSpec) -> Result<(), SnapshotError> {
 /// Delete a checkpoint's snapshot and its restart clones. Refuses ([`SnapshotError::InUse`],
 /// naming the mount points) while a clone is mounted, unless `force`: then the clones are
 /// lazily unmounted first.
-pub fn delete(s: &image::Snapshot, force: bool) -> Result<(), SnapshotError> {
+pub fn delete(s: &record::Snapshot, force: bool) -> Result<(), SnapshotError> {
     match s {
-        image::Snapshot::Btrfs { .. } => btrfs::delete(s, force),
-        image::Snapshot::Lvm { .. } => lvm::delete(s, force),
+        record::Snapshot::Btrfs { .. } => btrfs::delete(s, force),
+        record::Snapshot::Lvm { .. } => lvm::delete(s, force),
     }
 }
 
 /// Make a writable clone of the read-only snapshot and mount it at `target` (an existing
 /// directory). On failure nothing is left behind.
-pub fn mount_clone(s: &image::Snapshot, target: &Path) -> Result<MountedClone, SnapshotError> {
+pub fn mount_clone(s: &record::Snapshot, target: &Path) -> Result<MountedClone, SnapshotError> {
     match s {
-        image::Snapshot::Btrfs { .. } => btrfs::mount_clone(s, target),
-        image::Snapshot::Lvm { .. } => lvm::mount_clone(s, target),
+        record::Snapshot::Btrfs { .. } => btrfs::mount_clone(s, target),
+        record::Snapshot::Lvm { .. } => lvm::mount_clone(s, target),
     }
 }
 
@@ -183,16 +182,16 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
 }
 
 /// The mount points of this snapshot's restart clones, from /proc/self/mountinfo, sorted.
-pub fn mounted_clones(s: &image::Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
+pub fn mounted_clones(s: &record::Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
     match s {
-        image::Snapshot::Btrfs { .. } => btrfs::mounted_clones(s),
-        image::Snapshot::Lvm { .. } => lvm::mounted_clones(s),
+        record::Snapshot::Btrfs { .. } => btrfs::mounted_clones(s),
+        record::Snapshot::Lvm { .. } => lvm::mounted_clones(s),
     }
 }
 
 /// Check a checkpoint id: `[A-Za-z0-9._-]`, no leading '.', at most 64 characters.
 pub fn validate_id(id: &str) -> Result<(), SnapshotError> {
-    if image::valid_id(id) {
+    if record::names::valid_id(id) {
         Ok(())
     } else {
         Err(SnapshotError::Invalid {
@@ -232,76 +231,16 @@ pub fn validate_snapshot_dir(dir: &str) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-/// One line of /proc/self/mountinfo, paths decoded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct MountEntry {
-    pub mnt_id: u32,
-    pub parent_id: u32,
-    /// Root of the mount within its filesystem (field 4).
-    pub root: PathBuf,
-    pub mount_point: PathBuf,
-    pub fstype: String,
-    pub source: String,
-    pub super_options: String,
-}
-
-impl MountEntry {
-    /// The value of a super option such as `subvolid`.
-    pub fn super_option(&self, key: &str) -> Option<&str> {
-        self.super_options.split(',').find_map(|o| o.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
-    }
-}
+/// One line of /proc/self/mountinfo ([`crate::procfs::MountEntry`]) and its parser.
+pub(crate) use crate::procfs::{parse_mountinfo, MountEntry};
 
 /// Read and parse /proc/self/mountinfo.
 pub(crate) fn mountinfo() -> Result<Vec<MountEntry>, SnapshotError> {
-    let p = Path::new("/proc/self/mountinfo");
-    let text =
-        std::fs::read(p).map_err(|source| SnapshotError::Io { path: p.into(), syscall: "read", source })?;
-    Ok(parse_mountinfo(&text))
-}
-
-/// Parse mountinfo text; malformed lines are skipped.
-pub(crate) fn parse_mountinfo(text: &[u8]) -> Vec<MountEntry> {
-    let mut out = vec![];
-    for line in text.split(|&b| b == b'\n') {
-        let f: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let Some(sep) = f.iter().position(|x| *x == b"-") else { continue };
-        if sep < 6 || f.len() < sep + 4 {
-            continue;
-        }
-        let num = |b: &[u8]| std::str::from_utf8(b).ok().and_then(|s| s.parse::<u32>().ok());
-        let (Some(mnt_id), Some(parent_id)) = (num(f[0]), num(f[1])) else { continue };
-        let text = |b: &[u8]| String::from_utf8_lossy(&unescape(b)).into_owned();
-        out.push(MountEntry {
-            mnt_id,
-            parent_id,
-            root: PathBuf::from(OsString::from_vec(unescape(f[3]))),
-            mount_point: PathBuf::from(OsString::from_vec(unescape(f[4]))),
-            fstype: text(f[sep + 1]),
-            source: text(f[sep + 2]),
-            super_options: text(f[sep + 3]),
-        });
-    }
-    out
-}
-
-/// Decode the kernel's `\ooo` octal escapes (space, tab, newline, backslash).
-fn unescape(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = i + 4 <= b.len()
-            && (b'0'..=b'3').contains(&b[i + 1])
-            && b[i + 2..i + 4].iter().all(|c| (b'0'..=b'7').contains(c));
-        if b[i] == b'\\' && octal {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    out
+    crate::procfs::read_mountinfo("self").map_err(|e| SnapshotError::Io {
+        path: e.path,
+        syscall: e.syscall,
+        source: e.source,
+    })
 }
 
 /// Unmount `e`, the mount of restart clone `m` at its target: refused if another mount covers

@@ -1,0 +1,46 @@
+//! Relinking, both directions of a relinked name's life in one module (as CRIU's files-reg.c
+//! keeps both directions of its remaps):
+//!
+//! | when | what | file |
+//! |---|---|---|
+//! | take | make the name: link, clone, copy or recreate | [`make`] |
+//! | restart | open it, check it is the recorded inode, give it its original path for the restore, unlink it | [`reopen`] |
+//! | delete, gc | find and remove names left on live filesystems | [`remove`] |
+//!
+//! Names live in `<mount>/lost+found/checkpoint` ([`dir`]), made by the checkpoint's
+//! template ([`crate::record::names::Template`]), which carries the checkpoint id.
+
+mod dir;
+mod make;
+mod remove;
+pub mod reopen;
+
+pub use crate::record::names::{Template, CHECKPOINT_DIR, DEFAULT_TEMPLATE};
+pub use dir::{open_checkpoint_dir, CheckpointDir};
+pub use make::{Relinker, Stats};
+pub use remove::{leftovers, remove_live_names};
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelinkError {
+    #[error(transparent)]
+    Template(#[from] crate::record::names::TemplateError),
+    #[error(
+        "{path}: refusing to use it: {why}. Fix: remove it or make it a root-owned directory with mode 0700"
+    )]
+    Unsafe { path: PathBuf, why: String },
+    #[error("{path}: {why}")]
+    WrongMount { path: PathBuf, why: String },
+    #[error("{syscall} {path}: {source}")]
+    Io { path: PathBuf, syscall: &'static str, source: io::Error },
+    #[error("object {index} ({original}): no holder left to reach it through /proc")]
+    NoHolder { index: usize, original: String },
+    #[error("{path}: no space left while copying orphan {original} ({size} bytes): free space on that filesystem or use a filesystem with reflinks")]
+    NoSpace { path: PathBuf, original: String, size: u64 },
+}
+
+fn ioe<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(io::Error) -> RelinkError + 'a {
+    move |source| RelinkError::Io { path: path.to_path_buf(), syscall, source }
+}
