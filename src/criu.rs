@@ -42,12 +42,17 @@ pub const DEFAULT_PREFIX_CRIU: &str = "/opt/snapckpt/criu/bin/criu";
 /// Find the CRIU binary: an explicit path (flag or job), env SNAPCKPT_CRIU, the private
 /// prefix, PATH.
 pub fn find(explicit: Option<&Path>) -> Result<PathBuf, CriuError> {
+    find_with(explicit, std::env::var_os("SNAPCKPT_CRIU").map(PathBuf::from).as_deref())
+}
+
+/// [`find`] with the value of env `SNAPCKPT_CRIU` given (`env`) rather than read.
+pub fn find_with(explicit: Option<&Path>, env: Option<&Path>) -> Result<PathBuf, CriuError> {
     let mut looked = vec![];
     let mut cands: Vec<PathBuf> = vec![];
     if let Some(p) = explicit {
         cands.push(p.into());
     } else {
-        if let Some(p) = std::env::var_os("SNAPCKPT_CRIU") {
+        if let Some(p) = env {
             cands.push(p.into());
         }
         cands.push(DEFAULT_PREFIX_CRIU.into());
@@ -312,11 +317,7 @@ mod tests {
     fn restore_removes_a_stale_log() {
         let dir = scratch("restore");
         std::fs::write(dir.join(RESTORE_LOG), "(00.1) Error (criu/util.c:1): an old failure\n").unwrap();
-        let req = RestoreRequest {
-            criu: "/bin/true".into(),
-            image_dir: dir.clone(),
-            work_dir: dir.clone(),
-        };
+        let req = RestoreRequest { criu: "/bin/true".into(), image_dir: dir.clone(), work_dir: dir.clone() };
         let e = restore(&req, &mut || Ok(())).unwrap_err();
         let s = e.to_string();
         assert!(matches!(e, CriuError::NoLog { .. }), "{s}");

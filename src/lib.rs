@@ -15,13 +15,19 @@
 //! | restart from a checkpoint | [`restart`] |
 //! | delete checkpoints, collect leftovers | [`cleanup`] |
 //! | TOML job files | [`job`] |
+//! | flags, job file and environment resolved into each command's options | [`config`] |
+//! | the `check` command: what this machine offers | [`check`] |
 //!
 //! [`procfs`] parses `/proc` (stat, mountinfo, fdinfo, maps) for all of them; [`sys`] wraps
-//! the system calls.
+//! the system calls; [`engine`] (what happens to tasks after a CRIU dump) and [`units`]
+//! (sizes) are vocabulary shared by several stages.
 
+pub mod check;
 pub mod cleanup;
+pub mod config;
 pub mod criu;
 pub mod criu_image;
+pub mod engine;
 pub mod hooks;
 pub mod image;
 pub mod job;
@@ -34,3 +40,4 @@ pub mod snapshot;
 pub mod sys;
 pub mod take;
 pub mod tasks;
+pub mod units;

@@ -421,6 +421,18 @@ pub fn random_hex(nbytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Resolve a command like execvp would: a name with a '/' as is, else the first executable
+/// regular file of that name in a `PATH` directory.
+pub fn which(prog: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let ok =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if prog.contains('/') {
+        return ok(Path::new(prog)).then(|| PathBuf::from(prog));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(prog)).find(|p| ok(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -50,18 +50,7 @@ pub enum EngineOpts {
     Criu { path: PathBuf, after: AfterDump },
 }
 
-/// What happens to the tasks once a CRIU checkpoint of them is published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AfterDump {
-    /// Killed (as CRIU does by default).
-    #[default]
-    Kill,
-    /// Thawed: they go on (CRIU's `--leave-running`).
-    Run,
-    /// Left frozen (cgroup freezer or SIGSTOP, as they were frozen), the watchdog disarmed:
-    /// the operator resumes or kills them (like CRIU's `--leave-stopped`).
-    Stop,
-}
+pub use crate::engine::AfterDump;
 
 /// Everything a take needs to know.
 #[derive(Debug, Clone)]

@@ -172,21 +172,12 @@ pub(super) fn run_exec(
 }
 
 /// Resolve a command like execvp would (a path with '/' as is, else through PATH).
-pub(super) fn which(prog: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let ok =
-        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    if prog.contains('/') {
-        return ok(Path::new(prog)).then(|| PathBuf::from(prog));
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(prog)).find(|p| ok(p))
-}
 
 /// Refuse, before anything changes, a command that cannot start: the names are consumed just
 /// before execve, and an execve that fails then would lose them.
 pub(super) fn check_command(cmd: &[String]) -> Result<(), RestartError> {
     let prog = cmd.first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
-    let Some(exe) = which(prog) else {
+    let Some(exe) = sys::which(prog) else {
         return Err(RestartError::Refused(format!("--exec: {prog}: no such executable")));
     };
     let mut head = [0u8; 4];

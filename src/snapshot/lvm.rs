@@ -471,7 +471,7 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
         None
     } else {
         match spec.lvm_size.as_deref() {
-            Some(s) if crate::job::valid_size(s) => Some(s),
+            Some(s) if crate::units::valid_size(s) => Some(s),
             Some(s) => return Err(SnapshotError::Invalid { what: "lvm_size", value: s.into(), why: "is not a size like \"512M\" or \"2G\"".into() }),
             None => {
                 return Err(SnapshotError::Refused {

@@ -1,0 +1,190 @@
+//! `snapckpt check`: what this machine offers snapckpt. Root, the kernel, openat2, the cgroup
+//! freezers, the filesystems, LVM/device-mapper, and which CRIU is used and whether
+//! `criu check` passes, as one [`Line`] each: `[ ok ]`, `[warn]` (a feature that only some
+//! setups need is missing) or `[FAIL]`.
+
+use crate::criu;
+use std::path::{Path, PathBuf};
+
+/// What `check` is told.
+#[derive(Debug, Clone, Default)]
+pub struct CheckOptions {
+    /// The CRIU binary to check (`--criu`).
+    pub criu: Option<PathBuf>,
+    /// Env `SNAPCKPT_CRIU`: where CRIU is looked for first when `criu` is `None`.
+    pub env_criu: Option<PathBuf>,
+}
+
+/// The verdict of one line: [`Status::Warn`] reports a problem that only some uses meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    /// `Ok` if `ok`, else `otherwise`.
+    pub fn ok_or(ok: bool, otherwise: Status) -> Status {
+        if ok {
+            Status::Ok
+        } else {
+            otherwise
+        }
+    }
+
+    /// The four characters between the brackets.
+    pub fn mark(self) -> &'static str {
+        match self {
+            Status::Ok => " ok ",
+            Status::Warn => "warn",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// One line of the report: `[mark] what: detail`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub status: Status,
+    pub what: String,
+    pub detail: String,
+}
+
+impl Line {
+    fn new(status: Status, what: impl Into<String>, detail: impl Into<String>) -> Line {
+        Line { status, what: what.into(), detail: detail.into() }
+    }
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {}: {}", self.status.mark(), self.what, self.detail)
+    }
+}
+
+/// Every check, in the order printed.
+pub fn check(opts: &CheckOptions) -> Vec<Line> {
+    let mut lines = vec![root(), kernel(), openat2(), freezer()];
+    let fss = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    lines.extend(["btrfs", "xfs", "ext4"].into_iter().map(|fs| filesystem(&fss, fs)));
+    lines.push(lvm());
+    lines.push(criu_line(opts));
+    lines
+}
+
+/// Whether any line failed (`check` then exits with status 1).
+pub fn failed(lines: &[Line]) -> bool {
+    lines.iter().any(|l| l.status == Status::Fail)
+}
+
+fn root() -> Line {
+    let root = nix::unistd::geteuid().is_root();
+    let detail = if root { "yes" } else { "no: take/restart need root" };
+    Line::new(Status::ok_or(root, Status::Fail), "running as root", detail)
+}
+
+fn kernel() -> Line {
+    let uname =
+        nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default();
+    Line::new(Status::Ok, "kernel", uname)
+}
+
+fn openat2() -> Line {
+    let o2 =
+        crate::sys::openat2(libc::AT_FDCWD, "/", libc::O_PATH, 0, crate::sys::RESOLVE_NO_SYMLINKS).is_ok();
+    let detail = if o2 { "available" } else { "missing (needs Linux 5.6+)" };
+    Line::new(Status::ok_or(o2, Status::Fail), "openat2 with RESOLVE_*", detail)
+}
+
+fn freezer() -> Line {
+    let exists = |p: &str| Path::new(p).exists();
+    let v2 = ["/sys/fs/cgroup/cgroup.freeze", "/sys/fs/cgroup/unified"].iter().any(|p| exists(p))
+        || exists("/sys/fs/cgroup/cgroup.controllers");
+    let v1 = exists("/sys/fs/cgroup/freezer/freezer.state") || exists("/sys/fs/cgroup/freezer");
+    freezer_line(v2, v1)
+}
+
+fn freezer_line(v2: bool, v1: bool) -> Line {
+    let word = |p: bool| if p { "present" } else { "absent" };
+    let detail = format!("v2 {}, v1 {} (SIGSTOP is used for --pid without a cgroup)", word(v2), word(v1));
+    Line::new(Status::ok_or(v1 || v2, Status::Fail), "cgroup freezer", detail)
+}
+
+/// Whether `/proc/filesystems` (its text `fss`) lists `fs`.
+fn filesystem(fss: &str, fs: &str) -> Line {
+    let have = fss.lines().any(|l| l.split_whitespace().last() == Some(fs));
+    let detail = if have { "supported by the kernel" } else { "not loaded (modprobe it)" };
+    Line::new(Status::ok_or(have, Status::Warn), format!("filesystem {fs}"), detail)
+}
+
+fn lvm() -> Line {
+    let dm = Path::new("/dev/mapper/control").exists()
+        && std::fs::read_to_string("/proc/misc").map(|m| m.contains("device-mapper")).unwrap_or(false);
+    let lvm = crate::sys::which("lvm").is_some()
+        || ["/sbin", "/usr/sbin"].iter().any(|d| Path::new(d).join("lvm").is_file());
+    lvm_line(lvm, dm)
+}
+
+fn lvm_line(lvm: bool, dm: bool) -> Line {
+    let detail = format!(
+        "lvm {}, device-mapper {}",
+        if lvm { "found" } else { "not found" },
+        if dm { "present" } else { "absent (LVM snapshots cannot work on this kernel)" }
+    );
+    Line::new(Status::ok_or(lvm && dm, Status::Warn), "LVM snapshots", detail)
+}
+
+fn criu_line(opts: &CheckOptions) -> Line {
+    match criu::find_with(opts.criu.as_deref(), opts.env_criu.as_deref()) {
+        Ok(p) => match criu::check(&p) {
+            Ok((v, ok, out)) => Line::new(
+                Status::ok_or(ok, Status::Fail),
+                "CRIU",
+                format!("{} ({v}): criu check: {}", p.display(), out.lines().last().unwrap_or("")),
+            ),
+            Err(e) => Line::new(Status::Fail, "CRIU", e.to_string()),
+        },
+        Err(e) => Line::new(Status::Fail, "CRIU", e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_print_as_before() {
+        assert_eq!(Line::new(Status::Ok, "kernel", "6.1").to_string(), "[ ok ] kernel: 6.1");
+        assert_eq!(
+            lvm_line(false, true).to_string(),
+            "[warn] LVM snapshots: lvm not found, device-mapper present"
+        );
+        assert_eq!(
+            freezer_line(false, false).to_string(),
+            "[FAIL] cgroup freezer: v2 absent, v1 absent (SIGSTOP is used for --pid without a cgroup)"
+        );
+        assert_eq!(freezer_line(true, false).status, Status::Ok);
+        assert_eq!(lvm_line(true, true).status, Status::Ok);
+    }
+
+    #[test]
+    fn filesystems_from_proc() {
+        let fss = "nodev\tsysfs\n\text4\nnodev\ttmpfs\n\tbtrfs\n";
+        assert_eq!(filesystem(fss, "btrfs").status, Status::Ok);
+        assert_eq!(filesystem(fss, "ext4").to_string(), "[ ok ] filesystem ext4: supported by the kernel");
+        assert_eq!(filesystem(fss, "xfs").to_string(), "[warn] filesystem xfs: not loaded (modprobe it)");
+        // "sysfs" ends in "fs" but is not "xfs"; a name must match a whole field
+        assert_eq!(filesystem("nodev\tbtrfsx\n", "btrfs").status, Status::Warn);
+    }
+
+    #[test]
+    fn missing_criu_fails_the_check() {
+        let opts = CheckOptions { criu: Some("/nonexistent/criu".into()), env_criu: None };
+        let l = criu_line(&opts);
+        assert_eq!(l.status, Status::Fail);
+        assert!(l.detail.starts_with("no CRIU found (looked at /nonexistent/criu)"), "{}", l.detail);
+        assert!(failed(&[Line::new(Status::Warn, "a", "b"), l]));
+        assert!(!failed(&[Line::new(Status::Warn, "a", "b")]));
+    }
+}
