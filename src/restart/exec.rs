@@ -9,7 +9,7 @@ use crate::relink::Reopened;
 use crate::sys;
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 /// The fds `--exec` gets: (target fd, reopened file at the recorded flags and offset).
@@ -170,8 +170,6 @@ pub(super) fn run_exec(
     })?;
     Ok(st.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
 }
-
-/// Resolve a command like execvp would (a path with '/' as is, else through PATH).
 
 /// Refuse, before anything changes, a command that cannot start: the names are consumed just
 /// before execve, and an execve that fails then would lose them.
