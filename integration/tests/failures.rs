@@ -766,6 +766,8 @@ fn restart_killed_files_only_snapshot() {
         "--image-root",
         images.to_str().unwrap(),
         "--snapshot",
+        // the clone over the origin in the host's namespace: what a kill must not leave
+        "--host-mounts",
         "--exec",
         ufiles.to_str().unwrap(),
         "report",
@@ -824,10 +826,11 @@ fn restart_killed_criu() {
     wait_gone(pid);
     drop(p);
     let logsize = std::fs::metadata(&log).unwrap().len();
-    let args: Vec<String> = ["restart", &id, "--image-root", images.to_str().unwrap(), "--snapshot"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args: Vec<String> =
+        ["restart", &id, "--image-root", images.to_str().unwrap(), "--snapshot", "--host-mounts"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut findings = vec![];
     kill_restart_at_points(
@@ -1655,6 +1658,7 @@ fn hostile_checkpoint_records() {
         std::fs::write(hdir.join("checkpoint.json"), serde_json::to_vec_pretty(&r).unwrap()).unwrap();
         let ir = images.to_str().unwrap();
         let mroot = work.path().join("mroot");
+        std::fs::create_dir_all(&mroot).unwrap();
         for args in [
             vec!["delete", &hid, "--image-root", ir],
             vec!["delete", &hid, "--image-root", ir, "--force"],

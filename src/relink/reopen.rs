@@ -214,7 +214,11 @@ fn open_at_original(
     keep: Keep,
 ) -> Result<(OwnedFd, PathBuf, Option<Placement>), RelinkError> {
     let relinked = dir.path.join(name);
-    let Some(rel) = relative_to_mount(&o.original_path, &o.mount.mount_point) else {
+    // A directory gets its original path only by moving it there and removing it once open,
+    // which consumes the relinked name: only when the name is not needed afterwards (CRIU).
+    let keep_dir_name = o.kind == FileKind::Directory && keep == Keep::Opened;
+    let Some(rel) = relative_to_mount(&o.original_path, &o.mount.mount_point).filter(|_| !keep_dir_name)
+    else {
         return Ok((reopen(pfd, flags, &relinked)?, relinked, None));
     };
     let mut place = Placement::prepare(&base.path, &rel, base.dev.is_some())?;
