@@ -138,6 +138,17 @@ impl ImageDir {
         Some(to)
     }
 
+    /// Keep the directory as `<root>/.<id>.failed` (the trace `gc` understands) instead of
+    /// removing it; its path.
+    pub fn keep_as_failed(&mut self) -> PathBuf {
+        let keep = self.root.join(State::Failed.name(&self.id));
+        if !keep.exists() && std::fs::rename(&self.dir, &keep).is_ok() {
+            self.done = true;
+            return keep;
+        }
+        self.dir.clone()
+    }
+
     /// Write the record and rename the directory into place. Every file of the image (CRIU's
     /// too) is on disk before: tasks are killed right after this, and a crash then must not
     /// leave a record whose process image is empty.

@@ -304,7 +304,9 @@ pub fn set_owner_mode_times(dirfd: RawFd, name: &OsStr, st: &libc::stat) -> io::
         if libc::fchownat(dirfd, n.as_ptr(), st.st_uid, st.st_gid, libc::AT_SYMLINK_NOFOLLOW) < 0 {
             return Err(io::Error::last_os_error());
         }
-        if libc::fchmodat(dirfd, n.as_ptr(), st.st_mode & 0o7777, 0) < 0 {
+        // A symlink has no mode of its own (and chmod would follow it).
+        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        if !is_link && libc::fchmodat(dirfd, n.as_ptr(), st.st_mode & 0o7777, 0) < 0 {
             return Err(io::Error::last_os_error());
         }
         let ts = [
@@ -314,6 +316,28 @@ pub fn set_owner_mode_times(dirfd: RawFd, name: &OsStr, st: &libc::stat) -> io::
         if libc::utimensat(dirfd, n.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) < 0 {
             return Err(io::Error::last_os_error());
         }
+    }
+    Ok(())
+}
+
+/// The target of the symlink an O_PATH fd refers to (readlinkat with an empty path).
+pub fn readlink_fd(fd: &OwnedFd) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: the buffer is valid for its length; an empty path names the fd itself.
+    let n = unsafe { libc::readlinkat(fd.as_raw_fd(), c"".as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// symlinkat(2): make `name` in `dirfd` a symlink to `target`.
+pub fn symlinkat(target: &[u8], dirfd: RawFd, name: &OsStr) -> io::Result<()> {
+    let (t, n) = (CString::new(target.to_vec())?, cstr(name)?);
+    // SAFETY: valid C strings.
+    if unsafe { libc::symlinkat(t.as_ptr(), dirfd, n.as_ptr()) } < 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }

@@ -1086,7 +1086,9 @@ fn snapshot_fails() {
         false,
         None,
     );
-    let (ok, _, err) = take(p.pid, &images, &["--engine", "none", "--snapshot", "btrfs"]);
+    // without --strict-snapshots the ext4's names would stay on it (one-shot)
+    let (ok, _, err) =
+        take(p.pid, &images, &["--engine", "none", "--snapshot", "btrfs", "--strict-snapshots"]);
     assert_clean_failure(ok, &err, p.pid, &fs.mnt, &images, "snapshot fails, files only");
     assert!(err.contains("not btrfs"), "{err}");
     // refused before anything was relinked: no checkpoint directory was even made
@@ -1145,9 +1147,25 @@ fn named_log(err: &str) -> Option<PathBuf> {
     err.lines().find_map(|l| l.split("see the whole log: ").nth(1)).map(|s| PathBuf::from(s.trim()))
 }
 
-/// CRIU fails: a task that is not a session leader (CRIU refuses without --shell-job), and a
-/// CRIU that is not CRIU at all. A clear error naming the CRIU log; the task thawed and running;
-/// nothing left.
+/// A ufiles workload (a session leader) that also holds an established TCP connection (fd 3)
+/// to a listener of the test: CRIU refuses to dump it without --tcp-established, after the
+/// freeze and the relink. The listener's side is returned to keep the connection up.
+fn workload_with_tcp(dir: &Path, log: &Path) -> (Proc, std::net::TcpListener, std::net::TcpStream) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port}; exec '{}' setup '{}' orphan:100000",
+        prog("ufiles").display(),
+        dir.display()
+    );
+    let p = workload(Path::new("/bin/bash"), &["-c", &script], log, true, None);
+    let (peer, _) = l.accept().unwrap();
+    (p, l, peer)
+}
+
+/// CRIU fails: a task that is not a session leader (refused before the freeze: CRIU would
+/// refuse it after), a connection CRIU refuses to dump after the freeze, and a CRIU that is not
+/// CRIU at all. A clear error (naming the CRIU log); the task thawed and running; nothing left.
 #[test]
 fn criu_fails() {
     let _g = serial();
@@ -1165,6 +1183,11 @@ fn criu_fails() {
     );
     let (ok, _, err) = take(p.pid, &images, &["--engine", "criu", "--snapshot", "btrfs"]);
     assert_clean_failure(ok, &err, p.pid, &fs.mnt, &images, "not a session leader");
+    assert!(err.contains("is not a session leader") && err.contains("nothing was changed"), "{err}");
+    drop(p);
+    let (p, _l, _peer) = workload_with_tcp(&dir, &work.path().join("log1"));
+    let (ok, _, err) = take(p.pid, &images, &["--engine", "criu", "--snapshot", "btrfs"]);
+    assert_clean_failure(ok, &err, p.pid, &fs.mnt, &images, "an established TCP connection");
     assert!(
         err.contains("criu dump failed") && named_log(&err).is_some_and(|l| l.ends_with("criu-dump.log")),
         "{err}"
@@ -1200,13 +1223,7 @@ fn criu_failure_keeps_the_log_it_names() {
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
     let images = work.path().join("images");
-    let p = workload(
-        &prog("ufiles"),
-        &["setup", dir.to_str().unwrap(), "orphan:100000"],
-        &work.path().join("log"),
-        false,
-        None,
-    );
+    let (p, _l, _peer) = workload_with_tcp(&dir, &work.path().join("log"));
     let (ok, _, err) = take(p.pid, &images, &["--engine", "criu"]);
     assert!(!ok);
     let log = named_log(&err).unwrap_or_else(|| panic!("no log named: {err}"));

@@ -10,5 +10,6 @@ mod common;
 mod core;
 mod criu_btrfs;
 mod failures;
+mod fidelity;
 mod freeze;
 mod snapshot_btrfs;

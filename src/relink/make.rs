@@ -114,7 +114,7 @@ impl Relinker {
             let name = self.template.render(&self.id, self.counter);
             let dir = &self.dirs[&mnt_id];
             let r = if recreate {
-                recreate_node(dir, &name, &st).map(|()| (Method::Recreate, 0))
+                recreate_node(dir, &name, &st, &src).map(|()| (Method::Recreate, 0))
             } else {
                 match sys::link_follow(&src, dir.fd(), OsStr::new(&name)) {
                     Ok(()) => Ok((Method::Link, 0)),
@@ -201,10 +201,15 @@ impl Relinker {
 }
 
 /// A new directory, FIFO, socket or device node with the type, mode, owner and times of `st`.
-fn recreate_node(dir: &CheckpointDir, name: &str, st: &libc::stat) -> Result<(), RelinkError> {
+fn recreate_node(dir: &CheckpointDir, name: &str, st: &libc::stat, src: &Path) -> Result<(), RelinkError> {
     let p = dir.path.join(name);
     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
         sys::mkdirat(dir.fd(), OsStr::new(name), 0o700).map_err(ioe(&p, "mkdirat"))?;
+    } else if st.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        // The holder's fd (O_PATH|O_NOFOLLOW) leads to the symlink itself: its target.
+        let target = sys::readlink_fd(&sys::open(src, libc::O_PATH, 0).map_err(ioe(src, "open"))?)
+            .map_err(ioe(src, "readlinkat"))?;
+        sys::symlinkat(&target, dir.fd(), OsStr::new(name)).map_err(ioe(&p, "symlinkat"))?;
     } else {
         sys::mknodat(dir.fd(), OsStr::new(name), (st.st_mode & libc::S_IFMT) | 0o600, st.st_rdev)
             .map_err(ioe(&p, "mknodat"))?;

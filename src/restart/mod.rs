@@ -127,12 +127,6 @@ fn check(ck: &Checkpoint, opts: &RestartOptions) -> Result<(), RestartError> {
             ck.id
         )));
     }
-    if opts.snapshot && ck.snapshots.is_empty() {
-        return Err(RestartError::Refused(format!(
-            "checkpoint {} has no snapshots; restart it without --snapshot",
-            ck.id
-        )));
-    }
     if let Some(root) = &opts.mount_root {
         if !root.is_dir() {
             return Err(RestartError::Refused(format!(
@@ -140,6 +134,12 @@ fn check(ck: &Checkpoint, opts: &RestartOptions) -> Result<(), RestartError> {
                 root.display()
             )));
         }
+    }
+    if opts.snapshot && ck.snapshots.is_empty() {
+        return Err(RestartError::Refused(format!(
+            "checkpoint {} has no snapshots; restart it without --snapshot",
+            ck.id
+        )));
     }
     if let (Engine::None, Some(cmd)) = (&ck.engine, &opts.exec) {
         exec::check_command(cmd)?;

@@ -42,6 +42,9 @@ pub enum TakeError {
     /// With CRIU: the root of the tree is not a session leader.
     #[error("pid {pid} is not a session leader (its session is {sid}): CRIU would refuse to dump it after the freeze. Start the workload with `setsid` (e.g. `setsid CMD`), or take it with --shell-job if it is a job of a shell; nothing was changed")]
     NotSessionLeader { pid: i32, sid: i32 },
+    /// A failure after CRIU killed the tasks (with established TCP connections): nothing undone.
+    #[error("{source}. CRIU had already dumped and killed the tasks (--tcp-established); their image is kept in {} and the snapshots and relinked names are left in place: restart from them by hand with criu, or remove them with `snapckpt gc --id`", kept.display())]
+    AfterKill { source: Box<TakeError>, kept: PathBuf },
     /// Something CRIU cannot dump, refused before the freeze.
     #[error("pid {pid} fd {fd} is {what}: {advice}; nothing was changed")]
     Unsupported { pid: i32, fd: String, what: String, advice: &'static str },
@@ -131,8 +134,16 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
     }
     // The partial image directory, with a lock that `gc` respects while we run.
     let image = ImageDir::create(&opts.image_root, &sel.id)?;
-    let mut tx =
-        Tx { opts, sel, image, frozen: None, relinker: None, snaps: vec![], timings: Timings::default() };
+    let mut tx = Tx {
+        opts,
+        sel,
+        image,
+        frozen: None,
+        relinker: None,
+        snaps: vec![],
+        timings: Timings::default(),
+        dumped_and_killed: false,
+    };
     let staged = tx.run();
     match staged {
         Ok(done) => tx.finish(done).map(Outcome::Taken),
@@ -211,6 +222,9 @@ struct Tx<'a> {
     relinker: Option<Relinker>,
     snaps: Vec<Snapshot>,
     timings: Timings,
+    /// CRIU killed the tasks at the end of its dump (established TCP connections): from then
+    /// on the snapshots and names are the only copy and are never undone.
+    dumped_and_killed: bool,
 }
 
 /// The stages' result, ready to publish.
@@ -242,7 +256,6 @@ impl Tx<'_> {
         self.frozen().check_watchdog()?;
         let engine = self.checkpoint(&sc, &pids, &plan)?;
         hooks::point("take-snapshotted");
-        verify::restartable(&sc, &engine, self.image.path(), self.relinker.as_ref().expect("relinked"))?;
         let mut notes = plan::notes(&plan, self.opts.auto_snapshot.is_some());
         let links_removed = self.drop_live_names(&sc)?;
 
@@ -261,6 +274,14 @@ impl Tx<'_> {
             notes.push(n);
         }
         Ok(Staged { ck, stats, pids, notes })
+    }
+
+    /// What happens to the tasks once the checkpoint is published.
+    fn after(&self) -> AfterDump {
+        match &self.opts.engine {
+            EngineOpts::Criu { after, .. } => *after,
+            EngineOpts::None => AfterDump::Run,
+        }
     }
 
     fn frozen(&self) -> &tasks::Frozen {
@@ -294,6 +315,7 @@ impl Tx<'_> {
                 let t = Instant::now();
                 take_snapshots(&plan.specs, &self.sel.id, &mut self.snaps)?;
                 self.timings.snapshot_ms = ms(t.elapsed());
+                verify::restartable(sc, false, self.image.path(), self.relinker.as_ref().expect("relinked"))?;
                 Ok(Engine::None)
             }
             EngineOpts::Criu { path, after, flags } => {
@@ -338,11 +360,16 @@ impl Tx<'_> {
             image_dir: self.image.path().to_path_buf(),
             externals,
             freeze_cgroup: self.frozen().method().cgroup_path().map(Path::to_path_buf),
-            // Always: tasks that must not go on are killed by us once the image is
-            // published (`Frozen::kill`), so a take that fails after the dump lets
-            // them go on instead of losing them.
-            leave_running: true,
+            // Tasks that must not go on are killed by us once the image is published
+            // (`Frozen::kill`), so a take that fails after the dump lets them go on instead
+            // of losing them. Except with established TCP connections: CRIU must kill the
+            // tasks itself with the network still locked (if it let them go, their sockets
+            // would leave repair mode and our kill would close the connections); everything
+            // that can fail is then done in the post-dump notification, before that kill.
+            leave_running: !(flags.tcp_established && self.after() == AfterDump::Kill),
         };
+        let relinker = self.relinker.as_ref().expect("relinked");
+        let image_dir = self.image.path().to_path_buf();
         let t = Instant::now();
         let (frozen, id, snaps) = (self.frozen.as_ref().expect("frozen"), &self.sel.id, &mut self.snaps);
         let mut snap_err = None;
@@ -357,6 +384,8 @@ impl Tx<'_> {
             let ts = Instant::now();
             let r = take_snapshots(specs, id, snaps);
             snap_t = ms(ts.elapsed());
+            // Shown restartable before CRIU lets go of the tasks: a failure aborts the dump.
+            let r = r.and_then(|()| verify::restartable(sc, true, &image_dir, relinker));
             r.map_err(|e| {
                 let msg = e.to_string();
                 snap_err = Some(e);
@@ -368,6 +397,7 @@ impl Tx<'_> {
             return Err(e);
         }
         dumped?;
+        self.dumped_and_killed = !req.leave_running;
         self.timings.dump_ms = ms(t.elapsed()).saturating_sub(snap_t);
         Ok(())
     }
@@ -392,10 +422,7 @@ impl Tx<'_> {
     /// Publish the image, then thaw, kill or leave the tasks frozen. A failure before the
     /// publication is undone; after it the checkpoint stands.
     fn finish(mut self, mut done: Staged) -> Result<Taken, TakeError> {
-        let after = match &self.opts.engine {
-            EngineOpts::Criu { after, .. } => *after,
-            EngineOpts::None => AfterDump::Run,
-        };
+        let after = self.after();
         let published = self.publish(&mut done, after);
         let (dir, still_frozen) = match published {
             Ok(x) => x,
@@ -451,6 +478,11 @@ impl Tx<'_> {
     /// Undo a failed take: keep CRIU's log, delete the snapshots, remove the relinked names,
     /// thaw the tasks. What could not be undone is carried in the error as warnings.
     fn fail(mut self, mut e: TakeError) -> TakeError {
+        if self.dumped_and_killed {
+            // The tasks are gone: the dump, the snapshots and the names are all there is.
+            let kept = self.image.keep_as_failed();
+            return TakeError::AfterKill { source: Box::new(e), kept };
+        }
         // The CRIU log the error names must outlive the partial directory.
         if let TakeError::Criu(criu::CriuError::Failed { log, .. }) = &mut e {
             if let Some(kept) = self.image.keep_failed_log(log) {
@@ -471,6 +503,12 @@ impl Tx<'_> {
             }
         }
         drop(self.frozen.take()); // thaws
+        if !warnings.is_empty() {
+            // What could not be undone must stay traceable: plain `gc` removes the names and
+            // snapshots of a take whose image root keeps a `.<id>.failed` entry.
+            let kept = self.image.keep_as_failed();
+            warnings.push(format!("kept {} so that `snapckpt gc` removes what is left", kept.display()));
+        }
         if warnings.is_empty() {
             e
         } else {

@@ -10,7 +10,7 @@
 //! instances, perf events) is refused while nothing has changed.
 
 use super::TakeError;
-use crate::record::{Checkpoint, Engine, FileKind, Object, Unlinked};
+use crate::record::{Checkpoint, FileKind, Object, Unlinked};
 use crate::relink::Relinker;
 use crate::scan::Scan;
 use crate::sys;
@@ -21,13 +21,9 @@ use std::path::Path;
 const O_TMPFILE_BIT: i32 = 0o20000000;
 
 /// Show that the checkpoint can be restarted (see the module comment).
-pub fn restartable(
-    sc: &Scan,
-    engine: &Engine,
-    image_dir: &Path,
-    relinker: &Relinker,
-) -> Result<(), TakeError> {
-    if let Engine::Criu { .. } = engine {
+/// `criu`: the image directory holds a CRIU dump whose external files are checked too.
+pub fn restartable(sc: &Scan, criu: bool, image_dir: &Path, relinker: &Relinker) -> Result<(), TakeError> {
+    if criu {
         externals_known(sc, image_dir)?;
     }
     for o in sc.objects.iter().filter(|o| o.relinked.is_some()) {
@@ -55,7 +51,9 @@ fn externals_known(sc: &Scan, image_dir: &Path) -> Result<(), TakeError> {
 
 /// The flags the restore opens an object with, one set per holder fd (at least one).
 fn restore_flags(sc: &Scan, o: &Object) -> Vec<i32> {
-    let strip = libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | O_TMPFILE_BIT;
+    // An O_TMPFILE keeps O_DIRECTORY (part of O_TMPFILE) in its flags: not for reopening.
+    let strip =
+        libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | O_TMPFILE_BIT | libc::O_DIRECTORY;
     let kind_flags = match o.kind {
         FileKind::Directory => libc::O_RDONLY | libc::O_DIRECTORY,
         FileKind::Regular => libc::O_RDONLY,

@@ -74,8 +74,11 @@ pub fn workload(bin: &Path, args: &[&str], log: &Path, setsid: bool, cg: Option<
 
 fn launch(bin: &Path, args: &[&str], log: &Path, setsid: bool, close_fds: bool, cg: Option<&Cgroup>) -> Proc {
     let out = std::fs::File::create(log).unwrap();
+    // Not the test's own stderr: a restored task would hold it, and CRIU refuses a linked
+    // file whose size changed since the dump (the test output, when it goes to a file).
+    let err = std::fs::File::create(log.with_extension("stderr")).unwrap();
     let mut c = Command::new(bin);
-    c.args(args).stdin(Stdio::null()).stdout(out).stderr(Stdio::inherit());
+    c.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
     if setsid || close_fds {
         // SAFETY: close_range and setsid are async-signal-safe.
         unsafe {

@@ -1,0 +1,232 @@
+//! A restarted task cannot tell: what it reads back from /proc/self/fd, its maps and getcwd,
+//! link counts, sizes, offsets, inode numbers and open flags are as at the checkpoint; linked
+//! files too; the host keeps its view; filesystems without a snapshot are covered as the
+//! record says. Real CRIU, real loop filesystems, a workload that reports on itself
+//! (integration/progs/fidelity.c). Run as root.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The report lines (FD/MAP/CWD/SOCK) a fidelity process printed after `from` bytes of its
+/// log, up to "ready" or "checked".
+fn report_after(log: &Path, from: usize) -> Vec<String> {
+    let s = std::fs::read(log).unwrap();
+    let s = String::from_utf8_lossy(&s[from.min(s.len())..]).into_owned();
+    let s = s.split("ready").next().unwrap().split("checked").next().unwrap().to_string();
+    let keep = ["FD ", "MAP ", "CWD ", "SOCK "];
+    s.lines().filter(|l| keep.iter().any(|k| l.starts_with(k))).map(str::to_string).collect()
+}
+
+/// Ask a restored fidelity process for its report.
+fn self_check(pid: i32, log: &Path, from: usize) -> Vec<String> {
+    wait_paused(pid);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
+    wait_for(
+        || {
+            std::fs::read(log)
+                .map(|s| String::from_utf8_lossy(&s[from.min(s.len())..]).contains("checked"))
+                .unwrap_or(false)
+        },
+        Duration::from_secs(30),
+        "self check",
+    );
+    report_after(log, from)
+}
+
+/// A report line without its `ino=` field (a preserved copy or clone is a new inode).
+fn without_ino(l: &str) -> String {
+    l.split(' ').filter(|w| !w.starts_with("ino=")).collect::<Vec<_>>().join(" ")
+}
+
+struct Rig {
+    fs: LoopFs,
+    work: Scratch,
+    images: PathBuf,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+fn rig(fstype: &str, tag: &str) -> Rig {
+    let fs = LoopFs::new(fstype, "1G");
+    let work = Scratch::new(tag);
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let images = work.path().join("images");
+    let log = work.path().join("fidelity.log");
+    Rig { fs, work, images, dir, log }
+}
+
+fn restart(r: &Rig, id: &str, extra: &[&str]) -> String {
+    let ir = r.images.to_str().unwrap();
+    let mut args = vec!["restart", id, "--image-root", ir];
+    args.extend_from_slice(extra);
+    snapckpt_ok(&args)
+}
+
+/// Every kind of unlinked object, with every open flag CRIU restores: after a restart from
+/// the snapshot (in its private mount namespace) the task reads back exactly what it read
+/// before, twice; the host never sees the clone; link counts are back as recorded.
+#[test]
+fn every_object_reads_back_as_before() {
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-all");
+    let p = workload(&prog("fidelity"), &[r.dir.to_str().unwrap()], &r.log, true, None);
+    let before = report_after(&r.log, 0);
+    assert!(
+        before.iter().any(|l| l.contains("nofollow (deleted)") && l.contains("getfl=500002")),
+        "{before:?}"
+    );
+    let id = take_id(&take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]));
+    let pid = p.pid;
+    wait_gone(pid);
+    drop(p);
+    let logsize = std::fs::metadata(&r.log).unwrap().len();
+    std::fs::write(r.fs.path("live-only"), "live").unwrap();
+    let ck = record(&r.images.join(&id));
+    let name_gone_ino: Vec<u64> = ck["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["class"] == "name-gone")
+        .map(|o| o["ino"].as_u64().unwrap())
+        .collect();
+    assert_eq!(name_gone_ino.len(), 1, "{ck}");
+    for round in 0..2 {
+        // CRIU reopens the (linked) log at the size it had at the dump
+        std::fs::OpenOptions::new().write(true).open(&r.log).unwrap().set_len(logsize).unwrap();
+        let out = restart(&r, &id, &["--snapshot"]);
+        assert!(out.contains("private mount namespace"), "{out}");
+        assert!(r.fs.path("live-only").exists(), "round {round}: the host sees the clone");
+        assert!(
+            !mounts_under(&r.fs.mnt).iter().any(|m| Path::new(m) != r.fs.mnt),
+            "round {round}: a mount on the host"
+        );
+        let after = self_check(pid, &r.log, logsize as usize);
+        // same names, flags, offsets, link counts, sizes, contents, maps, cwd, socket
+        assert_eq!(
+            after.iter().map(|l| without_ino(l)).collect::<Vec<_>>(),
+            before.iter().map(|l| without_ino(l)).collect::<Vec<_>>(),
+            "round {round}"
+        );
+        // the name-gone file is the same inode (a hard link carried it)
+        let ino = format!("ino={}", name_gone_ino[0]);
+        assert!(after.iter().any(|l| l.contains("append (deleted)") && l.contains(&ino)), "{after:?}");
+        kill_wait(pid);
+    }
+    snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
+}
+
+/// A task holding only linked files (its cwd an ordinary directory) is snapshotted too, and
+/// restarts from the snapshot seeing the files as they were at the checkpoint, although the
+/// live files changed since.
+#[test]
+fn linked_files_come_back_at_checkpoint_state() {
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-linked");
+    let p = workload(&prog("fidelity"), &[r.dir.to_str().unwrap(), "linked-only"], &r.log, true, None);
+    let before = report_after(&r.log, 0);
+    let out = take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]);
+    let id = take_id(&out);
+    let ck = record(&r.images.join(&id));
+    assert_eq!(ck["objects"].as_array().unwrap().len(), 0, "{ck}");
+    assert_eq!(ck["snapshots"].as_array().unwrap().len(), 1, "nothing unlinked, still a snapshot: {out}");
+    let pid = p.pid;
+    wait_gone(pid);
+    drop(p);
+    let logsize = std::fs::metadata(&r.log).unwrap().len();
+    // the live files change after the checkpoint
+    std::fs::OpenOptions::new().append(true).open(r.dir.join("linked.log")).unwrap();
+    sh(&format!("echo more >> '{}'", r.dir.join("linked.log").display()));
+    sh(&format!("truncate -s 10 '{}'", r.dir.join("linked.dat").display()));
+    restart(&r, &id, &["--snapshot"]);
+    let after = self_check(pid, &r.log, logsize as usize);
+    assert_eq!(after, before);
+    assert!(after.iter().any(|l| l.contains("linked.log") && l.contains("size=3000")), "{after:?}");
+    kill_wait(pid);
+    // the host still has the changed live files
+    assert_eq!(std::fs::metadata(r.dir.join("linked.dat")).unwrap().len(), 10);
+}
+
+/// Unlinked files on a tmpfs are carried by CRIU (memory anyway), those on an ext4 that has
+/// no snapshot keep their relinked names there (one-shot): both recorded, both restart.
+#[test]
+fn filesystems_without_snapshot_are_covered() {
+    let _g = serial();
+    for (fstype, coverage) in [("tmpfs", "engine-carries"), ("ext4", "names-kept")] {
+        let r = rig(fstype, "fidelity-nosnap");
+        let log = r.log.clone();
+        let p = workload(
+            &prog("ufiles"),
+            &["setup", r.dir.to_str().unwrap(), "orphan:300000", "twofds"],
+            &log,
+            true,
+            None,
+        );
+        let before = fd_lines(&first_report(&log));
+        let out = take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]);
+        let id = take_id(&out);
+        let ck = record(&r.images.join(&id));
+        let fss = ck["filesystems"].as_array().unwrap();
+        let mine = fss
+            .iter()
+            .find(|f| f["mount_point"] == r.fs.mnt.to_str().unwrap())
+            .unwrap_or_else(|| panic!("{ck}"));
+        assert_eq!(mine["coverage"], coverage, "{fstype}: {ck}");
+        assert!(ck["snapshots"].as_array().unwrap().is_empty(), "{fstype}: {ck}");
+        let pid = p.pid;
+        wait_gone(pid);
+        drop(p);
+        let logsize = std::fs::metadata(&log).unwrap().len();
+        restart(&r, &id, &[]);
+        wait_paused(pid);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
+        wait_for(
+            || read(&log)[logsize as usize..].contains("checked"),
+            Duration::from_secs(30),
+            "self check",
+        );
+        let after = fd_lines(&read(&log)[logsize as usize..]);
+        assert_eq!(after, before, "{fstype}");
+        kill_wait(pid);
+        if fstype == "ext4" {
+            // the names were consumed: a second restart says so
+            let (ok, _, err) = snapckpt(&["restart", &id, "--image-root", r.images.to_str().unwrap()]);
+            assert!(!ok && err.contains("consumes"), "{err}");
+        }
+    }
+}
+
+/// What CRIU would refuse after the freeze is refused before it: a tree whose root is not a
+/// session leader, a filesystem `--strict-snapshots` cannot snapshot, a `--mount-root` that
+/// does not exist. The task goes on untouched.
+#[test]
+fn refused_up_front() {
+    let _g = serial();
+    let r = rig("ext4", "fidelity-refused");
+    let p =
+        workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:1000"], &r.log, false, None);
+    let (ok, _, err) = take(p.pid, &r.images, &["--engine", "criu"]);
+    assert!(!ok && err.contains("is not a session leader") && err.contains("setsid"), "{err}");
+    assert!(alive(p.pid) && !stopped(p.pid));
+    assert!(checkpoint_names(&r.fs.mnt).is_empty());
+    drop(p);
+    let p = workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:1000"], &r.log, true, None);
+    let (ok, _, err) =
+        take(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs", "--strict-snapshots"]);
+    assert!(!ok && err.contains("cannot be snapshotted") && err.contains("nothing was changed"), "{err}");
+    assert!(alive(p.pid) && !stopped(p.pid));
+    assert!(checkpoint_names(&r.fs.mnt).is_empty());
+    let id = take_id(&take_ok(p.pid, &r.images, &["--snapshot", "btrfs"]));
+    let missing = r.work.path().join("no-such-dir");
+    let (ok, _, err) = snapckpt(&[
+        "restart",
+        &id,
+        "--image-root",
+        r.images.to_str().unwrap(),
+        "--snapshot",
+        "--mount-root",
+        missing.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("no such directory") && !missing.exists(), "{err}");
+}
