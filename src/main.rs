@@ -2,12 +2,13 @@
 //! (their options are [`snapckpt::config::args`]), resolves what was parsed into options
 //! ([`snapckpt::config`]), calls one pipeline function per subcommand, and prints the result.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use snapckpt::config::{
     self, CheckArgs, DeleteArgs, Env, GcArgs, ListArgs, RestartArgs, ScanArgs, ScanTarget, TakeArgs,
 };
+use snapckpt::config::{CompletionsArgs, InspectArgs, ManArgs};
 use snapckpt::image;
-use snapckpt::record::{self, Engine};
+use snapckpt::record;
 use snapckpt::{check, cleanup, relink, restart, scan, take};
 use std::ffi::OsStr;
 use std::process::ExitCode;
@@ -41,6 +42,13 @@ enum Cmd {
     Scan(ScanArgs),
     /// Check the environment: kernel features, cgroups, filesystems, CRIU, LVM.
     Check(CheckArgs),
+    // ---- operator commands: grouped here for merges ----
+    /// Show one checkpoint in full: process tree, unlinked objects, snapshots, versions, timings.
+    Inspect(InspectArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page (or write every page into a directory with --dir).
+    Man(ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +76,9 @@ fn main() -> ExitCode {
         Cmd::Gc(a) => cmd_gc(a, &env),
         Cmd::Scan(a) => cmd_scan(a),
         Cmd::Check(a) => cmd_check(a, &env),
+        Cmd::Inspect(a) => cmd_inspect(a, &env),
+        Cmd::Completions(a) => cmd_completions(a),
+        Cmd::Man(a) => cmd_man(a),
     };
     match r {
         Ok(code) => code,
@@ -234,54 +245,15 @@ fn cmd_restart(a: RestartArgs, env: &Env) -> Res {
 
 fn cmd_list(a: ListArgs, env: &Env) -> Res {
     let o = config::list_options(a, env)?;
-    let all = image::list(&o.image_root)?;
+    let rows = snapckpt::report::list::rows(&o.image_root, snapckpt::sys::now_unix())?;
     if o.json {
-        let mut v = Vec::with_capacity(all.len());
-        for (p, r) in &all {
-            v.push(match r {
-                Ok(ck) => serde_json::to_value(ck)?,
-                Err(e) => serde_json::json!({
-                    "id": p.file_name().map(|n| n.to_string_lossy().into_owned()),
-                    "path": p,
-                    "error": e.to_string(),
-                }),
-            });
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if all.is_empty() {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
         println!("no checkpoints in {}", o.image_root.display());
-    }
-    for (p, r) in all {
-        match r {
-            Ok(ck) => print_listed(&ck),
-            Err(e) => println!("{}  (unreadable: {e})", p.display()),
-        }
+    } else {
+        print!("{}", snapckpt::report::list::render(&rows));
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn print_listed(ck: &record::Checkpoint) {
-    let engine = match &ck.engine {
-        Engine::None => "files".to_string(),
-        Engine::Criu { version, .. } => format!("criu {version}"),
-    };
-    println!(
-        "{}  {}  {}  tasks {}  objects {}  {}",
-        ck.id,
-        snapckpt::sys::utc_compact(ck.created_unix),
-        engine,
-        ck.tasks.len(),
-        ck.objects.len(),
-        ck.job.as_deref().map(|j| format!("job {j}")).unwrap_or_default()
-    );
-    for s in &ck.snapshots {
-        let clones = snapckpt::snapshot::mounted_clones(s).map(|v| v.len()).unwrap_or(0);
-        let mounted =
-            if clones > 0 { format!(" ({clones} restart clone(s) mounted)") } else { String::new() };
-        println!("    snapshot {}{mounted}", s.describe());
-    }
 }
 
 fn cmd_delete(a: DeleteArgs, env: &Env) -> Res {
@@ -396,26 +368,7 @@ fn cmd_scan(a: ScanArgs) -> Res {
 }
 
 fn print_scan(sc: &scan::Scan) {
-    println!(
-        "{:<8} {:<14} {:<12} {:<11} {:>5} {:>12} {:<10} PATH",
-        "PID", "HOLDS", "CLASS", "KIND", "NLINK", "SIZE", "MOUNT"
-    );
-    for o in &sc.objects {
-        for h in &o.holders {
-            println!(
-                "{:<8} {:<14} {:<12} {:<11} {:>5} {:>12} {:<10} {}",
-                h.pid,
-                h.what,
-                kebab(&o.class),
-                kebab(&o.kind),
-                o.nlink,
-                o.size,
-                printable(&o.mount.mount_point),
-                printable(&o.original_path)
-            );
-        }
-    }
-    println!("{} task(s), {} unlinked object(s)", sc.tasks.len(), sc.objects.len());
+    print!("{}", snapckpt::report::scan::render(sc));
 }
 
 fn cmd_check(a: CheckArgs, env: &Env) -> Res {
@@ -426,12 +379,31 @@ fn cmd_check(a: CheckArgs, env: &Env) -> Res {
     Ok(if check::failed(&lines) { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// The name serde gives an enum value (the same word as in the JSON record).
-fn kebab<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|x| x.as_str().map(str::to_string)).unwrap_or_default()
+fn cmd_inspect(a: InspectArgs, env: &Env) -> Res {
+    let o = config::inspect_options(a, env)?;
+    let ck = image::load(&o.dir)?;
+    let i = snapckpt::report::inspect::inspect(&o.dir, &ck, snapckpt::sys::now_unix());
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&i)?);
+    } else {
+        print!("{}", snapckpt::report::inspect::render(&i));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-/// A path for a one-line-per-entry table: control characters escaped (`\n`, `\t`, ...).
-fn printable(p: &str) -> String {
-    p.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+fn cmd_completions(a: CompletionsArgs) -> Res {
+    clap_complete::generate(a.shell, &mut Cli::command(), "snapckpt", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_man(a: ManArgs) -> Res {
+    let cmd = Cli::command();
+    match a.dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            clap_mangen::generate_to(cmd, &d)?;
+        }
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+    }
+    Ok(ExitCode::SUCCESS)
 }

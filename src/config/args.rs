@@ -85,7 +85,8 @@ pub struct TakeArgs {
 
 #[derive(Args)]
 pub struct RestartArgs {
-    /// Checkpoint id (from `list`) or image directory.
+    /// Checkpoint: id (from `list`), unique prefix of one, `latest`, `latest:JOB`, or image
+    /// directory.
     pub id: String,
     /// Restore from the checkpoint's snapshots (a writable clone of each is mounted).
     #[arg(long)]
@@ -129,7 +130,7 @@ pub struct ListArgs {
 
 #[derive(Args)]
 pub struct DeleteArgs {
-    /// Checkpoint id or image directory.
+    /// Checkpoint: id, unique prefix of one, `latest`, `latest:JOB`, or image directory.
     pub id: String,
     /// Where to look for the checkpoint id (default: env SNAPCKPT_IMAGE_ROOT,
     /// /var/lib/snapckpt/images).
@@ -191,4 +192,34 @@ pub struct CheckArgs {
     /// CRIU binary to check (default: env SNAPCKPT_CRIU, /opt/snapckpt/criu/bin/criu, PATH).
     #[arg(long)]
     pub criu: Option<PathBuf>,
+}
+
+// ---- operator commands (list/inspect/prune/completions/man): grouped here for merges ----
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Checkpoint: id, unique prefix of one, `latest`, `latest:JOB`, or image directory.
+    pub id: String,
+    /// Where to look for the checkpoint (default: env SNAPCKPT_IMAGE_ROOT,
+    /// /var/lib/snapckpt/images).
+    #[arg(long)]
+    pub image_root: Option<PathBuf>,
+    /// Print everything as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args)]
+pub struct ManArgs {
+    /// Write snapckpt.1 and a page per subcommand (snapckpt-take.1, ...) into this directory
+    /// instead of printing snapckpt.1.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
 }

@@ -16,6 +16,7 @@ mod tests;
 pub use args::{
     BackendArg, CheckArgs, DeleteArgs, EngineArg, GcArgs, ListArgs, RestartArgs, ScanArgs, Select, TakeArgs,
 };
+pub use args::{CompletionsArgs, InspectArgs, ManArgs};
 
 use crate::image;
 use crate::job::{EngineKind, Job};
@@ -71,6 +72,8 @@ pub enum ConfigError {
     Criu(#[from] criu::CriuError),
     #[error(transparent)]
     Image(#[from] image::ImageError),
+    #[error(transparent)]
+    Id(#[from] crate::ids::IdError),
     /// Neither flags nor the job select tasks.
     #[error("no tasks selected: {usage}")]
     NoTasks { usage: &'static str },
@@ -250,7 +253,7 @@ pub struct RestartConfig {
 /// `restart`: the checkpoint (an id in the image root, or a directory) and the options.
 pub fn restart_options(a: RestartArgs, env: &Env) -> Result<RestartConfig, ConfigError> {
     let root = root_for(a.image_root, &a.id, env)?;
-    let dir = image::resolve(&root, &a.id)?;
+    let dir = crate::ids::resolve(&root, &a.id)?;
     let options = restart::RestartOptions {
         snapshot: a.snapshot,
         mounts: if a.host_mounts { restart::Mounts::Host } else { restart::Mounts::Private },
@@ -287,7 +290,7 @@ pub struct DeleteOptions {
 /// `delete`: the image directory of the checkpoint given.
 pub fn delete_options(a: DeleteArgs, env: &Env) -> Result<DeleteOptions, ConfigError> {
     let root = root_for(a.image_root, &a.id, env)?;
-    let dir = image::resolve(&root, &a.id)?;
+    let dir = crate::ids::resolve(&root, &a.id)?;
     Ok(DeleteOptions { dir, id: a.id, force: a.force })
 }
 
@@ -389,4 +392,19 @@ pub fn scan_options(a: ScanArgs) -> Result<ScanOptions, ConfigError> {
 /// `check`: the CRIU to check (flag, else env `SNAPCKPT_CRIU`, the default prefix, PATH).
 pub fn check_options(a: CheckArgs, env: &Env) -> check::CheckOptions {
     check::CheckOptions { criu: a.criu, env_criu: env.criu.clone() }
+}
+
+// ---- operator commands (inspect, prune): grouped here for merges ----
+
+/// A resolved `inspect`: the image directory and the output format.
+#[derive(Debug)]
+pub struct InspectOptions {
+    pub dir: PathBuf,
+    pub json: bool,
+}
+
+/// `inspect`: the checkpoint (id, prefix, `latest[:JOB]` or directory).
+pub fn inspect_options(a: InspectArgs, env: &Env) -> Result<InspectOptions, ConfigError> {
+    let root = root_for(a.image_root, &a.id, env)?;
+    Ok(InspectOptions { dir: crate::ids::resolve(&root, &a.id)?, json: a.json })
 }

@@ -74,7 +74,7 @@ fn empty_or_non_directory_image_root_refused() {
     );
     // a checkpoint given as a directory needs no image root: an empty env one is not looked at
     let e = restart_options(parse(&["/nonexistent/ck"]), &env(Some(Path::new("")), None)).unwrap_err();
-    assert!(matches!(e, ConfigError::Image(_)), "{e}");
+    assert!(matches!(e, ConfigError::Id(crate::ids::IdError::NoDir { .. })), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 
