@@ -68,6 +68,8 @@ pub struct Job {
     pub filesystem: Vec<Filesystem>,
     #[serde(default)]
     pub criu: Criu,
+    /// User hooks (`[hooks]`, see [`crate::userhooks`]).
+    pub hooks: Option<crate::userhooks::JobHooks>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -19,6 +19,8 @@
 //! | the `check` command: what this machine offers | [`check`] |
 //! | naming a checkpoint: id, unique prefix, `latest[:JOB]` | [`ids`] |
 //! | what `list`, `inspect`, `scan` and `take --dry-run` show | [`report`] |
+//! | user hooks at named points (pre-take, post-restart, ...) | [`userhooks`] |
+//! | progress and verbosity on stderr | [`ui`] |
 //!
 //! [`procfs`] parses `/proc` (stat, mountinfo, fdinfo, maps) for all of them; [`sys`] wraps
 //! the system calls; [`engine`] (what happens to tasks after a CRIU dump) and [`units`]
@@ -44,4 +46,6 @@ pub mod snapshot;
 pub mod sys;
 pub mod take;
 pub mod tasks;
+pub mod ui;
 pub mod units;
+pub mod userhooks;

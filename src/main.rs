@@ -9,7 +9,7 @@ use snapckpt::config::{
 use snapckpt::config::{CompletionsArgs, InspectArgs, ManArgs};
 use snapckpt::image;
 use snapckpt::record;
-use snapckpt::{check, cleanup, relink, restart, scan, take};
+use snapckpt::{check, cleanup, relink, restart, scan, take, userhooks};
 use std::ffi::OsStr;
 use std::process::ExitCode;
 
@@ -22,6 +22,12 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Say nothing on stderr but warnings and errors (no progress).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Name each step on stderr as it runs; twice: also where CRIU's log is.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Subcommand)]
@@ -67,6 +73,7 @@ fn main() -> ExitCode {
         return ExitCode::from(snapckpt::tasks::watchdog_main(&rest) as u8);
     }
     let cli = Cli::parse_from(args);
+    snapckpt::ui::set_level(if cli.quiet { -1 } else { cli.verbose.min(2) as i8 });
     let env = Env::from_process();
     let r = match cli.cmd {
         Cmd::Take(a) => cmd_take(a, &env),
@@ -224,23 +231,40 @@ fn print_taken(t: &take::Taken) {
 
 fn cmd_restart(a: RestartArgs, env: &Env) -> Res {
     let c = config::restart_options(a, env)?;
+    let ck = image::load(&c.dir)?;
+    let ctx = userhooks::Context::of_record(&ck, &c.dir);
+    userhooks::run(&c.hooks, userhooks::Point::PreRestart, &ctx)?;
     let working = EpipeWhileWorking::new();
     let r = restart::restart(&c.dir, &c.options)?;
     drop(working);
+    let post = userhooks::Context { pids: r.pids.clone(), ..ctx };
+    warn(userhooks::run_post(&c.hooks, userhooks::Point::PostRestart, &post));
+    // With --exec the command's output is on stdout: snapckpt's own lines go to stderr.
+    let exec = c.options.exec.is_some();
+    let say = |l: String| if exec || c.json { eprintln!("snapckpt: {l}") } else { println!("{l}") };
     let ns = if r.private_ns { " (in the restored tasks' private mount namespace)" } else { "" };
     for m in &r.mounts {
-        println!("mounted {} at {}{ns}", m.description, m.target.display());
+        say(format!("mounted {} at {}{ns}", m.description, m.target.display()));
     }
     if !r.pids.is_empty() {
-        println!("restored tasks {:?} ({} unlinked object(s) handed back)", r.pids, r.objects);
+        say(format!("restored tasks {:?} ({} unlinked object(s) handed back)", r.pids, r.objects));
     }
     for p in &r.left_in_place {
-        println!("preserved file: {}", p.display());
+        say(format!("preserved file: {}", p.display()));
+    }
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&snapckpt::report::restarted_json(&ck.id, &r))?);
     }
     if let Some(code) = r.exec_status {
         return Ok(ExitCode::from(code.clamp(0, 255) as u8));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn warn(w: Option<String>) {
+    if let Some(w) = w {
+        eprintln!("snapckpt: warning: {w}");
+    }
 }
 
 fn cmd_list(a: ListArgs, env: &Env) -> Res {
@@ -271,7 +295,17 @@ fn cmd_delete(a: DeleteArgs, env: &Env) -> Res {
         return Ok(ExitCode::SUCCESS);
     }
     let ck = cleanup::delete(&o.dir, o.force)?;
-    println!("deleted checkpoint {} ({} snapshot(s))", ck.id, ck.snapshots.len());
+    warn(userhooks::run_post(
+        &o.hooks,
+        userhooks::Point::PostDelete,
+        &userhooks::Context::of_record(&ck, &o.dir),
+    ));
+    if o.json {
+        let v = serde_json::json!({ "deleted": ck.id, "path": o.dir, "snapshots": ck.snapshots.len() });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("deleted checkpoint {} ({} snapshot(s))", ck.id, ck.snapshots.len());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -280,6 +314,10 @@ fn cmd_gc(a: GcArgs, env: &Env) -> Res {
     let working = EpipeWhileWorking::new();
     let rep = cleanup::gc(&o.mounts, &o.image_root, &o.template, &o.scope, &o.snapshot_dirs, o.dry_run)?;
     drop(working);
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&snapckpt::report::gc_json(&o, &rep))?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let verb = if o.dry_run { "would remove" } else { "removed" };
     let ckdir = relink::CHECKPOINT_DIR;
     for (id, names) in &rep.stale {

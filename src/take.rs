@@ -10,7 +10,8 @@ use crate::record::{self, Checkpoint, Engine, Snapshot, Timings};
 use crate::relink::{self, Relinker, Template};
 use crate::snapshot::{self, Backend, FsSpec};
 use crate::tasks::{self, FreezeMethod, Selection};
-use crate::{criu, hooks, scan, sys};
+use crate::userhooks::{self, Point};
+use crate::{criu, hooks, scan, sys, ui};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,6 +34,8 @@ pub enum TakeError {
     Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
     #[error("{0}")]
     Refused(String),
+    #[error("{0}; the take was stopped, nothing was changed")]
+    Hook(#[from] userhooks::HookError),
     /// A failed take whose undo left something behind (named in `warnings`).
     #[error("{source}")]
     Undone { source: Box<TakeError>, warnings: Vec<String> },
@@ -71,6 +74,8 @@ pub struct TakeOptions {
     pub dry_run: bool,
     /// Show progress bars on stderr.
     pub progress: bool,
+    /// User hooks (pre-take, post-freeze, post-snapshot, post-take).
+    pub hooks: userhooks::Hooks,
 }
 
 /// What a take produced.
@@ -110,6 +115,7 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
     if opts.dry_run {
         return dry_run(opts, sel).map(Outcome::DryRun);
     }
+    userhooks::at_take(opts, Point::PreTake, &sel.id, &opts.image_root.join(&sel.id), &[], &[])?;
     // The partial image directory, with a lock that `gc` respects while we run.
     let image = ImageDir::create(&opts.image_root, &sel.id)?;
     let mut tx =
@@ -221,10 +227,13 @@ impl Tx<'_> {
     fn run(&mut self) -> Result<Staged, TakeError> {
         let t0 = Instant::now();
         let method = self.sel.method.clone();
+        let stage = ui::stage(self.opts.progress, &format!("freezing the tasks ({})", method.describe()));
         let frozen = self.frozen.insert(tasks::freeze(method, self.opts.freeze_timeout)?);
+        stage.done();
         self.timings.freeze_ms = ms(t0.elapsed());
         hooks::point("take-frozen");
         let pids = selection_after_freeze(self.opts, frozen)?;
+        userhooks::at_take(self.opts, Point::PostFreeze, &self.sel.id, self.image.path(), &pids, &[])?;
 
         let t1 = Instant::now();
         let mut sc = scan::scan(&pids)?;
@@ -237,6 +246,14 @@ impl Tx<'_> {
         self.frozen().check_watchdog()?;
         let engine = self.checkpoint(&sc, &pids, &specs)?;
         hooks::point("take-snapshotted");
+        userhooks::at_take(
+            self.opts,
+            Point::PostSnapshot,
+            &self.sel.id,
+            self.image.path(),
+            &pids,
+            &self.snaps,
+        )?;
         let mut notes = vec![];
         let links_removed = self.drop_live_names(&sc, &mut notes)?;
 
@@ -261,9 +278,10 @@ impl Tx<'_> {
     fn relink(&mut self, sc: &mut scan::Scan) -> Result<relink::Stats, TakeError> {
         let t = Instant::now();
         let relinker = self.relinker.insert(Relinker::new(&self.sel.id, self.opts.template.clone()));
-        let bar = progress_bar(self.opts.progress, sc.objects.len() as u64, "relink");
-        let stats = relinker.relink_all(&mut sc.objects, |_| bar.inc(1))?;
-        bar.finish_and_clear();
+        let bar = ui::copy_progress(self.opts.progress, copy_bytes(&sc.objects));
+        let stats =
+            relinker.relink_all(&mut sc.objects, |o| ui::step(&format!("relinked {}", o.original_path)))?;
+        drop(bar);
         self.timings.relink_ms = ms(t.elapsed());
         hooks::point("take-relinked");
         Ok(stats)
@@ -275,7 +293,9 @@ impl Tx<'_> {
         match &self.opts.engine {
             EngineOpts::None => {
                 let t = Instant::now();
+                let stage = ui::stage(self.opts.progress, &format!("taking {} snapshot(s)", specs.len()));
                 take_snapshots(specs, &self.sel.id, &mut self.snaps)?;
+                stage.done();
                 self.timings.snapshot_ms = ms(t.elapsed());
                 Ok(Engine::None)
             }
@@ -320,6 +340,8 @@ impl Tx<'_> {
         let (frozen, id, snaps) = (self.frozen.as_ref().expect("frozen"), &self.sel.id, &mut self.snaps);
         let mut snap_err = None;
         let mut snap_t = 0;
+        ui::detail(&format!("CRIU logs into {}", req.image_dir.display()));
+        let stage = ui::stage(self.opts.progress, "CRIU dump");
         let dumped = criu::dump(&req, &mut || {
             // post-dump: the tasks are still frozen; the natural moment to snapshot.
             // CRIU may have let go of the tasks already: the watchdog must wait for it.
@@ -336,6 +358,7 @@ impl Tx<'_> {
                 msg
             })
         });
+        stage.done();
         self.timings.snapshot_ms = snap_t;
         if let Some(e) = snap_err {
             return Err(e);
@@ -400,6 +423,7 @@ impl Tx<'_> {
             }
         }
         hooks::point("take-thawed");
+        taken.notes.extend(userhooks::after_take(self.opts, &taken));
         Ok(taken)
     }
 
@@ -422,6 +446,7 @@ impl Tx<'_> {
             self.frozen.take()
         };
         done.ck.timings = self.timings.clone();
+        let _stage = ui::stage(self.opts.progress, "writing back the image");
         match self.image.publish(&done.ck) {
             Ok(dir) => Ok((dir, still_frozen)),
             Err(e) => {
@@ -501,16 +526,14 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
-    if !show || len < 2 {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} {elapsed}") {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_message(what.to_string());
-    pb
+/// The bytes a relink may have to copy: the data of the regular files with no name at all
+/// (a clone copies nothing: the bar then ends early).
+fn copy_bytes(objects: &[record::Object]) -> u64 {
+    objects
+        .iter()
+        .filter(|o| o.class == record::Unlinked::Orphan && o.kind == record::FileKind::Regular)
+        .map(|o| o.size)
+        .sum()
 }
 
 pub use crate::image::DEFAULT_IMAGE_ROOT;

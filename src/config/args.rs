@@ -29,6 +29,19 @@ pub enum BackendArg {
     None,
 }
 
+/// `restart --snapshot [BACKEND]`.
+#[derive(Copy, Clone, PartialEq, Eq, Debug, ValueEnum)]
+pub enum RestoreSnapshotArg {
+    /// The checkpoint's snapshots, whatever their backend (`--snapshot` alone).
+    Any,
+    /// Its btrfs snapshots (refused if it has none).
+    Btrfs,
+    /// Its LVM snapshots (refused if it has none).
+    Lvm,
+    /// No snapshot: restart on the live filesystems.
+    None,
+}
+
 #[derive(Copy, Clone, ValueEnum)]
 pub enum EngineArg {
     /// Relink (and snapshot) the files only; the tasks keep running.
@@ -88,9 +101,11 @@ pub struct RestartArgs {
     /// Checkpoint: id (from `list`), unique prefix of one, `latest`, `latest:JOB`, or image
     /// directory.
     pub id: String,
-    /// Restore from the checkpoint's snapshots (a writable clone of each is mounted).
-    #[arg(long)]
-    pub snapshot: bool,
+    /// Restore from the checkpoint's snapshots (a writable clone of each is mounted). As for
+    /// take, the value is the backend: alone, whatever snapshots the checkpoint has; `btrfs` or
+    /// `lvm`, checked to be what it has; `none` (the default), the live filesystems.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "any", value_name = "BACKEND")]
+    pub snapshot: Option<RestoreSnapshotArg>,
     /// With --snapshot: mount the clones under this directory instead of over the original
     /// mount points.
     #[arg(long, requires = "snapshot")]
@@ -115,6 +130,10 @@ pub struct RestartArgs {
     /// command and its arguments.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
     pub exec: Option<Vec<String>>,
+    /// Print what was restored as JSON on stdout (with --exec: after the command ends; the
+    /// command's own output comes first).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -140,6 +159,9 @@ pub struct DeleteArgs {
     /// cannot be read (its names and snapshots are then left to `gc`).
     #[arg(long)]
     pub force: bool,
+    /// Print what was deleted as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -170,6 +192,9 @@ pub struct GcArgs {
     /// Say what would be removed; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

@@ -49,6 +49,10 @@ pub struct Env {
     pub image_root: Option<PathBuf>,
     /// `SNAPCKPT_CRIU`.
     pub criu: Option<PathBuf>,
+    /// `SNAPCKPT_HOOKS_DIR`: the user hooks directory.
+    pub hooks_dir: Option<PathBuf>,
+    /// `SNAPCKPT_HOOKS_TIMEOUT_S`.
+    pub hooks_timeout: Option<String>,
 }
 
 impl Env {
@@ -57,6 +61,8 @@ impl Env {
         Env {
             image_root: std::env::var_os(IMAGE_ROOT_VAR).map(PathBuf::from),
             criu: std::env::var_os(CRIU_VAR).map(PathBuf::from),
+            hooks_dir: std::env::var_os(crate::userhooks::DIR_VAR).map(PathBuf::from),
+            hooks_timeout: std::env::var(crate::userhooks::TIMEOUT_VAR).ok(),
         }
     }
 }
@@ -92,6 +98,12 @@ pub enum ConfigError {
     /// The image root exists and is not a directory.
     #[error("image root {} ({from}) exists and is not a directory", root.display())]
     ImageRootNotDir { root: PathBuf, from: &'static str },
+    /// `restart --snapshot BACKEND` of a checkpoint whose snapshots are not all of it.
+    #[error("restart --snapshot {want}: checkpoint {id} has snapshots of: {has}")]
+    SnapshotBackend { id: String, want: &'static str, has: String },
+    /// `restart --mount-root` with `--snapshot none`.
+    #[error("--mount-root is where snapshot clones are mounted: it needs --snapshot")]
+    MountRootWithoutSnapshot,
     /// A `gc --id` that is not a checkpoint id.
     #[error("--id {id:?} is not a checkpoint id (like 20260101T000000Z-abcd)")]
     NotAnId { id: String },
@@ -200,6 +212,7 @@ pub fn take_options(a: TakeArgs, env: &Env) -> Result<take::TakeOptions, ConfigE
         job_name: j.and_then(|j| j.name.clone()),
         dry_run: a.dry_run,
         progress: !a.json,
+        hooks: hooks(j, env),
     })
 }
 
@@ -248,21 +261,56 @@ pub fn planned_relink(o: &Object) -> &'static str {
 pub struct RestartConfig {
     pub dir: PathBuf,
     pub options: restart::RestartOptions,
+    /// User hooks (pre-restart, post-restart): the hooks directory's.
+    pub hooks: crate::userhooks::Hooks,
+    pub json: bool,
 }
 
 /// `restart`: the checkpoint (an id in the image root, or a directory) and the options.
 pub fn restart_options(a: RestartArgs, env: &Env) -> Result<RestartConfig, ConfigError> {
     let root = root_for(a.image_root, &a.id, env)?;
     let dir = crate::ids::resolve(&root, &a.id)?;
+    let snapshot = restore_snapshot(a.snapshot, a.mount_root.is_some(), &dir)?;
     let options = restart::RestartOptions {
-        snapshot: a.snapshot,
+        snapshot,
         mounts: if a.host_mounts { restart::Mounts::Host } else { restart::Mounts::Private },
         mount_root: a.mount_root,
         exec: a.exec,
         exec_task: a.exec_task,
         criu: a.criu,
     };
-    Ok(RestartConfig { dir, options })
+    Ok(RestartConfig { dir, options, hooks: hooks(None, env), json: a.json })
+}
+
+/// Whether a restart mounts clones of the snapshots: `--snapshot [BACKEND]`, a backend
+/// checked against the checkpoint's snapshots.
+fn restore_snapshot(
+    arg: Option<args::RestoreSnapshotArg>,
+    mount_root: bool,
+    dir: &Path,
+) -> Result<bool, ConfigError> {
+    use args::RestoreSnapshotArg as R;
+    let want = match arg {
+        None | Some(R::None) if mount_root => return Err(ConfigError::MountRootWithoutSnapshot),
+        None | Some(R::None) => return Ok(false),
+        Some(R::Any) => return Ok(true),
+        Some(R::Btrfs) => "btrfs",
+        Some(R::Lvm) => "lvm",
+    };
+    let ck = image::load(dir)?;
+    let has: Vec<&str> = ck
+        .snapshots
+        .iter()
+        .map(|s| match s {
+            crate::record::Snapshot::Btrfs { .. } => "btrfs",
+            crate::record::Snapshot::Lvm { .. } => "lvm",
+        })
+        .collect();
+    if has.is_empty() || has.iter().any(|b| *b != want) {
+        let has = if has.is_empty() { "none".to_string() } else { has.join(", ") };
+        return Err(ConfigError::SnapshotBackend { id: ck.id, want, has });
+    }
+    Ok(true)
 }
 
 /// A resolved `list`.
@@ -285,13 +333,16 @@ pub struct DeleteOptions {
     /// The checkpoint as it was given (id or directory), for messages.
     pub id: String,
     pub force: bool,
+    /// User hooks (post-delete): the hooks directory's.
+    pub hooks: crate::userhooks::Hooks,
+    pub json: bool,
 }
 
 /// `delete`: the image directory of the checkpoint given.
 pub fn delete_options(a: DeleteArgs, env: &Env) -> Result<DeleteOptions, ConfigError> {
     let root = root_for(a.image_root, &a.id, env)?;
     let dir = crate::ids::resolve(&root, &a.id)?;
-    Ok(DeleteOptions { dir, id: a.id, force: a.force })
+    Ok(DeleteOptions { dir, id: a.id, force: a.force, hooks: hooks(None, env), json: a.json })
 }
 
 /// A resolved `gc`: the arguments of [`cleanup::gc`] and what its report needs.
@@ -306,6 +357,7 @@ pub struct GcOptions {
     pub ids: Vec<String>,
     pub snapshot_dirs: Vec<String>,
     pub dry_run: bool,
+    pub json: bool,
 }
 
 /// `gc`: the image root, the template, the ids (checked), the scope and the mounts.
@@ -331,6 +383,7 @@ pub fn gc_options(a: GcArgs, env: &Env) -> Result<GcOptions, ConfigError> {
         ids: a.ids,
         snapshot_dirs: a.snapshot_dirs,
         dry_run: a.dry_run,
+        json: a.json,
     })
 }
 
@@ -407,4 +460,14 @@ pub struct InspectOptions {
 pub fn inspect_options(a: InspectArgs, env: &Env) -> Result<InspectOptions, ConfigError> {
     let root = root_for(a.image_root, &a.id, env)?;
     Ok(InspectOptions { dir: crate::ids::resolve(&root, &a.id)?, json: a.json })
+}
+
+/// The user hooks of a command: the job's `[hooks]`, env `SNAPCKPT_HOOKS_DIR` and
+/// `SNAPCKPT_HOOKS_TIMEOUT_S`, the default directory.
+pub fn hooks(job: Option<&Job>, env: &Env) -> crate::userhooks::Hooks {
+    crate::userhooks::Hooks::resolve(
+        job.and_then(|j| j.hooks.as_ref()),
+        env.hooks_dir.clone(),
+        env.hooks_timeout.clone(),
+    )
 }

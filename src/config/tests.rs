@@ -27,7 +27,7 @@ fn job(d: &Path, text: &str) -> String {
 }
 
 fn env(image_root: Option<&Path>, criu: Option<&Path>) -> Env {
-    Env { image_root: image_root.map(Into::into), criu: criu.map(Into::into) }
+    Env { image_root: image_root.map(Into::into), criu: criu.map(Into::into), ..Env::default() }
 }
 
 fn take(argv: &[&str], e: &Env) -> Result<take::TakeOptions, ConfigError> {

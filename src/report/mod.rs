@@ -10,6 +10,53 @@ pub mod inspect;
 pub mod list;
 pub mod scan;
 
+/// `restart --json`: what was restored.
+pub fn restarted_json(id: &str, r: &crate::restart::Restarted) -> serde_json::Value {
+    let mounts: Vec<serde_json::Value> = r
+        .mounts
+        .iter()
+        .map(|m| serde_json::json!({ "target": m.target, "clone": m.clone_path, "description": m.description }))
+        .collect();
+    serde_json::json!({
+        "id": id,
+        "mounts": mounts,
+        "private_mount_namespace": r.private_ns,
+        "objects": r.objects,
+        "pids": r.pids,
+        "exec_status": r.exec_status,
+        "left_in_place": r.left_in_place,
+    })
+}
+
+/// `gc --json`: what was (or would be) removed and what was left alone.
+pub fn gc_json(o: &crate::config::GcOptions, rep: &crate::cleanup::GcReport) -> serde_json::Value {
+    let ckdir = crate::relink::CHECKPOINT_DIR;
+    let names: Vec<serde_json::Value> = rep
+        .stale
+        .iter()
+        .flat_map(|(id, v)| {
+            v.iter().map(move |(m, n)| serde_json::json!({ "id": id, "path": m.join(ckdir).join(n) }))
+        })
+        .collect();
+    let snaps: Vec<serde_json::Value> = rep
+        .stale_snapshots
+        .iter()
+        .map(|(id, s)| serde_json::json!({ "id": id, "snapshot": s.describe() }))
+        .collect();
+    let unknown: Vec<_> = rep.unknown.iter().map(|(m, n)| m.join(ckdir).join(n)).collect();
+    serde_json::json!({
+        "dry_run": o.dry_run,
+        "image_root": o.image_root,
+        "mounts_searched": o.mounts,
+        "names": names,
+        "partial_images": rep.partial_dirs,
+        "snapshots": snaps,
+        "kept_live_names": rep.kept,
+        "not_template_names": unknown,
+        "unclaimed": rep.unclaimed,
+    })
+}
+
 /// A byte count in binary units: `0 B`, `512 B`, `1.5 KiB`, `400 MiB`, `2.0 GiB`.
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
