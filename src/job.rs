@@ -70,6 +70,8 @@ pub struct Job {
     pub criu: Criu,
     /// User hooks (`[hooks]`, see [`crate::userhooks`]).
     pub hooks: Option<crate::userhooks::JobHooks>,
+    /// What `snapckpt prune --job` keeps (`[retention]`, see [`crate::prune`]).
+    pub retention: Option<crate::prune::Retention>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

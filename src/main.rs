@@ -6,7 +6,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use snapckpt::config::{
     self, CheckArgs, DeleteArgs, Env, GcArgs, ListArgs, RestartArgs, ScanArgs, ScanTarget, TakeArgs,
 };
-use snapckpt::config::{CompletionsArgs, InspectArgs, ManArgs};
+use snapckpt::config::{CompletionsArgs, InspectArgs, ManArgs, PruneArgs};
 use snapckpt::image;
 use snapckpt::record;
 use snapckpt::{check, cleanup, relink, restart, scan, take, userhooks};
@@ -51,6 +51,8 @@ enum Cmd {
     // ---- operator commands: grouped here for merges ----
     /// Show one checkpoint in full: process tree, unlinked objects, snapshots, versions, timings.
     Inspect(InspectArgs),
+    /// Delete the checkpoints a retention policy does not keep (--keep-last, --keep-within).
+    Prune(PruneArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(CompletionsArgs),
     /// Print the man page (or write every page into a directory with --dir).
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Cmd::Scan(a) => cmd_scan(a),
         Cmd::Check(a) => cmd_check(a, &env),
         Cmd::Inspect(a) => cmd_inspect(a, &env),
+        Cmd::Prune(a) => cmd_prune(a, &env),
         Cmd::Completions(a) => cmd_completions(a),
         Cmd::Man(a) => cmd_man(a),
     };
@@ -427,6 +430,20 @@ fn cmd_inspect(a: InspectArgs, env: &Env) -> Res {
         print!("{}", snapckpt::report::inspect::render(&i));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_prune(a: PruneArgs, env: &Env) -> Res {
+    let c = config::prune_options(a, env)?;
+    let working = EpipeWhileWorking::new();
+    let rep = snapckpt::prune::prune(&c.options)?;
+    drop(working);
+    rep.warnings.iter().for_each(|w| eprintln!("snapckpt: warning: {w}"));
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        print!("{}", snapckpt::prune::render(&rep));
+    }
+    Ok(if rep.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn cmd_completions(a: CompletionsArgs) -> Res {

@@ -248,3 +248,30 @@ pub struct ManArgs {
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// The image root to prune (default: the job's image_root, env SNAPCKPT_IMAGE_ROOT,
+    /// /var/lib/snapckpt/images).
+    #[arg(long)]
+    pub image_root: Option<PathBuf>,
+    /// A job file: only its checkpoints (by its name) are considered, with its [retention]
+    /// limits (flags given here override them).
+    #[arg(long)]
+    pub job: Option<PathBuf>,
+    /// Only the checkpoints of the job of this name.
+    #[arg(long, conflicts_with = "job")]
+    pub job_name: Option<String>,
+    /// Keep the N newest checkpoints of each job.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Keep the checkpoints younger than AGE (90s, 30m, 12h, 7d, 2w).
+    #[arg(long, value_name = "AGE")]
+    pub keep_within: Option<String>,
+    /// Say what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the decisions as JSON.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -16,7 +16,7 @@ mod tests;
 pub use args::{
     BackendArg, CheckArgs, DeleteArgs, EngineArg, GcArgs, ListArgs, RestartArgs, ScanArgs, Select, TakeArgs,
 };
-pub use args::{CompletionsArgs, InspectArgs, ManArgs};
+pub use args::{CompletionsArgs, InspectArgs, ManArgs, PruneArgs};
 
 use crate::image;
 use crate::job::{EngineKind, Job};
@@ -80,6 +80,11 @@ pub enum ConfigError {
     Image(#[from] image::ImageError),
     #[error(transparent)]
     Id(#[from] crate::ids::IdError),
+    #[error(transparent)]
+    Prune(#[from] crate::prune::PruneError),
+    /// `prune --job FILE` of a job file without a name.
+    #[error("{}: prune --job needs the job's name (name = \"...\"): its checkpoints are found by it", .0.display())]
+    JobWithoutName(PathBuf),
     /// Neither flags nor the job select tasks.
     #[error("no tasks selected: {usage}")]
     NoTasks { usage: &'static str },
@@ -470,4 +475,37 @@ pub fn hooks(job: Option<&Job>, env: &Env) -> crate::userhooks::Hooks {
         env.hooks_dir.clone(),
         env.hooks_timeout.clone(),
     )
+}
+
+/// A resolved `prune`.
+#[derive(Debug)]
+pub struct PruneConfig {
+    pub options: crate::prune::PruneOptions,
+    pub json: bool,
+}
+
+/// `prune`: the image root, the job and the limits (flags over the job's `[retention]`).
+pub fn prune_options(a: PruneArgs, env: &Env) -> Result<PruneConfig, ConfigError> {
+    let job = a.job.as_deref().map(Job::load).transpose()?;
+    let j = job.as_ref();
+    let ret = j.and_then(|j| j.retention.clone()).unwrap_or_default();
+    let within = a.keep_within.or(ret.keep_within).map(|w| crate::prune::parse_age(&w)).transpose()?;
+    let job_name = match (j, a.job_name) {
+        (Some(j), _) => Some(
+            j.name.clone().ok_or_else(|| ConfigError::JobWithoutName(a.job.clone().unwrap_or_default()))?,
+        ),
+        (None, n) => n,
+    };
+    let policy =
+        crate::prune::Policy { keep_last: a.keep_last.or(ret.keep_last), keep_within: within, job: job_name };
+    if policy.keep_last.is_none() && policy.keep_within.is_none() {
+        return Err(crate::prune::PruneError::NoRule.into());
+    }
+    let options = crate::prune::PruneOptions {
+        image_root: image_root(a.image_root, j, env)?,
+        policy,
+        dry_run: a.dry_run,
+        hooks: hooks(j, env),
+    };
+    Ok(PruneConfig { options, json: a.json })
 }
