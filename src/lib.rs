@@ -19,6 +19,7 @@
 //! | the `check` command: what this machine offers | [`check`] |
 //! | naming a checkpoint: id, unique prefix, `latest[:JOB]` | [`ids`] |
 //! | what `list`, `inspect`, `scan` and `take --dry-run` show | [`report`] |
+//! | checks before anything is changed (root, image root) | [`preflight`] |
 //! | retention: `prune` by keep-last / keep-within per job | [`prune`] |
 //! | user hooks at named points (pre-take, post-restart, ...) | [`userhooks`] |
 //! | progress and verbosity on stderr | [`ui`] |
@@ -37,6 +38,7 @@ pub mod hooks;
 pub mod ids;
 pub mod image;
 pub mod job;
+pub mod preflight;
 pub mod procfs;
 pub mod prune;
 pub mod record;

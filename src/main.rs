@@ -125,6 +125,7 @@ impl Drop for EpipeWhileWorking {
 fn cmd_take(a: TakeArgs, env: &Env) -> Res {
     let json = a.json;
     let opts = config::take_options(a, env)?;
+    snapckpt::preflight::take(&opts)?;
     let working = EpipeWhileWorking::new();
     let outcome = take::take(&opts).inspect_err(|e| {
         if let take::TakeError::Undone { warnings, .. } = e {
@@ -135,8 +136,10 @@ fn cmd_take(a: TakeArgs, env: &Env) -> Res {
     })?;
     drop(working);
     match outcome {
-        take::Outcome::DryRun(p) if json => println!("{}", serde_json::to_string_pretty(&plan_json(&p))?),
-        take::Outcome::DryRun(p) => print_plan(&p),
+        take::Outcome::DryRun(p) if json => {
+            println!("{}", serde_json::to_string_pretty(&snapckpt::report::plan::json(&opts, &p))?)
+        }
+        take::Outcome::DryRun(p) => print!("{}", snapckpt::report::plan::render(&opts, &p)),
         take::Outcome::Taken(t) => {
             for n in &t.notes {
                 eprintln!("snapckpt: note: {n}");
@@ -149,58 +152,6 @@ fn cmd_take(a: TakeArgs, env: &Env) -> Res {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Where a dry run would relink `o`.
-fn relink_into(o: &record::Object) -> String {
-    format!("{}/{}", o.mount.mount_point.trim_end_matches('/'), relink::CHECKPOINT_DIR)
-}
-
-fn plan_json(p: &take::Plan) -> serde_json::Value {
-    let objects: Vec<serde_json::Value> = p
-        .scan
-        .objects
-        .iter()
-        .map(|o| {
-            let mut v = serde_json::to_value(o).unwrap_or_default();
-            v["would"] = config::planned_relink(o).into();
-            v["into"] = relink_into(o).into();
-            v
-        })
-        .collect();
-    let snapshots: Vec<serde_json::Value> = p
-        .snapshots
-        .iter()
-        .map(|s| serde_json::json!({ "mount_point": s.mount_point, "backend": s.backend }))
-        .collect();
-    serde_json::json!({
-        "dry_run": true,
-        "freezer": p.freezer,
-        "pids": p.pids,
-        "tasks": p.scan.tasks,
-        "objects": objects,
-        "snapshots": snapshots,
-    })
-}
-
-fn print_plan(p: &take::Plan) {
-    println!("dry run: would freeze {} task(s) with {}: {:?}", p.pids.len(), p.freezer, p.pids);
-    for o in &p.scan.objects {
-        println!(
-            "  would relink {} ({:?}, {} bytes) into {}: {}",
-            o.original_path,
-            o.class,
-            o.size,
-            relink_into(o),
-            config::planned_relink(o)
-        );
-    }
-    for s in &p.snapshots {
-        println!("  would snapshot {} with {:?}", s.mount_point.display(), s.backend);
-    }
-    if p.scan.objects.is_empty() {
-        println!("  no unlinked files");
-    }
 }
 
 fn print_taken(t: &take::Taken) {
@@ -234,6 +185,7 @@ fn print_taken(t: &take::Taken) {
 
 fn cmd_restart(a: RestartArgs, env: &Env) -> Res {
     let c = config::restart_options(a, env)?;
+    snapckpt::preflight::require_root("restart")?;
     let ck = image::load(&c.dir)?;
     let ctx = userhooks::Context::of_record(&ck, &c.dir);
     userhooks::run(&c.hooks, userhooks::Point::PreRestart, &ctx)?;
@@ -285,6 +237,7 @@ fn cmd_list(a: ListArgs, env: &Env) -> Res {
 
 fn cmd_delete(a: DeleteArgs, env: &Env) -> Res {
     let o = config::delete_options(a, env)?;
+    snapckpt::preflight::require_root("delete")?;
     let _working = EpipeWhileWorking::new();
     if let Err(e) = image::load(&o.dir) {
         if !o.force {
@@ -314,6 +267,9 @@ fn cmd_delete(a: DeleteArgs, env: &Env) -> Res {
 
 fn cmd_gc(a: GcArgs, env: &Env) -> Res {
     let o = config::gc_options(a, env)?;
+    if !o.dry_run {
+        snapckpt::preflight::require_root("gc")?;
+    }
     let working = EpipeWhileWorking::new();
     let rep = cleanup::gc(&o.mounts, &o.image_root, &o.template, &o.scope, &o.snapshot_dirs, o.dry_run)?;
     drop(working);
@@ -434,6 +390,9 @@ fn cmd_inspect(a: InspectArgs, env: &Env) -> Res {
 
 fn cmd_prune(a: PruneArgs, env: &Env) -> Res {
     let c = config::prune_options(a, env)?;
+    if !c.options.dry_run {
+        snapckpt::preflight::require_root("prune")?;
+    }
     let working = EpipeWhileWorking::new();
     let rep = snapckpt::prune::prune(&c.options)?;
     drop(working);

@@ -21,7 +21,6 @@ pub use args::{CompletionsArgs, InspectArgs, ManArgs, PruneArgs};
 use crate::image;
 use crate::job::{EngineKind, Job};
 use crate::record::names::{valid_id, TemplateError};
-use crate::record::{FileKind, Object};
 use crate::relink::{self, Template};
 use crate::snapshot::{Backend, FsSpec};
 use crate::tasks::Selection;
@@ -247,18 +246,6 @@ fn take_engine(a: &TakeArgs, j: Option<&Job>, env: &Env) -> Result<take::EngineO
         j.map(|j| j.criu.after_dump()).unwrap_or_default()
     };
     Ok(take::EngineOpts::Criu { path, after })
-}
-
-/// What the dry run says relink will do with `o`: the rule [`relink`] applies (directories and
-/// removed nodes are recreated, other nlink == 0 files linked if O_TMPFILE, else cloned or
-/// copied; the rest hard-linked).
-pub fn planned_relink(o: &Object) -> &'static str {
-    match (o.nlink, o.kind) {
-        (_, FileKind::Directory)
-        | (0, FileKind::Fifo | FileKind::CharDevice | FileKind::BlockDevice | FileKind::Socket) => "recreate",
-        (0, _) => "link if O_TMPFILE, else clone or copy",
-        _ => "hard link",
-    }
 }
 
 /// A resolved `restart`: the image directory and how to restart it.

@@ -8,6 +8,7 @@
 
 pub mod inspect;
 pub mod list;
+pub mod plan;
 pub mod scan;
 
 /// `restart --json`: what was restored.
