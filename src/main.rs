@@ -141,7 +141,7 @@ fn cmd_take(a: TakeArgs, env: &Env) -> Res {
         }
         take::Outcome::DryRun(p) => print!("{}", snapckpt::report::plan::render(&opts, &p)),
         take::Outcome::Taken(t) => {
-            for n in &t.notes {
+            for n in t.notes.iter().filter(|_| snapckpt::ui::level() >= 0) {
                 eprintln!("snapckpt: note: {n}");
             }
             if json {
@@ -184,8 +184,8 @@ fn print_taken(t: &take::Taken) {
 }
 
 fn cmd_restart(a: RestartArgs, env: &Env) -> Res {
-    let c = config::restart_options(a, env)?;
     snapckpt::preflight::require_root("restart")?;
+    let c = config::restart_options(a, env)?;
     let ck = image::load(&c.dir)?;
     let ctx = userhooks::Context::of_record(&ck, &c.dir);
     userhooks::run(&c.hooks, userhooks::Point::PreRestart, &ctx)?;
@@ -236,8 +236,8 @@ fn cmd_list(a: ListArgs, env: &Env) -> Res {
 }
 
 fn cmd_delete(a: DeleteArgs, env: &Env) -> Res {
-    let o = config::delete_options(a, env)?;
     snapckpt::preflight::require_root("delete")?;
+    let o = config::delete_options(a, env)?;
     let _working = EpipeWhileWorking::new();
     if let Err(e) = image::load(&o.dir) {
         if !o.force {

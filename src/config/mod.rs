@@ -215,7 +215,7 @@ pub fn take_options(a: TakeArgs, env: &Env) -> Result<take::TakeOptions, ConfigE
         engine,
         job_name: j.and_then(|j| j.name.clone()),
         dry_run: a.dry_run,
-        progress: !a.json,
+        progress: true, // on stderr, only on a terminal, not with -q (see `ui`)
         hooks: hooks(j, env),
     })
 }
