@@ -608,3 +608,71 @@ fn scan_table() {
     }
     assert!(lines.last().unwrap().contains("1 task(s) scanned, 1 holding unlinked files"), "{out}");
 }
+
+/// `list` tells apart a checkpoint with a restart clone mounted (which `prune` never
+/// removes), one whose snapshot is gone, and a CRIU checkpoint whose tasks were left running.
+#[test]
+fn list_states_of_snapshots_and_criu() {
+    let _g = serial();
+    let s = Setup::new("btrfs", &["ab", "dense:10000"]);
+    let id = take_id(&take_ok(s.p.pid, &s.images(), &["--engine", "none", "--snapshot", "btrfs"]));
+    let state_of = |id: &str| -> Vec<String> {
+        let v = json(&snapckpt_ok(&["list", "--image-root", &s.ir(), "--json"]));
+        let r = v.as_array().unwrap().iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("{v}")).clone();
+        r["state"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(state_of(&id), ["ok"]);
+    let root = s.work.path().join("side");
+    std::fs::create_dir_all(&root).unwrap();
+    let _m = MountGuard(root.join(s.fs.mnt.strip_prefix("/").unwrap()));
+    snapckpt_ok(&[
+        "restart",
+        &id,
+        "--snapshot",
+        "btrfs",
+        "--mount-root",
+        root.to_str().unwrap(),
+        "--image-root",
+        &s.ir(),
+    ]);
+    assert_eq!(state_of(&id), ["mounted"]);
+    let out = snapckpt_ok(&["prune", "--image-root", &s.ir(), "--keep-last", "0"]);
+    assert!(out.contains(&format!("keep {id}: a restart clone is mounted")), "{out}");
+    let v = json(&snapckpt_ok(&["inspect", "latest", "--image-root", &s.ir(), "--json"]));
+    assert_eq!(v["snapshot_list"][0]["mounted_clones"].as_array().unwrap().len(), 1, "{v}");
+    for m in mounts_under(&root).iter().rev() {
+        sh(&format!("umount {m}"));
+    }
+    assert_eq!(state_of(&id), ["ok"]);
+    let snap = v["snapshot_list"][0]["description"].as_str().unwrap().split(' ').nth(3).unwrap().to_string();
+    sh(&format!("btrfs subvolume delete {snap} >/dev/null"));
+    assert_eq!(state_of(&id), ["snapshot-missing"]);
+    // CRIU, tasks left running
+    let log = s.work.path().join("criu.log");
+    let w = workload(
+        &prog("ufiles"),
+        &["setup", s.fs.path("data").to_str().unwrap(), "dense:5000"],
+        &log,
+        true,
+        None,
+    );
+    let crit = criu_bin();
+    let out = take_ok(
+        w.pid,
+        &s.images(),
+        &["--engine", "criu", "--criu", crit.to_str().unwrap(), "--leave-running"],
+    );
+    let cid = take_id(&out);
+    assert_eq!(state_of(&cid), ["tasks-running"]);
+    let v = json(&snapckpt_ok(&["inspect", &cid, "--image-root", &s.ir(), "--json"]));
+    assert!(
+        v["engine"].as_str().unwrap().starts_with("criu ") && v["criu"]["after_dump"] == "left running",
+        "{v}"
+    );
+    let out = snapckpt_ok(&["list", "--image-root", &s.ir()]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&cid) && l.contains(" criu ") && l.trim_end().ends_with("tasks-running")),
+        "{out}"
+    );
+}
