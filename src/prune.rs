@@ -305,6 +305,17 @@ mod tests {
     }
 
     #[test]
+    fn the_demo_job_has_retention_and_hooks() {
+        let text = include_str!("../config/demo.toml").replace("pid = 0", "pid = 4242");
+        let j = crate::job::Job::parse(&text, Path::new("demo.toml")).unwrap();
+        let r = j.retention.unwrap();
+        assert_eq!((r.keep_last, r.keep_within.as_deref()), (Some(5), Some("1d")));
+        assert_eq!(j.hooks.unwrap().timeout_s, Some(60));
+        let e = crate::job::Job::parse("[retention]\nkeep_lats = 1\n", Path::new("j.toml")).unwrap_err();
+        assert!(e.to_string().contains("keep_lats"), "{e}");
+    }
+
+    #[test]
     fn a_rule_is_required_and_ages_parse() {
         assert!(matches!(plan(&entries(), &Policy::default(), 0), Err(PruneError::NoRule)));
         assert_eq!(parse_age("90").unwrap(), 90);
