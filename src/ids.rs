@@ -132,6 +132,11 @@ pub fn resolve(root: &Path, given: &str) -> Result<PathBuf, IdError> {
         }
         return Err(IdError::NoDir { path: p.to_path_buf() });
     }
+    // A full id is found without reading the other records.
+    let is_latest = given == LATEST || given.starts_with("latest:");
+    if !is_latest && crate::record::names::valid_id(given) && root.join(given).join(RECORD_FILE).exists() {
+        return Ok(root.join(given));
+    }
     let id = pick(given, &candidates(root)?, root)?;
     Ok(root.join(id))
 }

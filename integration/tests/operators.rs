@@ -200,8 +200,19 @@ fn ids_prefix_latest_and_suggestions() {
     let e = inspect_id(&typo).unwrap_err();
     assert!(e.contains("did you mean") && e.contains(&a), "{e}");
     // delete by prefix
-    snapckpt_ok(&["delete", &b[..n.max(b.len() - 2)], "--image-root", &s.ir()]);
+    let v = json(&snapckpt_ok(&["delete", &b[..n.max(b.len() - 2)], "--image-root", &s.ir(), "--json"]));
+    assert_eq!(v["deleted"], b.as_str());
     assert_eq!(inspect_id("latest").unwrap(), a);
+    let v = json(&snapckpt_ok(&[
+        "gc",
+        "--mount",
+        s.fs.mnt.to_str().unwrap(),
+        "--image-root",
+        &s.ir(),
+        "--dry-run",
+        "--json",
+    ]));
+    assert_eq!((v["dry_run"].as_bool(), v["names"].as_array().map(Vec::len)), (Some(true), Some(0)), "{v}");
 }
 
 /// The user hooks run at each point, in order (the job's, then the hooks directory's by name),
@@ -324,6 +335,19 @@ fn failing_and_hanging_hooks_leave_nothing_behind() {
     let job = s.job("failing", &format!("[hooks]\npost-take = [\"{}\"]\n", fail.display()));
     let (ok, out, err) = snapckpt(&["take", "--job", job.to_str().unwrap()]);
     assert!(ok && err.contains("post-take hook") && out.starts_with("checkpoint "), "{out}\n{err}");
+    // a failing pre-restart hook stops the restart: the checkpoint is untouched
+    let id = take_id(&out);
+    let hd = s.work.path().join("failing.d");
+    std::fs::create_dir_all(&hd).unwrap();
+    script(&hd.join("10-no"), "test \"$1\" != pre-restart");
+    let o = Command::new(snapckpt_bin())
+        .args(["restart", &id, "--image-root", &s.ir(), "--exec", "true"])
+        .env("SNAPCKPT_HOOKS_DIR", &hd)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("pre-restart hook"), "{err}");
+    assert_eq!(checkpoint_names(&s.fs.mnt).len(), 2, "the checkpoint's names are untouched");
 }
 
 /// `prune` keeps exactly what the policy says: the N newest per job, those younger than an
