@@ -6,7 +6,9 @@
 //! - privileges: `take` (also `--dry-run`, which freezes), `restart`, `delete`, `gc` and `prune`
 //!   (not their dry runs) need root: they freeze other users' tasks, work in root-owned
 //!   `lost+found/checkpoint`, mount and delete snapshots, run CRIU;
-//! - the image root of a take: it or its nearest existing ancestor is a writable directory.
+//! - the image root of a take: it or its nearest existing ancestor is a writable directory;
+//! - the job's `[[filesystem]]` snapshots of a take can be taken (before anything is frozen);
+//! - the CRIU binary of a take is an executable file.
 
 use std::path::Path;
 
@@ -19,6 +21,10 @@ pub enum PreflightError {
     NotRoot { cmd: &'static str, why: &'static str },
     #[error("image root {}: {why}; nothing was changed", root.display())]
     ImageRoot { root: std::path::PathBuf, why: String },
+    #[error("{0}; nothing was changed")]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error("CRIU {}: {why}; nothing was changed", path.display())]
+    Criu { path: std::path::PathBuf, why: String },
 }
 
 /// What each command needs root for.
@@ -73,6 +79,21 @@ pub fn take(opts: &crate::take::TakeOptions) -> Result<(), PreflightError> {
     require_root("take")?;
     if !opts.dry_run {
         image_root_writable(&opts.image_root)?;
+    }
+    for spec in &opts.filesystems {
+        crate::snapshot::precheck(spec)?;
+    }
+    if let crate::take::EngineOpts::Criu { path, .. } = &opts.engine {
+        let why = match std::fs::metadata(path) {
+            Ok(m)
+                if m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0 =>
+            {
+                return Ok(())
+            }
+            Ok(_) => "not an executable file".to_string(),
+            Err(e) => e.to_string(),
+        };
+        return Err(PreflightError::Criu { path: path.clone(), why });
     }
     Ok(())
 }
