@@ -141,8 +141,12 @@ fn cmd_take(a: TakeArgs, env: &Env) -> Res {
         }
         take::Outcome::DryRun(p) => print!("{}", snapckpt::report::plan::render(&opts, &p)),
         take::Outcome::Taken(t) => {
-            for n in t.notes.iter().filter(|_| snapckpt::ui::level() >= 0) {
-                eprintln!("snapckpt: note: {n}");
+            for n in &t.notes {
+                match n.strip_prefix("warning: ") {
+                    Some(w) => eprintln!("snapckpt: warning: {w}"),
+                    None if snapckpt::ui::level() >= 0 => eprintln!("snapckpt: note: {n}"),
+                    None => {}
+                }
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&t.record)?);

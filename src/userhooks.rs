@@ -321,9 +321,12 @@ pub fn at_take(
     run(&opts.hooks, p, &take_ctx(opts, id, dir, pids).with_snapshots(snaps))
 }
 
-/// post-take: the warnings of its hooks.
+/// post-take: the warnings of its hooks, as take notes starting with `warning: `.
 pub fn after_take(opts: &crate::take::TakeOptions, t: &crate::take::Taken) -> Vec<String> {
-    run_post(&opts.hooks, Point::PostTake, &Context::of_record(&t.record, &t.dir)).into_iter().collect()
+    run_post(&opts.hooks, Point::PostTake, &Context::of_record(&t.record, &t.dir))
+        .map(|w| format!("warning: {w}"))
+        .into_iter()
+        .collect()
 }
 
 #[cfg(test)]

@@ -639,6 +639,11 @@ fn scan_table() {
 fn list_states_of_snapshots_and_criu() {
     let _g = serial();
     let s = Setup::new("btrfs", &["ab", "dense:10000"]);
+    let plan = take_ok(s.p.pid, &s.images(), &["--dry-run", "--snapshot", "btrfs"]);
+    assert!(
+        plan.contains("reflink clone (FICLONE): no data copied") && plan.contains("with btrfs"),
+        "{plan}"
+    );
     let id = take_id(&take_ok(s.p.pid, &s.images(), &["--engine", "none", "--snapshot", "btrfs"]));
     let state_of = |id: &str| -> Vec<String> {
         let v = json(&snapckpt_ok(&["list", "--image-root", &s.ir(), "--json"]));

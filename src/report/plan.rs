@@ -22,16 +22,29 @@ pub fn relink_action(o: &Object) -> (String, u64) {
         (_, Unlinked::RemovedNode) => (format!("recreate the {} node (mode, owner, rdev)", o.kind.name()), 0),
         (_, Unlinked::Tmpfile) => ("hard link (an O_TMPFILE file can be linked)".into(), 0),
         (_, Unlinked::NameGone) => ("hard link to the same inode".into(), 0),
-        (_, _) if o.mount.fstype == "btrfs" => ("reflink clone (FICLONE): no data copied".into(), 0),
-        (_, _) if o.mount.fstype == "xfs" => (
-            format!(
-                "reflink clone (FICLONE): no data copied (a copy of {} if the filesystem has no reflink)",
-                human_bytes(data)
+        _ => match reflink_supported(&o.mount.mount_point) {
+            Some(true) => ("reflink clone (FICLONE): no data copied".into(), 0),
+            Some(false) => {
+                (format!("copy {} of data (holes skipped) into a new inode", human_bytes(data)), data)
+            }
+            None => (
+                format!("reflink clone if the filesystem allows it, else copy {} of data", human_bytes(data)),
+                data,
             ),
-            0,
-        ),
-        _ => (format!("copy {} of data (holes skipped) into a new inode", human_bytes(data)), data),
+        },
     }
+}
+
+/// Whether the filesystem mounted at `mount_point` (snapckpt's view) clones files: FICLONE
+/// between two anonymous O_TMPFILE inodes, which vanish on close (nothing is changed). `None`
+/// when it cannot be told (no O_TMPFILE there).
+pub fn reflink_supported(mount_point: &str) -> Option<bool> {
+    const FICLONE: libc::c_ulong = 0x40049409;
+    let tmp = || crate::sys::open(mount_point, libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC, 0o600).ok();
+    let (a, b) = (tmp()?, tmp()?);
+    use std::os::fd::AsRawFd;
+    // SAFETY: ioctl(FICLONE) between two descriptors we hold.
+    Some(unsafe { libc::ioctl(b.as_raw_fd(), FICLONE as _, a.as_raw_fd()) } == 0)
 }
 
 /// Free bytes for unprivileged and privileged writers of the filesystem at `path` (root may
