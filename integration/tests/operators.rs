@@ -69,7 +69,8 @@ fn script(p: &Path, body: &str) {
 
 /// `list` has a header and a row per checkpoint with age, engine, job, tasks, unlinked data
 /// in binary units, snapshots and state; `--json` the same fields; a consumed one-shot
-/// checkpoint says so; a missing image root is an error.
+/// checkpoint says so; a missing image root is an error; `restart --snapshot BACKEND` is
+/// checked against the checkpoint.
 #[test]
 fn list_columns_states_and_json() {
     let _g = serial();
@@ -110,6 +111,9 @@ fn list_columns_states_and_json() {
     assert_eq!(rows[0]["job"], "web");
     assert_eq!(rows[0]["unlinked_bytes"].as_u64().unwrap(), 3145728 + 5);
     assert_eq!(rows[1]["job"], Value::Null);
+    // one meaning for --snapshot: restart ID --snapshot btrfs parses, and is checked
+    let (ok, _, err) = snapckpt(&["restart", &b, "--image-root", &s.ir(), "--snapshot", "btrfs"]);
+    assert!(!ok && err.contains("has snapshots of: none"), "{err}");
     // a restart consumes b's relinked names (no snapshot): list says so
     let ufiles = prog("ufiles");
     snapckpt_ok(&["restart", &b, "--image-root", &s.ir(), "--exec", ufiles.to_str().unwrap(), "report"]);
@@ -514,8 +518,7 @@ fn non_root_is_refused_before_anything() {
 }
 
 /// `take --dry-run` says what will happen per object in scan's words, the CRIU dump or the
-/// thaw, and the bytes to copy against the free space; `restart --snapshot BACKEND` is
-/// checked against the checkpoint.
+/// thaw, and the bytes to copy against the free space.
 #[test]
 fn dry_run_tells_what_a_take_would_do() {
     let _g = serial();
@@ -541,18 +544,17 @@ fn dry_run_tells_what_a_take_would_do() {
         "{out}"
     );
     let crit = criu_bin();
-    let out =
-        take_ok(s.p.pid, &s.images(), &["--dry-run", "--engine", "criu", "--criu", crit.to_str().unwrap()]);
+    let out = take_ok(
+        s.p.pid,
+        &s.images(),
+        &["--dry-run", "--engine", "criu", "--shell-job", "--criu", crit.to_str().unwrap()],
+    );
     assert!(out.contains("dump the process tree of pid") && out.contains("then kill the tasks"), "{out}");
     let v = json(&take_ok(s.p.pid, &s.images(), &["--dry-run", "--json"]));
     assert_eq!(v["space"][0]["bytes_to_copy"], 2097152);
     assert!(v["space"][0]["free_bytes"].as_u64().unwrap() > 2097152);
     assert!(v["steps"].as_array().unwrap().len() >= 3);
     assert!(!s.images().exists());
-    // one meaning for --snapshot: restart ID --snapshot btrfs parses, and is checked
-    let id = take_id(&take_ok(s.p.pid, &s.images(), &["--engine", "none"]));
-    let (ok, _, err) = snapckpt(&["restart", &id, "--image-root", &s.ir(), "--snapshot", "btrfs"]);
-    assert!(!ok && err.contains("has snapshots of: none"), "{err}");
 }
 
 /// Under a pseudo-terminal `take` shows its progress (a spinner for the freeze, a byte bar for

@@ -93,7 +93,7 @@ pub struct Statistics {
 pub fn inspect(dir: &Path, ck: &Checkpoint, now: u64) -> Inspected {
     let criu = match &ck.engine {
         Engine::None => None,
-        Engine::Criu { version, leave_running, leave_stopped, images } => Some(CriuInfo {
+        Engine::Criu { version, leave_running, leave_stopped, images, .. } => Some(CriuInfo {
             version: version.clone(),
             after_dump: if *leave_running {
                 "left running"

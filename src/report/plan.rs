@@ -6,12 +6,24 @@
 //! frozen, thawed), the removal of the live names, and where the image goes.
 
 use super::{human_bytes, kebab, printable};
-use crate::record::{FileKind, Object, Unlinked};
+use crate::record::{Coverage, FileKind, Object, Unlinked};
 use crate::take::{AfterDump, EngineOpts, Plan, TakeOptions};
 use crate::userhooks::Point;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt::Write;
+
+/// What the take will do with `o` under plan `p`, and how many bytes it will copy.
+pub fn action(p: &Plan, o: &Object) -> (String, u64) {
+    let carried = p
+        .coverage
+        .iter()
+        .any(|c| c.mount_point == o.mount.mount_point && c.coverage == Coverage::EngineCarries);
+    if carried {
+        return ("not relinked: CRIU carries it in the process image (memory filesystem)".into(), 0);
+    }
+    relink_action(o)
+}
 
 /// What the relink will do with `o`, and how many bytes it will copy.
 pub fn relink_action(o: &Object) -> (String, u64) {
@@ -66,7 +78,7 @@ pub fn json(opts: &TakeOptions, p: &Plan) -> Value {
         .objects
         .iter()
         .map(|o| {
-            let (would, bytes) = relink_action(o);
+            let (would, bytes) = action(p, o);
             let mut v = serde_json::to_value(o).unwrap_or_default();
             v["would"] = would.into();
             v["bytes_to_copy"] = bytes.into();
@@ -88,6 +100,7 @@ pub fn json(opts: &TakeOptions, p: &Plan) -> Value {
         "objects": objects,
         "space": space,
         "snapshots": snapshots,
+        "coverage": p.coverage,
         "steps": steps(opts, p),
     })
 }
@@ -101,7 +114,7 @@ fn space(p: &Plan) -> BTreeMap<String, (u64, Option<u64>)> {
     let mut m: BTreeMap<String, (u64, Option<u64>)> = BTreeMap::new();
     for o in &p.scan.objects {
         let e = m.entry(o.mount.mount_point.clone()).or_insert((0, free_bytes(&o.mount.mount_point)));
-        e.0 += relink_action(o).1;
+        e.0 += action(p, o).1;
     }
     m
 }
@@ -117,14 +130,28 @@ pub fn steps(opts: &TakeOptions, p: &Plan) -> Vec<String> {
     hooks(&mut s, Point::PreTake);
     s.push(format!("freeze {} task(s) with {}: {:?}", p.pids.len(), p.freezer, p.pids));
     hooks(&mut s, Point::PostFreeze);
-    let n = p.scan.objects.len();
+    let n = p.scan.objects.iter().filter(|o| !action(p, o).0.starts_with("not relinked")).count();
     if n > 0 {
         s.push(format!("relink {n} unlinked object(s) into lost+found/checkpoint of their filesystems"));
+    }
+    for c in &p.coverage {
+        let why = c.why.as_deref().map(|w| format!(" ({w})")).unwrap_or_default();
+        match c.coverage {
+            Coverage::NamesKept => s.push(format!(
+                "leave {} ({}) without a snapshot{why}: its relinked names stay on it and a restart consumes them (one-shot)",
+                c.mount_point, c.fstype
+            )),
+            Coverage::EngineCarries => s.push(format!(
+                "leave the unlinked files of {} ({}) to CRIU, in the process image",
+                c.mount_point, c.fstype
+            )),
+            Coverage::Snapshot | Coverage::Live => {}
+        }
     }
     let snaps: Vec<String> =
         p.snapshots.iter().map(|x| format!("{} ({})", x.mount_point.display(), kebab(&x.backend))).collect();
     match &opts.engine {
-        EngineOpts::Criu { path, after } => {
+        EngineOpts::Criu { path, after, .. } => {
             let root = p.scan.tasks.iter().find(|t| !p.pids.contains(&t.ppid)).map(|t| t.pid).unwrap_or(0);
             s.push(format!(
                 "dump the process tree of pid {root} with CRIU {} ({} relinked file(s) declared external: no file data in the image)",
@@ -174,7 +201,7 @@ pub fn render(opts: &TakeOptions, p: &Plan) -> String {
         let _ = writeln!(out, "  {}. {st}", i + 1);
     }
     for o in &p.scan.objects {
-        let (action, _) = relink_action(o);
+        let (action, _) = action(p, o);
         let _ = writeln!(
             out,
             "  would relink {} ({}, {}, {}) into {}: {action}",
