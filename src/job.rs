@@ -30,6 +30,14 @@
 //! path = "/opt/snapckpt/criu/bin/criu"
 //! leave_running = false             # true: the tasks go on after the dump
 //! leave_stopped = false             # true: they stay frozen (resume or kill them yourself)
+//!
+//! [retention]                        # what `snapckpt prune --job FILE` keeps
+//! keep_last = 5                      # the 5 newest of this job
+//! keep_within = "1d"                 # and all younger than a day
+//!
+//! [hooks]                            # user hooks, see crate::userhooks
+//! timeout_s = 60
+//! pre-take = ["/usr/local/bin/quiesce", "--flush"]
 //! ```
 
 use crate::engine::AfterDump;
@@ -68,6 +76,10 @@ pub struct Job {
     pub filesystem: Vec<Filesystem>,
     #[serde(default)]
     pub criu: Criu,
+    /// User hooks (`[hooks]`, see [`crate::userhooks`]).
+    pub hooks: Option<crate::userhooks::JobHooks>,
+    /// What `snapckpt prune --job` keeps (`[retention]`, see [`crate::prune`]).
+    pub retention: Option<crate::prune::Retention>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

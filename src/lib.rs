@@ -17,6 +17,12 @@
 //! | TOML job files | [`job`] |
 //! | flags, job file and environment resolved into each command's options | [`config`] |
 //! | the `check` command: what this machine offers | [`check`] |
+//! | naming a checkpoint: id, unique prefix, `latest[:JOB]` | [`ids`] |
+//! | what `list`, `inspect`, `scan` and `take --dry-run` show | [`report`] |
+//! | checks before anything is changed (root, image root) | [`preflight`] |
+//! | retention: `prune` by keep-last / keep-within per job | [`prune`] |
+//! | user hooks at named points (pre-take, post-restart, ...) | [`userhooks`] |
+//! | progress and verbosity on stderr | [`ui`] |
 //!
 //! [`procfs`] parses `/proc` (stat, mountinfo, fdinfo, maps) for all of them; [`sys`] wraps
 //! the system calls; [`engine`] (what happens to tasks after a CRIU dump) and [`units`]
@@ -29,15 +35,21 @@ pub mod criu;
 pub mod criu_image;
 pub mod engine;
 pub mod hooks;
+pub mod ids;
 pub mod image;
 pub mod job;
+pub mod preflight;
 pub mod procfs;
+pub mod prune;
 pub mod record;
 pub mod relink;
+pub mod report;
 pub mod restart;
 pub mod scan;
 pub mod snapshot;
 pub mod sys;
 pub mod take;
 pub mod tasks;
+pub mod ui;
 pub mod units;
+pub mod userhooks;

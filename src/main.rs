@@ -2,13 +2,14 @@
 //! (their options are [`snapckpt::config::args`]), resolves what was parsed into options
 //! ([`snapckpt::config`]), calls one pipeline function per subcommand, and prints the result.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use snapckpt::config::{
     self, CheckArgs, DeleteArgs, Env, GcArgs, ListArgs, RestartArgs, ScanArgs, ScanTarget, TakeArgs,
 };
+use snapckpt::config::{CompletionsArgs, InspectArgs, ManArgs, PruneArgs};
 use snapckpt::image;
-use snapckpt::record::{self, Engine};
-use snapckpt::{check, cleanup, relink, restart, scan, take};
+use snapckpt::record;
+use snapckpt::{check, cleanup, relink, restart, scan, take, userhooks};
 use std::ffi::OsStr;
 use std::process::ExitCode;
 
@@ -21,6 +22,12 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Say nothing on stderr but warnings and errors (no progress).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Name each step on stderr as it runs; twice: also where CRIU's log is.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
 }
 
 #[derive(Subcommand)]
@@ -41,6 +48,15 @@ enum Cmd {
     Scan(ScanArgs),
     /// Check the environment: kernel features, cgroups, filesystems, CRIU, LVM.
     Check(CheckArgs),
+    // ---- operator commands: grouped here for merges ----
+    /// Show one checkpoint in full: process tree, unlinked objects, snapshots, versions, timings.
+    Inspect(InspectArgs),
+    /// Delete the checkpoints a retention policy does not keep (--keep-last, --keep-within).
+    Prune(PruneArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(CompletionsArgs),
+    /// Print the man page (or write every page into a directory with --dir).
+    Man(ManArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +75,7 @@ fn main() -> ExitCode {
         return ExitCode::from(snapckpt::tasks::watchdog_main(&rest) as u8);
     }
     let cli = Cli::parse_from(args);
+    snapckpt::ui::set_level(if cli.quiet { -1 } else { cli.verbose.min(2) as i8 });
     let env = Env::from_process();
     let r = match cli.cmd {
         Cmd::Take(a) => cmd_take(a, &env),
@@ -68,6 +85,10 @@ fn main() -> ExitCode {
         Cmd::Gc(a) => cmd_gc(a, &env),
         Cmd::Scan(a) => cmd_scan(a),
         Cmd::Check(a) => cmd_check(a, &env),
+        Cmd::Inspect(a) => cmd_inspect(a, &env),
+        Cmd::Prune(a) => cmd_prune(a, &env),
+        Cmd::Completions(a) => cmd_completions(a),
+        Cmd::Man(a) => cmd_man(a),
     };
     match r {
         Ok(code) => code,
@@ -104,6 +125,7 @@ impl Drop for EpipeWhileWorking {
 fn cmd_take(a: TakeArgs, env: &Env) -> Res {
     let json = a.json;
     let opts = config::take_options(a, env)?;
+    snapckpt::preflight::take(&opts)?;
     let working = EpipeWhileWorking::new();
     let outcome = take::take(&opts).inspect_err(|e| {
         if let take::TakeError::Undone { warnings, .. } = e {
@@ -114,11 +136,17 @@ fn cmd_take(a: TakeArgs, env: &Env) -> Res {
     })?;
     drop(working);
     match outcome {
-        take::Outcome::DryRun(p) if json => println!("{}", serde_json::to_string_pretty(&plan_json(&p))?),
-        take::Outcome::DryRun(p) => print_plan(&p),
+        take::Outcome::DryRun(p) if json => {
+            println!("{}", serde_json::to_string_pretty(&snapckpt::report::plan::json(&opts, &p))?)
+        }
+        take::Outcome::DryRun(p) => print!("{}", snapckpt::report::plan::render(&opts, &p)),
         take::Outcome::Taken(t) => {
             for n in &t.notes {
-                eprintln!("snapckpt: note: {n}");
+                match n.strip_prefix("warning: ") {
+                    Some(w) => eprintln!("snapckpt: warning: {w}"),
+                    None if snapckpt::ui::level() >= 0 => eprintln!("snapckpt: note: {n}"),
+                    None => {}
+                }
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&t.record)?);
@@ -128,58 +156,6 @@ fn cmd_take(a: TakeArgs, env: &Env) -> Res {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Where a dry run would relink `o`.
-fn relink_into(o: &record::Object) -> String {
-    format!("{}/{}", o.mount.mount_point.trim_end_matches('/'), relink::CHECKPOINT_DIR)
-}
-
-fn plan_json(p: &take::Plan) -> serde_json::Value {
-    let objects: Vec<serde_json::Value> = p
-        .scan
-        .objects
-        .iter()
-        .map(|o| {
-            let mut v = serde_json::to_value(o).unwrap_or_default();
-            v["would"] = config::planned_relink(o).into();
-            v["into"] = relink_into(o).into();
-            v
-        })
-        .collect();
-    let snapshots: Vec<serde_json::Value> = p
-        .snapshots
-        .iter()
-        .map(|s| serde_json::json!({ "mount_point": s.mount_point, "backend": s.backend }))
-        .collect();
-    serde_json::json!({
-        "dry_run": true,
-        "freezer": p.freezer,
-        "pids": p.pids,
-        "tasks": p.scan.tasks,
-        "objects": objects,
-        "snapshots": snapshots,
-    })
-}
-
-fn print_plan(p: &take::Plan) {
-    println!("dry run: would freeze {} task(s) with {}: {:?}", p.pids.len(), p.freezer, p.pids);
-    for o in &p.scan.objects {
-        println!(
-            "  would relink {} ({:?}, {} bytes) into {}: {}",
-            o.original_path,
-            o.class,
-            o.size,
-            relink_into(o),
-            config::planned_relink(o)
-        );
-    }
-    for s in &p.snapshots {
-        println!("  would snapshot {} with {:?}", s.mount_point.display(), s.backend);
-    }
-    if p.scan.objects.is_empty() {
-        println!("  no unlinked files");
-    }
 }
 
 fn print_taken(t: &take::Taken) {
@@ -212,19 +188,31 @@ fn print_taken(t: &take::Taken) {
 }
 
 fn cmd_restart(a: RestartArgs, env: &Env) -> Res {
+    snapckpt::preflight::require_root("restart")?;
     let c = config::restart_options(a, env)?;
+    let ck = image::load(&c.dir)?;
+    let ctx = userhooks::Context::of_record(&ck, &c.dir);
+    userhooks::run(&c.hooks, userhooks::Point::PreRestart, &ctx)?;
     let working = EpipeWhileWorking::new();
     let r = restart::restart(&c.dir, &c.options)?;
     drop(working);
+    let post = userhooks::Context { pids: r.pids.clone(), ..ctx };
+    warn(userhooks::run_post(&c.hooks, userhooks::Point::PostRestart, &post));
+    // With --exec the command's output is on stdout: snapckpt's own lines go to stderr.
+    let exec = c.options.exec.is_some();
+    let say = |l: String| if exec || c.json { eprintln!("snapckpt: {l}") } else { println!("{l}") };
     let ns = if r.private_ns { " (in the restored tasks' private mount namespace)" } else { "" };
     for m in &r.mounts {
-        println!("mounted {} at {}{ns}", m.description, m.target.display());
+        say(format!("mounted {} at {}{ns}", m.description, m.target.display()));
     }
     if !r.pids.is_empty() {
-        println!("restored tasks {:?} ({} unlinked object(s) handed back)", r.pids, r.objects);
+        say(format!("restored tasks {:?} ({} unlinked object(s) handed back)", r.pids, r.objects));
     }
     for p in &r.left_in_place {
-        println!("preserved file: {}", p.display());
+        say(format!("preserved file: {}", p.display()));
+    }
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&snapckpt::report::restarted_json(&ck.id, &r))?);
     }
     if let Some(code) = r.exec_status {
         return Ok(ExitCode::from(code.clamp(0, 255) as u8));
@@ -232,59 +220,27 @@ fn cmd_restart(a: RestartArgs, env: &Env) -> Res {
     Ok(ExitCode::SUCCESS)
 }
 
+fn warn(w: Option<String>) {
+    if let Some(w) = w {
+        eprintln!("snapckpt: warning: {w}");
+    }
+}
+
 fn cmd_list(a: ListArgs, env: &Env) -> Res {
     let o = config::list_options(a, env)?;
-    let all = image::list(&o.image_root)?;
+    let rows = snapckpt::report::list::rows(&o.image_root, snapckpt::sys::now_unix())?;
     if o.json {
-        let mut v = Vec::with_capacity(all.len());
-        for (p, r) in &all {
-            v.push(match r {
-                Ok(ck) => serde_json::to_value(ck)?,
-                Err(e) => serde_json::json!({
-                    "id": p.file_name().map(|n| n.to_string_lossy().into_owned()),
-                    "path": p,
-                    "error": e.to_string(),
-                }),
-            });
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if all.is_empty() {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if rows.is_empty() {
         println!("no checkpoints in {}", o.image_root.display());
-    }
-    for (p, r) in all {
-        match r {
-            Ok(ck) => print_listed(&ck),
-            Err(e) => println!("{}  (unreadable: {e})", p.display()),
-        }
+    } else {
+        print!("{}", snapckpt::report::list::render(&rows));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_listed(ck: &record::Checkpoint) {
-    let engine = match &ck.engine {
-        Engine::None => "files".to_string(),
-        Engine::Criu { version, .. } => format!("criu {version}"),
-    };
-    println!(
-        "{}  {}  {}  tasks {}  objects {}  {}",
-        ck.id,
-        snapckpt::sys::utc_compact(ck.created_unix),
-        engine,
-        ck.tasks.len(),
-        ck.objects.len(),
-        ck.job.as_deref().map(|j| format!("job {j}")).unwrap_or_default()
-    );
-    for s in &ck.snapshots {
-        let clones = snapckpt::snapshot::mounted_clones(s).map(|v| v.len()).unwrap_or(0);
-        let mounted =
-            if clones > 0 { format!(" ({clones} restart clone(s) mounted)") } else { String::new() };
-        println!("    snapshot {}{mounted}", s.describe());
-    }
-}
-
 fn cmd_delete(a: DeleteArgs, env: &Env) -> Res {
+    snapckpt::preflight::require_root("delete")?;
     let o = config::delete_options(a, env)?;
     let _working = EpipeWhileWorking::new();
     if let Err(e) = image::load(&o.dir) {
@@ -299,15 +255,32 @@ fn cmd_delete(a: DeleteArgs, env: &Env) -> Res {
         return Ok(ExitCode::SUCCESS);
     }
     let ck = cleanup::delete(&o.dir, o.force)?;
-    println!("deleted checkpoint {} ({} snapshot(s))", ck.id, ck.snapshots.len());
+    warn(userhooks::run_post(
+        &o.hooks,
+        userhooks::Point::PostDelete,
+        &userhooks::Context::of_record(&ck, &o.dir),
+    ));
+    if o.json {
+        let v = serde_json::json!({ "deleted": ck.id, "path": o.dir, "snapshots": ck.snapshots.len() });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("deleted checkpoint {} ({} snapshot(s))", ck.id, ck.snapshots.len());
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_gc(a: GcArgs, env: &Env) -> Res {
     let o = config::gc_options(a, env)?;
+    if !o.dry_run {
+        snapckpt::preflight::require_root("gc")?;
+    }
     let working = EpipeWhileWorking::new();
     let rep = cleanup::gc(&o.mounts, &o.image_root, &o.template, &o.scope, &o.snapshot_dirs, o.dry_run)?;
     drop(working);
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&snapckpt::report::gc_json(&o, &rep))?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let verb = if o.dry_run { "would remove" } else { "removed" };
     let ckdir = relink::CHECKPOINT_DIR;
     for (id, names) in &rep.stale {
@@ -396,26 +369,7 @@ fn cmd_scan(a: ScanArgs) -> Res {
 }
 
 fn print_scan(sc: &scan::Scan) {
-    println!(
-        "{:<8} {:<14} {:<12} {:<11} {:>5} {:>12} {:<10} PATH",
-        "PID", "HOLDS", "CLASS", "KIND", "NLINK", "SIZE", "MOUNT"
-    );
-    for o in &sc.objects {
-        for h in &o.holders {
-            println!(
-                "{:<8} {:<14} {:<12} {:<11} {:>5} {:>12} {:<10} {}",
-                h.pid,
-                h.what,
-                kebab(&o.class),
-                kebab(&o.kind),
-                o.nlink,
-                o.size,
-                printable(&o.mount.mount_point),
-                printable(&o.original_path)
-            );
-        }
-    }
-    println!("{} task(s), {} unlinked object(s)", sc.tasks.len(), sc.objects.len());
+    print!("{}", snapckpt::report::scan::render(sc));
 }
 
 fn cmd_check(a: CheckArgs, env: &Env) -> Res {
@@ -426,12 +380,48 @@ fn cmd_check(a: CheckArgs, env: &Env) -> Res {
     Ok(if check::failed(&lines) { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// The name serde gives an enum value (the same word as in the JSON record).
-fn kebab<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|x| x.as_str().map(str::to_string)).unwrap_or_default()
+fn cmd_inspect(a: InspectArgs, env: &Env) -> Res {
+    let o = config::inspect_options(a, env)?;
+    let ck = image::load(&o.dir)?;
+    let i = snapckpt::report::inspect::inspect(&o.dir, &ck, snapckpt::sys::now_unix());
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&i)?);
+    } else {
+        print!("{}", snapckpt::report::inspect::render(&i));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
-/// A path for a one-line-per-entry table: control characters escaped (`\n`, `\t`, ...).
-fn printable(p: &str) -> String {
-    p.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+fn cmd_prune(a: PruneArgs, env: &Env) -> Res {
+    let c = config::prune_options(a, env)?;
+    if !c.options.dry_run {
+        snapckpt::preflight::require_root("prune")?;
+    }
+    let working = EpipeWhileWorking::new();
+    let rep = snapckpt::prune::prune(&c.options)?;
+    drop(working);
+    rep.warnings.iter().for_each(|w| eprintln!("snapckpt: warning: {w}"));
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(&rep)?);
+    } else {
+        print!("{}", snapckpt::prune::render(&rep));
+    }
+    Ok(if rep.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn cmd_completions(a: CompletionsArgs) -> Res {
+    clap_complete::generate(a.shell, &mut Cli::command(), "snapckpt", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cmd_man(a: ManArgs) -> Res {
+    let cmd = Cli::command();
+    match a.dir {
+        Some(d) => {
+            std::fs::create_dir_all(&d)?;
+            clap_mangen::generate_to(cmd, &d)?;
+        }
+        None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+    }
+    Ok(ExitCode::SUCCESS)
 }

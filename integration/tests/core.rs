@@ -928,7 +928,7 @@ fn snapshot_none_overrides_the_job_and_dry_run_json() {
     assert!(!ok && err.contains("/srv/snapckpt-test-fs"), "{err}");
     std::fs::write(&job, job_text(fs.mnt.to_str().unwrap())).unwrap();
     let out = snapckpt_ok(&base);
-    assert!(out.contains(&format!("would snapshot {} with Btrfs", fs.mnt.display())), "{out}");
+    assert!(out.contains(&format!("would snapshot {} with btrfs", fs.mnt.display())), "{out}");
     let out = snapckpt_ok(&[&base[..], &["--snapshot", "none"]].concat());
     assert!(!out.contains("would snapshot"), "{out}");
     let out = snapckpt_ok(&[&base[..], &["--json"]].concat());

@@ -12,4 +12,5 @@ mod criu_btrfs;
 mod failures;
 mod fidelity;
 mod freeze;
+mod operators;
 mod snapshot_btrfs;

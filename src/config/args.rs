@@ -29,6 +29,19 @@ pub enum BackendArg {
     None,
 }
 
+/// `restart --snapshot [BACKEND]`.
+#[derive(Copy, Clone, PartialEq, Eq, Debug, ValueEnum)]
+pub enum RestoreSnapshotArg {
+    /// The checkpoint's snapshots, whatever their backend (`--snapshot` alone).
+    Any,
+    /// Its btrfs snapshots (refused if it has none).
+    Btrfs,
+    /// Its LVM snapshots (refused if it has none).
+    Lvm,
+    /// No snapshot: restart on the live filesystems.
+    None,
+}
+
 #[derive(Copy, Clone, ValueEnum)]
 pub enum EngineArg {
     /// Relink (and snapshot) the files only; the tasks keep running.
@@ -97,11 +110,14 @@ pub struct TakeArgs {
 
 #[derive(Args)]
 pub struct RestartArgs {
-    /// Checkpoint id (from `list`) or image directory.
+    /// Checkpoint: id (from `list`), unique prefix of one, `latest`, `latest:JOB`, or image
+    /// directory.
     pub id: String,
-    /// Restore from the checkpoint's snapshots (a writable clone of each is mounted).
-    #[arg(long)]
-    pub snapshot: bool,
+    /// Restore from the checkpoint's snapshots (a writable clone of each is mounted). As for
+    /// take, the value is the backend: alone, whatever snapshots the checkpoint has; `btrfs` or
+    /// `lvm`, checked to be what it has; `none` (the default), the live filesystems.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "any", value_name = "BACKEND")]
+    pub snapshot: Option<RestoreSnapshotArg>,
     /// With --snapshot: mount the clones under this directory instead of over the original
     /// mount points.
     #[arg(long, requires = "snapshot")]
@@ -126,6 +142,10 @@ pub struct RestartArgs {
     /// command and its arguments.
     #[arg(long, num_args = 1.., allow_hyphen_values = true, value_name = "CMD")]
     pub exec: Option<Vec<String>>,
+    /// Print what was restored as JSON on stdout (with --exec: after the command ends; the
+    /// command's own output comes first).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -141,7 +161,7 @@ pub struct ListArgs {
 
 #[derive(Args)]
 pub struct DeleteArgs {
-    /// Checkpoint id or image directory.
+    /// Checkpoint: id, unique prefix of one, `latest`, `latest:JOB`, or image directory.
     pub id: String,
     /// Where to look for the checkpoint id (default: env SNAPCKPT_IMAGE_ROOT,
     /// /var/lib/snapckpt/images).
@@ -151,6 +171,9 @@ pub struct DeleteArgs {
     /// cannot be read (its names and snapshots are then left to `gc`).
     #[arg(long)]
     pub force: bool,
+    /// Print what was deleted as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -181,6 +204,9 @@ pub struct GcArgs {
     /// Say what would be removed; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -203,4 +229,61 @@ pub struct CheckArgs {
     /// CRIU binary to check (default: env SNAPCKPT_CRIU, /opt/snapckpt/criu/bin/criu, PATH).
     #[arg(long)]
     pub criu: Option<PathBuf>,
+}
+
+// ---- operator commands (list/inspect/prune/completions/man): grouped here for merges ----
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Checkpoint: id, unique prefix of one, `latest`, `latest:JOB`, or image directory.
+    pub id: String,
+    /// Where to look for the checkpoint (default: env SNAPCKPT_IMAGE_ROOT,
+    /// /var/lib/snapckpt/images).
+    #[arg(long)]
+    pub image_root: Option<PathBuf>,
+    /// Print everything as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args)]
+pub struct ManArgs {
+    /// Write snapckpt.1 and a page per subcommand (snapckpt-take.1, ...) into this directory
+    /// instead of printing snapckpt.1.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// The image root to prune (default: the job's image_root, env SNAPCKPT_IMAGE_ROOT,
+    /// /var/lib/snapckpt/images).
+    #[arg(long)]
+    pub image_root: Option<PathBuf>,
+    /// A job file: only its checkpoints (by its name) are considered, with its [retention]
+    /// limits (flags given here override them).
+    #[arg(long)]
+    pub job: Option<PathBuf>,
+    /// Only the checkpoints of the job of this name.
+    #[arg(long, conflicts_with = "job")]
+    pub job_name: Option<String>,
+    /// Keep the N newest checkpoints of each job.
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<usize>,
+    /// Keep the checkpoints younger than AGE (90s, 30m, 12h, 7d, 2w).
+    #[arg(long, value_name = "AGE")]
+    pub keep_within: Option<String>,
+    /// Say what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the decisions as JSON.
+    #[arg(long)]
+    pub json: bool,
 }

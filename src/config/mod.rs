@@ -16,11 +16,11 @@ mod tests;
 pub use args::{
     BackendArg, CheckArgs, DeleteArgs, EngineArg, GcArgs, ListArgs, RestartArgs, ScanArgs, Select, TakeArgs,
 };
+pub use args::{CompletionsArgs, InspectArgs, ManArgs, PruneArgs};
 
 use crate::image;
 use crate::job::{EngineKind, Job};
 use crate::record::names::{valid_id, TemplateError};
-use crate::record::{FileKind, Object};
 use crate::relink::{self, Template};
 use crate::snapshot::{Backend, FsSpec};
 use crate::tasks::Selection;
@@ -48,6 +48,10 @@ pub struct Env {
     pub image_root: Option<PathBuf>,
     /// `SNAPCKPT_CRIU`.
     pub criu: Option<PathBuf>,
+    /// `SNAPCKPT_HOOKS_DIR`: the user hooks directory.
+    pub hooks_dir: Option<PathBuf>,
+    /// `SNAPCKPT_HOOKS_TIMEOUT_S`.
+    pub hooks_timeout: Option<String>,
 }
 
 impl Env {
@@ -56,6 +60,8 @@ impl Env {
         Env {
             image_root: std::env::var_os(IMAGE_ROOT_VAR).map(PathBuf::from),
             criu: std::env::var_os(CRIU_VAR).map(PathBuf::from),
+            hooks_dir: std::env::var_os(crate::userhooks::DIR_VAR).map(PathBuf::from),
+            hooks_timeout: std::env::var(crate::userhooks::TIMEOUT_VAR).ok(),
         }
     }
 }
@@ -71,6 +77,13 @@ pub enum ConfigError {
     Criu(#[from] criu::CriuError),
     #[error(transparent)]
     Image(#[from] image::ImageError),
+    #[error(transparent)]
+    Id(#[from] crate::ids::IdError),
+    #[error(transparent)]
+    Prune(#[from] crate::prune::PruneError),
+    /// `prune --job FILE` of a job file without a name.
+    #[error("{}: prune --job needs the job's name (name = \"...\"): its checkpoints are found by it", .0.display())]
+    JobWithoutName(PathBuf),
     /// Neither flags nor the job select tasks.
     #[error("no tasks selected: {usage}")]
     NoTasks { usage: &'static str },
@@ -89,6 +102,12 @@ pub enum ConfigError {
     /// The image root exists and is not a directory.
     #[error("image root {} ({from}) exists and is not a directory", root.display())]
     ImageRootNotDir { root: PathBuf, from: &'static str },
+    /// `restart --snapshot BACKEND` of a checkpoint whose snapshots are not all of it.
+    #[error("restart --snapshot {want}: checkpoint {id} has snapshots of: {has}")]
+    SnapshotBackend { id: String, want: &'static str, has: String },
+    /// `restart --mount-root` with `--snapshot none`.
+    #[error("--mount-root is where snapshot clones are mounted: it needs --snapshot")]
+    MountRootWithoutSnapshot,
     /// A `gc --id` that is not a checkpoint id.
     #[error("--id {id:?} is not a checkpoint id (like 20260101T000000Z-abcd)")]
     NotAnId { id: String },
@@ -207,7 +226,8 @@ pub fn take_options(a: TakeArgs, env: &Env) -> Result<take::TakeOptions, ConfigE
         engine,
         job_name: j.and_then(|j| j.name.clone()),
         dry_run: a.dry_run,
-        progress: !a.json,
+        progress: true, // on stderr, only on a terminal, not with -q (see `ui`)
+        hooks: hooks(j, env),
     })
 }
 
@@ -243,38 +263,61 @@ fn take_engine(a: &TakeArgs, j: Option<&Job>, env: &Env) -> Result<take::EngineO
     Ok(take::EngineOpts::Criu { path, after, flags })
 }
 
-/// What the dry run says relink will do with `o`: the rule [`relink`] applies (directories and
-/// removed nodes are recreated, other nlink == 0 files linked if O_TMPFILE, else cloned or
-/// copied; the rest hard-linked).
-pub fn planned_relink(o: &Object) -> &'static str {
-    match (o.nlink, o.kind) {
-        (_, FileKind::Directory)
-        | (0, FileKind::Fifo | FileKind::CharDevice | FileKind::BlockDevice | FileKind::Socket) => "recreate",
-        (0, _) => "link if O_TMPFILE, else clone or copy",
-        _ => "hard link",
-    }
-}
-
 /// A resolved `restart`: the image directory and how to restart it.
 #[derive(Debug)]
 pub struct RestartConfig {
     pub dir: PathBuf,
     pub options: restart::RestartOptions,
+    /// User hooks (pre-restart, post-restart): the hooks directory's.
+    pub hooks: crate::userhooks::Hooks,
+    pub json: bool,
 }
 
 /// `restart`: the checkpoint (an id in the image root, or a directory) and the options.
 pub fn restart_options(a: RestartArgs, env: &Env) -> Result<RestartConfig, ConfigError> {
     let root = root_for(a.image_root, &a.id, env)?;
-    let dir = image::resolve(&root, &a.id)?;
+    let dir = crate::ids::resolve(&root, &a.id)?;
+    let snapshot = restore_snapshot(a.snapshot, a.mount_root.is_some(), &dir)?;
     let options = restart::RestartOptions {
-        snapshot: a.snapshot,
+        snapshot,
         mounts: if a.host_mounts { restart::Mounts::Host } else { restart::Mounts::Private },
         mount_root: a.mount_root,
         exec: a.exec,
         exec_task: a.exec_task,
         criu: a.criu,
     };
-    Ok(RestartConfig { dir, options })
+    Ok(RestartConfig { dir, options, hooks: hooks(None, env), json: a.json })
+}
+
+/// Whether a restart mounts clones of the snapshots: `--snapshot [BACKEND]`, a backend
+/// checked against the checkpoint's snapshots.
+fn restore_snapshot(
+    arg: Option<args::RestoreSnapshotArg>,
+    mount_root: bool,
+    dir: &Path,
+) -> Result<bool, ConfigError> {
+    use args::RestoreSnapshotArg as R;
+    let want = match arg {
+        None | Some(R::None) if mount_root => return Err(ConfigError::MountRootWithoutSnapshot),
+        None | Some(R::None) => return Ok(false),
+        Some(R::Any) => return Ok(true),
+        Some(R::Btrfs) => "btrfs",
+        Some(R::Lvm) => "lvm",
+    };
+    let ck = image::load(dir)?;
+    let has: Vec<&str> = ck
+        .snapshots
+        .iter()
+        .map(|s| match s {
+            crate::record::Snapshot::Btrfs { .. } => "btrfs",
+            crate::record::Snapshot::Lvm { .. } => "lvm",
+        })
+        .collect();
+    if has.is_empty() || has.iter().any(|b| *b != want) {
+        let has = if has.is_empty() { "none".to_string() } else { has.join(", ") };
+        return Err(ConfigError::SnapshotBackend { id: ck.id, want, has });
+    }
+    Ok(true)
 }
 
 /// A resolved `list`.
@@ -297,13 +340,16 @@ pub struct DeleteOptions {
     /// The checkpoint as it was given (id or directory), for messages.
     pub id: String,
     pub force: bool,
+    /// User hooks (post-delete): the hooks directory's.
+    pub hooks: crate::userhooks::Hooks,
+    pub json: bool,
 }
 
 /// `delete`: the image directory of the checkpoint given.
 pub fn delete_options(a: DeleteArgs, env: &Env) -> Result<DeleteOptions, ConfigError> {
     let root = root_for(a.image_root, &a.id, env)?;
-    let dir = image::resolve(&root, &a.id)?;
-    Ok(DeleteOptions { dir, id: a.id, force: a.force })
+    let dir = crate::ids::resolve(&root, &a.id)?;
+    Ok(DeleteOptions { dir, id: a.id, force: a.force, hooks: hooks(None, env), json: a.json })
 }
 
 /// A resolved `gc`: the arguments of [`cleanup::gc`] and what its report needs.
@@ -318,6 +364,7 @@ pub struct GcOptions {
     pub ids: Vec<String>,
     pub snapshot_dirs: Vec<String>,
     pub dry_run: bool,
+    pub json: bool,
 }
 
 /// `gc`: the image root, the template, the ids (checked), the scope and the mounts.
@@ -343,6 +390,7 @@ pub fn gc_options(a: GcArgs, env: &Env) -> Result<GcOptions, ConfigError> {
         ids: a.ids,
         snapshot_dirs: a.snapshot_dirs,
         dry_run: a.dry_run,
+        json: a.json,
     })
 }
 
@@ -404,4 +452,62 @@ pub fn scan_options(a: ScanArgs) -> Result<ScanOptions, ConfigError> {
 /// `check`: the CRIU to check (flag, else env `SNAPCKPT_CRIU`, the default prefix, PATH).
 pub fn check_options(a: CheckArgs, env: &Env) -> check::CheckOptions {
     check::CheckOptions { criu: a.criu, env_criu: env.criu.clone() }
+}
+
+// ---- operator commands (inspect, prune): grouped here for merges ----
+
+/// A resolved `inspect`: the image directory and the output format.
+#[derive(Debug)]
+pub struct InspectOptions {
+    pub dir: PathBuf,
+    pub json: bool,
+}
+
+/// `inspect`: the checkpoint (id, prefix, `latest[:JOB]` or directory).
+pub fn inspect_options(a: InspectArgs, env: &Env) -> Result<InspectOptions, ConfigError> {
+    let root = root_for(a.image_root, &a.id, env)?;
+    Ok(InspectOptions { dir: crate::ids::resolve(&root, &a.id)?, json: a.json })
+}
+
+/// The user hooks of a command: the job's `[hooks]`, env `SNAPCKPT_HOOKS_DIR` and
+/// `SNAPCKPT_HOOKS_TIMEOUT_S`, the default directory.
+pub fn hooks(job: Option<&Job>, env: &Env) -> crate::userhooks::Hooks {
+    crate::userhooks::Hooks::resolve(
+        job.and_then(|j| j.hooks.as_ref()),
+        env.hooks_dir.clone(),
+        env.hooks_timeout.clone(),
+    )
+}
+
+/// A resolved `prune`.
+#[derive(Debug)]
+pub struct PruneConfig {
+    pub options: crate::prune::PruneOptions,
+    pub json: bool,
+}
+
+/// `prune`: the image root, the job and the limits (flags over the job's `[retention]`).
+pub fn prune_options(a: PruneArgs, env: &Env) -> Result<PruneConfig, ConfigError> {
+    let job = a.job.as_deref().map(Job::load).transpose()?;
+    let j = job.as_ref();
+    let ret = j.and_then(|j| j.retention.clone()).unwrap_or_default();
+    let within = a.keep_within.or(ret.keep_within).map(|w| crate::prune::parse_age(&w)).transpose()?;
+    let job_name = match (j, a.job_name) {
+        (Some(j), _) => Some(
+            j.name.clone().ok_or_else(|| ConfigError::JobWithoutName(a.job.clone().unwrap_or_default()))?,
+        ),
+        (None, n) => n,
+    };
+    let policy =
+        crate::prune::Policy { keep_last: a.keep_last.or(ret.keep_last), keep_within: within, job: job_name };
+    if policy.keep_last.is_none() && policy.keep_within.is_none() {
+        return Err(crate::prune::PruneError::NoRule.into());
+    }
+    let options = crate::prune::PruneOptions {
+        image_root: image_root(a.image_root, j, env)?,
+        policy,
+        dry_run: a.dry_run,
+        hooks: hooks(j, env),
+    };
+    Ok(PruneConfig { options, json: a.json })
 }

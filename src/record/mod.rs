@@ -496,6 +496,9 @@ pub struct Checkpoint {
     /// keep them).
     pub links_removed: bool,
     pub timings: Timings,
+    /// The kernel release the checkpoint was taken on (`uname -r`); absent in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
     /// How each filesystem the tasks use was covered (records before this field: empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filesystems: Vec<FsCoverage>,
@@ -521,6 +524,7 @@ impl Checkpoint {
             snapshots: vec![],
             links_removed: false,
             timings: Timings::default(),
+            kernel: nix::sys::utsname::uname().ok().map(|u| u.release().to_string_lossy().into_owned()),
             filesystems: vec![],
         }
     }

@@ -37,6 +37,9 @@ pub struct Stats {
     pub bytes_preserved: u64,
 }
 
+/// Bytes written by the data copies of this process so far (the take's progress bar reads it).
+pub static COPIED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Relinks the objects of one checkpoint and remembers every name it made, so that they can be
 /// removed again (after a failure, or once a snapshot holds them).
 pub struct Relinker {
@@ -329,7 +332,8 @@ fn copy_range(
 ) -> Result<u64, (io::Error, &'static str)> {
     let mut done = 0u64;
     while done < len {
-        let chunk = (len - done).min(1 << 30) as usize;
+        // 64 MiB at most per call, so that the progress moves on a large copy.
+        let chunk = (len - done).min(64 << 20) as usize;
         if *method == Method::CopyRange {
             let mut si = (start + done) as i64;
             let mut di = si;
@@ -337,6 +341,7 @@ fn copy_range(
             let n = unsafe { libc::copy_file_range(src, &mut si, dst, &mut di, chunk, 0) };
             if n > 0 {
                 done += n as u64;
+                COPIED_BYTES.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
                 continue;
             }
             if n == 0 {
@@ -381,6 +386,7 @@ fn copy_range(
             w += m as usize;
         }
         done += n as u64;
+        COPIED_BYTES.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(done)
 }

@@ -17,7 +17,7 @@ pub mod reopen;
 
 pub use crate::record::names::{Template, CHECKPOINT_DIR, DEFAULT_TEMPLATE};
 pub use dir::{open_checkpoint_dir, CheckpointDir};
-pub use make::{Relinker, Stats};
+pub use make::{Relinker, Stats, COPIED_BYTES};
 pub use remove::{leftovers, remove_live_names};
 pub use reopen::{open_objects, Base, Keep, Reopened};
 

@@ -10,7 +10,8 @@ use crate::record::{self, Checkpoint, Engine, Snapshot, Timings};
 use crate::relink::{self, Relinker, Template};
 use crate::snapshot::{self, Backend, FsSpec};
 use crate::tasks::{self, FreezeMethod, Selection};
-use crate::{criu, hooks, scan, sys};
+use crate::userhooks::{self, Point};
+use crate::{criu, hooks, scan, sys, ui};
 
 mod plan;
 mod verify;
@@ -36,6 +37,8 @@ pub enum TakeError {
     Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
     #[error("{0}")]
     Refused(String),
+    #[error("{0}; the take was stopped, nothing was changed")]
+    Hook(#[from] userhooks::HookError),
     /// `--strict-snapshots` and a filesystem the backend cannot snapshot.
     #[error("{mount_point}: the tasks use this filesystem and it cannot be snapshotted ({why}); nothing was changed. Drop --strict-snapshots to checkpoint it without a snapshot (its relinked names then stay on it and a restart consumes them)")]
     Strict { mount_point: String, why: String },
@@ -91,6 +94,8 @@ pub struct TakeOptions {
     pub dry_run: bool,
     /// Show progress bars on stderr.
     pub progress: bool,
+    /// User hooks (pre-take, post-freeze, post-snapshot, post-take).
+    pub hooks: userhooks::Hooks,
 }
 
 /// What a take produced.
@@ -132,6 +137,7 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
     if opts.dry_run {
         return dry_run(opts, sel).map(Outcome::DryRun);
     }
+    userhooks::at_take(opts, Point::PreTake, &sel.id, &opts.image_root.join(&sel.id), &[], &[])?;
     // The partial image directory, with a lock that `gc` respects while we run.
     let image = ImageDir::create(&opts.image_root, &sel.id)?;
     let mut tx = Tx {
@@ -240,10 +246,13 @@ impl Tx<'_> {
     fn run(&mut self) -> Result<Staged, TakeError> {
         let t0 = Instant::now();
         let method = self.sel.method.clone();
+        let stage = ui::stage(self.opts.progress, &format!("freezing the tasks ({})", method.describe()));
         let frozen = self.frozen.insert(tasks::freeze(method, self.opts.freeze_timeout)?);
+        stage.done();
         self.timings.freeze_ms = ms(t0.elapsed());
         hooks::point("take-frozen");
         let pids = selection_after_freeze(self.opts, frozen)?;
+        userhooks::at_take(self.opts, Point::PostFreeze, &self.sel.id, self.image.path(), &pids, &[])?;
 
         let t1 = Instant::now();
         let mut sc = scan::scan(&pids)?;
@@ -256,6 +265,14 @@ impl Tx<'_> {
         self.frozen().check_watchdog()?;
         let engine = self.checkpoint(&sc, &pids, &plan)?;
         hooks::point("take-snapshotted");
+        userhooks::at_take(
+            self.opts,
+            Point::PostSnapshot,
+            &self.sel.id,
+            self.image.path(),
+            &pids,
+            &self.snaps,
+        )?;
         let mut notes = plan::notes(&plan, self.opts.auto_snapshot.is_some());
         let links_removed = self.drop_live_names(&sc)?;
 
@@ -293,10 +310,11 @@ impl Tx<'_> {
     fn relink(&mut self, sc: &mut scan::Scan, plan: &plan::SnapshotPlan) -> Result<relink::Stats, TakeError> {
         let t = Instant::now();
         let relinker = self.relinker.insert(Relinker::new(&self.sel.id, self.opts.template.clone()));
-        let bar = progress_bar(self.opts.progress, sc.objects.len() as u64, "relink");
+        let bar = ui::copy_progress(self.opts.progress, copy_bytes(&sc.objects));
         let skip = |o: &record::Object| plan.engine_carries(&o.mount.mount_point);
-        let stats = relinker.relink_all(&mut sc.objects, skip, |_| bar.inc(1))?;
-        bar.finish_and_clear();
+        let stats = relinker
+            .relink_all(&mut sc.objects, skip, |o| ui::step(&format!("relinked {}", o.original_path)))?;
+        drop(bar);
         self.timings.relink_ms = ms(t.elapsed());
         hooks::point("take-relinked");
         Ok(stats)
@@ -313,7 +331,10 @@ impl Tx<'_> {
         match &self.opts.engine {
             EngineOpts::None => {
                 let t = Instant::now();
+                let stage =
+                    ui::stage(self.opts.progress, &format!("taking {} snapshot(s)", plan.specs.len()));
                 take_snapshots(&plan.specs, &self.sel.id, &mut self.snaps)?;
+                stage.done();
                 self.timings.snapshot_ms = ms(t.elapsed());
                 verify::restartable(sc, false, self.image.path(), self.relinker.as_ref().expect("relinked"))?;
                 Ok(Engine::None)
@@ -374,6 +395,8 @@ impl Tx<'_> {
         let (frozen, id, snaps) = (self.frozen.as_ref().expect("frozen"), &self.sel.id, &mut self.snaps);
         let mut snap_err = None;
         let mut snap_t = 0;
+        ui::detail(&format!("CRIU logs into {}", req.image_dir.display()));
+        let stage = ui::stage(self.opts.progress, "CRIU dump");
         let dumped = criu::dump(&req, &mut || {
             // post-dump: the tasks are still frozen; the natural moment to snapshot.
             // CRIU may have let go of the tasks already: the watchdog must wait for it.
@@ -392,6 +415,7 @@ impl Tx<'_> {
                 msg
             })
         });
+        stage.done();
         self.timings.snapshot_ms = snap_t;
         if let Some(e) = snap_err {
             return Err(e);
@@ -444,6 +468,7 @@ impl Tx<'_> {
             }
         }
         hooks::point("take-thawed");
+        taken.notes.extend(userhooks::after_take(self.opts, &taken));
         Ok(taken)
     }
 
@@ -466,6 +491,7 @@ impl Tx<'_> {
             self.frozen.take()
         };
         done.ck.timings = self.timings.clone();
+        let _stage = ui::stage(self.opts.progress, "writing back the image");
         match self.image.publish(&done.ck) {
             Ok(dir) => Ok((dir, still_frozen)),
             Err(e) => {
@@ -571,16 +597,14 @@ fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
 
-fn progress_bar(show: bool, len: u64, what: &str) -> indicatif::ProgressBar {
-    if !show || len < 2 {
-        return indicatif::ProgressBar::hidden();
-    }
-    let pb = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>8} [{bar:30}] {pos}/{len} {elapsed}") {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_message(what.to_string());
-    pb
+/// The bytes a relink may have to copy: the data of the regular files with no name at all
+/// (a clone copies nothing: the bar then ends early).
+fn copy_bytes(objects: &[record::Object]) -> u64 {
+    objects
+        .iter()
+        .filter(|o| o.class == record::Unlinked::Orphan && o.kind == record::FileKind::Regular)
+        .map(|o| o.size)
+        .sum()
 }
 
 pub use crate::image::DEFAULT_IMAGE_ROOT;
