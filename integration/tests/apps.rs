@@ -220,6 +220,12 @@ impl Drop for Tree {
 /// Ask a workload for a fresh report: remove `report` (as the tree sees it), SIGUSR1 the root
 /// (again every second), wait for the new report; its text.
 fn fresh_report(tree: &Tree, report: &Path) -> String {
+    ask(tree, report, nix::sys::signal::Signal::SIGUSR1)
+}
+
+/// Remove `file` (as the tree sees it), send `sig` to the root (again every second) until the
+/// workload has written `file` again; its text.
+fn ask(tree: &Tree, report: &Path, sig: nix::sys::signal::Signal) -> String {
     let path = tree.view(report);
     let _ = std::fs::remove_file(&path);
     let start = Instant::now();
@@ -231,7 +237,7 @@ fn fresh_report(tree: &Tree, report: &Path) -> String {
         assert!(alive(tree.pid), "workload {} died", tree.pid);
         assert!(start.elapsed() < Duration::from_secs(30), "no report at {}", path.display());
         if last.elapsed() >= Duration::from_secs(1) {
-            tree.signal(nix::sys::signal::Signal::SIGUSR1);
+            tree.signal(sig);
             last = Instant::now();
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -289,5 +295,52 @@ fn python_tempfiles() {
         assert_eq!(read(dir.join("journal")), "overwritten live\n", "the live file is left alone");
         tree.kill();
     }
+    a.delete(&id);
+}
+
+/// A SQLite database in WAL mode (20000 rows, half of them only in the WAL; a second connection
+/// in an open read transaction) whose three files were deleted while open: after each restart
+/// both connections see exactly their checkpoint-time rows (count, sum, hash), the files are
+/// held with the same paths and link counts, and the database takes a new commit; the live
+/// directory meanwhile holds an unrelated database of the same name.
+#[test]
+fn sqlite_wal_deleted_while_open() {
+    if !have(PYTHON, "apps::sqlite_wal_deleted_while_open") {
+        return;
+    }
+    let _g = serial();
+    let a = AppFs::new("sqlite", "1G");
+    let dir = a.dir("sqlite");
+    let report = dir.join("report");
+    let mut tree =
+        Tree::spawn(&[PYTHON, script("sqlite_wal.py").to_str().unwrap(), dir.to_str().unwrap()], &[]);
+    wait_for(|| report.exists(), Duration::from_secs(30), "sqlite report");
+    let before = read(&report);
+    assert!(before.contains("WRITER count=20000 ") && before.contains("READER count=15000 "), "{before}");
+    // db and wal opened by each connection, shm once (SQLite shares it per inode)
+    assert_eq!(before.matches("nlink=0").count(), 5, "db, wal, shm held unlinked: {before}");
+    assert!(before.contains("MAP perms=rw-s"), "{before}");
+    let (id, took) = a.take(&tree);
+    tree.reap();
+    eprintln!("sqlite: take {took:?}");
+    // the live directory moves on: another database of the same name
+    let live_db = dir.join("app.db");
+    let st = Command::new(PYTHON)
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('create table t(x)'); c.execute('insert into t values (1)'); c.commit()"])
+        .arg(&live_db)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut wrote_first = None;
+    for round in 1..=2 {
+        let took = a.restart(&id, &tree);
+        assert_eq!(fresh_report(&tree, &report), before, "round {round} (restart {took:?})");
+        let wrote = ask(&tree, &dir.join("wrote"), nix::sys::signal::Signal::SIGUSR2);
+        assert!(wrote.starts_with("WROTE count=20001 "), "round {round}: {wrote}");
+        // the same commit on the same checkpoint-time state gives the same database
+        assert_eq!(wrote_first.get_or_insert_with(|| wrote.clone()), &wrote);
+        tree.kill();
+    }
+    assert!(live_db.exists());
     a.delete(&id);
 }
