@@ -16,7 +16,7 @@ if [ -n "$missing" ]; then
 fi
 # The applications the integration tests checkpoint (integration/tests/apps.rs) and bench/ measures.
 # Their system services are neither started nor enabled: the tests run their own instances.
-APP_PKGS="mariadb-server mariadb-client nginx-light sqlite3 python3"
+APP_PKGS="mariadb-server mariadb-client nginx sqlite3 python3"
 missing=""
 for p in $APP_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
