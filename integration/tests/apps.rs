@@ -344,3 +344,144 @@ fn sqlite_wal_deleted_while_open() {
     assert!(live_db.exists());
     a.delete(&id);
 }
+
+/// SHA-256 of `data` (hex), by coreutils' sha256sum.
+fn sha256(data: &[u8]) -> String {
+    use std::io::Write;
+    let mut c = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    c.stdin.take().unwrap().write_all(data).unwrap();
+    let o = c.wait_with_output().unwrap();
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+/// A TCP port on 127.0.0.1 that nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `GET PATH` over HTTP/1.0 to 127.0.0.1:PORT (bounded); (status line, body).
+fn http_get(port: u16, path: &str) -> (String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("connect 127.0.0.1:{port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut resp = vec![];
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("http header end");
+    let status = String::from_utf8_lossy(&resp[..split]).lines().next().unwrap().to_string();
+    (status, resp[split + 4..].to_vec())
+}
+
+/// `key=value` out of a line of such words.
+fn field<'a>(s: &'a str, key: &str) -> &'a str {
+    s.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {s:?}"))
+}
+
+/// The unlinked client-body temp files an nginx task holds: (fd path, size).
+fn nginx_body_temps(tasks: &[i32]) -> Vec<(String, u64)> {
+    let mut v = vec![];
+    for &p in tasks {
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{p}/fd")) else { continue };
+        for e in rd.flatten() {
+            let Ok(l) = std::fs::read_link(e.path()) else { continue };
+            let l = l.to_string_lossy().into_owned();
+            if l.contains("/client_temp/") && l.ends_with(" (deleted)") {
+                if let Ok(m) = std::fs::metadata(e.path()) {
+                    v.push((l, m.len()));
+                }
+            }
+        }
+    }
+    v
+}
+
+/// nginx (master and worker, with a proxy in front of a WebDAV back end) with an 8 MiB upload
+/// in progress: 6 MiB of the body are in the worker's unlinked client-body temp file at
+/// checkpoint time. After each restart the static files are served as they were (the live
+/// copies were overwritten), the client (inside the tree, on a unix socket) sends the rest, gets
+/// `201 Created`, and the stored upload has the whole body's hash.
+#[test]
+fn nginx_upload_in_progress() {
+    if !have("/usr/sbin/nginx", "apps::nginx_upload_in_progress")
+        || !have(PYTHON, "apps::nginx_upload_in_progress")
+    {
+        return;
+    }
+    let _g = serial();
+    let a = AppFs::new("nginx", "1G");
+    let prefix = a.dir("nginx");
+    let files = prefix.join("www/files");
+    std::fs::create_dir_all(&files).unwrap();
+    let mut statics = vec![];
+    for i in 0..3u32 {
+        let data: Vec<u8> =
+            (0..(100_000 * (i + 1))).map(|k| (k.wrapping_mul(31).wrapping_add(i)) as u8).collect();
+        std::fs::write(files.join(format!("static-{i}.bin")), &data).unwrap();
+        statics.push((format!("/files/static-{i}.bin"), sha256(&data)));
+    }
+    let port = free_port();
+    let mut tree = Tree::spawn(
+        &[PYTHON, script("nginx_upload.py").to_str().unwrap(), prefix.to_str().unwrap(), &port.to_string()],
+        &[],
+    );
+    let state_file = prefix.join("client.state");
+    wait_for(|| state_file.exists(), Duration::from_secs(30), "upload client state");
+    let state = read(&state_file);
+    let client: i32 = field(&state, "pid").parse().unwrap();
+    let sent: u64 = field(&state, "sent").parse().unwrap();
+    let body_hash = field(&state, "sha256").to_string();
+    // the worker has written what it received into its unlinked temp file (all but what is
+    // still in its 16k buffer)
+    wait_for(
+        || nginx_body_temps(&tree.tasks()).iter().any(|(_, n)| *n + (16 << 10) >= sent),
+        Duration::from_secs(30),
+        "nginx client-body temp file",
+    );
+    let temps = nginx_body_temps(&tree.tasks());
+    assert_eq!(temps.len(), 1, "{temps:?}");
+    for (path, want) in &statics {
+        let (status, body) = http_get(port, path);
+        assert!(status.contains(" 200 "), "{path}: {status}");
+        assert_eq!(&sha256(&body), want, "{path} before the checkpoint");
+    }
+    assert!(tree.tasks().contains(&client));
+    let (id, took) = a.take(&tree);
+    tree.reap();
+    eprintln!("nginx: take {took:?}");
+    // the live files move on
+    for i in 0..3 {
+        std::fs::write(files.join(format!("static-{i}.bin")), "overwritten live").unwrap();
+    }
+    std::fs::write(files.join("big.bin"), "not the upload").unwrap();
+    let mut results = vec![];
+    for round in 1..=2 {
+        let took = a.restart(&id, &tree);
+        assert!(alive(client), "round {round}: the upload client is back");
+        let temps_after = nginx_body_temps(&tree.tasks());
+        assert_eq!(temps_after, temps, "round {round}: the worker holds the same temp file");
+        for (path, want) in &statics {
+            let (status, body) = http_get(port, path);
+            assert!(status.contains(" 200 "), "round {round} {path}: {status}");
+            assert_eq!(&sha256(&body), want, "round {round}: {path} as at checkpoint time");
+        }
+        let result = prefix.join("client.result");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(client), nix::sys::signal::Signal::SIGUSR1)
+            .unwrap();
+        wait_for(|| tree.view(&result).exists(), Duration::from_secs(30), "upload finished");
+        let res = read(tree.view(&result));
+        assert!(res.starts_with("HTTP/1.1 201 "), "round {round} (restart {took:?}): {res}");
+        let (status, body) = http_get(port, "/files/big.bin");
+        assert!(status.contains(" 200 "), "round {round}: {status}");
+        assert_eq!(body.len() as u64, 8 << 20, "round {round}");
+        assert_eq!(sha256(&body), body_hash, "round {round}: the upload is the whole body");
+        results.push(res);
+        tree.kill();
+    }
+    assert_eq!(results[0], results[1], "both restarts answered the same");
+    assert_eq!(read(files.join("big.bin")), "not the upload", "the live file is left alone");
+    a.delete(&id);
+}
