@@ -485,3 +485,191 @@ fn nginx_upload_in_progress() {
     assert_eq!(read(files.join("big.bin")), "not the upload", "the live file is left alone");
     a.delete(&id);
 }
+
+/// A MariaDB server's TCP client (`mariadb` over 127.0.0.1:PORT, bounded).
+struct Sql {
+    port: u16,
+}
+
+impl Sql {
+    /// Run `sql` (database appdb unless `db` says otherwise); the output rows, tab-separated.
+    fn query_in(&self, db: &str, sql: &str) -> String {
+        let o = Command::new("timeout")
+            .args(["60", "/usr/bin/mariadb", "--no-defaults", "-h127.0.0.1", "-uroot", "-N", "-B"])
+            .arg(format!("-P{}", self.port))
+            .args(["-D", db, "-e", sql])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "mariadb -e {sql:?}: {}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim_end().to_string()
+    }
+
+    fn query(&self, sql: &str) -> String {
+        self.query_in("appdb", sql)
+    }
+
+    /// What the test checks after each restart: row counts, sums and CRC sums of every row of
+    /// both tables, and CHECKSUM TABLE.
+    fn state(&self) -> String {
+        [
+            self.query("SELECT 't', COUNT(*), SUM(n), SUM(CRC32(CONCAT_WS('|', id, v, n))) FROM t"),
+            self.query("SELECT 't2', COUNT(*), SUM(CRC32(CONCAT_WS('|', id, note))) FROM t2"),
+            self.query("CHECKSUM TABLE t, t2 EXTENDED"),
+        ]
+        .join("\n")
+    }
+}
+
+/// The unlinked files under `dir` a task holds (fd paths).
+fn unlinked_under(pid: i32, dir: &Path) -> Vec<String> {
+    let d = dir.to_string_lossy().into_owned() + "/";
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .filter(|l| l.starts_with(&d) && l.ends_with(" (deleted)"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Wait (bounded, repeating `sig` to the tree's root every 2 s) until `file` as the tree sees it
+/// contains `what`; the file's text.
+fn wait_output(
+    tree: &Tree,
+    file: &Path,
+    what: &str,
+    sig: Option<nix::sys::signal::Signal>,
+    secs: u64,
+) -> String {
+    let path = tree.view(file);
+    let start = Instant::now();
+    let mut last = Instant::now();
+    if let Some(s) = sig {
+        tree.signal(s);
+    }
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains(what) {
+            return text;
+        }
+        assert!(alive(tree.pid), "the tree's root {} died; {}: {text}", tree.pid, file.display());
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "no {what:?} in {} after {secs} s: {text}",
+            file.display()
+        );
+        if let Some(s) = sig.filter(|_| last.elapsed() >= Duration::from_secs(2)) {
+            tree.signal(s);
+            last = Instant::now();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// MariaDB (datadir and tmpdir on the loop btrfs) with a big query in flight (a cross join of
+/// 1300 rows materialized and sorted: unlinked sort files and an Aria temp table in tmpdir) and
+/// a client transaction open (two uncommitted rows). Both clients are in the checkpointed
+/// tree, on the unix socket. After each restart the big query finishes with the right result,
+/// the tables hold exactly their checkpoint-time rows (counts, sums, CRCs, CHECKSUM TABLE; the
+/// uncommitted rows invisible to others), and the open transaction commits; the live datadir
+/// meanwhile lost the database.
+#[test]
+fn mariadb_query_and_transaction_in_flight() {
+    for p in ["/usr/sbin/mariadbd", "/usr/bin/mariadb", "/usr/bin/mariadb-install-db", PYTHON] {
+        if !have(p, "apps::mariadb_query_and_transaction_in_flight") {
+            return;
+        }
+    }
+    let _g = serial();
+    let t0 = Instant::now();
+    let a = AppFs::new("mariadb", "4G");
+    let prefix = a.dir("mariadb");
+    let data = prefix.join("data");
+    let out = Command::new("timeout")
+        .args(["120", "/usr/bin/mariadb-install-db", "--no-defaults", "--user=root", "--skip-test-db"])
+        .arg(format!("--datadir={}", data.display()))
+        .arg("--auth-root-authentication-method=normal")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
+    let port = free_port();
+    let mut tree = Tree::spawn(
+        &[PYTHON, script("mariadb_tree.py").to_str().unwrap(), prefix.to_str().unwrap(), &port.to_string()],
+        &[],
+    );
+    wait_for(|| prefix.join("server.ready").exists(), Duration::from_secs(60), "mariadbd ready");
+    let server: i32 = field(&read(prefix.join("server.ready")), "pid").parse().unwrap();
+    let sql = Sql { port };
+    const N: u64 = 1300;
+    sql.query_in(
+        "mysql",
+        &format!(
+            "CREATE DATABASE appdb; USE appdb;
+             CREATE TABLE t (id INT PRIMARY KEY, v VARCHAR(64) NOT NULL, n INT NOT NULL) ENGINE=InnoDB;
+             INSERT INTO t SELECT seq, CONCAT('v', MD5(seq)), (seq * 7919) % 100003 FROM seq_1_to_{N};
+             CREATE TABLE t2 (id INT PRIMARY KEY, note VARCHAR(100)) ENGINE=InnoDB;
+             INSERT INTO t2 SELECT seq, CONCAT('committed ', seq) FROM seq_1_to_500;"
+        ),
+    );
+    // the big query and its result, computed the cheap way
+    std::fs::write(
+        prefix.join("big.sql"),
+        "SELECT 'big', COUNT(*), SUM(x) FROM (SELECT a.n * b.n AS x, CONCAT(a.v, b.v) AS s \
+         FROM t a CROSS JOIN t b ORDER BY s LIMIT 1000000000) d;",
+    )
+    .unwrap();
+    let want_big = format!("big\t{}\t{}", N * N, sql.query("SELECT SUM(n) * SUM(n) FROM t"));
+    let before = sql.state();
+    // the clients: a transaction left open, the big query
+    let root = nix::sys::signal::Signal::SIGUSR1;
+    wait_output(&tree, &prefix.join("tx.out"), "tx-open\t502", Some(root), 30);
+    let tmp = prefix.join("tmp");
+    wait_for(
+        || {
+            sql.query("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT ''big''%' AND TIME >= 1")
+                == "1"
+                && unlinked_under(server, &tmp).len() >= 2
+        },
+        Duration::from_secs(30),
+        "the big query running, with temp files in tmpdir",
+    );
+    assert_eq!(sql.query("SELECT COUNT(*) FROM t2"), "500", "the open transaction is not seen");
+    let held = unlinked_under(server, &tmp);
+    let (id, took) = a.take(&tree);
+    tree.reap();
+    eprintln!("mariadb: take {took:?}, {} unlinked files in tmpdir", held.len());
+    assert!(!read(prefix.join("big.out")).contains("big\t"), "the big query was in flight");
+    let rec = record(&a.images.join(&id));
+    assert!(rec["objects"].as_array().unwrap().len() >= held.len(), "{}", rec["objects"]);
+    // the live datadir moves on: the database is gone, the temp dir holds junk
+    std::fs::remove_dir_all(data.join("appdb")).unwrap();
+    std::fs::write(tmp.join("junk"), "junk").unwrap();
+    for round in 1..=2 {
+        let took = a.restart(&id, &tree);
+        let t = Instant::now();
+        let big = wait_output(&tree, &prefix.join("big.out"), "big\t", None, 60);
+        assert_eq!(big.trim_end(), want_big, "round {round}: the big query's result");
+        eprintln!("mariadb round {round}: restart {took:?}, big query done {:?} later", t.elapsed());
+        assert_eq!(sql.state(), before, "round {round}: the checkpoint-time rows");
+        wait_output(
+            &tree,
+            &prefix.join("tx.out"),
+            "tx-committed\t502",
+            Some(nix::sys::signal::Signal::SIGUSR2),
+            30,
+        );
+        assert_eq!(sql.query("SELECT COUNT(*) FROM t2"), "502", "round {round}: committed after restart");
+        tree.kill();
+    }
+    assert!(!data.join("appdb").exists(), "the live datadir is left alone");
+    a.delete(&id);
+    eprintln!("mariadb: whole test {:?}", t0.elapsed());
+}
