@@ -173,10 +173,12 @@ impl Tree {
         Tree { pid: child.id() as i32, child: Some(child) }
     }
 
-    /// The root and all its descendants.
+    /// The root and all its descendants that are alive and in the tree's session (the root
+    /// made it: a pid freed by a dump and taken by an unrelated process is left alone).
     fn tasks(&self) -> Vec<i32> {
         let mut v = vec![self.pid];
         v.extend(descendants(self.pid));
+        v.retain(|&p| alive(p) && session(p) == Some(self.pid));
         v
     }
 
@@ -209,6 +211,12 @@ impl Tree {
     fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), sig).unwrap();
     }
+}
+
+/// The session id of a process (field 6 of /proc/PID/stat).
+fn session(pid: i32) -> Option<i32> {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    st.rsplit_once(')')?.1.split_whitespace().nth(3)?.parse().ok()
 }
 
 impl Drop for Tree {
