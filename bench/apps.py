@@ -10,7 +10,7 @@ Each measurement starts the application fresh in its own directory on MNT, exact
 integration/tests/apps.rs does (the workloads are integration/progs/*.py), brings it into its
 state (Python: TemporaryFile, deleted NamedTemporaryFile, mapped unlinked file; SQLite: WAL
 database deleted while open; nginx: an 8 MiB upload with 6 MiB in the worker's unlinked temp
-file; MariaDB: a big query in flight with sort files in tmpdir and an open transaction), then
+file; MariaDB: a big query in flight, sorting into unlinked files in tmpdir, and an open transaction), then
   * snapckpt: `snapckpt take --pid P --tree --engine criu --snapshot btrfs` and
     `snapckpt restart ID --snapshot` (private mount namespace, the clone at the mount point);
   * criu:     `criu dump -t P -D DIR --file-locks --ghost-limit 16G` (unlinked files copied into
@@ -317,8 +317,15 @@ class MariadbApp:
                  "WHERE INFO LIKE 'SELECT ''big''%' AND TIME >= 1")
             if self.sql(port, q) != "1":
                 return False
-            held = [os.readlink(f"/proc/{server}/fd/{x}") for x in os.listdir(f"/proc/{server}/fd")]
-            return sum(1 for h in held if h.startswith(f"{d}/tmp/") and h.endswith(" (deleted)")) >= 2
+            # a sort file being written: an unlinked file in tmpdir with data (InnoDB's own are empty)
+            for x in os.listdir(f"/proc/{server}/fd"):
+                try:
+                    h = os.readlink(f"/proc/{server}/fd/{x}")
+                    if h.startswith(f"{d}/tmp/") and h.endswith(" (deleted)") and os.stat(f"/proc/{server}/fd/{x}").st_size > 0:
+                        return True
+                except OSError:
+                    pass
+            return False
 
         wait("the big query in flight", running, 30, every=0.2)
         return tree, (port, want, before)
