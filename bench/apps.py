@@ -526,14 +526,18 @@ def summarize(csv_path):
           "--engine criu --snapshot btrfs` / `restart ID --snapshot`; CRIU = `criu dump -t P --file-locks "
           "--ghost-limit 16G` / `criu restore -d --file-locks`. *frozen* = snapckpt's `timings.frozen_ms` "
           "(freeze to kill, after the image is published); *CRIU frozen_time* = CRIU's own, from stats-dump. "
-          "Every restored application was checked (report, query result and rows, upload hash).")
+          "Every restored application was checked (report, query result and rows, upload hash). "
+          "*Unlinked data held*: the distinct nlink-0 files the tasks held at the take (fds and mappings; "
+          "MariaDB's sort files grow while the query runs, so it differs from run to run): plain CRIU copies "
+          "it into its image as ghost files, snapckpt's image holds none of it.")
     print()
-    print("| app | tasks | unlinked data held | snapckpt take | of which frozen | CRIU frozen_time in it | CRIU dump "
+    print("| app | tasks | unlinked data held (snapckpt / CRIU runs) | snapckpt take | of which frozen | CRIU frozen_time in it | CRIU dump "
           "| CRIU frozen_time | snapckpt image | CRIU image | snapckpt restart | CRIU restore | checked |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for a in apps:
         ok = all(r["verified"] == "yes" for r in rows if r["app"] == a)
-        print(f"| {a} | {med(a, 'snapckpt', 'tasks'):.0f} | {fbytes(med(a, 'snapckpt', 'unlinked_bytes') or 0)} "
+        print(f"| {a} | {med(a, 'snapckpt', 'tasks'):.0f} | {fbytes(med(a, 'snapckpt', 'unlinked_bytes') or 0)} / "
+              f"{fbytes(med(a, 'criu', 'unlinked_bytes') or 0)} "
               f"| {rng(a, 'snapckpt', 'take_ms')} | {rng(a, 'snapckpt', 'frozen_ms')} "
               f"| {rng(a, 'snapckpt', 'criu_frozen_ms')} | {rng(a, 'criu', 'take_ms')} "
               f"| {rng(a, 'criu', 'criu_frozen_ms')} | {fbytes(med(a, 'snapckpt', 'image_bytes') or 0)} "

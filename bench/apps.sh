@@ -48,5 +48,5 @@ trap 'rc=$?; kill_trees; (exit $rc); bench_cleanup' EXIT
 mkfs_loop btrfs 8G "$W/fs"
 CSV=$RESULTS_DIR/apps.csv
 TREES_FILE=$W/trees BIN=$BIN CRIU=$CRIU APPS="${have[*]}" /usr/bin/python3 "$BENCH_DIR/apps.py" bench "$W/fs" "$W" "$CSV"
-/usr/bin/python3 "$BENCH_DIR/apps.py" summarize "$CSV" > "$RESULTS_DIR/apps.md"
+{ echo "Measured $(machine_line)."; echo; /usr/bin/python3 "$BENCH_DIR/apps.py" summarize "$CSV"; } > "$RESULTS_DIR/apps.md"
 cat "$RESULTS_DIR/apps.md"
