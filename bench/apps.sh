@@ -43,7 +43,14 @@ kill_trees() {
   done
   return 0
 }
-trap 'rc=$?; kill_trees; (exit $rc); bench_cleanup' EXIT
+apps_cleanup() {
+  local rc=$?
+  set +e
+  kill_trees
+  (exit $rc)   # bench_cleanup exits with the status it finds
+  bench_cleanup
+}
+trap apps_cleanup EXIT
 
 mkfs_loop btrfs 8G "$W/fs"
 CSV=$RESULTS_DIR/apps.csv
