@@ -58,8 +58,9 @@ for _ in range(600):
     if r.returncode == 0:
         break
     time.sleep(0.1)
-with open(os.path.join(prefix, "server.ready"), "w") as f:
+with open(os.path.join(prefix, "server.ready.tmp"), "w") as f:
     f.write(f"pid={server.pid}\n")
+os.rename(os.path.join(prefix, "server.ready.tmp"), os.path.join(prefix, "server.ready"))
 
 todo = []
 
