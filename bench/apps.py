@@ -479,9 +479,19 @@ FIELDS = ["app", "tool", "rep", "tasks", "unlinked_bytes", "take_ms", "frozen_ms
           "image_bytes", "restore_ms", "verify_ms", "verified"]
 
 
+def why(e):
+    """The line of an error that says what went wrong (snapckpt's or CRIU's), shortened."""
+    lines = str(e).splitlines() or [""]
+    for ln in lines:
+        if "error:" in ln or ln.startswith("Error"):
+            return ln.split("stderr: ")[-1][:300]
+    return lines[0][:300]
+
+
 def bench(mnt, work, csv_path):
     apps = os.environ.get("APPS", "python sqlite nginx mariadb").split()
     reps = int(os.environ.get("REPS", "3"))
+    failed = []
     try:
         with open(csv_path, "w", newline="") as f:
             w = csv.DictWriter(f, FIELDS)
@@ -489,14 +499,28 @@ def bench(mnt, work, csv_path):
             for name in apps:
                 for rep in range(1, reps + 1):
                     for tool in ("snapckpt", "criu"):
-                        measure(APPS[name], tool, rep, mnt, work, w)
+                        try:
+                            measure(APPS[name], tool, rep, mnt, work, w)
+                        except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+                            log(f"ERROR {name} {tool} #{rep}: {e}")
+                            failed.append(f"{name} {tool} #{rep}")
+                            w.writerow({"app": name, "tool": tool, "rep": rep,
+                                        "verified": "FAILED: " + why(e)})
+                            for t in list(TREES):
+                                t.kill()
+                                TREES.remove(t)
                         f.flush()
     finally:
         for t in list(TREES):
             t.kill()
+    if failed:
+        log("FAILED: " + ", ".join(failed))
+        sys.exit(1)
 
 
 def fbytes(v):
+    if v is None:
+        return "-"
     for unit, n in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if v >= n:
             return f"{v / n:.1f} {unit}"
@@ -507,11 +531,11 @@ def summarize(csv_path):
     rows = list(csv.DictReader(open(csv_path)))
 
     def med(app, tool, key):
-        v = [float(r[key]) for r in rows if r["app"] == app and r["tool"] == tool and r[key] not in ("", "None")]
+        v = [float(r[key]) for r in rows if r["app"] == app and r["tool"] == tool and r[key] not in ("", "None", None)]
         return statistics.median(v) if v else None
 
     def rng(app, tool, key):
-        v = [float(r[key]) for r in rows if r["app"] == app and r["tool"] == tool and r[key] not in ("", "None")]
+        v = [float(r[key]) for r in rows if r["app"] == app and r["tool"] == tool and r[key] not in ("", "None", None)]
         if not v:
             return "-"
         m = f"{statistics.median(v):,.0f}" if statistics.median(v) >= 100 else f"{statistics.median(v):.1f}"
@@ -535,14 +559,16 @@ def summarize(csv_path):
           "| CRIU frozen_time | snapckpt image | CRIU image | snapckpt restart | CRIU restore | checked |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for a in apps:
-        ok = all(r["verified"] == "yes" for r in rows if r["app"] == a)
-        print(f"| {a} | {med(a, 'snapckpt', 'tasks'):.0f} | {fbytes(med(a, 'snapckpt', 'unlinked_bytes') or 0)} / "
-              f"{fbytes(med(a, 'criu', 'unlinked_bytes') or 0)} "
+        bad = [f"{r['tool']} #{r['rep']} {r['verified']}" for r in rows if r["app"] == a and r["verified"] != "yes"]
+        ok = not bad
+        tasks = med(a, "snapckpt", "tasks") or med(a, "criu", "tasks")
+        print(f"| {a} | {'-' if tasks is None else f'{tasks:.0f}'} | {fbytes(med(a, 'snapckpt', 'unlinked_bytes'))} / "
+              f"{fbytes(med(a, 'criu', 'unlinked_bytes'))} "
               f"| {rng(a, 'snapckpt', 'take_ms')} | {rng(a, 'snapckpt', 'frozen_ms')} "
               f"| {rng(a, 'snapckpt', 'criu_frozen_ms')} | {rng(a, 'criu', 'take_ms')} "
-              f"| {rng(a, 'criu', 'criu_frozen_ms')} | {fbytes(med(a, 'snapckpt', 'image_bytes') or 0)} "
-              f"| {fbytes(med(a, 'criu', 'image_bytes') or 0)} | {rng(a, 'snapckpt', 'restore_ms')} "
-              f"| {rng(a, 'criu', 'restore_ms')} | {'yes' if ok else 'NO'} |")
+              f"| {rng(a, 'criu', 'criu_frozen_ms')} | {fbytes(med(a, 'snapckpt', 'image_bytes'))} "
+              f"| {fbytes(med(a, 'criu', 'image_bytes'))} | {rng(a, 'snapckpt', 'restore_ms')} "
+              f"| {rng(a, 'criu', 'restore_ms')} | {'yes' if ok else 'NO: ' + '; '.join(bad).replace('|', '/')} |")
     print()
     print("Ratios CRIU / snapckpt of the medians: take " + ", ".join(
         f"{a} {ratio(med(a, 'criu', 'take_ms'), med(a, 'snapckpt', 'take_ms'))}" for a in apps)

@@ -54,6 +54,9 @@ trap apps_cleanup EXIT
 
 mkfs_loop btrfs 8G "$W/fs"
 CSV=$RESULTS_DIR/apps.csv
-TREES_FILE=$W/trees BIN=$BIN CRIU=$CRIU APPS="${have[*]}" /usr/bin/python3 "$BENCH_DIR/apps.py" bench "$W/fs" "$W" "$CSV"
+# a failed measurement is logged, recorded in the CSV and the table, and makes the exit status 1
+status=0
+TREES_FILE=$W/trees BIN=$BIN CRIU=$CRIU APPS="${have[*]}" /usr/bin/python3 "$BENCH_DIR/apps.py" bench "$W/fs" "$W" "$CSV" || status=$?
 { echo "Measured $(machine_line)."; echo; /usr/bin/python3 "$BENCH_DIR/apps.py" summarize "$CSV"; } > "$RESULTS_DIR/apps.md"
 cat "$RESULTS_DIR/apps.md"
+exit $status
