@@ -1,7 +1,7 @@
 """nginx_upload: the root of a process tree holding an nginx (master and one worker) with an
 upload in progress, for the application tests (integration/tests/apps.rs).
 
-    python3 nginx_upload.py PREFIX PORT
+    python3 nginx_upload.py PREFIX PORT [noclient]
 
 Writes PREFIX/nginx.conf and starts `nginx -p PREFIX -c nginx.conf` (daemon off) as its child:
   * front server on 127.0.0.1:PORT and unix:PREFIX/front.sock: /upload/NAME is proxied (the
@@ -13,7 +13,8 @@ front.sock, both ends in the checkpointed tree): `PUT /upload/big.bin` with a bo
 BODY_LEN bytes, of which it sends SENT_FIRST, then writes PREFIX/client.state
 ("pid=P sent=N total=T sha256=H": H the whole body's hash) and waits. On SIGUSR1 it sends the
 rest, reads the response and writes PREFIX/client.result (the status line and the response
-body's SHA-256), and exits. The root reaps its children and stays; nginx's output goes where the
+body's SHA-256), and exits. With "noclient" there is no client in the tree (the test uploads
+over TCP itself, for a checkpoint with --tcp-established). The root reaps its children and stays; nginx's output goes where the
 root's goes (the test gives /dev/null), its logs to PREFIX/logs.
 """
 
@@ -26,6 +27,7 @@ import sys
 import time
 
 prefix, port = sys.argv[1], int(sys.argv[2])
+with_client = sys.argv[3:] != ["noclient"]
 BODY_LEN = 8 << 20
 SENT_FIRST = 6 << 20
 
@@ -127,7 +129,7 @@ def client():
     os._exit(0)
 
 
-if os.fork() == 0:
+if with_client and os.fork() == 0:
     try:
         client()
     finally:

@@ -687,3 +687,98 @@ fn mariadb_query_and_transaction_in_flight() {
     a.delete(&id);
     eprintln!("mariadb: whole test {:?}", t0.elapsed());
 }
+
+/// nginx with an upload in progress from a client *outside* the tree, over TCP: checkpointed
+/// with `--tcp-established` (CRIU dumps the worker's established connection, the network is
+/// locked with nftables meanwhile), killed, restarted once (a connection can be restored once:
+/// afterwards its peer has moved on): the test's client, whose socket stayed open all along,
+/// sends the rest of the body on the same connection and gets `201 Created`, and the stored
+/// upload has the whole body's hash.
+#[test]
+#[ignore = "snapckpt bug: take dumps with leave_running even with --tcp-established, so CRIU unlocks the network and turns TCP repair off at the end of the dump; the kill after publishing then closes the connection (FIN to the client, which sees EOF after the restart)"]
+fn nginx_upload_tcp_client_outside_tree() {
+    use std::io::{Read, Write};
+    if !have("/usr/sbin/nginx", "apps::nginx_upload_tcp_client_outside_tree")
+        || !have(PYTHON, "apps::nginx_upload_tcp_client_outside_tree")
+    {
+        return;
+    }
+    let _g = serial();
+    let a = AppFs::new("nginx-tcp", "1G");
+    let prefix = a.dir("nginx");
+    let port = free_port();
+    let mut tree = Tree::spawn(
+        &[
+            PYTHON,
+            script("nginx_upload.py").to_str().unwrap(),
+            prefix.to_str().unwrap(),
+            &port.to_string(),
+            "noclient",
+        ],
+        &[],
+    );
+    wait_for(|| prefix.join("front.sock").exists(), Duration::from_secs(30), "nginx listening");
+    let body: Vec<u8> = (0..8u32 << 20).map(|k| (k.wrapping_mul(13).wrapping_add(5) % 251) as u8).collect();
+    let sent = 6usize << 20;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut c = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+    c.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        c,
+        "PUT /upload/big.bin HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    c.write_all(&body[..sent]).unwrap();
+    wait_for(
+        || nginx_body_temps(&tree.tasks()).iter().any(|(_, n)| *n + (16 << 10) >= sent as u64),
+        Duration::from_secs(30),
+        "nginx client-body temp file",
+    );
+    let tasks = tree.tasks();
+    let pid = tree.pid.to_string();
+    let out = a.snapckpt_ok(
+        &[
+            "take",
+            "--pid",
+            &pid,
+            "--tree",
+            "--engine",
+            "criu",
+            "--snapshot",
+            "btrfs",
+            "--tcp-established",
+            "--image-root",
+            a.ir(),
+        ],
+        120,
+    );
+    let id = take_id(&out);
+    for p in tasks {
+        wait_gone(p);
+    }
+    tree.reap();
+    a.restart(&id, &tree);
+    let ss = sh(&format!("ss -tnoi state all '( sport = :{port} or dport = :{port} )' || true"));
+    let sent_rest = c.write_all(&body[sent..]);
+    let mut resp = vec![];
+    let read = c.read_to_end(&mut resp);
+    let head = String::from_utf8_lossy(&resp[..resp.len().min(200)]).into_owned();
+    let errlog = std::fs::read_to_string(tree.view(&prefix.join("logs/error.log"))).unwrap_or_default();
+    assert!(
+        head.starts_with("HTTP/1.1 201 "),
+        "after the restart: write {sent_rest:?}, read {read:?}: {head:?}\nsockets after the restart:\n{ss}\nnginx error.log (tail):\n{}\nCRIU: {}",
+        errlog.lines().rev().take(15).collect::<Vec<_>>().join("\n"),
+        sh(&format!(
+            "find '{}' -name '*.log' | xargs -r grep -H -i -E 'nft|network|lock|tcp|repair|Error' | grep -v -E 'RLIMIT|file lock|flock|posix' | tail -n 60",
+            a.images.display()
+        ))
+    );
+    let (status, stored) = http_get(port, "/files/big.bin");
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(stored.len(), body.len());
+    assert_eq!(sha256(&stored), sha256(&body), "the upload is the whole body");
+    tree.kill();
+    a.delete(&id);
+}
