@@ -9,11 +9,14 @@
 //! program is missing says so and passes without running. Servers listen on 127.0.0.1 only, on
 //! a port picked free, with their own configs and data on the loop btrfs.
 //!
-//! Clients: CRIU restores an established TCP connection only with `--tcp-established`, which
-//! snapckpt does not offer yet, and a unix-socket peer outside the dumped tree blocks the dump.
-//! So a client whose connection is in flight at checkpoint time is a process *inside* the
-//! checkpointed tree (the tree's root is a small wrapper that starts the server and the client
-//! as its children); the test's own clients connect only after the restart.
+//! Clients: CRIU restores an established TCP connection only with `--tcp-established`, and then
+//! only once (the peer moves on), and a unix-socket peer outside the dumped tree blocks the
+//! dump. So in the restart-twice tests a client whose connection is in flight at checkpoint time
+//! is a process *inside* the checkpointed tree, on the server's unix socket (the tree's root is a
+//! small wrapper that starts the server and the client as its children); the test's own clients
+//! use TCP on 127.0.0.1 and are closed before the take or connect after the restart.
+//! `nginx_upload_tcp_client_outside_tree` is the other case: the test's own TCP connection in
+//! flight, `take --tcp-established`, one restart.
 
 use crate::common::*;
 use std::os::unix::process::CommandExt;
