@@ -6,6 +6,7 @@
 //! All areas share one process: tests that use loop devices, mounts or other global state
 //! take `common::serial()`, one lock for the whole binary.
 
+mod apps;
 mod common;
 mod core;
 mod criu_btrfs;
