@@ -275,7 +275,6 @@ fn without_tmpfile_flag(report: &str) -> String {
 /// after each restart it reports the same paths, flags, offsets, link counts, sizes, modes and
 /// content hashes as at checkpoint time, although the live journal was overwritten.
 #[test]
-#[ignore = "snapckpt bug: take's restartable check (src/take/verify.rs restore_flags) reopens an O_TMPFILE fd's preserved file with O_DIRECTORY (it strips __O_TMPFILE only): ENOTDIR, the take is refused"]
 fn python_tempfiles() {
     if !have(PYTHON, "apps::python_tempfiles") {
         return;
@@ -593,7 +592,6 @@ fn wait_output(
 /// uncommitted rows invisible to others), and the open transaction commits; the live datadir
 /// meanwhile lost the database.
 #[test]
-#[ignore = "snapckpt bug: take's restartable check (src/take/verify.rs restore_flags) reopens an O_TMPFILE fd's preserved file with O_DIRECTORY (it strips __O_TMPFILE only): ENOTDIR, the take is refused"]
 fn mariadb_query_and_transaction_in_flight() {
     for p in ["/usr/sbin/mariadbd", "/usr/bin/mariadb", "/usr/bin/mariadb-install-db", PYTHON] {
         if !have(p, "apps::mariadb_query_and_transaction_in_flight") {
@@ -698,7 +696,6 @@ fn mariadb_query_and_transaction_in_flight() {
 /// sends the rest of the body on the same connection and gets `201 Created`, and the stored
 /// upload has the whole body's hash.
 #[test]
-#[ignore = "snapckpt bug: take dumps with leave_running even with --tcp-established, so CRIU unlocks the network and turns TCP repair off at the end of the dump; the kill after publishing then closes the connection (FIN to the client, which sees EOF after the restart)"]
 fn nginx_upload_tcp_client_outside_tree() {
     use std::io::{Read, Write};
     if !have("/usr/sbin/nginx", "apps::nginx_upload_tcp_client_outside_tree")
