@@ -30,6 +30,7 @@ pub enum CleanupError {
 /// Delete a checkpoint: its snapshots (refused while a restart clone is mounted, unless
 /// `force`), its relinked names still on the live filesystems, then its image directory.
 pub fn delete(image_dir: &Path, force: bool) -> Result<Checkpoint, CleanupError> {
+    image::trusted_root(image_dir.parent().unwrap_or(Path::new(".")), false)?;
     let ck = image::load(image_dir)?;
     // Refuse before touching anything if a clone is in use.
     if !force {
@@ -121,6 +122,7 @@ pub fn gc(
     snapshot_dirs: &[String],
     dry_run: bool,
 ) -> Result<GcReport, CleanupError> {
+    image::trusted_root(image_root, false)?;
     let mut rep = GcReport::default();
     let mut dirs: Vec<Option<String>> = vec![None];
     dirs.extend(snapshot_dirs.iter().cloned().map(Some));

@@ -31,6 +31,9 @@ pub enum CriuError {
     NoLog { op: &'static str, msg: String, criu: PathBuf, version: String },
     #[error("run {path}: {source}")]
     Spawn { path: PathBuf, source: std::io::Error },
+    /// CRIU did not answer in time; it was stopped.
+    #[error("criu {op} did not finish within {} s: CRIU was stopped (it hung, or the work is larger than the timeout allows; raise --{op}-timeout then)", timeout.as_secs())]
+    Timeout { op: &'static str, timeout: std::time::Duration },
     #[error("{syscall} {path}: {source}")]
     Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
 }
@@ -116,6 +119,8 @@ pub struct DumpRequest {
     pub flags: crate::engine::CriuFlags,
     /// Let CRIU copy unlinked files up to this size into its image (those snapckpt leaves to it).
     pub ghost_limit: Option<u32>,
+    /// Stop CRIU if the dump takes longer.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// The file name of CRIU's log inside the image directory.
@@ -140,6 +145,60 @@ fn notify(script: &str, _n: &Criu_notify, _fd: Option<RawFd>) -> i32 {
         },
         _ => 0,
     })
+}
+
+/// The `criu swrk` processes snapckpt started (its children that are CRIU or run `swrk`).
+fn swrk_children() -> Vec<i32> {
+    let mut v = crate::tasks::Frozen::criu_children();
+    let me = std::process::id();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let parent = crate::procfs::ProcStat::parse(&stat).map(|s| s.ppid);
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if parent == Some(me as i32) && cmd.split(|&b| b == 0).any(|a| a == b"swrk") && !v.contains(&pid)
+            {
+                v.push(pid);
+            }
+        }
+    }
+    v
+}
+
+/// Run `rpc`; if it has not returned within `timeout`, stop CRIU (SIGTERM, then SIGKILL) so
+/// that it returns, and report the timeout.
+fn with_deadline<T>(
+    op: &'static str,
+    timeout: Option<std::time::Duration>,
+    rpc: impl FnOnce() -> Result<T, CriuError>,
+) -> Result<T, CriuError> {
+    use nix::sys::signal::{kill, Signal};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(t) = timeout else { return rpc() };
+    let fired = std::sync::Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let f = fired.clone();
+    let watcher = std::thread::spawn(move || {
+        if rx.recv_timeout(t) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+            f.store(true, Ordering::SeqCst);
+            for sig in [Signal::SIGTERM, Signal::SIGKILL] {
+                for pid in swrk_children() {
+                    let _ = kill(nix::unistd::Pid::from_raw(pid), sig);
+                }
+                if rx.recv_timeout(std::time::Duration::from_secs(2)).is_ok() {
+                    break;
+                }
+            }
+        }
+    });
+    let r = rpc();
+    drop(tx);
+    let _ = watcher.join();
+    if fired.load(Ordering::SeqCst) {
+        return Err(CriuError::Timeout { op, timeout: t });
+    }
+    r
 }
 
 /// Run `rpc` with `hook` answering CRIU's `script` notification; if it fails, CRIU aborts.
@@ -197,9 +256,10 @@ pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>
     }
     c.set_notify_scripts(true);
     c.set_notify_cb(notify);
-    with_hook("post-dump", post_dump, || c.dump())
-        .map_err(|e| failed("dump", e, &req.criu, &req.image_dir, DUMP_LOG))?;
-    Ok(())
+    with_deadline("dump", req.timeout, || {
+        with_hook("post-dump", post_dump, || c.dump())
+            .map_err(|e| failed("dump", e, &req.criu, &req.image_dir, DUMP_LOG))
+    })
 }
 
 /// A restore request.
@@ -211,6 +271,8 @@ pub struct RestoreRequest {
     /// Where CRIU writes its log (the image directory may be read-only or shared).
     pub work_dir: PathBuf,
     pub flags: crate::engine::CriuFlags,
+    /// Stop CRIU if the restore takes longer.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Restore a process tree; the tasks get their old pids and run detached from snapckpt.
@@ -246,8 +308,10 @@ pub fn restore(
     c.set_manage_cgroups(false);
     c.set_notify_scripts(true);
     c.set_notify_cb(notify);
-    with_hook("post-restore", post_restore, || c.restore())
-        .map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))
+    with_deadline("restore", req.timeout, || {
+        with_hook("post-restore", post_restore, || c.restore())
+            .map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))
+    })
 }
 
 fn failed(op: &'static str, e: rust_criu::CriuError, criu: &Path, dir: &Path, log: &str) -> CriuError {
@@ -316,6 +380,7 @@ mod tests {
             leave_running: true,
             flags: Default::default(),
             ghost_limit: None,
+            timeout: None,
         };
         let e = dump(&req, &mut || Ok(())).unwrap_err();
         let s = e.to_string();
@@ -335,6 +400,7 @@ mod tests {
             image_dir: dir.clone(),
             work_dir: dir.clone(),
             flags: Default::default(),
+            timeout: None,
         };
         let e = restore(&req, &mut || Ok(())).unwrap_err();
         let s = e.to_string();

@@ -24,4 +24,6 @@ pub struct CriuFlags {
     /// Dump and restore established TCP connections (CRIU's `--tcp-established`; the network
     /// is locked with nftables meanwhile).
     pub tcp_established: bool,
+    /// Stop CRIU when a dump takes longer (the tasks are thawed and go on).
+    pub dump_timeout: Option<std::time::Duration>,
 }

@@ -30,6 +30,47 @@ pub enum ImageError {
     Record(#[from] RecordError),
     #[error("no checkpoint {0:?} in {1}")]
     NotFound(String, PathBuf),
+    #[error("image root {}: {why}. An image root must be a directory owned by root that no one else can write to (chown root DIR; chmod 0700 DIR), below directories only root can change: a user who can write there could steer what root writes, mounts and unlinks", path.display())]
+    Untrusted { path: PathBuf, why: String },
+}
+
+/// The image root is a boundary like `lost+found/checkpoint`: only root may be able to change
+/// what is in it or where it leads. Every directory on the way must be root's and not
+/// writable by others (a sticky one like /tmp is accepted), no symlinks; the root itself
+/// root-owned and writable by root only. With `create`, a missing root is made (0700).
+pub fn trusted_root(root: &Path, create: bool) -> Result<(), ImageError> {
+    let abs = if root.is_absolute() {
+        root.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(io(root, "getcwd"))?.join(root)
+    };
+    let untrusted = |why: String| ImageError::Untrusted { path: abs.clone(), why };
+    let parent = abs.parent().unwrap_or(Path::new("/"));
+    sys::trusted_dirs(parent, create).map_err(untrusted)?;
+    let md = match std::fs::symlink_metadata(&abs) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            use std::os::unix::fs::DirBuilderExt;
+            match std::fs::DirBuilder::new().mode(0o700).create(&abs) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(&abs, "mkdir")(e)),
+                _ => {}
+            }
+            std::fs::symlink_metadata(&abs).map_err(io(&abs, "lstat"))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(&abs, "lstat")(e)),
+        Ok(md) => md,
+    };
+    use std::os::unix::fs::MetadataExt;
+    if md.file_type().is_symlink() {
+        return Err(untrusted("it is a symbolic link".into()));
+    }
+    if !md.is_dir() {
+        return Err(untrusted("it is not a directory".into()));
+    }
+    if md.uid() != 0 || md.mode() & 0o022 != 0 {
+        return Err(untrusted(format!("it is owned by uid {} with mode {:o}", md.uid(), md.mode() & 0o7777)));
+    }
+    Ok(())
 }
 
 fn io<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(std::io::Error) -> ImageError + 'a {
@@ -103,7 +144,7 @@ pub struct ImageDir {
 impl ImageDir {
     /// Create and lock `<root>/.<id>.partial` (and the root if missing).
     pub fn create(root: &Path, id: &str) -> Result<ImageDir, ImageError> {
-        std::fs::create_dir_all(root).map_err(io(root, "mkdir"))?;
+        trusted_root(root, true)?;
         let dir = root.join(State::Partial.name(id));
         std::fs::create_dir(&dir).map_err(io(&dir, "mkdir"))?;
         let lockp = dir.join(".lock");

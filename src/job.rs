@@ -143,6 +143,8 @@ pub struct Criu {
     /// Dump established TCP connections (CRIU `--tcp-established`).
     #[serde(default)]
     pub tcp_established: bool,
+    /// Stop CRIU if a dump takes longer (seconds).
+    pub dump_timeout_s: Option<u64>,
 }
 
 impl Criu {

@@ -2178,6 +2178,7 @@ fn seeds_in(dir: &Path) -> Vec<Vec<u8>> {
     let mut v: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
+        .filter(|e| e.path().is_file())
         .map(|e| (e.path(), std::fs::read(e.path()).unwrap()))
         .collect();
     v.sort();

@@ -96,6 +96,10 @@ pub struct TakeArgs {
     /// --tcp-established; the network is locked with nftables meanwhile).
     #[arg(long)]
     pub tcp_established: bool,
+    /// With CRIU: stop CRIU if the dump takes longer than SECS (the tasks are thawed and go
+    /// on; default: the job's [criu] dump_timeout_s, else 600).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub dump_timeout: Option<u64>,
     /// Refuse the take when a filesystem the tasks use cannot be snapshotted with the
     /// --snapshot backend (default: keep its relinked names and say so).
     #[arg(long)]
@@ -127,6 +131,9 @@ pub struct RestartArgs {
     /// restored tasks (the default for CRIU checkpoints and --exec).
     #[arg(long, requires = "snapshot", conflicts_with = "mount_root")]
     pub host_mounts: bool,
+    /// Stop CRIU if the restore takes longer than SECS (nothing is left restored; default 600).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub restore_timeout: Option<u64>,
     /// Where to look for the checkpoint id (default: env SNAPCKPT_IMAGE_ROOT,
     /// /var/lib/snapckpt/images).
     #[arg(long)]

@@ -30,6 +30,8 @@ use std::time::Duration;
 
 /// The freeze timeout of a take when neither `--freeze-timeout` nor the job's
 /// `[freeze] timeout_ms` gives one.
+/// How long a CRIU dump or restore may take before CRIU is stopped, in seconds.
+pub const DEFAULT_CRIU_TIMEOUT_S: u64 = 600;
 pub const DEFAULT_FREEZE_TIMEOUT_MS: u64 = 10_000;
 /// How long `scan --freeze` waits for the tasks to freeze.
 pub const SCAN_FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -259,6 +261,9 @@ fn take_engine(a: &TakeArgs, j: Option<&Job>, env: &Env) -> Result<take::EngineO
     let flags = crate::engine::CriuFlags {
         shell_job: a.shell_job || j.is_some_and(|j| j.criu.shell_job),
         tcp_established: a.tcp_established || j.is_some_and(|j| j.criu.tcp_established),
+        dump_timeout: Some(Duration::from_secs(
+            a.dump_timeout.or(j.and_then(|j| j.criu.dump_timeout_s)).unwrap_or(DEFAULT_CRIU_TIMEOUT_S),
+        )),
     };
     Ok(take::EngineOpts::Criu { path, after, flags })
 }
@@ -281,6 +286,7 @@ pub fn restart_options(a: RestartArgs, env: &Env) -> Result<RestartConfig, Confi
     let options = restart::RestartOptions {
         snapshot,
         mounts: if a.host_mounts { restart::Mounts::Host } else { restart::Mounts::Private },
+        restore_timeout: Some(Duration::from_secs(a.restore_timeout.unwrap_or(DEFAULT_CRIU_TIMEOUT_S))),
         mount_root: a.mount_root,
         exec: a.exec,
         exec_task: a.exec_task,

@@ -70,6 +70,8 @@ pub struct RestartOptions {
     pub exec_task: Option<i32>,
     /// CRIU binary (for checkpoints with a process image).
     pub criu: Option<PathBuf>,
+    /// Stop CRIU if the restore takes longer.
+    pub restore_timeout: Option<std::time::Duration>,
 }
 
 /// What a restart did.
@@ -89,6 +91,7 @@ pub struct Restarted {
 
 /// Restart the checkpoint in `image_dir`.
 pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, RestartError> {
+    image::trusted_root(image_dir.parent().unwrap_or(Path::new(".")), false)?;
     let ck = image::load(image_dir)?;
     check(&ck, opts)?;
     let mut out = Restarted::default();
@@ -224,6 +227,9 @@ fn mount_snapshots(
         };
         sys::trusted_dirs(&target, opts.mount_root.is_some())
             .map_err(|why| RestartError::Refused(format!("restart target {}: {why}", target.display())))?;
+        if opts.mount_root.is_none() {
+            snapshot::verify_origin(s)?;
+        }
         let m = snapshot::mount_clone(s, &target)?;
         // The device of the clone: every preserved file must be opened on it.
         let dev = sys::stat(&m.target)
@@ -250,19 +256,30 @@ fn restore(
         opened.iter().map(|o| (o.obj.criu_key.clone(), o.opened_as.clone())).collect();
     let work = RestoreImage::make(ck, image_dir, &paths)?;
     let pids: Vec<i32> = ck.tasks.iter().map(|t| t.pid).collect();
-    // Restored stopped (taken with SIGSTOP): continued below, or by this watchdog if
-    // snapckpt dies before.
-    let _guard =
-        if ck.freezer == Freezer::Sigstop { Some(crate::tasks::ContinueGuard::arm(&pids)?) } else { None };
+    // Restored stopped (taken with SIGSTOP): continued below, or, if snapckpt dies before,
+    // by a watchdog armed at post-restore, when every restored task exists (earlier, CRIU may
+    // not have created them yet; later, they may be left stopped).
+    let mut guard = None;
     let flags = match ck.engine {
         Engine::Criu { shell_job, tcp_established, .. } => {
-            crate::engine::CriuFlags { shell_job, tcp_established }
+            crate::engine::CriuFlags { shell_job, tcp_established, dump_timeout: None }
         }
         Engine::None => Default::default(),
     };
-    let req =
-        criu::RestoreRequest { criu, image_dir: work.dir.clone(), work_dir: image_dir.to_path_buf(), flags };
-    criu::restore(&req, &mut || release_all(opened))?;
+    let req = criu::RestoreRequest {
+        criu,
+        image_dir: work.dir.clone(),
+        work_dir: image_dir.to_path_buf(),
+        flags,
+        timeout: opts.restore_timeout,
+    };
+    let sigstop = ck.freezer == Freezer::Sigstop;
+    criu::restore(&req, &mut || {
+        if sigstop {
+            guard = Some(crate::tasks::ContinueGuard::arm(&pids).map_err(|e| e.to_string())?);
+        }
+        release_all(opened)
+    })?;
     drop(work);
     out.pids = pids;
     hooks::point("restart-restored");
@@ -273,6 +290,7 @@ fn restore(
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGCONT);
         }
     }
+    drop(guard);
     Ok(())
 }
 

@@ -702,6 +702,40 @@ fn mount_device(device: &str, target: &Path, options: &str) -> Result<(), Snapsh
     }
 }
 
+/// A record steers nothing it cannot prove: before a clone is mounted over the recorded
+/// mount point, the filesystem mounted there must be the snapshot's origin (the subvolume
+/// whose UUID the snapshot carries as its parent UUID, which the kernel set). A mount point
+/// where the origin is not mounted is accepted only as an empty directory (a mount there hides
+/// nothing). An edited record that names `/etc` or `/` is refused here.
+pub fn verify_origin(s: &Snapshot) -> Result<(), SnapshotError> {
+    let rec = Rec::from(s)?;
+    let mp = PathBuf::from(s.mount_point());
+    let Some(snap) = locate(&rec)?.and_then(|l| l.snapshot) else { return Ok(()) }; // gone: said later
+    let parent = libbtrfsutil::subvolume_info(&snap).map_err(bt_err(&snap, "subvolume info"))?.parent_uuid();
+    let mounted_root = sys::open(&mp, libc::O_PATH | libc::O_DIRECTORY, 0)
+        .ok()
+        .is_some_and(|fd| sys::is_mount_root(fd.as_raw_fd()).unwrap_or(false));
+    if mounted_root {
+        if let Ok(info) = libbtrfsutil::subvolume_info(&mp) {
+            if parent.is_some_and(|p| same_uuid(&p.to_string(), &info.uuid().to_string())) {
+                return Ok(());
+            }
+        }
+        return Err(SnapshotError::Mismatch {
+            path: mp,
+            why: "the filesystem mounted here is not the origin of the checkpoint's snapshot (the record may have been changed); refusing to mount a clone over it (restart with --mount-root DIR to restore elsewhere)".into(),
+        });
+    }
+    let empty = std::fs::read_dir(&mp).map(|mut d| d.next().is_none()).unwrap_or(false);
+    if !empty {
+        return Err(SnapshotError::Mismatch {
+            path: mp,
+            why: "the snapshot's origin is not mounted here and the directory is not empty: refusing to mount a clone over it (mount the origin there, or restart with --mount-root DIR)".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Make `<id>/restart-<N>` (N the next free number, from 1), a writable snapshot of the
 /// read-only one, and mount it from the device at `target` (an existing directory).
 ///

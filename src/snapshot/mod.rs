@@ -173,6 +173,16 @@ pub fn mount_clone(s: &record::Snapshot, target: &Path) -> Result<MountedClone, 
     }
 }
 
+/// Check that the filesystem at a snapshot's recorded mount point is its origin before a
+/// clone is mounted over it (see [`btrfs::verify_origin`]); LVM checks its origin LV when it
+/// mounts.
+pub fn verify_origin(s: &record::Snapshot) -> Result<(), SnapshotError> {
+    match s {
+        record::Snapshot::Btrfs { .. } => btrfs::verify_origin(s),
+        record::Snapshot::Lvm { .. } => Ok(()),
+    }
+}
+
 /// Unmount a clone made by [`mount_clone`] and, if `remove`, delete it.
 pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError> {
     match &m.detail {

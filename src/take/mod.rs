@@ -376,6 +376,7 @@ impl Tx<'_> {
         let req = criu::DumpRequest {
             flags,
             ghost_limit,
+            timeout: flags.dump_timeout,
             criu: criu.to_path_buf(),
             pid: criu_root(pids)?,
             image_dir: self.image.path().to_path_buf(),
