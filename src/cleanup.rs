@@ -32,7 +32,11 @@ pub enum CleanupError {
 pub fn delete(image_dir: &Path, force: bool) -> Result<Checkpoint, CleanupError> {
     image::trusted_root(image_dir.parent().unwrap_or(Path::new(".")), false)?;
     let ck = image::load(image_dir)?;
-    // Refuse before touching anything if a clone is in use.
+    // Refuse before touching anything if a clone is in use: by restored tasks in their own
+    // mount namespace (always), or mounted here (unless `force`).
+    for s in &ck.snapshots {
+        snapshot::in_use_elsewhere(s)?;
+    }
     if !force {
         for s in &ck.snapshots {
             let m = snapshot::mounted_clones(s)?;
@@ -93,6 +97,9 @@ pub struct GcReport {
     /// image root (perhaps another image root's checkpoints): how many names and snapshots.
     /// Left alone unless the scope names them.
     pub unclaimed: BTreeMap<String, usize>,
+    /// Restart clones of live checkpoints that no mount namespace has mounted any more (the
+    /// restart ended, or was killed): removed.
+    pub idle_clones: Vec<PathBuf>,
     pub removed: bool,
 }
 
@@ -176,8 +183,23 @@ fn image_root_traces(
     rep: &mut GcReport,
 ) -> Result<Traces, CleanupError> {
     let mut t = Traces { live: HashSet::new(), failed: HashSet::new() };
-    for (_, r) in image::list(image_root)? {
-        let Ok(ck) = r else { continue };
+    for (p, r) in image::list(image_root)? {
+        let ck = match r {
+            Ok(ck) => ck,
+            Err(_) => {
+                // A record that cannot be read still names a checkpoint: never collected
+                // as if it had no image (`delete --force` or `gc --id` removes it).
+                if let Some(id) =
+                    p.file_name().and_then(|n| n.to_str()).filter(|n| record::names::valid_id(n))
+                {
+                    t.live.insert(id.to_string());
+                }
+                continue;
+            }
+        };
+        for s in &ck.snapshots {
+            rep.idle_clones.extend(snapshot::idle_clones(s).unwrap_or_default());
+        }
         for s in &ck.snapshots {
             if let record::Snapshot::Btrfs { mount_point, path, .. } = s {
                 // <mount>/<dir>/<id>/snapshot
@@ -205,8 +227,11 @@ fn image_root_traces(
     Ok(t)
 }
 
-/// Remove what a gc survey found: names, snapshots, then the image root's traces.
+/// Remove what a gc survey found: idle clones, names, snapshots, then the image root's traces.
 fn remove_found(rep: &GcReport) -> Result<(), CleanupError> {
+    for c in &rep.idle_clones {
+        snapshot::btrfs::delete_clone(c)?;
+    }
     for names in rep.stale.values() {
         for (m, name) in names {
             let d = relink::open_checkpoint_dir(m, None, false)?;

@@ -147,23 +147,16 @@ fn notify(script: &str, _n: &Criu_notify, _fd: Option<RawFd>) -> i32 {
     })
 }
 
-/// The `criu swrk` processes snapckpt started (its children that are CRIU or run `swrk`).
+/// The processes snapckpt started for CRIU: its children that are not snapckpt itself (the
+/// thaw watchdog is; `criu swrk`, or whatever it has exec'd into, is not).
 fn swrk_children() -> Vec<i32> {
-    let mut v = crate::tasks::Frozen::criu_children();
-    let me = std::process::id();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let parent = crate::procfs::ProcStat::parse(&stat).map(|s| s.ppid);
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            if parent == Some(me as i32) && cmd.split(|&b| b == 0).any(|a| a == b"swrk") && !v.contains(&pid)
-            {
-                v.push(pid);
-            }
-        }
-    }
-    v
+    let me = std::process::id() as i32;
+    let my_exe = std::fs::read_link("/proc/self/exe").ok();
+    crate::tasks::children(me)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok() != my_exe)
+        .collect()
 }
 
 /// Run `rpc`; if it has not returned within `timeout`, stop CRIU (SIGTERM, then SIGKILL) so

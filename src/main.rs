@@ -294,6 +294,9 @@ fn cmd_gc(a: GcArgs, env: &Env) -> Res {
     for (id, s) in &rep.stale_snapshots {
         println!("{verb} snapshot {} (checkpoint {id})", s.describe());
     }
+    for c in &rep.idle_clones {
+        println!("{verb} restart clone {} (mounted nowhere: its restart ended)", c.display());
+    }
     for (m, n) in &rep.unknown {
         println!("left alone {}/{ckdir}/{n}: not made by template {}", m.display(), o.template.as_str());
     }

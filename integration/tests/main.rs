@@ -15,3 +15,4 @@ mod fidelity;
 mod freeze;
 mod operators;
 mod snapshot_btrfs;
+mod trust;

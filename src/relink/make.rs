@@ -179,24 +179,26 @@ impl Relinker {
         let (doomed, kept): (Vec<_>, Vec<_>) =
             std::mem::take(&mut self.made).into_iter().partition(|(m, _, _)| mnts.contains(m));
         self.made = kept;
-        let mut first = None;
-        for (mnt, name, is_dir) in doomed.into_iter().rev() {
-            if let Some(d) = self.dirs.get(&mnt) {
-                if let Err(e) = d.remove(&name, is_dir) {
-                    first.get_or_insert(e);
-                }
-            }
-        }
-        first.map_or(Ok(()), Err)
+        self.remove(doomed)
     }
 
     pub fn remove_all(&mut self) -> Result<(), RelinkError> {
+        let all = std::mem::take(&mut self.made);
+        self.remove(all)
+    }
+
+    /// Remove `names` (all attempted, last made first); those that could not be removed stay
+    /// in the list of names made, for a later undo. The first error is returned.
+    fn remove(&mut self, names: Vec<(u32, String, bool)>) -> Result<(), RelinkError> {
         let mut first = None;
-        for (mnt, name, is_dir) in std::mem::take(&mut self.made).into_iter().rev() {
-            if let Some(d) = self.dirs.get(&mnt) {
-                if let Err(e) = d.remove(&name, is_dir) {
+        for (mnt, name, is_dir) in names.into_iter().rev() {
+            let Some(d) = self.dirs.get(&mnt) else { continue };
+            match d.remove(&name, is_dir) {
+                Err(e) if !super::remove::is_enoent(&e) => {
                     first.get_or_insert(e);
+                    self.made.insert(0, (mnt, name, is_dir));
                 }
+                _ => {}
             }
         }
         first.map_or(Ok(()), Err)

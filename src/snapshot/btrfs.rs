@@ -576,6 +576,92 @@ pub fn mounted_clones(s: &Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
     Ok(mount_points(&mounts_of(&rec, &mountinfo()?, true, false)))
 }
 
+/// Refuse when a clone of this snapshot is mounted in another mount namespace, naming a
+/// process of each.
+pub fn in_use_elsewhere(s: &Snapshot) -> Result<(), SnapshotError> {
+    let rec = Rec::from(s)?;
+    let foreign = foreign_clone_mounts(&rec);
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(SnapshotError::InUseElsewhere {
+        path: rec.path.clone(),
+        users: foreign
+            .iter()
+            .map(|(pid, mp)| format!("pid {pid} ({}) at {}", comm(*pid), mp.display()))
+            .collect(),
+    })
+}
+
+/// Mounts of this snapshot's clones in mount namespaces other than ours (those of restarted
+/// tasks): one (pid, mount point) per namespace and mount.
+fn foreign_clone_mounts(rec: &Rec) -> Vec<(i32, PathBuf)> {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let mine = ns("self");
+    let id_dir = Path::new(rec.id_fs_dir());
+    let mut seen = std::collections::HashSet::new();
+    let mut out = vec![];
+    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Some(n) = ns(&pid.to_string()) else { continue };
+        if Some(&n) == mine.as_ref() || !seen.insert(n) {
+            continue;
+        }
+        let Ok(all) = crate::procfs::read_mountinfo(&pid.to_string()) else { continue };
+        for m in all.iter().filter(|m| m.fstype == "btrfs" && m.source == rec.device) {
+            if m.root.parent() == Some(id_dir) && m.root.file_name().and_then(clone_number).is_some() {
+                out.push((pid, m.mount_point.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).map(|c| c.trim().to_string()).unwrap_or_default()
+}
+
+/// The restart clones of this snapshot that no mount namespace has mounted (their restart
+/// ended or was killed): `gc` removes them.
+pub fn idle_clones(s: &Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
+    let rec = Rec::from(s)?;
+    let Some(loc) = locate(&rec)? else { return Ok(vec![]) };
+    let ours: Vec<PathBuf> =
+        mounts_of(&rec, &mountinfo()?, true, false).iter().map(|m| m.root.clone()).collect();
+    let foreign = foreign_clone_roots(&rec);
+    let mut out = vec![];
+    for (_, p) in clone_entries(&loc.id_dir)? {
+        let fs_rel = Path::new(rec.id_fs_dir()).join(p.file_name().unwrap_or_default());
+        if !ours.contains(&fs_rel) && !foreign.contains(&fs_rel) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// The roots (paths within the filesystem) of clone mounts in other namespaces.
+fn foreign_clone_roots(rec: &Rec) -> Vec<PathBuf> {
+    let mut v = vec![];
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let mine = ns("self");
+    let Ok(rd) = std::fs::read_dir("/proc") else { return v };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().map(str::to_string) else { continue };
+        if pid.parse::<i32>().is_err() || ns(&pid) == mine {
+            continue;
+        }
+        let Ok(all) = crate::procfs::read_mountinfo(&pid) else { continue };
+        v.extend(all.into_iter().filter(|m| m.fstype == "btrfs" && m.source == rec.device).map(|m| m.root));
+    }
+    v
+}
+
+/// Delete one idle restart clone (see [`idle_clones`]).
+pub fn delete_clone(p: &Path) -> Result<(), SnapshotError> {
+    delete_subvolume(p, true)
+}
+
 /// Lazily unmount every mount of the snapshot and its clones, top mounts first.
 fn detach_all(rec: &Rec) -> Result<(), SnapshotError> {
     for _ in 0..64 {
@@ -621,6 +707,9 @@ fn detach_all(rec: &Rec) -> Result<(), SnapshotError> {
 /// the `<id>` directory cannot be removed (an error names it).
 pub fn delete(s: &Snapshot, force: bool) -> Result<(), SnapshotError> {
     let rec = Rec::from(s)?;
+    // Clones mounted in another mount namespace (a restart's private one) are in use by the
+    // processes there: never pulled from under them, also not with `force`.
+    in_use_elsewhere(s)?;
     let mounted = mounts_of(&rec, &mountinfo()?, true, true);
     if !mounted.is_empty() {
         if !force {

@@ -71,6 +71,9 @@ pub enum SnapshotError {
     /// Restart clones (or the snapshot itself) are mounted.
     #[error("snapshot {path} is in use: mounted at {}; unmount first (or force the deletion)", list(mounts))]
     InUse { path: PathBuf, mounts: Vec<PathBuf> },
+    /// A restart clone is mounted in another mount namespace, by the tasks of a restart.
+    #[error("{}: a restart clone is in use by restored tasks in their own mount namespace ({}): stop them first (not even --force pulls a filesystem from under running tasks)", path.display(), users.join(", "))]
+    InUseElsewhere { path: PathBuf, users: Vec<String> },
     /// A name or path given to snapckpt (or read from a record) is not acceptable.
     #[error("invalid {what} {value:?}: {why}")]
     Invalid { what: &'static str, value: String, why: String },
@@ -170,6 +173,22 @@ pub fn mount_clone(s: &record::Snapshot, target: &Path) -> Result<MountedClone, 
     match s {
         record::Snapshot::Btrfs { .. } => btrfs::mount_clone(s, target),
         record::Snapshot::Lvm { .. } => lvm::mount_clone(s, target),
+    }
+}
+
+/// Refuse when a restart clone of `s` is in use in another mount namespace.
+pub fn in_use_elsewhere(s: &record::Snapshot) -> Result<(), SnapshotError> {
+    match s {
+        record::Snapshot::Btrfs { .. } => btrfs::in_use_elsewhere(s),
+        record::Snapshot::Lvm { .. } => Ok(()),
+    }
+}
+
+/// Restart clones of `s` mounted nowhere (their restart ended or was killed).
+pub fn idle_clones(s: &record::Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
+    match s {
+        record::Snapshot::Btrfs { .. } => btrfs::idle_clones(s),
+        record::Snapshot::Lvm { .. } => Ok(vec![]),
     }
 }
 

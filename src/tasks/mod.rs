@@ -81,8 +81,8 @@ pub use crate::procfs::ProcStat;
 pub use cgroup::{cgroup_version, CgroupVersion};
 pub use continue_guard::ContinueGuard;
 pub use freeze::{freeze, FreezeMethod, Frozen};
-pub(crate) use selection::children;
-pub use selection::{resolve, threads, zombie, Selection};
+
+pub use selection::{children, resolve, threads, zombie, Selection};
 pub use watchdog::{set_watchdog_exe, watchdog_exe, watchdog_main, WATCHDOG_ARG, WATCHDOG_EXE_ENV};
 
 use std::io::{self, Write};

@@ -65,7 +65,7 @@ fn tgid_of(pid: i32) -> Result<Option<i32>, TaskError> {
 }
 
 /// The child processes of all threads of `pid`; empty if the process has gone.
-pub(crate) fn children(pid: i32) -> Result<Vec<i32>, TaskError> {
+pub fn children(pid: i32) -> Result<Vec<i32>, TaskError> {
     let tids = match threads(pid) {
         Ok(t) => t,
         Err(TaskError::NoSuchTask(_)) => return Ok(Vec::new()),

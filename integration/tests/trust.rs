@@ -1,0 +1,262 @@
+//! Trust and failure: a record or an image root a user could change steers nothing root does;
+//! a restart killed at any moment strands no task and leaves nothing `gc` cannot clear; a
+//! take whose filesystem goes read-only leaves what plain `gc` removes; a hung CRIU is
+//! stopped. Real CRIU, real loop filesystems, real processes. Run as root.
+
+use crate::common::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+/// The mount points at exactly `p` in the test's (the host's) mount namespace.
+fn mounted_at(p: &str) -> usize {
+    read("/proc/self/mountinfo").lines().filter(|l| l.split(' ').nth(4) == Some(p)).count()
+}
+
+/// A record edited so that its snapshot (and objects) name `/etc` or `/`: restart refuses
+/// to mount the clone there, in the host's namespace or a private one; nothing is mounted.
+#[test]
+fn edited_record_mounts_nothing_over_etc() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-record");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = work.path().join("log");
+    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:10000"], &log, true, None);
+    let images = work.path().join("images");
+    let (id, idir) = take_files_only(p.pid, &images, &["--snapshot", "btrfs"]);
+    drop(p);
+    let original = std::fs::read(idir.join("checkpoint.json")).unwrap();
+    for target in ["/etc", "/"] {
+        let mut r: serde_json::Value = serde_json::from_slice(&original).unwrap();
+        r["snapshots"][0]["mount_point"] = target.into();
+        for o in r["objects"].as_array_mut().unwrap() {
+            o["mount"]["mount_point"] = target.into();
+        }
+        std::fs::write(idir.join("checkpoint.json"), serde_json::to_vec_pretty(&r).unwrap()).unwrap();
+        let before = mounted_at(target);
+        let ir = images.to_str().unwrap();
+        let ufiles = prog("ufiles");
+        for extra in [vec!["--host-mounts"], vec!["--exec", ufiles.to_str().unwrap(), "report"]] {
+            let mut args = vec!["restart", id.as_str(), "--image-root", ir, "--snapshot"];
+            args.extend(extra.iter().copied());
+            let (ok, out, err) = snapckpt(&args);
+            assert!(!ok, "{target} {extra:?}: restart went through:\n{out}\n{err}");
+            assert!(err.contains("origin"), "{target}: {err}");
+            assert_eq!(mounted_at(target), before, "{target}: something was mounted there");
+        }
+    }
+    std::fs::write(idir.join("checkpoint.json"), &original).unwrap();
+    snapckpt_ok(&["delete", &id, "--image-root", images.to_str().unwrap()]);
+}
+
+/// An image root that a user owns, or that sits in a directory a user can write to, is
+/// refused before anything is frozen or written; the user cannot plant anything in a root
+/// snapckpt made (root-owned 0700).
+#[test]
+fn image_root_is_a_boundary() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-root");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:10000"],
+        &work.path().join("log"),
+        true,
+        None,
+    );
+    let users = work.path().join("users");
+    std::fs::create_dir_all(&users).unwrap();
+    sh(&format!("chown 65534:65534 '{}'", users.display()));
+    let open_parent = work.path().join("open");
+    std::fs::create_dir_all(&open_parent).unwrap();
+    std::fs::set_permissions(&open_parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+    for root in [users.clone(), open_parent.join("images")] {
+        let (ok, _, err) = take(p.pid, &root, &["--snapshot", "btrfs"]);
+        assert!(!ok && err.contains("image root"), "{}: {err}", root.display());
+        assert!(alive(p.pid) && !stopped(p.pid));
+        assert!(checkpoint_names(&fs.mnt).is_empty());
+        assert!(
+            !root.exists() || std::fs::read_dir(&root).unwrap().next().is_none(),
+            "{} written",
+            root.display()
+        );
+    }
+    // a root snapckpt makes is root's, 0700: a user cannot swap entries in it
+    let good = work.path().join("images");
+    let id = take_id(&take_ok(p.pid, &good, &["--snapshot", "btrfs"]));
+    let md = std::fs::metadata(&good).unwrap();
+    assert_eq!(md.permissions().mode() & 0o777, 0o700);
+    let planted = good.join(format!(".{id}.partial"));
+    let st = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "ln", "-s", "/etc"])
+        .arg(&planted)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!st.success() && !planted.exists(), "a non-root user could write into the image root");
+    snapckpt_ok(&["delete", &id, "--image-root", good.to_str().unwrap()]);
+}
+
+/// Restarts of a SIGSTOP checkpoint killed at random moments (before, during and after the
+/// CRIU restore): no restored task is ever left stopped, none runs with its relinked names
+/// present (the orphan's fd has link count 0), the host sees no mount, and `gc` removes the
+/// clones the killed restarts left; a restart after the storm works.
+#[test]
+fn restart_storm() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "1G");
+    let work = Scratch::new("trust-storm");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = work.path().join("log");
+    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:200000"], &log, true, None);
+    let pid = p.pid;
+    let images = work.path().join("images");
+    let id = take_id(&take_ok(pid, &images, &["--engine", "criu", "--snapshot", "btrfs"]));
+    wait_gone(pid);
+    drop(p);
+    let logsize = std::fs::metadata(&log).unwrap().len();
+    let ir = images.to_str().unwrap().to_string();
+    // xorshift, seeded from the clock (printed, to replay a failure)
+    let mut x =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("restart storm seed {x}");
+    let (mut restored, mut none) = (0, 0);
+    for round in 0..16 {
+        std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(logsize).unwrap();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let delay = Duration::from_millis(x % 400);
+        let mut child = std::process::Command::new(snapckpt_bin())
+            .args(["restart", &id, "--image-root", &ir, "--snapshot"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let _ = child.wait();
+        let what = format!("round {round}, killed after {delay:?}");
+        std::thread::sleep(Duration::from_millis(300));
+        if alive(pid) {
+            restored += 1;
+            let t0 = Instant::now();
+            while stopped(pid) && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            assert!(!stopped(pid), "{what}: the restored task is left stopped");
+            let nlinks: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .unwrap()
+                .flatten()
+                .filter(|e| {
+                    std::fs::read_link(e.path()).is_ok_and(|t| t.to_string_lossy().contains("(deleted)"))
+                })
+                .map(|e| std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(e.path()).unwrap()))
+                .collect();
+            assert!(
+                !nlinks.is_empty() && nlinks.iter().all(|&n| n == 0),
+                "{what}: names present: {nlinks:?}"
+            );
+            kill_wait(pid);
+        } else {
+            none += 1;
+        }
+        assert_eq!(mounts_under(&fs.mnt).len(), 1, "{what}: a mount on the host");
+    }
+    eprintln!("restart storm: {restored} restored, {none} not restored");
+    let out = snapckpt_ok(&["gc", "--image-root", &ir, "--mount", fs.mnt.to_str().unwrap()]);
+    let left: Vec<PathBuf> = std::fs::read_dir(fs.path(&format!(".snapckpt/{id}")))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap() != "snapshot")
+        .collect();
+    assert!(left.is_empty(), "gc left clones {left:?}:\n{out}");
+    std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(logsize).unwrap();
+    snapckpt_ok(&["restart", &id, "--image-root", &ir, "--snapshot"]);
+    assert!(alive(pid));
+    kill_wait(pid);
+}
+
+/// A take whose undo cannot remove its relinked names (the filesystem went read-only; here
+/// the checkpoint directory is made immutable at the moment the take relinked): the take
+/// fails, keeps a trace, and plain `gc` (no --id) removes the names once they can be removed.
+#[test]
+fn undo_that_cannot_remove_names_leaves_what_gc_removes() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-undo");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:10000", "ab"],
+        &work.path().join("log"),
+        true,
+        None,
+    );
+    let images = work.path().join("images");
+    let hooks = Hooks::new(work.path().join("hooks"), &["take-relinked"]);
+    let pid = p.pid.to_string();
+    let ir = images.to_str().unwrap();
+    let child = hooks
+        .command(&["take", "--pid", &pid, "--image-root", ir, "--snapshot", "btrfs"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hooks.wait_reached("take-relinked", "relinked");
+    assert!(!checkpoint_names(&fs.mnt).is_empty());
+    let ckdir = fs.path("lost+found/checkpoint");
+    sh(&format!("chattr +i '{}'", ckdir.display()));
+    hooks.release("take-relinked");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    sh(&format!("chattr -i '{}'", ckdir.display()));
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("snapckpt gc"), "{err}");
+    assert!(alive(p.pid) && !stopped(p.pid));
+    assert!(!checkpoint_names(&fs.mnt).is_empty(), "the names could be removed after all: {err}");
+    let gc = snapckpt_ok(&["gc", "--image-root", ir, "--mount", fs.mnt.to_str().unwrap()]);
+    assert!(checkpoint_names(&fs.mnt).is_empty(), "plain gc left names:\n{gc}\n(take said: {err})");
+    assert!(std::fs::read_dir(&images).unwrap().next().is_none(), "gc left traces in the image root");
+}
+
+/// A CRIU that answers `--version` and then hangs: the dump is stopped after --dump-timeout,
+/// the error says which step hung, the task goes on, nothing is left.
+#[test]
+fn hanging_criu_is_stopped() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-hang");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = work.path().join("criu");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncase \"$1\" in --version) echo 'Version: 4.2';; check) echo 'Looks good.';; *) exec sleep 600;; esac\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:10000"],
+        &work.path().join("log"),
+        true,
+        None,
+    );
+    let images = work.path().join("images");
+    let t0 = Instant::now();
+    let (ok, _, err) =
+        take(p.pid, &images, &["--engine", "criu", "--criu", fake.to_str().unwrap(), "--dump-timeout", "2"]);
+    assert!(!ok && err.contains("did not finish within 2 s"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
+    assert!(alive(p.pid) && !stopped(p.pid), "the task is not running");
+    assert!(checkpoint_names(&fs.mnt).is_empty());
+}
