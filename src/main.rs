@@ -41,6 +41,10 @@ enum Cmd {
     Scan(ScanArgs),
     /// Check the environment: kernel features, cgroups, filesystems, CRIU, LVM.
     Check(CheckArgs),
+    /// Write a checkpoint as one stream (record, CRIU image, btrfs send of its snapshots).
+    Export(config::ExportArgs),
+    /// Make a local checkpoint of an export stream (verified, snapshots received).
+    Import(config::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -68,6 +72,8 @@ fn main() -> ExitCode {
         Cmd::Gc(a) => cmd_gc(a, &env),
         Cmd::Scan(a) => cmd_scan(a),
         Cmd::Check(a) => cmd_check(a, &env),
+        Cmd::Export(a) => cmd_migrate(config::export_options(a, &env).map(Migrate::Export)),
+        Cmd::Import(a) => cmd_migrate(config::import_options(a, &env).map(Migrate::Import)),
     };
     match r {
         Ok(code) => code,
@@ -434,4 +440,20 @@ fn kebab<T: serde::Serialize>(v: &T) -> String {
 /// A path for a one-line-per-entry table: control characters escaped (`\n`, `\t`, ...).
 fn printable(p: &str) -> String {
     p.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// `export` or `import`, resolved.
+enum Migrate {
+    Export(snapckpt::migrate::ExportOptions),
+    Import(snapckpt::migrate::ImportOptions),
+}
+
+/// Export or import; the summary goes to stderr for an export (its stdout may be the stream).
+fn cmd_migrate(o: Result<Migrate, config::ConfigError>) -> Res {
+    let _working = EpipeWhileWorking::new();
+    match o? {
+        Migrate::Export(o) => snapckpt::migrate::export(&o)?.summary().iter().for_each(|l| eprintln!("{l}")),
+        Migrate::Import(o) => snapckpt::migrate::import(&o)?.summary().iter().for_each(|l| println!("{l}")),
+    }
+    Ok(ExitCode::SUCCESS)
 }

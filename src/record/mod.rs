@@ -5,6 +5,7 @@
 //! The JSON spelling is the record's version 1 (holders as `"fd 3"`, the freezer as
 //! `"cgroup-v2 PATH"`): typed here, spelled as before on disk.
 
+pub mod imported;
 pub mod names;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -462,6 +463,10 @@ pub struct Checkpoint {
     /// keep them).
     pub links_removed: bool,
     pub timings: Timings,
+    /// Set by `snapckpt import`: where the checkpoint came from. Optional, so records without
+    /// it (version 1 as before) still load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<imported::Imported>,
 }
 
 impl Checkpoint {
@@ -484,6 +489,7 @@ impl Checkpoint {
             snapshots: vec![],
             links_removed: false,
             timings: Timings::default(),
+            imported: None,
         }
     }
 

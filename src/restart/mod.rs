@@ -91,6 +91,7 @@ pub struct Restarted {
 pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, RestartError> {
     let ck = image::load(image_dir)?;
     check(&ck, opts)?;
+    crate::migrate::check_restart(&ck, image_dir, opts.criu.as_deref()).map_err(RestartError::Refused)?;
     let mut out = Restarted::default();
     if let Err(e) = run(&ck, image_dir, opts, &mut out) {
         undo_mounts(&out.mounts);
