@@ -7,8 +7,8 @@
 //! 2. **spool** every member into `<image-root>/.<id>.partial` (CRIU files as files, send
 //!    streams still compressed), each checked against its trailer's SHA-256;
 //! 3. **receive** each snapshot with `btrfs receive` into `<mount>/<snapshot_dir>/.<id>.receiving-PID`
-//!    and move it to `<mount>/<snapshot_dir>/<id>/snapshot` (read-only, its `received_uuid` the
-//!    source snapshot's UUID);
+//!    and rename that directory to `<mount>/<snapshot_dir>/<id>` (the read-only `snapshot` in it,
+//!    its `received_uuid` the source snapshot's UUID);
 //! 4. **publish** the record in the target's terms and rename the image into place.
 //!
 //! Any failure removes what was received and the partial image: a stream cut short or
@@ -535,13 +535,23 @@ fn receive(
             sub.display()
         )));
     }
+    if sub.file_name() != Some(std::ffi::OsStr::new(names::SNAPSHOT_NAME)) {
+        return Err(MigrateError::Refused(format!(
+            "{}: the received subvolume is not named {}",
+            sub.display(),
+            names::SNAPSHOT_NAME
+        )));
+    }
+    // A read-only subvolume cannot be moved to another directory (its ".." would change):
+    // the temporary directory holding it is renamed instead.
     let id_dir = sdir.join(id);
-    std::fs::DirBuilder::new().mode(0o700).create(&id_dir).map_err(io_err(&id_dir, "mkdir"))?;
+    if id_dir.symlink_metadata().is_ok() {
+        return Err(MigrateError::Refused(format!("{} appeared during the import", id_dir.display())));
+    }
+    std::fs::rename(&tmp, &id_dir).map_err(io_err(&id_dir, "rename"))?;
     got.dirs.push(id_dir.clone());
     let fin = id_dir.join(names::SNAPSHOT_NAME);
-    std::fs::rename(sub, &fin).map_err(io_err(&fin, "rename"))?;
     got.subvols.push(fin.clone());
-    std::fs::remove_dir(&tmp).map_err(io_err(&tmp, "rmdir"))?;
     Ok(fin)
 }
 
