@@ -11,4 +11,5 @@ mod core;
 mod criu_btrfs;
 mod failures;
 mod freeze;
+mod migrate;
 mod snapshot_btrfs;
