@@ -93,7 +93,17 @@ fn criu_roundtrip(t: &Two, b_mount: &Path, run_b: &dyn Fn(&[&str]) -> String) {
     let log = t.work.path().join("ufiles.log");
     let p = workload(
         &prog("ufiles"),
-        &["setup", s(&t.a.path("data")), "ab", "orphan:67108864", "dense:3000000", "mmap", "tmpfile", "twofds", "fifo"],
+        &[
+            "setup",
+            s(&t.a.path("data")),
+            "ab",
+            "orphan:67108864",
+            "dense:3000000",
+            "mmap",
+            "tmpfile",
+            "twofds",
+            "fifo",
+        ],
         &log,
         true,
         None,
@@ -147,12 +157,17 @@ fn migrate_criu_same_path_own_namespace() {
     // A process holding a mount namespace where B's device is mounted over A's mount point.
     let holder = Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c"])
-        .arg(format!("mount '{}' '{}' && echo ready > '{}/ready' && exec sleep 600", t.b.dev, t.a.mnt.display(), ns.display()))
+        .arg(format!(
+            "mount '{}' '{}' && echo ready > '{}/ready' && exec sleep 600",
+            t.b.dev,
+            t.a.mnt.display(),
+            ns.display()
+        ))
         .spawn()
         .unwrap();
-    let _holder = KillOnDrop(vec![holder.id() as i32]);
+    let holder = Proc { pid: holder.id() as i32, child: holder };
     wait_for(|| ns.join("ready").exists(), Duration::from_secs(10), "namespace");
-    let hpid = holder.id();
+    let hpid = holder.pid;
     let run_b = move |args: &[&str]| -> String {
         let o = Command::new("nsenter")
             .arg(format!("--mount=/proc/{hpid}/ns/mnt"))
@@ -182,7 +197,13 @@ fn migrate_incremental_chain() {
     let t = two("2G");
     random_file(&t.a.path("data/big"), 48);
     let log = t.work.path().join("ufiles.log");
-    let _p = workload(&prog("ufiles"), &["setup", s(&t.a.path("data")), "orphan:8388608", "twofds"], &log, false, None);
+    let _p = workload(
+        &prog("ufiles"),
+        &["setup", s(&t.a.path("data")), "orphan:8388608", "twofds"],
+        &log,
+        false,
+        None,
+    );
     let before = fd_lines(&first_report(&log));
     let pid = _p.pid;
     let take = || take_files_only(pid, &t.img_a, &["--snapshot", "btrfs"]).0;
@@ -199,7 +220,10 @@ fn migrate_incremental_chain() {
     let size = |p: &Path| std::fs::metadata(p).unwrap().len();
     let sizes: Vec<u64> = streams.iter().map(|p| size(p)).collect();
     let full3 = size(&t.work.path().join("s3-full.snap"));
-    eprintln!("stream sizes: full {} / incremental {} {} / third in full {full3}\n{full}", sizes[0], sizes[1], sizes[2]);
+    eprintln!(
+        "stream sizes: full {} / incremental {} {} / third in full {full3}\n{full}",
+        sizes[0], sizes[1], sizes[2]
+    );
     assert!(sizes[0] > 48 << 20, "{sizes:?}");
     for &n in &sizes[1..] {
         assert!(n > 2 << 20 && n < 3 << 20, "an incremental stream is the size of the change: {sizes:?}");
@@ -208,7 +232,11 @@ fn migrate_incremental_chain() {
 
     // the second before the first: refused, naming the parent; nothing written
     let (ok, _, err) = import(&streams[1], &t.b.mnt, &t.img_b);
-    assert!(!ok && err.contains(&format!("since checkpoint {id1}")) && err.contains(&format!("import {id1} first")), "{err}");
+    assert!(
+        !ok && err.contains(&format!("since checkpoint {id1}"))
+            && err.contains(&format!("import {id1} first")),
+        "{err}"
+    );
     nothing_of(&id2, &t.b, &t.img_b);
     for st in &streams {
         import_ok(st, &t.b.mnt, &t.img_b);
@@ -221,10 +249,19 @@ fn migrate_incremental_chain() {
     // the third's snapshot holds all the data, received from three streams
     let snap3 = PathBuf::from(rec3["snapshots"][0]["path"].as_str().unwrap());
     for f in ["data/big", "data/c1", "data/c2"] {
-        assert_eq!(fnv_file(&snap3.join(f)).unwrap().0 > 0, true, "{f}");
+        assert!(fnv_file(&snap3.join(f)).unwrap().0 > 0, "{f}");
     }
     assert_eq!(fnv_file(&snap3.join("data/big")).unwrap(), fnv_file(&t.a.path("data/big")).unwrap());
-    let out = snapckpt_ok(&["restart", &id3, "--snapshot", "--image-root", s(&t.img_b), "--exec", s(&prog("ufiles")), "report"]);
+    let out = snapckpt_ok(&[
+        "restart",
+        &id3,
+        "--snapshot",
+        "--image-root",
+        s(&t.img_b),
+        "--exec",
+        s(&prog("ufiles")),
+        "report",
+    ]);
     let after = fd_lines(&out);
     assert!(!after.is_empty(), "{out}");
     for (fd, line) in &after {
@@ -306,7 +343,9 @@ fn migrate_bad_streams_leave_nothing() {
     refused("object outside", &["outside the target"]);
     hostile(&|r| r["objects"][0]["original_path"] = "/etc/passwd".into());
     refused("original path outside", &["outside the target", "outside its filesystem"]);
-    hostile(&|r| r["snapshots"][0]["path"] = format!("/etc/.snapckpt/{}/snapshot", r["id"].as_str().unwrap()).into());
+    hostile(&|r| {
+        r["snapshots"][0]["path"] = format!("/etc/.snapckpt/{}/snapshot", r["id"].as_str().unwrap()).into()
+    });
     refused("snapshot outside", &["outside the target"]);
     // a send stream whose checksum is right but which btrfs receive rejects half-way
     let mut cut = ms.clone();
@@ -330,7 +369,13 @@ fn migrate_image_only_shared_storage() {
     let _g = serial();
     let t = two("1G");
     let log = t.work.path().join("ufiles.log");
-    let p = workload(&prog("ufiles"), &["setup", s(&t.a.path("data")), "orphan:1048576", "twofds"], &log, false, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", s(&t.a.path("data")), "orphan:1048576", "twofds"],
+        &log,
+        false,
+        None,
+    );
     let before = fd_lines(&first_report(&log));
     let (id, _) = take_files_only(p.pid, &t.img_a, &["--snapshot", "btrfs"]);
     let st = t.work.path().join("img.snap");
@@ -342,7 +387,16 @@ fn migrate_image_only_shared_storage() {
     nothing_of(&id, &t.b, &t.img_b);
     let shared = t.work.path().join("images-shared");
     import_ok(&st, &t.a.mnt, &shared);
-    let out = snapckpt_ok(&["restart", &id, "--snapshot", "--image-root", s(&shared), "--exec", s(&prog("ufiles")), "report"]);
+    let out = snapckpt_ok(&[
+        "restart",
+        &id,
+        "--snapshot",
+        "--image-root",
+        s(&shared),
+        "--exec",
+        s(&prog("ufiles")),
+        "report",
+    ]);
     for (fd, line) in &fd_lines(&out) {
         assert_eq!(line, &before[fd], "fd {fd}");
     }
@@ -389,7 +443,11 @@ impl Sshd {
             .stderr(std::fs::File::create(dir.join("sshd.log")).unwrap())
             .spawn()
             .expect("sshd (openssh-server, scripts/setup.sh)");
-        wait_for(|| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), Duration::from_secs(10), "sshd");
+        wait_for(
+            || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            Duration::from_secs(10),
+            "sshd",
+        );
         Sshd { child, port, key }
     }
 
@@ -428,7 +486,13 @@ fn migrate_through_ssh() {
     let t = two("1G");
     random_file(&t.a.path("data/big"), 4);
     let log = t.work.path().join("ufiles.log");
-    let p = workload(&prog("ufiles"), &["setup", s(&t.a.path("data")), "orphan:2097152", "twofds"], &log, false, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", s(&t.a.path("data")), "orphan:2097152", "twofds"],
+        &log,
+        false,
+        None,
+    );
     let before = fd_lines(&first_report(&log));
     let (id, _) = take_files_only(p.pid, &t.img_a, &["--snapshot", "btrfs"]);
     drop(p);
@@ -450,10 +514,24 @@ fn migrate_through_ssh() {
     let o = sshd.ssh(&remote).stdin(export.stdout.take().unwrap()).output().unwrap();
     let e = export.wait_with_output().unwrap();
     assert!(e.status.success(), "export: {}", String::from_utf8_lossy(&e.stderr));
-    assert!(o.status.success(), "ssh import: {}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "ssh import: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("imported checkpoint {id}")));
     snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_a)]);
-    let out = snapckpt_ok(&["restart", &id, "--snapshot", "--image-root", s(&t.img_b), "--exec", s(&prog("ufiles")), "report"]);
+    let out = snapckpt_ok(&[
+        "restart",
+        &id,
+        "--snapshot",
+        "--image-root",
+        s(&t.img_b),
+        "--exec",
+        s(&prog("ufiles")),
+        "report",
+    ]);
     let after = fd_lines(&out);
     assert!(!after.is_empty(), "{out}");
     for (fd, line) in &after {
