@@ -540,3 +540,37 @@ fn migrate_through_ssh() {
     snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_b)]);
     nothing_of(&id, &t.b, &t.img_b);
 }
+
+/// Restart of an imported CRIU checkpoint refuses, before it changes anything, what cannot
+/// work here: an executable the image opens by path on a filesystem this machine mounts
+/// elsewhere, and an executable that was on no snapshotted filesystem and is missing here.
+#[test]
+fn migrate_restart_refuses_what_cannot_work() {
+    let _g = serial();
+    let t = two("1G");
+    let on_fs = t.a.path("data/bin/ufiles");
+    let off_fs = t.work.path().join("bin/ufiles-copy");
+    for b in [&on_fs, &off_fs] {
+        std::fs::create_dir_all(b.parent().unwrap()).unwrap();
+        std::fs::copy(prog("ufiles"), b).unwrap();
+    }
+    for (bin, expect) in [(&on_fs, "mount it at"), (&off_fs, "not on this machine")] {
+        let log = t.work.path().join(format!("u{}.log", unique()));
+        let mut p = workload(bin, &["setup", s(&t.a.path("data")), "orphan:1048576"], &log, true, None);
+        let id = take_id(&take_ok(p.pid, &t.img_a, &["--engine", "criu", "--snapshot", "btrfs"]));
+        p.child.wait().unwrap();
+        let st = t.work.path().join(format!("{id}.snap"));
+        export_file(&id, &t.img_a, &st, &[]);
+        import_ok(&st, &t.b.mnt, &t.img_b);
+        snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_a)]);
+        if bin == &off_fs {
+            std::fs::rename(&off_fs, off_fs.with_extension("gone")).unwrap();
+        }
+        let (ok, out, err) = snapckpt(&["restart", &id, "--snapshot", "--image-root", s(&t.img_b)]);
+        assert!(!ok && err.contains(expect) && err.contains("nothing was changed"), "{out}\n{err}");
+        assert!(err.contains(s(bin)), "names the file: {err}");
+        assert!(!alive(p.pid));
+        assert!(!t.b.path(&format!(".snapckpt/{id}/restart-1")).exists(), "no clone was made");
+        snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_b)]);
+    }
+}
