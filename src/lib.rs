@@ -17,6 +17,7 @@
 //! | TOML job files | [`job`] |
 //! | flags, job file and environment resolved into each command's options | [`config`] |
 //! | the `check` command: what this machine offers | [`check`] |
+//! | export a checkpoint as one stream, import it elsewhere | [`migrate`] |
 //!
 //! [`procfs`] parses `/proc` (stat, mountinfo, fdinfo, maps) for all of them; [`sys`] wraps
 //! the system calls; [`engine`] (what happens to tasks after a CRIU dump) and [`units`]

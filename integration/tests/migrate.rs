@@ -541,11 +541,11 @@ fn migrate_through_ssh() {
     nothing_of(&id, &t.b, &t.img_b);
 }
 
-/// Restart of an imported CRIU checkpoint refuses, before it changes anything, what cannot
-/// work here: an executable the image opens by path on a filesystem this machine mounts
-/// elsewhere, and an executable that was on no snapshotted filesystem and is missing here.
+/// An executable on the migrated filesystem is found at the target's path (the import renames
+/// the CRIU image's paths); one that was on no snapshotted filesystem and is missing here is
+/// refused before the restart changes anything.
 #[test]
-fn migrate_restart_refuses_what_cannot_work() {
+fn migrate_restart_maps_paths_and_refuses_missing_files() {
     let _g = serial();
     let t = two("1G");
     let on_fs = t.a.path("data/bin/ufiles");
@@ -554,23 +554,42 @@ fn migrate_restart_refuses_what_cannot_work() {
         std::fs::create_dir_all(b.parent().unwrap()).unwrap();
         std::fs::copy(prog("ufiles"), b).unwrap();
     }
-    for (bin, expect) in [(&on_fs, "mount it at"), (&off_fs, "not on this machine")] {
+    for bin in [&on_fs, &off_fs] {
         let log = t.work.path().join(format!("u{}.log", unique()));
-        let mut p = workload(bin, &["setup", s(&t.a.path("data")), "orphan:1048576"], &log, true, None);
+        let mut p =
+            workload(bin, &["setup", s(&t.a.path("data")), "orphan:1048576", "twofds"], &log, true, None);
+        let before = report_after(&log, 0);
         let id = take_id(&take_ok(p.pid, &t.img_a, &["--engine", "criu", "--snapshot", "btrfs"]));
         p.child.wait().unwrap();
         let st = t.work.path().join(format!("{id}.snap"));
         export_file(&id, &t.img_a, &st, &[]);
         import_ok(&st, &t.b.mnt, &t.img_b);
         snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_a)]);
-        if bin == &off_fs {
+        if bin == &on_fs {
+            std::fs::remove_file(&on_fs).unwrap(); // only the snapshot has it now
+            let logsize = std::fs::metadata(&log).unwrap().len() as usize;
+            let out = snapckpt_ok(&["restart", &id, "--snapshot", "--image-root", s(&t.img_b)]);
+            assert!(out.contains(&format!("restored tasks [{}]", p.pid)), "{out}");
+            let _k = KillOnDrop(vec![p.pid]);
+            assert_eq!(self_check(p.pid, &log, logsize), before);
+            let exe = std::fs::read_link(format!("/proc/{}/exe", p.pid)).unwrap();
+            assert_eq!(
+                exe,
+                t.b.path("data/bin/ufiles"),
+                "the executable is the clone's, at the target's path"
+            );
+            kill_wait(p.pid);
+        } else {
             std::fs::rename(&off_fs, off_fs.with_extension("gone")).unwrap();
+            let (ok, out, err) = snapckpt(&["restart", &id, "--snapshot", "--image-root", s(&t.img_b)]);
+            assert!(
+                !ok && err.contains("not on this machine") && err.contains("nothing was changed"),
+                "{out}\n{err}"
+            );
+            assert!(err.contains(s(bin)), "names the file: {err}");
+            assert!(!alive(p.pid));
+            assert!(!t.b.path(&format!(".snapckpt/{id}/restart-1")).exists(), "no clone was made");
         }
-        let (ok, out, err) = snapckpt(&["restart", &id, "--snapshot", "--image-root", s(&t.img_b)]);
-        assert!(!ok && err.contains(expect) && err.contains("nothing was changed"), "{out}\n{err}");
-        assert!(err.contains(s(bin)), "names the file: {err}");
-        assert!(!alive(p.pid));
-        assert!(!t.b.path(&format!(".snapckpt/{id}/restart-1")).exists(), "no clone was made");
-        snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_b)]);
+        snapckpt_ok(&["delete", &id, "--force", "--image-root", s(&t.img_b)]);
     }
 }

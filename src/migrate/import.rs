@@ -123,6 +123,9 @@ pub fn import(opts: &ImportOptions) -> Result<Imported, MigrateError> {
         let placed = place(&ck, &head, &plan, &sends, &mut got)?;
         let rec = new_record(ck, &head, &plan, &placed)?;
         rec.validate(&img.path().join(RECORD_FILE))?;
+        if matches!(rec.engine, crate::record::Engine::Criu { .. }) {
+            super::paths::rewrite_image_paths(img.path(), &plan.maps)?;
+        }
         for s in sends.iter().flatten() {
             std::fs::remove_file(&s.0).map_err(io_err(&s.0, "unlink"))?;
         }
@@ -514,6 +517,7 @@ fn receive(
     let sdir = t.mount.join(&t.sdir);
     crate::sys::trusted_dirs(&sdir, true)
         .map_err(|why| MigrateError::Refused(format!("snapshot directory {}: {why}", sdir.display())))?;
+    remove_stale_receives(&sdir, id);
     let tmp = sdir.join(format!(".{id}.receiving-{}", std::process::id()));
     std::fs::DirBuilder::new().mode(0o700).create(&tmp).map_err(io_err(&tmp, "mkdir"))?;
     got.dirs.push(tmp.clone());
@@ -553,6 +557,26 @@ fn receive(
     let fin = id_dir.join(names::SNAPSHOT_NAME);
     got.subvols.push(fin.clone());
     Ok(fin)
+}
+
+/// `.<id>.receiving-<pid>` directories of imports of `id` that died (their pid is gone), with
+/// the half-received subvolumes in them.
+fn remove_stale_receives(sdir: &Path, id: &str) {
+    let prefix = format!(".{id}.receiving-");
+    let Ok(rd) = std::fs::read_dir(sdir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() || !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if let Ok(inner) = std::fs::read_dir(e.path()) {
+            for x in inner.flatten() {
+                delete_subvolume(&x.path());
+            }
+        }
+        let _ = std::fs::remove_dir(e.path());
+    }
 }
 
 /// Feed the spooled stream (decompressed, its SHA-256 checked again) to `btrfs receive -e DIR`.

@@ -14,6 +14,7 @@
 
 pub mod export;
 pub mod import;
+pub mod paths;
 pub mod stream;
 
 pub use export::{export, ExportOptions, Exported, Output};
@@ -145,8 +146,12 @@ pub fn check_restart(ck: &Checkpoint, image_dir: &Path, criu_path: Option<&Path>
     Ok(())
 }
 
-/// One regular file the CRIU image opens by path (`name` with its leading '/').
+/// One regular file the CRIU image opens by path (`name` with its leading '/'). Files under a
+/// target mount point are in the restart clone (the import renamed them there).
 fn check_image_file(name: &str, size: Option<u64>, maps: &[MountMap]) -> Result<(), String> {
+    if maps.iter().any(|m| is_under(name, &m.target)) {
+        return Ok(());
+    }
     if let Some(m) = maps.iter().find(|m| is_under(name, &m.source)) {
         if m.source != m.target {
             return Err(format!(
