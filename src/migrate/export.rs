@@ -79,6 +79,11 @@ impl Exported {
 pub fn export(opts: &ExportOptions) -> Result<Exported, MigrateError> {
     let t0 = Instant::now();
     let ck = image::load(&opts.dir)?;
+    if opts.output == Output::Stdout && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        return Err(MigrateError::Refused(
+            "standard output is a terminal: pipe the stream (`| ssh HOST snapckpt import - --mount M`) or give -o FILE".into(),
+        ));
+    }
     let sends = plan_sends(&ck, opts)?;
     let header = StreamHeader {
         checkpoint_id: ck.id.clone(),

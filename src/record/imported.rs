@@ -42,3 +42,40 @@ impl Imported {
         self.mounts.iter().find(|m| m.target == target).map(|m| m.source.as_str())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::good;
+    use crate::record::Checkpoint;
+
+    /// A record without `imported` (written before migration existed) still loads as version
+    /// 1 and is written without the field; one with it round-trips.
+    #[test]
+    fn optional_and_version_1() {
+        let ck = good();
+        let json = serde_json::to_value(&ck).unwrap();
+        assert!(json.get("imported").is_none());
+        let back: Checkpoint = serde_json::from_value(json).unwrap();
+        assert_eq!(back, ck);
+        let mut ck2 = ck.clone();
+        ck2.imported = Some(Imported {
+            from_host: "a".into(),
+            from_kernel: "6.18.0".into(),
+            imported_unix: 1,
+            image_only: false,
+            parent: None,
+            mounts: vec![MountMap { source: "/a".into(), target: "/b".into() }],
+            source_snapshots: ck.snapshots.clone(),
+        });
+        let s = serde_json::to_string(&ck2).unwrap();
+        let back: Checkpoint = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, ck2);
+        assert_eq!(back.version, crate::record::VERSION);
+        assert!(back.validate(std::path::Path::new("x")).is_ok());
+        assert_eq!(ck2.imported.unwrap().source_of("/b"), Some("/a"));
+        // unknown keys inside it are refused like anywhere in the record
+        let bad = s.replace("\"from_host\"", "\"bogus\":1,\"from_host\"");
+        assert!(serde_json::from_str::<Checkpoint>(&bad).is_err());
+    }
+}
