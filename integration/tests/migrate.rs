@@ -593,3 +593,40 @@ fn migrate_restart_maps_paths_and_refuses_missing_files() {
         snapckpt_ok(&["delete", &id, "--force", "--image-root", s(&t.img_b)]);
     }
 }
+
+/// An import killed after it received the snapshot, before it published the record: the next
+/// import of the same stream says what is left and how to remove it; `gc` removes it; then the
+/// import works.
+#[test]
+fn migrate_killed_import_is_collected() {
+    let _g = serial();
+    let t = two("1G");
+    random_file(&t.a.path("data/big"), 4);
+    let log = t.work.path().join("ufiles.log");
+    let p = workload(&prog("ufiles"), &["setup", s(&t.a.path("data")), "orphan:1048576"], &log, false, None);
+    let (id, _) = take_files_only(p.pid, &t.img_a, &["--snapshot", "btrfs"]);
+    drop(p);
+    let st = t.work.path().join("s.snap");
+    export_file(&id, &t.img_a, &st, &[]);
+    for point in ["import-spooled", "import-received"] {
+        let hooks = Hooks::new(t.work.path().join(format!("hooks-{point}")), &[point]);
+        let mut c = hooks
+            .command(&["import", s(&st), "--mount", s(&t.b.mnt), "--image-root", s(&t.img_b)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        hooks.wait_reached(point, "import at the hook");
+        c.kill().unwrap();
+        c.wait().unwrap();
+        let (ok, _, err) = import(&st, &t.b.mnt, &t.img_b);
+        assert!(!ok && err.contains("snapckpt gc --mount"), "{point}: {err}");
+        let out = snapckpt_ok(&["gc", "--mount", s(&t.b.mnt), "--image-root", s(&t.img_b)]);
+        assert!(out.contains("partial image"), "{point}: {out}");
+        nothing_of(&id, &t.b, &t.img_b);
+    }
+    import_ok(&st, &t.b.mnt, &t.img_b);
+    snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_b)]);
+    snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_a)]);
+    nothing_of(&id, &t.b, &t.img_b);
+}

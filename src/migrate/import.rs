@@ -118,9 +118,11 @@ pub fn import(opts: &ImportOptions) -> Result<Imported, MigrateError> {
         let plan = plan(&ck, &head, opts)?;
         let mut img = ImageDir::create(&opts.image_root, &ck.id)?;
         let sends = spool(&mut rd, &ck, &head, img.path())?;
+        crate::hooks::point("import-spooled");
         let bytes = rd.offset();
         let mut got = Received::default();
         let placed = place(&ck, &head, &plan, &sends, &mut got)?;
+        crate::hooks::point("import-received");
         let rec = new_record(ck, &head, &plan, &placed)?;
         rec.validate(&img.path().join(RECORD_FILE))?;
         if matches!(rec.engine, crate::record::Engine::Criu { .. }) {
@@ -189,6 +191,15 @@ fn plan(ck: &Checkpoint, head: &StreamHeader, opts: &ImportOptions) -> Result<Pl
             ck.id,
             opts.image_root.display(),
             ck.id
+        )));
+    }
+    let partial = opts.image_root.join(image::State::Partial.name(&ck.id));
+    if partial.exists() {
+        return Err(MigrateError::Refused(format!(
+            "{} exists: an import (or take) of checkpoint {} is running or died here; if none runs, `snapckpt gc --mount MOUNT --image-root {}` removes what it left; nothing was imported",
+            partial.display(),
+            ck.id,
+            opts.image_root.display()
         )));
     }
     let sources = source_mounts(ck, head)?;
@@ -322,9 +333,10 @@ fn check_target(
         }
     } else if id_dir.symlink_metadata().is_ok() {
         return Err(MigrateError::Refused(format!(
-            "{} exists: checkpoint {} already has a snapshot directory on this filesystem; nothing was imported",
+            "{} exists: checkpoint {} already has a snapshot directory on this filesystem (left by an import that died? `snapckpt gc --mount {}` removes it); nothing was imported",
             id_dir.display(),
-            ck.id
+            ck.id,
+            target.display()
         )));
     }
     Ok(Target {
