@@ -191,6 +191,8 @@ fn open_output(o: &Output) -> Result<(std::io::BufWriter<Sink>, Option<PathBuf>)
 /// parent's snapshot it is relative to.
 struct Send {
     index: usize,
+    /// An LVM thin snapshot (its blocks), not a btrfs send.
+    lvm: bool,
     mount_point: String,
     path: PathBuf,
     parent: Option<PathBuf>,
@@ -217,11 +219,24 @@ fn plan_sends(ck: &Checkpoint, opts: &ExportOptions) -> Result<Vec<Send>, Migrat
     let mut v = vec![];
     for (k, s) in ck.snapshots.iter().enumerate() {
         let Snapshot::Btrfs { mount_point, path, uuid, .. } = s else {
-            return Err(MigrateError::Refused(format!(
-                "snapshot {} of checkpoint {}: exporting LVM snapshots is not implemented yet (btrfs only); export --image-only for shared storage",
-                s.describe(),
-                ck.id
-            )));
+            if parent.is_some() {
+                return Err(MigrateError::Refused(format!(
+                    "snapshot {} of checkpoint {}: incremental export is for btrfs snapshots; export it in full",
+                    s.describe(),
+                    ck.id
+                )));
+            }
+            drop(super::lvm::open_snapshot(s)?); // checked: thin, here, with its UUID
+            let mp = s.mount_point().to_string();
+            v.push(Send {
+                index: k,
+                lvm: true,
+                mount_point: mp,
+                path: PathBuf::new(),
+                parent: None,
+                parent_uuid: None,
+            });
+            continue;
         };
         let path = reachable(path, uuid)?;
         let (parent, parent_uuid) = match &parent {
@@ -231,7 +246,7 @@ fn plan_sends(ck: &Checkpoint, opts: &ExportOptions) -> Result<Vec<Send>, Migrat
                 (Some(pp), Some(pu))
             }
         };
-        v.push(Send { index: k, mount_point: mount_point.clone(), path, parent, parent_uuid });
+        v.push(Send { index: k, lvm: false, mount_point: mount_point.clone(), path, parent, parent_uuid });
     }
     Ok(v)
 }
@@ -304,7 +319,11 @@ fn write_members<W: Write>(
         out.push((h, t));
     }
     for s in sends {
-        out.push(send_member(w, s)?);
+        if s.lvm {
+            out.push(lvm_member(w, s, &ck.snapshots[s.index])?);
+        } else {
+            out.push(send_member(w, s)?);
+        }
     }
     Ok(out)
 }
@@ -326,6 +345,24 @@ fn criu_files(dir: &Path) -> Result<Vec<String>, MigrateError> {
     }
     v.sort();
     Ok(v)
+}
+
+/// The blocks of an LVM thin snapshot as one member.
+fn lvm_member<W: Write>(
+    w: &mut Writer<W>,
+    s: &Send,
+    snap: &Snapshot,
+) -> Result<(MemberHeader, MemberTrailer), MigrateError> {
+    let src = super::lvm::open_snapshot(snap)?;
+    let h = MemberHeader {
+        kind: Kind::LvmBlocks,
+        name: s.mount_point.clone(),
+        snapshot: Some(s.index),
+        length: None,
+    };
+    let mut r = super::lvm::SparseReader::new(&src.dev, src.size);
+    let t = w.member::<MigrateError>(&h, &mut r, &mut || Ok(()))?;
+    Ok((h, t))
 }
 
 /// `btrfs send [-p PARENT] SNAPSHOT` as one member; the trailer only if it exits 0.

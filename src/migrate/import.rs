@@ -14,6 +14,7 @@
 //! Any failure removes what was received and the partial image: a stream cut short or
 //! corrupted leaves nothing behind.
 
+use super::lvm;
 use super::stream::{self, Kind, MemberHeader, Reader, StreamHeader};
 use super::{bt_err, io_err, map_record, MigrateError};
 use crate::image::{self, ImageDir};
@@ -90,8 +91,16 @@ struct Target {
     device: String,
     origin_id: u64,
     origin_path: String,
-    /// The snapshot directory, relative to the mount, as on the source.
+    /// The snapshot directory, relative to the mount, as on the source (btrfs).
     sdir: String,
+    /// An LVM snapshot: the target mount's thin LV.
+    lvm: Option<lvm::TargetLv>,
+}
+
+/// A snapshot at its final place: a btrfs subvolume, or an LVM thin LV.
+enum Placed {
+    Btrfs(PathBuf),
+    Lvm(lvm::Lv),
 }
 
 struct Plan {
@@ -286,10 +295,17 @@ fn check_target(
     image_only: bool,
 ) -> Result<Target, MigrateError> {
     let Snapshot::Btrfs { mount_point, path, uuid, .. } = s else {
-        return Err(MigrateError::Refused(format!(
-            "snapshot {k} is {}: importing LVM snapshots is not implemented yet (btrfs only)",
-            s.describe()
-        )));
+        let t = lvm::check_target(s, &ck.id, target, image_only)?;
+        return Ok(Target {
+            source: s.mount_point().into(),
+            mount: target.into(),
+            mount_str: target.to_string_lossy().into_owned(),
+            device: t.origin.dm_path.clone(),
+            origin_id: 0,
+            origin_path: String::new(),
+            sdir: String::new(),
+            lvm: Some(t),
+        });
     };
     let sdir = path
         .strip_prefix(mount_point.trim_end_matches('/'))
@@ -347,6 +363,7 @@ fn check_target(
         origin_id: origin.id(),
         origin_path: format!("/{}", rel.to_string_lossy().trim_start_matches('/')),
         sdir: sdir.into(),
+        lvm: None,
     })
 }
 
@@ -418,9 +435,13 @@ fn spool<R: Read>(
                     .map_err(io_err(&p, "open"))?;
                 rd.member_data(&h, &mut std::io::sink(), &mut f)?;
             }
-            Kind::BtrfsSend => {
-                let k = h.snapshot.filter(|&k| k < sends.len() && sends[k].is_none() && !head.image_only).ok_or_else(|| {
-                    MigrateError::Refused(format!("the stream holds a btrfs send stream for snapshot {:?}, which its record does not expect", h.snapshot))
+            Kind::BtrfsSend | Kind::LvmBlocks => {
+                let fits = |k: usize| match ck.snapshots[k] {
+                    Snapshot::Btrfs { .. } => h.kind == Kind::BtrfsSend,
+                    Snapshot::Lvm { .. } => h.kind == Kind::LvmBlocks,
+                };
+                let k = h.snapshot.filter(|&k| k < sends.len() && sends[k].is_none() && !head.image_only && fits(k)).ok_or_else(|| {
+                    MigrateError::Refused(format!("the stream holds a {:?} member for snapshot {:?}, which its record does not expect", h.kind, h.snapshot))
                 })?;
                 let p = dir.join(format!(".send-{k}.zst"));
                 let mut f = std::fs::OpenOptions::new()
@@ -433,11 +454,6 @@ fn spool<R: Read>(
                 sends[k] = Some((p, t.sha256));
             }
             Kind::Record => return Err(MigrateError::Refused("the stream holds a second record".into())),
-            Kind::LvmBlocks => {
-                return Err(MigrateError::Refused(
-                    "the stream holds LVM blocks: importing LVM snapshots is not implemented yet".into(),
-                ))
-            }
         }
     }
     if let Some(k) = (0..sends.len()).find(|&k| sends[k].is_none() && !head.image_only) {
@@ -454,6 +470,8 @@ fn spool<R: Read>(
 struct Received {
     subvols: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
+    /// LVs made (`VG/LV`).
+    lvs: Vec<String>,
     kept: bool,
 }
 
@@ -468,6 +486,7 @@ impl Drop for Received {
         if self.kept {
             return;
         }
+        lvm::remove(&self.lvs);
         for s in self.subvols.iter().rev() {
             delete_subvolume(s);
         }
@@ -500,16 +519,19 @@ fn place(
     plan: &Plan,
     sends: &[Spooled],
     got: &mut Received,
-) -> Result<Vec<PathBuf>, MigrateError> {
+) -> Result<Vec<Placed>, MigrateError> {
     let mut out = vec![];
     for (k, t) in plan.targets.iter().enumerate() {
         let id_dir = t.mount.join(&t.sdir).join(&ck.id);
-        match &sends[k] {
-            None if head.image_only => out.push(id_dir.join(names::SNAPSHOT_NAME)),
-            None => return Err(MigrateError::Refused(format!("no send stream for snapshot {k}"))),
-            Some((spool, sha)) => {
+        match (&sends[k], &t.lvm) {
+            (None, _) if head.image_only => out.push(Placed::Btrfs(id_dir.join(names::SNAPSHOT_NAME))),
+            (None, _) => return Err(MigrateError::Refused(format!("no send stream for snapshot {k}"))),
+            (Some((spool, sha)), Some(l)) => {
+                out.push(Placed::Lvm(lvm::receive(l, &ck.id, spool, sha, &mut got.lvs)?))
+            }
+            (Some((spool, sha)), None) => {
                 let Snapshot::Btrfs { uuid, .. } = &ck.snapshots[k] else { unreachable!("checked by plan") };
-                out.push(receive(t, &ck.id, spool, sha, uuid, got)?);
+                out.push(Placed::Btrfs(receive(t, &ck.id, spool, sha, uuid, got)?));
             }
         }
     }
@@ -629,10 +651,18 @@ fn new_record(
     mut ck: Checkpoint,
     head: &StreamHeader,
     plan: &Plan,
-    placed: &[PathBuf],
+    placed: &[Placed],
 ) -> Result<Checkpoint, MigrateError> {
     let source_snapshots = ck.snapshots.clone();
-    for (k, (t, fin)) in plan.targets.iter().zip(placed).enumerate() {
+    for (k, (t, p)) in plan.targets.iter().zip(placed).enumerate() {
+        let fin = match (p, &t.lvm) {
+            (Placed::Btrfs(fin), _) => fin,
+            (Placed::Lvm(lv), Some(l)) => {
+                ck.snapshots[k] = lvm::record_of(&source_snapshots[k], l, lv, &t.mount_str);
+                continue;
+            }
+            (Placed::Lvm(_), None) => unreachable!("an LV is placed for an LVM target only"),
+        };
         let info = libbtrfsutil::subvolume_info(fin).map_err(bt_err(fin, "subvolume info"))?;
         let rel = libbtrfsutil::subvolume_path(fin).map_err(bt_err(fin, "subvolume path"))?;
         ck.snapshots[k] = Snapshot::Btrfs {
@@ -667,11 +697,12 @@ fn new_record(
 }
 
 /// `btrfs receive` makes new inodes: each relinked name's inode number in its received snapshot.
-fn new_inodes(ck: &mut Checkpoint, plan: &Plan, placed: &[PathBuf]) -> Result<(), MigrateError> {
+fn new_inodes(ck: &mut Checkpoint, plan: &Plan, placed: &[Placed]) -> Result<(), MigrateError> {
     for o in &mut ck.objects {
         let Some(r) = o.relinked.as_mut() else { continue };
         let Some(k) = plan.targets.iter().position(|t| t.mount_str == o.mount.mount_point) else { continue };
-        let p = placed[k].join(&r.rel_path);
+        let Placed::Btrfs(fin) = &placed[k] else { continue }; // a block copy keeps inode numbers
+        let p = fin.join(&r.rel_path);
         let md = std::fs::symlink_metadata(&p).map_err(|e| {
             MigrateError::Refused(format!(
                 "the received snapshot has no {} ({e}), which the record says holds {}: the stream does not match its record",

@@ -14,6 +14,7 @@
 
 pub mod export;
 pub mod import;
+pub mod lvm;
 pub mod paths;
 pub mod stream;
 
