@@ -4,7 +4,8 @@
 //! travels with the filesystem's own replication: [`export`] writes one stream ([`stream`])
 //! holding the record, the CRIU image files and, for each btrfs snapshot, a `btrfs send` of
 //! the read-only snapshot (incremental against an earlier checkpoint with `--parent`, or left
-//! out with `--image-only` for shared storage). [`import`] verifies the whole stream before
+//! out with `--image-only` for shared storage); an LVM thin snapshot travels as its allocated
+//! blocks ([`lvm`]). [`import`] verifies the whole stream before
 //! it acts, `btrfs receive`s each snapshot into a temporary directory of the target
 //! filesystem and moves it to `<mount>/<snapshot_dir>/<id>/snapshot`, and publishes a record
 //! in the target's terms (mount points mapped, the received snapshots' ids, the preserved

@@ -87,7 +87,7 @@ pub enum Kind {
     CriuFile,
     /// `btrfs send` of a read-only snapshot (with `-p` for an incremental stream).
     BtrfsSend,
-    /// The allocated blocks of an LVM thin snapshot (reserved; not written yet).
+    /// The allocated blocks of an LVM thin snapshot, sparse (see [`super::lvm`]).
     LvmBlocks,
 }
 
