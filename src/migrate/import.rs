@@ -332,7 +332,29 @@ fn check_target(
         .ok_or_else(|| MigrateError::Refused(format!("{} is not a btrfs mount", target.display())))?;
     let origin = libbtrfsutil::subvolume_info(target).map_err(bt_err(target, "subvolume info"))?;
     let rel = libbtrfsutil::subvolume_path(target).map_err(bt_err(target, "subvolume path"))?;
-    let id_dir = target.join(sdir).join(&ck.id);
+    check_place(&target.join(sdir).join(&ck.id), &ck.id, target, mount_point, uuid, image_only)?;
+    Ok(Target {
+        source: mount_point.clone(),
+        mount: target.into(),
+        mount_str: target.to_string_lossy().into_owned(),
+        device: entry.source.clone(),
+        origin_id: origin.id(),
+        origin_path: format!("/{}", rel.to_string_lossy().trim_start_matches('/')),
+        sdir: sdir.into(),
+        lvm: None,
+    })
+}
+
+/// Image-only: the snapshot is already at `id_dir/snapshot` (shared storage, same UUID);
+/// otherwise nothing of this checkpoint may be there yet.
+fn check_place(
+    id_dir: &Path,
+    id: &str,
+    target: &Path,
+    mount_point: &str,
+    uuid: &str,
+    image_only: bool,
+) -> Result<(), MigrateError> {
     if image_only {
         let snap = id_dir.join(names::SNAPSHOT_NAME);
         match libbtrfsutil::subvolume_info(&snap) {
@@ -351,20 +373,11 @@ fn check_target(
         return Err(MigrateError::Refused(format!(
             "{} exists: checkpoint {} already has a snapshot directory on this filesystem (left by an import that died? `snapckpt gc --mount {}` removes it); nothing was imported",
             id_dir.display(),
-            ck.id,
+            id,
             target.display()
         )));
     }
-    Ok(Target {
-        source: mount_point.clone(),
-        mount: target.into(),
-        mount_str: target.to_string_lossy().into_owned(),
-        device: entry.source.clone(),
-        origin_id: origin.id(),
-        origin_path: format!("/{}", rel.to_string_lossy().trim_start_matches('/')),
-        sdir: sdir.into(),
-        lvm: None,
-    })
+    Ok(())
 }
 
 /// An incremental stream: the parent was imported into this image root and each of its
