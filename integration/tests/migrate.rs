@@ -630,3 +630,28 @@ fn migrate_killed_import_is_collected() {
     snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_a)]);
     nothing_of(&id, &t.b, &t.img_b);
 }
+
+/// The checkpointed task's pid is in use on the target (here: the task itself, left running
+/// by the take): the restart of the imported checkpoint refuses, saying so, and changes nothing.
+#[test]
+fn migrate_restart_refuses_pid_in_use() {
+    let _g = serial();
+    let t = two("1G");
+    let log = t.work.path().join("ufiles.log");
+    let p = workload(&prog("ufiles"), &["setup", s(&t.a.path("data")), "orphan:1048576"], &log, true, None);
+    let id =
+        take_id(&take_ok(p.pid, &t.img_a, &["--engine", "criu", "--snapshot", "btrfs", "--leave-running"]));
+    let st = t.work.path().join("s.snap");
+    export_file(&id, &t.img_a, &st, &[]);
+    import_ok(&st, &t.b.mnt, &t.img_b);
+    let (ok, out, err) = snapckpt(&["restart", &id, "--snapshot", "--image-root", s(&t.img_b)]);
+    assert!(
+        !ok && err.contains(&format!("pid {} is in use", p.pid)) && err.contains("nothing was changed"),
+        "{out}\n{err}"
+    );
+    assert!(!t.b.path(&format!(".snapckpt/{id}/restart-1")).exists(), "no clone was made");
+    assert!(alive(p.pid));
+    snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_b)]);
+    snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_a)]);
+    drop(p);
+}
