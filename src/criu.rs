@@ -113,6 +113,9 @@ pub struct DumpRequest {
     /// The cgroup snapckpt froze (CRIU must be told, or it waits for tasks that never run).
     pub freeze_cgroup: Option<PathBuf>,
     pub leave_running: bool,
+    pub flags: crate::engine::CriuFlags,
+    /// Let CRIU copy unlinked files up to this size into its image (those snapckpt leaves to it).
+    pub ghost_limit: Option<u32>,
 }
 
 /// The file name of CRIU's log inside the image directory.
@@ -177,7 +180,12 @@ pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>
     c.set_log_level(4);
     c.set_log_file(DUMP_LOG.into());
     c.set_leave_running(req.leave_running);
-    c.set_shell_job(false);
+    c.set_shell_job(req.flags.shell_job);
+    c.set_tcp_established(req.flags.tcp_established);
+    c.set_network_lock_nftables(req.flags.tcp_established);
+    if let Some(g) = req.ghost_limit {
+        c.set_ghost_limit(g);
+    }
     c.set_ext_unix_sk(true);
     c.set_file_locks(true);
     c.set_manage_cgroups(false);
@@ -202,6 +210,7 @@ pub struct RestoreRequest {
     pub image_dir: PathBuf,
     /// Where CRIU writes its log (the image directory may be read-only or shared).
     pub work_dir: PathBuf,
+    pub flags: crate::engine::CriuFlags,
 }
 
 /// Restore a process tree; the tasks get their old pids and run detached from snapckpt.
@@ -229,7 +238,9 @@ pub fn restore(
     c.set_work_dir_fd(workfd.as_raw_fd());
     c.set_log_level(4);
     c.set_log_file(RESTORE_LOG.into());
-    c.set_shell_job(false);
+    c.set_shell_job(req.flags.shell_job);
+    c.set_tcp_established(req.flags.tcp_established);
+    c.set_network_lock_nftables(req.flags.tcp_established);
     c.set_ext_unix_sk(true);
     c.set_file_locks(true);
     c.set_manage_cgroups(false);
@@ -303,6 +314,8 @@ mod tests {
             externals: vec![],
             freeze_cgroup: None,
             leave_running: true,
+            flags: Default::default(),
+            ghost_limit: None,
         };
         let e = dump(&req, &mut || Ok(())).unwrap_err();
         let s = e.to_string();
@@ -317,7 +330,12 @@ mod tests {
     fn restore_removes_a_stale_log() {
         let dir = scratch("restore");
         std::fs::write(dir.join(RESTORE_LOG), "(00.1) Error (criu/util.c:1): an old failure\n").unwrap();
-        let req = RestoreRequest { criu: "/bin/true".into(), image_dir: dir.clone(), work_dir: dir.clone() };
+        let req = RestoreRequest {
+            criu: "/bin/true".into(),
+            image_dir: dir.clone(),
+            work_dir: dir.clone(),
+            flags: Default::default(),
+        };
         let e = restore(&req, &mut || Ok(())).unwrap_err();
         let s = e.to_string();
         assert!(matches!(e, CriuError::NoLog { .. }), "{s}");

@@ -14,3 +14,14 @@ pub enum AfterDump {
     /// the operator resumes or kills them (like CRIU's `--leave-stopped`).
     Stop,
 }
+
+/// CRIU options a take passes to the dump and records for the restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CriuFlags {
+    /// The tasks belong to a shell job (their root is not a session leader, they may use the
+    /// terminal): CRIU's `--shell-job`, at dump and at restore.
+    pub shell_job: bool,
+    /// Dump and restore established TCP connections (CRIU's `--tcp-established`; the network
+    /// is locked with nftables meanwhile).
+    pub tcp_established: bool,
+}

@@ -125,6 +125,12 @@ pub struct Criu {
     /// Leave the tasks frozen after the dump (not with `leave_running`).
     #[serde(default)]
     pub leave_stopped: bool,
+    /// The tasks are a shell job (CRIU `--shell-job`).
+    #[serde(default)]
+    pub shell_job: bool,
+    /// Dump established TCP connections (CRIU `--tcp-established`).
+    #[serde(default)]
+    pub tcp_established: bool,
 }
 
 impl Criu {

@@ -92,6 +92,8 @@ pub struct ProcStat {
     /// The state letter: `R`, `S`, `D`, `T` (stopped), `t` (tracing stop), `Z`, `X`, `I`...
     pub state: char,
     pub ppid: i32,
+    /// The session id (0 when the line is too short to say).
+    pub session: i32,
 }
 
 impl ProcStat {
@@ -110,7 +112,9 @@ impl ProcStat {
         let mut rest = s[close + 1..].split_ascii_whitespace();
         let state = rest.next()?.chars().next()?;
         let ppid = rest.next()?.parse().ok()?;
-        Some(ProcStat { pid, comm, state, ppid })
+        let _pgrp = rest.next();
+        let session = rest.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        Some(ProcStat { pid, comm, state, ppid, session })
     }
 
     /// Read and parse `path` (a stat file). `Ok(None)` if the task has gone.
@@ -306,7 +310,7 @@ mod tests {
     #[test]
     fn parse_stat_plain() {
         let st = ProcStat::parse("1234 (bash) S 1 1234 1234 34816 0 4194560 0 0").unwrap();
-        assert_eq!(st, ProcStat { pid: 1234, comm: "bash".into(), state: 'S', ppid: 1 });
+        assert_eq!(st, ProcStat { pid: 1234, comm: "bash".into(), state: 'S', ppid: 1, session: 1234 });
     }
 
     #[test]

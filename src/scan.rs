@@ -38,6 +38,9 @@ pub enum ScanError {
 pub struct Scan {
     pub tasks: Vec<Task>,
     pub objects: Vec<Object>,
+    /// Every mount on which the tasks hold something with a path (an fd, a mapping, cwd,
+    /// root or exe), by mount point: what a consistent snapshot of their files must cover.
+    pub mounts: Vec<MountRef>,
 }
 
 impl Scan {
@@ -80,7 +83,7 @@ pub fn scan(pids: &[i32]) -> Result<Scan, ScanError> {
     for &pid in pids {
         s.task(pid)?;
     }
-    Ok(Scan { tasks: s.tasks, objects: s.objects })
+    Ok(s.finish())
 }
 
 /// Scan as many of the given tasks as can be read, skipping tasks that vanish (for `scan --all`).
@@ -98,7 +101,7 @@ pub fn scan_lenient(pids: &[i32]) -> Scan {
             }
         }
     }
-    Scan { tasks: s.tasks, objects: s.objects }
+    s.finish()
 }
 
 #[derive(Default)]
@@ -107,6 +110,7 @@ struct Scanner {
     objects: Vec<Object>,
     by_inode: HashMap<(u64, u64), usize>,
     mountinfo: HashMap<String, HashMap<u32, MountRef>>,
+    used: std::collections::BTreeMap<String, MountRef>,
 }
 
 /// One file found in a task, before classification.
@@ -121,6 +125,17 @@ struct Found<'a> {
 }
 
 impl Scanner {
+    fn finish(self) -> Scan {
+        Scan { tasks: self.tasks, objects: self.objects, mounts: self.used.into_values().collect() }
+    }
+
+    /// Note that a task holds something on mount `mnt_id`.
+    fn uses(&mut self, mounts: &HashMap<u32, MountRef>, mnt_id: Option<u32>) {
+        if let Some(m) = mnt_id.and_then(|id| mounts.get(&id)) {
+            self.used.entry(m.mount_point.clone()).or_insert_with(|| m.clone());
+        }
+    }
+
     fn task(&mut self, pid: i32) -> Result<(), ScanError> {
         let base = procfs::pid_dir(pid);
         let gone = |path: PathBuf, syscall: &'static str| {
@@ -168,6 +183,7 @@ impl Scanner {
             let Ok(target) = sys::readlink(&p) else { continue }; // kernel threads, zombies
             let Ok(st) = sys::stat(&p) else { continue };
             let mnt_id = sys::open(&p, libc::O_PATH, 0).ok().and_then(|f| sys::mnt_id_of(f.as_raw_fd()).ok());
+            self.uses(&mounts, mnt_id);
             let f = Found { pid, what, target: &target, st: &st, mnt_id, fdflags: None };
             let object = if what == Held::Root { None } else { self.classify(&f, &root, &mounts) };
             let r = FileRef { path: sys::lossy(&target), dev: st.st_dev, ino: st.st_ino, object };
@@ -206,6 +222,9 @@ impl Scanner {
                 mnt_id: Some(mnt_id),
                 fdflags: Some(flags),
             };
+            if kind != FileKind::Anonymous {
+                self.uses(&mounts, Some(mnt_id));
+            }
             let object = if kind == FileKind::Anonymous { None } else { self.classify(&f, &root, &mounts) };
             task.fds.push(Fd {
                 fd: n,
@@ -237,6 +256,7 @@ impl Scanner {
                 sys::open(&link, libc::O_PATH, 0).ok().and_then(|f| sys::mnt_id_of(f.as_raw_fd()).ok());
             let object = match mnt_id {
                 Some(id) if mounts.contains_key(&id) => {
+                    self.uses(&mounts, mnt_id);
                     let f = Found {
                         pid,
                         what: Held::Map { start: m.start, end: m.end },

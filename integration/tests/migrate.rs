@@ -91,19 +91,11 @@ fn nothing_of(id: &str, fs: &LoopFs, images: &Path) {
 /// in B's own mount namespace.
 fn criu_roundtrip(t: &Two, b_mount: &Path, run_b: &dyn Fn(&[&str]) -> String) {
     let log = t.work.path().join("ufiles.log");
+    // (no "tmpfile": take's restartability check refuses an O_TMPFILE fd with CRIU for now,
+    // criu_btrfs::criu_every_kind_restart_twice shows it)
     let p = workload(
         &prog("ufiles"),
-        &[
-            "setup",
-            s(&t.a.path("data")),
-            "ab",
-            "orphan:67108864",
-            "dense:3000000",
-            "mmap",
-            "tmpfile",
-            "twofds",
-            "fifo",
-        ],
+        &["setup", s(&t.a.path("data")), "ab", "orphan:67108864", "dense:3000000", "mmap", "twofds", "fifo"],
         &log,
         true,
         None,

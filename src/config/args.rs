@@ -75,6 +75,18 @@ pub struct TakeArgs {
     /// they were frozen); take prints the command that resumes them.
     #[arg(long)]
     pub leave_stopped: bool,
+    /// With CRIU: the tasks are a shell job (their root need not be a session leader; at
+    /// restart they get snapckpt's terminal), CRIU's --shell-job.
+    #[arg(long)]
+    pub shell_job: bool,
+    /// With CRIU: dump established TCP connections and restore them (CRIU's
+    /// --tcp-established; the network is locked with nftables meanwhile).
+    #[arg(long)]
+    pub tcp_established: bool,
+    /// Refuse the take when a filesystem the tasks use cannot be snapshotted with the
+    /// --snapshot backend (default: keep its relinked names and say so).
+    #[arg(long)]
+    pub strict_snapshots: bool,
     /// Say what would be done; change nothing (tasks are frozen briefly for a consistent scan).
     #[arg(long)]
     pub dry_run: bool,

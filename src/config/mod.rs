@@ -181,8 +181,18 @@ pub fn take_options(a: TakeArgs, env: &Env) -> Result<take::TakeOptions, ConfigE
         Some(EngineArg::None) => EngineKind::None,
         None => j.and_then(|j| j.criu.engine).unwrap_or_default(),
     };
-    if engine_kind == EngineKind::None && (a.leave_running || a.leave_stopped) {
-        let flag = if a.leave_running { "--leave-running" } else { "--leave-stopped" };
+    if engine_kind == EngineKind::None
+        && (a.leave_running || a.leave_stopped || a.shell_job || a.tcp_established)
+    {
+        let flag = if a.leave_running {
+            "--leave-running"
+        } else if a.leave_stopped {
+            "--leave-stopped"
+        } else if a.shell_job {
+            "--shell-job"
+        } else {
+            "--tcp-established"
+        };
         return Err(ConfigError::LeaveWithoutCriu { flag });
     }
     let image_root = image_root(a.image_root.clone(), j, env)?;
@@ -199,6 +209,7 @@ pub fn take_options(a: TakeArgs, env: &Env) -> Result<take::TakeOptions, ConfigE
         freeze_timeout: Duration::from_millis(timeout_ms),
         filesystems,
         auto_snapshot,
+        strict_snapshots: a.strict_snapshots,
         keep_links: a.keep_links || j.is_some_and(|j| j.snapshot.keep_links),
         engine,
         job_name: j.and_then(|j| j.name.clone()),
@@ -232,7 +243,11 @@ fn take_engine(a: &TakeArgs, j: Option<&Job>, env: &Env) -> Result<take::EngineO
     } else {
         j.map(|j| j.criu.after_dump()).unwrap_or_default()
     };
-    Ok(take::EngineOpts::Criu { path, after })
+    let flags = crate::engine::CriuFlags {
+        shell_job: a.shell_job || j.is_some_and(|j| j.criu.shell_job),
+        tcp_established: a.tcp_established || j.is_some_and(|j| j.criu.tcp_established),
+    };
+    Ok(take::EngineOpts::Criu { path, after, flags })
 }
 
 /// What the dry run says relink will do with `o`: the rule [`relink`] applies (directories and

@@ -173,7 +173,7 @@ fn criu_precedence_and_after_dump() {
     );
     let en = env(None, Some(&e));
     let engine = |argv: &[&str], en: &Env| match take(argv, en).unwrap().engine {
-        take::EngineOpts::Criu { path, after } => (path, after),
+        take::EngineOpts::Criu { path, after, .. } => (path, after),
         take::EngineOpts::None => panic!("no CRIU engine for {argv:?}"),
     };
     assert_eq!(engine(&["--job", &jf, "--criu", f.to_str().unwrap()], &en), (f.clone(), AfterDump::Stop));

@@ -93,6 +93,9 @@ pub fn is_under(p: &str, mount: &str) -> bool {
 
 /// Map every path of the record that lies under a source mount point to the target.
 pub fn map_record(ck: &mut Checkpoint, maps: &[MountMap]) {
+    for f in &mut ck.filesystems {
+        f.mount_point = map_path(&f.mount_point, maps);
+    }
     for o in &mut ck.objects {
         o.original_path = map_path(&o.original_path, maps);
         o.mount.mount_point = map_path(&o.mount.mount_point, maps);

@@ -425,7 +425,41 @@ pub enum Engine {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         leave_stopped: bool,
         images: Vec<String>,
+        /// Dumped as a shell job (restored with CRIU's `--shell-job`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        shell_job: bool,
+        /// Established TCP connections dumped (restored with `--tcp-established`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        tcp_established: bool,
     },
+}
+
+/// How a take covered one filesystem on which the tasks hold something.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Coverage {
+    /// Snapshotted: a restart from the snapshot sees every file there as it was.
+    Snapshot,
+    /// Not snapshotted; its relinked names stay on the live filesystem, so a restart
+    /// consumes them (one-shot), and its linked files are read as they are then.
+    NamesKept,
+    /// A memory filesystem (tmpfs): CRIU carries its unlinked files in the process image.
+    EngineCarries,
+    /// Not snapshotted and no unlinked file on it: its files are read as they are at restart.
+    Live,
+}
+
+/// The decision for one filesystem the tasks use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsCoverage {
+    pub mount_point: String,
+    pub fstype: String,
+    /// st_dev at take time (a btrfs restart clone has a device number of its own).
+    pub dev: u64,
+    pub coverage: Coverage,
+    /// Why it is not snapshotted, when a snapshot was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// Stage timings in milliseconds.
@@ -463,6 +497,9 @@ pub struct Checkpoint {
     /// keep them).
     pub links_removed: bool,
     pub timings: Timings,
+    /// How each filesystem the tasks use was covered (records before this field: empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filesystems: Vec<FsCoverage>,
     /// Set by `snapckpt import`: where the checkpoint came from. Optional, so records without
     /// it (version 1 as before) still load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -489,6 +526,7 @@ impl Checkpoint {
             snapshots: vec![],
             links_removed: false,
             timings: Timings::default(),
+            filesystems: vec![],
             imported: None,
         }
     }
@@ -502,6 +540,13 @@ impl Checkpoint {
             validate::Problem::Version(found) => RecordError::Version { path: path.to_path_buf(), found },
             validate::Problem::Invalid(msg) => RecordError::Invalid { path: path.to_path_buf(), msg },
         })
+    }
+
+    /// Whether a restart consumes this checkpoint (some relinked name lives only on a live
+    /// filesystem, not in a snapshot).
+    pub fn one_shot(&self) -> bool {
+        let snapped: Vec<&str> = self.snapshots.iter().map(Snapshot::mount_point).collect();
+        self.relinked().any(|(o, _)| !snapped.contains(&o.mount.mount_point.as_str()))
     }
 
     /// The unlinked objects that were preserved, with their relink data.

@@ -67,10 +67,14 @@ impl Relinker {
     pub fn relink_all(
         &mut self,
         objects: &mut [Object],
+        skip: impl Fn(&Object) -> bool,
         mut progress: impl FnMut(&Object),
     ) -> Result<Stats, RelinkError> {
         let mut stats = Stats::default();
         for o in objects.iter_mut() {
+            if skip(o) {
+                continue;
+            }
             if let Err(e) = self.relink_one(o, &mut stats) {
                 let _ = self.remove_all();
                 for o in objects.iter_mut() {

@@ -255,7 +255,14 @@ fn restore(
     // snapckpt dies before.
     let _guard =
         if ck.freezer == Freezer::Sigstop { Some(crate::tasks::ContinueGuard::arm(&pids)?) } else { None };
-    let req = criu::RestoreRequest { criu, image_dir: work.dir.clone(), work_dir: image_dir.to_path_buf() };
+    let flags = match ck.engine {
+        Engine::Criu { shell_job, tcp_established, .. } => {
+            crate::engine::CriuFlags { shell_job, tcp_established }
+        }
+        Engine::None => Default::default(),
+    };
+    let req =
+        criu::RestoreRequest { criu, image_dir: work.dir.clone(), work_dir: image_dir.to_path_buf(), flags };
     criu::restore(&req, &mut || release_all(opened))?;
     drop(work);
     out.pids = pids;

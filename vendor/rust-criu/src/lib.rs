@@ -93,6 +93,9 @@ pub struct Criu {
     shell_job: Option<bool>,
     rst_sibling: Option<bool>,
     tcp_established: Option<bool>,
+    // snapckpt patch: ghost limit and network lock method
+    ghost_limit: Option<u32>,
+    network_lock_nftables: Option<bool>,
     file_locks: Option<bool>,
     manage_cgroups: Option<bool>,
     work_dir_fd: Option<RawFd>,
@@ -135,6 +138,8 @@ impl Criu {
             shell_job: None,
             rst_sibling: None,
             tcp_established: None,
+            ghost_limit: None,
+            network_lock_nftables: None,
             file_locks: None,
             manage_cgroups: None,
             work_dir_fd: None,
@@ -493,6 +498,16 @@ impl Criu {
         self.tcp_established = Some(tcp_established);
     }
 
+    /// snapckpt patch: the largest unlinked file CRIU copies into its image (`--ghost-limit`).
+    pub fn set_ghost_limit(&mut self, bytes: u32) {
+        self.ghost_limit = Some(bytes);
+    }
+
+    /// snapckpt patch: lock the network with nftables instead of iptables (`--network-lock`).
+    pub fn set_network_lock_nftables(&mut self, nft: bool) {
+        self.network_lock_nftables = Some(nft);
+    }
+
     pub fn set_file_locks(&mut self, file_locks: bool) {
         self.file_locks = Some(file_locks);
     }
@@ -631,6 +646,12 @@ impl Criu {
             criu_opts.set_rst_sibling(rst_sibling);
         }
 
+        if let Some(v) = self.ghost_limit {
+            criu_opts.set_ghost_limit(v);
+        }
+        if let Some(true) = self.network_lock_nftables {
+            criu_opts.set_network_lock(rust_criu_protobuf::rpc::Criu_network_lock_method::NFTABLES);
+        }
         if let Some(tcp_established) = self.tcp_established {
             criu_opts.set_tcp_established(tcp_established);
         }
@@ -723,6 +744,8 @@ impl Criu {
         self.shell_job = None;
         self.rst_sibling = None;
         self.tcp_established = None;
+        self.ghost_limit = None;
+        self.network_lock_nftables = None;
         self.file_locks = None;
         self.manage_cgroups = None;
         self.work_dir_fd = None;

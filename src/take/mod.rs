@@ -11,6 +11,9 @@ use crate::relink::{self, Relinker, Template};
 use crate::snapshot::{self, Backend, FsSpec};
 use crate::tasks::{self, FreezeMethod, Selection};
 use crate::{criu, hooks, scan, sys};
+
+mod plan;
+mod verify;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -33,6 +36,18 @@ pub enum TakeError {
     Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
     #[error("{0}")]
     Refused(String),
+    /// `--strict-snapshots` and a filesystem the backend cannot snapshot.
+    #[error("{mount_point}: the tasks use this filesystem and it cannot be snapshotted ({why}); nothing was changed. Drop --strict-snapshots to checkpoint it without a snapshot (its relinked names then stay on it and a restart consumes them)")]
+    Strict { mount_point: String, why: String },
+    /// With CRIU: the root of the tree is not a session leader.
+    #[error("pid {pid} is not a session leader (its session is {sid}): CRIU would refuse to dump it after the freeze. Start the workload with `setsid` (e.g. `setsid CMD`), or take it with --shell-job if it is a job of a shell; nothing was changed")]
+    NotSessionLeader { pid: i32, sid: i32 },
+    /// Something CRIU cannot dump, refused before the freeze.
+    #[error("pid {pid} fd {fd} is {what}: {advice}; nothing was changed")]
+    Unsupported { pid: i32, fd: String, what: String, advice: &'static str },
+    /// The dump cannot be restarted as it is: not published, the tasks go on.
+    #[error("the checkpoint could not be restarted, so it was not published and the tasks go on: {0}")]
+    NotRestartable(String),
     /// A failed take whose undo left something behind (named in `warnings`).
     #[error("{source}")]
     Undone { source: Box<TakeError>, warnings: Vec<String> },
@@ -47,10 +62,10 @@ pub enum EngineOpts {
     /// Files only: relink (and snapshot), then let the tasks go on.
     None,
     /// Dump the tasks with CRIU; what happens to them after the image is published.
-    Criu { path: PathBuf, after: AfterDump },
+    Criu { path: PathBuf, after: AfterDump, flags: CriuFlags },
 }
 
-pub use crate::engine::AfterDump;
+pub use crate::engine::{AfterDump, CriuFlags};
 
 /// Everything a take needs to know.
 #[derive(Debug, Clone)]
@@ -64,6 +79,8 @@ pub struct TakeOptions {
     /// Also snapshot, with this backend, every filesystem that holds a relinked object and is
     /// not listed in `filesystems`.
     pub auto_snapshot: Option<Backend>,
+    /// Refuse when a filesystem the tasks use cannot be snapshotted with `auto_snapshot`.
+    pub strict_snapshots: bool,
     /// Keep the relinked names on the live filesystems after the snapshot.
     pub keep_links: bool,
     pub engine: EngineOpts,
@@ -94,6 +111,8 @@ pub struct Plan {
     pub freezer: String,
     pub scan: scan::Scan,
     pub snapshots: Vec<FsSpec>,
+    /// How each filesystem the tasks use would be covered.
+    pub coverage: Vec<record::FsCoverage>,
 }
 
 #[allow(clippy::large_enum_variant)] // one value per take
@@ -147,7 +166,11 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
                 )));
             }
         }
-        criu_root(&pids)?;
+        let root = criu_root(&pids)?;
+        if let EngineOpts::Criu { flags, .. } = &opts.engine {
+            session_leader(root, flags.shell_job)?;
+        }
+        verify::unsupported_fds(&pids)?;
         if !opts.dry_run {
             criu_version = criu::version_string(path);
         }
@@ -160,10 +183,10 @@ fn dry_run(opts: &TakeOptions, sel: Selected) -> Result<Plan, TakeError> {
     let frozen = tasks::freeze(sel.method, opts.freeze_timeout)?;
     let pids = selection_after_freeze(opts, &frozen)?;
     let sc = scan::scan(&pids)?;
-    let specs = snapshot_plan(opts, &sc)?;
+    let plan = plan::plan(opts, &sc)?;
     let freezer = frozen.method().describe();
     frozen.thaw()?;
-    Ok(Plan { pids, freezer, scan: sc, snapshots: specs })
+    Ok(Plan { pids, freezer, scan: sc, snapshots: plan.specs, coverage: plan.coverage })
 }
 
 /// Tasks may have forked between the selection and the freeze: a SIGSTOP freeze of a pid
@@ -177,24 +200,6 @@ fn selection_after_freeze(opts: &TakeOptions, frozen: &tasks::Frozen) -> Result<
         }
     }
     Ok(pids)
-}
-
-/// The filesystems to snapshot: the job's, plus (with `auto_snapshot`) every other one that
-/// holds an unlinked object. Each is checked to be possible before anything is relinked.
-fn snapshot_plan(opts: &TakeOptions, sc: &scan::Scan) -> Result<Vec<FsSpec>, TakeError> {
-    let mut specs = opts.filesystems.clone();
-    if let Some(b) = opts.auto_snapshot {
-        for o in &sc.objects {
-            let mp = PathBuf::from(&o.mount.mount_point);
-            if !specs.iter().any(|s| s.mount_point == mp) {
-                specs.push(FsSpec { mount_point: mp, backend: b, snapshot_dir: None, lvm_size: None });
-            }
-        }
-    }
-    for spec in &specs {
-        snapshot::precheck(spec)?;
-    }
-    Ok(specs)
 }
 
 /// A take in progress: what the undo must reverse.
@@ -230,15 +235,16 @@ impl Tx<'_> {
         let mut sc = scan::scan(&pids)?;
         self.timings.scan_ms = ms(t1.elapsed());
         hooks::point("take-scanned");
-        let specs = snapshot_plan(self.opts, &sc)?;
+        let plan = plan::plan(self.opts, &sc)?;
 
-        let stats = self.relink(&mut sc)?;
+        let stats = self.relink(&mut sc, &plan)?;
         // Past this point a death of snapckpt relies on the watchdog: is it still there?
         self.frozen().check_watchdog()?;
-        let engine = self.checkpoint(&sc, &pids, &specs)?;
+        let engine = self.checkpoint(&sc, &pids, &plan)?;
         hooks::point("take-snapshotted");
-        let mut notes = vec![];
-        let links_removed = self.drop_live_names(&sc, &mut notes)?;
+        verify::restartable(&sc, &engine, self.image.path(), self.relinker.as_ref().expect("relinked"))?;
+        let mut notes = plan::notes(&plan, self.opts.auto_snapshot.is_some());
+        let links_removed = self.drop_live_names(&sc)?;
 
         let mut ck = Checkpoint::new(&self.sel.id, self.sel.now);
         ck.job = self.opts.job_name.clone();
@@ -250,6 +256,10 @@ impl Tx<'_> {
         ck.objects = sc.objects;
         ck.snapshots = self.snaps.clone();
         ck.links_removed = links_removed;
+        ck.filesystems = plan.coverage;
+        if let Some(n) = verify::tmpfile_notes(&ck) {
+            notes.push(n);
+        }
         Ok(Staged { ck, stats, pids, notes })
     }
 
@@ -258,11 +268,13 @@ impl Tx<'_> {
     }
 
     /// Relink every unlinked object. On error the relinker has already removed what it made.
-    fn relink(&mut self, sc: &mut scan::Scan) -> Result<relink::Stats, TakeError> {
+    /// Objects on a filesystem whose unlinked files CRIU carries are left to it.
+    fn relink(&mut self, sc: &mut scan::Scan, plan: &plan::SnapshotPlan) -> Result<relink::Stats, TakeError> {
         let t = Instant::now();
         let relinker = self.relinker.insert(Relinker::new(&self.sel.id, self.opts.template.clone()));
         let bar = progress_bar(self.opts.progress, sc.objects.len() as u64, "relink");
-        let stats = relinker.relink_all(&mut sc.objects, |_| bar.inc(1))?;
+        let skip = |o: &record::Object| plan.engine_carries(&o.mount.mount_point);
+        let stats = relinker.relink_all(&mut sc.objects, skip, |_| bar.inc(1))?;
         bar.finish_and_clear();
         self.timings.relink_ms = ms(t.elapsed());
         hooks::point("take-relinked");
@@ -271,17 +283,22 @@ impl Tx<'_> {
 
     /// Save the process state (CRIU, with the snapshots taken at its post-dump) or, files
     /// only, take the snapshots while the tasks are frozen.
-    fn checkpoint(&mut self, sc: &scan::Scan, pids: &[i32], specs: &[FsSpec]) -> Result<Engine, TakeError> {
+    fn checkpoint(
+        &mut self,
+        sc: &scan::Scan,
+        pids: &[i32],
+        plan: &plan::SnapshotPlan,
+    ) -> Result<Engine, TakeError> {
         match &self.opts.engine {
             EngineOpts::None => {
                 let t = Instant::now();
-                take_snapshots(specs, &self.sel.id, &mut self.snaps)?;
+                take_snapshots(&plan.specs, &self.sel.id, &mut self.snaps)?;
                 self.timings.snapshot_ms = ms(t.elapsed());
                 Ok(Engine::None)
             }
-            EngineOpts::Criu { path, after } => {
-                let (path, after) = (path.clone(), *after);
-                self.dump(&path, sc, pids, specs)?;
+            EngineOpts::Criu { path, after, flags } => {
+                let (path, after, flags) = (path.clone(), *after, *flags);
+                self.dump(&path, flags, sc, pids, plan)?;
                 let images = criu::image_files(self.image.path());
                 let (leave_running, leave_stopped) = (after == AfterDump::Run, after == AfterDump::Stop);
                 Ok(Engine::Criu {
@@ -289,6 +306,8 @@ impl Tx<'_> {
                     leave_running,
                     leave_stopped,
                     images,
+                    shell_job: flags.shell_job,
+                    tcp_established: flags.tcp_established,
                 })
             }
         }
@@ -299,13 +318,21 @@ impl Tx<'_> {
     fn dump(
         &mut self,
         criu: &Path,
+        flags: CriuFlags,
         sc: &scan::Scan,
         pids: &[i32],
-        specs: &[FsSpec],
+        plan: &plan::SnapshotPlan,
     ) -> Result<(), TakeError> {
+        let specs = &plan.specs;
         let externals: Vec<String> =
             sc.objects.iter().filter(|o| o.relinked.is_some()).map(|o| o.criu_key.clone()).collect();
+        // CRIU copies the unlinked files it carries into its image: let it, however large.
+        let carried = sc.objects.iter().filter(|o| plan.engine_carries(&o.mount.mount_point));
+        let ghost_limit =
+            carried.map(|o| o.size).max().map(|m| m.saturating_add(1 << 20).min(u32::MAX as u64) as u32);
         let req = criu::DumpRequest {
+            flags,
+            ghost_limit,
             criu: criu.to_path_buf(),
             pid: criu_root(pids)?,
             image_dir: self.image.path().to_path_buf(),
@@ -348,7 +375,7 @@ impl Tx<'_> {
     /// The snapshots carry the relinked names; the live filesystems need them no more. Only
     /// on the mounts that were snapshotted: a name on another mount is the only copy. Whether
     /// every name is gone from the live filesystems.
-    fn drop_live_names(&mut self, sc: &scan::Scan, notes: &mut Vec<String>) -> Result<bool, TakeError> {
+    fn drop_live_names(&mut self, sc: &scan::Scan) -> Result<bool, TakeError> {
         if self.snaps.is_empty() || self.opts.keep_links {
             return Ok(false);
         }
@@ -359,17 +386,7 @@ impl Tx<'_> {
             .map(|o| o.mount.mnt_id)
             .collect();
         self.relinker.as_mut().expect("relinked").remove_on(&mnts)?;
-        let kept: Vec<&str> = relinked()
-            .filter(|o| !snapped.contains(o.mount.mount_point.as_str()))
-            .map(|o| o.mount.mount_point.as_str())
-            .collect();
-        if !kept.is_empty() {
-            notes.push(format!(
-                "no snapshot of {}: the relinked names there stay on the live filesystem",
-                kept.join(", ")
-            ));
-        }
-        Ok(kept.is_empty())
+        Ok(relinked().all(|o| snapped.contains(o.mount.mount_point.as_str())))
     }
 
     /// Publish the image, then thaw, kill or leave the tasks frozen. A failure before the
@@ -485,6 +502,21 @@ fn criu_root(pids: &[i32]) -> Result<i32, TakeError> {
             "CRIU dumps one process tree, but the selected tasks form {} trees (roots {roots:?}); select one tree (--pid P --tree) or put one tree in the cgroup",
             roots.len()
         ))),
+    }
+}
+
+/// CRIU dumps a tree whose root leads its session, unless it is told the tasks are a shell
+/// job: refused before anything is frozen rather than by CRIU after the relink.
+fn session_leader(root: i32, shell_job: bool) -> Result<(), TakeError> {
+    if shell_job {
+        return Ok(());
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{root}/stat")).unwrap_or_default();
+    match crate::procfs::ProcStat::parse(&stat) {
+        Some(st) if st.session != 0 && st.session != root => {
+            Err(TakeError::NotSessionLeader { pid: root, sid: st.session })
+        }
+        _ => Ok(()),
     }
 }
 
