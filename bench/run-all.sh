@@ -47,6 +47,7 @@ run take-vs-criu "${XFS[@]}"
 run frozen-many
 run scan-vs-lsof
 run copy-fallback
+run export
 
 section() {  # name title
   echo "### $2"
@@ -65,6 +66,7 @@ section() {  # name title
   section frozen-many "Frozen time: 100 processes, 1,000 unlinked files, cgroup v2, btrfs"
   section scan-vs-lsof "scan vs lsof +L1 (the same 100 processes)"
   section copy-fallback "Copy fallback on ext4 (no reflink): 1 GiB orphans"
+  section export "export (migration stream) vs criu dump with ghost files and tar"
 } > bench/results.md
 
 python3 - bench/README.md bench/results.md <<'EOF'
@@ -77,4 +79,4 @@ if b in s and e in s:
     open(readme, "w").write(s)
 EOF
 echo "wrote bench/results.md and the results section of bench/README.md" >&2
-for k in take-vs-criu frozen-many scan-vs-lsof copy-fallback; do echo "$k: ${STATUS[$k]}" >&2; done
+for k in take-vs-criu frozen-many scan-vs-lsof copy-fallback export; do echo "$k: ${STATUS[$k]}" >&2; done

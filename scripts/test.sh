@@ -13,4 +13,5 @@ cargo test --no-fail-fast -- --test-threads=2
 bash scripts/demo.sh > target/demo.log 2>&1 && echo "demo: passed" || { tail -40 target/demo.log; echo "demo: FAILED"; exit 1; }
 if [ "${SNAPCKPT_SKIP_VM:-0}" != 1 ] && [ -f integration/vm/lvm-tests.sh ]; then
   bash integration/vm/lvm-tests.sh
+  bash integration/vm/migrate-tests.sh
 fi

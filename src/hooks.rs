@@ -1,4 +1,4 @@
-//! Test hooks: named points in `take` and `restart` where a test can stop snapckpt, kill a
+//! Test hooks: named points in `take`, `restart` and `import` where a test can stop snapckpt, kill a
 //! task, or SIGKILL snapckpt itself. Inactive unless `SNAPCKPT_HOOK_DIR` is set.
 //!
 //! At point `P`, snapckpt creates `$SNAPCKPT_HOOK_DIR/P.reached` and, if the file

@@ -23,6 +23,7 @@
 //! | retention: `prune` by keep-last / keep-within per job | [`prune`] |
 //! | user hooks at named points (pre-take, post-restart, ...) | [`userhooks`] |
 //! | progress and verbosity on stderr | [`ui`] |
+//! | export a checkpoint as one stream, import it elsewhere | [`migrate`] |
 //!
 //! [`procfs`] parses `/proc` (stat, mountinfo, fdinfo, maps) for all of them; [`sys`] wraps
 //! the system calls; [`engine`] (what happens to tasks after a CRIU dump) and [`units`]
@@ -39,6 +40,7 @@ pub mod ids;
 pub mod image;
 pub mod job;
 pub mod preflight;
+pub mod migrate;
 pub mod procfs;
 pub mod prune;
 pub mod record;

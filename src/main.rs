@@ -57,6 +57,10 @@ enum Cmd {
     Completions(CompletionsArgs),
     /// Print the man page (or write every page into a directory with --dir).
     Man(ManArgs),
+    /// Write a checkpoint as one stream (record, CRIU image, btrfs send of its snapshots).
+    Export(config::ExportArgs),
+    /// Make a local checkpoint of an export stream (verified, snapshots received).
+    Import(config::ImportArgs),
 }
 
 fn main() -> ExitCode {
@@ -89,6 +93,8 @@ fn main() -> ExitCode {
         Cmd::Prune(a) => cmd_prune(a, &env),
         Cmd::Completions(a) => cmd_completions(a),
         Cmd::Man(a) => cmd_man(a),
+        Cmd::Export(a) => cmd_migrate(config::export_options(a, &env).map(Migrate::Export)),
+        Cmd::Import(a) => cmd_migrate(config::import_options(a, &env).map(Migrate::Import)),
     };
     match r {
         Ok(code) => code,
@@ -425,6 +431,22 @@ fn cmd_man(a: ManArgs) -> Res {
             clap_mangen::generate_to(cmd, &d)?;
         }
         None => clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `export` or `import`, resolved.
+enum Migrate {
+    Export(snapckpt::migrate::ExportOptions),
+    Import(snapckpt::migrate::ImportOptions),
+}
+
+/// Export or import; the summary goes to stderr for an export (its stdout may be the stream).
+fn cmd_migrate(o: Result<Migrate, config::ConfigError>) -> Res {
+    let _working = EpipeWhileWorking::new();
+    match o? {
+        Migrate::Export(o) => snapckpt::migrate::export(&o)?.summary().iter().for_each(|l| eprintln!("{l}")),
+        Migrate::Import(o) => snapckpt::migrate::import(&o)?.summary().iter().for_each(|l| println!("{l}")),
     }
     Ok(ExitCode::SUCCESS)
 }

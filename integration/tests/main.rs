@@ -14,5 +14,6 @@ mod failures;
 mod fidelity;
 mod freeze;
 mod operators;
+mod migrate;
 mod snapshot_btrfs;
 mod trust;

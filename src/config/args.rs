@@ -294,3 +294,42 @@ pub struct PruneArgs {
     #[arg(long)]
     pub json: bool,
 }
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Checkpoint id (from `list`) or image directory.
+    pub id: String,
+    /// `-`: write the stream to standard output (e.g. `| ssh host snapckpt import -`).
+    #[arg(value_name = "-", conflicts_with = "output")]
+    pub dest: Option<String>,
+    /// Write the stream to FILE (created; written as a hidden temporary file, renamed when
+    /// complete).
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Incremental: send only what changed since this earlier checkpoint of the same
+    /// filesystems, which the target must already hold (btrfs send -p).
+    #[arg(long, value_name = "PARENT_ID")]
+    pub parent: Option<String>,
+    /// Only the record and the CRIU image, for snapshots on shared or replicated storage.
+    #[arg(long, conflicts_with = "parent")]
+    pub image_only: bool,
+    /// Where to look for the checkpoint and its parent (default: env SNAPCKPT_IMAGE_ROOT,
+    /// /var/lib/snapckpt/images).
+    #[arg(long)]
+    pub image_root: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    /// The stream: a file, or `-` (the default) for standard input.
+    #[arg(value_name = "FILE|-")]
+    pub source: Option<String>,
+    /// The target's mount point of the stream's filesystem; with several, SRC=DST for each
+    /// (SRC the mount point on the source). Repeatable.
+    #[arg(long = "mount", value_name = "[SRC=]DST", required = true)]
+    pub mounts: Vec<String>,
+    /// Where the imported checkpoint goes (default: env SNAPCKPT_IMAGE_ROOT,
+    /// /var/lib/snapckpt/images).
+    #[arg(long)]
+    pub image_root: Option<PathBuf>,
+}

@@ -17,6 +17,7 @@ pub use args::{
     BackendArg, CheckArgs, DeleteArgs, EngineArg, GcArgs, ListArgs, RestartArgs, ScanArgs, Select, TakeArgs,
 };
 pub use args::{CompletionsArgs, InspectArgs, ManArgs, PruneArgs};
+pub use args::{ExportArgs, ImportArgs};
 
 use crate::image;
 use crate::job::{EngineKind, Job};
@@ -113,6 +114,12 @@ pub enum ConfigError {
     /// A `gc --id` that is not a checkpoint id.
     #[error("--id {id:?} is not a checkpoint id (like 20260101T000000Z-abcd)")]
     NotAnId { id: String },
+    /// `export` without a destination, or with one that is not `-`.
+    #[error("export writes to -o FILE or to standard output with `-`{}", if given.is_empty() { String::new() } else { format!(", not to {given:?}") })]
+    ExportDest { given: String },
+    /// An `import --mount` that is not `DST` or `SRC=DST` with absolute paths.
+    #[error("--mount {arg:?}: give the target mount point DST, or SRC=DST (both absolute)")]
+    MountMap { arg: String },
 }
 
 /// The image root: `flag`, the job's `image_root`, env `SNAPCKPT_IMAGE_ROOT`, the default.
@@ -516,4 +523,51 @@ pub fn prune_options(a: PruneArgs, env: &Env) -> Result<PruneConfig, ConfigError
         hooks: hooks(j, env),
     };
     Ok(PruneConfig { options, json: a.json })
+}
+
+/// `export`: the checkpoint, its image root (for `--parent`) and where the stream goes.
+pub fn export_options(a: ExportArgs, env: &Env) -> Result<crate::migrate::ExportOptions, ConfigError> {
+    use crate::migrate::Output;
+    let output = match (a.output, a.dest.as_deref()) {
+        (Some(f), _) => Output::File(f),
+        (None, Some("-")) => Output::Stdout,
+        (None, d) => return Err(ConfigError::ExportDest { given: d.unwrap_or_default().to_string() }),
+    };
+    let image_root = image_root(a.image_root, None, env)?;
+    let dir = image::resolve(&image_root, &a.id)?;
+    Ok(crate::migrate::ExportOptions {
+        dir,
+        image_root,
+        parent: a.parent,
+        image_only: a.image_only,
+        output,
+        progress: true,
+    })
+}
+
+/// `import`: the stream, the image root and the mount map (`DST` or `SRC=DST`).
+pub fn import_options(a: ImportArgs, env: &Env) -> Result<crate::migrate::ImportOptions, ConfigError> {
+    use crate::migrate::Input;
+    let input = match a.source.as_deref() {
+        None | Some("-") => Input::Stdin,
+        Some(f) => Input::File(PathBuf::from(f)),
+    };
+    let mut mounts = vec![];
+    for m in &a.mounts {
+        let bad = || ConfigError::MountMap { arg: m.clone() };
+        let (src, dst) = match m.split_once('=') {
+            Some((s, d)) => (Some(s.to_string()), d),
+            None => (None, m.as_str()),
+        };
+        if !dst.starts_with('/') || src.as_deref().is_some_and(|s| !crate::record::names::normalized_abs(s)) {
+            return Err(bad());
+        }
+        mounts.push((src, PathBuf::from(dst)));
+    }
+    Ok(crate::migrate::ImportOptions {
+        input,
+        image_root: image_root(a.image_root, None, env)?,
+        mounts,
+        progress: true,
+    })
 }

@@ -5,6 +5,7 @@
 //! The JSON spelling is the record's version 1 (holders as `"fd 3"`, the freezer as
 //! `"cgroup-v2 PATH"`): typed here, spelled as before on disk.
 
+pub mod imported;
 pub mod names;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -502,6 +503,10 @@ pub struct Checkpoint {
     /// How each filesystem the tasks use was covered (records before this field: empty).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filesystems: Vec<FsCoverage>,
+    /// Set by `snapckpt import`: where the checkpoint came from. Optional, so records without
+    /// it (version 1 as before) still load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<imported::Imported>,
 }
 
 impl Checkpoint {
@@ -526,6 +531,7 @@ impl Checkpoint {
             timings: Timings::default(),
             kernel: nix::sys::utsname::uname().ok().map(|u| u.release().to_string_lossy().into_owned()),
             filesystems: vec![],
+            imported: None,
         }
     }
 

@@ -94,6 +94,7 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
     image::trusted_root(image_dir.parent().unwrap_or(Path::new(".")), false)?;
     let ck = image::load(image_dir)?;
     check(&ck, opts)?;
+    crate::migrate::check_restart(&ck, image_dir, opts.criu.as_deref()).map_err(RestartError::Refused)?;
     let mut out = Restarted::default();
     if let Err(e) = run(&ck, image_dir, opts, &mut out) {
         undo_mounts(&out.mounts);
