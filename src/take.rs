@@ -10,7 +10,7 @@ use crate::record::{self, Checkpoint, Engine, Snapshot, Timings};
 use crate::relink::{self, Relinker, Template};
 use crate::snapshot::{self, Backend, FsSpec};
 use crate::tasks::{self, FreezeMethod, Selection};
-use crate::{criu, hooks, scan, sys};
+use crate::{criu, hooks, scan, sys, writeback};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -71,6 +71,10 @@ pub struct TakeOptions {
     pub dry_run: bool,
     /// Show progress bars on stderr.
     pub progress: bool,
+    /// Write back dirty data before the freeze ([`crate::writeback`]); `Policy::off()` skips it.
+    pub writeback: writeback::Policy,
+    /// CRIU pre-dump iterations before the final dump (refused: see [`Tx::pre_freeze`]).
+    pub pre_dump: bool,
 }
 
 /// What a take produced.
@@ -219,6 +223,7 @@ struct Staged {
 impl Tx<'_> {
     /// Every stage up to a complete record (not yet published).
     fn run(&mut self) -> Result<Staged, TakeError> {
+        let pre_note = self.pre_freeze()?;
         let t0 = Instant::now();
         let method = self.sel.method.clone();
         let frozen = self.frozen.insert(tasks::freeze(method, self.opts.freeze_timeout)?);
@@ -237,7 +242,7 @@ impl Tx<'_> {
         self.frozen().check_watchdog()?;
         let engine = self.checkpoint(&sc, &pids, &specs)?;
         hooks::point("take-snapshotted");
-        let mut notes = vec![];
+        let mut notes: Vec<String> = pre_note.into_iter().collect();
         let links_removed = self.drop_live_names(&sc, &mut notes)?;
 
         let mut ck = Checkpoint::new(&self.sel.id, self.sel.now);
@@ -255,6 +260,53 @@ impl Tx<'_> {
 
     fn frozen(&self) -> &tasks::Frozen {
         self.frozen.as_ref().expect("frozen during the stages")
+    }
+
+    /// The stage before the freeze, tasks still running: refuse a pre-dump this kernel cannot
+    /// do, then write back what the frozen stages would flush ([`writeback`]): the orphans
+    /// that relink will clone or copy and the filesystems that will be snapshotted, found by
+    /// a read-only scan of the running tasks. A failed write-back is a note, not an error: the
+    /// frozen stages flush whatever is left.
+    fn pre_freeze(&mut self) -> Result<Option<String>, TakeError> {
+        if self.opts.pre_dump {
+            if let EngineOpts::Criu { path, .. } = &self.opts.engine {
+                return Err(TakeError::Refused(criu::pre_dump_refusal(path)));
+            }
+            return Err(TakeError::Refused("--pre-dump needs --engine criu".into()));
+        }
+        if !self.opts.writeback.enabled() {
+            return Ok(None);
+        }
+        let Ok(pids) = tasks::resolve(&self.opts.selection) else { return Ok(None) };
+        let sc = scan::scan_lenient(&pids);
+        let files: Vec<PathBuf> = sc
+            .objects
+            .iter()
+            .filter(|o| o.class == record::Unlinked::Orphan)
+            .filter_map(|o| o.holders.first().map(|h| h.what.proc_path(h.pid)))
+            .collect();
+        let mut mounts: Vec<PathBuf> = self.opts.filesystems.iter().map(|s| s.mount_point.clone()).collect();
+        if self.opts.auto_snapshot.is_some() {
+            for o in &sc.objects {
+                let mp = PathBuf::from(&o.mount.mount_point);
+                if !mounts.contains(&mp) {
+                    mounts.push(mp);
+                }
+            }
+        }
+        match writeback::write_back(&files, &mounts, &self.opts.writeback) {
+            Ok(wb) => {
+                let t = &mut self.timings;
+                t.writeback_ms = ms(wb.time);
+                t.writeback_us = wb.time.as_micros() as u64;
+                t.writeback_rounds = wb.rounds;
+                t.writeback_bytes = wb.bytes;
+                t.writeback_left_bytes = wb.remaining;
+                t.writeback_measure = (wb.rounds > 0).then_some(wb.measure);
+                Ok(None)
+            }
+            Err(e) => Ok(Some(format!("{e}; the frozen stages flush the dirty data instead"))),
+        }
     }
 
     /// Relink every unlinked object. On error the relinker has already removed what it made.
@@ -342,6 +394,8 @@ impl Tx<'_> {
         }
         dumped?;
         self.timings.dump_ms = ms(t.elapsed()).saturating_sub(snap_t);
+        // CRIU's own figures (best effort: an image without them is still a checkpoint).
+        self.timings.criu = crate::criu_stats::read_dump(self.image.path()).ok().flatten();
         Ok(())
     }
 
@@ -413,12 +467,15 @@ impl Tx<'_> {
     ) -> Result<(PathBuf, Option<tasks::Frozen>), TakeError> {
         self.frozen().check_watchdog()?;
         let frozen_for = self.frozen().frozen_for();
+        self.timings.freezing_us = self.frozen().freeze_latency().as_micros() as u64;
         let still_frozen = if after == AfterDump::Run {
             let d = self.frozen.take().expect("frozen").thaw()?;
             self.timings.frozen_ms = ms(d);
+            self.timings.frozen_us = d.as_micros() as u64;
             None
         } else {
             self.timings.frozen_ms = ms(frozen_for);
+            self.timings.frozen_us = frozen_for.as_micros() as u64;
             self.frozen.take()
         };
         done.ck.timings = self.timings.clone();

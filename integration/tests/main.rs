@@ -12,3 +12,4 @@ mod criu_btrfs;
 mod failures;
 mod freeze;
 mod snapshot_btrfs;
+mod writeback;

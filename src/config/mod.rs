@@ -197,6 +197,8 @@ pub fn take_options(a: TakeArgs, env: &Env) -> Result<take::TakeOptions, ConfigE
         job_name: j.and_then(|j| j.name.clone()),
         dry_run: a.dry_run,
         progress: !a.json,
+        writeback: if a.no_write_back { crate::writeback::Policy::off() } else { Default::default() },
+        pre_dump: a.pre_dump,
     })
 }
 

@@ -85,6 +85,10 @@ pub struct Restarted {
     pub pids: Vec<i32>,
     /// Names left in place (files-only checkpoint without --exec).
     pub left_in_place: Vec<PathBuf>,
+    /// CRIU's statistics of the restore (`stats-restore`), when it wrote them.
+    pub criu_stats: Option<crate::criu_stats::RestoreStats>,
+    /// How long CRIU's restore took, snapckpt's side of the RPC.
+    pub restore_time: std::time::Duration,
 }
 
 /// Restart the checkpoint in `image_dir`.
@@ -255,7 +259,12 @@ fn restore(
     let _guard =
         if ck.freezer == Freezer::Sigstop { Some(crate::tasks::ContinueGuard::arm(&pids)?) } else { None };
     let req = criu::RestoreRequest { criu, image_dir: work.dir.clone(), work_dir: image_dir.to_path_buf() };
+    let t = std::time::Instant::now();
     criu::restore(&req, &mut || release_all(opened))?;
+    out.restore_time = t.elapsed();
+    out.criu_stats = [work.dir.as_path(), image_dir]
+        .iter()
+        .find_map(|d| crate::criu_stats::read_restore(d).ok().flatten());
     drop(work);
     out.pids = pids;
     hooks::point("restart-restored");
