@@ -320,8 +320,7 @@ mod tests {
         if dirty > 0 {
             assert!(wb.bytes > 0, "{wb:?}");
         }
-        let wb =
-            write_back(std::slice::from_ref(&path), std::slice::from_ref(&dir), &Policy::default()).unwrap();
+        let wb = write_back(std::slice::from_ref(&path), std::slice::from_ref(&dir), &Policy::default()).unwrap();
         assert_eq!(wb.measure, Measure::Meminfo);
         std::fs::remove_file(&path).unwrap();
     }
