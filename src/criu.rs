@@ -135,6 +135,18 @@ pub fn version_string(criu: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// CRIU's version as its log names it (`(00.000110) Version: 4.2.1 (gitid 0)` -> `4.2.1`),
+/// the same text as [`version_string`] gives, without starting CRIU again.
+pub fn version_from_log(log: &Path) -> Option<String> {
+    use std::io::{BufRead, BufReader};
+    let f = std::fs::File::open(log).ok()?;
+    BufReader::new(f).lines().take(20).map_while(Result::ok).find_map(|l| {
+        let v = l.split_once("Version: ")?.1;
+        let v = v.split(" (gitid").next().unwrap_or(v).trim();
+        (!v.is_empty()).then(|| v.to_string())
+    })
+}
+
 /// A dump request.
 pub struct DumpRequest {
     pub criu: PathBuf,
@@ -323,6 +335,18 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn version_in_the_log() {
+        let dir = scratch("version");
+        let log = dir.join(DUMP_LOG);
+        std::fs::write(&log, "(00.000000) Warn: x\n(00.000110) Version: 4.2.1 (gitid 0)\n(00.0002) rest\n")
+            .unwrap();
+        assert_eq!(version_from_log(&log).as_deref(), Some("4.2.1"));
+        std::fs::write(&log, "(00.000000) nothing\n").unwrap();
+        assert_eq!(version_from_log(&log), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A program that is not CRIU writes no log: the error says so and names no log file.

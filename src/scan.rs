@@ -252,7 +252,8 @@ impl Scanner {
         let gone = |path: PathBuf, syscall: &'static str| {
             move |source: io::Error| proc_error(pid, path, syscall, source)
         };
-        let dir = sys::open(&base, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(gone(base.clone(), "open"))?;
+        let dir =
+            sys::open(&base, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(gone(base.clone(), "open"))?;
         let stat_path = base.join("stat");
         let stat = read_at(&dir, c"stat", 4096).map_err(gone(stat_path.clone(), "read"))?;
         let stat = String::from_utf8_lossy(&stat);
@@ -265,8 +266,11 @@ impl Scanner {
         let cmdline = read_at(&dir, c"cmdline", 0)
             .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(sys::lossy).collect())
             .unwrap_or_default();
-        let mut threads: Vec<i32> =
-            list_dir(&dir, c"task").map_err(gone(base.join("task"), "opendir"))?.into_iter().map(|n| n as i32).collect();
+        let mut threads: Vec<i32> = list_dir(&dir, c"task")
+            .map_err(gone(base.join("task"), "opendir"))?
+            .into_iter()
+            .map(|n| n as i32)
+            .collect();
         threads.sort_unstable();
 
         let root_text = readlink_at(&dir, c"root").map_err(gone(base.join("root"), "readlink"))?;
@@ -290,7 +294,9 @@ impl Scanner {
         let mut pending = vec![];
 
         // cwd, root, exe
-        for (what, name, slot) in [(Held::Cwd, c"cwd", Slot::Cwd), (Held::Root, c"root", Slot::Cwd), (Held::Exe, c"exe", Slot::Exe)] {
+        for (what, name, slot) in
+            [(Held::Cwd, c"cwd", Slot::Cwd), (Held::Root, c"root", Slot::Cwd), (Held::Exe, c"exe", Slot::Exe)]
+        {
             let Ok(target) = readlink_at(&dir, name) else { continue }; // kernel threads, zombies
             let Ok((st, mnt_id)) = statx_at(&dir, name) else { continue };
             let r = FileRef { path: sys::lossy(&target), dev: st.st_dev, ino: st.st_ino, object: None };
@@ -309,8 +315,9 @@ impl Scanner {
 
         // fds
         let fd_dir = base.join("fd");
-        let fd_dirfd = sys::openat2(dir.as_raw_fd(), OsStr::new("fd"), libc::O_RDONLY | libc::O_DIRECTORY, 0, 0)
-            .map_err(gone(fd_dir.clone(), "open"))?;
+        let fd_dirfd =
+            sys::openat2(dir.as_raw_fd(), OsStr::new("fd"), libc::O_RDONLY | libc::O_DIRECTORY, 0, 0)
+                .map_err(gone(fd_dir.clone(), "open"))?;
         let info_dirfd =
             sys::openat2(dir.as_raw_fd(), OsStr::new("fdinfo"), libc::O_RDONLY | libc::O_DIRECTORY, 0, 0)
                 .map_err(gone(base.join("fdinfo"), "open"))?;
@@ -333,7 +340,11 @@ impl Scanner {
             if kind != FileKind::Anonymous {
                 let f = Found { pid, target: &target, st: &st, mnt_id: Some(mnt_id), fdflags: Some(flags) };
                 if let Some(o) = self.found(&f, &mut root, &mounts)? {
-                    pending.push(Pending { slot: Slot::Fd(task.fds.len()), holder: Holder { pid, what }, object: o });
+                    pending.push(Pending {
+                        slot: Slot::Fd(task.fds.len()),
+                        holder: Holder { pid, what },
+                        object: o,
+                    });
                 }
             }
             task.fds.push(Fd {
@@ -355,7 +366,9 @@ impl Scanner {
         let maps = read_at(&dir, c"maps", 0).map_err(gone(maps_path.clone(), "read"))?;
         let maps = String::from_utf8_lossy(&maps);
         let mut seen = std::collections::HashSet::new();
-        let map_files = sys::openat2(dir.as_raw_fd(), OsStr::new("map_files"), libc::O_PATH | libc::O_DIRECTORY, 0, 0).ok();
+        let map_files =
+            sys::openat2(dir.as_raw_fd(), OsStr::new("map_files"), libc::O_PATH | libc::O_DIRECTORY, 0, 0)
+                .ok();
         for line in maps.lines() {
             let Some(m) = parse_maps_line(line) else { continue };
             if !m.path.starts_with('/') || !seen.insert((m.start, m.end)) {
@@ -381,7 +394,11 @@ impl Scanner {
             if matches!(info.mnt_id, Some(id) if mounts.contains_key(&id)) {
                 let f = Found { pid, target: &info.target, st: &info.st, mnt_id: info.mnt_id, fdflags: None };
                 if let Some(o) = self.found(&f, &mut root, &mounts)? {
-                    pending.push(Pending { slot: Slot::Map(task.maps.len()), holder: Holder { pid, what }, object: o });
+                    pending.push(Pending {
+                        slot: Slot::Map(task.maps.len()),
+                        holder: Holder { pid, what },
+                        object: o,
+                    });
                 }
             } // else SysV shm, memfd and other kernel-internal mounts
             task.maps.push(Mapping {
@@ -398,12 +415,18 @@ impl Scanner {
         Ok(TaskScan { task, pending })
     }
 
-    fn mounts(&mut self, pid: i32, dir: &OwnedFd, key: &Rc<str>) -> Result<Rc<HashMap<u32, MountRef>>, ScanError> {
+    fn mounts(
+        &mut self,
+        pid: i32,
+        dir: &OwnedFd,
+        key: &Rc<str>,
+    ) -> Result<Rc<HashMap<u32, MountRef>>, ScanError> {
         if let Some(m) = self.mountinfo.get(key) {
             return Ok(m.clone());
         }
         let p = procfs::pid_path(pid, "mountinfo");
-        let text = read_at(dir, c"mountinfo", 0).map_err(|source| proc_error(pid, p.clone(), "read", source))?;
+        let text =
+            read_at(dir, c"mountinfo", 0).map_err(|source| proc_error(pid, p.clone(), "read", source))?;
         let m = Rc::new(mount_refs(&String::from_utf8_lossy(&text)));
         self.mountinfo.insert(key.clone(), m.clone());
         Ok(m)

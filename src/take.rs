@@ -10,7 +10,7 @@ use crate::record::{self, Checkpoint, Engine, Snapshot, Timings};
 use crate::relink::{self, Relinker, Template};
 use crate::snapshot::{self, Backend, FsSpec};
 use crate::tasks::{self, FreezeMethod, Selection};
-use crate::{criu, hooks, scan, sys, writeback};
+use crate::{criu, hooks, procfs, scan, sys, writeback};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -139,9 +139,10 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
     let id = record::names::new_id(now);
     let pids = tasks::resolve(&opts.selection)?;
     let method = FreezeMethod::for_selection(&opts.selection, &pids)?;
-    // Asked before freezing: recorded in the image.
-    let mut criu_version = String::new();
-    if let EngineOpts::Criu { path, .. } = &opts.engine {
+    // Recorded in the image; read from CRIU's dump log after the dump (`Tx::checkpoint`): a
+    // `criu --version` here would cost a process start (~10 ms) on every take.
+    let criu_version = String::new();
+    if let EngineOpts::Criu { .. } = &opts.engine {
         // CRIU dumps the whole tree under its root: a --pid selection without --tree whose
         // process has children would dump (and kill) tasks snapckpt neither froze nor scanned.
         if let tasks::Selection::Pid { pid, tree: false } = &opts.selection {
@@ -152,9 +153,6 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
             }
         }
         criu_root(&pids)?;
-        if !opts.dry_run {
-            criu_version = criu::version_string(path);
-        }
     }
     Ok(Selected { id, now, method, criu_version })
 }
@@ -279,7 +277,7 @@ impl Tx<'_> {
         }
         let Ok(pids) = tasks::resolve(&self.opts.selection) else { return Ok(None) };
         let sc = scan::scan_lenient(&pids);
-        let files: Vec<PathBuf> = sc
+        let mut files: Vec<PathBuf> = sc
             .objects
             .iter()
             .filter(|o| o.class == record::Unlinked::Orphan)
@@ -291,6 +289,18 @@ impl Tx<'_> {
                 let mp = PathBuf::from(&o.mount.mount_point);
                 if !mounts.contains(&mp) {
                     mounts.push(mp);
+                }
+            }
+        }
+        // The regular files the tasks hold open on those filesystems: what they may just have
+        // written, measured (cachestat) to tell when to stop.
+        let devs: HashSet<u64> =
+            mounts.iter().filter_map(|m| sys::stat(m).ok()).map(|st| st.st_dev).collect();
+        let mut seen = HashSet::new();
+        for t in &sc.tasks {
+            for f in t.fds.iter().filter(|f| f.kind == record::FileKind::Regular && devs.contains(&f.dev)) {
+                if seen.insert((f.dev, f.ino)) {
+                    files.push(procfs::fd_path(t.pid, &f.fd.to_string()));
                 }
             }
         }
@@ -335,6 +345,10 @@ impl Tx<'_> {
                 let (path, after) = (path.clone(), *after);
                 self.dump(&path, sc, pids, specs)?;
                 let images = criu::image_files(self.image.path());
+                if self.sel.criu_version.is_empty() {
+                    self.sel.criu_version = criu::version_from_log(&self.image.path().join(criu::DUMP_LOG))
+                        .unwrap_or_else(|| criu::version_string(&path));
+                }
                 let (leave_running, leave_stopped) = (after == AfterDump::Run, after == AfterDump::Stop);
                 Ok(Engine::Criu {
                     version: self.sel.criu_version.clone(),

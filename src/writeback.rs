@@ -11,10 +11,14 @@
 //! previous one still shrank the dirty amount a lot ([`Policy`]), so the freeze only flushes
 //! what the tasks wrote during the last round.
 //!
-//! The dirty amount of a file is read with `cachestat(2)` (Linux 6.5+: pages dirty and under
-//! writeback). A filesystem has no such counter outside debugfs, so with filesystems to
-//! flush (or without `cachestat`) the amount is the system's `Dirty` + `Writeback` from
-//! `/proc/meminfo`: an upper bound, which other writers on the machine make larger.
+//! The dirty amount is read with `cachestat(2)` (Linux 6.5+: pages dirty and under writeback)
+//! of every file given: the objects to clone or copy, and the files the tasks hold open on
+//! the filesystems to snapshot (a filesystem has no dirty counter of its own outside debugfs;
+//! `syncfs` also flushes the files the tasks have closed, which nothing measures). A file on
+//! a filesystem that is `syncfs`ed is only measured, not flushed again. Without `cachestat`
+//! (or with no file to measure) the amount is the system's `Dirty` + `Writeback` from
+//! `/proc/meminfo`, where other writers on the machine count too; what a round wrote back
+//! is then the decrease it saw.
 //!
 //! Write-back is an optimization: it changes nothing the checkpoint records, and the caller
 //! may go on after a [`WriteBackError`] (the frozen stages flush whatever is left anyway).
@@ -69,7 +73,7 @@ impl Policy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Measure {
-    /// `cachestat(2)` of the files: exactly their dirty pages.
+    /// `cachestat(2)` of the files given: exactly their dirty pages.
     Cachestat,
     /// `/proc/meminfo` `Dirty` + `Writeback`: the whole system's.
     Meminfo,
@@ -79,7 +83,8 @@ pub enum Measure {
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriteBack {
     pub rounds: u32,
-    /// Dirty bytes found before each round, summed: what was written back.
+    /// What was written back: the dirty bytes found before each round, summed (with
+    /// [`Measure::Meminfo`]: the decrease each round saw).
     pub bytes: u64,
     /// Dirty bytes left after the last round (what the freeze may still have to flush).
     pub remaining: u64,
@@ -183,8 +188,16 @@ pub fn write_back(
     if !policy.enabled() || (files.is_empty() && filesystems.is_empty()) {
         return Ok(wb);
     }
-    // One descriptor per inode: several holders of one file are flushed once.
-    let mut fds: Vec<(OwnedFd, &PathBuf)> = vec![];
+    let mut mounts: Vec<(OwnedFd, &PathBuf)> = vec![];
+    let mut synced_devs = std::collections::HashSet::new();
+    for m in filesystems {
+        let fd = crate::sys::open(m, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(io_err(m, "open"))?;
+        synced_devs.insert(crate::sys::fstat(fd.as_raw_fd()).map_err(io_err(m, "fstat"))?.st_dev);
+        mounts.push((fd, m));
+    }
+    // One descriptor per inode: several holders of one file are flushed once; files on a
+    // filesystem that is synced are measured only.
+    let mut fds: Vec<Held> = vec![];
     let mut seen = std::collections::HashSet::new();
     for p in files {
         let fd = crate::sys::open(p, libc::O_RDONLY | libc::O_NOATIME, 0)
@@ -192,22 +205,17 @@ pub fn write_back(
             .map_err(io_err(p, "open"))?;
         let st = crate::sys::fstat(fd.as_raw_fd()).map_err(io_err(p, "fstat"))?;
         if seen.insert((st.st_dev, st.st_ino)) {
-            fds.push((fd, p));
+            fds.push(Held { fd, path: p, flush: !synced_devs.contains(&st.st_dev) });
         }
     }
-    let mut mounts: Vec<(OwnedFd, &PathBuf)> = vec![];
-    for m in filesystems {
-        let fd = crate::sys::open(m, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(io_err(m, "open"))?;
-        mounts.push((fd, m));
-    }
-    let cachestat_works = fds.first().map_or(true, |(fd, _)| file_dirty(fd).is_ok());
-    wb.measure = if mounts.is_empty() && cachestat_works { Measure::Cachestat } else { Measure::Meminfo };
+    let cachestat_works = fds.first().is_some_and(|h| file_dirty(&h.fd).is_ok());
+    wb.measure = if cachestat_works { Measure::Cachestat } else { Measure::Meminfo };
     let measure = || -> Result<u64, WriteBackError> {
         match wb.measure {
             Measure::Cachestat => {
                 let mut sum = 0;
-                for (fd, p) in &fds {
-                    sum += file_dirty(fd).map_err(io_err(p, "cachestat"))?;
+                for h in &fds {
+                    sum += file_dirty(&h.fd).map_err(io_err(h.path, "cachestat"))?;
                 }
                 Ok(sum)
             }
@@ -220,9 +228,13 @@ pub fn write_back(
         wb.trace.push(before);
         round(&fds, &mounts)?;
         wb.rounds += 1;
-        wb.bytes += before;
+        let after = measure()?;
+        wb.bytes += match wb.measure {
+            Measure::Cachestat => before,
+            Measure::Meminfo => before.saturating_sub(after),
+        };
         prev = before;
-        before = measure()?;
+        before = after;
     }
     wb.trace.push(before);
     wb.remaining = before;
@@ -230,10 +242,17 @@ pub fn write_back(
     Ok(wb)
 }
 
-/// One round: start the I/O on every file, `syncfs` every filesystem, then wait for each
-/// file (`fdatasync`).
-fn round(fds: &[(OwnedFd, &PathBuf)], mounts: &[(OwnedFd, &PathBuf)]) -> Result<(), WriteBackError> {
-    for (fd, p) in fds {
+/// A file to measure, and to flush unless its filesystem is synced.
+struct Held<'a> {
+    fd: OwnedFd,
+    path: &'a PathBuf,
+    flush: bool,
+}
+
+/// One round: start the I/O on every file to flush, `syncfs` every filesystem, then wait for
+/// each file (`fdatasync`).
+fn round(fds: &[Held], mounts: &[(OwnedFd, &PathBuf)]) -> Result<(), WriteBackError> {
+    for Held { fd, path: p, .. } in fds.iter().filter(|h| h.flush) {
         // SAFETY: plain syscall on our descriptor.
         if unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) } < 0 {
             let e = io::Error::last_os_error();
@@ -249,7 +268,7 @@ fn round(fds: &[(OwnedFd, &PathBuf)], mounts: &[(OwnedFd, &PathBuf)]) -> Result<
             return Err(io_err(m, "syncfs")(io::Error::last_os_error()));
         }
     }
-    for (fd, p) in fds {
+    for Held { fd, path: p, .. } in fds.iter().filter(|h| h.flush) {
         // SAFETY: plain syscall on our descriptor.
         if unsafe { libc::fdatasync(fd.as_raw_fd()) } < 0 {
             let e = io::Error::last_os_error();
@@ -320,8 +339,15 @@ mod tests {
         if dirty > 0 {
             assert!(wb.bytes > 0, "{wb:?}");
         }
-        let wb = write_back(std::slice::from_ref(&path), std::slice::from_ref(&dir), &Policy::default()).unwrap();
-        assert_eq!(wb.measure, Measure::Meminfo);
+        // Synced with its filesystem: measured by cachestat, flushed by syncfs.
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().write_all(&vec![8u8; 4 << 20]).unwrap();
+        let wb =
+            write_back(std::slice::from_ref(&path), std::slice::from_ref(&dir), &Policy::default()).unwrap();
+        assert_eq!(wb.measure, Measure::Cachestat);
+        assert_eq!(file_dirty(&fd).unwrap(), 0);
+        // Only a filesystem: the system's dirty amount.
+        let wb = write_back(&[], std::slice::from_ref(&dir), &Policy::default()).unwrap();
+        assert_eq!((wb.measure, wb.rounds), (Measure::Meminfo, 1));
         std::fs::remove_file(&path).unwrap();
     }
 }
