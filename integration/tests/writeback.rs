@@ -103,3 +103,55 @@ fn pre_dump_is_refused_clearly() {
     assert!(std::fs::read_dir(&images).map(|d| d.count() == 0).unwrap_or(true), "image dir left behind");
     drop(p);
 }
+
+/// CRIU's own statistics: `take --json` records its `stats-dump` in `timings.criu`, `take
+/// --print-stats` and `restart --print-stats` print them with podman's names.
+#[test]
+fn criu_statistics_are_reported() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "1G");
+    let work = Scratch::new("criustats");
+    let dir = fs.path("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let images = work.path().join("images");
+    let log = work.path().join("ufiles.log");
+    let mut p = Proc::start_setsid(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:65536"], &log);
+    let out = take_ok(p.pid, &images, &["--engine", "criu", "--snapshot", "btrfs", "--print-stats"]);
+    p.child.wait().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let c = &v["criu_statistics"];
+    for k in
+        ["freezing_time", "frozen_time", "memdump_time", "memwrite_time", "pages_scanned", "pages_written"]
+    {
+        assert!(c[k].is_u64(), "{k} in {v}");
+    }
+    assert!(c["frozen_time"].as_u64().unwrap() > 0 && c["pages_written"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["frozen_time"].as_u64().unwrap() > 0 && v["writeback_rounds"].as_u64().unwrap() >= 1, "{v}");
+    let ids: Vec<_> = std::fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    let [id] = ids.as_slice() else { panic!("{ids:?}") };
+    let rec = record(&images.join(id));
+    assert_eq!(rec["timings"]["criu"]["frozen_time"], c["frozen_time"], "{rec}");
+    let root = work.path().join("r");
+    std::fs::create_dir_all(&root).unwrap();
+    let out = snapckpt_ok(&[
+        "restart",
+        id,
+        "--snapshot",
+        "--mount-root",
+        root.to_str().unwrap(),
+        "--image-root",
+        images.to_str().unwrap(),
+        "--print-stats",
+    ]);
+    let json = &out[out.find('{').unwrap_or_else(|| panic!("no JSON in {out}"))..];
+    let v: serde_json::Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(v["criu_statistics"]["restore_time"].is_u64(), "{v}");
+    assert!(v["restart_duration"].as_u64().unwrap() > 0, "{v}");
+    kill_wait(p.pid);
+    snapckpt_ok(&["delete", id, "--force", "--image-root", images.to_str().unwrap()]);
+}
