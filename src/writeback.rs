@@ -200,9 +200,14 @@ pub fn write_back(
     let mut fds: Vec<Held> = vec![];
     let mut seen = std::collections::HashSet::new();
     for p in files {
-        let fd = crate::sys::open(p, libc::O_RDONLY | libc::O_NOATIME, 0)
+        let fd = match crate::sys::open(p, libc::O_RDONLY | libc::O_NOATIME, 0)
             .or_else(|_| crate::sys::open(p, libc::O_RDONLY, 0))
-            .map_err(io_err(p, "open"))?;
+        {
+            Ok(fd) => fd,
+            // The task closed the file or exited since it was scanned: nothing to flush.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ESRCH)) => continue,
+            Err(e) => return Err(io_err(p, "open")(e)),
+        };
         let st = crate::sys::fstat(fd.as_raw_fd()).map_err(io_err(p, "fstat"))?;
         if seen.insert((st.st_dev, st.st_ino)) {
             fds.push(Held { fd, path: p, flush: !synced_devs.contains(&st.st_dev) });
@@ -313,6 +318,9 @@ mod tests {
         assert_eq!((wb.rounds, wb.bytes), (0, 0));
         let wb = write_back(&["/nonexistent".into()], &[], &Policy::off()).unwrap();
         assert_eq!(wb.rounds, 0);
+        // a file that has gone since the scan is skipped; nothing else to measure: meminfo
+        let wb = write_back(&["/proc/self/fd/999999".into()], &[], &Policy::default()).unwrap();
+        assert_eq!((wb.rounds, wb.measure), (1, Measure::Meminfo));
     }
 
     #[test]
