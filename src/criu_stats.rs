@@ -209,3 +209,22 @@ mod tests {
         assert!(read_dump(Path::new("/nonexistent")).is_err());
     }
 }
+
+#[cfg(test)]
+mod record_tests {
+    /// A record written before the write-back and CRIU statistics fields still loads.
+    #[test]
+    fn old_records_load() {
+        let old = include_str!("../fuzz/seeds/checkpoint_json/criu-btrfs-snapshot.json");
+        assert!(!old.contains("writeback_ms"));
+        let ck: crate::record::Checkpoint = serde_json::from_str(old).unwrap();
+        assert_eq!((ck.timings.writeback_rounds, ck.timings.criu.clone()), (0, None));
+        // and the new fields round-trip
+        let mut ck = ck;
+        ck.timings.criu = Some(super::DumpStats { frozen_time: 7, ..Default::default() });
+        ck.timings.writeback_bytes = 5;
+        let back: crate::record::Checkpoint =
+            serde_json::from_str(&serde_json::to_string(&ck).unwrap()).unwrap();
+        assert_eq!(back, ck);
+    }
+}
