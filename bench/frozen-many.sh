@@ -27,7 +27,7 @@ echo "engine,rep,take_ms,freeze_ms,scan_ms,relink_ms,snapshot_ms,dump_ms,frozen_
 
 MNT=$W/fs
 IMG=$W/images
-mkdir -p "$IMG"
+mkdir -p "$IMG" "$W/alt"   # restart --mount-root must exist
 mkfs_loop btrfs 4G "$MNT"
 make_cgroup
 

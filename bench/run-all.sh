@@ -44,6 +44,7 @@ run() {
   echo "=== $name: ${STATUS[$name]}" >&2
 }
 run take-vs-criu "${XFS[@]}"
+run dirty-take
 run frozen-many
 run scan-vs-lsof
 run copy-fallback
@@ -63,6 +64,7 @@ section() {  # name title
   echo "Measured $MACHINE. Loop-mounted filesystems on an image file on the VM's disk; warm page cache (never dropped, \`sync\` before each timed step)."
   echo
   section take-vs-criu "snapckpt take/restart vs plain CRIU, one unlinked orphan of N bytes"
+  section dirty-take "Dirty vs synced page cache: the frozen window, beside plain and durable CRIU"
   section frozen-many "Frozen time: 100 processes, 1,000 unlinked files, cgroup v2, btrfs"
   section scan-vs-lsof "scan vs lsof +L1 (the same 100 processes)"
   section copy-fallback "Copy fallback on ext4 (no reflink): 1 GiB orphans"
@@ -79,4 +81,4 @@ if b in s and e in s:
     open(readme, "w").write(s)
 EOF
 echo "wrote bench/results.md and the results section of bench/README.md" >&2
-for k in take-vs-criu frozen-many scan-vs-lsof copy-fallback export; do echo "$k: ${STATUS[$k]}" >&2; done
+for k in take-vs-criu dirty-take frozen-many scan-vs-lsof copy-fallback export; do echo "$k: ${STATUS[$k]}" >&2; done

@@ -54,7 +54,7 @@ run_point() {
   [ "$shape" = sparse ] && scen=orphan:$bytes || scen=dense:$bytes
   mnt=$W/fs-$fs
   img=$W/images
-  mkdir -p "$img"
+  mkdir -p "$img" "$W/alt"   # restart --mount-root must exist
 
   # ---- snapckpt: take (CRIU engine, files external, btrfs snapshot), restart from the snapshot
   rm -rf "${mnt:?}/data"; mkdir -p "$mnt/data"

@@ -70,7 +70,25 @@ pub fn check(opts: &CheckOptions) -> Vec<Line> {
     lines.extend(["btrfs", "xfs", "ext4"].into_iter().map(|fs| filesystem(&fss, fs)));
     lines.push(lvm());
     lines.push(criu_line(opts));
+    if let Ok(p) = criu::find_with(opts.criu.as_deref(), opts.env_criu.as_deref()) {
+        lines.push(pre_dump_line(&p));
+    }
     lines
+}
+
+/// Memory change tracking, which CRIU's pre-dump needs (`take --pre-dump`): a warning only.
+fn pre_dump_line(criu: &std::path::Path) -> Line {
+    match criu::mem_dirty_track(criu) {
+        Ok(()) => Line::new(Status::Ok, "memory tracking", "criu check --feature mem_dirty_track: ok"),
+        Err(said) => Line::new(
+            Status::Warn,
+            "memory tracking",
+            format!(
+                "the kernel cannot track memory changes (soft-dirty, CONFIG_MEM_SOFT_DIRTY): no pre-dump; criu said: {}",
+                said.lines().last().unwrap_or("")
+            ),
+        ),
+    }
 }
 
 /// Whether any line failed (`check` then exits with status 1).

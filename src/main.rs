@@ -129,10 +129,11 @@ impl Drop for EpipeWhileWorking {
 }
 
 fn cmd_take(a: TakeArgs, env: &Env) -> Res {
-    let json = a.json;
+    let (json, print_stats) = (a.json, a.print_stats);
     let opts = config::take_options(a, env)?;
     snapckpt::preflight::take(&opts)?;
     let working = EpipeWhileWorking::new();
+    let started = std::time::Instant::now();
     let outcome = take::take(&opts).inspect_err(|e| {
         if let take::TakeError::Undone { warnings, .. } = e {
             for w in warnings {
@@ -156,12 +157,35 @@ fn cmd_take(a: TakeArgs, env: &Env) -> Res {
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&t.record)?);
+            } else if print_stats {
+                let v = take_stats(&t.record.timings, started.elapsed());
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print_taken(&t);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `take --print-stats`: snapckpt's stages and CRIU's statistics, in microseconds, with the
+/// names podman's `--print-stats` uses (CRIU's own under `criu_statistics`).
+fn take_stats(tm: &record::Timings, total: std::time::Duration) -> serde_json::Value {
+    let us = |ms: u64| ms * 1000;
+    serde_json::json!({
+        "take_duration": total.as_micros() as u64,
+        "writeback_time": tm.writeback_us,
+        "writeback_bytes": tm.writeback_bytes,
+        "writeback_rounds": tm.writeback_rounds,
+        "writeback_left_bytes": tm.writeback_left_bytes,
+        "freezing_time": tm.freezing_us,
+        "frozen_time": tm.frozen_us,
+        "scan_time": us(tm.scan_ms),
+        "relink_time": us(tm.relink_ms),
+        "snapshot_time": us(tm.snapshot_ms),
+        "dump_time": us(tm.dump_ms),
+        "criu_statistics": tm.criu,
+    })
 }
 
 fn print_taken(t: &take::Taken) {
@@ -185,6 +209,25 @@ fn print_taken(t: &take::Taken) {
         "  frozen {} ms (scan {} ms, relink {} ms, snapshot {} ms, dump {} ms)",
         tm.frozen_ms, tm.scan_ms, tm.relink_ms, tm.snapshot_ms, tm.dump_ms
     );
+    if tm.writeback_rounds > 0 {
+        println!(
+            "  written back before the freeze: {} in {} ms, {} round(s){}",
+            human_bytes(tm.writeback_bytes),
+            tm.writeback_ms,
+            tm.writeback_rounds,
+            if tm.writeback_left_bytes > 0 {
+                format!(", {} still dirty after it", human_bytes(tm.writeback_left_bytes))
+            } else {
+                String::new()
+            }
+        );
+    }
+    if let Some(c) = &tm.criu {
+        println!(
+            "  CRIU: frozen {} us (freezing {} us), memory dump {} us, write {} us, pages scanned {}, written {}",
+            c.frozen_time, c.freezing_time, c.memdump_time, c.memwrite_time, c.pages_scanned, c.pages_written
+        );
+    }
     if let Some(k) = t.killed_in {
         println!("  tasks killed after the checkpoint was published (exited in {} ms)", k.as_millis());
     }
@@ -195,12 +238,15 @@ fn print_taken(t: &take::Taken) {
 
 fn cmd_restart(a: RestartArgs, env: &Env) -> Res {
     snapckpt::preflight::require_root("restart")?;
+    let print_stats = a.print_stats;
     let c = config::restart_options(a, env)?;
     let ck = image::load(&c.dir)?;
     let ctx = userhooks::Context::of_record(&ck, &c.dir);
     userhooks::run(&c.hooks, userhooks::Point::PreRestart, &ctx)?;
     let working = EpipeWhileWorking::new();
+    let started = std::time::Instant::now();
     let r = restart::restart(&c.dir, &c.options)?;
+    let total = started.elapsed();
     drop(working);
     let post = userhooks::Context { pids: r.pids.clone(), ..ctx };
     warn(userhooks::run_post(&c.hooks, userhooks::Point::PostRestart, &post));
@@ -219,6 +265,14 @@ fn cmd_restart(a: RestartArgs, env: &Env) -> Res {
     }
     if c.json {
         println!("{}", serde_json::to_string_pretty(&snapckpt::report::restarted_json(&ck.id, &r))?);
+    }
+    if print_stats {
+        let v = serde_json::json!({
+            "restart_duration": total.as_micros() as u64,
+            "runtime_restore_duration": r.restore_time.as_micros() as u64,
+            "criu_statistics": r.criu_stats,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
     }
     if let Some(code) = r.exec_status {
         return Ok(ExitCode::from(code.clamp(0, 255) as u8));
@@ -449,4 +503,19 @@ fn cmd_migrate(o: Result<Migrate, config::ConfigError>) -> Res {
         Migrate::Import(o) => snapckpt::migrate::import(&o)?.summary().iter().for_each(|l| println!("{l}")),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `1.5 GiB`, `12.0 MiB`, `512 B`.
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if b < 1024 {
+        return format!("{b} B");
+    }
+    let mut v = b as f64 / 1024.0;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
 }

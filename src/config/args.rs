@@ -110,6 +110,17 @@ pub struct TakeArgs {
     /// Print the record (with --dry-run: the plan) as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Print the statistics (snapckpt's stages and CRIU's own, microseconds, podman's names)
+    /// as JSON on stdout, instead of the summary.
+    #[arg(long, conflicts_with = "json")]
+    pub print_stats: bool,
+    /// Do not write dirty data back before the freeze (the frozen stages then flush it).
+    #[arg(long)]
+    pub no_write_back: bool,
+    /// With CRIU: pre-dump the memory (tracking changes) before the final dump. Needs the
+    /// kernel's soft-dirty tracking; refused when `criu check --feature mem_dirty_track` fails.
+    #[arg(long)]
+    pub pre_dump: bool,
 }
 
 #[derive(Args)]
@@ -153,6 +164,10 @@ pub struct RestartArgs {
     /// command's own output comes first).
     #[arg(long)]
     pub json: bool,
+    /// Print the statistics (CRIU's `stats-restore`: microseconds, pages, podman's names) as
+    /// JSON on stdout after the summary lines.
+    #[arg(long)]
+    pub print_stats: bool,
 }
 
 #[derive(Args)]

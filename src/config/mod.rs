@@ -237,6 +237,8 @@ pub fn take_options(a: TakeArgs, env: &Env) -> Result<take::TakeOptions, ConfigE
         dry_run: a.dry_run,
         progress: true, // on stderr, only on a terminal, not with -q (see `ui`)
         hooks: hooks(j, env),
+        writeback: if a.no_write_back { crate::writeback::Policy::off() } else { Default::default() },
+        pre_dump: a.pre_dump,
     })
 }
 

@@ -472,6 +472,30 @@ pub struct Timings {
     pub dump_ms: u64,
     /// From the moment the tasks were frozen to the moment they were thawed (or killed).
     pub frozen_ms: u64,
+    /// Write-back before the freeze (tasks running): time, rounds, bytes written back (the
+    /// dirty amount found before each round, summed) and bytes still dirty after it.
+    #[serde(default)]
+    pub writeback_ms: u64,
+    #[serde(default)]
+    pub writeback_rounds: u32,
+    #[serde(default)]
+    pub writeback_bytes: u64,
+    #[serde(default)]
+    pub writeback_left_bytes: u64,
+    /// How the dirty amount was measured: `cachestat` (the files') or `meminfo` (the system's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writeback_measure: Option<crate::writeback::Measure>,
+    /// The same in microseconds: freezing (start of the freeze to all tasks frozen), frozen
+    /// (all the window), write-back.
+    #[serde(default)]
+    pub freezing_us: u64,
+    #[serde(default)]
+    pub frozen_us: u64,
+    #[serde(default)]
+    pub writeback_us: u64,
+    /// CRIU's own statistics of its dump (`stats-dump`: microseconds, pages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub criu: Option<crate::criu_stats::DumpStats>,
 }
 
 /// The whole record of one checkpoint.

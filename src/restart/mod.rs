@@ -87,6 +87,10 @@ pub struct Restarted {
     pub pids: Vec<i32>,
     /// Names left in place (files-only checkpoint without --exec).
     pub left_in_place: Vec<PathBuf>,
+    /// CRIU's statistics of the restore (`stats-restore`), when it wrote them.
+    pub criu_stats: Option<crate::criu_stats::RestoreStats>,
+    /// How long CRIU's restore took, snapckpt's side of the RPC.
+    pub restore_time: std::time::Duration,
 }
 
 /// Restart the checkpoint in `image_dir`.
@@ -275,12 +279,17 @@ fn restore(
         timeout: opts.restore_timeout,
     };
     let sigstop = ck.freezer == Freezer::Sigstop;
+    let t = std::time::Instant::now();
     criu::restore(&req, &mut || {
         if sigstop {
             guard = Some(crate::tasks::ContinueGuard::arm(&pids).map_err(|e| e.to_string())?);
         }
         release_all(opened)
     })?;
+    out.restore_time = t.elapsed();
+    out.criu_stats = [work.dir.as_path(), image_dir]
+        .iter()
+        .find_map(|d| crate::criu_stats::read_restore(d).ok().flatten());
     drop(work);
     out.pids = pids;
     hooks::point("restart-restored");

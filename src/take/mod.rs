@@ -11,7 +11,7 @@ use crate::relink::{self, Relinker, Template};
 use crate::snapshot::{self, Backend, FsSpec};
 use crate::tasks::{self, FreezeMethod, Selection};
 use crate::userhooks::{self, Point};
-use crate::{criu, hooks, scan, sys, ui};
+use crate::{criu, hooks, procfs, scan, sys, ui, writeback};
 
 mod plan;
 mod verify;
@@ -96,6 +96,10 @@ pub struct TakeOptions {
     pub progress: bool,
     /// User hooks (pre-take, post-freeze, post-snapshot, post-take).
     pub hooks: userhooks::Hooks,
+    /// Write back dirty data before the freeze ([`crate::writeback`]); `Policy::off()` skips it.
+    pub writeback: writeback::Policy,
+    /// CRIU pre-dump iterations before the final dump (refused: see [`Tx::pre_freeze`]).
+    pub pre_dump: bool,
 }
 
 /// What a take produced.
@@ -171,9 +175,10 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
     let id = record::names::new_id(now);
     let pids = tasks::resolve(&opts.selection)?;
     let method = FreezeMethod::for_selection(&opts.selection, &pids)?;
-    // Asked before freezing: recorded in the image.
-    let mut criu_version = String::new();
-    if let EngineOpts::Criu { path, .. } = &opts.engine {
+    // Recorded in the image; read from CRIU's dump log after the dump (`Tx::checkpoint`): a
+    // `criu --version` here would cost a process start (~10 ms) on every take.
+    let criu_version = String::new();
+    if let EngineOpts::Criu { .. } = &opts.engine {
         // CRIU dumps the whole tree under its root: a --pid selection without --tree whose
         // process has children would dump (and kill) tasks snapckpt neither froze nor scanned.
         if let tasks::Selection::Pid { pid, tree: false } = &opts.selection {
@@ -188,9 +193,6 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
             session_leader(root, flags.shell_job)?;
         }
         verify::unsupported_fds(&pids)?;
-        if !opts.dry_run {
-            criu_version = criu::version_string(path);
-        }
     }
     Ok(Selected { id, now, method, criu_version })
 }
@@ -244,6 +246,7 @@ struct Staged {
 impl Tx<'_> {
     /// Every stage up to a complete record (not yet published).
     fn run(&mut self) -> Result<Staged, TakeError> {
+        let pre_note = self.pre_freeze()?;
         let t0 = Instant::now();
         let method = self.sel.method.clone();
         let stage = ui::stage(self.opts.progress, &format!("freezing the tasks ({})", method.describe()));
@@ -273,7 +276,8 @@ impl Tx<'_> {
             &pids,
             &self.snaps,
         )?;
-        let mut notes = plan::notes(&plan, self.opts.auto_snapshot.is_some());
+        let mut notes: Vec<String> = pre_note.into_iter().collect();
+        notes.extend(plan::notes(&plan, self.opts.auto_snapshot.is_some()));
         let links_removed = self.drop_live_names(&sc)?;
 
         let mut ck = Checkpoint::new(&self.sel.id, self.sel.now);
@@ -303,6 +307,65 @@ impl Tx<'_> {
 
     fn frozen(&self) -> &tasks::Frozen {
         self.frozen.as_ref().expect("frozen during the stages")
+    }
+
+    /// The stage before the freeze, tasks still running: refuse a pre-dump this kernel cannot
+    /// do, then write back what the frozen stages would flush ([`writeback`]): the orphans
+    /// that relink will clone or copy and the filesystems that will be snapshotted, found by
+    /// a read-only scan of the running tasks. A failed write-back is a note, not an error: the
+    /// frozen stages flush whatever is left.
+    fn pre_freeze(&mut self) -> Result<Option<String>, TakeError> {
+        if self.opts.pre_dump {
+            if let EngineOpts::Criu { path, .. } = &self.opts.engine {
+                return Err(TakeError::Refused(criu::pre_dump_refusal(path)));
+            }
+            return Err(TakeError::Refused("--pre-dump needs --engine criu".into()));
+        }
+        if !self.opts.writeback.enabled() {
+            return Ok(None);
+        }
+        let Ok(pids) = tasks::resolve(&self.opts.selection) else { return Ok(None) };
+        let sc = scan::scan_lenient(&pids);
+        let mut files: Vec<PathBuf> = sc
+            .objects
+            .iter()
+            .filter(|o| o.class == record::Unlinked::Orphan)
+            .filter_map(|o| o.holders.first().map(|h| h.what.proc_path(h.pid)))
+            .collect();
+        let mut mounts: Vec<PathBuf> = self.opts.filesystems.iter().map(|s| s.mount_point.clone()).collect();
+        if self.opts.auto_snapshot.is_some() {
+            for o in &sc.objects {
+                let mp = PathBuf::from(&o.mount.mount_point);
+                if !mounts.contains(&mp) {
+                    mounts.push(mp);
+                }
+            }
+        }
+        // The regular files the tasks hold open on those filesystems: what they may just have
+        // written, measured (cachestat) to tell when to stop.
+        let devs: HashSet<u64> =
+            mounts.iter().filter_map(|m| sys::stat(m).ok()).map(|st| st.st_dev).collect();
+        let mut seen = HashSet::new();
+        for t in &sc.tasks {
+            for f in t.fds.iter().filter(|f| f.kind == record::FileKind::Regular && devs.contains(&f.dev)) {
+                if seen.insert((f.dev, f.ino)) {
+                    files.push(procfs::fd_path(t.pid, &f.fd.to_string()));
+                }
+            }
+        }
+        match writeback::write_back(&files, &mounts, &self.opts.writeback) {
+            Ok(wb) => {
+                let t = &mut self.timings;
+                t.writeback_ms = ms(wb.time);
+                t.writeback_us = wb.time.as_micros() as u64;
+                t.writeback_rounds = wb.rounds;
+                t.writeback_bytes = wb.bytes;
+                t.writeback_left_bytes = wb.remaining;
+                t.writeback_measure = (wb.rounds > 0).then_some(wb.measure);
+                Ok(None)
+            }
+            Err(e) => Ok(Some(format!("{e}; the frozen stages flush the dirty data instead"))),
+        }
     }
 
     /// Relink every unlinked object. On error the relinker has already removed what it made.
@@ -343,6 +406,10 @@ impl Tx<'_> {
                 let (path, after, flags) = (path.clone(), *after, *flags);
                 self.dump(&path, flags, sc, pids, plan)?;
                 let images = criu::image_files(self.image.path());
+                if self.sel.criu_version.is_empty() {
+                    self.sel.criu_version = criu::version_from_log(&self.image.path().join(criu::DUMP_LOG))
+                        .unwrap_or_else(|| criu::version_string(&path));
+                }
                 let (leave_running, leave_stopped) = (after == AfterDump::Run, after == AfterDump::Stop);
                 Ok(Engine::Criu {
                     version: self.sel.criu_version.clone(),
@@ -424,6 +491,8 @@ impl Tx<'_> {
         dumped?;
         self.dumped_and_killed = !req.leave_running;
         self.timings.dump_ms = ms(t.elapsed()).saturating_sub(snap_t);
+        // CRIU's own figures (best effort: an image without them is still a checkpoint).
+        self.timings.criu = crate::criu_stats::read_dump(self.image.path()).ok().flatten();
         Ok(())
     }
 
@@ -483,12 +552,15 @@ impl Tx<'_> {
     ) -> Result<(PathBuf, Option<tasks::Frozen>), TakeError> {
         self.frozen().check_watchdog()?;
         let frozen_for = self.frozen().frozen_for();
+        self.timings.freezing_us = self.frozen().freeze_latency().as_micros() as u64;
         let still_frozen = if after == AfterDump::Run {
             let d = self.frozen.take().expect("frozen").thaw()?;
             self.timings.frozen_ms = ms(d);
+            self.timings.frozen_us = d.as_micros() as u64;
             None
         } else {
             self.timings.frozen_ms = ms(frozen_for);
+            self.timings.frozen_us = frozen_for.as_micros() as u64;
             self.frozen.take()
         };
         done.ck.timings = self.timings.clone();
