@@ -31,6 +31,7 @@ pub mod engine;
 pub mod hooks;
 pub mod image;
 pub mod job;
+pub mod kernel_link;
 pub mod procfs;
 pub mod record;
 pub mod relink;
