@@ -98,10 +98,10 @@ static int relink(const struct snapckpt_relink_req *req)
 	if (!may_link_setid(mnt_userns, inode))
 		goto out_dst;
 
+retry:
 	err = mnt_want_write(dst->f_path.mnt);
 	if (err)
 		goto out_dst;
-retry:
 	inode_lock_nested(dir, I_MUTEX_PARENT);
 	new = lookup_one(mnt_userns, req->name, dst->f_path.dentry, len);
 	err = PTR_ERR(new);
@@ -131,12 +131,13 @@ out_dput:
 	dput(new);
 out_unlock:
 	inode_unlock(dir);
+	mnt_drop_write(dst->f_path.mnt);
+	/* an NFS delegation on the inode: wait for it to be given back, as do_linkat() does */
 	if (delegated) {
 		err = break_deleg_wait(&delegated);
 		if (!err)
 			goto retry;
 	}
-	mnt_drop_write(dst->f_path.mnt);
 out_dst:
 	fput(dst);
 out_src:
