@@ -42,6 +42,7 @@ pub mod image;
 pub mod job;
 pub mod migrate;
 pub mod preflight;
+pub mod kernel_link;
 pub mod procfs;
 pub mod prune;
 pub mod record;

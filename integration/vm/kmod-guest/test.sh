@@ -1,0 +1,270 @@
+#!/bin/bash
+# Guest side of integration/vm/kmod-tests.sh: the snapckpt_relink module (kmod/) in the QEMU
+# guest, as root. Expects in /share: snapckpt_relink.ko (built for the guest kernel),
+# relinktest (static, integration/progs/relinktest.c), optionally `env` (DENSE_MIB=..,
+# SPARSE_MIB=..).
+#
+# insmod; then for thin+ext4, thin+xfs, classic+ext4, classic+xfs (thin pool on vdb, classic
+# VG on vdc): a holder keeps a dense orphan (DENSE_MIB, default 1024, on the classic LVs
+# CLASSIC_DENSE_MIB, default 256), a sparse one (SPARSE_MIB apparent, 3 MiB data), a small
+# "victim" orphan and a name-gone file (nlink 1) open; each is linked into
+# lost+found/checkpoint through the ioctl; st_ino, link count, data segments and bytes are
+# checked, and that df shows no new data blocks; refusals (no capabilities, nobody, a
+# cross-mount or other-fs target, existing names and symlinks, '/', '.', '..', too long, a
+# symlinked or non-directory dir fd, a non-regular source, an immutable dir) leave the victim
+# unlinkable from userspace, then it is linked; on the thin LVs a copy of the dense orphan is
+# timed for comparison (xfs: and a reflink); an LVM snapshot taken while the holder lives is fsck'd
+# (e2fsck -fn / xfs_repair -n) and mounted, the linked data checked there; the origin is
+# fsck'd after unmount. Finally rmmod (refused while the device is open), insmod again, a
+# link on tmpfs, rmmod: nothing left in /proc/modules or /dev, no WARNING/BUG in dmesg.
+# Prints `PASS name` / `FAIL name: why` / `TIME name secs` lines, writes them and a last line
+# `N passed, M failed` to /share/summary, exits non-zero if anything failed.
+set -u
+export LVM_SUPPRESS_FD_WARNINGS=1
+SHARE=${SHARE:-/share}
+RT=$SHARE/relinktest
+KO=$SHARE/snapckpt_relink.ko
+DEV=/dev/snapckpt-relink
+SUMMARY=$SHARE/summary
+W=/tmp/kmodtest
+DENSE_MIB=1024        # the dense orphan on the thin LVs (copy + reflink timed there)
+CLASSIC_DENSE_MIB=256 # and on the classic LVs (no copy timed): TCG writes ~40 MiB/s
+SPARSE_MIB=256
+[ -f "$SHARE/env" ] && . "$SHARE/env"
+mkdir -p "$W" /mnt/k /mnt/s /mnt/kbind
+: > "$SUMMARY"
+
+PASSED=0
+FAILED=0
+pass() { echo "PASS $1"; echo "PASS $1" >> "$SUMMARY"; PASSED=$((PASSED + 1)); }
+fail() { echo "FAIL $1: $2"; echo "FAIL $1: $2" >> "$SUMMARY"; FAILED=$((FAILED + 1)); }
+timed() { echo "TIME $1 $2s"; echo "TIME $1 $2s" >> "$SUMMARY"; }
+note() { echo "NOTE $*"; echo "NOTE $*" >> "$SUMMARY"; }
+finish() {
+  echo "$PASSED passed, $FAILED failed" | tee -a "$SUMMARY"
+  [ "$FAILED" = 0 ]
+  exit $?
+}
+now() { date +%s.%N; }
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b - a}'; }
+log() { echo "--- $* (uptime $(cut -d' ' -f1 /proc/uptime)s)"; }
+# rt NAME ARGS...: run relinktest, PASS if it exits 0, show its output
+rt() {
+  local name=$1 out rc=0; shift
+  out=$("$RT" "$@" 2>&1) || rc=$?
+  echo "    $out" | head -n 5
+  if [ "$rc" = 0 ]; then pass "$name"; else fail "$name" "$(echo "$out" | tr '\n' ' ')"; fi
+  RT_OUT=$out
+  return "$rc"
+}
+used() { sync; df -B1 --output=used "$1" | tail -n1 | tr -d ' '; }
+
+log "guest $(uname -r), DENSE_MIB=$DENSE_MIB CLASSIC_DENSE_MIB=$CLASSIC_DENSE_MIB SPARSE_MIB=$SPARSE_MIB, $(nproc) CPU, $(awk '/MemTotal/{print $2 " kB"}' /proc/meminfo)"
+[ -x "$RT" ] && [ -f "$KO" ] || { fail files "relinktest or snapckpt_relink.ko missing in $SHARE"; finish; }
+dmesg > "$W/dmesg.before"
+DMESG_LINES=$(wc -l < "$W/dmesg.before")
+
+# --- the module ------------------------------------------------------------------------------
+if out=$(insmod "$KO" 2>&1); then pass insmod; else fail insmod "$out"; finish; fi
+udevadm settle --timeout=10
+grep -q '^snapckpt_relink ' /proc/modules && pass module-listed || fail module-listed "not in /proc/modules"
+if [ -c "$DEV" ] && [ "$(stat -c %a:%u "$DEV")" = 600:0 ]; then pass device-node-0600; else
+  fail device-node-0600 "$(ls -l "$DEV" 2>&1)"; fi
+
+pvcreate -q -y /dev/vdb /dev/vdc > /dev/null && vgcreate -q vgt /dev/vdb > /dev/null &&
+  vgcreate -q vgc /dev/vdc > /dev/null && lvcreate -q -y -l 90%FREE -T vgt/pool > /dev/null 2>&1 ||
+  { fail vg-setup "pvcreate/vgcreate/thin pool failed"; finish; }
+
+fsck_clean() { # fsck_clean NAME FS DEVICE: read-only check, no complaints
+  local name=$1 fs=$2 dev=$3 rc=0
+  if [ "$fs" = ext4 ]; then
+    e2fsck -fn "$dev" > "$W/fsck.out" 2>&1 || rc=$?
+  else
+    xfs_repair -n "$dev" > "$W/fsck.out" 2>&1 || rc=$?
+  fi
+  # complaints: any line but xfs_repair's phase/progress lines and e2fsck's pass headers
+  FSCK_BAD=$(grep -vE '^Phase [0-9]|^[[:space:]]+- |^No modify flag set|^Pass [0-9]|^[^ ]+: [0-9]+/[0-9]+ files|^e2fsck [0-9]|^$' "$W/fsck.out" |
+    grep -iE 'orphan|link|count|unattached|disconnected|unlinked|would|inode|bucket|error|clear|fix|differences' | head -n 5)
+  FSCK_RC=$rc
+  [ "${4:-}" = control ] && return 0
+  if [ "$rc" = 0 ] && [ -z "$FSCK_BAD" ]; then pass "$name"; else
+    sed 's/^/    /' "$W/fsck.out" | tail -n 30
+    fail "$name" "exit $rc: $(echo "$FSCK_BAD" | tr '\n' ' ')"
+  fi
+}
+# snapshot LV of the mounted origin: thin (active at once) or classic COW
+mksnap() { # mksnap KIND VG LV SNAPNAME
+  if [ "$1" = thin ]; then lvcreate -q -y -s -kn -n "$4" "$2/$3" > /dev/null 2>&1
+  else lvcreate -q -y -s -L 512M -n "$4" "$2/$3" > /dev/null 2>&1; fi
+}
+
+run_case() { # run_case FS KIND
+  local fs=$1 kind=$2 c="$2-$1" vg lv dev P t0 t1 u0 u1 ck DENSE_MIB=$DENSE_MIB
+  [ "$kind" = classic ] && DENSE_MIB=$CLASSIC_DENSE_MIB
+  log "case $c"
+  if [ "$kind" = thin ]; then
+    vg=vgt; lv=$c; lvcreate -q -y -V 3G -T vgt/pool -n "$lv" > /dev/null 2>&1
+  else
+    vg=vgc; lv=$c; lvcreate -q -y -L 3G -n "$lv" vgc > /dev/null 2>&1
+  fi || { fail "$c-setup" "lvcreate failed"; return; }
+  dev=/dev/$vg/$lv
+  if [ "$fs" = xfs ]; then mkfs.xfs -q -f "$dev"; else mkfs.ext4 -q -F "$dev"; fi > /dev/null 2>&1 &&
+    mount "$dev" /mnt/k && mkdir -p /mnt/k/lost+found/checkpoint /mnt/k/work &&
+    chmod 700 /mnt/k/lost+found /mnt/k/lost+found/checkpoint ||
+    { fail "$c-setup" "mkfs/mount failed"; return; }
+  ck=/mnt/k/lost+found/checkpoint
+
+  # the holder
+  t0=$(now)
+  "$RT" hold /mnt/k/work "$DENSE_MIB" "$SPARSE_MIB" > "$W/hold.out" 2>&1 &
+  P=$!
+  local i
+  for ((i = 0; i < 3000; i++)); do grep -q '^ready' "$W/hold.out" && break; kill -0 "$P" 2>/dev/null || break; sleep 0.1; done
+  t1=$(now)
+  if ! grep -q '^ready' "$W/hold.out"; then
+    fail "$c-holder" "not ready: $(tr '\n' ' ' < "$W/hold.out")"; kill -9 "$P" 2>/dev/null; wait "$P" 2>/dev/null
+    umount /mnt/k; lvremove -q -y "$vg/$lv" > /dev/null; return
+  fi
+  timed "$c-write-${DENSE_MIB}MiB-and-fsync" "$(secs "$t0" "$t1")"
+  local f=/proc/$P/fd
+  if [ "$(stat -Lc %h $f/10):$(stat -Lc %h $f/11):$(stat -Lc %h $f/12):$(stat -Lc %h $f/13)" = 0:0:0:1 ]; then
+    pass "$c-held-orphans-nlink0"; else fail "$c-held-orphans-nlink0" "link counts $(stat -Lc %h $f/1[0-3] | tr '\n' ' ')"; fi
+  rt "$c-linkat-orphan-ENOENT" link --linkat --expect ENOENT $f/10 "$ck" dense-by-linkat
+  # control: a snapshot taken now (orphans not linked) is what fsck complains about
+  if [ "$fs" = ext4 ] && mksnap "$kind" "$vg" "$lv" "$lv-ctl"; then
+    fsck_clean "$c-control" ext4 "/dev/$vg/$lv-ctl" control
+    if [ "$FSCK_RC" != 0 ] || [ -n "$FSCK_BAD" ]; then
+      pass "$c-control-fsck-sees-unlinked-orphans"; echo "$FSCK_BAD" | sed 's/^/    control: /'
+    else fail "$c-control-fsck-sees-unlinked-orphans" "e2fsck -fn found nothing wrong with held orphans"; fi
+    lvremove -q -y "$vg/$lv-ctl" > /dev/null
+  fi
+  u0=$(used /mnt/k)
+
+  # the links
+  if rt "$c-link-dense" link $f/10 "$ck" dense; then timed "$c-ioctl-link-dense-${DENSE_MIB}MiB" "$(echo "$RT_OUT" | awk '{print $4}' | tr -d s)"; fi
+  rt "$c-link-sparse" link $f/11 "$ck" sparse
+  rt "$c-link-namegone" link $f/13 "$ck" namegone
+  t0=$(now); sync -f "$ck"; t1=$(now)
+  timed "$c-syncfs-after-links" "$(secs "$t0" "$t1")"
+  rt "$c-verify-dense" verify $f/10 "$ck/dense" dense "$DENSE_MIB"
+  rt "$c-verify-sparse" verify $f/11 "$ck/sparse" sparse "$SPARSE_MIB"
+  rt "$c-verify-namegone" verify --nlink 2 $f/13 "$ck/namegone" namegone 1
+  u1=$(used /mnt/k)
+  note "$c df used before links $u0 B, after $u1 B (delta $((u1 - u0)) B)"
+  if [ $((u1 - u0)) -le 1048576 ]; then pass "$c-no-new-data-blocks"; else
+    fail "$c-no-new-data-blocks" "df used grew by $((u1 - u0)) B"; fi
+
+  # refusals, on the victim (nlink 0)
+  local v=$f/12
+  rt "$c-refuse-nobody-EPERM" link --nobody --expect EPERM $v "$ck" victim
+  rt "$c-refuse-nobody-open-EACCES" link --nobody-early --expect EACCES $v "$ck" victim
+  local cap
+  for cap in all dac_read_search dac_override; do
+    rt "$c-refuse-root-without-cap-$cap-EPERM" link --drop-cap $cap --expect EPERM $v "$ck" victim
+  done
+  rt "$c-refuse-existing-EEXIST" link --expect EEXIST $v "$ck" dense
+  ln -s /nonexistent-target "$ck/dangling"
+  rt "$c-refuse-symlink-name-EEXIST" link --expect EEXIST $v "$ck" dangling
+  [ ! -e /nonexistent-target ] && pass "$c-symlink-not-followed" || fail "$c-symlink-not-followed" "/nonexistent-target created"
+  rt "$c-refuse-slash-EINVAL" link --expect EINVAL $v "$ck" a/b
+  rt "$c-refuse-dot-EINVAL" link --expect EINVAL $v "$ck" .
+  rt "$c-refuse-dotdot-EINVAL" link --expect EINVAL $v "$ck" ..
+  rt "$c-refuse-empty-ENOENT" link --expect ENOENT $v "$ck" ''
+  rt "$c-refuse-long-ENAMETOOLONG" link --expect ENAMETOOLONG $v "$ck" @LONG
+  ln -s "$ck" /mnt/k/cklink
+  rt "$c-refuse-symlinked-dir-ENOTDIR" link --dir-nofollow --expect ENOTDIR $v /mnt/k/cklink victim
+  rt "$c-refuse-file-as-dir-ENOTDIR" link --dir-nofollow --expect ENOTDIR $v /mnt/k/work/namegone2 victim
+  rt "$c-refuse-dir-source-EINVAL" link --src-dir --expect EINVAL /mnt/k/work "$ck" victim
+  mount --bind /mnt/k /mnt/kbind
+  rt "$c-refuse-bind-mount-EXDEV" link --expect EXDEV $v /mnt/kbind/lost+found/checkpoint victim
+  umount /mnt/kbind
+  mkdir -p /tmp/otherfs
+  rt "$c-refuse-other-fs-EXDEV" link --expect EXDEV $v /tmp/otherfs victim
+  mkdir "$ck/imm" && chattr +i "$ck/imm"
+  rt "$c-refuse-immutable-dir-EPERM" link --expect EPERM $v "$ck/imm" victim
+  chattr -i "$ck/imm"
+  rt "$c-after-refusals-still-not-linkable" link --linkat --expect ENOENT $v "$ck" victim
+  rt "$c-link-victim" link $v "$ck" victim
+  rt "$c-verify-victim" verify $v "$ck/victim" victim 1
+  [ -z "$(ls -A /mnt/k/work | grep -v '^namegone2$')" ] && pass "$c-work-dir-untouched" ||
+    fail "$c-work-dir-untouched" "$(ls -A /mnt/k/work | tr '\n' ' ')"
+
+  # what the alternative costs: a copy of the dense orphan (and on xfs a reflink)
+  if [ "$kind" = thin ]; then
+    t0=$(now); cp --reflink=never /proc/$P/fd/10 /mnt/k/work/copy && sync -f /mnt/k/work/copy; t1=$(now)
+    timed "$c-copy-dense-${DENSE_MIB}MiB-and-sync" "$(secs "$t0" "$t1")"
+    if [ "$fs" = xfs ]; then
+      t0=$(now); cp --reflink=always /proc/$P/fd/10 /mnt/k/work/clone && sync -f /mnt/k/work/clone; t1=$(now)
+      timed "$c-reflink-dense-${DENSE_MIB}MiB-and-sync" "$(secs "$t0" "$t1")"
+    fi
+    rm -f /mnt/k/work/copy /mnt/k/work/clone
+    fstrim /mnt/k 2>/dev/null
+    sync
+  fi
+
+  # an LVM snapshot while the holder still has the files open
+  mksnap "$kind" "$vg" "$lv" "$lv-snap" || fail "$c-snapshot" "lvcreate -s failed"
+  local sdev=/dev/$vg/$lv-snap
+  if [ -b "$sdev" ]; then
+    [ "$fs" = ext4 ] && fsck_clean "$c-snapshot-e2fsck" ext4 "$sdev"
+    local mopt=ro; [ "$fs" = xfs ] && mopt=nouuid
+    local dl; dl=$(dmesg | wc -l)
+    if mount -o "$mopt" "$sdev" /mnt/s; then
+      dmesg | tail -n +$((dl + 1)) | sed 's/^/    dmesg: /'
+      dmesg | tail -n +$((dl + 1)) | grep -qi orphan && fail "$c-snapshot-no-orphan-cleanup" "orphan cleanup at snapshot mount" ||
+        pass "$c-snapshot-no-orphan-cleanup"
+      rt "$c-snapshot-dense" check /mnt/s/lost+found/checkpoint/dense dense "$DENSE_MIB"
+      rt "$c-snapshot-sparse" check /mnt/s/lost+found/checkpoint/sparse sparse "$SPARSE_MIB"
+      rt "$c-snapshot-victim" check /mnt/s/lost+found/checkpoint/victim victim 1
+      umount /mnt/s
+    else
+      fail "$c-snapshot-mount" "mount -o $mopt $sdev failed"
+    fi
+    [ "$fs" = xfs ] && fsck_clean "$c-snapshot-xfs_repair" xfs "$sdev"
+    lvremove -q -y "$vg/$lv-snap" > /dev/null
+  fi
+
+  # the origin, after the holder is gone
+  kill "$P"; wait "$P" 2>/dev/null
+  umount /mnt/k || { fail "$c-umount" "umount /mnt/k failed"; umount -l /mnt/k; }
+  if [ "$fs" = ext4 ]; then fsck_clean "$c-e2fsck" ext4 "$dev"; else fsck_clean "$c-xfs_repair" xfs "$dev"; fi
+  lvremove -q -y "$vg/$lv" > /dev/null
+}
+
+for c in thin:ext4 thin:xfs classic:ext4 classic:xfs; do
+  T0=$(now)
+  run_case "${c#*:}" "${c%:*}"
+  timed "case-${c%:*}-${c#*:}" "$(secs "$T0" "$(now)")"
+done
+
+# --- unload, reload, unload ------------------------------------------------------------------
+log "rmmod / insmod"
+exec 7<> "$DEV"
+rmmod snapckpt_relink 2>/dev/null && fail rmmod-busy-refused "rmmod succeeded with the device open" || pass rmmod-busy-refused
+exec 7>&-
+if out=$(rmmod snapckpt_relink 2>&1); then pass rmmod; else fail rmmod "$out"; fi
+udevadm settle --timeout=10
+! grep -q '^snapckpt_relink ' /proc/modules && [ ! -e "$DEV" ] && pass unloaded-nothing-left ||
+  fail unloaded-nothing-left "$(grep snapckpt /proc/modules) $(ls -l "$DEV" 2>&1)"
+if out=$(insmod "$KO" 2>&1); then pass insmod-again; else fail insmod-again "$out"; fi
+udevadm settle --timeout=10
+mkdir -p /tmp/tmpfs-case && mount -t tmpfs tmpfs /tmp/tmpfs-case && mkdir -p /tmp/tmpfs-case/w /tmp/tmpfs-case/ck
+"$RT" hold /tmp/tmpfs-case/w 4 8 > "$W/hold-tmpfs.out" 2>&1 &
+P=$!
+for ((i = 0; i < 300; i++)); do grep -q '^ready' "$W/hold-tmpfs.out" && break; sleep 0.1; done
+rt tmpfs-link-after-reload link /proc/$P/fd/10 /tmp/tmpfs-case/ck dense
+rt tmpfs-verify-after-reload verify /proc/$P/fd/10 /tmp/tmpfs-case/ck/dense dense 4
+kill "$P"; wait "$P" 2>/dev/null
+umount /tmp/tmpfs-case
+if out=$(rmmod snapckpt_relink 2>&1); then pass rmmod-again; else fail rmmod-again "$out"; fi
+udevadm settle --timeout=10
+! grep -q '^snapckpt_relink ' /proc/modules && [ ! -e "$DEV" ] && pass unloaded-again-nothing-left ||
+  fail unloaded-again-nothing-left "$(grep snapckpt /proc/modules) $(ls -l "$DEV" 2>&1)"
+
+dmesg | tail -n +$((DMESG_LINES + 1)) > "$W/dmesg.new"
+grep -iE 'snapckpt|taint' "$W/dmesg.new" | sed 's/^/    dmesg: /'
+bad=$(grep -E 'WARNING|BUG|Oops|general protection|Call Trace|VFS: Busy inodes|list_del corruption|refcount_t|EXT4-fs error|XFS \(.*\): (Corruption|Internal error|metadata I/O error)|lockdep' "$W/dmesg.new" | head -n 5)
+[ -z "$bad" ] && pass dmesg-no-warnings || { fail dmesg-no-warnings "$(echo "$bad" | tr '\n' ' ')"; sed 's/^/    /' "$W/dmesg.new" | tail -n 60; }
+grep -q 'snapckpt_relink' /proc/modules && fail final-unloaded "still loaded" || true
+vgremove -q -y vgt vgc > /dev/null 2>&1
+finish
