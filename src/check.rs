@@ -71,9 +71,52 @@ pub fn check(opts: &CheckOptions) -> Vec<Line> {
     lines.push(lvm());
     lines.push(criu_line(opts));
     if let Ok(p) = criu::find_with(opts.criu.as_deref(), opts.env_criu.as_deref()) {
+        lines.push(sockets_line(&criu::version_string(&p)));
         lines.push(pre_dump_line(&p));
     }
+    lines.push(kernel_link_line(crate::kernel_link::available()));
+    lines.push(Line::new(
+        Status::Ok,
+        "restart st_dev",
+        "files restored from a btrfs clone keep their inode numbers but carry the clone's device number (a subvolume has its own st_dev)",
+    ));
     lines
+}
+
+/// Whether CRIU dumps TCP and UDP sockets on this kernel: 4.2 and later do (earlier ones ask
+/// SO_PASSCRED of inet sockets, which kernels since 6.x refuse).
+fn sockets_line(version: &str) -> Line {
+    let mut nums = version
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
+    if (major, minor) >= (4, 2) {
+        Line::new(
+            Status::Ok,
+            "CRIU sockets",
+            format!("CRIU {version} dumps TCP and UDP sockets (--tcp-established for connections)"),
+        )
+    } else {
+        Line::new(Status::Warn, "CRIU sockets", format!("CRIU {version:?} cannot dump TCP or UDP sockets on recent kernels (SO_PASSCRED): scripts/install-criu.sh installs CRIU 4.2"))
+    }
+}
+
+/// The snapckpt-relink kernel module (kmod/): orphans linked instead of copied.
+fn kernel_link_line(loaded: bool) -> Line {
+    if loaded {
+        Line::new(
+            Status::Ok,
+            "kernel relink",
+            "module loaded (/dev/snapckpt-relink): orphans are linked in place, no data copied",
+        )
+    } else {
+        Line::new(
+            Status::Warn,
+            "kernel relink",
+            "module not loaded: orphans are cloned (btrfs, xfs) or copied (ext4); see kmod/README.md",
+        )
+    }
 }
 
 /// Memory change tracking, which CRIU's pre-dump needs (`take --pre-dump`): a warning only.
@@ -184,6 +227,15 @@ mod tests {
         );
         assert_eq!(freezer_line(true, false).status, Status::Ok);
         assert_eq!(lvm_line(true, true).status, Status::Ok);
+    }
+
+    #[test]
+    fn sockets_and_kernel_link() {
+        assert_eq!(sockets_line("4.2.1").status, Status::Ok);
+        assert_eq!(sockets_line("4.1.1").status, Status::Warn);
+        assert_eq!(sockets_line("").status, Status::Warn);
+        assert_eq!(kernel_link_line(false).status, Status::Warn);
+        assert!(kernel_link_line(true).to_string().starts_with("[ ok ] kernel relink"));
     }
 
     #[test]

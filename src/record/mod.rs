@@ -108,6 +108,8 @@ pub enum Method {
     SparseCopy,
     /// A new directory, FIFO or device node made with the recorded type, mode and owner.
     Recreate,
+    /// The same inode, nlink 0 included, linked by the snapckpt-relink kernel module.
+    KernelLink,
 }
 
 /// A mount as the task sees it (from /proc/PID/mountinfo).

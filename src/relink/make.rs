@@ -49,11 +49,13 @@ pub struct Relinker {
     dirs: HashMap<u32, CheckpointDir>,
     /// (mnt_id, name, is_dir) of every name made, in order.
     made: Vec<(u32, String, bool)>,
+    /// The kernel module's device, opened at the first orphan (`Some(None)`: not loaded).
+    kdev: Option<Option<crate::kernel_link::Device>>,
 }
 
 impl Relinker {
     pub fn new(id: &str, template: Template) -> Relinker {
-        Relinker { id: id.into(), template, counter: 0, dirs: HashMap::new(), made: vec![] }
+        Relinker { id: id.into(), template, counter: 0, dirs: HashMap::new(), made: vec![], kdev: None }
     }
 
     /// The checkpoint directory of a mount, opened during relinking.
@@ -121,13 +123,17 @@ impl Relinker {
             } else {
                 match sys::link_follow(&src, dir.fd(), OsStr::new(&name)) {
                     Ok(()) => Ok((Method::Link, 0)),
-                    // nlink == 0 and not an O_TMPFILE: the kernel will not link it; copy it.
+                    // nlink == 0 and not an O_TMPFILE: linkat refuses it. The kernel module
+                    // links it all the same (the same inode, no data written); else copy it.
                     Err(e)
                         if e.raw_os_error() == Some(libc::ENOENT)
                             && st.st_nlink == 0
                             && o.kind == FileKind::Regular =>
                     {
-                        copy_orphan(&src, dir, &name, &st, &o.original_path)
+                        match kernel_link(&mut self.kdev, &src, dir, &name) {
+                            Some(r) => r,
+                            None => copy_orphan(&src, dir, &name, &st, &o.original_path),
+                        }
                     }
                     Err(e) => {
                         Err(RelinkError::Io { path: dir.path.join(&name), syscall: "linkat", source: e })
@@ -145,7 +151,7 @@ impl Relinker {
                         .open(&name, libc::O_PATH | libc::O_NOFOLLOW)
                         .and_then(|f| sys::fstat(f.as_raw_fd()).map_err(ioe(&dir.path, "fstat")))?;
                     match method {
-                        Method::Link => stats.linked += 1,
+                        Method::Link | Method::KernelLink => stats.linked += 1,
                         Method::Clone => stats.cloned += 1,
                         Method::CopyRange | Method::SparseCopy => stats.copied += 1,
                         Method::Recreate => stats.recreated += 1,
@@ -202,6 +208,27 @@ impl Relinker {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+}
+
+/// Link an orphan with the snapckpt-relink kernel module, when it is loaded: `None` when it is
+/// not (or refuses for a reason a copy does not share: then the copy is made).
+fn kernel_link(
+    kdev: &mut Option<Option<crate::kernel_link::Device>>,
+    src: &Path,
+    dir: &CheckpointDir,
+    name: &str,
+) -> Option<Result<(Method, u64), RelinkError>> {
+    let dev = kdev.get_or_insert_with(|| crate::kernel_link::Device::open().ok()).as_ref()?;
+    let f = sys::open(src, libc::O_RDONLY | libc::O_NOCTTY, 0).ok()?;
+    match dev.link(f.as_raw_fd(), dir.fd(), name) {
+        Ok(()) => Some(Ok((Method::KernelLink, 0))),
+        Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => Some(Err(RelinkError::Io {
+            path: dir.path.join(name),
+            syscall: "ioctl(SNAPCKPT_IOC_RELINK)",
+            source: std::io::Error::from_raw_os_error(libc::EEXIST),
+        })),
+        Err(_) => None,
     }
 }
 

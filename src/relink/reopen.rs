@@ -160,7 +160,8 @@ fn open_checked(
     if st.st_ino != ino {
         return Err(mismatch(format!("inode {}, recorded {ino}", st.st_ino)));
     }
-    if o.kind == FileKind::Regular && method != Method::Link && st.st_size as u64 != o.size {
+    let same_inode = matches!(method, Method::Link | Method::KernelLink);
+    if o.kind == FileKind::Regular && !same_inode && st.st_size as u64 != o.size {
         return Err(mismatch(format!("size {}, recorded {}", st.st_size, o.size)));
     }
     Ok(pfd)
