@@ -799,16 +799,28 @@ fn mount_device(device: &str, target: &Path, options: &str) -> Result<(), Snapsh
 pub fn verify_origin(s: &Snapshot) -> Result<(), SnapshotError> {
     let rec = Rec::from(s)?;
     let mp = PathBuf::from(s.mount_point());
-    let Some(snap) = locate(&rec)?.and_then(|l| l.snapshot) else { return Ok(()) }; // gone: said later
-    let parent = libbtrfsutil::subvolume_info(&snap).map_err(bt_err(&snap, "subvolume info"))?.parent_uuid();
+    let Some(loc) = locate(&rec)? else { return Ok(()) }; // gone: said when mounting
+    let Some(snap) = loc.snapshot.as_ref() else { return Ok(()) };
+    let info = libbtrfsutil::subvolume_info(snap).map_err(bt_err(snap, "subvolume info"))?;
     let mounted_root = sys::open(&mp, libc::O_PATH | libc::O_DIRECTORY, 0)
         .ok()
         .is_some_and(|fd| sys::is_mount_root(fd.as_raw_fd()).unwrap_or(false));
     if mounted_root {
-        if let Ok(info) = libbtrfsutil::subvolume_info(&mp) {
-            if parent.is_some_and(|p| same_uuid(&p.to_string(), &info.uuid().to_string())) {
-                return Ok(());
-            }
+        // The same filesystem (the recorded device) and, for a snapshot taken here (not one
+        // received from elsewhere: it has no parent), its very origin subvolume.
+        let source_ok =
+            mountinfo()?.iter().rev().find(|e| e.mount_point == mp).is_some_and(|e| e.source == rec.device);
+        // Mounted there: the origin itself, or a clone of this very snapshot (a restart left
+        // it over the origin). A snapshot received from elsewhere (migration) has no origin here.
+        let here = libbtrfsutil::subvolume_info(&mp).ok();
+        let is = |u: Option<String>, v: String| u.is_some_and(|u| same_uuid(&u, &v));
+        let origin_ok = info.received_uuid().is_some()
+            || here.as_ref().is_some_and(|h| {
+                is(info.parent_uuid().map(|u| u.to_string()), h.uuid().to_string())
+                    || is(h.parent_uuid().map(|u| u.to_string()), info.uuid().to_string())
+            });
+        if source_ok && origin_ok {
+            return Ok(());
         }
         return Err(SnapshotError::Mismatch {
             path: mp,
