@@ -21,8 +21,8 @@ pub enum CleanupError {
     Relink(#[from] relink::RelinkError),
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
-    #[error("{syscall} {path}: {source}")]
-    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::sys::SysError),
     #[error("{0}")]
     Refused(String),
 }
@@ -65,10 +65,8 @@ pub fn delete_unreadable(image_dir: &Path) -> Result<String, CleanupError> {
     if !record::names::generated_id(&id) {
         return Err(refuse("not named like a checkpoint id"));
     }
-    let md = std::fs::symlink_metadata(image_dir).map_err(|source| CleanupError::Io {
-        path: image_dir.into(),
-        syscall: "lstat",
-        source,
+    let md = std::fs::symlink_metadata(image_dir).map_err(|source| {
+        CleanupError::Io(crate::sys::SysError { path: image_dir.into(), syscall: "lstat", source })
     })?;
     if !md.is_dir() {
         return Err(refuse("not a directory"));
@@ -247,10 +245,8 @@ fn remove_found(rep: &GcReport) -> Result<(), CleanupError> {
         snapshot::delete(s, false)?;
     }
     for p in &rep.partial_dirs {
-        std::fs::remove_dir_all(p).map_err(|source| CleanupError::Io {
-            path: p.clone(),
-            syscall: "unlink",
-            source,
+        std::fs::remove_dir_all(p).map_err(|source| {
+            CleanupError::Io(crate::sys::SysError { path: p.clone(), syscall: "unlink", source })
         })?;
     }
     Ok(())

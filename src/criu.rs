@@ -34,8 +34,8 @@ pub enum CriuError {
     /// CRIU did not answer in time; it was stopped.
     #[error("criu {op} did not finish within {} s: CRIU was stopped (it hung, or the work is larger than the timeout allows; raise --{op}-timeout then)", timeout.as_secs())]
     Timeout { op: &'static str, timeout: std::time::Duration },
-    #[error("{syscall} {path}: {source}")]
-    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::sys::SysError),
 }
 
 /// Where CRIU is looked for when nothing names it: env `SNAPCKPT_CRIU`, the prefix that
@@ -256,12 +256,11 @@ fn with_hook<T>(
 
 fn open_dir(dir: &Path) -> Result<OwnedFd, CriuError> {
     // Not CLOEXEC: criu swrk inherits it and uses its number.
-    let fd = crate::sys::open(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0)
-        .map_err(|source| CriuError::Io { path: dir.into(), syscall: "open", source })?;
-    crate::sys::clear_cloexec(fd.as_raw_fd()).map_err(|source| CriuError::Io {
-        path: dir.into(),
-        syscall: "fcntl",
-        source,
+    let fd = crate::sys::open(dir, libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|source| {
+        CriuError::Io(crate::sys::SysError { path: dir.into(), syscall: "open", source })
+    })?;
+    crate::sys::clear_cloexec(fd.as_raw_fd()).map_err(|source| {
+        CriuError::Io(crate::sys::SysError { path: dir.into(), syscall: "fcntl", source })
     })?;
     Ok(fd)
 }
@@ -327,7 +326,11 @@ pub fn restore(
     if old_log.symlink_metadata().is_ok() {
         match std::fs::remove_file(&old_log) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(CriuError::Io { path: old_log, syscall: "unlink", source: e });
+                return Err(CriuError::Io(crate::sys::SysError {
+                    path: old_log,
+                    syscall: "unlink",
+                    source: e,
+                }));
             }
             _ => {}
         }

@@ -22,8 +22,8 @@ pub const DEFAULT_IMAGE_ROOT: &str = "/var/lib/snapckpt/images";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
-    #[error("{syscall} {path}: {source}")]
-    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::sys::SysError),
     #[error("{path}: not a valid checkpoint record: {msg}")]
     Invalid { path: PathBuf, msg: String },
     #[error(transparent)]
@@ -74,7 +74,7 @@ pub fn trusted_root(root: &Path, create: bool) -> Result<(), ImageError> {
 }
 
 fn io<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(std::io::Error) -> ImageError + 'a {
-    move |source| ImageError::Io { path: path.to_path_buf(), syscall, source }
+    move |source| ImageError::Io(crate::sys::SysError { path: path.to_path_buf(), syscall, source })
 }
 
 /// The traces an image directory leaves under its root besides a published `<id>`.
@@ -151,11 +151,11 @@ impl ImageDir {
         let f = std::fs::File::create(&lockp).map_err(io(&lockp, "open"))?;
         // SAFETY: flock on a file we hold.
         if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
-            return Err(ImageError::Io {
+            return Err(ImageError::Io(crate::sys::SysError {
                 path: lockp,
                 syscall: "flock",
                 source: std::io::Error::last_os_error(),
-            });
+            }));
         }
         Ok(ImageDir { root: root.into(), id: id.into(), dir, _lock: f, done: false })
     }
@@ -252,7 +252,7 @@ pub fn write_json_atomic<T: Serialize>(dir: &Path, name: &str, value: &T) -> Res
     drop(f);
     std::fs::rename(&tmp, &dst).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        ImageError::Io { path: dst.clone(), syscall: "rename", source: e }
+        ImageError::Io(crate::sys::SysError { path: dst.clone(), syscall: "rename", source: e })
     })?;
     crate::sys::fsync_dir(dir).map_err(io(dir, "fsync"))?;
     Ok(())
@@ -298,11 +298,17 @@ fn read_record(p: &Path) -> Result<Vec<u8>, ImageError> {
                 "it is a symbolic link{to}, not a regular file; snapckpt does not follow links to records"
             )));
         }
-        Err(e) => return Err(ImageError::Io { path: p.to_path_buf(), syscall: "open", source: e }),
+        Err(e) => {
+            return Err(ImageError::Io(crate::sys::SysError {
+                path: p.to_path_buf(),
+                syscall: "open",
+                source: e,
+            }))
+        }
     };
     crate::sys::read_regular(f, MAX_RECORD_BYTES).map_err(|e| match e {
         crate::sys::ReadRegularError::Io { syscall, source } => {
-            ImageError::Io { path: p.to_path_buf(), syscall, source }
+            ImageError::Io(crate::sys::SysError { path: p.to_path_buf(), syscall, source })
         }
         crate::sys::ReadRegularError::NotRegular(what) => {
             invalid(format!("it is {what}, not a regular file"))
@@ -322,7 +328,13 @@ pub fn list(root: &Path) -> Result<Listed, ImageError> {
     let rd = match std::fs::read_dir(root) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(ImageError::Io { path: root.to_path_buf(), syscall: "opendir", source: e }),
+        Err(e) => {
+            return Err(ImageError::Io(crate::sys::SysError {
+                path: root.to_path_buf(),
+                syscall: "opendir",
+                source: e,
+            }))
+        }
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();

@@ -29,8 +29,8 @@ pub enum ScanError {
     TaskExited { pid: i32, path: PathBuf, source: io::Error },
     #[error("cannot inspect pid {pid}: {syscall} {path}: {source} (snapckpt needs root and ptrace access to the task)")]
     Access { pid: i32, path: PathBuf, syscall: &'static str, source: io::Error },
-    #[error("{syscall} {path}: {source}")]
-    Io { path: PathBuf, syscall: &'static str, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::sys::SysError),
     #[error("{path}: cannot parse: {msg}")]
     Parse { path: PathBuf, msg: String },
 }
@@ -74,7 +74,7 @@ fn proc_error(pid: i32, path: PathBuf, syscall: &'static str, source: io::Error)
     } else if matches!(source.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) {
         ScanError::Access { pid, path, syscall, source }
     } else {
-        ScanError::Io { path, syscall, source }
+        ScanError::Io(crate::sys::SysError { path, syscall, source })
     }
 }
 

@@ -120,6 +120,30 @@ pub fn mnt_id_of(fd: RawFd) -> io::Result<u32> {
     Ok(stx.stx_mnt_id as u32)
 }
 
+/// The context every module's I/O error carries: which system call failed on which path.
+/// Each module's error enum has an `Io` variant holding one; the message is
+/// `<syscall> <path>: <error>`.
+#[derive(Debug, thiserror::Error)]
+#[error("{syscall} {}: {source}", path.display())]
+pub struct SysError {
+    pub path: PathBuf,
+    pub syscall: &'static str,
+    #[source]
+    pub source: io::Error,
+}
+
+impl SysError {
+    /// A `map_err` adapter: `.map_err(SysError::at(path, "open"))`.
+    pub fn at<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(io::Error) -> SysError + 'a {
+        move |source| SysError { path: path.to_path_buf(), syscall, source }
+    }
+
+    /// Whether the error is "no such file or directory".
+    pub fn is_enoent(&self) -> bool {
+        self.source.raw_os_error() == Some(libc::ENOENT)
+    }
+}
+
 /// Why [`read_regular`] gave no bytes.
 #[derive(Debug)]
 pub enum ReadRegularError {

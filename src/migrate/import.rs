@@ -655,7 +655,9 @@ fn run_receive(dir: &Path, spool: &Path, sha: &str) -> Result<(), MigrateError> 
             "{}: spooled stream changed (sha256 {h}, expected {sha})",
             spool.display()
         ))),
-        Err(e) => Err(MigrateError::Io { path: spool.into(), syscall: "read", source: e }),
+        Err(e) => {
+            Err(MigrateError::Io(crate::sys::SysError { path: spool.into(), syscall: "read", source: e }))
+        }
     }
 }
 

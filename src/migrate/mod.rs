@@ -38,8 +38,8 @@ pub enum MigrateError {
     Record(#[from] crate::record::RecordError),
     #[error(transparent)]
     Snapshot(#[from] snapshot::SnapshotError),
-    #[error("{syscall} {path}: {source}")]
-    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::sys::SysError),
     #[error("btrfs {op} {path}: {msg}")]
     Btrfs { path: PathBuf, op: &'static str, msg: String },
     /// An external command (`btrfs send`, `btrfs receive`) failed.
@@ -53,7 +53,7 @@ pub(crate) fn io_err<'a>(
     path: &'a Path,
     syscall: &'static str,
 ) -> impl FnOnce(std::io::Error) -> MigrateError + 'a {
-    move |source| MigrateError::Io { path: path.to_path_buf(), syscall, source }
+    move |source| MigrateError::Io(crate::sys::SysError { path: path.to_path_buf(), syscall, source })
 }
 
 pub(crate) fn bt_err<'a>(

@@ -42,7 +42,11 @@ impl CheckpointDir {
         let dup = sys::openat2(self.fd(), ".", libc::O_RDONLY | libc::O_DIRECTORY, 0, sys::RESOLVE_STRICT)
             .map_err(ioe(&self.path, "openat2"))?;
         let mut d = nix::dir::Dir::from_fd(std::os::fd::IntoRawFd::into_raw_fd(dup)).map_err(|e| {
-            RelinkError::Io { path: self.path.clone(), syscall: "fdopendir", source: e.into() }
+            RelinkError::Io(crate::sys::SysError {
+                path: self.path.clone(),
+                syscall: "fdopendir",
+                source: e.into(),
+            })
         })?;
         let mut out = vec![];
         for e in d.iter().flatten() {
@@ -108,7 +112,13 @@ fn open_secure_subdir(parent: RawFd, name: &str, path: &Path, create: bool) -> R
             match sys::mkdirat(parent, OsStr::new(name), 0o700) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(RelinkError::Io { path: path.into(), syscall: "mkdirat", source: e }),
+                Err(e) => {
+                    return Err(RelinkError::Io(crate::sys::SysError {
+                        path: path.into(),
+                        syscall: "mkdirat",
+                        source: e,
+                    }))
+                }
             }
             sys::openat2(parent, name, flags, 0, sys::RESOLVE_STRICT).map_err(|e| refuse_or_io(e, path))?
         }
@@ -142,6 +152,6 @@ fn refuse_or_io(e: io::Error, path: &Path) -> RelinkError {
         Some(libc::EXDEV) => {
             RelinkError::Unsafe { path: path.into(), why: "it leads to another mount".into() }
         }
-        _ => RelinkError::Io { path: path.into(), syscall: "openat2", source: e },
+        _ => RelinkError::Io(crate::sys::SysError { path: path.into(), syscall: "openat2", source: e }),
     }
 }

@@ -135,13 +135,17 @@ impl Relinker {
                             None => copy_orphan(&src, dir, &name, &st, &o.original_path),
                         }
                     }
-                    Err(e) => {
-                        Err(RelinkError::Io { path: dir.path.join(&name), syscall: "linkat", source: e })
-                    }
+                    Err(e) => Err(RelinkError::Io(crate::sys::SysError {
+                        path: dir.path.join(&name),
+                        syscall: "linkat",
+                        source: e,
+                    })),
                 }
             };
             match r {
-                Err(RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::EEXIST) => {
+                Err(RelinkError::Io(crate::sys::SysError { source, .. }))
+                    if source.raw_os_error() == Some(libc::EEXIST) =>
+                {
                     continue
                 }
                 Err(e) => return Err(e),
@@ -171,11 +175,11 @@ impl Relinker {
                 }
             }
         }
-        Err(RelinkError::Io {
+        Err(RelinkError::Io(crate::sys::SysError {
             path: self.dirs[&mnt_id].path.clone(),
             syscall: "linkat",
             source: io::Error::from_raw_os_error(libc::EEXIST),
-        })
+        }))
     }
 
     /// Remove every name this relinker made (best effort, all attempted); the first error is
@@ -223,11 +227,13 @@ fn kernel_link(
     let f = sys::open(src, libc::O_RDONLY | libc::O_NOCTTY, 0).ok()?;
     match dev.link(f.as_raw_fd(), dir.fd(), name) {
         Ok(()) => Some(Ok((Method::KernelLink, 0))),
-        Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => Some(Err(RelinkError::Io {
-            path: dir.path.join(name),
-            syscall: "ioctl(SNAPCKPT_IOC_RELINK)",
-            source: std::io::Error::from_raw_os_error(libc::EEXIST),
-        })),
+        Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {
+            Some(Err(RelinkError::Io(crate::sys::SysError {
+                path: dir.path.join(name),
+                syscall: "ioctl(SNAPCKPT_IOC_RELINK)",
+                source: std::io::Error::from_raw_os_error(libc::EEXIST),
+            })))
+        }
         Err(_) => None,
     }
 }
@@ -248,7 +254,11 @@ fn recreate_node(dir: &CheckpointDir, name: &str, st: &libc::stat, src: &Path) -
     }
     if let Err(e) = sys::set_owner_mode_times(dir.fd(), OsStr::new(name), st) {
         let _ = dir.remove(name, st.st_mode & libc::S_IFMT == libc::S_IFDIR);
-        return Err(RelinkError::Io { path: p, syscall: "fchownat/fchmodat/utimensat", source: e });
+        return Err(RelinkError::Io(crate::sys::SysError {
+            path: p,
+            syscall: "fchownat/fchmodat/utimensat",
+            source: e,
+        }));
     }
     Ok(())
 }
@@ -273,7 +283,7 @@ fn copy_orphan(
         if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
             RelinkError::NoSpace { path: dst_path.clone(), original: original.into(), size }
         } else {
-            RelinkError::Io { path: dst_path.clone(), syscall, source: e }
+            RelinkError::Io(crate::sys::SysError { path: dst_path.clone(), syscall, source: e })
         }
     };
     // SAFETY: ioctl(FICLONE) with two descriptors we hold.
@@ -295,22 +305,22 @@ fn copy_orphan(
         if libc::fchown(tfd.as_raw_fd(), st.st_uid, st.st_gid) < 0
             || libc::fchmod(tfd.as_raw_fd(), st.st_mode & 0o7777) < 0
         {
-            return Err(RelinkError::Io {
+            return Err(RelinkError::Io(crate::sys::SysError {
                 path: dst_path.clone(),
                 syscall: "fchown/fchmod",
                 source: io::Error::last_os_error(),
-            });
+            }));
         }
         let ts = [
             libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
             libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
         ];
         if libc::futimens(tfd.as_raw_fd(), ts.as_ptr()) < 0 {
-            return Err(RelinkError::Io {
+            return Err(RelinkError::Io(crate::sys::SysError {
                 path: dst_path.clone(),
                 syscall: "futimens",
                 source: io::Error::last_os_error(),
-            });
+            }));
         }
         if bytes > 0 && libc::fsync(tfd.as_raw_fd()) < 0 {
             return Err(nospace(io::Error::last_os_error(), "fsync"));

@@ -34,8 +34,8 @@ pub enum RelinkError {
     Unsafe { path: PathBuf, why: String },
     #[error("{path}: {why}")]
     WrongMount { path: PathBuf, why: String },
-    #[error("{syscall} {path}: {source}")]
-    Io { path: PathBuf, syscall: &'static str, source: io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::sys::SysError),
     #[error("{path}: is not the recorded object {original}: {why}")]
     Mismatch { path: PathBuf, original: String, why: String },
     #[error("{}: gone. Checkpoint {id} has no snapshot, so a restart consumes its relinked files: it was restarted already (or the names were removed); it cannot be restarted again: `snapckpt delete {id}`", path.display())]
@@ -47,5 +47,5 @@ pub enum RelinkError {
 }
 
 fn ioe<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(io::Error) -> RelinkError + 'a {
-    move |source| RelinkError::Io { path: path.to_path_buf(), syscall, source }
+    move |source| RelinkError::Io(crate::sys::SysError { path: path.to_path_buf(), syscall, source })
 }

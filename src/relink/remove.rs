@@ -9,7 +9,7 @@ use std::path::Path;
 
 /// Whether an error is "no such file": a name (or its directory) already gone.
 pub(crate) fn is_enoent(e: &RelinkError) -> bool {
-    matches!(e, RelinkError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOENT))
+    matches!(e, RelinkError::Io(crate::sys::SysError { source, .. }) if source.raw_os_error() == Some(libc::ENOENT))
 }
 
 /// Remove the relinked names of `ck` still on the live filesystems (those already gone are
@@ -37,7 +37,9 @@ pub fn leftovers(
 ) -> Result<Vec<(Option<String>, String, bool)>, RelinkError> {
     let d = match open_checkpoint_dir(mount_dir, None, false) {
         Ok(d) => d,
-        Err(RelinkError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+        Err(RelinkError::Io(crate::sys::SysError { source, .. }))
+            if source.raw_os_error() == Some(libc::ENOENT) =>
+        {
             return Ok(vec![])
         }
         Err(e) => return Err(e),

@@ -301,7 +301,13 @@ impl Placement {
                     made_dirs.push((parent.try_clone().map_err(ioe(&parent_path, "dup"))?, comp.to_string()));
                     fd
                 }
-                Err(e) => return Err(RelinkError::Io { path: parent_path, syscall: "openat2", source: e }),
+                Err(e) => {
+                    return Err(RelinkError::Io(crate::sys::SysError {
+                        path: parent_path,
+                        syscall: "openat2",
+                        source: e,
+                    }))
+                }
             };
             parent = next;
         }
@@ -324,11 +330,11 @@ impl Placement {
             } else {
                 let sibling = format!("{last}.snapckpt-link");
                 if p.exists(&sibling) {
-                    return Err(RelinkError::Io {
+                    return Err(RelinkError::Io(crate::sys::SysError {
                         path: p.parent_path.join(&sibling),
                         syscall: "linkat",
                         source: std::io::Error::from_raw_os_error(libc::EEXIST),
-                    });
+                    }));
                 }
                 p.used_rel = format!("{}{sibling}", &rel[..rel.len() - last.len()]);
                 p.used = sibling;
@@ -353,11 +359,11 @@ impl Placement {
         let pfd = self.parent.as_raw_fd();
         // SAFETY: renameat on directory fds we hold and NUL-terminated names.
         if unsafe { libc::renameat(pfd, f.as_ptr(), pfd, t.as_ptr()) } < 0 {
-            return Err(RelinkError::Io {
+            return Err(RelinkError::Io(crate::sys::SysError {
                 path: self.parent_path.join(from),
                 syscall: "renameat",
                 source: std::io::Error::last_os_error(),
-            });
+            }));
         }
         Ok(())
     }
@@ -450,11 +456,11 @@ fn rename_between(
     };
     // SAFETY: renameat on directory fds we hold and NUL-terminated names.
     if unsafe { libc::renameat(from_dir, f.as_ptr(), to_dir, t.as_ptr()) } < 0 {
-        return Err(RelinkError::Io {
+        return Err(RelinkError::Io(crate::sys::SysError {
             path: at.into(),
             syscall: "renameat",
             source: std::io::Error::last_os_error(),
-        });
+        }));
     }
     Ok(())
 }

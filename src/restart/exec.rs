@@ -51,19 +51,17 @@ pub(super) fn exec_fds(
             flags = libc::O_PATH;
         }
         let src = format!("/proc/self/fd/{}", o.fd.as_raw_fd());
-        let nfd = sys::open(&src, flags, 0).map_err(|source| RestartError::Io {
-            path: o.dir.path.join(&o.name),
-            syscall: "open",
-            source,
+        let nfd = sys::open(&src, flags, 0).map_err(|source| {
+            RestartError::Io(crate::sys::SysError { path: o.dir.path.join(&o.name), syscall: "open", source })
         })?;
         if o.obj.kind == FileKind::Regular && !opath {
             // SAFETY: lseek on our descriptor.
             if unsafe { libc::lseek(nfd.as_raw_fd(), f.pos as i64, libc::SEEK_SET) } < 0 {
-                return Err(RestartError::Io {
+                return Err(RestartError::Io(crate::sys::SysError {
                     path: o.dir.path.join(&o.name),
                     syscall: "lseek",
                     source: std::io::Error::last_os_error(),
-                });
+                }));
             }
         }
         out.push((f.fd, nfd));
@@ -90,7 +88,11 @@ pub(super) fn run_exec(
     let need = max_target.max(max_ours) + unlinks.len() as u64 + pairs.len() as u64 + 4;
     let (soft, hard) =
         nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_err(|e| {
-            RestartError::Io { path: PathBuf::from(prog), syscall: "getrlimit", source: e.into() }
+            RestartError::Io(crate::sys::SysError {
+                path: PathBuf::from(prog),
+                syscall: "getrlimit",
+                source: e.into(),
+            })
         })?;
     if need > soft {
         if need > hard {
@@ -99,7 +101,13 @@ pub(super) fn run_exec(
             )));
         }
         nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, need, hard).map_err(
-            |e| RestartError::Io { path: PathBuf::from(prog), syscall: "setrlimit", source: e.into() },
+            |e| {
+                RestartError::Io(crate::sys::SysError {
+                    path: PathBuf::from(prog),
+                    syscall: "setrlimit",
+                    source: e.into(),
+                })
+            },
         )?;
     }
     let out_of_range = |_| RestartError::Refused(format!("--exec: fd numbers up to {need} are out of range"));
@@ -112,11 +120,11 @@ pub(super) fn run_exec(
             // SAFETY: fcntl on our descriptor; the result is a new descriptor that we own.
             let c = unsafe { libc::fcntl(dfd, libc::F_DUPFD_CLOEXEC, above_targets) };
             if c < 0 {
-                return Err(RestartError::Io {
+                return Err(RestartError::Io(crate::sys::SysError {
                     path: PathBuf::from(prog),
                     syscall: "fcntl",
                     source: std::io::Error::last_os_error(),
-                });
+                }));
             }
             // SAFETY: a new descriptor that we own.
             Ok((unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(c) }, name, dir))
@@ -163,10 +171,8 @@ pub(super) fn run_exec(
             "--exec {prog}: could not start it ({e}: putting the files at their recorded fd numbers, unlinking the relinked names or execve failed); see `snapckpt list` for what is left"
         ))
     })?;
-    let st = child.wait().map_err(|source| RestartError::Io {
-        path: PathBuf::from(prog),
-        syscall: "wait",
-        source,
+    let st = child.wait().map_err(|source| {
+        RestartError::Io(crate::sys::SysError { path: PathBuf::from(prog), syscall: "wait", source })
     })?;
     Ok(st.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
 }

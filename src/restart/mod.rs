@@ -38,8 +38,8 @@ pub enum RestartError {
     Criu(#[from] criu::CriuError),
     #[error(transparent)]
     Tasks(#[from] crate::tasks::TaskError),
-    #[error("{syscall} {path}: {source}")]
-    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::sys::SysError),
     #[error("{0}")]
     Refused(String),
 }
@@ -238,7 +238,9 @@ fn mount_snapshots(
         let m = snapshot::mount_clone(s, &target)?;
         // The device of the clone: every preserved file must be opened on it.
         let dev = sys::stat(&m.target)
-            .map_err(|source| RestartError::Io { path: m.target.clone(), syscall: "stat", source })?
+            .map_err(|source| {
+                RestartError::Io(crate::sys::SysError { path: m.target.clone(), syscall: "stat", source })
+            })?
             .st_dev;
         bases.insert(mp.to_string(), Base { path: m.target.clone(), dev: Some(dev) });
         made.push(m);
@@ -358,10 +360,12 @@ fn run_exec(
     let unlinks = opened
         .iter()
         .map(|o| {
-            let name = sys::cstr(&o.name).map_err(|source| RestartError::Io {
-                path: o.dir.path.join(&o.name),
-                syscall: "unlinkat",
-                source,
+            let name = sys::cstr(&o.name).map_err(|source| {
+                RestartError::Io(crate::sys::SysError {
+                    path: o.dir.path.join(&o.name),
+                    syscall: "unlinkat",
+                    source,
+                })
             })?;
             Ok((o.dir.fd(), name, o.obj.kind == FileKind::Directory))
         })

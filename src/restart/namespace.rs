@@ -12,8 +12,9 @@ use std::path::PathBuf;
 
 /// Leave the host's mount namespace for a new one of this process (and its children).
 pub fn enter_private() -> Result<(), RestartError> {
-    let io =
-        |syscall, e: nix::Error| RestartError::Io { path: PathBuf::from("/"), syscall, source: e.into() };
+    let io = |syscall, e: nix::Error| {
+        RestartError::Io(crate::sys::SysError { path: PathBuf::from("/"), syscall, source: e.into() })
+    };
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| io("unshare(CLONE_NEWNS)", e))?;
     nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
         .map_err(|e| io("mount(MS_SLAVE)", e))?;

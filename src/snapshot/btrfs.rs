@@ -52,7 +52,7 @@ const SUBVOL_ROOT_INO: u64 = 256;
 const ROOT_SUBVOL_RDONLY: u64 = 1;
 
 fn io_err<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(io::Error) -> SnapshotError + 'a {
-    move |source| SnapshotError::Io { path: path.to_path_buf(), syscall, source }
+    move |source| SnapshotError::Io(crate::sys::SysError { path: path.to_path_buf(), syscall, source })
 }
 
 fn bt_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(libbtrfsutil::Error) -> SnapshotError + 'a {
@@ -182,7 +182,7 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
                 why: format!("already exists: checkpoint {id} already has a snapshot directory here"),
             }
         } else {
-            SnapshotError::Io { path: id_path.clone(), syscall: "mkdir", source: e }
+            SnapshotError::Io(crate::sys::SysError { path: id_path.clone(), syscall: "mkdir", source: e })
         }
     })?;
     let remove_id_dir = || {
@@ -193,7 +193,11 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
             Ok(fd) => fd,
             Err(e) => {
                 remove_id_dir();
-                return Err(SnapshotError::Io { path: id_path, syscall: "openat2", source: e });
+                return Err(SnapshotError::Io(crate::sys::SysError {
+                    path: id_path,
+                    syscall: "openat2",
+                    source: e,
+                }));
             }
         };
 
@@ -273,7 +277,9 @@ fn open_snapshot_dir(mfd: &OwnedFd, mp: &Path, dir: &str) -> Result<OwnedFd, Sna
             match sys::mkdirat(parent, OsStr::new(comp), 0o700) {
                 Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => return Err(SnapshotError::Io { path, syscall: "mkdir", source: e }),
+                Err(e) => {
+                    return Err(SnapshotError::Io(crate::sys::SysError { path, syscall: "mkdir", source: e }))
+                }
             }
             r = sys::openat2(parent, comp, flags, 0, sys::RESOLVE_STRICT);
         }
@@ -287,7 +293,13 @@ fn open_snapshot_dir(mfd: &OwnedFd, mp: &Path, dir: &str) -> Result<OwnedFd, Sna
                         _ => "is not a directory".to_string(),
                     },
                     Some(libc::EXDEV) => "is on another mount".to_string(),
-                    _ => return Err(SnapshotError::Io { path, syscall: "openat2", source: e }),
+                    _ => {
+                        return Err(SnapshotError::Io(crate::sys::SysError {
+                            path,
+                            syscall: "openat2",
+                            source: e,
+                        }))
+                    }
                 };
                 return Err(SnapshotError::Refused {
                     path,
@@ -406,7 +418,13 @@ impl TempMount {
         match std::fs::DirBuilder::new().mode(0o700).create(root) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(SnapshotError::Io { path: root.into(), syscall: "mkdir", source: e }),
+            Err(e) => {
+                return Err(SnapshotError::Io(crate::sys::SysError {
+                    path: root.into(),
+                    syscall: "mkdir",
+                    source: e,
+                }))
+            }
         }
         let md = std::fs::symlink_metadata(root).map_err(io_err(root, "lstat"))?;
         if !md.is_dir() || md.uid() != 0 || md.mode() & 0o022 != 0 {
@@ -483,7 +501,7 @@ fn locate(rec: &Rec) -> Result<Option<Located>, SnapshotError> {
             Ok(md) if md.is_dir() => Ok(Some(Located { id_dir, snapshot: None, direct: false, _temp: Some(temp) })),
             Ok(_) => Err(SnapshotError::Mismatch { path: PathBuf::from(where_()), why: "the checkpoint's directory is not a directory".into() }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(SnapshotError::Io { path: id_dir, syscall: "lstat", source: e }),
+            Err(e) => Err(SnapshotError::Io(crate::sys::SysError { path: id_dir, syscall: "lstat", source: e })),
         },
         Err(e) if e.kind() == libbtrfsutil::ErrorKind::NOT_SUBVOLUME => {
             Err(SnapshotError::Mismatch { path: PathBuf::from(where_()), why: "is not a subvolume".into() })
@@ -681,11 +699,11 @@ fn detach_all(rec: &Rec) -> Result<(), SnapshotError> {
             match nix::mount::umount2(&e.mount_point, MntFlags::MNT_DETACH) {
                 Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
                 Err(err) => {
-                    return Err(SnapshotError::Io {
+                    return Err(SnapshotError::Io(crate::sys::SysError {
                         path: e.mount_point.clone(),
                         syscall: "umount2(MNT_DETACH)",
                         source: err.into(),
-                    })
+                    }))
                 }
             }
         }
@@ -748,7 +766,11 @@ pub fn delete(s: &Snapshot, force: bool) -> Result<(), SnapshotError> {
     match std::fs::remove_dir(&loc.id_dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(SnapshotError::Io { path: loc.id_dir.clone(), syscall: "rmdir", source: e }),
+        Err(e) => Err(SnapshotError::Io(crate::sys::SysError {
+            path: loc.id_dir.clone(),
+            syscall: "rmdir",
+            source: e,
+        })),
     }
 }
 
@@ -1029,7 +1051,9 @@ pub fn find(
     let meta = match std::fs::symlink_metadata(&sdir) {
         Ok(md) => md,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
-        Err(e) => return Err(SnapshotError::Io { path: sdir, syscall: "lstat", source: e }),
+        Err(e) => {
+            return Err(SnapshotError::Io(crate::sys::SysError { path: sdir, syscall: "lstat", source: e }))
+        }
     };
     if !meta.is_dir() {
         return Ok(vec![]);

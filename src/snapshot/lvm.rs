@@ -313,8 +313,9 @@ fn supported_fstype(fstype: &str) -> Option<&'static str> {
 /// /proc/self/mountinfo with each entry's device number (field 3, major:minor).
 fn dev_mounts() -> Result<(Vec<MountEntry>, HashMap<u32, u64>), SnapshotError> {
     let p = Path::new("/proc/self/mountinfo");
-    let text =
-        std::fs::read(p).map_err(|source| SnapshotError::Io { path: p.into(), syscall: "read", source })?;
+    let text = std::fs::read(p).map_err(|source| {
+        SnapshotError::Io(crate::sys::SysError { path: p.into(), syscall: "read", source })
+    })?;
     Ok((super::parse_mountinfo(&text), parse_mount_devs(&text)))
 }
 
@@ -354,11 +355,11 @@ fn detach_all(what: &Path, want: &[u64]) -> Result<(), SnapshotError> {
             match nix::mount::umount2(&e.mount_point, MntFlags::MNT_DETACH) {
                 Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
                 Err(err) => {
-                    return Err(SnapshotError::Io {
+                    return Err(SnapshotError::Io(crate::sys::SysError {
                         path: e.mount_point.clone(),
                         syscall: "umount2(MNT_DETACH)",
                         source: err.into(),
-                    })
+                    }))
                 }
             }
         }
@@ -396,10 +397,12 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
             why: "contains a NUL byte".into(),
         });
     }
-    let mp = std::fs::canonicalize(&spec.mount_point).map_err(|source| SnapshotError::Io {
-        path: spec.mount_point.clone(),
-        syscall: "realpath",
-        source,
+    let mp = std::fs::canonicalize(&spec.mount_point).map_err(|source| {
+        SnapshotError::Io(crate::sys::SysError {
+            path: spec.mount_point.clone(),
+            syscall: "realpath",
+            source,
+        })
     })?;
     let mp_str = mp
         .to_str()
@@ -411,15 +414,11 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
         .to_string();
 
     // The mount, as the kernel sees it.
-    let mfd = sys::open(&mp, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|source| SnapshotError::Io {
-        path: mp.clone(),
-        syscall: "open",
-        source,
+    let mfd = sys::open(&mp, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|source| {
+        SnapshotError::Io(crate::sys::SysError { path: mp.clone(), syscall: "open", source })
     })?;
-    let mnt_id = sys::mnt_id_of(mfd.as_raw_fd()).map_err(|source| SnapshotError::Io {
-        path: mp.clone(),
-        syscall: "statx",
-        source,
+    let mnt_id = sys::mnt_id_of(mfd.as_raw_fd()).map_err(|source| {
+        SnapshotError::Io(crate::sys::SysError { path: mp.clone(), syscall: "statx", source })
     })?;
     let (all, devs) = dev_mounts()?;
     let m = all.iter().find(|e| e.mnt_id == mnt_id).ok_or_else(|| SnapshotError::Mismatch {
@@ -757,15 +756,11 @@ pub fn mount_clone(s: &Snapshot, target: &Path) -> Result<MountedClone, Snapshot
             why: "contains a NUL byte".into(),
         });
     }
-    let target = std::fs::canonicalize(target).map_err(|source| SnapshotError::Io {
-        path: target.into(),
-        syscall: "realpath",
-        source,
+    let target = std::fs::canonicalize(target).map_err(|source| {
+        SnapshotError::Io(crate::sys::SysError { path: target.into(), syscall: "realpath", source })
     })?;
-    let md = std::fs::metadata(&target).map_err(|source| SnapshotError::Io {
-        path: target.clone(),
-        syscall: "stat",
-        source,
+    let md = std::fs::metadata(&target).map_err(|source| {
+        SnapshotError::Io(crate::sys::SysError { path: target.clone(), syscall: "stat", source })
     })?;
     if !md.is_dir() {
         return Err(SnapshotError::Refused {
@@ -976,10 +971,8 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
 /// died before writing their image. A mount that is not ext2/3/4 or xfs on an LV, or a system
 /// without the lvm tools, has none.
 pub fn find(mount_point: &Path) -> Result<Vec<(String, Snapshot)>, SnapshotError> {
-    let mp = std::fs::canonicalize(mount_point).map_err(|source| SnapshotError::Io {
-        path: mount_point.into(),
-        syscall: "realpath",
-        source,
+    let mp = std::fs::canonicalize(mount_point).map_err(|source| {
+        SnapshotError::Io(crate::sys::SysError { path: mount_point.into(), syscall: "realpath", source })
     })?;
     let (all, devs) = dev_mounts()?;
     let Some(m) = all.iter().rev().find(|e| e.mount_point == mp && is_topmost(e, &all)) else {

@@ -49,8 +49,8 @@ pub struct FsSpec {
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// A system call failed.
-    #[error("{syscall} {path}: {source}")]
-    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::sys::SysError),
     /// A libbtrfsutil operation failed.
     #[error("btrfs {op} {path}: {msg}")]
     Btrfs { path: PathBuf, op: &'static str, msg: String, errno: i32 },
@@ -265,10 +265,8 @@ pub(crate) use crate::procfs::{parse_mountinfo, MountEntry};
 
 /// Read and parse /proc/self/mountinfo.
 pub(crate) fn mountinfo() -> Result<Vec<MountEntry>, SnapshotError> {
-    crate::procfs::read_mountinfo("self").map_err(|e| SnapshotError::Io {
-        path: e.path,
-        syscall: e.syscall,
-        source: e.source,
+    crate::procfs::read_mountinfo("self").map_err(|e| {
+        SnapshotError::Io(crate::sys::SysError { path: e.path, syscall: e.syscall, source: e.source })
     })
 }
 
@@ -290,7 +288,11 @@ pub(crate) fn unmount_clone_mount(
         Err(nix::errno::Errno::EBUSY) => {
             Err(SnapshotError::InUse { path: m.clone_path.clone(), mounts: vec![m.target.clone()] })
         }
-        Err(err) => Err(SnapshotError::Io { path: m.target.clone(), syscall: "umount", source: err.into() }),
+        Err(err) => Err(SnapshotError::Io(crate::sys::SysError {
+            path: m.target.clone(),
+            syscall: "umount",
+            source: err.into(),
+        })),
     }
 }
 

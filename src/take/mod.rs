@@ -33,8 +33,8 @@ pub enum TakeError {
     Criu(#[from] criu::CriuError),
     #[error(transparent)]
     Image(#[from] image::ImageError),
-    #[error("{syscall} {path}: {source}")]
-    Io { path: PathBuf, syscall: &'static str, source: std::io::Error },
+    #[error(transparent)]
+    Io(#[from] crate::sys::SysError),
     #[error("{0}")]
     Refused(String),
     #[error("{0}; the take was stopped, nothing was changed")]

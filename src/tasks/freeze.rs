@@ -152,7 +152,11 @@ fn stuck_tasks(method: &FreezeMethod, procs: &[Proc]) -> Vec<String> {
 /// Processes that have exited are never an error.
 pub(super) fn start_thaw(method: &FreezeMethod, procs: &[Proc], gone_ok: bool) -> Result<(), TaskError> {
     let write = |path: PathBuf, data: &str| match write_file(&path, data) {
-        Err(TaskError::Io { source, .. }) if gone_ok && source.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(TaskError::Io(crate::sys::SysError { source, .. }))
+            if gone_ok && source.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         r => r,
     };
     match method {

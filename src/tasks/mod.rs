@@ -98,13 +98,8 @@ use crate::procfs::is_gone;
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     /// A system call on a file failed.
-    #[error("{syscall} {}: {source}{}", path.display(), io_hint(source))]
-    Io {
-        path: PathBuf,
-        syscall: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{}{}", .0, io_hint(&.0.source))]
+    Io(#[from] crate::sys::SysError),
     /// The process does not exist (any more).
     #[error("no process with pid {0} (it may have exited); check the pid")]
     NoSuchTask(i32),
@@ -190,14 +185,14 @@ fn io_hint(e: &io::Error) -> &'static str {
 }
 
 pub(super) fn io_err(path: impl Into<PathBuf>, syscall: &'static str, source: io::Error) -> TaskError {
-    TaskError::Io { path: path.into(), syscall, source }
+    TaskError::Io(crate::sys::SysError { path: path.into(), syscall, source })
 }
 
 /// A failed read or parse of a `/proc` file is a [`TaskError::Io`] with the same path and
 /// system call.
 impl From<procfs::Error> for TaskError {
     fn from(e: procfs::Error) -> TaskError {
-        TaskError::Io { path: e.path, syscall: e.syscall, source: e.source }
+        TaskError::Io(crate::sys::SysError { path: e.path, syscall: e.syscall, source: e.source })
     }
 }
 
