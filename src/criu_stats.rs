@@ -18,26 +18,7 @@ pub const STATS_MAGIC: u32 = 0x5709_3306;
 pub const STATS_DUMP: &str = "stats-dump";
 pub const STATS_RESTORE: &str = "stats-restore";
 
-/// `DumpStatsEntry`: times in microseconds, counts in pages.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DumpStats {
-    /// From the start of freezing to all tasks frozen (CRIU's own freeze; inside snapckpt's
-    /// take the tasks are frozen already).
-    pub freezing_time: u64,
-    /// From all tasks frozen to their release by CRIU.
-    pub frozen_time: u64,
-    /// Collecting the memory pages (into pipes).
-    pub memdump_time: u64,
-    /// Writing them into the image.
-    pub memwrite_time: u64,
-    pub pages_scanned: u64,
-    pub pages_skipped_parent: u64,
-    pub pages_written: u64,
-    #[serde(default)]
-    pub pages_lazy: u64,
-    #[serde(default)]
-    pub irmap_resolve: u64,
-}
+pub use crate::record::DumpStats;
 
 /// `RestoreStatsEntry`: times in microseconds, counts in pages.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

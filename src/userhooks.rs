@@ -294,41 +294,6 @@ impl AsFdOwned for std::io::Stderr {
     }
 }
 
-// ---- the take's points: one call each in `take.rs` ----
-
-/// The context of a take in progress.
-fn take_ctx(opts: &crate::take::TakeOptions, id: &str, dir: &Path, pids: &[i32]) -> Context {
-    Context {
-        id: id.into(),
-        image_dir: dir.into(),
-        image_root: opts.image_root.clone(),
-        job: opts.job_name.clone(),
-        pids: pids.to_vec(),
-        mounts: opts.filesystems.iter().map(|f| f.mount_point.display().to_string()).collect(),
-        snapshots: vec![],
-    }
-}
-
-/// A point of a take before its publication (pre-take, post-freeze, post-snapshot).
-pub fn at_take(
-    opts: &crate::take::TakeOptions,
-    p: Point,
-    id: &str,
-    dir: &Path,
-    pids: &[i32],
-    snaps: &[Snapshot],
-) -> Result<(), HookError> {
-    run(&opts.hooks, p, &take_ctx(opts, id, dir, pids).with_snapshots(snaps))
-}
-
-/// post-take: the warnings of its hooks, as take notes starting with `warning: `.
-pub fn after_take(opts: &crate::take::TakeOptions, t: &crate::take::Taken) -> Vec<String> {
-    run_post(&opts.hooks, Point::PostTake, &Context::of_record(&t.record, &t.dir))
-        .map(|w| format!("warning: {w}"))
-        .into_iter()
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

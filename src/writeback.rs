@@ -69,15 +69,7 @@ impl Policy {
     }
 }
 
-/// How the dirty amount was measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Measure {
-    /// `cachestat(2)` of the files given: exactly their dirty pages.
-    Cachestat,
-    /// `/proc/meminfo` `Dirty` + `Writeback`: the whole system's.
-    Meminfo,
-}
+pub use crate::record::Measure;
 
 /// What a write-back did.
 #[derive(Debug, Clone, PartialEq)]

@@ -464,6 +464,38 @@ pub struct FsCoverage {
     pub why: Option<String>,
 }
 
+/// How the dirty amount of a write-back was measured (see `crate::writeback`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Measure {
+    /// `cachestat(2)` of the files given: exactly their dirty pages.
+    Cachestat,
+    /// `/proc/meminfo` `Dirty` + `Writeback`: the whole system's.
+    Meminfo,
+}
+
+/// CRIU's dump statistics (its `stats-dump`, read by `crate::criu_stats`).
+/// `DumpStatsEntry`: times in microseconds, counts in pages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DumpStats {
+    /// From the start of freezing to all tasks frozen (CRIU's own freeze; inside snapckpt's
+    /// take the tasks are frozen already).
+    pub freezing_time: u64,
+    /// From all tasks frozen to their release by CRIU.
+    pub frozen_time: u64,
+    /// Collecting the memory pages (into pipes).
+    pub memdump_time: u64,
+    /// Writing them into the image.
+    pub memwrite_time: u64,
+    pub pages_scanned: u64,
+    pub pages_skipped_parent: u64,
+    pub pages_written: u64,
+    #[serde(default)]
+    pub pages_lazy: u64,
+    #[serde(default)]
+    pub irmap_resolve: u64,
+}
+
 /// Stage timings in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
@@ -486,7 +518,7 @@ pub struct Timings {
     pub writeback_left_bytes: u64,
     /// How the dirty amount was measured: `cachestat` (the files') or `meminfo` (the system's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub writeback_measure: Option<crate::writeback::Measure>,
+    pub writeback_measure: Option<Measure>,
     /// The same in microseconds: freezing (start of the freeze to all tasks frozen), frozen
     /// (all the window), write-back.
     #[serde(default)]
@@ -497,7 +529,7 @@ pub struct Timings {
     pub writeback_us: u64,
     /// CRIU's own statistics of its dump (`stats-dump`: microseconds, pages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub criu: Option<crate::criu_stats::DumpStats>,
+    pub criu: Option<DumpStats>,
 }
 
 /// The whole record of one checkpoint.

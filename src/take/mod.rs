@@ -141,7 +141,7 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
     if opts.dry_run {
         return dry_run(opts, sel).map(Outcome::DryRun);
     }
-    userhooks::at_take(opts, Point::PreTake, &sel.id, &opts.image_root.join(&sel.id), &[], &[])?;
+    at_hook(opts, Point::PreTake, &sel.id, &opts.image_root.join(&sel.id), &[], &[])?;
     // The partial image directory, with a lock that `gc` respects while we run.
     let image = ImageDir::create(&opts.image_root, &sel.id)?;
     let mut tx = Tx {
@@ -255,7 +255,7 @@ impl Tx<'_> {
         self.timings.freeze_ms = ms(t0.elapsed());
         hooks::point("take-frozen");
         let pids = selection_after_freeze(self.opts, frozen)?;
-        userhooks::at_take(self.opts, Point::PostFreeze, &self.sel.id, self.image.path(), &pids, &[])?;
+        at_hook(self.opts, Point::PostFreeze, &self.sel.id, self.image.path(), &pids, &[])?;
 
         let t1 = Instant::now();
         let mut sc = scan::scan(&pids)?;
@@ -268,14 +268,7 @@ impl Tx<'_> {
         self.frozen().check_watchdog()?;
         let engine = self.checkpoint(&sc, &pids, &plan)?;
         hooks::point("take-snapshotted");
-        userhooks::at_take(
-            self.opts,
-            Point::PostSnapshot,
-            &self.sel.id,
-            self.image.path(),
-            &pids,
-            &self.snaps,
-        )?;
+        at_hook(self.opts, Point::PostSnapshot, &self.sel.id, self.image.path(), &pids, &self.snaps)?;
         let mut notes: Vec<String> = pre_note.into_iter().collect();
         notes.extend(plan::notes(&plan, self.opts.auto_snapshot.is_some()));
         let links_removed = self.drop_live_names(&sc)?;
@@ -538,7 +531,7 @@ impl Tx<'_> {
             }
         }
         hooks::point("take-thawed");
-        taken.notes.extend(userhooks::after_take(self.opts, &taken));
+        taken.notes.extend(after_hooks(self.opts, &taken));
         Ok(taken)
     }
 
@@ -691,4 +684,39 @@ fn _assert_send() {
 /// The default template, parsed.
 pub fn default_template() -> Template {
     Template::parse(relink::DEFAULT_TEMPLATE).expect("default template is valid")
+}
+
+// ---- user hooks at the take's points ----
+
+/// The context of a take in progress.
+fn hook_context(opts: &TakeOptions, id: &str, dir: &Path, pids: &[i32]) -> userhooks::Context {
+    userhooks::Context {
+        id: id.into(),
+        image_dir: dir.into(),
+        image_root: opts.image_root.clone(),
+        job: opts.job_name.clone(),
+        pids: pids.to_vec(),
+        mounts: opts.filesystems.iter().map(|f| f.mount_point.display().to_string()).collect(),
+        snapshots: vec![],
+    }
+}
+
+/// A point of a take before its publication (pre-take, post-freeze, post-snapshot).
+fn at_hook(
+    opts: &TakeOptions,
+    p: Point,
+    id: &str,
+    dir: &Path,
+    pids: &[i32],
+    snaps: &[Snapshot],
+) -> Result<(), userhooks::HookError> {
+    userhooks::run(&opts.hooks, p, &hook_context(opts, id, dir, pids).with_snapshots(snaps))
+}
+
+/// post-take: the warnings of its hooks, as take notes starting with `warning: `.
+fn after_hooks(opts: &TakeOptions, t: &Taken) -> Vec<String> {
+    userhooks::run_post(&opts.hooks, Point::PostTake, &userhooks::Context::of_record(&t.record, &t.dir))
+        .map(|w| format!("warning: {w}"))
+        .into_iter()
+        .collect()
 }
