@@ -230,3 +230,17 @@ fn refused_up_front() {
     ]);
     assert!(!ok && err.contains("no such directory") && !missing.exists(), "{err}");
 }
+
+/// An io_uring instance, which CRIU cannot dump, is refused before anything is frozen, with
+/// the way out; the task goes on untouched.
+#[test]
+fn io_uring_refused_before_the_freeze() {
+    let _g = serial();
+    let work = Scratch::new("fidelity-uring");
+    let p = workload(&prog("uring"), &[], &work.path().join("log"), true, None);
+    let images = work.path().join("images");
+    let (ok, _, err) = take(p.pid, &images, &["--engine", "criu"]);
+    assert!(!ok && err.contains("io_uring") && err.contains("nothing was changed"), "{err}");
+    assert!(alive(p.pid) && !stopped(p.pid));
+    assert!(!images.exists() || std::fs::read_dir(&images).unwrap().next().is_none());
+}
