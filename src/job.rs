@@ -229,6 +229,14 @@ impl Job {
             }
         }
         for (i, f) in self.filesystem.iter().enumerate() {
+            if let Some(j) = self.filesystem[..i].iter().position(|g| g.mount == f.mount) {
+                return bad(format!(
+                    "[[filesystem]] #{}: mount = {:?} is already [[filesystem]] #{}: one entry per filesystem",
+                    i + 1,
+                    f.mount,
+                    j + 1
+                ));
+            }
             if !f.mount.is_absolute() {
                 return bad(format!(
                     "[[filesystem]] #{}: mount = {:?} must be an absolute path",
@@ -335,6 +343,11 @@ leave_running = true
                 "relative path",
             ),
             ("[[filesystem]]\nmount = \"/a\"\nsnapshot = \"lvm\"\nlvm_size = \"lots\"\n", "not a size"),
+            (
+                "[[filesystem]]\nmount = \"/a\"\nsnapshot = \"btrfs\"\n[[filesystem]]\nmount = \"/a\"\nsnapshot = \"lvm\"\n",
+                "already [[filesystem]] #1",
+            ),
+            ("[[filesystem]]\nmount = \"/a\"\nsnapshot = \"lvm\"\nlvm_size = \"99999999999999999999999T\"\n", "not a size"),
             ("[tasks\n", "job.toml:1:"),
             ("[criu]\nleave_running = true\nleave_stopped = true\n", "exclude each other"),
             ("image_root = \"\"\n", "image_root = \"\""),

@@ -268,6 +268,14 @@ impl Tx<'_> {
         self.frozen().check_watchdog()?;
         let engine = self.checkpoint(&sc, &pids, &plan)?;
         hooks::point("take-snapshotted");
+        // A files-only checkpoint of a task that died meanwhile would restart nothing it had.
+        let files_only = matches!(self.opts.engine, EngineOpts::None);
+        let gone = |p: i32| matches!(tasks::zombie(p), Ok(None) | Ok(Some(Some(_))));
+        if let Some(&dead) = pids.iter().find(|&&p| files_only && gone(p)) {
+            return Err(TakeError::Refused(format!(
+                "task {dead} exited during the take; nothing was kept, take it again if it runs"
+            )));
+        }
         at_hook(self.opts, Point::PostSnapshot, &self.sel.id, self.image.path(), &pids, &self.snaps)?;
         let mut notes: Vec<String> = pre_note.into_iter().collect();
         notes.extend(plan::notes(&plan, self.opts.auto_snapshot.is_some()));
