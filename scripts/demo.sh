@@ -83,15 +83,16 @@ verify() {
   fi
 }
 
-say "restart 1: writable clone of the snapshot mounted over $MNT, CRIU restore"
+say "restart 1: writable clone of the snapshot mounted at $MNT in the restored task's own mount namespace, CRIU restore"
 "$BIN" restart "$ID" --snapshot --image-root "$IMAGES"
 verify 1
-cat "$MNT/data/b" | head -c 5; echo "  <- b in the restored view (the live change is not seen)"
+echo "b as the restored task sees it: $(head -c 5 "/proc/$PID/root$MNT/data/b")  (the checkpoint's content)"
+echo "b on the host:                  $(head -c 5 "$MNT/data/b")  (the live change; the host never saw the clone)"
 stop_workload
-umount "$MNT"   # the restart clone; the live filesystem is underneath
 
 truncate -s "$LOGSIZE" "$W/workload.log"
-say "restart 2 from the same checkpoint, side by side under $D/alt"
+say "restart 2 from the same checkpoint, under $D/alt in the host's namespace"
+mkdir -p "$D/alt"
 "$BIN" restart "$ID" --snapshot --mount-root "$D/alt" --image-root "$IMAGES"
 verify 2
 stop_workload
