@@ -147,7 +147,20 @@ pub fn snapshot_exists(s: &Snapshot) -> bool {
             let p = Path::new(path);
             p.exists() || !p.parent().and_then(Path::parent).is_some_and(Path::exists)
         }
-        Snapshot::Lvm { vg, snapshot_lv, .. } => Path::new("/dev").join(vg).join(snapshot_lv).exists(),
+        // A thin snapshot is inactive (activation skip): it has no device node; ask LVM.
+        Snapshot::Lvm { vg, snapshot_lv, .. } => {
+            let lvs = ["/usr/sbin/lvs", "/sbin/lvs"].into_iter().find(|p| Path::new(p).exists());
+            match lvs {
+                Some(lvs) => std::process::Command::new(lvs)
+                    .args(["--noheadings", "-o", "lv_name", &format!("{vg}/{snapshot_lv}")])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .map(|st| st.success())
+                    .unwrap_or(true),
+                None => true,
+            }
+        }
     }
 }
 

@@ -94,7 +94,10 @@ scrub() {
 restart_and_compare() {
   local c=$1 tag=$2 root=${3:-} t0 t1 rc=0
   t0=$(now)
-  "$SNAP" restart "$ID" --image-root "$IR" --snapshot ${root:+--mount-root "$root"} --exec "$UF" report > "$W/$tag.out" 2> "$W/$tag.err" || rc=$?
+  # with a mount root: under it (which must exist); else over the origin in the host's mount
+  # namespace (--host-mounts: what the checks below look at)
+  [ -n "$root" ] && mkdir -p "$root"
+  "$SNAP" restart "$ID" --image-root "$IR" --snapshot ${root:+--mount-root "$root"} ${root:---host-mounts} --exec "$UF" report > "$W/$tag.out" 2> "$W/$tag.err" || rc=$?
   t1=$(now)
   TIMES+=("$c $tag $(secs "$t0" "$t1")s")
   sed 's/^/    /' "$W/$tag.out" "$W/$tag.err"
@@ -188,8 +191,8 @@ run_case() {
   else
     check "$c-snapshot-classic" "classic snapshot lv_attr '$attr', want s w i - a" bash -c "[[ '$attr' == swi-a-s--- ]]"
   fi
-  "$SNAP" list --image-root "$IR" > "$W/list.out" 2>&1
-  check "$c-list" "snapckpt list: $(tr '\n' ' ' < "$W/list.out")" grep -qF "snapshot lvm $kind $VG/$slv" "$W/list.out"
+  "$SNAP" inspect "$ID" --image-root "$IR" --json > "$W/list.out" 2>&1
+  check "$c-list" "snapckpt inspect: $(tr '\n' ' ' < "$W/list.out")" grep -qF "lvm $kind $VG/$slv" "$W/list.out"
   check "$c-live-names-removed" "relinked names left on the live fs: $(ls -A /mnt/data/lost+found/checkpoint 2>&1 | tr '\n' ' ')" \
     test -z "$(ls -A /mnt/data/lost+found/checkpoint 2>/dev/null)"
 
@@ -211,6 +214,7 @@ run_case() {
 
   # a restart that fails after mounting (no such task for --exec) leaves nothing behind
   rc=0
+  mkdir -p /mnt/r0
   "$SNAP" restart "$ID" --image-root "$IR" --snapshot --mount-root /mnt/r0 --exec-task 99999 --exec "$UF" report > "$W/restart0.out" 2> "$W/restart0.err" || rc=$?
   sed 's/^/    /' "$W/restart0.err"
   check "$c-failed-restart-undone" "exit $rc, $(tr '\n' ' ' < "$W/restart0.err"); snapckpt LVs: $(snapckpt_lvs | tr '\n' ' '); tags: $(lvfield "$slv" lv_tags)" \
@@ -225,7 +229,7 @@ run_case() {
     check "$c-in-place-over-origin" "/mnt/data shows $(findmnt -n -o SOURCE /mnt/data), want the r3 clone" \
       bash -c "findmnt -n -o SOURCE /mnt/data | grep -q -- '--r3\$'"
     "$SNAP" list --image-root "$IR" > "$W/list2.out" 2>&1
-    check "$c-list-clones" "snapckpt list after three restarts: $(tr '\n' ' ' < "$W/list2.out")" grep -qF "(3 restart clone(s) mounted)" "$W/list2.out"
+    check "$c-list-clones" "snapckpt list after three restarts: $(tr '\n' ' ' < "$W/list2.out")" grep -qE "$ID .*mounted" "$W/list2.out"
     check "$c-clone-lvs" "restart clones: $(snapckpt_lvs | tr '\n' ' ')" \
       test "$(snapckpt_lvs | sort | tr '\n' ' ')" = "$slv $slv-r1 $slv-r2 $slv-r3 "
   else
@@ -236,7 +240,7 @@ run_case() {
     check "$c-second-restart-refused" "second restart of a classic snapshot: exit $rc, stderr: $(tr '\n' ' ' < "$W/restart2.err")" \
       bash -c "[ $rc != 0 ] && grep -q 'restarted only once' '$W/restart2.err' && ! mountpoint -q /mnt/r2/mnt/data"
     "$SNAP" list --image-root "$IR" > "$W/list2.out" 2>&1
-    check "$c-list-clones" "snapckpt list after the restart: $(tr '\n' ' ' < "$W/list2.out")" grep -qF "(1 restart clone(s) mounted)" "$W/list2.out"
+    check "$c-list-clones" "snapckpt list after the restart: $(tr '\n' ' ' < "$W/list2.out")" grep -qE "$ID .*mounted" "$W/list2.out"
     check "$c-live-changed" "the live d/b is '$(cat /mnt/data/d/b 2>&1)', want XXXXX" test "$(cat /mnt/data/d/b)" = XXXXX
   fi
 
@@ -305,6 +309,7 @@ run_criu_case() {
     # CRIU checks the size of the files it reopens: the log back to its size at the take
     truncate -s "$size" "$W/ufiles.out"
     rc=0
+    mkdir -p "/mnt/r$n"
     "$SNAP" restart "$ID" --image-root "$IR" --snapshot --mount-root "/mnt/r$n" > "$W/restart$n.out" 2> "$W/restart$n.err" || rc=$?
     sed 's/^/    /' "$W/restart$n.out" "$W/restart$n.err"
     if [ "$rc" != 0 ]; then
