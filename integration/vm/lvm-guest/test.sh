@@ -96,8 +96,9 @@ restart_and_compare() {
   t0=$(now)
   # with a mount root: under it (which must exist); else over the origin in the host's mount
   # namespace (--host-mounts: what the checks below look at)
-  [ -n "$root" ] && mkdir -p "$root"
-  "$SNAP" restart "$ID" --image-root "$IR" --snapshot ${root:+--mount-root "$root"} ${root:---host-mounts} --exec "$UF" report > "$W/$tag.out" 2> "$W/$tag.err" || rc=$?
+  local where=(--host-mounts)
+  if [ -n "$root" ]; then mkdir -p "$root"; where=(--mount-root "$root"); fi
+  "$SNAP" restart "$ID" --image-root "$IR" --snapshot "${where[@]}" --exec "$UF" report > "$W/$tag.out" 2> "$W/$tag.err" || rc=$?
   t1=$(now)
   TIMES+=("$c $tag $(secs "$t0" "$t1")s")
   sed 's/^/    /' "$W/$tag.out" "$W/$tag.err"
