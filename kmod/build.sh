@@ -27,7 +27,7 @@ KVER=${SNAPCKPT_KMOD_KVER:-}
 [ -n "$KVER" ] || KVER=$(cat "$VMCACHE/kernel-version" 2>/dev/null || true)
 if [ -z "$KVER" ]; then
   # what debootstrap installs: linux-image-amd64 of the bookworm suite (not -security)
-  v=$(apt-cache madison linux-image-amd64 | awk -F'|' '$3 ~ / bookworm\/main / {gsub(/ /, "", $2); print $2; exit}')
+  v=$(apt-cache madison linux-image-amd64 | awk -F'|' '$3 ~ / bookworm\/main / {gsub(/ /, "", $2); print $2}' | head -n1 || true)
   [ -n "$v" ] || die "no guest kernel version: build the guest image or set SNAPCKPT_KMOD_KVER"
   KVER=$(apt-cache show "linux-image-amd64=$v" | sed -n 's/^Depends: linux-image-\([^ ,]*\) .*/\1/p' | head -n1)
   [ -n "$KVER" ] || die "cannot tell the kernel of linux-image-amd64 $v"
@@ -37,7 +37,7 @@ ABI=${KVER%-amd64}                        # 6.1.0-50
 MM=$(echo "$KVER" | cut -d. -f1,2)        # 6.1
 # the Debian version: the one apt knows for these ABI-named packages; if the guest image is
 # cached, it must be the one its kernel says it is (bzImage carries "... Debian 6.1.176-1 ...")
-DEBVER=$(apt-cache show "linux-headers-$KVER" 2>/dev/null | awk '/^Version:/{print $2; exit}')
+DEBVER=$(apt-cache show "linux-headers-$KVER" 2>/dev/null | awk '/^Version:/{print $2}' | head -n1 || true)
 [ -n "$DEBVER" ] || die "apt knows no linux-headers-$KVER (apt-get update?)"
 if [ -s "$VMCACHE/vmlinuz" ] && [ "$(cat "$VMCACHE/kernel-version" 2>/dev/null)" = "$KVER" ]; then
   GV=$(grep -aoE "$KVER \(debian-kernel@lists\.debian\.org\)[^(]* Debian [^ ]+" "$VMCACHE/vmlinuz" | head -n1 | awk '{print $NF}')

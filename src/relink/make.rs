@@ -224,7 +224,7 @@ fn kernel_link(
     name: &str,
 ) -> Option<Result<(Method, u64), RelinkError>> {
     let dev = kdev.get_or_insert_with(|| crate::kernel_link::Device::open().ok()).as_ref()?;
-    let f = sys::open(src, libc::O_RDONLY | libc::O_NOCTTY, 0).ok()?;
+    let f = sys::open(src, libc::O_PATH, 0).ok()?;
     match dev.link(f.as_raw_fd(), dir.fd(), name) {
         Ok(()) => Some(Ok((Method::KernelLink, 0))),
         Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {
