@@ -153,7 +153,7 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<record::Snapshot, 
 pub fn precheck(spec: &FsSpec) -> Result<(), SnapshotError> {
     match spec.backend {
         Backend::Btrfs => btrfs::precheck(spec),
-        Backend::Lvm => Ok(()),
+        Backend::Lvm => lvm::precheck(spec),
     }
 }
 

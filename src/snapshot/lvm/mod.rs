@@ -391,8 +391,23 @@ fn lv_of_mount(source: &str, dev: u64) -> Result<Option<Lv>, SnapshotError> {
 
 /// Take a snapshot of the LV under `spec.mount_point`: a read-only thin snapshot of a thin LV,
 /// else a classic COW snapshot of `spec.lvm_size`. See the module documentation.
-pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, SnapshotError> {
-    validate_id(id)?;
+/// What a snapshot of `spec` will be taken of: the checks `take` makes before it changes
+/// anything, also run by [`precheck`] before anything is frozen.
+struct Origin<'a> {
+    mp_str: String,
+    fstype: &'static str,
+    lv: Lv,
+    thin: bool,
+    size: Option<&'a str>,
+}
+
+/// Check that `spec` names the root mount of an ext4/xfs filesystem on an active LV that LVM
+/// can snapshot (a thin one, or a classic one with `lvm_size`).
+pub fn precheck(spec: &FsSpec) -> Result<(), SnapshotError> {
+    origin(spec).map(drop)
+}
+
+fn origin(spec: &FsSpec) -> Result<Origin<'_>, SnapshotError> {
     if super::has_nul(&spec.mount_point) {
         return Err(SnapshotError::Invalid {
             what: "mount point",
@@ -484,6 +499,12 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
         }
     };
 
+    Ok(Origin { mp_str, fstype, lv, thin, size })
+}
+
+pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, SnapshotError> {
+    validate_id(id)?;
+    let Origin { mp_str, fstype, lv, thin, size } = origin(spec)?;
     let name = snapshot_lv_name(id);
     let vg = lv.vg.clone();
     let all_lvs = vg_lvs(&vg)?.unwrap_or_default();
