@@ -29,7 +29,7 @@ if [ -z "$KVER" ]; then
   # what debootstrap installs: linux-image-amd64 of the bookworm suite (not -security)
   v=$(apt-cache madison linux-image-amd64 | awk -F'|' '$3 ~ / bookworm\/main / {gsub(/ /, "", $2); print $2}' | head -n1 || true)
   [ -n "$v" ] || die "no guest kernel version: build the guest image or set SNAPCKPT_KMOD_KVER"
-  KVER=$(apt-cache show "linux-image-amd64=$v" | sed -n 's/^Depends: linux-image-\([^ ,]*\) .*/\1/p' | head -n1)
+  KVER=$(apt-cache show "linux-image-amd64=$v" | sed -n 's/^Depends: linux-image-\([^ ,]*\) .*/\1/p' | head -n1 || true)
   [ -n "$KVER" ] || die "cannot tell the kernel of linux-image-amd64 $v"
 fi
 case "$KVER" in *-amd64) ;; *) die "unexpected kernel version '$KVER'" ;; esac
@@ -40,7 +40,7 @@ MM=$(echo "$KVER" | cut -d. -f1,2)        # 6.1
 DEBVER=$(apt-cache show "linux-headers-$KVER" 2>/dev/null | awk '/^Version:/{print $2}' | head -n1 || true)
 [ -n "$DEBVER" ] || die "apt knows no linux-headers-$KVER (apt-get update?)"
 if [ -s "$VMCACHE/vmlinuz" ] && [ "$(cat "$VMCACHE/kernel-version" 2>/dev/null)" = "$KVER" ]; then
-  GV=$(grep -aoE "$KVER \(debian-kernel@lists\.debian\.org\)[^(]* Debian [^ ]+" "$VMCACHE/vmlinuz" | head -n1 | awk '{print $NF}')
+  GV=$(grep -aoE "$KVER \(debian-kernel@lists\.debian\.org\)[^(]* Debian [^ ]+" "$VMCACHE/vmlinuz" | head -n1 | awk '{print $NF}' || true)
   [ -z "$GV" ] || [ "$GV" = "$DEBVER" ] || die "guest kernel is Debian $GV, apt offers headers $DEBVER"
 fi
 
