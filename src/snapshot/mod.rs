@@ -325,20 +325,14 @@ mod tests {
     }
 
     #[test]
-    fn mountinfo_lines() {
+    fn topmost_of_mountinfo_lines() {
         let t = b"44 27 0:39 /@data /tmp/a\\040b rw,relatime shared:5 - btrfs /dev/loop0 rw,subvolid=256,subvol=/@data\n\
                   garbage line\n\
                   45 44 0:39 /x\\134y /tmp/c rw - btrfs /dev/loop0 rw,subvolid=258,subvol=/x\n\
                   46 45 0:40 / /tmp/c rw - tmpfs none rw\n";
+        // the parsing itself is procfs's test of the same lines; here: which mount is on top
         let m = parse_mountinfo(t);
         assert_eq!(m.len(), 3);
-        assert_eq!(m[0].mount_point, Path::new("/tmp/a b"));
-        assert_eq!(m[0].root, Path::new("/@data"));
-        assert_eq!(m[0].fstype, "btrfs");
-        assert_eq!(m[0].source, "/dev/loop0");
-        assert_eq!(m[0].super_option("subvolid"), Some("256"));
-        assert_eq!(m[0].super_option("subvol"), Some("/@data"));
-        assert_eq!(m[1].root, Path::new("/x\\y"));
         assert!(is_topmost(&m[0], &m));
         assert!(!is_topmost(&m[1], &m), "46 is mounted over 45 at /tmp/c");
         assert!(is_topmost(&m[2], &m));

@@ -617,9 +617,21 @@ pub fn in_use_elsewhere(s: &Snapshot) -> Result<(), SnapshotError> {
 /// Mounts of this snapshot's clones in mount namespaces other than ours (those of restarted
 /// tasks): one (pid, mount point) per namespace and mount.
 fn foreign_clone_mounts(rec: &Rec) -> Vec<(i32, PathBuf)> {
+    let id_dir = Path::new(rec.id_fs_dir());
+    foreign_mounts(&rec.device)
+        .into_iter()
+        .filter(|(_, m)| {
+            m.root.parent() == Some(id_dir) && m.root.file_name().and_then(clone_number).is_some()
+        })
+        .map(|(pid, m)| (pid, m.mount_point))
+        .collect()
+}
+
+/// The btrfs mounts of `device` in every mount namespace but ours, with a process of each
+/// namespace (each namespace's mountinfo read once).
+fn foreign_mounts(device: &str) -> Vec<(i32, MountEntry)> {
     let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
     let mine = ns("self");
-    let id_dir = Path::new(rec.id_fs_dir());
     let mut seen = std::collections::HashSet::new();
     let mut out = vec![];
     let Ok(rd) = std::fs::read_dir("/proc") else { return out };
@@ -630,11 +642,7 @@ fn foreign_clone_mounts(rec: &Rec) -> Vec<(i32, PathBuf)> {
             continue;
         }
         let Ok(all) = crate::procfs::read_mountinfo(&pid.to_string()) else { continue };
-        for m in all.iter().filter(|m| m.fstype == "btrfs" && m.source == rec.device) {
-            if m.root.parent() == Some(id_dir) && m.root.file_name().and_then(clone_number).is_some() {
-                out.push((pid, m.mount_point.clone()));
-            }
-        }
+        out.extend(all.into_iter().filter(|m| m.fstype == "btrfs" && m.source == device).map(|m| (pid, m)));
     }
     out
 }
@@ -663,19 +671,7 @@ pub fn idle_clones(s: &Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
 
 /// The roots (paths within the filesystem) of clone mounts in other namespaces.
 fn foreign_clone_roots(rec: &Rec) -> Vec<PathBuf> {
-    let mut v = vec![];
-    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-    let mine = ns("self");
-    let Ok(rd) = std::fs::read_dir("/proc") else { return v };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().map(str::to_string) else { continue };
-        if pid.parse::<i32>().is_err() || ns(&pid) == mine {
-            continue;
-        }
-        let Ok(all) = crate::procfs::read_mountinfo(&pid) else { continue };
-        v.extend(all.into_iter().filter(|m| m.fstype == "btrfs" && m.source == rec.device).map(|m| m.root));
-    }
-    v
+    foreign_mounts(&rec.device).into_iter().map(|(_, m)| m.root).collect()
 }
 
 /// Delete one idle restart clone (see [`idle_clones`]).
