@@ -43,7 +43,7 @@ pub enum TakeError {
     #[error("{mount_point}: the tasks use this filesystem and it cannot be snapshotted ({why}); nothing was changed. Drop --strict-snapshots to checkpoint it without a snapshot (its relinked names then stay on it and a restart consumes them)")]
     Strict { mount_point: String, why: String },
     /// With CRIU: the root of the tree is not a session leader.
-    #[error("pid {pid} is not a session leader (its session is {sid}): CRIU would refuse to dump it after the freeze. Start the workload with `setsid` (e.g. `setsid CMD`), or take it with --shell-job if it is a job of a shell; nothing was changed")]
+    #[error("pid {pid} is not a session leader ({}): CRIU would refuse to dump it after the freeze. Start the workload with `setsid` (e.g. `setsid CMD`), or take it with --shell-job if it is a job of a shell; nothing was changed", session_of(.sid))]
     NotSessionLeader { pid: i32, sid: i32 },
     /// A failure after CRIU killed the tasks (with established TCP connections): nothing undone.
     #[error("{source}. CRIU had already dumped and killed the tasks (--tcp-established); their image is kept in {} and the snapshots and relinked names are left in place: restart from them by hand with criu, or remove them with `snapckpt gc --id`", kept.display())]
@@ -651,10 +651,17 @@ fn session_leader(root: i32, shell_job: bool) -> Result<(), TakeError> {
     }
     let stat = std::fs::read_to_string(format!("/proc/{root}/stat")).unwrap_or_default();
     match crate::procfs::ProcStat::parse(&stat) {
-        Some(st) if st.session != 0 && st.session != root => {
-            Err(TakeError::NotSessionLeader { pid: root, sid: st.session })
-        }
+        Some(st) if st.session != root => Err(TakeError::NotSessionLeader { pid: root, sid: st.session }),
         _ => Ok(()),
+    }
+}
+
+/// How the refusal names a session: the kernel shows 0 when its leader is outside the
+/// task's pid namespace (a task started by a container runtime, a CI runner).
+fn session_of(sid: &i32) -> String {
+    match sid {
+        0 => "its session leader is outside its pid namespace".into(),
+        s => format!("its session is {s}"),
     }
 }
 
@@ -727,4 +734,19 @@ fn after_hooks(opts: &TakeOptions, t: &Taken) -> Vec<String> {
         .map(|w| format!("warning: {w}"))
         .into_iter()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A task started inside a pid namespace whose session leader is outside it (a CI runner,
+    /// a container) shows session 0: that is refused too, and the message says why.
+    #[test]
+    fn session_outside_the_pid_namespace_is_named() {
+        let e = TakeError::NotSessionLeader { pid: 12, sid: 0 }.to_string();
+        assert!(e.contains("outside its pid namespace") && e.contains("setsid"), "{e}");
+        let e = TakeError::NotSessionLeader { pid: 12, sid: 7 }.to_string();
+        assert!(e.contains("its session is 7"), "{e}");
+    }
 }
