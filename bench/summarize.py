@@ -80,16 +80,19 @@ def take_vs_criu(path):
     print(f"Median of {reps} runs each. Times in ms (wall clock of the whole command). "
           "snapckpt = `take --engine criu --snapshot btrfs` / `restart --snapshot --mount-root` "
           "(xfs: `--snapshot none`, the orphan reflinked on the live fs, restart on the live fs); "
-          "CRIU = `criu dump --ghost-limit 64G` / `criu restore -d`. "
+          "CRIU = `criu dump --ghost-limit 64G` / `criu restore -d`; durable CRIU = the dump + `sync -f` of its image directory. "
+          "*dirty*: the take starts right after the workload wrote its data; *synced*: a `sync` between them. "
           "Ratios are CRIU / snapckpt (of the medians); (min–max) of the runs in brackets.\n")
     print("`snapckpt take` is the whole command; since the tasks are killed only after the image "
           "is published, it ends with their exit (*tasks' exit*, reported by take), and "
           "*published* = take − exit is when the checkpoint was complete. Plain CRIU's dump "
           "also ends with its kill of the task; CRIU does not report that part.\n")
-    print("| fs | orphan | size | snapckpt take | of which tasks' exit | published | of which frozen | CRIU dump | dump ratio (take) | dump ratio (published) | take --leave-running (frozen) | then kill -9 until gone | snapckpt image | CRIU image | snapckpt restart | CRIU restore | restore ratio | restored data checked |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    g = groups(rows, ("fs", "shape", "size"))
-    for (fs, shape, size), rs in g.items():
+    print("| fs | cache | orphan | size | snapckpt take | of which tasks' exit | published | of which frozen | CRIU dump | durable CRIU dump | dump ratio (take) | dump ratio (published) | durable ratio (published) | take --leave-running (frozen) | then kill -9 until gone | snapckpt image | CRIU image | snapckpt restart | CRIU restore | restore ratio | restored data checked |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        r.setdefault("cache", "synced")
+    g = groups(rows, ("fs", "cache", "shape", "size"))
+    for (fs, cache, shape, size), rs in g.items():
         s = [r for r in rs if r["tool"] == "snapckpt"]
         c = [r for r in rs if r["tool"] == "criu"]
         lr = [r for r in rs if r["tool"] == "snapckpt-leave-running"]
@@ -99,17 +102,18 @@ def take_vs_criu(path):
         sr, cr = med(s, "restart_ms"), med(c, "restart_ms")
         pub = [dict(r, pub_ms=str(float(r["take_ms"]) - float(r["kill_ms"]))) for r in s if r.get("kill_ms")]
         pt = med(pub, "pub_ms") if pub else None
-        print(f"| {fs} | {shape} | {size} | {rng(s, 'take_ms')} | {fms(med(s, 'kill_ms'))} | {rng(pub, 'pub_ms') if pub else '-'} | {fms(med(s, 'frozen_ms'))} | {rng(c, 'take_ms')} | {ratio(ct, st)} | {ratio(ct, pt) if pt else '-'} | {lrs} | {kills} | "
+        dt = med(c, "durable_ms")
+        print(f"| {fs} | {cache} | {shape} | {size} | {rng(s, 'take_ms')} | {fms(med(s, 'kill_ms'))} | {rng(pub, 'pub_ms') if pub else '-'} | {fms(med(s, 'frozen_ms'))} | {rng(c, 'take_ms')} | {rng(c, 'durable_ms')} | {ratio(ct, st)} | {ratio(ct, pt) if pt else '-'} | {ratio(dt, pt) if pt else '-'} | {lrs} | {kills} | "
               f"{fbytes(med(s, 'image_bytes'))} | {fbytes(med(c, 'image_bytes'))} | {rng(s, 'restart_ms')} | {rng(c, 'restart_ms')} | {ratio(cr, sr)} | "
               f"{verified(s)} / {verified(c)} |")
     print("\nsnapckpt stages (ms, medians, from checkpoint.json `timings`; `dump` is CRIU's part inside take; "
           "`frozen` is from freeze to the kill after publishing), beside CRIU's own frozen time (stats-dump) for both:\n")
-    print("| fs | orphan | size | freeze | scan | relink | snapshot | dump | frozen | CRIU frozen_time in snapckpt's dump | plain CRIU frozen_time | plain CRIU memwrite |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (fs, shape, size), rs in g.items():
+    print("| fs | cache | orphan | size | freeze | scan | relink | snapshot | dump | frozen | CRIU frozen_time in snapckpt's dump | plain CRIU frozen_time | plain CRIU memwrite |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for (fs, cache, shape, size), rs in g.items():
         s = [r for r in rs if r["tool"] == "snapckpt"]
         c = [r for r in rs if r["tool"] == "criu"]
-        print(f"| {fs} | {shape} | {size} | " + " | ".join(fms(med(s, k)) for k in ("freeze_ms", "scan_ms", "relink_ms", "snapshot_ms", "dump_ms", "frozen_ms"))
+        print(f"| {fs} | {cache} | {shape} | {size} | " + " | ".join(fms(med(s, k)) for k in ("freeze_ms", "scan_ms", "relink_ms", "snapshot_ms", "dump_ms", "frozen_ms"))
               + f" | {fms(med(s, 'criu_frozen_ms'))} | {fms(med(c, 'criu_frozen_ms'))} | {fms(med(c, 'criu_memwrite_ms'))} |")
 
 

@@ -21,7 +21,8 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 const FICLONE: libc::c_ulong = 0x40049409;
 
@@ -40,22 +41,61 @@ pub struct Stats {
 /// Bytes written by the data copies of this process so far (the take's progress bar reads it).
 pub static COPIED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// A name the relinker made.
+#[derive(Debug, Clone)]
+pub struct Made {
+    pub mnt_id: u32,
+    pub name: String,
+    pub is_dir: bool,
+    /// The name leads to the task's own inode (a hard link, a kernel link): until it is
+    /// removed the task sees one link more on it.
+    pub same_inode: bool,
+}
+
 /// Relinks the objects of one checkpoint and remembers every name it made, so that they can be
 /// removed again (after a failure, or once a snapshot holds them).
 pub struct Relinker {
     id: String,
     template: Template,
-    counter: u64,
+    counter: AtomicU64,
     dirs: HashMap<u32, CheckpointDir>,
-    /// (mnt_id, name, is_dir) of every name made, in order.
-    made: Vec<(u32, String, bool)>,
-    /// The kernel module's device, opened at the first orphan (`Some(None)`: not loaded).
+    /// Every name made, in order.
+    made: Vec<Made>,
+    /// The kernel module's device (`None`: not loaded), opened once per take.
     kdev: Option<Option<crate::kernel_link::Device>>,
 }
 
+/// One object to relink, reached through `src` (a /proc path of one of its holders).
+struct Job {
+    index: usize,
+    src: PathBuf,
+    mnt_id: u32,
+    kind: FileKind,
+    original: String,
+}
+
+/// What relinking one object made.
+struct Done {
+    relinked: Relinked,
+    made: Made,
+    bytes_preserved: u64,
+}
+
+/// Objects per relinking thread below which another thread is not worth starting.
+const OBJECTS_PER_THREAD: usize = 64;
+/// At most this many relinking threads.
+const MAX_THREADS: usize = 4;
+
 impl Relinker {
     pub fn new(id: &str, template: Template) -> Relinker {
-        Relinker { id: id.into(), template, counter: 0, dirs: HashMap::new(), made: vec![], kdev: None }
+        Relinker {
+            id: id.into(),
+            template,
+            counter: AtomicU64::new(0),
+            dirs: HashMap::new(),
+            made: vec![],
+            kdev: None,
+        }
     }
 
     /// The checkpoint directory of a mount, opened during relinking.
@@ -63,84 +103,118 @@ impl Relinker {
         self.dirs.get(&mnt_id)
     }
 
-    /// Names made so far: (mnt_id, name, is_dir).
-    pub fn made(&self) -> &[(u32, String, bool)] {
+    /// Names made so far.
+    pub fn made(&self) -> &[Made] {
         &self.made
     }
 
-    /// Relink every object; on error, the names made so far are removed again.
+    /// Relink every object (in parallel: the tasks are frozen meanwhile, and each object is
+    /// independent of the others); on error, the names made so far are removed again.
     pub fn relink_all(
         &mut self,
         objects: &mut [Object],
         skip: impl Fn(&Object) -> bool,
         mut progress: impl FnMut(&Object),
     ) -> Result<Stats, RelinkError> {
+        let jobs = self.jobs(objects, skip)?; // nothing made yet
+        let results = self.run_jobs(&jobs);
         let mut stats = Stats::default();
-        for o in objects.iter_mut() {
-            if skip(o) {
-                continue;
-            }
-            if let Err(e) = self.relink_one(o, &mut stats) {
-                let _ = self.remove_all();
-                for o in objects.iter_mut() {
-                    o.relinked = None;
+        let mut first = None;
+        for (job, r) in jobs.iter().zip(results) {
+            match r {
+                Ok(d) => {
+                    stats.add(&d);
+                    self.made.push(d.made);
+                    let o = &mut objects[job.index];
+                    o.relinked = Some(d.relinked);
+                    progress(o);
                 }
-                return Err(e);
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
             }
-            progress(o);
+        }
+        if let Some(e) = first {
+            let _ = self.remove_all();
+            for o in objects.iter_mut() {
+                o.relinked = None;
+            }
+            return Err(e);
         }
         Ok(stats)
     }
 
-    fn relink_one(&mut self, o: &mut Object, stats: &mut Stats) -> Result<(), RelinkError> {
-        // Reach the object through one of its holders, preferring fds.
-        let holder = o
-            .holders
-            .iter()
-            .min_by_key(|h| match h.what {
-                Held::Fd(_) => 0,
-                Held::Map { .. } => 1,
-                _ => 2,
-            })
-            .cloned()
-            .ok_or_else(|| RelinkError::NoHolder { index: o.index, original: o.original_path.clone() })?;
-        let src = scan::holder_proc_path(&holder)
-            .ok_or_else(|| RelinkError::NoHolder { index: o.index, original: o.original_path.clone() })?;
-        let mnt_id = o.mount.mnt_id;
-        if let std::collections::hash_map::Entry::Vacant(e) = self.dirs.entry(mnt_id) {
-            let mdir = scan::mount_dir_for(holder.pid, &o.mount.mount_point);
-            e.insert(open_checkpoint_dir(&mdir, Some(mnt_id), true)?);
+    /// Reach every object to relink through one of its holders (fds first) and open the
+    /// checkpoint directory of each mount once.
+    fn jobs(&mut self, objects: &[Object], skip: impl Fn(&Object) -> bool) -> Result<Vec<Job>, RelinkError> {
+        let mut jobs = vec![];
+        for (index, o) in objects.iter().enumerate().filter(|(_, o)| !skip(o)) {
+            let no_holder = || RelinkError::NoHolder { index: o.index, original: o.original_path.clone() };
+            let holder = o
+                .holders
+                .iter()
+                .min_by_key(|h| match h.what {
+                    Held::Fd(_) => 0,
+                    Held::Map { .. } => 1,
+                    _ => 2,
+                })
+                .ok_or_else(no_holder)?;
+            let src = scan::holder_proc_path(holder).ok_or_else(no_holder)?;
+            let mnt_id = o.mount.mnt_id;
+            if let std::collections::hash_map::Entry::Vacant(e) = self.dirs.entry(mnt_id) {
+                let mdir = scan::mount_dir_for(holder.pid, &o.mount.mount_point);
+                e.insert(open_checkpoint_dir(&mdir, Some(mnt_id), true)?);
+            }
+            jobs.push(Job { index, src, mnt_id, kind: o.kind, original: o.original_path.clone() });
         }
-        let st = sys::stat(&src).map_err(ioe(&src, "stat"))?;
-        let is_dir = o.kind == FileKind::Directory;
-        let recreate = is_dir || (st.st_nlink == 0 && o.kind != FileKind::Regular);
-        for _attempt in 0..100 {
-            self.counter += 1;
-            let name = self.template.render(&self.id, self.counter);
-            let dir = &self.dirs[&mnt_id];
-            let r = if recreate {
-                recreate_node(dir, &name, &st, &src).map(|()| (Method::Recreate, 0))
-            } else {
-                match sys::link_follow(&src, dir.fd(), OsStr::new(&name)) {
-                    Ok(()) => Ok((Method::Link, 0)),
-                    // nlink == 0 and not an O_TMPFILE: linkat refuses it. The kernel module
-                    // links it all the same (the same inode, no data written); else copy it.
-                    Err(e)
-                        if e.raw_os_error() == Some(libc::ENOENT)
-                            && st.st_nlink == 0
-                            && o.kind == FileKind::Regular =>
-                    {
-                        match kernel_link(&mut self.kdev, &src, dir, &name) {
-                            Some(r) => r,
-                            None => copy_orphan(&src, dir, &name, &st, &o.original_path),
-                        }
-                    }
-                    Err(e) => Err(RelinkError::Io(crate::sys::SysError {
-                        path: dir.path.join(&name),
-                        syscall: "linkat",
-                        source: e,
-                    })),
+        if jobs.iter().any(|j| j.kind == FileKind::Regular) {
+            self.kdev.get_or_insert_with(|| crate::kernel_link::Device::open().ok());
+        }
+        Ok(jobs)
+    }
+
+    /// Relink the jobs on up to [`MAX_THREADS`] threads; results in the jobs' order.
+    fn run_jobs(&self, jobs: &[Job]) -> Vec<Result<Done, RelinkError>> {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = cores.min(MAX_THREADS).min(jobs.len().div_ceil(OBJECTS_PER_THREAD)).max(1);
+        let next = AtomicUsize::new(0);
+        let work = || {
+            let mut out = vec![];
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(job) = jobs.get(i) else { return out };
+                out.push((i, self.relink_one(job)));
+            }
+        };
+        let mut all: Vec<(usize, Result<Done, RelinkError>)> = if threads == 1 {
+            work()
+        } else {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = (1..threads).map(|_| sc.spawn(work)).collect();
+                let mut all = work();
+                for h in handles {
+                    all.extend(h.join().expect("relinking thread panicked"));
                 }
+                all
+            })
+        };
+        all.sort_unstable_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Give one object a name: a free name from the template (the next counter value), made
+    /// by the first method that applies.
+    fn relink_one(&self, job: &Job) -> Result<Done, RelinkError> {
+        let st = sys::stat(&job.src).map_err(ioe(&job.src, "stat"))?;
+        let is_dir = job.kind == FileKind::Directory;
+        let recreate = is_dir || (st.st_nlink == 0 && job.kind != FileKind::Regular);
+        let dir = &self.dirs[&job.mnt_id];
+        for _attempt in 0..100 {
+            let name = self.template.render(&self.id, self.counter.fetch_add(1, Ordering::Relaxed) + 1);
+            let r = if recreate {
+                recreate_node(dir, &name, &st, &job.src).map(|ino| (Method::Recreate, 0, ino))
+            } else {
+                self.link_or_copy(job, dir, &name, &st)
             };
             match r {
                 Err(RelinkError::Io(crate::sys::SysError { source, .. }))
@@ -149,64 +223,86 @@ impl Relinker {
                     continue
                 }
                 Err(e) => return Err(e),
-                Ok((method, bytes)) => {
-                    self.made.push((mnt_id, name.clone(), is_dir));
-                    let new = dir
-                        .open(&name, libc::O_PATH | libc::O_NOFOLLOW)
-                        .and_then(|f| sys::fstat(f.as_raw_fd()).map_err(ioe(&dir.path, "fstat")))?;
-                    match method {
-                        Method::Link | Method::KernelLink => stats.linked += 1,
-                        Method::Clone => stats.cloned += 1,
-                        Method::CopyRange | Method::SparseCopy => stats.copied += 1,
-                        Method::Recreate => stats.recreated += 1,
-                    }
-                    if matches!(method, Method::Clone | Method::CopyRange | Method::SparseCopy) {
-                        stats.bytes_preserved += st.st_size as u64;
-                    }
-                    stats.bytes_copied += bytes;
-                    o.relinked = Some(Relinked {
-                        rel_path: relinked_rel_path(&name),
-                        name,
-                        method,
-                        ino: new.st_ino,
-                        bytes_copied: bytes,
+                Ok((method, bytes, ino)) => {
+                    let same_inode = matches!(method, Method::Link | Method::KernelLink);
+                    let preserved = matches!(method, Method::Clone | Method::CopyRange | Method::SparseCopy);
+                    return Ok(Done {
+                        made: Made { mnt_id: job.mnt_id, name: name.clone(), is_dir, same_inode },
+                        relinked: Relinked {
+                            rel_path: relinked_rel_path(&name),
+                            name,
+                            method,
+                            ino,
+                            bytes_copied: bytes,
+                        },
+                        bytes_preserved: if preserved { st.st_size as u64 } else { 0 },
                     });
-                    return Ok(());
                 }
             }
         }
         Err(RelinkError::Io(crate::sys::SysError {
-            path: self.dirs[&mnt_id].path.clone(),
+            path: dir.path.clone(),
             syscall: "linkat",
             source: io::Error::from_raw_os_error(libc::EEXIST),
         }))
     }
 
-    /// Remove every name this relinker made (best effort, all attempted); the first error is
+    /// A regular file or symlink: a hard link to its inode; an orphan (nlink 0, which linkat
+    /// refuses unless it is an O_TMPFILE) through the kernel module, else a clone or copy.
+    /// The method, the bytes written and the inode the name leads to.
+    fn link_or_copy(
+        &self,
+        job: &Job,
+        dir: &CheckpointDir,
+        name: &str,
+        st: &libc::stat,
+    ) -> Result<(Method, u64, u64), RelinkError> {
+        match sys::link_follow(&job.src, dir.fd(), OsStr::new(name)) {
+            Ok(()) => Ok((Method::Link, 0, st.st_ino)),
+            Err(e)
+                if e.raw_os_error() == Some(libc::ENOENT)
+                    && st.st_nlink == 0
+                    && job.kind == FileKind::Regular =>
+            {
+                let kdev = self.kdev.as_ref().and_then(Option::as_ref);
+                match kdev.and_then(|d| kernel_link(d, &job.src, dir, name)) {
+                    Some(r) => r.map(|m| (m, 0, st.st_ino)),
+                    None => copy_orphan(&job.src, dir, name, st, &job.original),
+                }
+            }
+            Err(e) => Err(RelinkError::Io(crate::sys::SysError {
+                path: dir.path.join(name),
+                syscall: "linkat",
+                source: e,
+            })),
+        }
+    }
+
+    /// Remove the names `which` selects (best effort, all attempted); the others stay. Those
+    /// that could not be removed stay in the list too, for a later undo. The first error is
     /// returned.
-    /// Remove the names made on the mounts `mnts` (by mount id); the others stay.
-    pub fn remove_on(&mut self, mnts: &std::collections::HashSet<u32>) -> Result<(), RelinkError> {
-        let (doomed, kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.made).into_iter().partition(|(m, _, _)| mnts.contains(m));
+    pub fn remove_where(&mut self, which: impl Fn(&Made) -> bool) -> Result<(), RelinkError> {
+        let (doomed, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.made).into_iter().partition(which);
         self.made = kept;
         self.remove(doomed)
     }
 
+    /// Remove every name this relinker made (best effort, all attempted); the first error is
+    /// returned.
     pub fn remove_all(&mut self) -> Result<(), RelinkError> {
-        let all = std::mem::take(&mut self.made);
-        self.remove(all)
+        self.remove_where(|_| true)
     }
 
     /// Remove `names` (all attempted, last made first); those that could not be removed stay
     /// in the list of names made, for a later undo. The first error is returned.
-    fn remove(&mut self, names: Vec<(u32, String, bool)>) -> Result<(), RelinkError> {
+    fn remove(&mut self, names: Vec<Made>) -> Result<(), RelinkError> {
         let mut first = None;
-        for (mnt, name, is_dir) in names.into_iter().rev() {
-            let Some(d) = self.dirs.get(&mnt) else { continue };
-            match d.remove(&name, is_dir) {
+        for m in names.into_iter().rev() {
+            let Some(d) = self.dirs.get(&m.mnt_id) else { continue };
+            match d.remove(&m.name, m.is_dir) {
                 Err(e) if !super::remove::is_enoent(&e) => {
                     first.get_or_insert(e);
-                    self.made.insert(0, (mnt, name, is_dir));
+                    self.made.insert(0, m);
                 }
                 _ => {}
             }
@@ -215,18 +311,30 @@ impl Relinker {
     }
 }
 
+impl Stats {
+    fn add(&mut self, d: &Done) {
+        match d.relinked.method {
+            Method::Link | Method::KernelLink => self.linked += 1,
+            Method::Clone => self.cloned += 1,
+            Method::CopyRange | Method::SparseCopy => self.copied += 1,
+            Method::Recreate => self.recreated += 1,
+        }
+        self.bytes_preserved += d.bytes_preserved;
+        self.bytes_copied += d.relinked.bytes_copied;
+    }
+}
+
 /// Link an orphan with the snapckpt-relink kernel module, when it is loaded: `None` when it is
 /// not (or refuses for a reason a copy does not share: then the copy is made).
 fn kernel_link(
-    kdev: &mut Option<Option<crate::kernel_link::Device>>,
+    dev: &crate::kernel_link::Device,
     src: &Path,
     dir: &CheckpointDir,
     name: &str,
-) -> Option<Result<(Method, u64), RelinkError>> {
-    let dev = kdev.get_or_insert_with(|| crate::kernel_link::Device::open().ok()).as_ref()?;
+) -> Option<Result<Method, RelinkError>> {
     let f = sys::open(src, libc::O_PATH, 0).ok()?;
     match dev.link(f.as_raw_fd(), dir.fd(), name) {
-        Ok(()) => Some(Ok((Method::KernelLink, 0))),
+        Ok(()) => Some(Ok(Method::KernelLink)),
         Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST) => {
             Some(Err(RelinkError::Io(crate::sys::SysError {
                 path: dir.path.join(name),
@@ -239,7 +347,8 @@ fn kernel_link(
 }
 
 /// A new directory, FIFO, socket or device node with the type, mode, owner and times of `st`.
-fn recreate_node(dir: &CheckpointDir, name: &str, st: &libc::stat, src: &Path) -> Result<(), RelinkError> {
+/// Returns the new node's inode number.
+fn recreate_node(dir: &CheckpointDir, name: &str, st: &libc::stat, src: &Path) -> Result<u64, RelinkError> {
     let p = dir.path.join(name);
     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
         sys::mkdirat(dir.fd(), OsStr::new(name), 0o700).map_err(ioe(&p, "mkdirat"))?;
@@ -260,18 +369,22 @@ fn recreate_node(dir: &CheckpointDir, name: &str, st: &libc::stat, src: &Path) -
             source: e,
         }));
     }
-    Ok(())
+    let new = dir
+        .open(name, libc::O_PATH | libc::O_NOFOLLOW)
+        .and_then(|f| sys::fstat(f.as_raw_fd()).map_err(ioe(&p, "fstat")))?;
+    Ok(new.st_ino)
 }
 
 /// Preserve an nlink==0 file as a new inode: O_TMPFILE, reflink or copy of the data segments,
-/// owner/mode/times, then linkat into place. Returns the method and the bytes written.
+/// owner/mode/times, then linkat into place. Returns the method, the bytes written and the
+/// new inode's number.
 fn copy_orphan(
     src: &Path,
     dir: &CheckpointDir,
     name: &str,
     st: &libc::stat,
     original: &str,
-) -> Result<(Method, u64), RelinkError> {
+) -> Result<(Method, u64, u64), RelinkError> {
     let dst_path = dir.path.join(name);
     let sfd = sys::open(src, libc::O_RDONLY | libc::O_NOATIME, 0)
         .or_else(|_| sys::open(src, libc::O_RDONLY, 0))
@@ -326,9 +439,10 @@ fn copy_orphan(
             return Err(nospace(io::Error::last_os_error(), "fsync"));
         }
     }
+    let ino = sys::fstat(tfd.as_raw_fd()).map_err(ioe(&dst_path, "fstat"))?.st_ino;
     let me = format!("/proc/self/fd/{}", tfd.as_raw_fd());
     sys::link_follow(&me, dir.fd(), OsStr::new(name)).map_err(ioe(&dst_path, "linkat"))?;
-    Ok((method, bytes))
+    Ok((method, bytes, ino))
 }
 
 /// Copy the data segments of `src` into `dst` at the same offsets (holes stay holes), with

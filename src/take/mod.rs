@@ -18,6 +18,7 @@ mod verify;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use verify::Names;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TakeError {
@@ -279,7 +280,7 @@ impl Tx<'_> {
         at_hook(self.opts, Point::PostSnapshot, &self.sel.id, self.image.path(), &pids, &self.snaps)?;
         let mut notes: Vec<String> = pre_note.into_iter().collect();
         notes.extend(plan::notes(&plan, self.opts.auto_snapshot.is_some()));
-        let links_removed = self.drop_live_names(&sc)?;
+        let links_removed = self.drop_live_names(&sc.objects, false)?;
 
         let mut ck = Checkpoint::new(&self.sel.id, self.sel.now);
         ck.job = self.opts.job_name.clone();
@@ -400,7 +401,16 @@ impl Tx<'_> {
                 take_snapshots(&plan.specs, &self.sel.id, &mut self.snaps)?;
                 stage.done();
                 self.timings.snapshot_ms = ms(t.elapsed());
-                verify::restartable(sc, false, self.image.path(), self.relinker.as_ref().expect("relinked"))?;
+                // Names leading to the tasks' own inodes go before the thaw: checked now.
+                let relinker = self.relinker.as_ref().expect("relinked");
+                verify::restartable(
+                    &sc.tasks,
+                    &sc.objects,
+                    false,
+                    self.image.path(),
+                    relinker,
+                    Names::SameInode,
+                )?;
                 Ok(Engine::None)
             }
             EngineOpts::Criu { path, after, flags } => {
@@ -477,7 +487,9 @@ impl Tx<'_> {
             let r = take_snapshots(specs, id, snaps);
             snap_t = ms(ts.elapsed());
             // Shown restartable before CRIU lets go of the tasks: a failure aborts the dump.
-            let r = r.and_then(|()| verify::restartable(sc, true, &image_dir, relinker));
+            let r = r.and_then(|()| {
+                verify::restartable(&sc.tasks, &sc.objects, true, &image_dir, relinker, Names::All)
+            });
             r.map_err(|e| {
                 let msg = e.to_string();
                 snap_err = Some(e);
@@ -498,20 +510,35 @@ impl Tx<'_> {
     }
 
     /// The snapshots carry the relinked names; the live filesystems need them no more. Only
-    /// on the mounts that were snapshotted: a name on another mount is the only copy. Whether
-    /// every name is gone from the live filesystems.
-    fn drop_live_names(&mut self, sc: &scan::Scan) -> Result<bool, TakeError> {
+    /// on the mounts that were snapshotted: a name on another mount is the only copy. `all`:
+    /// every such name; else only the names leading to a task's own inode (a link it would
+    /// see on its file: removed while it is frozen), the new inodes' names going once it runs
+    /// again ([`Tx::unfrozen`]). Whether every name is (to be) gone from the live filesystems.
+    fn drop_live_names(&mut self, objects: &[record::Object], all: bool) -> Result<bool, TakeError> {
         if self.snaps.is_empty() || self.opts.keep_links {
             return Ok(false);
         }
         let snapped: HashSet<&str> = self.snaps.iter().map(Snapshot::mount_point).collect();
-        let relinked = || sc.objects.iter().filter(|o| o.relinked.is_some());
+        let relinked = || objects.iter().filter(|o| o.relinked.is_some());
         let mnts: HashSet<u32> = relinked()
             .filter(|o| snapped.contains(o.mount.mount_point.as_str()))
             .map(|o| o.mount.mnt_id)
             .collect();
-        self.relinker.as_mut().expect("relinked").remove_on(&mnts)?;
+        let relinker = self.relinker.as_mut().expect("relinked");
+        relinker.remove_where(|m| mnts.contains(&m.mnt_id) && (all || m.same_inode))?;
         Ok(relinked().all(|o| snapped.contains(o.mount.mount_point.as_str())))
+    }
+
+    /// What needs the tasks frozen no more, done before the publication (a failure is undone
+    /// like any other): the files-only check of the objects preserved as new inodes, and the
+    /// removal of their live names. Neither touches anything the tasks see.
+    fn unfrozen(&mut self, done: &Staged) -> Result<(), TakeError> {
+        if matches!(self.opts.engine, EngineOpts::None) {
+            let relinker = self.relinker.as_ref().expect("relinked");
+            let (tasks, objects) = (&done.ck.tasks, &done.ck.objects);
+            verify::restartable(tasks, objects, false, self.image.path(), relinker, Names::NewInode)?;
+        }
+        self.drop_live_names(&done.ck.objects, true).map(drop)
     }
 
     /// Publish the image, then thaw, kill or leave the tasks frozen. A failure before the
@@ -552,7 +579,6 @@ impl Tx<'_> {
         after: AfterDump,
     ) -> Result<(PathBuf, Option<tasks::Frozen>), TakeError> {
         self.frozen().check_watchdog()?;
-        let frozen_for = self.frozen().frozen_for();
         self.timings.freezing_us = self.frozen().freeze_latency().as_micros() as u64;
         let still_frozen = if after == AfterDump::Run {
             let d = self.frozen.take().expect("frozen").thaw()?;
@@ -560,17 +586,22 @@ impl Tx<'_> {
             self.timings.frozen_us = d.as_micros() as u64;
             None
         } else {
-            self.timings.frozen_ms = ms(frozen_for);
-            self.timings.frozen_us = frozen_for.as_micros() as u64;
             self.frozen.take()
         };
-        done.ck.timings = self.timings.clone();
-        let _stage = ui::stage(self.opts.progress, "writing back the image");
-        match self.image.publish(&done.ck) {
+        let published = self.unfrozen(done).and_then(|()| {
+            if let Some(f) = &still_frozen {
+                self.timings.frozen_ms = ms(f.frozen_for());
+                self.timings.frozen_us = f.frozen_for().as_micros() as u64;
+            }
+            done.ck.timings = self.timings.clone();
+            let _stage = ui::stage(self.opts.progress, "writing back the image");
+            self.image.publish(&done.ck).map_err(TakeError::from)
+        });
+        match published {
             Ok(dir) => Ok((dir, still_frozen)),
             Err(e) => {
                 self.frozen = still_frozen;
-                Err(e.into())
+                Err(e)
             }
         }
     }

@@ -10,31 +10,66 @@
 //! instances, perf events) is refused while nothing has changed.
 
 use super::TakeError;
-use crate::record::{Checkpoint, FileKind, Object, Unlinked};
+use crate::record::{Checkpoint, FileKind, Method, Object, Task, Unlinked};
 use crate::relink::Relinker;
-use crate::scan::Scan;
 use crate::sys;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 /// Kernel's `__O_TMPFILE` bit (with O_DIRECTORY it makes O_TMPFILE).
 const O_TMPFILE_BIT: i32 = 0o20000000;
 
-/// Show that the checkpoint can be restarted (see the module comment).
-/// `criu`: the image directory holds a CRIU dump whose external files are checked too.
-pub fn restartable(sc: &Scan, criu: bool, image_dir: &Path, relinker: &Relinker) -> Result<(), TakeError> {
-    if criu {
-        externals_known(sc, image_dir)?;
+/// Which relinked objects a call checks: their names are all present then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Names {
+    All,
+    /// Only those whose name leads to the task's own inode (removed again inside the freeze).
+    SameInode,
+    /// Only those that are a new inode (clones, copies, recreated nodes; removed after it).
+    NewInode,
+}
+
+impl Names {
+    fn selects(self, m: Method) -> bool {
+        let same = matches!(m, Method::Link | Method::KernelLink);
+        match self {
+            Names::All => true,
+            Names::SameInode => same,
+            Names::NewInode => !same,
+        }
     }
-    for o in sc.objects.iter().filter(|o| o.relinked.is_some()) {
-        reopens(sc, o, relinker)?;
+}
+
+/// Show that the checkpoint can be restarted (see the module comment), for the objects
+/// `names` selects. `criu`: the image directory holds a CRIU dump whose external files are
+/// checked too.
+pub fn restartable(
+    tasks: &[Task],
+    objects: &[Object],
+    criu: bool,
+    image_dir: &Path,
+    relinker: &Relinker,
+    names: Names,
+) -> Result<(), TakeError> {
+    if criu {
+        externals_known(objects, image_dir)?;
+    }
+    let mut flags: HashMap<usize, Vec<i32>> = HashMap::new();
+    for f in tasks.iter().flat_map(|t| t.fds.iter()) {
+        if let Some(i) = f.object {
+            flags.entry(i).or_default().push(f.flags as i32);
+        }
+    }
+    let selected = |o: &&Object| o.relinked.as_ref().is_some_and(|r| names.selects(r.method));
+    for o in objects.iter().filter(selected) {
+        reopens(o, flags.get(&o.index).map_or(&[][..], Vec::as_slice), relinker)?;
     }
     Ok(())
 }
 
-fn externals_known(sc: &Scan, image_dir: &Path) -> Result<(), TakeError> {
+fn externals_known(objects: &[Object], image_dir: &Path) -> Result<(), TakeError> {
     let ours: HashSet<&str> =
-        sc.objects.iter().filter(|o| o.relinked.is_some()).map(|o| o.criu_key.as_str()).collect();
+        objects.iter().filter(|o| o.relinked.is_some()).map(|o| o.criu_key.as_str()).collect();
     let listed = crate::criu_image::list_externals(image_dir).map_err(|e| {
         TakeError::NotRestartable(format!("CRIU's image cannot be read for the restore: {e}"))
     })?;
@@ -49,8 +84,9 @@ fn externals_known(sc: &Scan, image_dir: &Path) -> Result<(), TakeError> {
     Ok(())
 }
 
-/// The flags the restore opens an object with, one set per holder fd (at least one).
-fn restore_flags(sc: &Scan, o: &Object) -> Vec<i32> {
+/// The flags the restore opens an object with, one set per holder fd (at least one), from
+/// the flags of the fds that hold it.
+fn restore_flags(o: &Object, fd_flags: &[i32]) -> Vec<i32> {
     // An O_TMPFILE keeps O_DIRECTORY (part of O_TMPFILE) in its flags: not for reopening.
     let strip =
         libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_NOCTTY | O_TMPFILE_BIT | libc::O_DIRECTORY;
@@ -61,13 +97,9 @@ fn restore_flags(sc: &Scan, o: &Object) -> Vec<i32> {
         // FIFOs block and devices act on open: a reference is what can be checked.
         _ => libc::O_PATH,
     };
-    let mut v: Vec<i32> = sc
-        .tasks
+    let mut v: Vec<i32> = fd_flags
         .iter()
-        .flat_map(|t| t.fds.iter())
-        .filter(|f| f.object == Some(o.index))
-        .map(|f| f.flags as i32)
-        .map(|fl| {
+        .map(|&fl| {
             if fl & libc::O_PATH != 0 || o.kind != FileKind::Regular {
                 kind_flags | (fl & libc::O_PATH)
             } else {
@@ -83,14 +115,14 @@ fn restore_flags(sc: &Scan, o: &Object) -> Vec<i32> {
     v
 }
 
-fn reopens(sc: &Scan, o: &Object, relinker: &Relinker) -> Result<(), TakeError> {
+fn reopens(o: &Object, fd_flags: &[i32], relinker: &Relinker) -> Result<(), TakeError> {
     let r = o.relinked.as_ref().expect("relinked");
     let Some(dir) = relinker.dir(o.mount.mnt_id) else { return Ok(()) };
     let path = dir.path.join(&r.name);
     let _ref = dir
         .open(&r.name, libc::O_PATH | libc::O_NOFOLLOW)
         .map_err(|e| TakeError::NotRestartable(format!("{}: {e}", path.display())))?;
-    for flags in restore_flags(sc, o) {
+    for flags in restore_flags(o, fd_flags) {
         let f = flags | libc::O_CLOEXEC | libc::O_NONBLOCK;
         let opened = if flags & libc::O_PATH != 0 {
             Ok(())
