@@ -461,6 +461,38 @@ fn gc_collects_snapshot_of_killed_take() {
     assert_eq!(std::fs::read_dir(&s.images).unwrap().count(), 0);
 }
 
+/// Files only: the names that lead to the task's own inodes (the "ab" file's hard link, the
+/// O_TMPFILE's link) are gone again before the thaw, so the task, running again, sees every
+/// link count, size and offset as before the take; the orphan's clone (a new inode, which the
+/// task cannot see) keeps its live name until after the thaw, and is gone when take reports.
+#[test]
+fn own_inode_names_are_gone_before_the_thaw() {
+    let _g = serial();
+    let s = setup("1G");
+    let log = s.work.path().join("ufiles.log");
+    let scen = ["setup", s.dir.to_str().unwrap(), "ab", "tmpfile", "orphan:100000"];
+    let p = Proc::start(&prog("ufiles"), &scen, &log);
+    let before = report_after(&log, 0);
+    assert!(before.iter().any(|l| l.contains("nlink=1")) && before.iter().any(|l| l.contains("nlink=0")));
+    let hooks = Hooks::new(s.work.path().join("hooks"), &["take-unfrozen"]);
+    let pid = p.pid.to_string();
+    let images = s.images.to_str().unwrap();
+    let mut child = hooks
+        .command(&["take", "--pid", &pid, "--snapshot", "btrfs", "--image-root", images])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    hooks.wait_reached("take-unfrozen", "the stage after the thaw");
+    let from = std::fs::metadata(&log).unwrap().len() as usize;
+    assert_eq!(self_check(p.pid, &log, from), before, "the running task sees a name snapckpt made");
+    let names = || std::fs::read_dir(s.fs.path("lost+found/checkpoint")).unwrap().count();
+    assert_eq!(names(), 1, "the orphan's clone keeps its name until after the thaw");
+    hooks.release("take-unfrozen");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(names(), 0);
+}
+
 /// --leave-running: after the dump the task goes on (thawed), and the checkpoint restarts
 /// once the original is gone.
 #[test]

@@ -286,6 +286,7 @@ const TAKE_POINTS: &[&str] = &[
     "take-relinked",
     "take-post-dump",
     "take-snapshotted",
+    "take-unfrozen",
     "take-published",
     "take-thawed",
 ];
@@ -382,9 +383,11 @@ impl TakeRig {
         match point {
             Some(p) => {
                 run.wait_point(&self.hooks, p);
-                // Files only: thawed before the image is published. CRIU: frozen until it is
-                // published (CRIU dumps with leave-running), killed by snapckpt after that.
-                let gone_or_thawed = p == "take-thawed" || (!self.criu && p == "take-published");
+                // Files only: thawed before the new inodes' names go and the image is published.
+                // CRIU: frozen until it is published (CRIU dumps with leave-running), killed by
+                // snapckpt after that.
+                let thawed_points = ["take-unfrozen", "take-published"];
+                let gone_or_thawed = p == "take-thawed" || (!self.criu && thawed_points.contains(&p));
                 if !gone_or_thawed {
                     assert!(
                         stopped(pid) || self.cg.as_ref().is_some_and(Cgroup::frozen),
@@ -547,7 +550,7 @@ fn take_killed_at_every_point_criu() {
     kill_at_take_points(
         &mut rig,
         "btrfs criu snapshot sigstop",
-        &["take-frozen", "take-scanned", "take-relinked", "take-snapshotted", "take-thawed"],
+        &["take-frozen", "take-scanned", "take-relinked", "take-snapshotted", "take-unfrozen", "take-thawed"],
     );
     rig.report_leftover_snapshots();
     drop(rig);

@@ -533,6 +533,7 @@ impl Tx<'_> {
     /// like any other): the files-only check of the objects preserved as new inodes, and the
     /// removal of their live names. Neither touches anything the tasks see.
     fn unfrozen(&mut self, done: &Staged) -> Result<(), TakeError> {
+        hooks::point("take-unfrozen");
         if matches!(self.opts.engine, EngineOpts::None) {
             let relinker = self.relinker.as_ref().expect("relinked");
             let (tasks, objects) = (&done.ck.tasks, &done.ck.objects);
