@@ -32,10 +32,21 @@ KO=$("$REPO/kmod/build.sh")
 cp "$KO" "$SHARE/snapckpt_relink.ko"
 log "cc -static relinktest.c"
 cc -static -O2 -Wall -I "$REPO/kmod" -o "$SHARE/relinktest" "$REPO/integration/progs/relinktest.c"
-cp "$HERE"/kmod-guest/* "$SHARE/"
+if [ "${KMOD_TESTS_SNAPCKPT:-1}" = 1 ]; then
+  # snapckpt itself and its test workload, as lvm-tests.sh builds them
+  log "cargo build --release"
+  (cd "$REPO" && cargo build --release --quiet --bin snapckpt) >&2
+  TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+  case "$TARGET" in /*) ;; *) TARGET=$REPO/$TARGET ;; esac
+  cp "$TARGET/release/snapckpt" "$SHARE/snapckpt"
+  log "cc -static ufiles.c"
+  cc -static -O1 -o "$SHARE/ufiles" "$REPO/integration/progs/ufiles.c"
+  chmod +x "$SHARE/snapckpt" "$SHARE/ufiles"
+fi
+cp "$HERE"/kmod-guest/*.sh "$SHARE/"
 chmod +x "$SHARE/test.sh" "$SHARE/relinktest"
 D=${KMOD_TESTS_DENSE_MIB:-1024}
-printf 'DENSE_MIB=%s\nCLASSIC_DENSE_MIB=%s\n' "$D" "$(( D < 256 ? D : 256 ))" > "$SHARE/env"
+printf 'DENSE_MIB=%s\nCLASSIC_DENSE_MIB=%s\nCOPY_TIMING=%s\n' "$D" "$(( D < 256 ? D : 256 ))" "${KMOD_TESTS_COPY_TIMING:-0}" > "$SHARE/env"
 T1=$(date +%s.%N)
 
 rc=0
