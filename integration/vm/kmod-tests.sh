@@ -46,7 +46,8 @@ fi
 cp "$HERE"/kmod-guest/*.sh "$SHARE/"
 chmod +x "$SHARE/test.sh" "$SHARE/relinktest"
 D=${KMOD_TESTS_DENSE_MIB:-1024}
-printf 'DENSE_MIB=%s\nCLASSIC_DENSE_MIB=%s\nCOPY_TIMING=%s\n' "$D" "$(( D < 256 ? D : 256 ))" "${KMOD_TESTS_COPY_TIMING:-0}" > "$SHARE/env"
+printf 'DENSE_MIB=%s\nCLASSIC_DENSE_MIB=%s\nC_DENSE_MIB=%s\nCOPY_TIMING=%s\n' "$D" "$(( D < 256 ? D : 256 ))" \
+  "${KMOD_TESTS_C_DENSE_MIB:-$(( D < 256 ? D : 256 ))}" "${KMOD_TESTS_COPY_TIMING:-0}" > "$SHARE/env"
 T1=$(date +%s.%N)
 
 rc=0

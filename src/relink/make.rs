@@ -224,6 +224,9 @@ fn kernel_link(
     name: &str,
 ) -> Option<Result<(Method, u64), RelinkError>> {
     let dev = kdev.get_or_insert_with(|| crate::kernel_link::Device::open().ok()).as_ref()?;
+    // O_PATH (the module takes it: fget_raw): no open of the file itself, so no lease break
+    // (which would wait lease-break-time for the frozen holder), no fanotify permission event,
+    // no filesystem open call.
     let f = sys::open(src, libc::O_PATH, 0).ok()?;
     match dev.link(f.as_raw_fd(), dir.fd(), name) {
         Ok(()) => Some(Ok((Method::KernelLink, 0))),

@@ -6,7 +6,7 @@
 # (SIZES="1 16 64 256 1024" in MiB, REPS=1, MODES="module copy").
 #
 # For each size: one ufiles workload holding the orphan (`dense:N`), then REPS times for each
-# mode `snapckpt take --pid P --engine none --snapshot lvm` (sync before; the task is thawed
+# mode `snapckpt take --pid P --engine none --job J` (J: /mnt/data, snapshot = "lvm") (sync before; the task is thawed
 # and goes on), the record's method and timings, `snapckpt delete --force`, fstrim (the copies'
 # blocks back to the pool). Writes /share/bench.tsv:
 #   size_mib mode rep take_s relink_ms snapshot_ms frozen_ms method bytes_copied
@@ -47,13 +47,14 @@ pvcreate -q -y /dev/vdb > /dev/null && vgcreate -q vgt /dev/vdb > /dev/null &&
   mkfs.ext4 -q -F /dev/vgt/bench > /dev/null 2>&1 && mount /dev/vgt/bench /mnt/data && mkdir -p /mnt/data/d ||
   { echo "FAIL LVM/ext4 setup"; exit 1; }
 
+JOB=$(sc_job)
 for mib in $SIZES; do
   log "size $mib MiB"
   if ! uf_start /mnt/data/d "dense:$((mib << 20))"; then fail "ufiles-$mib" "not ready: $(tr '\n' ' ' < "$UFOUT")"; continue; fi
   for ((rep = 1; rep <= REPS; rep++)); do
     for mode in $MODES; do
       if [ "$mode" = module ]; then module on; want='kernel-link'; else module off; want='copy-range|sparse-copy'; fi
-      sc_take "b-$mib-$mode-$rep" "$UFPID"
+      sc_take "b-$mib-$mode-$rep" "$UFPID" "$JOB"
       if [ -z "$ID" ]; then fail "take-$mib-$mode" "exit $TAKE_RC: $(tr '\n' ' ' < "$W/b-$mib-$mode-$rep.take.err")"; continue; fi
       method=$(jq -r '[.objects[] | select(.class == "orphan") | .relinked.method] | join(",")' "$(ckjson)")
       bytes=$(jq -r '[.objects[].relinked.bytes_copied // 0] | add' "$(ckjson)")

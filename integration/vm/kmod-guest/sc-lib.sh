@@ -38,18 +38,22 @@ uf_start() {
 }
 uf_stop() { kill -9 "$UFPID" 2>/dev/null; wait "$UFPID" 2>/dev/null; }
 
-# sc_take TAG PID [JOB]: sync, then `snapckpt take --engine none` with `--snapshot lvm` (or the
-# job), wall-timed; sets ID (empty on failure), TAKE_S, TAKE_RC; output in $W/TAG.take.{out,err}
+# sc_job [LVM_SIZE]: a job naming /mnt/data with snapshot = "lvm" (a classic LV needs
+# lvm_size); prints its path. (`take --snapshot lvm` alone would also try to snapshot the
+# guest's / on vda, not an LV, and fail: its precheck accepts any filesystem.)
+sc_job() {
+  printf '[[filesystem]]\nmount = "/mnt/data"\nsnapshot = "lvm"\n%s' "${1:+lvm_size = \"$1\"
+}" > "$W/job.toml"
+  echo "$W/job.toml"
+}
+# sc_take TAG PID JOB: sync, then `snapckpt take --engine none --job JOB`, wall-timed; sets ID
+# (empty on failure), TAKE_S, TAKE_RC; output in $W/TAG.take.{out,err}
 sc_take() {
-  local tag=$1 pid=$2 job=${3:-} t0 t1
+  local tag=$1 pid=$2 job=$3 t0 t1
   sync
   TAKE_RC=0
   t0=$(now)
-  if [ -n "$job" ]; then
-    "$SNAP" take --pid "$pid" --engine none --image-root "$IR" --job "$job" > "$W/$tag.take.out" 2> "$W/$tag.take.err" || TAKE_RC=$?
-  else
-    "$SNAP" take --pid "$pid" --engine none --snapshot lvm --image-root "$IR" > "$W/$tag.take.out" 2> "$W/$tag.take.err" || TAKE_RC=$?
-  fi
+  "$SNAP" take --pid "$pid" --engine none --image-root "$IR" --job "$job" > "$W/$tag.take.out" 2> "$W/$tag.take.err" || TAKE_RC=$?
   t1=$(now)
   TAKE_S=$(secs "$t0" "$t1")
   ID=$(awk '/^checkpoint /{print $2; exit}' "$W/$tag.take.out")

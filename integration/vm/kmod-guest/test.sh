@@ -27,8 +27,9 @@ KO=$SHARE/snapckpt_relink.ko
 DEV=/dev/snapckpt-relink
 SUMMARY=$SHARE/summary
 W=/tmp/kmodtest
-DENSE_MIB=1024        # the dense orphan on the thin LVs (copy + reflink timed there)
-CLASSIC_DENSE_MIB=256 # and on the classic LVs (no copy timed): TCG writes ~40 MiB/s
+DENSE_MIB=1024        # the dense orphan of the snapckpt cases on the thin LVs
+CLASSIC_DENSE_MIB=256 # and on the classic LVs: TCG writes ~40 MiB/s, ufiles hashes ~40 MiB/s
+C_DENSE_MIB=256       # relinktest's dense orphan on the thin LVs (classic: CLASSIC_DENSE_MIB)
 SPARSE_MIB=256
 COPY_TIMING=0
 [ -f "$SHARE/env" ] && . "$SHARE/env"
@@ -60,7 +61,7 @@ rt() {
 }
 used() { sync; df -B1 --output=used "$1" | tail -n1 | tr -d ' '; }
 
-log "guest $(uname -r), DENSE_MIB=$DENSE_MIB CLASSIC_DENSE_MIB=$CLASSIC_DENSE_MIB SPARSE_MIB=$SPARSE_MIB, $(nproc) CPU, $(awk '/MemTotal/{print $2 " kB"}' /proc/meminfo)"
+log "guest $(uname -r), DENSE_MIB=$DENSE_MIB C_DENSE_MIB=$C_DENSE_MIB CLASSIC_DENSE_MIB=$CLASSIC_DENSE_MIB SPARSE_MIB=$SPARSE_MIB, $(nproc) CPU, $(awk '/MemTotal/{print $2 " kB"}' /proc/meminfo)"
 [ -x "$RT" ] && [ -f "$KO" ] || { fail files "relinktest or snapckpt_relink.ko missing in $SHARE"; finish; }
 # snapckpt itself (sc_* cases) when the share has it and the guest can run it
 SC=0
@@ -110,15 +111,26 @@ mksnap() { # mksnap KIND VG LV SNAPNAME
 }
 
 # --- snapckpt itself, with the module loaded ------------------------------------------------
-# sc_restart C TAG: `snapckpt restart ID --snapshot --mount-root /mnt/TAG --exec ufiles report`,
-# the FD lines compared with the workload's first report (size, offset, hash of each fd)
-sc_restart() {
-  local c=$1 tag=$2 rc=0 t0 t1
+# sc_restart_start TAG: `snapckpt restart ID --snapshot --mount-root /mnt/TAG --exec ufiles
+# report` in the background (two may run side by side: each makes its own clone LV)
+sc_restart_start() {
+  local tag=$1
   mkdir -p "/mnt/$tag"
-  t0=$(now)
-  "$SNAP" restart "$ID" --image-root "$IR" --snapshot --mount-root "/mnt/$tag" --exec "$UF" report > "$W/$tag.out" 2> "$W/$tag.err" || rc=$?
-  t1=$(now)
-  timed "$c-$tag" "$(secs "$t0" "$t1")"
+  (
+    t0=$(now); rc=0
+    "$SNAP" restart "$ID" --image-root "$IR" --snapshot --mount-root "/mnt/$tag" --exec "$UF" report > "$W/$tag.out" 2> "$W/$tag.err" || rc=$?
+    echo "$rc $(secs "$t0" "$(now)")" > "$W/$tag.rc"
+  ) &
+  eval "RPID_$tag=\$!"
+}
+# sc_restart_check C TAG: wait for it; its FD lines compared with the workload's first report
+# (size, offset, hash of each fd); the relinked names gone from the clone
+sc_restart_check() {
+  local c=$1 tag=$2 pid rc t
+  eval "pid=\$RPID_$tag"
+  wait "$pid"
+  read -r rc t < "$W/$tag.rc" || rc=x
+  timed "$c-$tag" "$t"
   sed 's/^/    /' "$W/$tag.out" "$W/$tag.err" | head -n 12
   if [ "$rc" != 0 ]; then fail "$c-$tag" "snapckpt restart exited $rc: $(tr '\n' ' ' < "$W/$tag.err")"; return 1; fi
   pass "$c-$tag"
@@ -130,6 +142,7 @@ sc_restart() {
   [ -z "$(ls -A "/mnt/$tag/mnt/data/lost+found/checkpoint" 2>/dev/null)" ] && pass "$c-$tag-names-unlinked" ||
     fail "$c-$tag-names-unlinked" "$(ls -A "/mnt/$tag/mnt/data/lost+found/checkpoint" | tr '\n' ' ')"
 }
+sc_restart() { sc_restart_start "$2"; sc_restart_check "$1" "$2"; }
 
 # sc_check_snapshot C FS KIND MIB: the snapshot LV of the take: e2fsck -fn / xfs_repair -n,
 # mounted read-only: each relinked name is the orphan's inode (st_ino, size), df used as before
@@ -190,10 +203,7 @@ sc_case() {
   else vg=vgc; lvcreate -q -y -L 1536M -n "$lv" vgc > /dev/null 2>&1; fi || { fail "$c-setup" "lvcreate failed"; return; }
   if [ "$fs" = xfs ]; then mkfs.xfs -q -f "/dev/$vg/$lv"; else mkfs.ext4 -q -F "/dev/$vg/$lv"; fi > /dev/null 2>&1 &&
     mount "/dev/$vg/$lv" /mnt/data && mkdir -p /mnt/data/d || { fail "$c-setup" "mkfs/mount failed"; return; }
-  if [ "$kind" = classic ]; then
-    printf '[[filesystem]]\nmount = "/mnt/data"\nsnapshot = "lvm"\nlvm_size = "256M"\n' > "$W/job.toml"
-    job=$W/job.toml
-  fi
+  if [ "$kind" = classic ]; then job=$(sc_job 256M); else job=$(sc_job); fi
 
   t0=$(now)
   if ! uf_start /mnt/data/d "dense:$((mib << 20))" "orphan:$((SPARSE_MIB << 20))"; then
@@ -240,11 +250,15 @@ sc_case() {
   sc_check_snapshot "$c" "$fs" "$kind" "$mib"
   uf_stop
 
-  sc_restart "$c" r1
   if [ "$kind" = thin ]; then
-    sc_restart "$c" r2
+    # two restarts side by side (two clones of the one snapshot)
+    sc_restart_start r1
+    sc_restart_start r2
+    sc_restart_check "$c" r1
+    sc_restart_check "$c" r2
     sc_delete --force; rc=$?
   else
+    sc_restart "$c" r1
     rc=0
     mkdir -p /mnt/r2
     "$SNAP" restart "$ID" --image-root "$IR" --snapshot --mount-root /mnt/r2 --exec "$UF" report > "$W/r2.out" 2> "$W/r2.err" || rc=$?
@@ -259,7 +273,7 @@ sc_case() {
   if [ "$kind" = thin ]; then
     if uf_start /mnt/data/d dense:1048576 orphan:1048576; then
       SC_FIRST=$UFOUT.first
-      sc_take "$c-1m" "$UFPID"
+      sc_take "$c-1m" "$UFPID" "$job"
       if [ -n "$ID" ]; then
         timed "$c-take-1MiB" "$TAKE_S"
         local relink_small; relink_small=$(sc_timing relink_ms)
@@ -296,7 +310,7 @@ sc_fallback() {
   fi
   SC_FIRST=$UFOUT.first
   p0=$(pool_used vgt/pool)
-  sc_take "$c" "$UFPID"
+  sc_take "$c" "$UFPID" "$(sc_job)"
   sed 's/^/    /' "$W/$c.take.out" "$W/$c.take.err"
   if [ -n "$ID" ]; then
     pass "$c-take"
@@ -319,7 +333,7 @@ sc_fallback() {
 }
 
 run_case() { # run_case FS KIND
-  local fs=$1 kind=$2 c="$2-$1" vg lv dev P t0 t1 u0 u1 ck DENSE_MIB=$DENSE_MIB
+  local fs=$1 kind=$2 c="$2-$1" vg lv dev P t0 t1 u0 u1 ck DENSE_MIB=$C_DENSE_MIB
   [ "$kind" = classic ] && DENSE_MIB=$CLASSIC_DENSE_MIB
   log "case $c"
   if [ "$kind" = thin ]; then
