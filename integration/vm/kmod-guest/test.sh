@@ -1,24 +1,40 @@
 #!/bin/bash
 # Guest side of integration/vm/kmod-tests.sh: the snapckpt_relink module (kmod/) in the QEMU
 # guest, as root. Expects in /share: snapckpt_relink.ko (built for the guest kernel),
-# relinktest (static, integration/progs/relinktest.c), optionally `env` (DENSE_MIB=..,
-# SPARSE_MIB=..).
+# relinktest (static, integration/progs/relinktest.c), sc-lib.sh, optionally snapckpt and
+# ufiles (static, integration/progs/ufiles.c) for the sc-* cases, optionally `env`
+# (DENSE_MIB, C_DENSE_MIB, CLASSIC_DENSE_MIB, SPARSE_MIB, COPY_TIMING).
 #
 # insmod; then for thin+ext4, thin+xfs, classic+ext4, classic+xfs (thin pool on vdb, classic
-# VG on vdc): a holder keeps a dense orphan (DENSE_MIB, default 1024, on the classic LVs
-# CLASSIC_DENSE_MIB, default 256), a sparse one (SPARSE_MIB apparent, 3 MiB data), a small
-# "victim" orphan and a name-gone file (nlink 1) open; each is linked into
-# lost+found/checkpoint through the ioctl; st_ino, link count, data segments and bytes are
-# checked, and that df shows no new data blocks; refusals (no capabilities, nobody, a
-# cross-mount or other-fs target, existing names and symlinks, '/', '.', '..', too long, a
-# symlinked or non-directory dir fd, a non-regular source, an immutable dir) leave the victim
-# unlinkable from userspace, then it is linked; on the thin LVs a copy of the dense orphan is
-# timed for comparison (xfs: and a reflink); an LVM snapshot taken while the holder lives is fsck'd
-# (e2fsck -fn / xfs_repair -n) and mounted, the linked data checked there; the origin is
-# fsck'd after unmount. Finally rmmod (refused while the device is open), insmod again, a
-# link on tmpfs, rmmod: nothing left in /proc/modules or /dev, no WARNING/BUG in dmesg.
-# Prints `PASS name` / `FAIL name: why` / `TIME name secs` lines, writes them and a last line
-# `N passed, M failed` to /share/summary, exits non-zero if anything failed.
+# VG on vdc):
+# - relinktest: a holder keeps a dense orphan (C_DENSE_MIB, default 256, on the classic LVs
+#   CLASSIC_DENSE_MIB, default 256), a sparse one (SPARSE_MIB apparent, 3 MiB data), a small
+#   "victim" orphan and a name-gone file (nlink 1) open; each is linked into
+#   lost+found/checkpoint through the ioctl; st_ino, link count, data segments and bytes are
+#   checked, and that df shows no new data blocks; refusals (no capabilities, nobody, a
+#   cross-mount or other-fs target, existing names and symlinks, '/', '.', '..', too long, a
+#   symlinked or non-directory dir fd, a non-regular source, an immutable dir) leave the victim
+#   unlinkable from userspace, then it is linked; with COPY_TIMING=1, on the thin LVs a copy of
+#   the dense orphan is timed for comparison (xfs: and a reflink); an LVM snapshot taken while
+#   the holder lives is fsck'd (e2fsck -fn / xfs_repair -n) and mounted, the linked data checked
+#   there; the origin is fsck'd after unmount.
+# - sc-KIND-FS, snapckpt itself: `ufiles setup` holds a dense orphan (DENSE_MIB, default 1024;
+#   thin+xfs XFS_DENSE_MIB, default 256; the classic LVs CLASSIC_DENSE_MIB) and a sparse one
+#   (SPARSE_MIB); `snapckpt take
+#   --engine none` with a job naming the fs (snapshot = "lvm"; classic: lvm_size); the record
+#   (every orphan method kernel-link, relinked.ino = the object's ino, 0 bytes copied), df of the
+#   origin and (thin) the pool's data use not grown by the orphans; the snapshot LV fsck'd
+#   (e2fsck -fn / xfs_repair -n) and mounted: the relinked names are the orphans' inodes, its df
+#   as the origin's before the take; two restarts side by side (classic: one, a second refused)
+#   with `--exec ufiles report`, whose FD lines (size, offset, hash) match the first report;
+#   delete. Thin (256 MiB and more): the same take with 1 MiB orphans, its time beside the big
+#   one's.
+# Finally rmmod (refused while the device is open); sc-nomodule-thin-ext4: without the module a
+# take copies the orphans (copy-range / sparse-copy, new inodes, the pool grows), a restart
+# matches; insmod again, a link on tmpfs, rmmod: nothing left in /proc/modules or /dev, no
+# WARNING/BUG in dmesg.
+# Prints `PASS name` / `FAIL name: why` / `TIME name secs` / `NOTE ...` lines, writes them and a
+# last line `N passed, M failed` to /share/summary, exits non-zero if anything failed.
 set -u
 export LVM_SUPPRESS_FD_WARNINGS=1
 SHARE=${SHARE:-/share}
@@ -30,6 +46,8 @@ W=/tmp/kmodtest
 DENSE_MIB=1024        # the dense orphan of the snapckpt cases on the thin LVs
 CLASSIC_DENSE_MIB=256 # and on the classic LVs: TCG writes ~40 MiB/s, ufiles hashes ~40 MiB/s
 C_DENSE_MIB=256       # relinktest's dense orphan on the thin LVs (classic: CLASSIC_DENSE_MIB)
+XFS_DENSE_MIB=256     # the snapckpt case's on thin+xfs: each GiB costs ~70 s of TCG time
+                      # (ufiles hashes it at setup and in each restart)
 SPARSE_MIB=256
 COPY_TIMING=0
 [ -f "$SHARE/env" ] && . "$SHARE/env"
@@ -61,7 +79,7 @@ rt() {
 }
 used() { sync; df -B1 --output=used "$1" | tail -n1 | tr -d ' '; }
 
-log "guest $(uname -r), DENSE_MIB=$DENSE_MIB C_DENSE_MIB=$C_DENSE_MIB CLASSIC_DENSE_MIB=$CLASSIC_DENSE_MIB SPARSE_MIB=$SPARSE_MIB, $(nproc) CPU, $(awk '/MemTotal/{print $2 " kB"}' /proc/meminfo)"
+log "guest $(uname -r), DENSE_MIB=$DENSE_MIB XFS_DENSE_MIB=$XFS_DENSE_MIB C_DENSE_MIB=$C_DENSE_MIB CLASSIC_DENSE_MIB=$CLASSIC_DENSE_MIB SPARSE_MIB=$SPARSE_MIB, $(nproc) CPU, $(awk '/MemTotal/{print $2 " kB"}' /proc/meminfo)"
 [ -x "$RT" ] && [ -f "$KO" ] || { fail files "relinktest or snapckpt_relink.ko missing in $SHARE"; finish; }
 # snapckpt itself (sc_* cases) when the share has it and the guest can run it
 SC=0
@@ -189,7 +207,8 @@ sc_check_snapshot() {
   [ "$kind" = thin ] && lvremove -q -y "$vg/kchk" > /dev/null
 }
 
-# sc_case FS KIND: ufiles holds a dense orphan (thin DENSE_MIB, classic CLASSIC_DENSE_MIB) and a
+# sc_case FS KIND: ufiles holds a dense orphan (thin+ext4 DENSE_MIB, thin+xfs XFS_DENSE_MIB,
+# classic CLASSIC_DENSE_MIB) and a
 # sparse one (SPARSE_MIB); `snapckpt take --snapshot lvm` (classic: a job with lvm_size); the
 # record, df, the thin pool, the snapshot (fsck, same inodes); two restarts (classic: one, the
 # second refused) with `--exec ufiles report` compared with the first report; delete. Thin: then
@@ -197,6 +216,7 @@ sc_check_snapshot() {
 sc_case() {
   local fs=$1 kind=$2 c="sc-$2-$1" vg lv mib=$DENSE_MIB job= t0 t1 p0 p1 u1 rc
   [ "$kind" = classic ] && mib=$CLASSIC_DENSE_MIB
+  [ "$kind" = thin ] && [ "$fs" = xfs ] && mib=$XFS_DENSE_MIB
   log "case $c"
   lv=sc-$kind-$fs
   if [ "$kind" = thin ]; then vg=vgt; lvcreate -q -y -V 2G -T vgt/pool -n "$lv" > /dev/null 2>&1
@@ -270,7 +290,7 @@ sc_case() {
   [ "$rc" = 0 ] && [ -z "$(sc_lvs "$vg")" ] && pass "$c-delete" || fail "$c-delete" "exit $rc: $(tr '\n' ' ' < "$W/del.err"); LVs left: $(sc_lvs "$vg" | tr '\n' ' ')"
 
   # the same take with 1 MiB orphans: the take time should not depend on the size
-  if [ "$kind" = thin ]; then
+  if [ "$kind" = thin ] && [ "$mib" -ge 256 ]; then
     if uf_start /mnt/data/d dense:1048576 orphan:1048576; then
       SC_FIRST=$UFOUT.first
       sc_take "$c-1m" "$UFPID" "$job"
