@@ -10,7 +10,8 @@
 # Builds snapckpt (cargo build --release), the static ufiles workload and the module for the
 # guest kernel (kmod/build.sh), boots the guest once (integration/vm/run.sh) running
 # integration/vm/kmod-guest/bench.sh: per size one `ufiles setup DIR dense:N` workload, then per
-# mode `snapckpt take --pid P --engine none --snapshot lvm` (sync before; the task is thawed)
+# mode `snapckpt take --pid P --engine none --job J` (J: the fs, snapshot = "lvm"; sync before;
+# the task is thawed)
 # with the module loaded (method kernel-link: the orphan's own inode gets a name) and unloaded
 # (method copy-range: the data copied into a new inode), `delete --force`, fstrim. Writes
 # RESULTS_DIR/kmod-take.{csv,md,log} and prints the table.
@@ -77,7 +78,7 @@ out.append(f"Measured {datetime.datetime.utcnow():%Y-%m-%dT%H:%MZ} by `bench/kmo
            f"(TCG, 2 vCPUs, kernel {kver or '?'}), snapckpt {commit}, {reps} run(s) per point (median), guest run {wall} s"
            + ("" if rc == "0" else f" (run.sh exited {rc})") + ".\n")
 out.append("One `ufiles setup DIR dense:N` task holding a dense orphan (nlink 0) of N bytes on ext4 over an LVM thin LV; "
-           "`snapckpt take --pid P --engine none --snapshot lvm` after a `sync`, the task thawed after it. *module*: "
+           "`snapckpt take --pid P --engine none --job J` (J names the filesystem, `snapshot = \"lvm\"`) after a `sync`, the task thawed after it. *module*: "
            "/dev/snapckpt-relink present, the orphan's own inode linked (method `kernel-link`, no data written); "
            "*copy*: the module unloaded, the data copied into a new inode (method `copy-range`), fsync'd, linked. "
            "take = wall time of the command; relink, snapshot (lvcreate of the thin snapshot) and frozen from "
