@@ -332,6 +332,9 @@ fn kernel_link(
     dir: &CheckpointDir,
     name: &str,
 ) -> Option<Result<Method, RelinkError>> {
+    // O_PATH (the module takes it: fget_raw): no open of the file itself, so no lease break
+    // (which would wait lease-break-time for the frozen holder), no fanotify permission event,
+    // no filesystem open call.
     let f = sys::open(src, libc::O_PATH, 0).ok()?;
     match dev.link(f.as_raw_fd(), dir.fd(), name) {
         Ok(()) => Some(Ok(Method::KernelLink)),
