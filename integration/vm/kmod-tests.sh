@@ -26,16 +26,11 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-log() { echo "[kmod-tests] $*" >&2; }
+NAME=kmod-tests
+# shellcheck source=share.sh
+. "$HERE/share.sh"
 
-SHARE=$(mktemp -d "${TMPDIR:-/tmp}/snapckpt-kmod-tests.XXXXXX")
-if [ "${KMOD_TESTS_KEEP:-0}" = 1 ]; then
-  trap 'log "kept $SHARE (console.log, summary)"' EXIT
-else
-  trap 'rm -rf "$SHARE"' EXIT
-fi
-
-T0=$(date +%s.%N)
+make_share "${KMOD_TESTS_KEEP:-0}"
 "$HERE/build-image.sh" "${SNAPCKPT_VM_CACHE:-/var/cache/snapckpt-vm}"   # the guest kernel version
 KO=$("$REPO/kmod/build.sh")
 cp "$KO" "$SHARE/snapckpt_relink.ko"
@@ -43,14 +38,7 @@ log "cc -static relinktest.c"
 cc -static -O2 -Wall -I "$REPO/kmod" -o "$SHARE/relinktest" "$REPO/integration/progs/relinktest.c"
 if [ "${KMOD_TESTS_SNAPCKPT:-1}" = 1 ]; then
   # snapckpt itself and its test workload, as lvm-tests.sh builds them
-  log "cargo build --release"
-  (cd "$REPO" && cargo build --release --quiet --bin snapckpt) >&2
-  TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-  case "$TARGET" in /*) ;; *) TARGET=$REPO/$TARGET ;; esac
-  cp "$TARGET/release/snapckpt" "$SHARE/snapckpt"
-  log "cc -static ufiles.c"
-  cc -static -O1 -o "$SHARE/ufiles" "$REPO/integration/progs/ufiles.c"
-  chmod +x "$SHARE/snapckpt" "$SHARE/ufiles"
+  share_snapckpt
 fi
 cp "$HERE"/kmod-guest/*.sh "$SHARE/"
 chmod +x "$SHARE/test.sh" "$SHARE/relinktest"
@@ -58,24 +46,4 @@ D=${KMOD_TESTS_DENSE_MIB:-256}
 M=$(( D < 256 ? D : 256 ))
 printf 'DENSE_MIB=%s\nXFS_DENSE_MIB=%s\nCLASSIC_DENSE_MIB=%s\nC_DENSE_MIB=%s\nCOPY_TIMING=%s\n' "$D" \
   "${KMOD_TESTS_XFS_DENSE_MIB:-$M}" "$M" "${KMOD_TESTS_C_DENSE_MIB:-$M}" "${KMOD_TESTS_COPY_TIMING:-0}" > "$SHARE/env"
-T1=$(date +%s.%N)
-
-rc=0
-VM_DISKS=${VM_DISKS:-6G 4G} VM_QUIET=${VM_QUIET:-1} "$HERE/run.sh" "$SHARE" "${KMOD_TESTS_TIMEOUT:-900}" < /dev/null || rc=$?
-T2=$(date +%s.%N)
-
-passed=0
-failed=0
-if [ -f "$SHARE/summary" ]; then
-  echo "=== guest summary"
-  grep -E '^(PASS|FAIL|TIME|NOTE) ' "$SHARE/summary" || true
-  passed=$(grep -c '^PASS ' "$SHARE/summary" || true)
-  failed=$(grep -c '^FAIL ' "$SHARE/summary" || true)
-fi
-if [ "$rc" != 0 ] && [ "$failed" = 0 ]; then
-  echo "FAIL guest: run.sh exited $rc (the guest test did not finish)"
-  failed=$((failed + 1))
-fi
-awk -v a="$T0" -v b="$T1" -v c="$T2" 'BEGIN{printf "[kmod-tests] build %.1fs, guest %.1fs\n", b - a, c - b}' >&2
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ] && [ "$rc" = 0 ]
+VM_DISKS=${VM_DISKS:-6G 4G} boot_and_report "${KMOD_TESTS_TIMEOUT:-900}"

@@ -14,43 +14,12 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
-log() { echo "[lvm-tests] $*" >&2; }
+NAME=lvm-tests
+# shellcheck source=share.sh
+. "$HERE/share.sh"
 
-SHARE=$(mktemp -d "${TMPDIR:-/tmp}/snapckpt-lvm-tests.XXXXXX")
-if [ "${LVM_TESTS_KEEP:-0}" = 1 ]; then
-  trap 'log "kept $SHARE (console.log, summary)"' EXIT
-else
-  trap 'rm -rf "$SHARE"' EXIT
-fi
-
-T0=$(date +%s.%N)
-log "cargo build --release"
-(cd "$REPO" && cargo build --release --quiet --bin snapckpt) >&2
-TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-case "$TARGET" in /*) ;; *) TARGET=$REPO/$TARGET ;; esac
-cp "$TARGET/release/snapckpt" "$SHARE/snapckpt"
-log "cc -static ufiles.c"
-cc -static -O1 -o "$SHARE/ufiles" "$REPO/integration/progs/ufiles.c"
+make_share "${LVM_TESTS_KEEP:-0}"
+share_snapckpt
 cp "$HERE"/lvm-guest/* "$SHARE/"
-chmod +x "$SHARE/test.sh" "$SHARE/snapckpt" "$SHARE/ufiles"
-T1=$(date +%s.%N)
-
-rc=0
-VM_QUIET=${VM_QUIET:-1} "$HERE/run.sh" "$SHARE" "${LVM_TESTS_TIMEOUT:-900}" < /dev/null || rc=$?
-T2=$(date +%s.%N)
-
-passed=0
-failed=0
-if [ -f "$SHARE/summary" ]; then
-  echo "=== guest summary"
-  grep -E '^(PASS|FAIL|TIME) ' "$SHARE/summary" || true
-  passed=$(grep -c '^PASS ' "$SHARE/summary" || true)
-  failed=$(grep -c '^FAIL ' "$SHARE/summary" || true)
-fi
-if [ "$rc" != 0 ] && [ "$failed" = 0 ]; then
-  echo "FAIL guest: run.sh exited $rc (the guest test did not finish)"
-  failed=$((failed + 1))
-fi
-awk -v a="$T0" -v b="$T1" -v c="$T2" 'BEGIN{printf "[lvm-tests] build %.1fs, guest %.1fs\n", b - a, c - b}' >&2
-echo "$passed passed, $failed failed"
-[ "$failed" = 0 ] && [ "$rc" = 0 ]
+chmod +x "$SHARE/test.sh"
+boot_and_report "${LVM_TESTS_TIMEOUT:-900}"
