@@ -338,6 +338,7 @@ pub fn restore(
     } else {
         // criu in another pid namespace cannot name our fds (/proc/<our pid>/fd/N): the
         // image directory by path, where it also writes its log (moved to work_dir after).
+        remove_stale_log(&req.image_dir)?;
         c.set_swrk_wrapper(req.wrapper.clone());
         c.set_images_dir(req.image_dir.display().to_string());
     }

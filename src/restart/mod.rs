@@ -325,7 +325,11 @@ fn restore(
     let r = run_criu(&req, ck, &pids, ns.as_ref(), opened);
     let init = ns.map(|ns| {
         let pid = ns.init_pid();
-        ns.release();
+        if r.is_ok() {
+            ns.release()
+        } else {
+            ns.abort()
+        }
         pid
     });
     let (host, guard) = r?;

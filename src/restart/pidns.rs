@@ -8,12 +8,15 @@
 //!   new pid namespace on `/proc` there (a restored task's `/proc/self` is its `getpid()`),
 //!   says it is ready, then waits until the restart says the restore is over (or dies), and
 //!   then reaps: it is the reaper of the restored tasks and exits when none is left, which
-//!   is when the kernel ends the namespace.
+//!   is when the kernel ends the namespace. A failed restore SIGKILLs it ([`PidNs::abort`]),
+//!   which ends the namespace with whatever CRIU left there.
 //! - **criu**: CRIU is run through snapckpt as [`ENTER_ARG`] ([`enter_main`]): it enters the
 //!   init's pid and mount namespaces and forks `criu swrk` there, which creates the recorded
 //!   pids inside the namespace (clone3 `set_tid`). When criu exits, the restored tasks are
 //!   reparented to the init. criu is killed if the wrapper is (`PR_SET_PDEATHSIG`), so
-//!   CRIU's restore timeout and snapckpt's death still stop it.
+//!   CRIU's restore timeout and snapckpt's death still stop it. CRIU names a caller's fds
+//!   as `/proc/<caller>/fd/N`, and snapckpt has no pid in the namespace: criu gets the image
+//!   directory by path instead (see [`crate::criu::RestoreRequest::wrapper`]).
 //!
 //! The host sees each restored task under a pid of its own: [`PidNs::host_pids`] maps the
 //! recorded pids to those (`NSpid` of every process in the namespace).
@@ -102,10 +105,18 @@ impl PidNs {
             .collect()
     }
 
-    /// The restore is over (restored or not): from now on the init reaps, and exits once its
+    /// The restore is over: from now on the init reaps the restored tasks, and exits once its
     /// namespace is empty.
     pub fn release(mut self) {
         self.go = None;
+    }
+
+    /// The restore failed: SIGKILL the init, which ends the namespace with whatever CRIU left
+    /// in it (a criu killed by the restore timeout leaves half-restored tasks), and reap it.
+    pub fn abort(self) {
+        let pid = nix::unistd::Pid::from_raw(self.init);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(pid, None);
     }
 }
 
