@@ -33,9 +33,11 @@ pub fn delete(image_dir: &Path, force: bool) -> Result<Checkpoint, CleanupError>
     image::trusted_root(image_dir.parent().unwrap_or(Path::new(".")), false)?;
     let ck = image::load(image_dir)?;
     // Refuse before touching anything if a clone is in use: by restored tasks in their own
-    // mount namespace (always), or mounted here (unless `force`).
+    // mount namespace (always), or mounted here (unless `force`); or if one holds other
+    // subvolumes (its deletion would fail half-way).
     for s in &ck.snapshots {
         snapshot::in_use_elsewhere(s)?;
+        snapshot::check_deletable(s)?;
     }
     if !force {
         for s in &ck.snapshots {

@@ -192,16 +192,20 @@ fn notify(script: &str, _n: &Criu_notify, _fd: Option<RawFd>) -> i32 {
     })
 }
 
-/// The processes snapckpt started for CRIU: its children that are not snapckpt itself (the
-/// thaw watchdog is; `criu swrk`, or whatever it has exec'd into, is not).
+/// The processes snapckpt started for CRIU: its children that are not the thaw watchdog
+/// (`criu swrk`, or whatever it has exec'd into, or the snapckpt that runs it in a pid
+/// namespace, whose death kills it).
 fn swrk_children() -> Vec<i32> {
     let me = std::process::id() as i32;
     let my_exe = std::fs::read_link("/proc/self/exe").ok();
-    crate::tasks::children(me)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok() != my_exe)
-        .collect()
+    let watchdog = |p: i32| {
+        let arg1 = std::fs::read(format!("/proc/{p}/cmdline"))
+            .map(|c| c.split(|&b| b == 0).nth(1).map(<[u8]>::to_vec).unwrap_or_default())
+            .unwrap_or_default();
+        std::fs::read_link(format!("/proc/{p}/exe")).ok() == my_exe
+            && arg1 != crate::tasks::WATCHDOG_ARG.as_bytes()
+    };
+    crate::tasks::children(me).unwrap_or_default().into_iter().filter(|&p| !watchdog(p)).collect()
 }
 
 /// Run `rpc`; if it has not returned within `timeout`, stop CRIU (SIGTERM, then SIGKILL) so
@@ -310,6 +314,8 @@ pub struct RestoreRequest {
     pub flags: crate::engine::CriuFlags,
     /// Stop CRIU if the restore takes longer.
     pub timeout: Option<std::time::Duration>,
+    /// Run criu through this command (`WRAPPER... CRIU swrk FD`); empty: run it directly.
+    pub wrapper: Vec<String>,
 }
 
 /// Restore a process tree; the tasks get their old pids and run detached from snapckpt.
@@ -319,26 +325,23 @@ pub fn restore(
     req: &RestoreRequest,
     post_restore: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<(), CriuError> {
-    let dirfd = open_dir(&req.image_dir)?;
-    let workfd = open_dir(&req.work_dir)?;
-    // The log of an earlier restart must not pass for this one's.
-    let old_log = req.work_dir.join(RESTORE_LOG);
-    if old_log.symlink_metadata().is_ok() {
-        match std::fs::remove_file(&old_log) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(CriuError::Io(crate::sys::SysError {
-                    path: old_log,
-                    syscall: "unlink",
-                    source: e,
-                }));
-            }
-            _ => {}
-        }
-    }
+    remove_stale_log(&req.work_dir)?;
     let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string())
         .map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))?;
-    c.set_images_dir_fd(dirfd.as_raw_fd());
-    c.set_work_dir_fd(workfd.as_raw_fd());
+    // Not closed before the RPC is over: criu opens them by number.
+    let mut fds = vec![];
+    if req.wrapper.is_empty() {
+        let (dirfd, workfd) = (open_dir(&req.image_dir)?, open_dir(&req.work_dir)?);
+        c.set_images_dir_fd(dirfd.as_raw_fd());
+        c.set_work_dir_fd(workfd.as_raw_fd());
+        fds.extend([dirfd, workfd]);
+    } else {
+        // criu in another pid namespace cannot name our fds (/proc/<our pid>/fd/N): the
+        // image directory by path, where it also writes its log (moved to work_dir after).
+        remove_stale_log(&req.image_dir)?;
+        c.set_swrk_wrapper(req.wrapper.clone());
+        c.set_images_dir(req.image_dir.display().to_string());
+    }
     c.set_log_level(4);
     c.set_log_file(RESTORE_LOG.into());
     c.set_shell_job(req.flags.shell_job);
@@ -350,9 +353,23 @@ pub fn restore(
     c.set_notify_scripts(true);
     c.set_notify_cb(notify);
     with_deadline("restore", req.timeout, || {
-        with_hook("post-restore", post_restore, || c.restore())
-            .map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))
+        let r = with_hook("post-restore", post_restore, || c.restore());
+        if !req.wrapper.is_empty() {
+            let _ = std::fs::rename(req.image_dir.join(RESTORE_LOG), req.work_dir.join(RESTORE_LOG));
+        }
+        r.map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))
     })
+}
+
+/// Remove the log of an earlier restart: it must not pass for this one's.
+fn remove_stale_log(work_dir: &Path) -> Result<(), CriuError> {
+    let old_log = work_dir.join(RESTORE_LOG);
+    match std::fs::remove_file(&old_log) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(CriuError::Io(crate::sys::SysError { path: old_log, syscall: "unlink", source: e }))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn failed(op: &'static str, e: rust_criu::CriuError, criu: &Path, dir: &Path, log: &str) -> CriuError {
@@ -454,6 +471,7 @@ mod tests {
             work_dir: dir.clone(),
             flags: Default::default(),
             timeout: None,
+            wrapper: vec![],
         };
         let e = restore(&req, &mut || Ok(())).unwrap_err();
         let s = e.to_string();

@@ -549,7 +549,8 @@ fn sync_dir(dir: &Path) -> Result<(), ImageError> {
 }
 
 /// Fill `stage` from `src`: `*.img` files hard-linked (copied when a link is refused), other
-/// files (logs, stats) copied, symlinks (the `parent` link of incremental dumps) recreated
+/// files (logs, stats) copied unless they vanished meanwhile (a concurrent restart replaces
+/// its log), symlinks (the `parent` link of incremental dumps) recreated
 /// pointing to the same absolute target; the regular-file image is left to the caller.
 fn populate(src: &Path, stage: &Path, skip: &str) -> Result<(), ImageError> {
     let rd = fs::read_dir(src).map_err(io_err(src, "opendir"))?;
@@ -567,9 +568,16 @@ fn populate(src: &Path, stage: &Path, skip: &str) -> Result<(), ImageError> {
             let t = if t.is_absolute() { t } else { src.join(t) };
             std::os::unix::fs::symlink(&t, &to).map_err(io_err(&to, "symlink"))?;
         } else if ft.is_file() {
-            let linked = name.as_bytes().ends_with(b".img") && fs::hard_link(&from, &to).is_ok();
-            if !linked {
-                fs::copy(&from, &to).map_err(io_err(&from, "copy"))?;
+            let img = name.as_bytes().ends_with(b".img");
+            if img && fs::hard_link(&from, &to).is_ok() {
+                continue;
+            }
+            match fs::copy(&from, &to) {
+                // a log that a concurrent restart of the same image removed meanwhile
+                Err(e) if !img && e.kind() == io::ErrorKind::NotFound => {}
+                r => {
+                    r.map_err(io_err(&from, "copy"))?;
+                }
             }
         } else {
             return Err(ImageError::Invalid {

@@ -78,6 +78,9 @@ fn main() -> ExitCode {
         };
         return ExitCode::from(snapckpt::tasks::watchdog_main(&rest) as u8);
     }
+    if let Some(code) = internal(&args) {
+        return ExitCode::from(code as u8);
+    }
     let cli = Cli::parse_from(args);
     snapckpt::ui::set_level(if cli.quiet { -1 } else { cli.verbose.min(2) as i8 });
     let env = Env::from_process();
@@ -103,6 +106,25 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The hidden subcommands of a `restart --private-pids` (the new pid namespace's init, criu
+/// run in it): their exit status, or None for an ordinary command line.
+fn internal(args: &[std::ffi::OsString]) -> Option<i32> {
+    use snapckpt::restart::pidns;
+    let which = args.get(1)?.to_str()?;
+    let run: fn(&[String]) -> i32 = match which {
+        pidns::INIT_ARG => pidns::init_main,
+        pidns::ENTER_ARG => pidns::enter_main,
+        _ => return None,
+    };
+    let Some(rest) =
+        args[2..].iter().map(|a| a.to_str().map(str::to_string)).collect::<Option<Vec<String>>>()
+    else {
+        eprintln!("snapckpt {which}: arguments are not valid UTF-8");
+        return Some(2);
+    };
+    Some(run(&rest))
 }
 
 type Res = Result<ExitCode, Box<dyn std::error::Error>>;
@@ -248,7 +270,8 @@ fn cmd_restart(a: RestartArgs, env: &Env) -> Res {
     let r = restart::restart(&c.dir, &c.options)?;
     let total = started.elapsed();
     drop(working);
-    let post = userhooks::Context { pids: r.pids.clone(), ..ctx };
+    let host_pids = r.pid_ns.as_ref().map_or(&r.pids, |n| &n.host_pids);
+    let post = userhooks::Context { pids: host_pids.clone(), ..ctx };
     warn(userhooks::run_post(&c.hooks, userhooks::Point::PostRestart, &post));
     // With --exec the command's output is on stdout: snapckpt's own lines go to stderr.
     let exec = c.options.exec.is_some();
@@ -259,6 +282,15 @@ fn cmd_restart(a: RestartArgs, env: &Env) -> Res {
     }
     if !r.pids.is_empty() {
         say(format!("restored tasks {:?} ({} unlinked object(s) handed back)", r.pids, r.objects));
+    }
+    if let Some(n) = &r.pid_ns {
+        say(format!(
+            "in a new pid namespace: host pids {:?} (its init, pid 1 there: host pid {})",
+            n.host_pids, n.init
+        ));
+    }
+    if snapckpt::ui::level() >= 0 {
+        r.notes.iter().for_each(|n| eprintln!("snapckpt: note: {n}"));
     }
     for p in &r.left_in_place {
         say(format!("preserved file: {}", p.display()));

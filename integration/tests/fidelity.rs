@@ -244,3 +244,90 @@ fn io_uring_refused_before_the_freeze() {
     assert!(alive(p.pid) && !stopped(p.pid));
     assert!(!images.exists() || std::fs::read_dir(&images).unwrap().next().is_none());
 }
+
+/// The host pids and the init's host pid a `restart --private-pids` printed.
+fn private_pids_of(out: &str) -> (Vec<i32>, i32) {
+    let l = out.lines().find(|l| l.starts_with("in a new pid namespace: host pids [")).expect(out);
+    let list = l.split('[').nth(1).unwrap().split(']').next().unwrap();
+    let hosts = list.split(',').map(|p| p.trim().parse().unwrap()).collect();
+    let init = l.rsplit("host pid ").next().unwrap().trim_end_matches(')').parse().unwrap();
+    (hosts, init)
+}
+
+/// The report a restored pidself process (host pid `host`) writes into its cwd on SIGUSR1,
+/// read through its own cwd (its clone, in its mount namespace).
+fn pidself_report(host: i32) -> String {
+    let report = PathBuf::from(format!("/proc/{host}/cwd/report"));
+    let _ = std::fs::remove_file(&report);
+    wait_paused(host);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(host), nix::sys::signal::Signal::SIGUSR1).unwrap();
+    wait_for(|| report.exists(), Duration::from_secs(30), "pidself report");
+    read(&report).trim().to_string()
+}
+
+/// One checkpoint restarted twice at the same time with --private-pids, while a normal restart
+/// of it holds the recorded pid on the host (a second normal one is refused, naming the
+/// option): both restored tasks run side by side at the original paths, each in a pid
+/// namespace of its own where getpid, /proc/self and /proc/self/status give the recorded pid,
+/// each reading its file (held open and by path) as at the checkpoint, while the host sees the
+/// live filesystem and no mount; each namespace's init exits with its task. A restart says
+/// once that the clone has another st_dev.
+#[test]
+fn two_restarts_side_by_side_with_private_pids() {
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-pidns");
+    let p = workload(&prog("pidself"), &[r.dir.to_str().unwrap()], &r.log, true, None);
+    let pid = p.pid;
+    let id = take_id(&take_ok(pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]));
+    wait_gone(pid);
+    drop(p);
+    std::fs::write(r.dir.join("data"), "live data after the checkpoint\n").unwrap();
+    let ir = r.images.to_str().unwrap();
+    restart(&r, &id, &["--snapshot"]);
+    let mut left = KillOnDrop(vec![pid]);
+    assert!(alive(pid), "the normal restart has the recorded pid");
+    let (ok, _, err) = snapckpt(&["restart", &id, "--image-root", ir, "--snapshot"]);
+    assert!(!ok && err.contains("is in use") && err.contains("--private-pids"), "{err}");
+    let args = ["restart", id.as_str(), "--image-root", ir, "--snapshot", "--private-pids"];
+    let run = || {
+        std::process::Command::new(snapckpt_bin())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let both = [run(), run()].map(|c| c.wait_with_output().unwrap());
+    // whatever happens below, no restored task outlives the test
+    for o in both.iter().filter(|o| o.status.success()) {
+        left.0.extend(private_pids_of(&String::from_utf8_lossy(&o.stdout)).0);
+    }
+    let mut restored = vec![];
+    for o in &both {
+        let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+        assert!(o.status.success(), "restart failed\nstdout: {out}\nstderr: {err}");
+        assert!(out.contains(&format!("restored tasks [{pid}]")), "{out}");
+        assert_eq!(err.matches("keep their inode numbers but not their device number").count(), 1, "{err}");
+        restored.push(private_pids_of(&out));
+    }
+    let hosts: Vec<i32> = restored.iter().map(|(h, _)| h[0]).collect();
+    assert!(hosts[0] != hosts[1] && !hosts.contains(&pid), "{hosts:?}");
+    let want = format!(
+        "getpid={pid} self={pid} status={pid} held=data at the checkpoint bypath=data at the checkpoint"
+    );
+    for &h in &hosts {
+        assert!(alive(h), "restored task {h} is gone");
+        assert_eq!(pidself_report(h), want, "host pid {h}");
+    }
+    assert!(hosts.iter().all(|&h| alive(h)), "both run side by side");
+    assert_eq!(read(r.dir.join("data")), "live data after the checkpoint\n", "the host sees the clone");
+    assert!(!mounts_under(&r.fs.mnt).iter().any(|m| Path::new(m) != r.fs.mnt), "a mount on the host");
+    for (h, init) in restored.iter().map(|(h, i)| (h[0], *i)) {
+        assert!(alive(init), "init {init} gone while its task runs");
+        kill_wait(h);
+        wait_gone(init);
+    }
+    kill_wait(pid);
+    snapckpt_ok(&["delete", &id, "--image-root", ir]);
+}

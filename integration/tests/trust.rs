@@ -260,3 +260,113 @@ fn hanging_criu_is_stopped() {
     assert!(alive(p.pid) && !stopped(p.pid), "the task is not running");
     assert!(checkpoint_names(&fs.mnt).is_empty());
 }
+
+/// `delete --force` of a checkpoint whose restart clone holds a subvolume (made in the
+/// restarted filesystem) is refused before anything changes, naming that subvolume: the
+/// clone stays mounted and the checkpoint stays. Once it is gone, the deletion goes through.
+#[test]
+fn delete_force_names_a_nested_subvolume_first() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-nested");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = work.path().join("log");
+    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:10000"], &log, true, None);
+    let images = work.path().join("images");
+    let (id, idir) = take_files_only(p.pid, &images, &["--snapshot", "btrfs"]);
+    drop(p);
+    let ir = images.to_str().unwrap();
+    let mp = fs.mnt.to_str().unwrap();
+    let before = mounted_at(mp);
+    snapckpt_ok(&["restart", &id, "--image-root", ir, "--snapshot", "--host-mounts"]);
+    assert_eq!(mounted_at(mp), before + 1, "the clone is mounted over the origin");
+    let nested = fs.path("d/nested");
+    sh(&format!("btrfs -q subvolume create '{}'", nested.display()));
+    let (ok, _, err) = snapckpt(&["delete", &id, "--image-root", ir, "--force"]);
+    assert!(!ok, "deleted although a clone holds a subvolume");
+    assert!(err.contains("d/nested") && err.contains("nothing was changed"), "{err}");
+    assert_eq!(mounted_at(mp), before + 1, "the clone was unmounted: {err}");
+    assert!(idir.exists() && nested.exists());
+    sh(&format!("btrfs -q subvolume delete '{}'", nested.display()));
+    snapckpt_ok(&["delete", &id, "--image-root", ir, "--force"]);
+    assert_eq!(mounted_at(mp), before);
+    assert!(!idir.exists());
+}
+
+/// The inits of `restart --private-pids` namespaces that this test binary's snapckpt started.
+fn pidns_inits() -> Vec<i32> {
+    let exe = std::fs::canonicalize(snapckpt_bin()).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|x| x == exe))
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).nth(1) == Some(b"__pidns-init".as_slice()))
+        })
+        .collect()
+}
+
+/// The host pids of the processes in the pid namespace of host pid `init`, but it.
+fn in_pidns_of(init: i32) -> Vec<i32> {
+    let ns = |p: i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    let want = ns(init);
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| p != init && want.is_some() && ns(p) == want)
+        .collect()
+}
+
+/// `restart --private-pids` of a SIGSTOP checkpoint, SIGKILLed in the middle of CRIU's
+/// post-restore (the names not yet removed): CRIU gives up, no restored task is left and the
+/// namespace's init exits. SIGKILLed once CRIU is done: the restored task runs (the watchdog
+/// continued it, by its host pid), in the namespace whose init stays until the task exits.
+#[test]
+fn private_pids_restart_killed() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-pidns-kill");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = workload(&prog("pidself"), &[dir.to_str().unwrap()], &work.path().join("log"), true, None);
+    let pid = p.pid;
+    let images = work.path().join("images");
+    let id = take_id(&take_ok(pid, &images, &["--engine", "criu", "--snapshot", "btrfs"]));
+    wait_gone(pid);
+    drop(p);
+    let ir = images.to_str().unwrap();
+    let before = pidns_inits();
+    for point in ["restart-post-restore", "restart-restored"] {
+        let hooks = Hooks::new(work.path().join(format!("hooks-{point}")), &[point]);
+        let mut child = hooks
+            .command(&["restart", &id, "--image-root", ir, "--snapshot", "--private-pids"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        hooks.wait_reached(point, point);
+        let inits: Vec<i32> = pidns_inits().into_iter().filter(|i| !before.contains(i)).collect();
+        assert_eq!(inits.len(), 1, "{point}: {inits:?}");
+        let init = inits[0];
+        let tasks = in_pidns_of(init);
+        let _left = KillOnDrop(tasks.clone());
+        let _ = child.kill();
+        let _ = child.wait();
+        if point == "restart-post-restore" {
+            wait_gone(init);
+            assert!(tasks.iter().all(|&t| !alive(t)), "{point}: restored tasks left: {tasks:?}");
+            continue;
+        }
+        let task = *tasks.iter().find(|&&t| comm(t) == "pidself").expect("the restored task");
+        wait_for(|| alive(task) && !stopped(task), Duration::from_secs(10), "restored task continued");
+        assert!(alive(init), "{point}: the init left before its task");
+        kill_wait(task);
+        wait_gone(init);
+    }
+    snapckpt_ok(&["gc", "--image-root", ir, "--mount", fs.mnt.to_str().unwrap()]);
+    snapckpt_ok(&["delete", &id, "--image-root", ir]);
+}

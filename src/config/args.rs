@@ -142,6 +142,13 @@ pub struct RestartArgs {
     /// restored tasks (the default for CRIU checkpoints and --exec).
     #[arg(long, requires = "snapshot", conflicts_with = "mount_root")]
     pub host_mounts: bool,
+    /// CRIU checkpoints: restore the tasks into a new pid namespace, where they get their
+    /// recorded pids (getpid, /proc/self: a procfs of that namespace is mounted on /proc for
+    /// them) while the host sees them under other pids (printed). A small init (snapckpt,
+    /// pid 1 there) reaps them and exits with the last. Needed when the recorded pids are in
+    /// use, e.g. to run two restarts of one checkpoint side by side.
+    #[arg(long, conflicts_with = "exec")]
+    pub private_pids: bool,
     /// Stop CRIU if the restore takes longer than SECS (nothing is left restored; default 600).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub restore_timeout: Option<u64>,

@@ -300,6 +300,7 @@ pub fn restart_options(a: RestartArgs, env: &Env) -> Result<RestartConfig, Confi
         exec: a.exec,
         exec_task: a.exec_task,
         criu: a.criu,
+        private_pids: a.private_pids,
     };
     Ok(RestartConfig { dir, options, hooks: hooks(None, env), json: a.json })
 }

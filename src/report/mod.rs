@@ -24,6 +24,8 @@ pub fn restarted_json(id: &str, r: &crate::restart::Restarted) -> serde_json::Va
         "private_mount_namespace": r.private_ns,
         "objects": r.objects,
         "pids": r.pids,
+        "pid_namespace": r.pid_ns.as_ref().map(|n| serde_json::json!({ "init": n.init, "host_pids": n.host_pids })),
+        "notes": r.notes,
         "exec_status": r.exec_status,
         "left_in_place": r.left_in_place,
     })

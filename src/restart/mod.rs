@@ -1,15 +1,18 @@
 //! `snapckpt restart`: bring a checkpoint back, as a transaction of named stages.
 //!
 //! 1. **check** what can be checked before anything changes (engine and options agree, the
-//!    recorded pids are free, an `--exec` command can start, a `--mount-root` exists);
+//!    recorded pids are free unless `--private-pids`, an `--exec` command can start, a
+//!    `--mount-root` exists);
 //! 2. **isolate**: by default enter a private mount namespace ([`namespace`]) so the clones
 //!    are mounted at the recorded mount points for the restored tasks only;
 //! 3. **mount** a writable clone of each snapshot (the read-only snapshot stays untouched, so
 //!    a checkpoint restarts again and again);
 //! 4. **reopen** each relinked object, checked to be the recorded inode, under its original
 //!    path ([`crate::relink::reopen`]);
-//! 5. **hand over**: CRIU restores the tasks with each object as `inherit_fd`, or the
-//!    `--exec` command gets the objects at the recorded fds ([`exec`]);
+//! 5. **hand over**: CRIU restores the tasks, opening each object at its placed path (with
+//!    `--private-pids` in a new pid namespace, [`pidns`], where the recorded pids are free
+//!    whatever runs on the host), or the `--exec` command gets the objects at the recorded
+//!    fds ([`exec`]);
 //! 6. **unlink** the relinked names, so the inodes are back at their recorded link counts.
 //!
 //! A failure before the hand-over unmounts and removes the clones it made and leaves the
@@ -17,6 +20,7 @@
 
 mod exec;
 pub mod namespace;
+pub mod pidns;
 
 use crate::image;
 use crate::record::{Checkpoint, Engine, FileKind, Freezer};
@@ -72,6 +76,18 @@ pub struct RestartOptions {
     pub criu: Option<PathBuf>,
     /// Stop CRIU if the restore takes longer.
     pub restore_timeout: Option<std::time::Duration>,
+    /// Restore the tasks into a new pid namespace (their recorded pids there, others on the
+    /// host), with a procfs of it on /proc for them.
+    pub private_pids: bool,
+}
+
+/// The new pid namespace of a `--private-pids` restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PidNsRestored {
+    /// Host pid of its init (pid 1 there), the reaper of the restored tasks.
+    pub init: i32,
+    /// Host pids of the restored tasks, in the order of [`Restarted::pids`].
+    pub host_pids: Vec<i32>,
 }
 
 /// What a restart did.
@@ -83,8 +99,12 @@ pub struct Restarted {
     pub objects: usize,
     /// Exit status of the `--exec` command.
     pub exec_status: Option<i32>,
-    /// Pids restored by CRIU.
+    /// Pids restored by CRIU (as recorded; inside the new pid namespace with `private_pids`).
     pub pids: Vec<i32>,
+    /// With `private_pids`: the namespace's init and the tasks' host pids.
+    pub pid_ns: Option<PidNsRestored>,
+    /// What the user is told once (on stderr): a clone's device number differs, ...
+    pub notes: Vec<String>,
     /// Names left in place (files-only checkpoint without --exec).
     pub left_in_place: Vec<PathBuf>,
     /// CRIU's statistics of the restore (`stats-restore`), when it wrote them.
@@ -127,7 +147,14 @@ fn check(ck: &Checkpoint, opts: &RestartOptions) -> Result<(), RestartError> {
                 "this checkpoint has a CRIU process image; --exec is for files-only checkpoints".into(),
             ));
         }
-        check_pids_free(ck)?;
+        if !opts.private_pids {
+            check_pids_free(ck)?;
+        }
+    } else if opts.private_pids {
+        return Err(RestartError::Refused(format!(
+            "--private-pids restores a CRIU process image; checkpoint {} is files-only (restart it with --exec)",
+            ck.id
+        )));
     }
     if ck.links_removed && !opts.snapshot && ck.relinked().next().is_some() {
         return Err(RestartError::Refused(format!(
@@ -174,7 +201,8 @@ fn check_pids_free(ck: &Checkpoint) -> Result<(), RestartError> {
                 format!("by {now:?}, not the checkpointed {:?}: another process got that pid", t.comm)
             };
             return Err(RestartError::Refused(format!(
-                "pid {} is in use {who}. CRIU restores tasks with their old pids; nothing was changed",
+                "pid {} is in use {who}. CRIU restores tasks with their old pids; nothing was changed \
+                 (restart with --private-pids to restore them with those pids in a new pid namespace)",
                 t.pid
             )));
         }
@@ -201,6 +229,7 @@ fn run(
         out.private_ns = true;
     }
     let bases = if opts.snapshot { mount_snapshots(ck, opts, &mut out.mounts)? } else { HashMap::new() };
+    out.notes.extend(device_note(ck, &bases));
     hooks::point("restart-mounted");
     let keep = if matches!(ck.engine, Engine::Criu { .. }) { Keep::Placed } else { Keep::Opened };
     let mut opened = relink::open_objects(ck, &bases, keep)?;
@@ -248,9 +277,37 @@ fn mount_snapshots(
     Ok(bases)
 }
 
+/// The one note on the device numbers of the btrfs clones: a subvolume has an `st_dev` of its
+/// own, so every restored file there shows another device than at the checkpoint (the
+/// record's `filesystems` has the old one).
+fn device_note(ck: &Checkpoint, bases: &HashMap<String, Base>) -> Option<String> {
+    let dev = |d: u64| format!("{}:{}", libc::major(d), libc::minor(d));
+    let changed: Vec<String> = ck
+        .snapshots
+        .iter()
+        .filter(|s| matches!(s, crate::record::Snapshot::Btrfs { .. }))
+        .filter_map(|s| {
+            let now = bases.get(s.mount_point())?.dev?;
+            let then = ck.filesystems.iter().find(|f| f.mount_point == s.mount_point()).map(|f| f.dev);
+            match then {
+                Some(t) if t == now => None,
+                Some(t) => Some(format!("{} {} -> {}", s.mount_point(), dev(t), dev(now))),
+                None => Some(format!("{} now {}", s.mount_point(), dev(now))),
+            }
+        })
+        .collect();
+    (!changed.is_empty()).then(|| {
+        format!(
+            "files on the btrfs clone(s) keep their inode numbers but not their device number (st_dev {}): a subvolume has a device number of its own",
+            changed.join(", ")
+        )
+    })
+}
+
 /// CRIU restore from a copy of the image whose external files name the paths the objects were
 /// placed at; on `post-restore`, before any restored task runs, the placed and relinked names
-/// are removed (each checked to still be the object first).
+/// are removed (each checked to still be the object first). With `private_pids` CRIU runs in
+/// a new pid namespace ([`pidns`]).
 fn restore(
     ck: &Checkpoint,
     image_dir: &Path,
@@ -258,52 +315,90 @@ fn restore(
     opened: &mut [Reopened],
     out: &mut Restarted,
 ) -> Result<(), RestartError> {
-    let criu = criu::find(opts.criu.as_deref())?;
     let paths: HashMap<String, PathBuf> =
         opened.iter().map(|o| (o.obj.criu_key.clone(), o.opened_as.clone())).collect();
     let work = RestoreImage::make(ck, image_dir, &paths)?;
+    let ns = if opts.private_pids { Some(pidns::PidNs::start()?) } else { None };
+    let req = restore_request(ck, &work, image_dir, opts, ns.as_ref())?;
     let pids: Vec<i32> = ck.tasks.iter().map(|t| t.pid).collect();
-    // Restored stopped (taken with SIGSTOP): continued below, or, if snapckpt dies before,
-    // by a watchdog armed at post-restore, when every restored task exists (earlier, CRIU may
-    // not have created them yet; later, they may be left stopped).
-    let mut guard = None;
+    let t = std::time::Instant::now();
+    let r = run_criu(&req, ck, &pids, ns.as_ref(), opened);
+    let init = ns.map(|ns| {
+        let pid = ns.init_pid();
+        if r.is_ok() {
+            ns.release()
+        } else {
+            ns.abort()
+        }
+        pid
+    });
+    let (host, guard) = r?;
+    out.restore_time = t.elapsed();
+    out.criu_stats = [work.dir.as_path(), image_dir]
+        .iter()
+        .find_map(|d| crate::criu_stats::read_restore(d).ok().flatten());
+    drop(work);
+    hooks::point("restart-restored");
+    if ck.freezer == Freezer::Sigstop {
+        // Dumped while stopped by snapckpt: CRIU brings them back stopped; first thing,
+        // before anything else can fail.
+        for &p in host.iter().filter(|&&p| p > 0) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    drop(guard);
+    out.pid_ns = init.map(|init| PidNsRestored { init, host_pids: host });
+    out.pids = pids;
+    Ok(())
+}
+
+fn restore_request(
+    ck: &Checkpoint,
+    work: &RestoreImage,
+    image_dir: &Path,
+    opts: &RestartOptions,
+    ns: Option<&pidns::PidNs>,
+) -> Result<criu::RestoreRequest, RestartError> {
     let flags = match ck.engine {
         Engine::Criu { shell_job, tcp_established, .. } => {
             crate::engine::CriuFlags { shell_job, tcp_established, dump_timeout: None }
         }
         Engine::None => Default::default(),
     };
-    let req = criu::RestoreRequest {
-        criu,
+    Ok(criu::RestoreRequest {
+        criu: criu::find(opts.criu.as_deref())?,
         image_dir: work.dir.clone(),
         work_dir: image_dir.to_path_buf(),
         flags,
         timeout: opts.restore_timeout,
-    };
+        wrapper: ns.map(pidns::PidNs::criu_wrapper).unwrap_or_default(),
+    })
+}
+
+/// Run the restore; the restored tasks' host pids and the guard that continues them.
+/// Restored stopped (taken with SIGSTOP): continued by the caller, or, if snapckpt dies
+/// before, by a watchdog armed at post-restore, when every restored task exists (earlier,
+/// CRIU may not have created them yet; later, they may be left stopped).
+fn run_criu(
+    req: &criu::RestoreRequest,
+    ck: &Checkpoint,
+    pids: &[i32],
+    ns: Option<&pidns::PidNs>,
+    opened: &mut [Reopened],
+) -> Result<(Vec<i32>, Option<crate::tasks::ContinueGuard>), RestartError> {
     let sigstop = ck.freezer == Freezer::Sigstop;
-    let t = std::time::Instant::now();
-    criu::restore(&req, &mut || {
+    let mut guard = None;
+    let mut host = pids.to_vec();
+    criu::restore(req, &mut || {
+        if let Some(ns) = ns {
+            host = ns.host_pids(pids)?;
+        }
         if sigstop {
-            guard = Some(crate::tasks::ContinueGuard::arm(&pids).map_err(|e| e.to_string())?);
+            guard = Some(crate::tasks::ContinueGuard::arm(&host).map_err(|e| e.to_string())?);
         }
         release_all(opened)
     })?;
-    out.restore_time = t.elapsed();
-    out.criu_stats = [work.dir.as_path(), image_dir]
-        .iter()
-        .find_map(|d| crate::criu_stats::read_restore(d).ok().flatten());
-    drop(work);
-    out.pids = pids;
-    hooks::point("restart-restored");
-    if ck.freezer == Freezer::Sigstop {
-        // Dumped while stopped by snapckpt: CRIU brings them back stopped; first thing,
-        // before anything else can fail.
-        for &p in out.pids.iter().filter(|&&p| p > 0) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), nix::sys::signal::Signal::SIGCONT);
-        }
-    }
-    drop(guard);
-    Ok(())
+    Ok((host, guard))
 }
 
 /// The `post-restore` step: every placed name still the object, then all names removed.

@@ -184,6 +184,14 @@ pub fn in_use_elsewhere(s: &record::Snapshot) -> Result<(), SnapshotError> {
     }
 }
 
+/// Refuse when deleting `s` would fail half-way: a btrfs clone of it holds other subvolumes.
+pub fn check_deletable(s: &record::Snapshot) -> Result<(), SnapshotError> {
+    match s {
+        record::Snapshot::Btrfs { .. } => btrfs::check_deletable(s),
+        record::Snapshot::Lvm { .. } => Ok(()),
+    }
+}
+
 /// Restart clones of `s` mounted nowhere (their restart ended or was killed).
 pub fn idle_clones(s: &record::Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
     match s {

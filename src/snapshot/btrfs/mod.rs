@@ -38,6 +38,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 mod clones;
+mod nested;
 pub use clones::*;
 
 /// Default directory, relative to the mount root, that holds snapckpt's snapshots.
@@ -716,10 +717,20 @@ fn detach_all(rec: &Rec) -> Result<(), SnapshotError> {
 // ---------------------------------------------------------------------------------------------
 // delete
 
+/// Refuse ([`SnapshotError::Refused`], naming them) when the snapshot or one of its clones
+/// holds other subvolumes: its deletion would fail half-way.
+pub fn check_deletable(s: &Snapshot) -> Result<(), SnapshotError> {
+    match locate(&Rec::from(s)?)? {
+        Some(loc) => nested::refuse_nested(&loc),
+        None => Ok(()),
+    }
+}
+
 /// Delete the snapshot, all its `restart-*` clones, then its `<id>` directory.
 ///
 /// Refused with [`SnapshotError::InUse`] while a clone (or the snapshot itself) is mounted,
-/// unless `force`, which lazily unmounts them first. A snapshot that is already gone is not an
+/// unless `force`, which lazily unmounts them first; before anything changes, also when a
+/// clone holds other subvolumes ([`check_deletable`]). A snapshot that is already gone is not an
 /// error. A `restart-*` entry that is not a snapshot of this snapshot is left alone, and then
 /// the `<id>` directory cannot be removed (an error names it).
 pub fn delete(s: &Snapshot, force: bool) -> Result<(), SnapshotError> {
@@ -727,6 +738,8 @@ pub fn delete(s: &Snapshot, force: bool) -> Result<(), SnapshotError> {
     // Clones mounted in another mount namespace (a restart's private one) are in use by the
     // processes there: never pulled from under them, also not with `force`.
     in_use_elsewhere(s)?;
+    // A clone holding other subvolumes cannot be deleted: say so before unmounting anything.
+    check_deletable(s)?;
     let mounted = mounts_of(&rec, &mountinfo()?, true, true);
     if !mounted.is_empty() {
         if !force {

@@ -72,9 +72,14 @@ pub enum CriuError {
 
 pub struct Criu {
     criu_path: String,
+    // snapckpt patch: a command that runs criu (`WRAPPER... CRIU swrk FD`), e.g. in a namespace
+    swrk_wrapper: Vec<String>,
     sv: [i32; 2],
     pid: Option<i32>,
     images_dir_fd: Option<RawFd>,
+    // snapckpt patch: the images directory by path (criu in another pid namespace cannot
+    // open /proc/<caller>/fd/N)
+    images_dir: Option<String>,
     log_level: Option<i32>,
     log_file: Option<String>,
     external_mounts: Vec<(String, String)>,
@@ -122,9 +127,11 @@ impl Criu {
     pub fn new_with_criu_path(path_to_criu: String) -> Result<Self, CriuError> {
         Ok(Self {
             criu_path: path_to_criu,
+            swrk_wrapper: Vec::new(),
             sv: [-1, -1],
             pid: None,
             images_dir_fd: None,
+            images_dir: None,
             log_level: None,
             log_file: None,
             external_mounts: Vec::new(),
@@ -198,7 +205,15 @@ impl Criu {
             return Err(CriuError::SocketPair(std::io::Error::last_os_error()));
         }
 
-        let mut cmd = Command::new(self.criu_path.clone());
+        // snapckpt patch: `WRAPPER ARGS... CRIU swrk FD` when a wrapper is set.
+        let mut cmd = match self.swrk_wrapper.split_first() {
+            Some((w, args)) => {
+                let mut c = Command::new(w);
+                c.args(args).arg(&self.criu_path);
+                c
+            }
+            None => Command::new(self.criu_path.clone()),
+        };
         cmd.arg("swrk").arg(format!("{}", self.sv[1]));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::inherit())
@@ -422,8 +437,22 @@ impl Criu {
         }
     }
 
+    /// snapckpt patch: run criu through this command: `WRAPPER ARGS... CRIU swrk FD`. The
+    /// wrapper must exec or run criu with those arguments and exit when criu does.
+    pub fn set_swrk_wrapper(&mut self, wrapper: Vec<String>) {
+        self.swrk_wrapper = wrapper;
+    }
+
     pub fn set_pid(&mut self, pid: i32) {
         self.pid = Some(pid);
+    }
+
+    /// snapckpt patch: name the images directory by path (`images_dir`, with
+    /// `images_dir_fd` -1) instead of by fd. CRIU opens a caller's fd as
+    /// `/proc/<caller pid>/fd/N`, which a criu in another pid namespace cannot; without a
+    /// work directory fd it also writes its log there.
+    pub fn set_images_dir(&mut self, path: String) {
+        self.images_dir = Some(path);
     }
 
     pub fn set_images_dir_fd(&mut self, fd: RawFd) {
@@ -584,6 +613,10 @@ impl Criu {
         if let Some(images_dir_fd) = self.images_dir_fd {
             criu_opts.set_images_dir_fd(images_dir_fd);
         }
+        if let Some(ref dir) = self.images_dir {
+            criu_opts.set_images_dir_fd(-1);
+            criu_opts.set_images_dir(dir.clone());
+        }
 
         if let Some(log_level) = self.log_level {
             criu_opts.set_log_level(log_level);
@@ -732,6 +765,7 @@ impl Criu {
     fn clear(&mut self) {
         self.pid = None;
         self.images_dir_fd = None;
+        self.images_dir = None;
         self.log_level = None;
         self.log_file = None;
         self.external_mounts = Vec::new();
