@@ -155,9 +155,16 @@ pub fn resolve(sel: &Selection) -> Result<Vec<i32>, TaskError> {
         }
         Selection::Cgroup(path) => {
             cgroup_version(path)?;
-            let pids = drop_zombies(order_parents_first(cgroup_procs(path)?)?)?;
-            for &p in &pids {
-                check_supported(p, sel)?;
+            // One read of /proc/PID/stat per process serves the order, zombies and the checks.
+            let stats = read_stats(cgroup_procs(path)?)?;
+            let mut pids = Vec::with_capacity(stats.len());
+            for pid in order_parents_first(&stats) {
+                let (text, st) = &stats[&pid];
+                if st.is_dead() && zombie(pid)? != Some(None) {
+                    continue;
+                }
+                check_stat(pid, sel, text, Some(st))?;
+                pids.push(pid);
             }
             pids
         }
@@ -179,8 +186,12 @@ fn check_supported(pid: i32, sel: &Selection) -> Result<(), TaskError> {
         Err(e) if is_gone(&e) => return Ok(()), // exited: the freeze skips it
         Err(e) => return Err(io_err(path, "read", e)),
     };
-    let st = ProcStat::parse(&text);
-    let comm = st.as_ref().map(|s| s.comm.as_str()).unwrap_or("?");
+    check_stat(pid, sel, &text, ProcStat::parse(&text).as_ref())
+}
+
+/// [`check_supported`] on a `/proc/PID/stat` line already read.
+fn check_stat(pid: i32, sel: &Selection, text: &str, st: Option<&ProcStat>) -> Result<(), TaskError> {
+    let comm = st.map(|s| s.comm.as_str()).unwrap_or("?");
     let within = match sel {
         Selection::Pid { .. } => String::new(),
         Selection::Cgroup(_) => format!(" ({} contains it)", sel.describe()),
@@ -191,7 +202,7 @@ fn check_supported(pid: i32, sel: &Selection) -> Result<(), TaskError> {
              select the workload's own process (--pid PID [--tree]) or cgroup"
         )));
     }
-    if is_kernel_thread(pid, &text, st.as_ref().map(|s| s.ppid)) {
+    if is_kernel_thread(pid, text, st.map(|s| s.ppid)) {
         return Err(TaskError::Unsupported(format!(
             "pid {pid} ({comm}) is a kernel thread{within}: it has no user memory and can be \
              neither frozen nor checkpointed; select a user process"
@@ -259,30 +270,41 @@ fn process_tree(root: i32) -> Result<Vec<i32>, TaskError> {
     Ok(out)
 }
 
-/// Deduplicate `pids` and order them so that every parent comes before its children
-/// (breadth-first from the processes whose parent is not in the set). Processes that have
-/// exited are dropped.
-fn order_parents_first(pids: Vec<i32>) -> Result<Vec<i32>, TaskError> {
-    let mut ppid = HashMap::new();
+/// The `/proc/PID/stat` line of each of `pids`, read and parsed once; processes that have
+/// exited (or whose line cannot be parsed) are left out.
+fn read_stats(pids: Vec<i32>) -> Result<HashMap<i32, (String, ProcStat)>, TaskError> {
+    let mut out = HashMap::with_capacity(pids.len());
     for pid in pids {
-        if ppid.contains_key(&pid) {
+        if out.contains_key(&pid) {
             continue;
         }
-        if let Some(st) = read_stat(&procfs::pid_path(pid, "stat"))? {
-            ppid.insert(pid, st.ppid);
+        let path = procfs::pid_path(pid, "stat");
+        let text = match fs::read_to_string(&path) {
+            Ok(s) => s,
+            Err(e) if is_gone(&e) => continue,
+            Err(e) => return Err(io_err(path, "read", e)),
+        };
+        if let Some(st) = ProcStat::parse(&text) {
+            out.insert(pid, (text, st));
         }
     }
+    Ok(out)
+}
+
+/// The processes of `stats` ordered so that every parent comes before its children
+/// (breadth-first from the processes whose parent is not in the set).
+fn order_parents_first(stats: &HashMap<i32, (String, ProcStat)>) -> Vec<i32> {
     let mut kids: HashMap<i32, Vec<i32>> = HashMap::new();
     let mut roots = Vec::new();
-    for (&pid, &parent) in &ppid {
-        if ppid.contains_key(&parent) && parent != pid {
-            kids.entry(parent).or_default().push(pid);
+    for (&pid, (_, st)) in stats {
+        if stats.contains_key(&st.ppid) && st.ppid != pid {
+            kids.entry(st.ppid).or_default().push(pid);
         } else {
             roots.push(pid);
         }
     }
     roots.sort_unstable();
-    let mut out = Vec::with_capacity(ppid.len());
+    let mut out = Vec::with_capacity(stats.len());
     let mut queue: VecDeque<i32> = roots.into();
     while let Some(pid) = queue.pop_front() {
         out.push(pid);
@@ -291,7 +313,7 @@ fn order_parents_first(pids: Vec<i32>) -> Result<Vec<i32>, TaskError> {
             queue.extend(k);
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -371,8 +393,9 @@ mod tests {
         // This process and its parent: the parent must come first whatever the input order.
         let me = std::process::id() as i32;
         let parent = ProcStat::read(Path::new("/proc/self/stat")).unwrap().unwrap().ppid;
-        assert_eq!(order_parents_first(vec![me, parent, me]).unwrap(), vec![parent, me]);
+        let order = |pids| order_parents_first(&read_stats(pids).unwrap());
+        assert_eq!(order(vec![me, parent, me]), vec![parent, me]);
         // Gone pids are dropped.
-        assert_eq!(order_parents_first(vec![i32::MAX, me]).unwrap(), vec![me]);
+        assert_eq!(order(vec![i32::MAX, me]), vec![me]);
     }
 }
