@@ -7,6 +7,7 @@
 use crate::common::*;
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
+use std::time::Duration;
 
 /// The task's fd on its dense orphan (`dense-N (deleted)`), opened by us.
 fn open_orphan(pid: i32) -> OwnedFd {
@@ -153,5 +154,20 @@ fn criu_statistics_are_reported() {
     assert!(v["criu_statistics"]["restore_time"].is_u64(), "{v}");
     assert!(v["restart_duration"].as_u64().unwrap() > 0, "{v}");
     kill_wait(p.pid);
-    snapckpt_ok(&["delete", id, "--force", "--image-root", images.to_str().unwrap()]);
+    // Seen once under a parallel run: a process named snapckpt still in the restart's private
+    // namespace for a moment after restart returned (delete rightly refuses then). Say who it
+    // was, and give it a moment, rather than fail the statistics test on it.
+    let mut first = None;
+    let deleted = eventually(Duration::from_secs(10), || {
+        let (ok, _, err) = snapckpt(&["delete", id, "--force", "--image-root", images.to_str().unwrap()]);
+        if !ok && first.is_none() {
+            first =
+                Some(format!("{err}\n{}", sh("ps -eo pid,ppid,stat,comm,args | grep -i snapckpt || true")));
+        }
+        ok
+    });
+    if let Some(e) = &first {
+        eprintln!("delete refused at first: {e}");
+    }
+    assert!(deleted, "{first:?}");
 }
