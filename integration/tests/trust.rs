@@ -260,3 +260,170 @@ fn hanging_criu_is_stopped() {
     assert!(alive(p.pid) && !stopped(p.pid), "the task is not running");
     assert!(checkpoint_names(&fs.mnt).is_empty());
 }
+
+/// A take with `SNAPCKPT_HOOK_DIR` (no waits): whether it succeeded, its stderr, and the hook
+/// points it reached.
+fn take_traced(hooks: &Hooks, args: &[&str]) -> (bool, String, Vec<String>) {
+    let out = hooks.command(args).stdin(Stdio::null()).output().unwrap();
+    let mut reached: Vec<String> = std::fs::read_dir(hooks.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".reached").map(str::to_string))
+        .collect();
+    reached.sort();
+    for p in &reached {
+        let _ = std::fs::remove_file(hooks.path().join(format!("{p}.reached")));
+    }
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), reached)
+}
+
+/// Everything under `dir`, relative, sorted (not following symlinks).
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut v = vec![];
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            v.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            if e.file_type().unwrap().is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// A snapshot directory that someone other than root could change (a symlink, a user's
+/// directory, one writable by others; anywhere on a deep `snapshot_dir`), or a mount point
+/// below a user's directory, is refused before anything is relinked (a job's filesystems:
+/// before the freeze), with what to do; nothing is created where the path would have led.
+#[test]
+fn unsafe_snapshot_dir_is_refused_up_front() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-snapdir");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:10000"],
+        &work.path().join("log"),
+        true,
+        None,
+    );
+    let (pid, images) = (p.pid.to_string(), work.path().join("images"));
+    let ir = images.to_str().unwrap();
+    let hooks = Hooks::new(work.path().join("hooks"), &[]);
+    let elsewhere = fs.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let job = work.path().join("job.toml");
+    let job_with = |mount: &std::path::Path, snapshot_dir: &str| {
+        std::fs::write(
+            &job,
+            format!(
+                "[[filesystem]]\nmount = \"{}\"\nsnapshot = \"btrfs\"\nsnapshot_dir = \"{snapshot_dir}\"\n",
+                mount.display()
+            ),
+        )
+        .unwrap();
+    };
+    let check = |what: &str, ok: bool, err: &str, reached: &[String], never: &str, says: &str| {
+        assert!(!ok, "{what}: the take went through:\n{err}");
+        assert!(err.contains(says) && err.contains("chown root:root"), "{what}: {err}");
+        assert!(
+            !reached.iter().any(|r| r == never),
+            "{what}: refused only after {never}: {reached:?}\n{err}"
+        );
+        assert!(alive(p.pid) && !stopped(p.pid), "{what}");
+        assert!(checkpoint_names(&fs.mnt).is_empty(), "{what}: names left");
+        assert!(tree(&elsewhere).is_empty(), "{what}: made {:?}", tree(&elsewhere));
+    };
+    let auto = ["take", "--pid", &pid, "--image-root", ir, "--snapshot", "btrfs"];
+    // --snapshot btrfs: the snapshot dir is checked after the scan, before the relink
+    std::os::unix::fs::symlink("elsewhere", fs.path(".snapckpt")).unwrap();
+    let (ok, err, reached) = take_traced(&hooks, &auto);
+    check("a symlinked .snapckpt", ok, &err, &reached, "take-relinked", "symbolic link");
+    std::fs::remove_file(fs.path(".snapckpt")).unwrap();
+    std::fs::create_dir(fs.path(".snapckpt")).unwrap();
+    std::os::unix::fs::chown(fs.path(".snapckpt"), Some(65534), Some(65534)).unwrap();
+    let (ok, err, reached) = take_traced(&hooks, &auto);
+    check("a user's .snapckpt", ok, &err, &reached, "take-relinked", "owned by uid 65534");
+    std::os::unix::fs::chown(fs.path(".snapckpt"), Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(fs.path(".snapckpt"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, err, reached) = take_traced(&hooks, &auto);
+    check("a world-writable .snapckpt", ok, &err, &reached, "take-relinked", "writable by group or others");
+    std::fs::remove_dir(fs.path(".snapckpt")).unwrap();
+    // a job's filesystem: before the freeze, also deep in snapshot_dir
+    let by_job = ["take", "--pid", &pid, "--image-root", ir, "--job", job.to_str().unwrap()];
+    std::fs::create_dir_all(fs.path("snaps")).unwrap();
+    std::os::unix::fs::symlink("../elsewhere", fs.path("snaps/deep")).unwrap();
+    job_with(&fs.mnt, "snaps/deep/er");
+    let (ok, err, reached) = take_traced(&hooks, &by_job);
+    check("a symlink deep in snapshot_dir", ok, &err, &reached, "take-frozen", "symbolic link");
+    // the mount point (here a bind mount of the subvolume) below a directory a user owns
+    let users = work.path().join("users");
+    let m = users.join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    sh(&format!("mount --bind '{}' '{}'", fs.mnt.display(), m.display()));
+    let _unmount = MountGuard(m.clone());
+    std::os::unix::fs::chown(&users, Some(65534), Some(65534)).unwrap();
+    job_with(&m, ".snapckpt");
+    let (ok, err, reached) = take_traced(&hooks, &by_job);
+    check("a mount point below a user's directory", ok, &err, &reached, "take-frozen", "owned by uid 65534");
+    assert!(!fs.path(".snapckpt").exists(), "made the snapshot directory");
+    assert!(std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0) == 0, "left image traces");
+}
+
+/// After a good take, a snapshot directory made changeable by a user is refused by restart
+/// and delete (no clone made through it); a deep `snapshot_dir` leaves only its first
+/// component after delete, as the default leaves `.snapckpt`.
+#[test]
+fn snapshot_dir_is_checked_at_restart_and_delete_and_removed() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-snapdir2");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:10000"],
+        &work.path().join("log"),
+        true,
+        None,
+    );
+    let job = work.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[[filesystem]]\nmount = \"{}\"\nsnapshot = \"btrfs\"\nsnapshot_dir = \"snaps/a/b\"\n",
+            fs.mnt.display()
+        ),
+    )
+    .unwrap();
+    let images = work.path().join("images");
+    let ir = images.to_str().unwrap();
+    let (id, _) = take_files_only(p.pid, &images, &["--job", job.to_str().unwrap()]);
+    let id_dir = fs.path(&format!("snaps/a/b/{id}"));
+    assert!(id_dir.join("snapshot").exists());
+    std::os::unix::fs::chown(fs.path("snaps/a"), Some(65534), Some(65534)).unwrap();
+    let ufiles = prog("ufiles");
+    let (ok, _, err) = snapckpt(&[
+        "restart",
+        &id,
+        "--image-root",
+        ir,
+        "--snapshot",
+        "--exec",
+        ufiles.to_str().unwrap(),
+        "report",
+    ]);
+    assert!(!ok && err.contains("owned by uid 65534") && err.contains("only root"), "{err}");
+    assert!(!id_dir.join("restart-1").exists(), "a clone was made through a user's directory");
+    let (ok, _, err) = snapckpt(&["delete", &id, "--image-root", ir]);
+    assert!(!ok && err.contains("owned by uid 65534"), "{err}");
+    assert!(id_dir.join("snapshot").exists());
+    std::os::unix::fs::chown(fs.path("snaps/a"), Some(0), Some(0)).unwrap();
+    snapckpt_ok(&["delete", &id, "--image-root", ir]);
+    assert_eq!(tree(&fs.path("snaps")), Vec::<String>::new(), "the snapshot directory chain is left");
+}
