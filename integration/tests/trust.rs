@@ -427,3 +427,58 @@ fn snapshot_dir_is_checked_at_restart_and_delete_and_removed() {
     snapckpt_ok(&["delete", &id, "--image-root", ir]);
     assert_eq!(tree(&fs.path("snaps")), Vec::<String>::new(), "the snapshot directory chain is left");
 }
+
+/// A task killed in the middle of a take (after the scan: the relink finds it gone; after the
+/// relink, CRIU dumping it): the error says that the task exited during the take and what was
+/// undone, not the system call that noticed (`open /proc/N/root/...`); nothing is left.
+#[test]
+fn task_dying_mid_take_is_said_so() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-dies");
+    let images = work.path().join("images");
+    let ir = images.to_str().unwrap();
+    for (point, engine, undone) in [
+        ("take-scanned", "none", "nothing of it is left"),
+        ("take-relinked", "criu", "relinked name(s) and 0 snapshot(s) it had made were removed"),
+    ] {
+        let what = format!("killed at {point}, engine {engine}");
+        let dir = fs.path(&format!("d{}", unique()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = workload(
+            &prog("ufiles"),
+            &["setup", dir.to_str().unwrap(), "orphan:10000", "ab"],
+            &work.path().join(format!("log{}", unique())),
+            true,
+            None,
+        );
+        let hooks = Hooks::new(work.path().join(format!("hooks{}", unique())), &[point]);
+        let pid = p.pid.to_string();
+        let args = ["take", "--pid", &pid, "--image-root", ir, "--snapshot", "btrfs", "--engine", engine];
+        let child = hooks.command(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        hooks.wait_reached(point, &what);
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+        hooks.release(point);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{what}: {err}");
+        let first = err.lines().find(|l| l.starts_with("snapckpt: error:")).unwrap_or_default().to_string();
+        assert!(
+            first.starts_with(&format!("snapckpt: error: task {pid} exited during the take")),
+            "{what}: {err}"
+        );
+        assert!(first.contains(undone) && first.contains("Take it again"), "{what}: {err}");
+        assert!(checkpoint_names(&fs.mnt).is_empty(), "{what}: names left");
+        assert!(tree(&fs.path(".snapckpt")).is_empty(), "{what}: snapshots left");
+        assert!(
+            std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0) == 0 || only_failed_logs(&images),
+            "{what}"
+        );
+    }
+}
+
+/// The image root holds nothing but kept CRIU logs of failed takes (`.ID.failed`).
+fn only_failed_logs(images: &std::path::Path) -> bool {
+    std::fs::read_dir(images).unwrap().flatten().all(|e| e.file_name().to_string_lossy().ends_with(".failed"))
+}

@@ -54,6 +54,9 @@ pub enum TakeError {
     /// The dump cannot be restarted as it is: not published, the tasks go on.
     #[error("the checkpoint could not be restarted, so it was not published and the tasks go on: {0}")]
     NotRestartable(String),
+    /// A selected task exited while the take ran: what failed then is the consequence.
+    #[error("task {pid} exited during the take, so it could not be checkpointed; {undone}. Take it again if it (or its job) still runs. What failed: {source}")]
+    TaskExited { pid: i32, undone: String, source: Box<TakeError> },
     /// A failed take whose undo left something behind (named in `warnings`).
     #[error("{source}")]
     Undone { source: Box<TakeError>, warnings: Vec<String> },
@@ -164,6 +167,8 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
 /// What the stages before the freeze decided.
 struct Selected {
     id: String,
+    /// The selected tasks (again after the freeze).
+    pids: Vec<i32>,
     now: u64,
     method: FreezeMethod,
     criu_version: String,
@@ -194,7 +199,7 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
         }
         verify::unsupported_fds(&pids)?;
     }
-    Ok(Selected { id, now, method, criu_version })
+    Ok(Selected { id, pids, now, method, criu_version })
 }
 
 /// A dry run: freeze briefly for a consistent scan, plan, thaw.
@@ -255,6 +260,7 @@ impl Tx<'_> {
         self.timings.freeze_ms = ms(t0.elapsed());
         hooks::point("take-frozen");
         let pids = selection_after_freeze(self.opts, frozen)?;
+        self.sel.pids = pids.clone();
         at_hook(self.opts, Point::PostFreeze, &self.sel.id, self.image.path(), &pids, &[])?;
 
         let t1 = Instant::now();
@@ -270,7 +276,6 @@ impl Tx<'_> {
         hooks::point("take-snapshotted");
         // A files-only checkpoint of a task that died meanwhile would restart nothing it had.
         let files_only = matches!(self.opts.engine, EngineOpts::None);
-        let gone = |p: i32| matches!(tasks::zombie(p), Ok(None) | Ok(Some(Some(_))));
         if let Some(&dead) = pids.iter().find(|&&p| files_only && gone(p)) {
             return Err(TakeError::Refused(format!(
                 "task {dead} exited during the take; nothing was kept, take it again if it runs"
@@ -589,6 +594,7 @@ impl Tx<'_> {
                 *log = kept;
             }
         }
+        let made = (self.relinker.as_ref().map_or(0, |r| r.made().len()), self.snaps.len());
         let mut warnings = vec![];
         for s in self.snaps.iter().rev() {
             if let Err(de) = snapshot::delete(s, true) {
@@ -609,11 +615,43 @@ impl Tx<'_> {
             let kept = self.image.keep_as_failed();
             warnings.push(format!("kept {} so that `snapckpt gc` removes what is left", kept.display()));
         }
+        let e = exited_during(&self.sel.pids, e, made, warnings.is_empty());
         if warnings.is_empty() {
             e
         } else {
             TakeError::Undone { source: Box::new(e), warnings }
         }
+    }
+}
+
+/// Whether a task has exited (gone, or a zombie).
+fn gone(pid: i32) -> bool {
+    matches!(tasks::zombie(pid), Ok(None) | Ok(Some(Some(_))))
+}
+
+/// A failure while a selected task had exited is said as that, with what the undo did
+/// (`made`: the relinked names and snapshots it removed; `clean`: whether all of it went),
+/// rather than as the system call that found the task gone (`open /proc/N/root/...`).
+fn exited_during(pids: &[i32], e: TakeError, made: (usize, usize), clean: bool) -> TakeError {
+    let said = match &e {
+        TakeError::Scan(scan::ScanError::TaskExited { .. }) => true,
+        TakeError::Refused(m) => m.contains("exited during the take"),
+        _ => false,
+    };
+    let Some(&pid) = pids.iter().find(|&&p| !said && gone(p)) else { return e };
+    TakeError::TaskExited { pid, undone: undone_summary(made, clean), source: Box::new(e) }
+}
+
+/// What the undo of a failed take did, in words.
+fn undone_summary((names, snaps): (usize, usize), clean: bool) -> String {
+    if !clean {
+        return "any other task was thawed; what could not be undone is listed in the warnings".into();
+    }
+    match (names, snaps) {
+        (0, 0) => "nothing of it is left (no relinked name, no snapshot) and any other task was thawed".into(),
+        (n, s) => format!(
+            "nothing is left of it: the {n} relinked name(s) and {s} snapshot(s) it had made were removed and any other task thawed"
+        ),
     }
 }
 
@@ -748,5 +786,23 @@ mod tests {
         assert!(e.contains("outside its pid namespace") && e.contains("setsid"), "{e}");
         let e = TakeError::NotSessionLeader { pid: 12, sid: 7 }.to_string();
         assert!(e.contains("its session is 7"), "{e}");
+    }
+
+    /// A take failing after a task exited says so first, with what the undo did.
+    #[test]
+    fn a_task_that_exited_is_named_with_the_undo() {
+        let cause = TakeError::Refused("open /proc/99/root/x: No such file or directory".into());
+        let e = exited_during(&[i32::MAX], cause, (2, 1), true).to_string();
+        assert!(e.starts_with(&format!("task {} exited during the take", i32::MAX)), "{e}");
+        assert!(
+            e.contains("the 2 relinked name(s) and 1 snapshot(s)")
+                && e.ends_with("No such file or directory"),
+            "{e}"
+        );
+        assert!(undone_summary((0, 0), true).contains("nothing of it is left"));
+        assert!(undone_summary((3, 0), false).contains("warnings"));
+        // a live task: the error stays as it is
+        let cause = TakeError::Refused("x".into());
+        assert_eq!(exited_during(&[std::process::id() as i32], cause, (0, 0), true).to_string(), "x");
     }
 }
