@@ -482,3 +482,68 @@ fn task_dying_mid_take_is_said_so() {
 fn only_failed_logs(images: &std::path::Path) -> bool {
     std::fs::read_dir(images).unwrap().flatten().all(|e| e.file_name().to_string_lossy().ends_with(".failed"))
 }
+
+/// `fsfreeze -u` on drop.
+struct Thaw(PathBuf);
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze").arg("-u").arg(&self.0).stderr(Stdio::null()).status();
+    }
+}
+
+/// Whether another process holds the lock of a partial image directory.
+fn locked(partial: &std::path::Path) -> bool {
+    let Ok(f) = std::fs::File::open(partial.join(".lock")) else { return false };
+    // SAFETY: flock on a file we hold.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) < 0 }
+}
+
+/// A snapshot that hangs in the kernel (the filesystem frozen with fsfreeze between the
+/// relink and the snapshot: its mkdir and snapshot ioctl wait uninterruptibly): the take
+/// gives up after --snapshot-timeout, the tasks run, its `.ID.partial` stays locked while the
+/// snapshot may still complete; once the filesystem is thawed the late snapshot appears, and
+/// plain `gc` removes it with the names and the trace.
+#[test]
+fn hanging_snapshot_is_given_up_on() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-snaphang");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:10000"],
+        &work.path().join("log"),
+        true,
+        None,
+    );
+    let images = work.path().join("images");
+    let (pid, ir) = (p.pid.to_string(), images.to_str().unwrap());
+    let hooks = Hooks::new(work.path().join("hooks"), &["take-relinked"]);
+    let args = ["take", "--pid", &pid, "--image-root", ir, "--snapshot", "btrfs", "--snapshot-timeout", "2"];
+    let child = hooks.command(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    hooks.wait_reached("take-relinked", "relinked");
+    sh(&format!("fsfreeze -f '{}'", fs.mnt.display()));
+    let thaw = Thaw(fs.mnt.clone());
+    let t0 = Instant::now();
+    hooks.release("take-relinked");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(t0.elapsed() < Duration::from_secs(20), "took {:?}: {err}", t0.elapsed());
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("did not finish within 2 s") && err.contains("snapckpt gc --mount"), "{err}");
+    assert!(alive(p.pid) && !stopped(p.pid), "the task is not running: {err}");
+    let partial: Vec<PathBuf> = std::fs::read_dir(&images).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    let name = partial[0].file_name().unwrap().to_string_lossy().into_owned();
+    let id =
+        name.strip_prefix('.').and_then(|n| n.strip_suffix(".partial")).expect("a .ID.partial").to_string();
+    assert!(locked(&partial[0]), "the snapshot process does not hold the take's lock");
+    drop(thaw);
+    wait_for(|| !locked(&partial[0]), Duration::from_secs(20), "the snapshot process to end");
+    assert!(fs.path(&format!(".snapckpt/{id}/snapshot")).exists(), "the late snapshot did not complete");
+    let gc = snapckpt_ok(&["gc", "--image-root", ir, "--mount", fs.mnt.to_str().unwrap()]);
+    assert!(!fs.path(&format!(".snapckpt/{id}")).exists(), "gc left the late snapshot:\n{gc}");
+    assert!(checkpoint_names(&fs.mnt).is_empty(), "gc left names:\n{gc}");
+    assert!(std::fs::read_dir(&images).unwrap().next().is_none(), "gc left the trace:\n{gc}");
+}

@@ -92,6 +92,8 @@ pub struct TakeOptions {
     pub strict_snapshots: bool,
     /// Keep the relinked names on the live filesystems after the snapshot.
     pub keep_links: bool,
+    /// How long the snapshot step may keep the tasks frozen ([`snapshot::take_within`]).
+    pub snapshot_timeout: Duration,
     pub engine: EngineOpts,
     pub job_name: Option<String>,
     pub dry_run: bool,
@@ -402,7 +404,8 @@ impl Tx<'_> {
                 let t = Instant::now();
                 let stage =
                     ui::stage(self.opts.progress, &format!("taking {} snapshot(s)", plan.specs.len()));
-                take_snapshots(&plan.specs, &self.sel.id, &mut self.snaps)?;
+                let limit = (self.opts.snapshot_timeout, self.image.lock_fd());
+                take_snapshots(&plan.specs, &self.sel.id, &mut self.snaps, limit)?;
                 stage.done();
                 self.timings.snapshot_ms = ms(t.elapsed());
                 verify::restartable(sc, false, self.image.path(), self.relinker.as_ref().expect("relinked"))?;
@@ -467,6 +470,7 @@ impl Tx<'_> {
         let image_dir = self.image.path().to_path_buf();
         let t = Instant::now();
         let (frozen, id, snaps) = (self.frozen.as_ref().expect("frozen"), &self.sel.id, &mut self.snaps);
+        let limit = (self.opts.snapshot_timeout, self.image.lock_fd());
         let mut snap_err = None;
         let mut snap_t = 0;
         ui::detail(&format!("CRIU logs into {}", req.image_dir.display()));
@@ -479,7 +483,7 @@ impl Tx<'_> {
             }
             hooks::point("take-post-dump");
             let ts = Instant::now();
-            let r = take_snapshots(specs, id, snaps);
+            let r = take_snapshots(specs, id, snaps, limit);
             snap_t = ms(ts.elapsed());
             // Shown restartable before CRIU lets go of the tasks: a failure aborts the dump.
             let r = r.and_then(|()| verify::restartable(sc, true, &image_dir, relinker));
@@ -594,6 +598,10 @@ impl Tx<'_> {
                 *log = kept;
             }
         }
+        if let TakeError::Snapshot(snapshot::SnapshotError::Timeout { mount_point, .. }) = &e {
+            let mp = mount_point.clone();
+            return self.fail_hung(e, &mp);
+        }
         let made = (self.relinker.as_ref().map_or(0, |r| r.made().len()), self.snaps.len());
         let mut warnings = vec![];
         for s in self.snaps.iter().rev() {
@@ -621,6 +629,23 @@ impl Tx<'_> {
         } else {
             TakeError::Undone { source: Box::new(e), warnings }
         }
+    }
+}
+
+impl Tx<'_> {
+    /// A snapshot that hung in the kernel: thaw the tasks at once and touch no filesystem (a
+    /// removal would hang the same way). The relinked names, the snapshots and the one that
+    /// may still complete stay with `.ID.partial`, locked by the snapshot process until the
+    /// kernel lets it go; then plain `gc` removes them all.
+    fn fail_hung(mut self, e: TakeError, mp: &Path) -> TakeError {
+        drop(self.frozen.take()); // thaws
+        let kept = self.image.keep_pending();
+        let warnings = vec![format!(
+            "the tasks were thawed and go on; the relinked names and snapshots of the take, and the snapshot that may still complete, are left with {}: run `snapckpt gc --mount {}` once the filesystem works again",
+            kept.display(),
+            mp.display()
+        )];
+        TakeError::Undone { source: Box::new(e), warnings }
     }
 }
 
@@ -655,9 +680,26 @@ fn undone_summary((names, snaps): (usize, usize), clean: bool) -> String {
     }
 }
 
-fn take_snapshots(specs: &[FsSpec], id: &str, out: &mut Vec<Snapshot>) -> Result<(), TakeError> {
+/// Take the snapshots, all within `timeout` (each in a process that keeps the image lock
+/// `lock`: [`snapshot::take_within`]).
+fn take_snapshots(
+    specs: &[FsSpec],
+    id: &str,
+    out: &mut Vec<Snapshot>,
+    (timeout, lock): (Duration, std::os::fd::RawFd),
+) -> Result<(), TakeError> {
+    let deadline = Instant::now() + timeout;
     for s in specs {
-        out.push(snapshot::take(s, id, sys::now_unix())?);
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let r = snapshot::take_within(s, id, sys::now_unix(), left, &[lock]);
+        // the error names the whole step's limit
+        let r = r.map_err(|e| match e {
+            snapshot::SnapshotError::Timeout { mount_point, .. } => {
+                snapshot::SnapshotError::Timeout { mount_point, timeout }
+            }
+            e => e,
+        });
+        out.push(r?);
     }
     Ok(())
 }
