@@ -118,7 +118,7 @@ fn wait_reply(r: OwnedFd, timeout: Duration) -> Option<Vec<u8>> {
 fn readable(f: &std::fs::File, left: Duration) -> bool {
     let mut p = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
     let ms = (left.as_millis() + 1).min(i32::MAX as u128) as i32; // rounded up
-    // SAFETY: one valid pollfd.
+                                                                  // SAFETY: one valid pollfd.
     let n = unsafe { libc::poll(&mut p, 1, ms) };
     n > 0 || (n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted)
 }
