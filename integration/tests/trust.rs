@@ -102,10 +102,33 @@ fn image_root_is_a_boundary() {
     snapckpt_ok(&["delete", &id, "--image-root", good.to_str().unwrap()]);
 }
 
+/// A CRIU whose clone calls are slowed (strace's syscall delay injection on the CRIU that
+/// snapckpt starts), so that a restart lasts long enough for a kill to land inside the restore.
+fn slowed_criu(dir: &std::path::Path) -> PathBuf {
+    let wrapper = dir.join("slow-criu");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh
+exec strace -o /dev/null -e trace=clone,clone3,fork,vfork -e inject=clone,clone3,fork,vfork:delay_exit=150000 '{}' \"$@\"\n",
+            criu_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}
+
+/// Whether a CRIU (or the strace running it) is among the descendants of `pid`.
+fn criu_below(pid: i32) -> bool {
+    descendants(pid).into_iter().any(|d| matches!(comm(d).as_str(), "criu" | "strace"))
+}
+
 /// Restarts of a SIGSTOP checkpoint killed at random moments (before, during and after the
-/// CRIU restore): no restored task is ever left stopped, none runs with its relinked names
-/// present (the orphan's fd has link count 0), the host sees no mount, and `gc` removes the
-/// clones the killed restarts left; a restart after the storm works.
+/// CRIU restore; CRIU slowed down so that many kills land inside it): no restored task is ever
+/// left stopped, none runs with its relinked names present (the orphan's fd has link count
+/// 0), the host sees no mount, and `gc` removes the clones the killed restarts left; a
+/// restart after the storm works.
 #[test]
 fn restart_storm() {
     let _g = serial();
@@ -122,24 +145,33 @@ fn restart_storm() {
     drop(p);
     let logsize = std::fs::metadata(&log).unwrap().len();
     let ir = images.to_str().unwrap().to_string();
+    let slow = slowed_criu(work.path());
+    let slow_s = slow.to_str().unwrap().to_string();
+    // how long a whole slowed restart takes: the kills are spread over it
+    let t0 = Instant::now();
+    snapckpt_ok(&["restart", &id, "--image-root", &ir, "--snapshot", "--criu", &slow_s]);
+    let whole = t0.elapsed().as_millis() as u64;
+    assert!(alive(pid));
+    kill_wait(pid);
     // xorshift, seeded from the clock (printed, to replay a failure)
     let mut x =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("restart storm seed {x}");
-    let (mut restored, mut none) = (0, 0);
+    let (mut restored, mut none, mut inside) = (0, 0, 0);
     for round in 0..16 {
         std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(logsize).unwrap();
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let delay = Duration::from_millis(x % 400);
+        let delay = Duration::from_millis(x % (whole + 100));
         let mut child = std::process::Command::new(snapckpt_bin())
-            .args(["restart", &id, "--image-root", &ir, "--snapshot"])
+            .args(["restart", &id, "--image-root", &ir, "--snapshot", "--criu", &slow_s])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(delay);
+        inside += criu_below(child.id() as i32) as usize;
         let _ = child.kill();
         let _ = child.wait();
         let what = format!("round {round}, killed after {delay:?}");
@@ -169,7 +201,10 @@ fn restart_storm() {
         }
         assert_eq!(mounts_under(&fs.mnt).len(), 1, "{what}: a mount on the host");
     }
-    eprintln!("restart storm: {restored} restored, {none} not restored");
+    eprintln!(
+        "restart storm: {restored} restored, {none} not restored, {inside} killed inside CRIU (a whole restart: {whole} ms)"
+    );
+    assert!(inside >= 3, "only {inside} of 16 kills landed inside CRIU's restore");
     let out = snapckpt_ok(&["gc", "--image-root", &ir, "--mount", fs.mnt.to_str().unwrap()]);
     let left: Vec<PathBuf> = std::fs::read_dir(fs.path(&format!(".snapckpt/{id}")))
         .unwrap()
