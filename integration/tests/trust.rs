@@ -119,11 +119,6 @@ exec strace -o /dev/null -e trace=clone,clone3,fork,vfork -e inject=clone,clone3
     wrapper
 }
 
-/// Whether a CRIU (or the strace running it) is among the descendants of `pid`.
-fn criu_below(pid: i32) -> bool {
-    descendants(pid).into_iter().any(|d| matches!(comm(d).as_str(), "criu" | "strace"))
-}
-
 /// Restarts of a SIGSTOP checkpoint killed at random moments (before, during and after the
 /// CRIU restore; CRIU slowed down so that many kills land inside it): no restored task is ever
 /// left stopped, none runs with its relinked names present (the orphan's fd has link count
@@ -131,16 +126,40 @@ fn criu_below(pid: i32) -> bool {
 /// restart after the storm works.
 #[test]
 fn restart_storm() {
+    storm(None);
+}
+
+/// The same for a cgroup v2 checkpoint: also the cgroup is never left frozen.
+#[test]
+fn restart_storm_cgroup() {
+    storm(Some(Cgroup::new(Cg::V2, "trust-storm")));
+}
+
+fn storm(cg: Option<Cgroup>) {
     let _g = serial();
     let fs = LoopFs::new("btrfs", "1G");
     let work = Scratch::new("trust-storm");
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
     let log = work.path().join("log");
-    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:200000"], &log, true, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:200000"],
+        &log,
+        true,
+        cg.as_ref(),
+    );
     let pid = p.pid;
     let images = work.path().join("images");
-    let id = take_id(&take_ok(pid, &images, &["--engine", "criu", "--snapshot", "btrfs"]));
+    let mut args: Vec<String> =
+        ["take", "--image-root", images.to_str().unwrap(), "--engine", "criu", "--snapshot", "btrfs"]
+            .map(String::from)
+            .to_vec();
+    match &cg {
+        Some(c) => args.extend(["--cgroup".to_string(), c.arg()]),
+        None => args.extend(["--pid".to_string(), pid.to_string()]),
+    }
+    let id = take_id(&snapckpt_ok(&args.iter().map(String::as_str).collect::<Vec<_>>()));
     wait_gone(pid);
     drop(p);
     let logsize = std::fs::metadata(&log).unwrap().len();
@@ -171,9 +190,17 @@ fn restart_storm() {
             .spawn()
             .unwrap();
         std::thread::sleep(delay);
-        inside += criu_below(child.id() as i32) as usize;
+        let helpers: Vec<i32> = descendants(child.id() as i32).into_iter().filter(|&d| d != pid).collect();
+        inside += helpers.iter().any(|&d| matches!(comm(d).as_str(), "criu" | "strace")) as usize;
         let _ = child.kill();
         let _ = child.wait();
+        // the CRIU it started notices and ends (slowed down, it takes a while): only then is
+        // it known whether a task was restored
+        wait_for(
+            || helpers.iter().all(|&h| !alive(h)),
+            Duration::from_secs(30),
+            "the restart's helpers to end",
+        );
         let what = format!("round {round}, killed after {delay:?}");
         std::thread::sleep(Duration::from_millis(300));
         if alive(pid) {
@@ -183,6 +210,9 @@ fn restart_storm() {
                 std::thread::sleep(Duration::from_millis(50));
             }
             assert!(!stopped(pid), "{what}: the restored task is left stopped");
+            if let Some(c) = &cg {
+                assert!(!c.frozen(), "{what}: the restored task's cgroup is left frozen");
+            }
             let nlinks: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
                 .unwrap()
                 .flatten()
