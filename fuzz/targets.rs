@@ -72,6 +72,7 @@ pub fn job_toml(data: &[u8]) {
                 }
             }
             assert_ne!(j.freeze.timeout_ms, Some(0));
+            assert_ne!(j.snapshot.timeout_s, Some(0));
         }
     }
 }

@@ -4,7 +4,7 @@
 # Idempotent and quiet when everything is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PKGS="btrfs-progs xfsprogs e2fsprogs libbtrfsutil-dev libclang-dev clang pkg-config util-linux gcc libc6-dev iproute2 lsof openssh-server openssh-client"
+PKGS="btrfs-progs xfsprogs e2fsprogs libbtrfsutil-dev libclang-dev clang pkg-config util-linux gcc libc6-dev iproute2 lsof openssh-server openssh-client strace"
 missing=""
 for p in $PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -179,6 +179,19 @@ impl ImageDir {
         Some(to)
     }
 
+    /// The fd of the lock that tells `gc` this take is in progress (a snapshot process that
+    /// may outlive snapckpt keeps it).
+    pub fn lock_fd(&self) -> std::os::fd::RawFd {
+        std::os::fd::AsRawFd::as_raw_fd(&self._lock)
+    }
+
+    /// Leave `<root>/.<id>.partial` in place (not removed on drop): locked for as long as a
+    /// process that inherited the lock lives, then a trace of a failed take for `gc`.
+    pub fn keep_pending(&mut self) -> PathBuf {
+        self.done = true;
+        self.dir.clone()
+    }
+
     /// Keep the directory as `<root>/.<id>.failed` (the trace `gc` understands) instead of
     /// removing it; its path.
     pub fn keep_as_failed(&mut self) -> PathBuf {

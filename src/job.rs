@@ -18,6 +18,7 @@
 //!
 //! [snapshot]
 //! keep_links = false                 # keep relinked names on the live fs after the snapshot
+//! timeout_s = 120                    # give up on the snapshots (tasks thawed) after this
 //!
 //! [[filesystem]]                     # one per filesystem to snapshot
 //! mount = "/srv/data"
@@ -108,6 +109,8 @@ pub struct Relink {
 pub struct SnapshotCfg {
     #[serde(default)]
     pub keep_links: bool,
+    /// How long the snapshots may take (seconds) before the take gives up on them.
+    pub timeout_s: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -266,6 +269,9 @@ impl Job {
         }
         if self.freeze.timeout_ms == Some(0) {
             return bad("[freeze] timeout_ms must be > 0".into());
+        }
+        if self.snapshot.timeout_s == Some(0) {
+            return bad("[snapshot] timeout_s must be > 0".into());
         }
         Ok(())
     }

@@ -58,3 +58,9 @@ pub mod ui;
 pub mod units;
 pub mod userhooks;
 pub mod writeback;
+
+// The property tests drive the fuzz targets, which name the crate `snapckpt`.
+#[cfg(test)]
+extern crate self as snapckpt;
+#[cfg(test)]
+mod proptests;

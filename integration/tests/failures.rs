@@ -1103,11 +1103,10 @@ fn snapshot_fails() {
 #[test]
 fn snapshot_fails_in_criu_post_dump() {
     let _g = serial();
-    // btrfs passes the checks made before freezing; the snapshot directory, writable by others,
-    // is refused only when the snapshot is taken (in CRIU's post-dump)
+    // btrfs passes the checks made before freezing and relinking; the snapshot directory is
+    // made writable by others at CRIU's post-dump, so the snapshot taken there is refused
     let fs = LoopFs::new("btrfs", "512M");
     std::fs::create_dir_all(fs.path(".snapckpt")).unwrap();
-    std::fs::set_permissions(fs.path(".snapckpt"), std::fs::Permissions::from_mode(0o777)).unwrap();
     let work = Scratch::new("failures-snap-criu");
     let images = work.path().join("images");
     for round in 0..4 {
@@ -1137,7 +1136,14 @@ fn snapshot_fails_in_criu_post_dump() {
                 "btrfs",
             ];
             args.extend(sel.iter().map(String::as_str));
-            let (ok, _, err) = snapckpt(&args);
+            std::fs::set_permissions(fs.path(".snapckpt"), std::fs::Permissions::from_mode(0o700)).unwrap();
+            let hooks = Hooks::new(work.path().join(format!("hooks{}", unique())), &["take-post-dump"]);
+            let child = hooks.command(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+            hooks.wait_reached("take-post-dump", &what);
+            std::fs::set_permissions(fs.path(".snapckpt"), std::fs::Permissions::from_mode(0o777)).unwrap();
+            hooks.release("take-post-dump");
+            let out = child.wait_with_output().unwrap();
+            let (ok, err) = (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned());
             assert!(!ok && err.contains("writable by group or others"), "{what}: {err}");
             assert_not_frozen(p.pid, cg.as_ref(), &what);
             assert_clean_failure(ok, &err, p.pid, &fs.mnt, &images, &what);

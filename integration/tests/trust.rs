@@ -102,46 +102,105 @@ fn image_root_is_a_boundary() {
     snapckpt_ok(&["delete", &id, "--image-root", good.to_str().unwrap()]);
 }
 
+/// A CRIU whose clone calls are slowed (strace's syscall delay injection on the CRIU that
+/// snapckpt starts), so that a restart lasts long enough for a kill to land inside the restore.
+fn slowed_criu(dir: &std::path::Path) -> PathBuf {
+    let wrapper = dir.join("slow-criu");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh
+exec strace -o /dev/null -e trace=clone,clone3,fork,vfork -e inject=clone,clone3,fork,vfork:delay_exit=150000 '{}' \"$@\"\n",
+            criu_bin().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wrapper
+}
+
 /// Restarts of a SIGSTOP checkpoint killed at random moments (before, during and after the
-/// CRIU restore): no restored task is ever left stopped, none runs with its relinked names
-/// present (the orphan's fd has link count 0), the host sees no mount, and `gc` removes the
-/// clones the killed restarts left; a restart after the storm works.
+/// CRIU restore; CRIU slowed down so that many kills land inside it): no restored task is ever
+/// left stopped, none runs with its relinked names present (the orphan's fd has link count
+/// 0), the host sees no mount, and `gc` removes the clones the killed restarts left; a
+/// restart after the storm works.
 #[test]
 fn restart_storm() {
+    storm(None);
+}
+
+/// The same for a cgroup v2 checkpoint: also the cgroup is never left frozen.
+#[test]
+fn restart_storm_cgroup() {
+    storm(Some(Cgroup::new(Cg::V2, "trust-storm")));
+}
+
+fn storm(cg: Option<Cgroup>) {
     let _g = serial();
     let fs = LoopFs::new("btrfs", "1G");
     let work = Scratch::new("trust-storm");
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
     let log = work.path().join("log");
-    let p = workload(&prog("ufiles"), &["setup", dir.to_str().unwrap(), "orphan:200000"], &log, true, None);
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:200000"],
+        &log,
+        true,
+        cg.as_ref(),
+    );
     let pid = p.pid;
     let images = work.path().join("images");
-    let id = take_id(&take_ok(pid, &images, &["--engine", "criu", "--snapshot", "btrfs"]));
+    let mut args: Vec<String> =
+        ["take", "--image-root", images.to_str().unwrap(), "--engine", "criu", "--snapshot", "btrfs"]
+            .map(String::from)
+            .to_vec();
+    match &cg {
+        Some(c) => args.extend(["--cgroup".to_string(), c.arg()]),
+        None => args.extend(["--pid".to_string(), pid.to_string()]),
+    }
+    let id = take_id(&snapckpt_ok(&args.iter().map(String::as_str).collect::<Vec<_>>()));
     wait_gone(pid);
     drop(p);
     let logsize = std::fs::metadata(&log).unwrap().len();
     let ir = images.to_str().unwrap().to_string();
+    let slow = slowed_criu(work.path());
+    let slow_s = slow.to_str().unwrap().to_string();
+    // how long a whole slowed restart takes: the kills are spread over it
+    let t0 = Instant::now();
+    snapckpt_ok(&["restart", &id, "--image-root", &ir, "--snapshot", "--criu", &slow_s]);
+    let whole = t0.elapsed().as_millis() as u64;
+    assert!(alive(pid));
+    kill_wait(pid);
     // xorshift, seeded from the clock (printed, to replay a failure)
     let mut x =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     eprintln!("restart storm seed {x}");
-    let (mut restored, mut none) = (0, 0);
+    let (mut restored, mut none, mut inside) = (0, 0, 0);
     for round in 0..16 {
         std::fs::OpenOptions::new().write(true).open(&log).unwrap().set_len(logsize).unwrap();
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let delay = Duration::from_millis(x % 400);
+        let delay = Duration::from_millis(x % (whole + 100));
         let mut child = std::process::Command::new(snapckpt_bin())
-            .args(["restart", &id, "--image-root", &ir, "--snapshot"])
+            .args(["restart", &id, "--image-root", &ir, "--snapshot", "--criu", &slow_s])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         std::thread::sleep(delay);
+        let helpers: Vec<i32> = descendants(child.id() as i32).into_iter().filter(|&d| d != pid).collect();
+        inside += helpers.iter().any(|&d| matches!(comm(d).as_str(), "criu" | "strace")) as usize;
         let _ = child.kill();
         let _ = child.wait();
+        // the CRIU it started notices and ends (slowed down, it takes a while): only then is
+        // it known whether a task was restored
+        wait_for(
+            || helpers.iter().all(|&h| !alive(h)),
+            Duration::from_secs(30),
+            "the restart's helpers to end",
+        );
         let what = format!("round {round}, killed after {delay:?}");
         std::thread::sleep(Duration::from_millis(300));
         if alive(pid) {
@@ -151,6 +210,9 @@ fn restart_storm() {
                 std::thread::sleep(Duration::from_millis(50));
             }
             assert!(!stopped(pid), "{what}: the restored task is left stopped");
+            if let Some(c) = &cg {
+                assert!(!c.frozen(), "{what}: the restored task's cgroup is left frozen");
+            }
             let nlinks: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
                 .unwrap()
                 .flatten()
@@ -169,7 +231,10 @@ fn restart_storm() {
         }
         assert_eq!(mounts_under(&fs.mnt).len(), 1, "{what}: a mount on the host");
     }
-    eprintln!("restart storm: {restored} restored, {none} not restored");
+    eprintln!(
+        "restart storm: {restored} restored, {none} not restored, {inside} killed inside CRIU (a whole restart: {whole} ms)"
+    );
+    assert!(inside >= 3, "only {inside} of 16 kills landed inside CRIU's restore");
     let out = snapckpt_ok(&["gc", "--image-root", &ir, "--mount", fs.mnt.to_str().unwrap()]);
     let left: Vec<PathBuf> = std::fs::read_dir(fs.path(&format!(".snapckpt/{id}")))
         .unwrap()
@@ -259,6 +324,293 @@ fn hanging_criu_is_stopped() {
     assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
     assert!(alive(p.pid) && !stopped(p.pid), "the task is not running");
     assert!(checkpoint_names(&fs.mnt).is_empty());
+}
+
+/// A take with `SNAPCKPT_HOOK_DIR` (no waits): whether it succeeded, its stderr, and the hook
+/// points it reached.
+fn take_traced(hooks: &Hooks, args: &[&str]) -> (bool, String, Vec<String>) {
+    let out = hooks.command(args).stdin(Stdio::null()).output().unwrap();
+    let mut reached: Vec<String> = std::fs::read_dir(hooks.path())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".reached").map(str::to_string))
+        .collect();
+    reached.sort();
+    for p in &reached {
+        let _ = std::fs::remove_file(hooks.path().join(format!("{p}.reached")));
+    }
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned(), reached)
+}
+
+/// Everything under `dir`, relative, sorted (not following symlinks).
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut v = vec![];
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            v.push(p.strip_prefix(dir).unwrap().to_string_lossy().into_owned());
+            if e.file_type().unwrap().is_dir() {
+                todo.push(p);
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// A snapshot directory that someone other than root could change (a symlink, a user's
+/// directory, one writable by others; anywhere on a deep `snapshot_dir`), or a mount point
+/// below a user's directory, is refused before anything is relinked (a job's filesystems:
+/// before the freeze), with what to do; nothing is created where the path would have led.
+#[test]
+fn unsafe_snapshot_dir_is_refused_up_front() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-snapdir");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:10000"],
+        &work.path().join("log"),
+        true,
+        None,
+    );
+    let (pid, images) = (p.pid.to_string(), work.path().join("images"));
+    let ir = images.to_str().unwrap();
+    let hooks = Hooks::new(work.path().join("hooks"), &[]);
+    let elsewhere = fs.path("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let job = work.path().join("job.toml");
+    let job_with = |mount: &std::path::Path, snapshot_dir: &str| {
+        std::fs::write(
+            &job,
+            format!(
+                "[[filesystem]]\nmount = \"{}\"\nsnapshot = \"btrfs\"\nsnapshot_dir = \"{snapshot_dir}\"\n",
+                mount.display()
+            ),
+        )
+        .unwrap();
+    };
+    let check = |what: &str, ok: bool, err: &str, reached: &[String], never: &str, says: &str| {
+        assert!(!ok, "{what}: the take went through:\n{err}");
+        assert!(err.contains(says) && err.contains("chown root:root"), "{what}: {err}");
+        assert!(
+            !reached.iter().any(|r| r == never),
+            "{what}: refused only after {never}: {reached:?}\n{err}"
+        );
+        assert!(alive(p.pid) && !stopped(p.pid), "{what}");
+        assert!(checkpoint_names(&fs.mnt).is_empty(), "{what}: names left");
+        assert!(tree(&elsewhere).is_empty(), "{what}: made {:?}", tree(&elsewhere));
+    };
+    let auto = ["take", "--pid", &pid, "--image-root", ir, "--snapshot", "btrfs"];
+    // --snapshot btrfs: the snapshot dir is checked after the scan, before the relink
+    std::os::unix::fs::symlink("elsewhere", fs.path(".snapckpt")).unwrap();
+    let (ok, err, reached) = take_traced(&hooks, &auto);
+    check("a symlinked .snapckpt", ok, &err, &reached, "take-relinked", "symbolic link");
+    std::fs::remove_file(fs.path(".snapckpt")).unwrap();
+    std::fs::create_dir(fs.path(".snapckpt")).unwrap();
+    std::os::unix::fs::chown(fs.path(".snapckpt"), Some(65534), Some(65534)).unwrap();
+    let (ok, err, reached) = take_traced(&hooks, &auto);
+    check("a user's .snapckpt", ok, &err, &reached, "take-relinked", "owned by uid 65534");
+    std::os::unix::fs::chown(fs.path(".snapckpt"), Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(fs.path(".snapckpt"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, err, reached) = take_traced(&hooks, &auto);
+    check("a world-writable .snapckpt", ok, &err, &reached, "take-relinked", "writable by group or others");
+    std::fs::remove_dir(fs.path(".snapckpt")).unwrap();
+    // a job's filesystem: before the freeze, also deep in snapshot_dir
+    let by_job = ["take", "--pid", &pid, "--image-root", ir, "--job", job.to_str().unwrap()];
+    std::fs::create_dir_all(fs.path("snaps")).unwrap();
+    std::os::unix::fs::symlink("../elsewhere", fs.path("snaps/deep")).unwrap();
+    job_with(&fs.mnt, "snaps/deep/er");
+    let (ok, err, reached) = take_traced(&hooks, &by_job);
+    check("a symlink deep in snapshot_dir", ok, &err, &reached, "take-frozen", "symbolic link");
+    // the mount point (here a bind mount of the subvolume) below a directory a user owns
+    let users = work.path().join("users");
+    let m = users.join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    sh(&format!("mount --bind '{}' '{}'", fs.mnt.display(), m.display()));
+    let _unmount = MountGuard(m.clone());
+    std::os::unix::fs::chown(&users, Some(65534), Some(65534)).unwrap();
+    job_with(&m, ".snapckpt");
+    let (ok, err, reached) = take_traced(&hooks, &by_job);
+    check("a mount point below a user's directory", ok, &err, &reached, "take-frozen", "owned by uid 65534");
+    assert!(!fs.path(".snapckpt").exists(), "made the snapshot directory");
+    assert!(std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0) == 0, "left image traces");
+}
+
+/// After a good take, a snapshot directory made changeable by a user is refused by restart
+/// and delete (no clone made through it); a deep `snapshot_dir` leaves only its first
+/// component after delete, as the default leaves `.snapckpt`.
+#[test]
+fn snapshot_dir_is_checked_at_restart_and_delete_and_removed() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-snapdir2");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:10000"],
+        &work.path().join("log"),
+        true,
+        None,
+    );
+    let job = work.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            "[[filesystem]]\nmount = \"{}\"\nsnapshot = \"btrfs\"\nsnapshot_dir = \"snaps/a/b\"\n",
+            fs.mnt.display()
+        ),
+    )
+    .unwrap();
+    let images = work.path().join("images");
+    let ir = images.to_str().unwrap();
+    let (id, _) = take_files_only(p.pid, &images, &["--job", job.to_str().unwrap()]);
+    let id_dir = fs.path(&format!("snaps/a/b/{id}"));
+    assert!(id_dir.join("snapshot").exists());
+    std::os::unix::fs::chown(fs.path("snaps/a"), Some(65534), Some(65534)).unwrap();
+    let ufiles = prog("ufiles");
+    let (ok, _, err) = snapckpt(&[
+        "restart",
+        &id,
+        "--image-root",
+        ir,
+        "--snapshot",
+        "--exec",
+        ufiles.to_str().unwrap(),
+        "report",
+    ]);
+    assert!(!ok && err.contains("owned by uid 65534") && err.contains("only root"), "{err}");
+    assert!(!id_dir.join("restart-1").exists(), "a clone was made through a user's directory");
+    let (ok, _, err) = snapckpt(&["delete", &id, "--image-root", ir]);
+    assert!(!ok && err.contains("owned by uid 65534"), "{err}");
+    assert!(id_dir.join("snapshot").exists());
+    std::os::unix::fs::chown(fs.path("snaps/a"), Some(0), Some(0)).unwrap();
+    snapckpt_ok(&["delete", &id, "--image-root", ir]);
+    assert_eq!(tree(&fs.path("snaps")), Vec::<String>::new(), "the snapshot directory chain is left");
+}
+
+/// A task killed in the middle of a take (after the scan: the relink finds it gone; after the
+/// relink, CRIU dumping it): the error says that the task exited during the take and what was
+/// undone, not the system call that noticed (`open /proc/N/root/...`); nothing is left.
+#[test]
+fn task_dying_mid_take_is_said_so() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-dies");
+    let images = work.path().join("images");
+    let ir = images.to_str().unwrap();
+    for (point, engine, undone) in [
+        ("take-scanned", "none", "nothing of it is left"),
+        ("take-relinked", "criu", "relinked name(s) and 0 snapshot(s) it had made were removed"),
+    ] {
+        let what = format!("killed at {point}, engine {engine}");
+        let dir = fs.path(&format!("d{}", unique()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = workload(
+            &prog("ufiles"),
+            &["setup", dir.to_str().unwrap(), "orphan:10000", "ab"],
+            &work.path().join(format!("log{}", unique())),
+            true,
+            None,
+        );
+        let hooks = Hooks::new(work.path().join(format!("hooks{}", unique())), &[point]);
+        let pid = p.pid.to_string();
+        let args = ["take", "--pid", &pid, "--image-root", ir, "--snapshot", "btrfs", "--engine", engine];
+        let child = hooks.command(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        hooks.wait_reached(point, &what);
+        p.child.kill().unwrap();
+        p.child.wait().unwrap();
+        hooks.release(point);
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{what}: {err}");
+        let first = err.lines().find(|l| l.starts_with("snapckpt: error:")).unwrap_or_default().to_string();
+        assert!(
+            first.starts_with(&format!("snapckpt: error: task {pid} exited during the take")),
+            "{what}: {err}"
+        );
+        assert!(first.contains(undone) && first.contains("Take it again"), "{what}: {err}");
+        assert!(checkpoint_names(&fs.mnt).is_empty(), "{what}: names left");
+        assert!(tree(&fs.path(".snapckpt")).is_empty(), "{what}: snapshots left");
+        assert!(
+            std::fs::read_dir(&images).map(|d| d.count()).unwrap_or(0) == 0 || only_failed_logs(&images),
+            "{what}"
+        );
+    }
+}
+
+/// The image root holds nothing but kept CRIU logs of failed takes (`.ID.failed`).
+fn only_failed_logs(images: &std::path::Path) -> bool {
+    std::fs::read_dir(images).unwrap().flatten().all(|e| e.file_name().to_string_lossy().ends_with(".failed"))
+}
+
+/// `fsfreeze -u` on drop.
+struct Thaw(PathBuf);
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze").arg("-u").arg(&self.0).stderr(Stdio::null()).status();
+    }
+}
+
+/// Whether another process holds the lock of a partial image directory.
+fn locked(partial: &std::path::Path) -> bool {
+    let Ok(f) = std::fs::File::open(partial.join(".lock")) else { return false };
+    // SAFETY: flock on a file we hold.
+    unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX | libc::LOCK_NB) < 0 }
+}
+
+/// A snapshot that hangs in the kernel (the filesystem frozen with fsfreeze between the
+/// relink and the snapshot: its mkdir and snapshot ioctl wait uninterruptibly): the take
+/// gives up after --snapshot-timeout, the tasks run, its `.ID.partial` stays locked while the
+/// snapshot may still complete; once the filesystem is thawed the late snapshot appears, and
+/// plain `gc` removes it with the names and the trace.
+#[test]
+fn hanging_snapshot_is_given_up_on() {
+    let _g = serial();
+    let fs = LoopFs::new("btrfs", "512M");
+    let work = Scratch::new("trust-snaphang");
+    let dir = fs.path("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", dir.to_str().unwrap(), "orphan:10000"],
+        &work.path().join("log"),
+        true,
+        None,
+    );
+    let images = work.path().join("images");
+    let (pid, ir) = (p.pid.to_string(), images.to_str().unwrap());
+    let hooks = Hooks::new(work.path().join("hooks"), &["take-relinked"]);
+    let args = ["take", "--pid", &pid, "--image-root", ir, "--snapshot", "btrfs", "--snapshot-timeout", "2"];
+    let child = hooks.command(&args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    hooks.wait_reached("take-relinked", "relinked");
+    sh(&format!("fsfreeze -f '{}'", fs.mnt.display()));
+    let thaw = Thaw(fs.mnt.clone());
+    let t0 = Instant::now();
+    hooks.release("take-relinked");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(t0.elapsed() < Duration::from_secs(20), "took {:?}: {err}", t0.elapsed());
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("did not finish within 2 s") && err.contains("snapckpt gc --mount"), "{err}");
+    assert!(alive(p.pid) && !stopped(p.pid), "the task is not running: {err}");
+    let partial: Vec<PathBuf> = std::fs::read_dir(&images).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(partial.len(), 1, "{partial:?}");
+    let name = partial[0].file_name().unwrap().to_string_lossy().into_owned();
+    let id =
+        name.strip_prefix('.').and_then(|n| n.strip_suffix(".partial")).expect("a .ID.partial").to_string();
+    assert!(locked(&partial[0]), "the snapshot process does not hold the take's lock");
+    drop(thaw);
+    wait_for(|| !locked(&partial[0]), Duration::from_secs(20), "the snapshot process to end");
+    assert!(fs.path(&format!(".snapckpt/{id}/snapshot")).exists(), "the late snapshot did not complete");
+    let gc = snapckpt_ok(&["gc", "--image-root", ir, "--mount", fs.mnt.to_str().unwrap()]);
+    assert!(!fs.path(&format!(".snapckpt/{id}")).exists(), "gc left the late snapshot:\n{gc}");
+    assert!(checkpoint_names(&fs.mnt).is_empty(), "gc left names:\n{gc}");
+    assert!(std::fs::read_dir(&images).unwrap().next().is_none(), "gc left the trace:\n{gc}");
 }
 
 /// `delete --force` of a checkpoint whose restart clone holds a subvolume (made in the

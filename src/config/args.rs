@@ -100,6 +100,11 @@ pub struct TakeArgs {
     /// on; default: the job's [criu] dump_timeout_s, else 600).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub dump_timeout: Option<u64>,
+    /// Give up on the snapshots if they take longer than SECS (a frozen or stalled filesystem
+    /// can hang one in the kernel): the tasks are thawed and go on, what the take left is for
+    /// `gc`; default: the job's [snapshot] timeout_s, else 120.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_timeout: Option<u64>,
     /// Refuse the take when a filesystem the tasks use cannot be snapshotted with the
     /// --snapshot backend (default: keep its relinked names and say so).
     #[arg(long)]

@@ -33,6 +33,8 @@ use std::time::Duration;
 /// `[freeze] timeout_ms` gives one.
 /// How long a CRIU dump or restore may take before CRIU is stopped, in seconds.
 pub const DEFAULT_CRIU_TIMEOUT_S: u64 = 600;
+/// How long the snapshots of a take may keep its tasks frozen, in seconds.
+pub const DEFAULT_SNAPSHOT_TIMEOUT_S: u64 = 120;
 pub const DEFAULT_FREEZE_TIMEOUT_MS: u64 = 10_000;
 /// How long `scan --freeze` waits for the tasks to freeze.
 pub const SCAN_FREEZE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -232,6 +234,9 @@ pub fn take_options(a: TakeArgs, env: &Env) -> Result<take::TakeOptions, ConfigE
         auto_snapshot,
         strict_snapshots: a.strict_snapshots,
         keep_links: a.keep_links || j.is_some_and(|j| j.snapshot.keep_links),
+        snapshot_timeout: Duration::from_secs(
+            a.snapshot_timeout.or(j.and_then(|j| j.snapshot.timeout_s)).unwrap_or(DEFAULT_SNAPSHOT_TIMEOUT_S),
+        ),
         engine,
         job_name: j.and_then(|j| j.name.clone()),
         dry_run: a.dry_run,

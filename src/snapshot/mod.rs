@@ -16,7 +16,10 @@
 //! the operation; none panics on bad input.
 
 pub mod btrfs;
+mod deadline;
 pub mod lvm;
+
+pub use deadline::take_within;
 
 use crate::record;
 use serde::{Deserialize, Serialize};
@@ -86,6 +89,12 @@ pub enum SnapshotError {
     /// A backend or feature that is not available.
     #[error("{0}")]
     Unsupported(String),
+    /// The snapshot did not finish in time; it may still complete in the kernel.
+    #[error("the snapshot of {} did not finish within {} s (the filesystem may be frozen, e.g. by fsfreeze, or its device stalled; the kernel cannot interrupt a snapshot)", mount_point.display(), timeout.as_secs())]
+    Timeout { mount_point: PathBuf, timeout: std::time::Duration },
+    /// The snapshot process failed: its error's message.
+    #[error("{0}")]
+    Child(String),
     /// An LVM command failed: the command, its arguments, how it ended and its stderr.
     #[error("{cmd} {}: {status}: {stderr}", args.join(" "))]
     Lvm { cmd: String, args: Vec<String>, status: String, stderr: String },

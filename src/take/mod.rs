@@ -55,6 +55,9 @@ pub enum TakeError {
     /// The dump cannot be restarted as it is: not published, the tasks go on.
     #[error("the checkpoint could not be restarted, so it was not published and the tasks go on: {0}")]
     NotRestartable(String),
+    /// A selected task exited while the take ran: what failed then is the consequence.
+    #[error("task {pid} exited during the take, so it could not be checkpointed; {undone}. Take it again if it (or its job) still runs. What failed: {source}")]
+    TaskExited { pid: i32, undone: String, source: Box<TakeError> },
     /// A failed take whose undo left something behind (named in `warnings`).
     #[error("{source}")]
     Undone { source: Box<TakeError>, warnings: Vec<String> },
@@ -90,6 +93,8 @@ pub struct TakeOptions {
     pub strict_snapshots: bool,
     /// Keep the relinked names on the live filesystems after the snapshot.
     pub keep_links: bool,
+    /// How long the snapshot step may keep the tasks frozen ([`snapshot::take_within`]).
+    pub snapshot_timeout: Duration,
     pub engine: EngineOpts,
     pub job_name: Option<String>,
     pub dry_run: bool,
@@ -165,6 +170,8 @@ pub fn take(opts: &TakeOptions) -> Result<Outcome, TakeError> {
 /// What the stages before the freeze decided.
 struct Selected {
     id: String,
+    /// The selected tasks (again after the freeze).
+    pids: Vec<i32>,
     now: u64,
     method: FreezeMethod,
     criu_version: String,
@@ -195,7 +202,7 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
         }
         verify::unsupported_fds(&pids)?;
     }
-    Ok(Selected { id, now, method, criu_version })
+    Ok(Selected { id, pids, now, method, criu_version })
 }
 
 /// A dry run: freeze briefly for a consistent scan, plan, thaw.
@@ -256,6 +263,7 @@ impl Tx<'_> {
         self.timings.freeze_ms = ms(t0.elapsed());
         hooks::point("take-frozen");
         let pids = selection_after_freeze(self.opts, frozen)?;
+        self.sel.pids = pids.clone();
         at_hook(self.opts, Point::PostFreeze, &self.sel.id, self.image.path(), &pids, &[])?;
 
         let t1 = Instant::now();
@@ -271,7 +279,6 @@ impl Tx<'_> {
         hooks::point("take-snapshotted");
         // A files-only checkpoint of a task that died meanwhile would restart nothing it had.
         let files_only = matches!(self.opts.engine, EngineOpts::None);
-        let gone = |p: i32| matches!(tasks::zombie(p), Ok(None) | Ok(Some(Some(_))));
         if let Some(&dead) = pids.iter().find(|&&p| files_only && gone(p)) {
             return Err(TakeError::Refused(format!(
                 "task {dead} exited during the take; nothing was kept, take it again if it runs"
@@ -398,7 +405,8 @@ impl Tx<'_> {
                 let t = Instant::now();
                 let stage =
                     ui::stage(self.opts.progress, &format!("taking {} snapshot(s)", plan.specs.len()));
-                take_snapshots(&plan.specs, &self.sel.id, &mut self.snaps)?;
+                let limit = (self.opts.snapshot_timeout, self.image.lock_fd());
+                take_snapshots(&plan.specs, &self.sel.id, &mut self.snaps, limit)?;
                 stage.done();
                 self.timings.snapshot_ms = ms(t.elapsed());
                 // Names leading to the tasks' own inodes go before the thaw: checked now.
@@ -472,6 +480,7 @@ impl Tx<'_> {
         let image_dir = self.image.path().to_path_buf();
         let t = Instant::now();
         let (frozen, id, snaps) = (self.frozen.as_ref().expect("frozen"), &self.sel.id, &mut self.snaps);
+        let limit = (self.opts.snapshot_timeout, self.image.lock_fd());
         let mut snap_err = None;
         let mut snap_t = 0;
         ui::detail(&format!("CRIU logs into {}", req.image_dir.display()));
@@ -484,7 +493,7 @@ impl Tx<'_> {
             }
             hooks::point("take-post-dump");
             let ts = Instant::now();
-            let r = take_snapshots(specs, id, snaps);
+            let r = take_snapshots(specs, id, snaps, limit);
             snap_t = ms(ts.elapsed());
             // Shown restartable before CRIU lets go of the tasks: a failure aborts the dump.
             let r = r.and_then(|()| {
@@ -621,6 +630,11 @@ impl Tx<'_> {
                 *log = kept;
             }
         }
+        if let TakeError::Snapshot(snapshot::SnapshotError::Timeout { mount_point, .. }) = &e {
+            let mp = mount_point.clone();
+            return self.fail_hung(e, &mp);
+        }
+        let made = (self.relinker.as_ref().map_or(0, |r| r.made().len()), self.snaps.len());
         let mut warnings = vec![];
         for s in self.snaps.iter().rev() {
             if let Err(de) = snapshot::delete(s, true) {
@@ -641,6 +655,7 @@ impl Tx<'_> {
             let kept = self.image.keep_as_failed();
             warnings.push(format!("kept {} so that `snapckpt gc` removes what is left", kept.display()));
         }
+        let e = exited_during(&self.sel.pids, e, made, warnings.is_empty());
         if warnings.is_empty() {
             e
         } else {
@@ -649,9 +664,74 @@ impl Tx<'_> {
     }
 }
 
-fn take_snapshots(specs: &[FsSpec], id: &str, out: &mut Vec<Snapshot>) -> Result<(), TakeError> {
+impl Tx<'_> {
+    /// A snapshot that hung in the kernel: thaw the tasks at once and touch no filesystem (a
+    /// removal would hang the same way). The relinked names, the snapshots and the one that
+    /// may still complete stay with `.ID.partial`, locked by the snapshot process until the
+    /// kernel lets it go; then plain `gc` removes them all.
+    fn fail_hung(mut self, e: TakeError, mp: &Path) -> TakeError {
+        drop(self.frozen.take()); // thaws
+        let kept = self.image.keep_pending();
+        let warnings = vec![format!(
+            "the tasks were thawed and go on; the relinked names and snapshots of the take, and the snapshot that may still complete, are left with {}: run `snapckpt gc --mount {}` once the filesystem works again",
+            kept.display(),
+            mp.display()
+        )];
+        TakeError::Undone { source: Box::new(e), warnings }
+    }
+}
+
+/// Whether a task has exited (gone, or a zombie).
+fn gone(pid: i32) -> bool {
+    matches!(tasks::zombie(pid), Ok(None) | Ok(Some(Some(_))))
+}
+
+/// A failure while a selected task had exited is said as that, with what the undo did
+/// (`made`: the relinked names and snapshots it removed; `clean`: whether all of it went),
+/// rather than as the system call that found the task gone (`open /proc/N/root/...`).
+fn exited_during(pids: &[i32], e: TakeError, made: (usize, usize), clean: bool) -> TakeError {
+    let said = match &e {
+        TakeError::Scan(scan::ScanError::TaskExited { .. }) => true,
+        TakeError::Refused(m) => m.contains("exited during the take"),
+        _ => false,
+    };
+    let Some(&pid) = pids.iter().find(|&&p| !said && gone(p)) else { return e };
+    TakeError::TaskExited { pid, undone: undone_summary(made, clean), source: Box::new(e) }
+}
+
+/// What the undo of a failed take did, in words.
+fn undone_summary((names, snaps): (usize, usize), clean: bool) -> String {
+    if !clean {
+        return "any other task was thawed; what could not be undone is listed in the warnings".into();
+    }
+    match (names, snaps) {
+        (0, 0) => "nothing of it is left (no relinked name, no snapshot) and any other task was thawed".into(),
+        (n, s) => format!(
+            "nothing is left of it: the {n} relinked name(s) and {s} snapshot(s) it had made were removed and any other task thawed"
+        ),
+    }
+}
+
+/// Take the snapshots, all within `timeout` (each in a process that keeps the image lock
+/// `lock`: [`snapshot::take_within`]).
+fn take_snapshots(
+    specs: &[FsSpec],
+    id: &str,
+    out: &mut Vec<Snapshot>,
+    (timeout, lock): (Duration, std::os::fd::RawFd),
+) -> Result<(), TakeError> {
+    let deadline = Instant::now() + timeout;
     for s in specs {
-        out.push(snapshot::take(s, id, sys::now_unix())?);
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let r = snapshot::take_within(s, id, sys::now_unix(), left, &[lock]);
+        // the error names the whole step's limit
+        let r = r.map_err(|e| match e {
+            snapshot::SnapshotError::Timeout { mount_point, .. } => {
+                snapshot::SnapshotError::Timeout { mount_point, timeout }
+            }
+            e => e,
+        });
+        out.push(r?);
     }
     Ok(())
 }
@@ -780,5 +860,23 @@ mod tests {
         assert!(e.contains("outside its pid namespace") && e.contains("setsid"), "{e}");
         let e = TakeError::NotSessionLeader { pid: 12, sid: 7 }.to_string();
         assert!(e.contains("its session is 7"), "{e}");
+    }
+
+    /// A take failing after a task exited says so first, with what the undo did.
+    #[test]
+    fn a_task_that_exited_is_named_with_the_undo() {
+        let cause = TakeError::Refused("open /proc/99/root/x: No such file or directory".into());
+        let e = exited_during(&[i32::MAX], cause, (2, 1), true).to_string();
+        assert!(e.starts_with(&format!("task {} exited during the take", i32::MAX)), "{e}");
+        assert!(
+            e.contains("the 2 relinked name(s) and 1 snapshot(s)")
+                && e.ends_with("No such file or directory"),
+            "{e}"
+        );
+        assert!(undone_summary((0, 0), true).contains("nothing of it is left"));
+        assert!(undone_summary((3, 0), false).contains("warnings"));
+        // a live task: the error stays as it is
+        let cause = TakeError::Refused("x".into());
+        assert_eq!(exited_during(&[std::process::id() as i32], cause, (0, 0), true).to_string(), "x");
     }
 }

@@ -104,6 +104,9 @@ pub fn plan(opts: &TakeOptions, sc: &Scan) -> Result<SnapshotPlan, TakeError> {
                     c.coverage = Coverage::Snapshot;
                     specs.push(spec);
                 }
+                // A snapshot directory (or a path to it) that someone other than root could
+                // change: not a filesystem the backend cannot snapshot, but a boundary.
+                Err(e @ snapshot::SnapshotError::Refused { .. }) => return Err(e.into()),
                 Err(e) if opts.strict_snapshots => {
                     return Err(TakeError::Strict { mount_point: mp, why: e.to_string() });
                 }

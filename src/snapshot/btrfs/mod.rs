@@ -113,6 +113,8 @@ fn origin(spec: &FsSpec) -> Result<Origin, SnapshotError> {
             why: "is not UTF-8".into(),
         })?
         .to_string();
+    // Snapshots are made, mounted and deleted below it: only root may change where it leads.
+    trusted(&mp)?;
 
     // The mount, as the kernel sees it.
     let mfd = sys::open(&mp, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(io_err(&mp, "open"))?;
@@ -151,9 +153,12 @@ struct Origin {
     mview: PathBuf,
 }
 
-/// Whether a snapshot of `spec` can be taken, checked before anything is changed.
+/// Whether a snapshot of `spec` can be taken, checked before anything is changed: the
+/// origin, and every component of the snapshot directory that exists already (nothing is
+/// created here).
 pub fn precheck(spec: &FsSpec) -> Result<(), SnapshotError> {
-    origin(spec).map(drop)
+    let o = origin(spec)?;
+    walk_snapshot_dir(&o.mfd, &o.mp, &o.dir, false).map(drop)
 }
 
 /// Take a read-only snapshot of the subvolume mounted at `spec.mount_point` as
@@ -177,9 +182,15 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
 
     // <snapshot_dir>/<id>
     let sdir_path = mp.join(dir);
-    let sfd = open_snapshot_dir(&mfd, &mp, dir)?;
+    let mut sfd = open_snapshot_dir(&mfd, &mp, dir)?;
     let id_path = sdir_path.join(id);
-    sys::mkdirat(sfd.as_raw_fd(), OsStr::new(id), 0o700).map_err(|e| {
+    let mut made = sys::mkdirat(sfd.as_raw_fd(), OsStr::new(id), 0o700);
+    if matches!(&made, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
+        // A delete removed the empty snapshot directory meanwhile: make it again.
+        sfd = open_snapshot_dir(&mfd, &mp, dir)?;
+        made = sys::mkdirat(sfd.as_raw_fd(), OsStr::new(id), 0o700);
+    }
+    made.map_err(|e| {
         if e.raw_os_error() == Some(libc::EEXIST) {
             SnapshotError::Refused {
                 path: id_path.clone(),
@@ -266,71 +277,108 @@ fn not_subvolume_root(mp: &Path, m: &MountEntry, view: &Path) -> SnapshotError {
     }
 }
 
+/// What to do about a directory on the way to the snapshots that only root must be able to
+/// change: said in every refusal.
+const FIX_DIR: &str = "snapckpt creates, mounts and deletes snapshots there as root, so only root may be able to change it: \
+     make it a plain directory owned by root and writable by root only (`chown root:root DIR; chmod 0700 DIR`), \
+     or remove it and let snapckpt create it, or choose another snapshot_dir";
+
+fn refused(path: PathBuf, why: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::Refused { path, why: format!("{why}; {FIX_DIR}") }
+}
+
+/// Only root can change where `path` leads (every directory from `/` root-owned and not
+/// writable by others, a sticky one accepted; no symlinks): [`sys::trusted_dirs`].
+fn trusted(path: &Path) -> Result<(), SnapshotError> {
+    sys::trusted_dirs(path, false).map_err(|why| SnapshotError::Refused {
+        path: path.to_path_buf(),
+        why: format!(
+            "{why}. snapckpt creates, mounts and deletes snapshots below it as root: make every directory on the way \
+             root's and writable by root only (`chown root:root DIR; chmod go-w DIR`), or mount the filesystem elsewhere"
+        ),
+    })
+}
+
 /// Open (creating what is missing, root-owned 0700) `<mount>/<dir>`, one component at a time,
 /// never following a symlink or crossing into another mount, and check that each component
 /// is a root-owned directory not writable by group or others.
 fn open_snapshot_dir(mfd: &OwnedFd, mp: &Path, dir: &str) -> Result<OwnedFd, SnapshotError> {
-    let flags = libc::O_PATH | libc::O_DIRECTORY;
+    walk_snapshot_dir(mfd, mp, dir, true)?.ok_or_else(|| SnapshotError::Invalid {
+        what: "snapshot directory",
+        value: dir.into(),
+        why: "is empty".into(),
+    })
+}
+
+/// The walk of [`open_snapshot_dir`]. Without `create` nothing is made: the components that
+/// exist are checked, and `None` says that one is missing (take will create the rest).
+fn walk_snapshot_dir(
+    mfd: &OwnedFd,
+    mp: &Path,
+    dir: &str,
+    create: bool,
+) -> Result<Option<OwnedFd>, SnapshotError> {
     let mut cur: Option<OwnedFd> = None;
     let mut path = mp.to_path_buf();
     for comp in dir.split('/') {
         path.push(comp);
         let parent = cur.as_ref().unwrap_or(mfd).as_raw_fd();
-        let mut r = sys::openat2(parent, comp, flags, 0, sys::RESOLVE_STRICT);
-        if matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
-            match sys::mkdirat(parent, OsStr::new(comp), 0o700) {
-                Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-                Err(e) => {
-                    return Err(SnapshotError::Io(crate::sys::SysError { path, syscall: "mkdir", source: e }))
-                }
-            }
-            r = sys::openat2(parent, comp, flags, 0, sys::RESOLVE_STRICT);
+        match open_component(parent, comp, &path, create)? {
+            Some(fd) => cur = Some(fd),
+            None => return Ok(None),
         }
-        let fd = match r {
-            Ok(fd) => fd,
-            Err(e) => {
-                let why = match e.raw_os_error() {
-                    Some(libc::ELOOP) => "is a symbolic link".to_string(),
-                    Some(libc::ENOTDIR) => match std::fs::symlink_metadata(&path) {
-                        Ok(md) if md.file_type().is_symlink() => "is a symbolic link".to_string(),
-                        _ => "is not a directory".to_string(),
-                    },
-                    Some(libc::EXDEV) => "is on another mount".to_string(),
-                    _ => {
-                        return Err(SnapshotError::Io(crate::sys::SysError {
-                            path,
-                            syscall: "openat2",
-                            source: e,
-                        }))
-                    }
-                };
-                return Err(SnapshotError::Refused {
-                    path,
-                    why: format!("{why}; the snapshot directory must be a plain directory owned by root"),
-                });
-            }
-        };
-        let st = sys::fstat(fd.as_raw_fd()).map_err(io_err(&path, "fstat"))?;
-        if st.st_uid != 0 {
-            return Err(SnapshotError::Refused {
-                path,
-                why: format!("owned by uid {}, not root", st.st_uid),
-            });
-        }
-        if st.st_mode & 0o022 != 0 {
-            return Err(SnapshotError::Refused {
-                path,
-                why: format!("writable by group or others (mode {:o})", st.st_mode & 0o7777),
-            });
-        }
-        cur = Some(fd);
     }
-    cur.ok_or_else(|| SnapshotError::Invalid {
-        what: "snapshot directory",
-        value: dir.into(),
-        why: "is empty".into(),
-    })
+    Ok(cur)
+}
+
+/// One component of the snapshot directory, checked (see [`open_snapshot_dir`]); `None` when
+/// it does not exist and `create` is false.
+fn open_component(
+    parent: i32,
+    comp: &str,
+    path: &Path,
+    create: bool,
+) -> Result<Option<OwnedFd>, SnapshotError> {
+    let flags = libc::O_PATH | libc::O_DIRECTORY;
+    let mut r = sys::openat2(parent, comp, flags, 0, sys::RESOLVE_STRICT);
+    if matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
+        if !create {
+            return Ok(None);
+        }
+        match sys::mkdirat(parent, OsStr::new(comp), 0o700) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(io_err(path, "mkdir")(e)),
+        }
+        r = sys::openat2(parent, comp, flags, 0, sys::RESOLVE_STRICT);
+    }
+    let fd = r.map_err(|e| component_refusal(path, e))?;
+    let st = sys::fstat(fd.as_raw_fd()).map_err(io_err(path, "fstat"))?;
+    if st.st_uid != 0 {
+        return Err(refused(path.into(), format_args!("owned by uid {}, not root", st.st_uid)));
+    }
+    if st.st_mode & 0o022 != 0 {
+        let mode = st.st_mode & 0o7777;
+        return Err(refused(path.into(), format_args!("writable by group or others (mode {mode:o})")));
+    }
+    Ok(Some(fd))
+}
+
+/// Why a component of the snapshot directory could not be opened safely.
+fn component_refusal(path: &Path, e: io::Error) -> SnapshotError {
+    let why = match e.raw_os_error() {
+        Some(libc::ELOOP) => "is a symbolic link",
+        Some(libc::ENOTDIR) => match std::fs::symlink_metadata(path) {
+            Ok(md) if md.file_type().is_symlink() => "is a symbolic link",
+            _ => "is not a directory",
+        },
+        Some(libc::EXDEV) => "is on another mount",
+        _ => return io_err(path, "openat2")(e),
+    };
+    refused(
+        path.into(),
+        format_args!("{why}; the snapshot directory must be a plain directory owned by root"),
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -482,7 +530,19 @@ struct Located {
 /// Find the snapshot: through the recorded path if the subvolume there has the recorded
 /// UUID and its mount is writable, else on the recorded device's top level. `None` when the
 /// device's filesystem has no `<id>` directory (already deleted).
+///
+/// Refused when someone other than root could change where the `<id>` directory's path leads
+/// (a user-writable or symlinked directory on the way): clones are made and snapshots deleted
+/// through it.
 fn locate(rec: &Rec) -> Result<Option<Located>, SnapshotError> {
+    let loc = locate_unchecked(rec)?;
+    if let Some(l) = &loc {
+        trusted(&l.id_dir)?;
+    }
+    Ok(loc)
+}
+
+fn locate_unchecked(rec: &Rec) -> Result<Option<Located>, SnapshotError> {
     if let Ok(info) = libbtrfsutil::subvolume_info(&rec.path) {
         let id_dir = rec.path.parent().map(Path::to_path_buf).unwrap_or_default();
         let writable = nix::sys::statvfs::statvfs(&id_dir)
@@ -776,13 +836,36 @@ pub fn delete(s: &Snapshot, force: bool) -> Result<(), SnapshotError> {
         delete_subvolume(snap, true)?;
     }
     match std::fs::remove_dir(&loc.id_dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(SnapshotError::Io(crate::sys::SysError {
-            path: loc.id_dir.clone(),
-            syscall: "rmdir",
-            source: e,
-        })),
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&loc.id_dir, "rmdir")(e)),
+    }
+    remove_empty_chain(&loc.id_dir, snapshot_dir_depth(s));
+    Ok(())
+}
+
+/// How many components the snapshot directory of a recorded snapshot has (`a/b/c`: 3):
+/// its path is `<mount point>/<snapshot_dir>/<id>/snapshot`.
+fn snapshot_dir_depth(s: &Snapshot) -> usize {
+    let Snapshot::Btrfs { mount_point, path, .. } = s else { return 0 };
+    Path::new(path)
+        .strip_prefix(mount_point)
+        .map(|rel| rel.components().count().saturating_sub(2))
+        .unwrap_or(0)
+}
+
+/// Remove the snapshot directory chain above a deleted `<id>` directory, deepest first, as
+/// long as each is empty (another checkpoint's snapshots keep it), all but its first
+/// component: a deep `snapshot_dir` (`snaps/a/b`) leaves only `snaps`, as the default leaves
+/// `.snapckpt`. A take racing this makes the directories again.
+fn remove_empty_chain(id_dir: &Path, depth: usize) {
+    let mut dir = id_dir.parent();
+    for _ in 1..depth {
+        let Some(d) = dir else { return };
+        if std::fs::remove_dir(d).is_err() {
+            return;
+        }
+        dir = d.parent();
     }
 }
 
