@@ -278,7 +278,7 @@ pub fn validate_snapshot_dir(dir: &str) -> Result<(), SnapshotError> {
 }
 
 /// One line of /proc/self/mountinfo ([`crate::procfs::MountEntry`]) and its parser.
-pub(crate) use crate::procfs::{parse_mountinfo, MountEntry};
+pub(crate) use crate::procfs::MountEntry;
 
 /// Read and parse /proc/self/mountinfo.
 pub(crate) fn mountinfo() -> Result<Vec<MountEntry>, SnapshotError> {
@@ -311,6 +311,45 @@ pub(crate) fn unmount_clone_mount(
             source: err.into(),
         })),
     }
+}
+
+/// Lazily unmount every mount `ours` picks out of /proc/self/mountinfo, top mounts first (a
+/// covered one that is never on top is refused), until none is left; `what` (a snapshot)
+/// names it if 64 rounds do not end it. Shared by the btrfs and LVM backends.
+pub(crate) fn detach_all(
+    what: &Path,
+    ours: impl Fn(&[MountEntry]) -> Vec<MountEntry>,
+) -> Result<(), SnapshotError> {
+    for _ in 0..64 {
+        let all = mountinfo()?;
+        let ours = ours(&all);
+        if ours.is_empty() {
+            return Ok(());
+        }
+        let top: Vec<&MountEntry> = ours.iter().filter(|e| is_topmost(e, &all)).collect();
+        if top.is_empty() {
+            return Err(SnapshotError::Refused {
+                path: ours[0].mount_point.clone(),
+                why: "a restart clone mounted here is covered by another mount; unmount that first".into(),
+            });
+        }
+        for e in top {
+            match nix::mount::umount2(&e.mount_point, nix::mount::MntFlags::MNT_DETACH) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(err) => {
+                    return Err(SnapshotError::Io(crate::sys::SysError {
+                        path: e.mount_point.clone(),
+                        syscall: "umount2(MNT_DETACH)",
+                        source: err.into(),
+                    }))
+                }
+            }
+        }
+    }
+    Err(SnapshotError::Refused {
+        path: what.into(),
+        why: "its mounts (its own and its clones') stay after 64 rounds of unmounting".into(),
+    })
 }
 
 /// The mount that is visible at its mount point: no other entry is mounted on top of it.
@@ -348,7 +387,7 @@ mod tests {
                   45 44 0:39 /x\\134y /tmp/c rw - btrfs /dev/loop0 rw,subvolid=258,subvol=/x\n\
                   46 45 0:40 / /tmp/c rw - tmpfs none rw\n";
         // the parsing itself is procfs's test of the same lines; here: which mount is on top
-        let m = parse_mountinfo(t);
+        let m = crate::procfs::parse_mountinfo(t);
         assert_eq!(m.len(), 3);
         assert!(is_topmost(&m[0], &m));
         assert!(!is_topmost(&m[1], &m), "46 is mounted over 45 at /tmp/c");

@@ -742,36 +742,7 @@ pub fn delete_clone(p: &Path) -> Result<(), SnapshotError> {
 
 /// Lazily unmount every mount of the snapshot and its clones, top mounts first.
 fn detach_all(rec: &Rec) -> Result<(), SnapshotError> {
-    for _ in 0..64 {
-        let all = mountinfo()?;
-        let ours = mounts_of(rec, &all, true, true);
-        if ours.is_empty() {
-            return Ok(());
-        }
-        let top: Vec<&MountEntry> = ours.iter().filter(|e| is_topmost(e, &all)).collect();
-        if top.is_empty() {
-            return Err(SnapshotError::Refused {
-                path: ours[0].mount_point.clone(),
-                why: "a restart clone mounted here is covered by another mount; unmount that first".into(),
-            });
-        }
-        for e in top {
-            match nix::mount::umount2(&e.mount_point, MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-                Err(err) => {
-                    return Err(SnapshotError::Io(crate::sys::SysError {
-                        path: e.mount_point.clone(),
-                        syscall: "umount2(MNT_DETACH)",
-                        source: err.into(),
-                    }))
-                }
-            }
-        }
-    }
-    Err(SnapshotError::Refused {
-        path: rec.path.clone(),
-        why: "its clones stay mounted after 64 rounds of unmounting".into(),
-    })
+    super::detach_all(&rec.path, |all| mounts_of(rec, all, true, true))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -49,10 +49,8 @@ pub(super) fn mount_lv(lv: &Lv, fstype: &'static str, target: &Path) -> Result<(
         options: options.into(),
         source: e.into(),
     })?;
-    let (all, devs) = dev_mounts()?;
-    let ok = all
-        .iter()
-        .any(|e| e.mount_point == target && devs.get(&e.mnt_id) == Some(&dev) && is_topmost(e, &all));
+    let all = mountinfo()?;
+    let ok = all.iter().any(|e| e.mount_point == target && e.dev == dev && is_topmost(e, &all));
     if !ok {
         let _ = nix::mount::umount2(target, MntFlags::MNT_DETACH);
         return Err(SnapshotError::Mismatch {
@@ -185,8 +183,8 @@ pub(super) fn classic_mount(rec: &Rec, snap: &Lv, target: &Path) -> Result<Mount
         });
     }
     if let Some(dev) = snap.dev() {
-        let (all, devs) = dev_mounts()?;
-        let m = mounts_of_devs(&all, &devs, &[dev]);
+        let all = mountinfo()?;
+        let m = mounts_of_devs(&all, &[dev]);
         if !m.is_empty() {
             return Err(SnapshotError::InUse { path: PathBuf::from(rec.full()), mounts: mount_points(&m) });
         }
@@ -256,8 +254,8 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
             why: "has a malformed target, VG or LV name".into(),
         });
     }
-    let (all, devs) = dev_mounts()?;
-    if let Some(e) = all.iter().find(|e| e.mount_point == m.target && devs.get(&e.mnt_id) == Some(dev)) {
+    let all = mountinfo()?;
+    if let Some(e) = all.iter().find(|e| e.mount_point == m.target && e.dev == *dev) {
         crate::snapshot::unmount_clone_mount(m, e, &all)?;
     }
     if !remove {
@@ -268,8 +266,8 @@ pub fn unmount_clone(m: &MountedClone, remove: bool) -> Result<(), SnapshotError
         return Ok(()); // another LV of that name: not ours
     }
     if let Some(d) = x.dev() {
-        let (all, devs) = dev_mounts()?;
-        let still = mounts_of_devs(&all, &devs, &[d]);
+        let all = mountinfo()?;
+        let still = mounts_of_devs(&all, &[d]);
         if !still.is_empty() {
             return Err(SnapshotError::InUse { path: m.clone_path.clone(), mounts: mount_points(&still) });
         }
@@ -302,11 +300,11 @@ pub fn find(mount_point: &Path) -> Result<Vec<(String, Snapshot)>, SnapshotError
     let mp = std::fs::canonicalize(mount_point).map_err(|source| {
         SnapshotError::Io(crate::sys::SysError { path: mount_point.into(), syscall: "realpath", source })
     })?;
-    let (all, devs) = dev_mounts()?;
+    let all = mountinfo()?;
     let Some(m) = all.iter().rev().find(|e| e.mount_point == mp && is_topmost(e, &all)) else {
         return Ok(vec![]);
     };
-    let (Some(fstype), Some(&dev)) = (supported_fstype(&m.fstype), devs.get(&m.mnt_id)) else {
+    let (Some(fstype), Some(&dev)) = (supported_fstype(&m.fstype), Some(&m.dev)) else {
         return Ok(vec![]);
     };
     let origin = match lv_of_mount(&m.source, dev) {

@@ -44,13 +44,15 @@
 //! removed; restart clones are recognised by name *and* by the `snapckpt_clone_of_<UUID>` tag;
 //! mounts are matched by device number (mountinfo's major:minor against the LV's dm device).
 
-use super::{is_topmost, validate_id, CloneDetail, FsSpec, MountEntry, MountedClone, SnapshotError};
+use super::{
+    is_topmost, mountinfo, validate_id, CloneDetail, FsSpec, MountEntry, MountedClone, SnapshotError,
+};
 use crate::record::names::{snapshot_lv_name, valid_lv_name, LV_PREFIX};
 use crate::record::{LvmKind, Snapshot};
 use crate::sys;
 use nix::mount::{MntFlags, MsFlags};
 use serde::Deserialize;
-use std::collections::HashMap;
+
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -313,23 +315,9 @@ fn supported_fstype(fstype: &str) -> Option<&'static str> {
 // ---------------------------------------------------------------------------------------------
 // mounts by device number
 
-/// /proc/self/mountinfo with each entry's device number (field 3, major:minor).
-fn dev_mounts() -> Result<(Vec<MountEntry>, HashMap<u32, u64>), SnapshotError> {
-    let p = Path::new("/proc/self/mountinfo");
-    let text = std::fs::read(p).map_err(|source| {
-        SnapshotError::Io(crate::sys::SysError { path: p.into(), syscall: "read", source })
-    })?;
-    Ok((super::parse_mountinfo(&text), parse_mount_devs(&text)))
-}
-
-/// mnt_id -> device number, from mountinfo text.
-pub(crate) fn parse_mount_devs(text: &[u8]) -> HashMap<u32, u64> {
-    super::parse_mountinfo(text).into_iter().map(|e| (e.mnt_id, e.dev)).collect()
-}
-
-/// The mounts of any of the devices `devs`.
-fn mounts_of_devs(all: &[MountEntry], devs: &HashMap<u32, u64>, want: &[u64]) -> Vec<MountEntry> {
-    all.iter().filter(|e| devs.get(&e.mnt_id).is_some_and(|d| want.contains(d))).cloned().collect()
+/// The mounts of any of the devices `want` (mountinfo field 3, major:minor).
+fn mounts_of_devs(all: &[MountEntry], want: &[u64]) -> Vec<MountEntry> {
+    all.iter().filter(|e| want.contains(&e.dev)).cloned().collect()
 }
 
 fn mount_points(v: &[MountEntry]) -> Vec<PathBuf> {
@@ -341,36 +329,7 @@ fn mount_points(v: &[MountEntry]) -> Vec<PathBuf> {
 
 /// Lazily unmount every mount of the devices `want`, top mounts first.
 fn detach_all(what: &Path, want: &[u64]) -> Result<(), SnapshotError> {
-    for _ in 0..64 {
-        let (all, devs) = dev_mounts()?;
-        let ours = mounts_of_devs(&all, &devs, want);
-        if ours.is_empty() {
-            return Ok(());
-        }
-        let top: Vec<&MountEntry> = ours.iter().filter(|e| is_topmost(e, &all)).collect();
-        if top.is_empty() {
-            return Err(SnapshotError::Refused {
-                path: ours[0].mount_point.clone(),
-                why: "a restart clone mounted here is covered by another mount; unmount that first".into(),
-            });
-        }
-        for e in top {
-            match nix::mount::umount2(&e.mount_point, MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-                Err(err) => {
-                    return Err(SnapshotError::Io(crate::sys::SysError {
-                        path: e.mount_point.clone(),
-                        syscall: "umount2(MNT_DETACH)",
-                        source: err.into(),
-                    }))
-                }
-            }
-        }
-    }
-    Err(SnapshotError::Refused {
-        path: what.into(),
-        why: "its mounts stay after 64 rounds of unmounting".into(),
-    })
+    super::detach_all(what, |all| mounts_of_devs(all, want))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -438,7 +397,7 @@ fn origin(spec: &FsSpec) -> Result<Origin<'_>, SnapshotError> {
     let mnt_id = sys::mnt_id_of(mfd.as_raw_fd()).map_err(|source| {
         SnapshotError::Io(crate::sys::SysError { path: mp.clone(), syscall: "statx", source })
     })?;
-    let (all, devs) = dev_mounts()?;
+    let all = mountinfo()?;
     let m = all.iter().find(|e| e.mnt_id == mnt_id).ok_or_else(|| SnapshotError::Mismatch {
         path: mp.clone(),
         why: format!("mount id {mnt_id} is not in /proc/self/mountinfo"),
@@ -455,10 +414,7 @@ fn origin(spec: &FsSpec) -> Result<Origin<'_>, SnapshotError> {
             why: format!("the mount shows {} of its filesystem, not its root; an LVM snapshot covers the whole LV: name the mount of the filesystem's root", m.root.display()),
         });
     }
-    let dev = *devs.get(&mnt_id).ok_or_else(|| SnapshotError::Mismatch {
-        path: mp.clone(),
-        why: "mountinfo gives no device number".into(),
-    })?;
+    let dev = m.dev;
 
     // The LV.
     let lv = lv_of_mount(&m.source, dev)?.ok_or_else(|| SnapshotError::Refused {
@@ -658,8 +614,8 @@ pub fn mounted_clones(s: &Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
     let Some(lvs) = vg_lvs(&rec.vg)? else { return Ok(vec![]) };
     let (snap, clones) = locate(&rec, &lvs)?;
     let want = devs_of(snap.iter().chain(clones.iter()));
-    let (all, devs) = dev_mounts()?;
-    Ok(mount_points(&mounts_of_devs(&all, &devs, &want)))
+    let all = mountinfo()?;
+    Ok(mount_points(&mounts_of_devs(&all, &want)))
 }
 
 /// Delete the restart clones, then the snapshot (`lvremove`).
@@ -680,8 +636,8 @@ pub fn delete(s: &Snapshot, force: bool) -> Result<(), SnapshotError> {
         Err(e) => return Err(e),
     };
     let want = devs_of(snap.iter().chain(clones.iter()));
-    let (all, devs) = dev_mounts()?;
-    let mounted = mounts_of_devs(&all, &devs, &want);
+    let all = mountinfo()?;
+    let mounted = mounts_of_devs(&all, &want);
     if !mounted.is_empty() {
         if !force {
             return Err(SnapshotError::InUse {
@@ -832,11 +788,11 @@ mod tests {
         let t = b"35 27 253:4 / /mnt/t rw,relatime - xfs /dev/mapper/vg0-thin1 rw\n\
                   36 27 253:5 / /mnt/c rw,relatime - xfs /dev/mapper/vg0-snapckpt--X--r1 rw,nouuid\n\
                   bad\n";
-        let d = parse_mount_devs(t);
-        assert_eq!(d.get(&35), Some(&sys::makedev(253, 4)));
-        assert_eq!(d.get(&36), Some(&sys::makedev(253, 5)));
-        let all = super::super::parse_mountinfo(t);
-        let m = mounts_of_devs(&all, &d, &[sys::makedev(253, 5)]);
+        let all = crate::procfs::parse_mountinfo(t);
+        let dev = |id| all.iter().find(|e| e.mnt_id == id).map(|e| e.dev);
+        assert_eq!(dev(35), Some(sys::makedev(253, 4)));
+        assert_eq!(dev(36), Some(sys::makedev(253, 5)));
+        let m = mounts_of_devs(&all, &[sys::makedev(253, 5)]);
         assert_eq!(mount_points(&m), vec![PathBuf::from("/mnt/c")]);
     }
 
