@@ -41,6 +41,20 @@ fn drawable(show: bool) -> bool {
     show && level() >= 0 && std::io::stderr().is_terminal()
 }
 
+/// A spinner counting the bytes of a stream (export, import) on a terminal, when asked for;
+/// hidden otherwise. The caller sets its position.
+pub fn byte_spinner(show: bool) -> ProgressBar {
+    if !show || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new_spinner();
+    if let Ok(st) = ProgressStyle::with_template("{spinner} {bytes} {binary_bytes_per_sec} {elapsed} {msg}") {
+        b.set_style(st);
+    }
+    b.enable_steady_tick(Duration::from_millis(200));
+    b
+}
+
 /// A long step: named at `-v`, a spinner with its elapsed time on a terminal.
 pub struct Stage {
     what: String,

@@ -98,7 +98,7 @@ pub fn export(opts: &ExportOptions) -> Result<Exported, MigrateError> {
         }),
     };
     let (out, tmp) = open_output(&opts.output)?;
-    let bar = progress_bar(opts.progress);
+    let bar = crate::ui::byte_spinner(opts.progress);
     let b2 = bar.clone();
     let r = (|| {
         let mut w = Writer::new(out, &header, Box::new(move |n| b2.set_position(n)))?;
@@ -121,21 +121,6 @@ pub fn export(opts: &ExportOptions) -> Result<Exported, MigrateError> {
         std::fs::rename(t, f).map_err(io_err(f, "rename"))?;
     }
     Ok(Exported { id: ck.id, members, bytes, elapsed: t0.elapsed() })
-}
-
-fn progress_bar(on: bool) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !on || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new_spinner();
-    if let Ok(st) =
-        indicatif::ProgressStyle::with_template("{spinner} {bytes} {binary_bytes_per_sec} {elapsed} {msg}")
-    {
-        b.set_style(st);
-    }
-    b.enable_steady_tick(Duration::from_millis(200));
-    b
 }
 
 /// The stream's sink: a file or standard output, buffered.

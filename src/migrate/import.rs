@@ -115,7 +115,7 @@ pub fn import(opts: &ImportOptions) -> Result<Imported, MigrateError> {
         Input::Stdin => Box::new(std::io::stdin().lock()),
         Input::File(f) => Box::new(std::fs::File::open(f).map_err(io_err(f, "open"))?),
     };
-    let bar = progress_bar(opts.progress);
+    let bar = crate::ui::byte_spinner(opts.progress);
     let b2 = bar.clone();
     let r = (|| {
         let mut rd = Reader::new(
@@ -146,21 +146,6 @@ pub fn import(opts: &ImportOptions) -> Result<Imported, MigrateError> {
     })();
     bar.finish_and_clear();
     r
-}
-
-fn progress_bar(on: bool) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !on || !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let b = indicatif::ProgressBar::new_spinner();
-    if let Ok(st) =
-        indicatif::ProgressStyle::with_template("{spinner} {bytes} {binary_bytes_per_sec} {elapsed} {msg}")
-    {
-        b.set_style(st);
-    }
-    b.enable_steady_tick(Duration::from_millis(200));
-    b
 }
 
 /// The first member: the record, validated.
