@@ -20,17 +20,7 @@ fn report_after(log: &Path, from: usize) -> Vec<String> {
 
 /// Ask a restored fidelity process for its report.
 fn self_check(pid: i32, log: &Path, from: usize) -> Vec<String> {
-    wait_paused(pid);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
-    wait_for(
-        || {
-            std::fs::read(log)
-                .map(|s| String::from_utf8_lossy(&s[from.min(s.len())..]).contains("checked"))
-                .unwrap_or(false)
-        },
-        Duration::from_secs(30),
-        "self check",
-    );
+    ask_report(pid, log, from);
     report_after(log, from)
 }
 

@@ -326,3 +326,19 @@ impl Drop for Cgroup {
         }
     }
 }
+
+/// Ask a paused self-reporting workload (ufiles, fidelity) for its report with SIGUSR1, and
+/// wait until it has written "checked" into `log` after `from` bytes.
+pub fn ask_report(pid: i32, log: &Path, from: usize) {
+    wait_paused(pid);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
+    wait_for(
+        || {
+            std::fs::read(log)
+                .map(|s| String::from_utf8_lossy(&s[from.min(s.len())..]).contains("checked"))
+                .unwrap_or(false)
+        },
+        Duration::from_secs(30),
+        "self check",
+    );
+}
