@@ -13,7 +13,8 @@
 # On xfs there is no snapshot backend: take uses --snapshot none (the orphan is reflinked into
 # lost+found/checkpoint on the live fs) and restart works on the live fs.
 # Warm page cache, caches never dropped. One `sync` before each workload starts (earlier steps'
-# writes are not flushed inside a timed step); in the synced case one more before the take.
+# writes are not flushed inside a timed step); in the synced case one more before each timed
+# step (take, restart, kill), in the dirty case none.
 # Plain CRIU is timed as it is and durable (`criu dump` + `sync -f` of its image directory,
 # which snapckpt's published image is: it writes back its image before it reports).
 # Output: $RESULTS_DIR/take-vs-criu.csv (one row per repetition), take-vs-criu.md (medians).
@@ -54,7 +55,7 @@ report_of() {
   tail -c +"$((from + 1))" "$logf" | grep -E '^(FD|MAP|CWD)'
 }
 
-# Before a workload starts: flush what earlier steps wrote. Before a timed take: only synced.
+# Before a workload starts: flush what earlier steps wrote. Before a timed step: only synced.
 before_workload() { sync; }
 before_take() { if [ "$1" = synced ]; then sync; fi; }
 
@@ -84,7 +85,7 @@ run_point() {
   ibytes=$(du -sb "$img/$id" | cut -f1)
   tm=$(ckpt_timings "$img/$id")
   wait_gone "$pid"
-  sync
+  before_take "$cache"   # the restart, as a user's right after the take (dirty) or synced
   t0=$(now_ns)
   out=$("$BIN" restart "$id" "${restartopt[@]}" --image-root "$img" --criu "$CRIU" 2>&1) \
     || { echo "$out" >&2; die "snapckpt restart failed: $BIN restart $id ${restartopt[*]} --image-root $img"; }
@@ -122,7 +123,7 @@ run_point() {
     cs=$(criu_stats "$img/$id/stats-dump")
     # What the default take pays at its end: kill -9 of the task until /proc/PID vanishes
     # (the last close of the orphan: page cache and, on btrfs, extents freed synchronously).
-    sync
+    before_take "$cache"
     t0=$(now_ns)
     stop_pid "$pid"
     local kill_ms; kill_ms=$(ms_since "$t0")
@@ -145,7 +146,7 @@ run_point() {
   ibytes=$(du -sb --exclude=dump.log "$W/criu-img" | cut -f1)
   cs=$(criu_stats "$W/criu-img/stats-dump")
   wait_gone "$pid"
-  sync
+  before_take "$cache"   # CRIU's restore the same way: in the dirty case its image may be unflushed
   t0=$(now_ns)
   "$CRIU" restore -D "$W/criu-img" -d -o restore.log \
     || { tail -20 "$W/criu-img/restore.log" >&2; die "criu restore failed: $CRIU restore -D $W/criu-img -d"; }
