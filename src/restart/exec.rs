@@ -86,50 +86,12 @@ pub(super) fn run_exec(
     let max_target = top(&mut pairs.iter().map(|p| p.0));
     let max_ours = top(&mut pairs.iter().map(|p| p.1).chain(unlinks.iter().map(|u| u.0)));
     let need = max_target.max(max_ours) + unlinks.len() as u64 + pairs.len() as u64 + 4;
-    let (soft, hard) =
-        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_err(|e| {
-            RestartError::Io(crate::sys::SysError {
-                path: PathBuf::from(prog),
-                syscall: "getrlimit",
-                source: e.into(),
-            })
-        })?;
-    if need > soft {
-        if need > hard {
-            return Err(RestartError::Refused(format!(
-                "--exec: the recorded fds need {need} descriptors, but RLIMIT_NOFILE allows {hard} (hard limit): raise it (ulimit -Hn) and restart again; nothing was changed"
-            )));
-        }
-        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, need, hard).map_err(
-            |e| {
-                RestartError::Io(crate::sys::SysError {
-                    path: PathBuf::from(prog),
-                    syscall: "setrlimit",
-                    source: e.into(),
-                })
-            },
-        )?;
-    }
+    raise_nofile(prog, need)?;
     let out_of_range = |_| RestartError::Refused(format!("--exec: fd numbers up to {need} are out of range"));
     // The directories the child unlinks from, copied above every target fd (a dup2 onto a
     // target must not replace one of them); the copies live as long as the command.
     let above_targets = i32::try_from(max_target + 1).map_err(out_of_range)?;
-    let unlinks = unlinks
-        .into_iter()
-        .map(|(dfd, name, dir)| {
-            // SAFETY: fcntl on our descriptor; the result is a new descriptor that we own.
-            let c = unsafe { libc::fcntl(dfd, libc::F_DUPFD_CLOEXEC, above_targets) };
-            if c < 0 {
-                return Err(RestartError::Io(crate::sys::SysError {
-                    path: PathBuf::from(prog),
-                    syscall: "fcntl",
-                    source: std::io::Error::last_os_error(),
-                }));
-            }
-            // SAFETY: a new descriptor that we own.
-            Ok((unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(c) }, name, dir))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let unlinks = dup_above(prog, unlinks, above_targets)?;
     let mut c = Command::new(prog);
     c.args(args);
     // Move every source above all targets and our own fds first, so no dup2 clobbers a source.
@@ -175,6 +137,50 @@ pub(super) fn run_exec(
         RestartError::Io(crate::sys::SysError { path: PathBuf::from(prog), syscall: "wait", source })
     })?;
     Ok(st.code().unwrap_or(128 + std::os::unix::process::ExitStatusExt::signal(&st).unwrap_or(0)))
+}
+
+/// Raise the soft RLIMIT_NOFILE to `need` if it is lower; refused beyond the hard limit.
+fn raise_nofile(prog: &str, need: u64) -> Result<(), RestartError> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let err = |syscall| {
+        move |e: nix::Error| {
+            RestartError::Io(crate::sys::SysError { path: PathBuf::from(prog), syscall, source: e.into() })
+        }
+    };
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(err("getrlimit"))?;
+    if need <= soft {
+        return Ok(());
+    }
+    if need > hard {
+        return Err(RestartError::Refused(format!(
+            "--exec: the recorded fds need {need} descriptors, but RLIMIT_NOFILE allows {hard} (hard limit): raise it (ulimit -Hn) and restart again; nothing was changed"
+        )));
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, need, hard).map_err(err("setrlimit"))
+}
+
+/// Copies of the unlink directories' fds at `above` or higher (close-on-exec, owned).
+fn dup_above(
+    prog: &str,
+    unlinks: Vec<(RawFd, std::ffi::CString, bool)>,
+    above: i32,
+) -> Result<Vec<(OwnedFd, std::ffi::CString, bool)>, RestartError> {
+    unlinks
+        .into_iter()
+        .map(|(dfd, name, dir)| {
+            // SAFETY: fcntl on our descriptor; the result is a new descriptor that we own.
+            let c = unsafe { libc::fcntl(dfd, libc::F_DUPFD_CLOEXEC, above) };
+            if c < 0 {
+                return Err(RestartError::Io(crate::sys::SysError {
+                    path: PathBuf::from(prog),
+                    syscall: "fcntl",
+                    source: std::io::Error::last_os_error(),
+                }));
+            }
+            // SAFETY: a new descriptor that we own.
+            Ok((unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(c) }, name, dir))
+        })
+        .collect()
 }
 
 /// Refuse, before anything changes, a command that cannot start: the names are consumed just

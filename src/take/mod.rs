@@ -13,11 +13,15 @@ use crate::tasks::{self, FreezeMethod, Selection};
 use crate::userhooks::{self, Point};
 use crate::{criu, hooks, procfs, scan, sys, ui, writeback};
 
+mod dump;
 mod plan;
+mod undo;
 mod verify;
+use dump::{criu_root, session_leader, session_of, take_snapshots};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use undo::gone;
 use verify::Names;
 
 #[derive(Debug, thiserror::Error)]
@@ -442,82 +446,6 @@ impl Tx<'_> {
         }
     }
 
-    /// The CRIU dump, every relinked object declared external, the snapshots taken on CRIU's
-    /// post-dump notification while the tasks are still frozen.
-    fn dump(
-        &mut self,
-        criu: &Path,
-        flags: CriuFlags,
-        sc: &scan::Scan,
-        pids: &[i32],
-        plan: &plan::SnapshotPlan,
-    ) -> Result<(), TakeError> {
-        let specs = &plan.specs;
-        let externals: Vec<String> =
-            sc.objects.iter().filter(|o| o.relinked.is_some()).map(|o| o.criu_key.clone()).collect();
-        // CRIU copies the unlinked files it carries into its image: let it, however large.
-        let carried = sc.objects.iter().filter(|o| plan.engine_carries(&o.mount.mount_point));
-        let ghost_limit =
-            carried.map(|o| o.size).max().map(|m| m.saturating_add(1 << 20).min(u32::MAX as u64) as u32);
-        let req = criu::DumpRequest {
-            flags,
-            ghost_limit,
-            timeout: flags.dump_timeout,
-            criu: criu.to_path_buf(),
-            pid: criu_root(pids)?,
-            image_dir: self.image.path().to_path_buf(),
-            externals,
-            freeze_cgroup: self.frozen().method().cgroup_path().map(Path::to_path_buf),
-            // Tasks that must not go on are killed by us once the image is published
-            // (`Frozen::kill`), so a take that fails after the dump lets them go on instead
-            // of losing them. Except with established TCP connections: CRIU must kill the
-            // tasks itself with the network still locked (if it let them go, their sockets
-            // would leave repair mode and our kill would close the connections); everything
-            // that can fail is then done in the post-dump notification, before that kill.
-            leave_running: !(flags.tcp_established && self.after() == AfterDump::Kill),
-        };
-        let relinker = self.relinker.as_ref().expect("relinked");
-        let image_dir = self.image.path().to_path_buf();
-        let t = Instant::now();
-        let (frozen, id, snaps) = (self.frozen.as_ref().expect("frozen"), &self.sel.id, &mut self.snaps);
-        let limit = (self.opts.snapshot_timeout, self.image.lock_fd());
-        let mut snap_err = None;
-        let mut snap_t = 0;
-        ui::detail(&format!("CRIU logs into {}", req.image_dir.display()));
-        let stage = ui::stage(self.opts.progress, "CRIU dump");
-        let dumped = criu::dump(&req, &mut || {
-            // post-dump: the tasks are still frozen; the natural moment to snapshot.
-            // CRIU may have let go of the tasks already: the watchdog must wait for it.
-            for c in tasks::Frozen::criu_children() {
-                frozen.note_engine(c);
-            }
-            hooks::point("take-post-dump");
-            let ts = Instant::now();
-            let r = take_snapshots(specs, id, snaps, limit);
-            snap_t = ms(ts.elapsed());
-            // Shown restartable before CRIU lets go of the tasks: a failure aborts the dump.
-            let r = r.and_then(|()| {
-                verify::restartable(&sc.tasks, &sc.objects, true, &image_dir, relinker, Names::All)
-            });
-            r.map_err(|e| {
-                let msg = e.to_string();
-                snap_err = Some(e);
-                msg
-            })
-        });
-        stage.done();
-        self.timings.snapshot_ms = snap_t;
-        if let Some(e) = snap_err {
-            return Err(e);
-        }
-        dumped?;
-        self.dumped_and_killed = !req.leave_running;
-        self.timings.dump_ms = ms(t.elapsed()).saturating_sub(snap_t);
-        // CRIU's own figures (best effort: an image without them is still a checkpoint).
-        self.timings.criu = crate::criu_stats::read_dump(self.image.path()).ok().flatten();
-        Ok(())
-    }
-
     /// The snapshots carry the relinked names; the live filesystems need them no more. Only
     /// on the mounts that were snapshotted: a name on another mount is the only copy. `all`:
     /// every such name; else only the names leading to a task's own inode (a link it would
@@ -615,166 +543,6 @@ impl Tx<'_> {
             }
         }
     }
-
-    /// Undo a failed take: keep CRIU's log, delete the snapshots, remove the relinked names,
-    /// thaw the tasks. What could not be undone is carried in the error as warnings.
-    fn fail(mut self, mut e: TakeError) -> TakeError {
-        if self.dumped_and_killed {
-            // The tasks are gone: the dump, the snapshots and the names are all there is.
-            let kept = self.image.keep_as_failed();
-            return TakeError::AfterKill { source: Box::new(e), kept };
-        }
-        // The CRIU log the error names must outlive the partial directory.
-        if let TakeError::Criu(criu::CriuError::Failed { log, .. }) = &mut e {
-            if let Some(kept) = self.image.keep_failed_log(log) {
-                *log = kept;
-            }
-        }
-        if let TakeError::Snapshot(snapshot::SnapshotError::Timeout { mount_point, .. }) = &e {
-            let mp = mount_point.clone();
-            return self.fail_hung(e, &mp);
-        }
-        let made = (self.relinker.as_ref().map_or(0, |r| r.made().len()), self.snaps.len());
-        let mut warnings = vec![];
-        for s in self.snaps.iter().rev() {
-            if let Err(de) = snapshot::delete(s, true) {
-                warnings.push(format!("could not delete snapshot {} of the failed take: {de}", s.describe()));
-            }
-        }
-        if let Some(r) = self.relinker.as_mut() {
-            if let Err(re) = r.remove_all() {
-                warnings.push(format!(
-                    "could not remove relinked names of the failed take: {re} (run `snapckpt gc`)"
-                ));
-            }
-        }
-        drop(self.frozen.take()); // thaws
-        if !warnings.is_empty() {
-            // What could not be undone must stay traceable: plain `gc` removes the names and
-            // snapshots of a take whose image root keeps a `.<id>.failed` entry.
-            let kept = self.image.keep_as_failed();
-            warnings.push(format!("kept {} so that `snapckpt gc` removes what is left", kept.display()));
-        }
-        let e = exited_during(&self.sel.pids, e, made, warnings.is_empty());
-        if warnings.is_empty() {
-            e
-        } else {
-            TakeError::Undone { source: Box::new(e), warnings }
-        }
-    }
-}
-
-impl Tx<'_> {
-    /// A snapshot that hung in the kernel: thaw the tasks at once and touch no filesystem (a
-    /// removal would hang the same way). The relinked names, the snapshots and the one that
-    /// may still complete stay with `.ID.partial`, locked by the snapshot process until the
-    /// kernel lets it go; then plain `gc` removes them all.
-    fn fail_hung(mut self, e: TakeError, mp: &Path) -> TakeError {
-        drop(self.frozen.take()); // thaws
-        let kept = self.image.keep_pending();
-        let warnings = vec![format!(
-            "the tasks were thawed and go on; the relinked names and snapshots of the take, and the snapshot that may still complete, are left with {}: run `snapckpt gc --mount {}` once the filesystem works again",
-            kept.display(),
-            mp.display()
-        )];
-        TakeError::Undone { source: Box::new(e), warnings }
-    }
-}
-
-/// Whether a task has exited (gone, or a zombie).
-fn gone(pid: i32) -> bool {
-    matches!(tasks::zombie(pid), Ok(None) | Ok(Some(Some(_))))
-}
-
-/// A failure while a selected task had exited is said as that, with what the undo did
-/// (`made`: the relinked names and snapshots it removed; `clean`: whether all of it went),
-/// rather than as the system call that found the task gone (`open /proc/N/root/...`).
-fn exited_during(pids: &[i32], e: TakeError, made: (usize, usize), clean: bool) -> TakeError {
-    let said = match &e {
-        TakeError::Scan(scan::ScanError::TaskExited { .. }) => true,
-        TakeError::Refused(m) => m.contains("exited during the take"),
-        _ => false,
-    };
-    let Some(&pid) = pids.iter().find(|&&p| !said && gone(p)) else { return e };
-    TakeError::TaskExited { pid, undone: undone_summary(made, clean), source: Box::new(e) }
-}
-
-/// What the undo of a failed take did, in words.
-fn undone_summary((names, snaps): (usize, usize), clean: bool) -> String {
-    if !clean {
-        return "any other task was thawed; what could not be undone is listed in the warnings".into();
-    }
-    match (names, snaps) {
-        (0, 0) => "nothing of it is left (no relinked name, no snapshot) and any other task was thawed".into(),
-        (n, s) => format!(
-            "nothing is left of it: the {n} relinked name(s) and {s} snapshot(s) it had made were removed and any other task thawed"
-        ),
-    }
-}
-
-/// Take the snapshots, all within `timeout` (each in a process that keeps the image lock
-/// `lock`: [`snapshot::take_within`]).
-fn take_snapshots(
-    specs: &[FsSpec],
-    id: &str,
-    out: &mut Vec<Snapshot>,
-    (timeout, lock): (Duration, std::os::fd::RawFd),
-) -> Result<(), TakeError> {
-    let deadline = Instant::now() + timeout;
-    for s in specs {
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
-        let r = snapshot::take_within(s, id, sys::now_unix(), left, &[lock]);
-        // the error names the whole step's limit
-        let r = r.map_err(|e| match e {
-            snapshot::SnapshotError::Timeout { mount_point, .. } => {
-                snapshot::SnapshotError::Timeout { mount_point, timeout }
-            }
-            e => e,
-        });
-        out.push(r?);
-    }
-    Ok(())
-}
-
-/// CRIU dumps one process tree: the selected task whose parent is not selected.
-fn criu_root(pids: &[i32]) -> Result<i32, TakeError> {
-    let mut roots = vec![];
-    for &p in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-        let ppid = scan::parse_stat(&stat).map(|x| x.1).unwrap_or(0);
-        if !pids.contains(&ppid) {
-            roots.push(p);
-        }
-    }
-    match roots.as_slice() {
-        [r] => Ok(*r),
-        _ => Err(TakeError::Refused(format!(
-            "CRIU dumps one process tree, but the selected tasks form {} trees (roots {roots:?}); select one tree (--pid P --tree) or put one tree in the cgroup",
-            roots.len()
-        ))),
-    }
-}
-
-/// CRIU dumps a tree whose root leads its session, unless it is told the tasks are a shell
-/// job: refused before anything is frozen rather than by CRIU after the relink.
-fn session_leader(root: i32, shell_job: bool) -> Result<(), TakeError> {
-    if shell_job {
-        return Ok(());
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{root}/stat")).unwrap_or_default();
-    match crate::procfs::ProcStat::parse(&stat) {
-        Some(st) if st.session != root => Err(TakeError::NotSessionLeader { pid: root, sid: st.session }),
-        _ => Ok(()),
-    }
-}
-
-/// How the refusal names a session: the kernel shows 0 when its leader is outside the
-/// task's pid namespace (a task started by a container runtime, a CI runner).
-fn session_of(sid: &i32) -> String {
-    match sid {
-        0 => "its session leader is outside its pid namespace".into(),
-        s => format!("its session is {s}"),
-    }
 }
 
 /// How the record names a freeze method.
@@ -846,37 +614,4 @@ fn after_hooks(opts: &TakeOptions, t: &Taken) -> Vec<String> {
         .map(|w| format!("warning: {w}"))
         .into_iter()
         .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A task started inside a pid namespace whose session leader is outside it (a CI runner,
-    /// a container) shows session 0: that is refused too, and the message says why.
-    #[test]
-    fn session_outside_the_pid_namespace_is_named() {
-        let e = TakeError::NotSessionLeader { pid: 12, sid: 0 }.to_string();
-        assert!(e.contains("outside its pid namespace") && e.contains("setsid"), "{e}");
-        let e = TakeError::NotSessionLeader { pid: 12, sid: 7 }.to_string();
-        assert!(e.contains("its session is 7"), "{e}");
-    }
-
-    /// A take failing after a task exited says so first, with what the undo did.
-    #[test]
-    fn a_task_that_exited_is_named_with_the_undo() {
-        let cause = TakeError::Refused("open /proc/99/root/x: No such file or directory".into());
-        let e = exited_during(&[i32::MAX], cause, (2, 1), true).to_string();
-        assert!(e.starts_with(&format!("task {} exited during the take", i32::MAX)), "{e}");
-        assert!(
-            e.contains("the 2 relinked name(s) and 1 snapshot(s)")
-                && e.ends_with("No such file or directory"),
-            "{e}"
-        );
-        assert!(undone_summary((0, 0), true).contains("nothing of it is left"));
-        assert!(undone_summary((3, 0), false).contains("warnings"));
-        // a live task: the error stays as it is
-        let cause = TakeError::Refused("x".into());
-        assert_eq!(exited_during(&[std::process::id() as i32], cause, (0, 0), true).to_string(), "x");
-    }
 }

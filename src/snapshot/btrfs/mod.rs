@@ -39,7 +39,9 @@ use std::path::{Path, PathBuf};
 
 mod clones;
 mod nested;
+mod snapdir;
 pub use clones::*;
+use snapdir::{open_snapshot_dir, trusted, walk_snapshot_dir};
 
 /// Default directory, relative to the mount root, that holds snapckpt's snapshots.
 pub const DEFAULT_SNAPSHOT_DIR: &str = ".snapckpt";
@@ -184,37 +186,10 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
     let sdir_path = mp.join(dir);
     let mut sfd = open_snapshot_dir(&mfd, &mp, dir)?;
     let id_path = sdir_path.join(id);
-    let mut made = sys::mkdirat(sfd.as_raw_fd(), OsStr::new(id), 0o700);
-    if matches!(&made, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
-        // A delete removed the empty snapshot directory meanwhile: make it again.
-        sfd = open_snapshot_dir(&mfd, &mp, dir)?;
-        made = sys::mkdirat(sfd.as_raw_fd(), OsStr::new(id), 0o700);
-    }
-    made.map_err(|e| {
-        if e.raw_os_error() == Some(libc::EEXIST) {
-            SnapshotError::Refused {
-                path: id_path.clone(),
-                why: format!("already exists: checkpoint {id} already has a snapshot directory here"),
-            }
-        } else {
-            SnapshotError::Io(crate::sys::SysError { path: id_path.clone(), syscall: "mkdir", source: e })
-        }
-    })?;
+    let ifd = make_id_dir(&mfd, &mp, dir, &mut sfd, id, &id_path)?;
     let remove_id_dir = || {
         let _ = sys::unlinkat(sfd.as_raw_fd(), OsStr::new(id), true);
     };
-    let ifd =
-        match sys::openat2(sfd.as_raw_fd(), id, libc::O_PATH | libc::O_DIRECTORY, 0, sys::RESOLVE_STRICT) {
-            Ok(fd) => fd,
-            Err(e) => {
-                remove_id_dir();
-                return Err(SnapshotError::Io(crate::sys::SysError {
-                    path: id_path,
-                    syscall: "openat2",
-                    source: e,
-                }));
-            }
-        };
 
     // The snapshot itself.
     let snap_path = id_path.join(SNAPSHOT_NAME);
@@ -223,17 +198,7 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
         remove_id_dir();
         return Err(bt_err(&snap_path, "create read-only snapshot")(e));
     }
-    let described = (|| {
-        let info = libbtrfsutil::subvolume_info(&snap_view).map_err(bt_err(&snap_path, "subvolume info"))?;
-        if info.flags() & ROOT_SUBVOL_RDONLY == 0 {
-            return Err(SnapshotError::Mismatch {
-                path: snap_path.clone(),
-                why: "the new snapshot is not read-only".into(),
-            });
-        }
-        let rel = libbtrfsutil::subvolume_path(&snap_view).map_err(bt_err(&snap_path, "subvolume path"))?;
-        Ok((info, fs_path_string(&rel, &snap_path)?))
-    })();
+    let described = describe(&snap_view, &snap_path);
     let (info, fs_path) = match described {
         Ok(x) => x,
         Err(e) => {
@@ -253,6 +218,56 @@ pub fn take(spec: &FsSpec, id: &str, now_unix: u64) -> Result<Snapshot, Snapshot
         fs_path,
         created_unix: now_unix,
     })
+}
+
+/// Make `<snapshot_dir>/<id>` (0700; refused if it exists) and open it `O_PATH`; `sfd` is
+/// the snapshot directory, opened again if a delete removed it meanwhile. Nothing is left
+/// behind on an error.
+fn make_id_dir(
+    mfd: &OwnedFd,
+    mp: &Path,
+    dir: &str,
+    sfd: &mut OwnedFd,
+    id: &str,
+    id_path: &Path,
+) -> Result<OwnedFd, SnapshotError> {
+    let mut made = sys::mkdirat(sfd.as_raw_fd(), OsStr::new(id), 0o700);
+    if matches!(&made, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
+        // A delete removed the empty snapshot directory meanwhile: make it again.
+        *sfd = open_snapshot_dir(mfd, mp, dir)?;
+        made = sys::mkdirat(sfd.as_raw_fd(), OsStr::new(id), 0o700);
+    }
+    made.map_err(|e| {
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            SnapshotError::Refused {
+                path: id_path.to_path_buf(),
+                why: format!("already exists: checkpoint {id} already has a snapshot directory here"),
+            }
+        } else {
+            SnapshotError::Io(crate::sys::SysError {
+                path: id_path.to_path_buf(),
+                syscall: "mkdir",
+                source: e,
+            })
+        }
+    })?;
+    sys::openat2(sfd.as_raw_fd(), id, libc::O_PATH | libc::O_DIRECTORY, 0, sys::RESOLVE_STRICT).map_err(|e| {
+        let _ = sys::unlinkat(sfd.as_raw_fd(), OsStr::new(id), true);
+        SnapshotError::Io(crate::sys::SysError { path: id_path.to_path_buf(), syscall: "openat2", source: e })
+    })
+}
+
+/// A new snapshot's info and path inside its filesystem; it must be read-only.
+fn describe(snap_view: &Path, snap_path: &Path) -> Result<(SubvolumeInfo, String), SnapshotError> {
+    let info = libbtrfsutil::subvolume_info(snap_view).map_err(bt_err(snap_path, "subvolume info"))?;
+    if info.flags() & ROOT_SUBVOL_RDONLY == 0 {
+        return Err(SnapshotError::Mismatch {
+            path: snap_path.to_path_buf(),
+            why: "the new snapshot is not read-only".into(),
+        });
+    }
+    let rel = libbtrfsutil::subvolume_path(snap_view).map_err(bt_err(snap_path, "subvolume path"))?;
+    Ok((info, fs_path_string(&rel, snap_path)?))
 }
 
 /// The error for a btrfs mount whose root is a plain directory, with what to do about it.
@@ -275,110 +290,6 @@ fn not_subvolume_root(mp: &Path, m: &MountEntry, view: &Path) -> SnapshotError {
             m.source
         ),
     }
-}
-
-/// What to do about a directory on the way to the snapshots that only root must be able to
-/// change: said in every refusal.
-const FIX_DIR: &str = "snapckpt creates, mounts and deletes snapshots there as root, so only root may be able to change it: \
-     make it a plain directory owned by root and writable by root only (`chown root:root DIR; chmod 0700 DIR`), \
-     or remove it and let snapckpt create it, or choose another snapshot_dir";
-
-fn refused(path: PathBuf, why: impl std::fmt::Display) -> SnapshotError {
-    SnapshotError::Refused { path, why: format!("{why}; {FIX_DIR}") }
-}
-
-/// Only root can change where `path` leads (every directory from `/` root-owned and not
-/// writable by others, a sticky one accepted; no symlinks): [`sys::trusted_dirs`].
-fn trusted(path: &Path) -> Result<(), SnapshotError> {
-    sys::trusted_dirs(path, false).map_err(|why| SnapshotError::Refused {
-        path: path.to_path_buf(),
-        why: format!(
-            "{why}. snapckpt creates, mounts and deletes snapshots below it as root: make every directory on the way \
-             root's and writable by root only (`chown root:root DIR; chmod go-w DIR`), or mount the filesystem elsewhere"
-        ),
-    })
-}
-
-/// Open (creating what is missing, root-owned 0700) `<mount>/<dir>`, one component at a time,
-/// never following a symlink or crossing into another mount, and check that each component
-/// is a root-owned directory not writable by group or others.
-fn open_snapshot_dir(mfd: &OwnedFd, mp: &Path, dir: &str) -> Result<OwnedFd, SnapshotError> {
-    walk_snapshot_dir(mfd, mp, dir, true)?.ok_or_else(|| SnapshotError::Invalid {
-        what: "snapshot directory",
-        value: dir.into(),
-        why: "is empty".into(),
-    })
-}
-
-/// The walk of [`open_snapshot_dir`]. Without `create` nothing is made: the components that
-/// exist are checked, and `None` says that one is missing (take will create the rest).
-fn walk_snapshot_dir(
-    mfd: &OwnedFd,
-    mp: &Path,
-    dir: &str,
-    create: bool,
-) -> Result<Option<OwnedFd>, SnapshotError> {
-    let mut cur: Option<OwnedFd> = None;
-    let mut path = mp.to_path_buf();
-    for comp in dir.split('/') {
-        path.push(comp);
-        let parent = cur.as_ref().unwrap_or(mfd).as_raw_fd();
-        match open_component(parent, comp, &path, create)? {
-            Some(fd) => cur = Some(fd),
-            None => return Ok(None),
-        }
-    }
-    Ok(cur)
-}
-
-/// One component of the snapshot directory, checked (see [`open_snapshot_dir`]); `None` when
-/// it does not exist and `create` is false.
-fn open_component(
-    parent: i32,
-    comp: &str,
-    path: &Path,
-    create: bool,
-) -> Result<Option<OwnedFd>, SnapshotError> {
-    let flags = libc::O_PATH | libc::O_DIRECTORY;
-    let mut r = sys::openat2(parent, comp, flags, 0, sys::RESOLVE_STRICT);
-    if matches!(&r, Err(e) if e.raw_os_error() == Some(libc::ENOENT)) {
-        if !create {
-            return Ok(None);
-        }
-        match sys::mkdirat(parent, OsStr::new(comp), 0o700) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => return Err(io_err(path, "mkdir")(e)),
-        }
-        r = sys::openat2(parent, comp, flags, 0, sys::RESOLVE_STRICT);
-    }
-    let fd = r.map_err(|e| component_refusal(path, e))?;
-    let st = sys::fstat(fd.as_raw_fd()).map_err(io_err(path, "fstat"))?;
-    if st.st_uid != 0 {
-        return Err(refused(path.into(), format_args!("owned by uid {}, not root", st.st_uid)));
-    }
-    if st.st_mode & 0o022 != 0 {
-        let mode = st.st_mode & 0o7777;
-        return Err(refused(path.into(), format_args!("writable by group or others (mode {mode:o})")));
-    }
-    Ok(Some(fd))
-}
-
-/// Why a component of the snapshot directory could not be opened safely.
-fn component_refusal(path: &Path, e: io::Error) -> SnapshotError {
-    let why = match e.raw_os_error() {
-        Some(libc::ELOOP) => "is a symbolic link",
-        Some(libc::ENOTDIR) => match std::fs::symlink_metadata(path) {
-            Ok(md) if md.file_type().is_symlink() => "is a symbolic link",
-            _ => "is not a directory",
-        },
-        Some(libc::EXDEV) => "is on another mount",
-        _ => return io_err(path, "openat2")(e),
-    };
-    refused(
-        path.into(),
-        format_args!("{why}; the snapshot directory must be a plain directory owned by root"),
-    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -841,54 +752,4 @@ fn remove_empty_chain(id_dir: &Path, depth: usize) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snap(path: &str, fs_path: &str, device: &str) -> Snapshot {
-        Snapshot::Btrfs {
-            mount_point: "/m".into(),
-            device: device.into(),
-            origin_subvol_id: 5,
-            origin_subvol_path: "/".into(),
-            subvol_id: 257,
-            uuid: "0f6c1e2a-61a5-4a47-9a57-4d6c3f1c2b1a".into(),
-            path: path.into(),
-            fs_path: fs_path.into(),
-            created_unix: 1,
-        }
-    }
-
-    #[test]
-    fn records_are_checked() {
-        assert!(Rec::from(&snap("/m/.snapckpt/a1/snapshot", "/.snapckpt/a1/snapshot", "/dev/loop0")).is_ok());
-        let r =
-            Rec::from(&snap("/m/.snapckpt/a1/snapshot", "/@d/.snapckpt/a1/snapshot", "/dev/loop0")).unwrap();
-        assert_eq!(r.id_fs_dir(), "/@d/.snapckpt/a1");
-        for (p, f, d) in [
-            ("/m/../etc/a1/snapshot", "/.snapckpt/a1/snapshot", "/dev/loop0"),
-            ("/m/.snapckpt/a1/snapshot", "/.snapckpt/a2/snapshot", "/dev/loop0"),
-            ("m/.snapckpt/a1/snapshot", "/.snapckpt/a1/snapshot", "/dev/loop0"),
-            ("/m/.snapckpt/a1/other", "/.snapckpt/a1/snapshot", "/dev/loop0"),
-            ("/m/.snapckpt/.x/snapshot", "/.snapckpt/.x/snapshot", "/dev/loop0"),
-            ("/m/.snapckpt/a1/snapshot", "/.snapckpt//a1/snapshot", "/dev/loop0"),
-            ("/m/.snapckpt/a1/snapshot\0", "/.snapckpt/a1/snapshot", "/dev/loop0"),
-            ("/m/.snapckpt/a1/snapshot", "/.snapckpt/a1/snapshot", "loop0"),
-            ("/m/.snapckpt/a1/snapshot", "/.snapckpt/a1/snapshot", "/dev/loop0,subvolid=5"),
-        ] {
-            assert!(Rec::from(&snap(p, f, d)).is_err(), "{p} {f} {d}");
-        }
-    }
-
-    #[test]
-    fn clone_names_and_options() {
-        assert_eq!(clone_number(OsStr::new("restart-12")), Some(12));
-        for bad in ["restart-", "restart-+1", "restart-1x", "snapshot", "restart-99999999999"] {
-            assert_eq!(clone_number(OsStr::new(bad)), None, "{bad}");
-        }
-        assert_eq!(
-            clone_mount_options(260, "/@d/.snapckpt/a/restart-1"),
-            "subvolid=260,subvol=/@d/.snapckpt/a/restart-1"
-        );
-        assert_eq!(clone_mount_options(260, "/a,b/.snapckpt/a/restart-1"), "subvolid=260");
-    }
-}
+mod tests;

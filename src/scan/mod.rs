@@ -9,7 +9,7 @@
 //! Unlinked inodes become [`Object`]s, one per inode (keyed by dev/ino), shared by every fd,
 //! mapping, cwd or exe of every task that holds it.
 
-use crate::procfs::{self, parse_fdinfo, parse_maps_line, FdInfo};
+use crate::procfs::{self, parse_fdinfo, parse_maps_line, FdInfo, MapsLine};
 use crate::record::{Fd, FileKind, FileRef, Held, Holder, Mapping, MountRef, Object, Task, Unlinked};
 use crate::sys;
 use std::collections::HashMap;
@@ -264,66 +264,99 @@ struct Root<'a> {
     key: Rc<str>,
 }
 
+/// A task's record before what it holds: stat (a zombie is an exited task), cmdline, threads.
+fn task_header(pid: i32, base: &Path, dir: &OwnedFd) -> Result<Task, ScanError> {
+    let gone = |name: &str, syscall: &'static str| {
+        let path = base.join(name);
+        move |source: io::Error| proc_error(pid, path, syscall, source)
+    };
+    let stat_path = base.join("stat");
+    let stat = read_at(dir, c"stat", 4096).map_err(gone("stat", "read"))?;
+    let stat = String::from_utf8_lossy(&stat);
+    let ps = procfs::ProcStat::parse(&stat)
+        .ok_or_else(|| ScanError::Parse { path: stat_path.clone(), msg: "no comm/ppid".into() })?;
+    if ps.is_dead() && matches!(crate::tasks::zombie(pid), Ok(Some(Some(_))) | Ok(None)) {
+        let source = io::Error::other("it is a zombie now");
+        return Err(ScanError::TaskExited { pid, path: stat_path, source });
+    }
+    let cmdline = read_at(dir, c"cmdline", 0)
+        .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(sys::lossy).collect())
+        .unwrap_or_default();
+    let mut threads: Vec<i32> =
+        list_dir(dir, c"task").map_err(gone("task", "opendir"))?.into_iter().map(|n| n as i32).collect();
+    threads.sort_unstable();
+    Ok(Task {
+        pid,
+        ppid: ps.ppid,
+        threads,
+        comm: ps.comm,
+        cmdline,
+        cwd: None,
+        root: None,
+        exe: None,
+        fds: vec![],
+        maps: vec![],
+    })
+}
+
+/// What one task's walk collects besides its record: the objects found and the mounts used.
+struct Walk<'a> {
+    pid: i32,
+    base: &'a Path,
+    dir: &'a OwnedFd,
+    mounts: Rc<HashMap<u32, MountRef>>,
+    root: Root<'a>,
+    pending: Vec<Pending>,
+    used: Vec<MountRef>,
+}
+
+impl Walk<'_> {
+    /// The error for a /proc read of this task: exited, no access, or I/O.
+    fn gone(&self, name: &str, syscall: &'static str) -> impl FnOnce(io::Error) -> ScanError {
+        let (pid, path) = (self.pid, self.base.join(name));
+        move |source| proc_error(pid, path, syscall, source)
+    }
+}
+
 impl Scanner {
+    /// One task: its stat line, then what it holds (cwd/root/exe, fds, file mappings).
     fn task(&mut self, pid: i32) -> Result<TaskScan, ScanError> {
         let base = procfs::pid_dir(pid);
-        let gone = |path: PathBuf, syscall: &'static str| {
-            move |source: io::Error| proc_error(pid, path, syscall, source)
-        };
-        let dir =
-            sys::open(&base, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(gone(base.clone(), "open"))?;
-        let stat_path = base.join("stat");
-        let stat = read_at(&dir, c"stat", 4096).map_err(gone(stat_path.clone(), "read"))?;
-        let stat = String::from_utf8_lossy(&stat);
-        let ps = procfs::ProcStat::parse(&stat)
-            .ok_or_else(|| ScanError::Parse { path: stat_path.clone(), msg: "no comm/ppid".into() })?;
-        if ps.is_dead() && matches!(crate::tasks::zombie(pid), Ok(Some(Some(_))) | Ok(None)) {
-            let source = io::Error::other("it is a zombie now");
-            return Err(ScanError::TaskExited { pid, path: stat_path, source });
-        }
-        let cmdline = read_at(&dir, c"cmdline", 0)
-            .map(|b| b.split(|&c| c == 0).filter(|s| !s.is_empty()).map(sys::lossy).collect())
-            .unwrap_or_default();
-        let mut threads: Vec<i32> = list_dir(&dir, c"task")
-            .map_err(gone(base.join("task"), "opendir"))?
-            .into_iter()
-            .map(|n| n as i32)
-            .collect();
-        threads.sort_unstable();
-
-        let root_text = readlink_at(&dir, c"root").map_err(gone(base.join("root"), "readlink"))?;
+        let dir = sys::open(&base, libc::O_PATH | libc::O_DIRECTORY, 0)
+            .map_err(|e| proc_error(pid, base.clone(), "open", e))?;
+        let mut task = task_header(pid, &base, &dir)?;
+        let root_text =
+            readlink_at(&dir, c"root").map_err(|e| proc_error(pid, base.join("root"), "readlink", e))?;
         let ns = readlink_at(&dir, c"ns/mnt").unwrap_or_default();
         let key: Rc<str> = format!("{}/{}", sys::lossy(&ns), sys::lossy(&root_text)).into();
-        let mounts = self.mounts(pid, &dir, &key)?;
-        let mut root = Root { pid_dir: &dir, fd: None, key };
-
-        let mut task = Task {
+        let mut w = Walk {
             pid,
-            ppid: ps.ppid,
-            threads,
-            comm: ps.comm,
-            cmdline,
-            cwd: None,
-            root: None,
-            exe: None,
-            fds: vec![],
-            maps: vec![],
+            base: &base,
+            dir: &dir,
+            mounts: self.mounts(pid, &dir, &key)?,
+            root: Root { pid_dir: &dir, fd: None, key },
+            pending: vec![],
+            used: vec![],
         };
-        let mut pending = vec![];
-        let mut used = vec![];
+        self.links(&mut w, &mut task)?;
+        self.fds(&mut w, &mut task)?;
+        self.maps(&mut w, &mut task)?;
+        Ok(TaskScan { task, pending: w.pending, used: w.used })
+    }
 
-        // cwd, root, exe
+    /// cwd, root and exe: each a FileRef, and an object if it is unlinked (not root).
+    fn links(&mut self, w: &mut Walk, task: &mut Task) -> Result<(), ScanError> {
         for (what, name, slot) in
             [(Held::Cwd, c"cwd", Slot::Cwd), (Held::Root, c"root", Slot::Cwd), (Held::Exe, c"exe", Slot::Exe)]
         {
-            let Ok(target) = readlink_at(&dir, name) else { continue }; // kernel threads, zombies
-            let Ok((st, mnt_id)) = statx_at(&dir, name) else { continue };
+            let Ok(target) = readlink_at(w.dir, name) else { continue }; // kernel threads, zombies
+            let Ok((st, mnt_id)) = statx_at(w.dir, name) else { continue };
             let r = FileRef { path: sys::lossy(&target), dev: st.st_dev, ino: st.st_ino, object: None };
-            note(&mut used, &mounts, mnt_id);
+            note(&mut w.used, &w.mounts, mnt_id);
             if what != Held::Root {
-                let f = Found { pid, target: &target, st: &st, mnt_id, fdflags: None };
-                if let Some(o) = self.found(&f, &mut root, &mounts)? {
-                    pending.push(Pending { slot, holder: Holder { pid, what }, object: o });
+                let f = Found { pid: w.pid, target: &target, st: &st, mnt_id, fdflags: None };
+                if let Some(o) = self.found(&f, &mut w.root, &w.mounts)? {
+                    w.pending.push(Pending { slot, holder: Holder { pid: w.pid, what }, object: o });
                 }
             }
             match what {
@@ -332,16 +365,17 @@ impl Scanner {
                 _ => task.exe = Some(r),
             }
         }
+        Ok(())
+    }
 
-        // fds
-        let fd_dir = base.join("fd");
-        let fd_dirfd =
-            sys::openat2(dir.as_raw_fd(), OsStr::new("fd"), libc::O_RDONLY | libc::O_DIRECTORY, 0, 0)
-                .map_err(gone(fd_dir.clone(), "open"))?;
-        let info_dirfd =
-            sys::openat2(dir.as_raw_fd(), OsStr::new("fdinfo"), libc::O_RDONLY | libc::O_DIRECTORY, 0, 0)
-                .map_err(gone(base.join("fdinfo"), "open"))?;
-        let mut fds = list_dir(&fd_dirfd, c".").map_err(gone(fd_dir.clone(), "opendir"))?;
+    /// The fds: readlink, statx and fdinfo of each; an fd closed meanwhile is skipped.
+    fn fds(&mut self, w: &mut Walk, task: &mut Task) -> Result<(), ScanError> {
+        let open_dir = |name: &str| {
+            sys::openat2(w.dir.as_raw_fd(), OsStr::new(name), libc::O_RDONLY | libc::O_DIRECTORY, 0, 0)
+                .map_err(w.gone(name, "open"))
+        };
+        let (fd_dirfd, info_dirfd) = (open_dir("fd")?, open_dir("fdinfo")?);
+        let mut fds = list_dir(&fd_dirfd, c".").map_err(w.gone("fd", "opendir"))?;
         fds.sort_unstable();
         for n in fds {
             let name = CString::new(n.to_string()).expect("digits");
@@ -350,22 +384,24 @@ impl Scanner {
             let Ok((st, _)) = statx_at(&fd_dirfd, &name) else { continue };
             let Ok(info) = read_at(&info_dirfd, &name, 1024) else { continue };
             let FdInfo { pos, flags, mnt_id } = parse_fdinfo(&String::from_utf8_lossy(&info));
-            let kind = if target.first() == Some(&b'/') && mounts.contains_key(&mnt_id) {
+            let kind = if target.first() == Some(&b'/') && w.mounts.contains_key(&mnt_id) {
                 FileKind::from_mode(st.st_mode)
             } else {
                 FileKind::Anonymous
             };
             let n = n as i32;
-            let what = Held::Fd(n);
             if kind != FileKind::Anonymous {
-                note(&mut used, &mounts, Some(mnt_id));
-                let f = Found { pid, target: &target, st: &st, mnt_id: Some(mnt_id), fdflags: Some(flags) };
-                if let Some(o) = self.found(&f, &mut root, &mounts)? {
-                    pending.push(Pending {
-                        slot: Slot::Fd(task.fds.len()),
-                        holder: Holder { pid, what },
-                        object: o,
-                    });
+                note(&mut w.used, &w.mounts, Some(mnt_id));
+                let f = Found {
+                    pid: w.pid,
+                    target: &target,
+                    st: &st,
+                    mnt_id: Some(mnt_id),
+                    fdflags: Some(flags),
+                };
+                if let Some(o) = self.found(&f, &mut w.root, &w.mounts)? {
+                    let holder = Holder { pid: w.pid, what: Held::Fd(n) };
+                    w.pending.push(Pending { slot: Slot::Fd(task.fds.len()), holder, object: o });
                 }
             }
             task.fds.push(Fd {
@@ -381,14 +417,16 @@ impl Scanner {
                 object: None,
             });
         }
+        Ok(())
+    }
 
-        // file mappings
-        let maps_path = base.join("maps");
-        let maps = read_at(&dir, c"maps", 0).map_err(gone(maps_path.clone(), "read"))?;
+    /// The file mappings, each range once; a file mapped again is looked up once per namespace.
+    fn maps(&mut self, w: &mut Walk, task: &mut Task) -> Result<(), ScanError> {
+        let maps = read_at(w.dir, c"maps", 0).map_err(w.gone("maps", "read"))?;
         let maps = String::from_utf8_lossy(&maps);
         let mut seen = std::collections::HashSet::new();
         let map_files =
-            sys::openat2(dir.as_raw_fd(), OsStr::new("map_files"), libc::O_PATH | libc::O_DIRECTORY, 0, 0)
+            sys::openat2(w.dir.as_raw_fd(), OsStr::new("map_files"), libc::O_PATH | libc::O_DIRECTORY, 0, 0)
                 .ok();
         for line in maps.lines() {
             let Some(m) = parse_maps_line(line) else { continue };
@@ -396,31 +434,19 @@ impl Scanner {
                 continue;
             }
             let Some(mf) = map_files.as_ref() else { continue };
-            // The same file mapped again (in this task or another of its namespace): its
-            // maps line names the same device, inode and path.
-            let dev_ino = line.split_ascii_whitespace().skip(3).take(2).collect::<Vec<_>>().join(" ");
-            let cache_key = (root.key.clone(), format!("{dev_ino} {}", m.path));
-            let info = match self.maps.get(&cache_key) {
-                Some(i) => i.clone(),
-                None => {
-                    let name = CString::new(format!("{:x}-{:x}", m.start, m.end)).expect("hex");
-                    let Ok((st, mnt_id)) = statx_at(mf, &name) else { continue };
-                    let target = readlink_at(mf, &name).unwrap_or_else(|_| m.path.as_bytes().to_vec());
-                    let i = MapFile { st, target, mnt_id };
-                    self.maps.insert(cache_key, i.clone());
-                    i
-                }
-            };
-            let what = Held::Map { start: m.start, end: m.end };
-            if matches!(info.mnt_id, Some(id) if mounts.contains_key(&id)) {
-                note(&mut used, &mounts, info.mnt_id);
-                let f = Found { pid, target: &info.target, st: &info.st, mnt_id: info.mnt_id, fdflags: None };
-                if let Some(o) = self.found(&f, &mut root, &mounts)? {
-                    pending.push(Pending {
-                        slot: Slot::Map(task.maps.len()),
-                        holder: Holder { pid, what },
-                        object: o,
-                    });
+            let Some(info) = self.map_file(&w.root.key, line, &m, mf) else { continue };
+            if matches!(info.mnt_id, Some(id) if w.mounts.contains_key(&id)) {
+                note(&mut w.used, &w.mounts, info.mnt_id);
+                let f = Found {
+                    pid: w.pid,
+                    target: &info.target,
+                    st: &info.st,
+                    mnt_id: info.mnt_id,
+                    fdflags: None,
+                };
+                if let Some(o) = self.found(&f, &mut w.root, &w.mounts)? {
+                    let holder = Holder { pid: w.pid, what: Held::Map { start: m.start, end: m.end } };
+                    w.pending.push(Pending { slot: Slot::Map(task.maps.len()), holder, object: o });
                 }
             } // else SysV shm, memfd and other kernel-internal mounts
             task.maps.push(Mapping {
@@ -434,7 +460,24 @@ impl Scanner {
                 object: None,
             });
         }
-        Ok(TaskScan { task, pending, used })
+        Ok(())
+    }
+
+    /// What a mapped range's file is (statx and readlink of map_files), cached: the same
+    /// file mapped again (in this task or another of its namespace) has a maps line naming
+    /// the same device, inode and path.
+    fn map_file(&mut self, key: &Rc<str>, line: &str, m: &MapsLine, mf: &OwnedFd) -> Option<MapFile> {
+        let dev_ino = line.split_ascii_whitespace().skip(3).take(2).collect::<Vec<_>>().join(" ");
+        let cache_key = (key.clone(), format!("{dev_ino} {}", m.path));
+        if let Some(i) = self.maps.get(&cache_key) {
+            return Some(i.clone());
+        }
+        let name = CString::new(format!("{:x}-{:x}", m.start, m.end)).expect("hex");
+        let (st, mnt_id) = statx_at(mf, &name).ok()?;
+        let target = readlink_at(mf, &name).unwrap_or_else(|_| m.path.as_bytes().to_vec());
+        let i = MapFile { st, target, mnt_id };
+        self.maps.insert(cache_key, i.clone());
+        Some(i)
     }
 
     fn mounts(
@@ -752,56 +795,4 @@ pub fn holder_proc_path(h: &Holder) -> Option<PathBuf> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stat_with_odd_comm() {
-        let (c, p) = parse_stat("123 (a) b (deleted)) S 77 123 123 0").unwrap();
-        assert_eq!(c, "a) b (deleted)");
-        assert_eq!(p, 77);
-        assert!(parse_stat("garbage").is_none());
-    }
-
-    #[test]
-    fn mountinfo() {
-        let t =
-            "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
-                 40 36 0:50 / /x rw - btrfs /dev/loop0 rw\n";
-        let m = mount_refs(t);
-        assert_eq!(m[&36].mount_point, "/mnt/with space");
-        assert_eq!(m[&36].fs_root, "/mnt1");
-        assert_eq!(m[&36].fstype, "ext3");
-        assert_eq!(m[&40].dev, sys::makedev(0, 50));
-    }
-
-    #[test]
-    fn deleted_suffix_is_not_trusted() {
-        // a file really named "x (deleted)" that still exists is not unlinked
-        let d = std::env::temp_dir().join(format!("snapckpt-scan-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        let p = d.join("x (deleted)");
-        std::fs::write(&p, b"hi").unwrap();
-        let st = sys::stat(&p).unwrap();
-        let root = sys::open("/", libc::O_PATH | libc::O_DIRECTORY, 0).unwrap();
-        let text = p.to_str().unwrap().as_bytes();
-        assert_eq!(classify(&root, text, &st, None), None);
-        // the same inode after its name is gone, with a decoy at the stripped name
-        let f = std::fs::File::open(&p).unwrap();
-        std::fs::remove_file(&p).unwrap();
-        std::fs::write(d.join("x"), b"decoy").unwrap();
-        let st = sys::fstat(f.as_raw_fd()).unwrap();
-        let text = format!("{} (deleted)", p.display());
-        assert_eq!(classify(&root, text.as_bytes(), &st, Some(0)), Some(Unlinked::Orphan));
-        std::fs::remove_dir_all(&d).unwrap();
-    }
-
-    #[test]
-    fn holder_paths() {
-        let h = Holder { pid: 5, what: Held::Map { start: 0x10, end: 0x20 } };
-        assert_eq!(holder_proc_path(&h).unwrap(), PathBuf::from("/proc/5/map_files/10-20"));
-        let h = Holder { pid: 5, what: Held::Fd(3) };
-        assert_eq!(holder_proc_path(&h).unwrap(), PathBuf::from("/proc/5/fd/3"));
-    }
-}
+mod tests;
