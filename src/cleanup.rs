@@ -23,8 +23,9 @@ pub enum CleanupError {
     Snapshot(#[from] snapshot::SnapshotError),
     #[error(transparent)]
     Io(#[from] crate::sys::SysError),
-    #[error("{0}")]
-    Refused(String),
+    /// `delete --force` of something that is not a checkpoint's image directory.
+    #[error("{}: {why}; not removed", path.display())]
+    NotACheckpoint { path: PathBuf, why: &'static str },
 }
 
 /// Delete a checkpoint: its snapshots (refused while a restart clone is mounted, unless
@@ -62,7 +63,7 @@ pub fn delete(image_dir: &Path, force: bool) -> Result<Checkpoint, CleanupError>
 /// file is removed. Returns the id: its relinked names and snapshots, which the record would
 /// have named, are found by `gc` (the id is no longer live once its image is gone).
 pub fn delete_unreadable(image_dir: &Path) -> Result<String, CleanupError> {
-    let refuse = |why: &str| CleanupError::Refused(format!("{}: {why}; not removed", image_dir.display()));
+    let refuse = |why| CleanupError::NotACheckpoint { path: image_dir.to_path_buf(), why };
     let id = image_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     if !record::names::generated_id(&id) {
         return Err(refuse("not named like a checkpoint id"));

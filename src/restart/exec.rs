@@ -12,6 +12,28 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::Command;
 
+/// Why `--exec` cannot run (each before anything changed, unless said).
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("--exec needs a command")]
+    NoCommand,
+    #[error("no task {pid} in checkpoint {id}")]
+    NoSuchTask { pid: i32, id: String },
+    #[error("no task of checkpoint {id} holds an unlinked file in an fd")]
+    NoUnlinkedFd { id: String },
+    #[error("--exec: fd numbers up to {need} are out of range")]
+    FdRange { need: u64 },
+    #[error("--exec: the recorded fds need {need} descriptors, but RLIMIT_NOFILE allows {hard} (hard limit): raise it (ulimit -Hn) and restart again; nothing was changed")]
+    NoFileLimit { need: u64, hard: u64 },
+    #[error("--exec: {prog}: no such executable")]
+    NotFound { prog: String },
+    #[error("--exec: {}: not an executable (no ELF header or #! line); nothing was changed", path.display())]
+    NotExecutable { path: PathBuf },
+    /// The command did not start: the names may be consumed already.
+    #[error("--exec {prog}: could not start it ({source}: putting the files at their recorded fd numbers, unlinking the relinked names or execve failed); see `snapckpt list` for what is left")]
+    Start { prog: String, source: std::io::Error },
+}
+
 /// The fds `--exec` gets: (target fd, reopened file at the recorded flags and offset).
 pub(super) fn exec_fds(
     ck: &Checkpoint,
@@ -23,10 +45,12 @@ pub(super) fn exec_fds(
             .tasks
             .iter()
             .find(|t| t.pid == p)
-            .ok_or_else(|| RestartError::Refused(format!("no task {p} in checkpoint {}", ck.id)))?,
-        None => ck.tasks.iter().find(|t| t.fds.iter().any(|f| f.object.is_some())).ok_or_else(|| {
-            RestartError::Refused(format!("no task of checkpoint {} holds an unlinked file in an fd", ck.id))
-        })?,
+            .ok_or_else(|| ExecError::NoSuchTask { pid: p, id: ck.id.clone() })?,
+        None => ck
+            .tasks
+            .iter()
+            .find(|t| t.fds.iter().any(|f| f.object.is_some()))
+            .ok_or_else(|| ExecError::NoUnlinkedFd { id: ck.id.clone() })?,
     };
     let by_obj: HashMap<usize, &Reopened> = opened.iter().map(|o| (o.obj.index, o)).collect();
     let mut out = vec![];
@@ -77,8 +101,7 @@ pub(super) fn run_exec(
     unlinks: Vec<(RawFd, std::ffi::CString, bool)>,
 ) -> Result<i32, RestartError> {
     use std::os::unix::process::CommandExt;
-    let (prog, args) =
-        cmd.split_first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
+    let (prog, args) = cmd.split_first().ok_or(ExecError::NoCommand)?;
     let pairs: Vec<(i32, RawFd)> = fds.iter().map(|(t, f)| (*t, f.as_raw_fd())).collect();
     // The recorded fd numbers, our own fds and the copies made above them must fit under
     // RLIMIT_NOFILE: raise the soft limit for the command if needed, up to the hard limit.
@@ -87,7 +110,7 @@ pub(super) fn run_exec(
     let max_ours = top(&mut pairs.iter().map(|p| p.1).chain(unlinks.iter().map(|u| u.0)));
     let need = max_target.max(max_ours) + unlinks.len() as u64 + pairs.len() as u64 + 4;
     raise_nofile(prog, need)?;
-    let out_of_range = |_| RestartError::Refused(format!("--exec: fd numbers up to {need} are out of range"));
+    let out_of_range = |_| ExecError::FdRange { need };
     // The directories the child unlinks from, copied above every target fd (a dup2 onto a
     // target must not replace one of them); the copies live as long as the command.
     let above_targets = i32::try_from(max_target + 1).map_err(out_of_range)?;
@@ -128,11 +151,7 @@ pub(super) fn run_exec(
             Ok(())
         });
     }
-    let mut child = c.spawn().map_err(|e| {
-        RestartError::Refused(format!(
-            "--exec {prog}: could not start it ({e}: putting the files at their recorded fd numbers, unlinking the relinked names or execve failed); see `snapckpt list` for what is left"
-        ))
-    })?;
+    let mut child = c.spawn().map_err(|e| ExecError::Start { prog: prog.clone(), source: e })?;
     let st = child.wait().map_err(|source| {
         RestartError::Io(crate::sys::SysError { path: PathBuf::from(prog), syscall: "wait", source })
     })?;
@@ -152,9 +171,7 @@ fn raise_nofile(prog: &str, need: u64) -> Result<(), RestartError> {
         return Ok(());
     }
     if need > hard {
-        return Err(RestartError::Refused(format!(
-            "--exec: the recorded fds need {need} descriptors, but RLIMIT_NOFILE allows {hard} (hard limit): raise it (ulimit -Hn) and restart again; nothing was changed"
-        )));
+        return Err(ExecError::NoFileLimit { need, hard }.into());
     }
     setrlimit(Resource::RLIMIT_NOFILE, need, hard).map_err(err("setrlimit"))
 }
@@ -186,17 +203,14 @@ fn dup_above(
 /// Refuse, before anything changes, a command that cannot start: the names are consumed just
 /// before execve, and an execve that fails then would lose them.
 pub(super) fn check_command(cmd: &[String]) -> Result<(), RestartError> {
-    let prog = cmd.first().ok_or_else(|| RestartError::Refused("--exec needs a command".into()))?;
+    let prog = cmd.first().ok_or(ExecError::NoCommand)?;
     let Some(exe) = sys::which(prog) else {
-        return Err(RestartError::Refused(format!("--exec: {prog}: no such executable")));
+        return Err(ExecError::NotFound { prog: prog.clone() }.into());
     };
     let mut head = [0u8; 4];
     let n = std::fs::File::open(&exe).and_then(|mut f| std::io::Read::read(&mut f, &mut head)).unwrap_or(0);
     if !(head[..n].starts_with(b"\x7fELF") || head[..n].starts_with(b"#!")) {
-        return Err(RestartError::Refused(format!(
-            "--exec: {}: not an executable (no ELF header or #! line); nothing was changed",
-            exe.display()
-        )));
+        return Err(ExecError::NotExecutable { path: exe }.into());
     }
     Ok(())
 }

@@ -44,8 +44,33 @@ pub enum RestartError {
     Tasks(#[from] crate::tasks::TaskError),
     #[error(transparent)]
     Io(#[from] crate::sys::SysError),
+    /// What an imported checkpoint needs that this machine lacks (`migrate::check_restart`).
     #[error("{0}")]
-    Refused(String),
+    CannotRunHere(String),
+    #[error("this checkpoint has a CRIU process image; --exec is for files-only checkpoints")]
+    ExecOfCriuImage,
+    #[error("--private-pids restores a CRIU process image; checkpoint {id} is files-only (restart it with --exec)")]
+    PrivatePidsFilesOnly { id: String },
+    #[error("the relinked files of checkpoint {id} are kept only in its snapshots: add --snapshot")]
+    OnlyInSnapshots { id: String },
+    #[error("--mount-root {}: no such directory; create it (root-owned, not writable by others) first; nothing was changed", path.display())]
+    NoMountRoot { path: PathBuf },
+    #[error("checkpoint {id} has no snapshots; restart it without --snapshot")]
+    NoSnapshots { id: String },
+    /// CRIU restores tasks with their recorded pids (`who`: by what it is used).
+    #[error("pid {pid} is in use {who}. CRIU restores tasks with their old pids; nothing was changed (restart with --private-pids to restore them with those pids in a new pid namespace)")]
+    PidInUse { pid: i32, who: String },
+    /// A mount target some non-root user could steer.
+    #[error("restart target {}: {why}", path.display())]
+    UntrustedTarget { path: PathBuf, why: String },
+    #[error("cannot prepare the CRIU image for the restore: {0}")]
+    RestoreImage(crate::criu_image::ImageError),
+    /// `--private-pids`: the new pid namespace's init did not start.
+    #[error("the init of the new pid namespace ({} {}, host pid {init}) did not get ready: {said}", exe.display(), pidns::INIT_ARG)]
+    InitNotReady { exe: PathBuf, init: i32, said: String },
+    /// `--exec` and the checkpoint's tasks or command.
+    #[error("{0}")]
+    Exec(#[from] exec::ExecError),
 }
 
 /// Where the restart clones are mounted.
@@ -118,7 +143,8 @@ pub fn restart(image_dir: &Path, opts: &RestartOptions) -> Result<Restarted, Res
     image::trusted_root(image_dir.parent().unwrap_or(Path::new(".")), false)?;
     let ck = image::load(image_dir)?;
     check(&ck, opts)?;
-    crate::migrate::check_restart(&ck, image_dir, opts.criu.as_deref()).map_err(RestartError::Refused)?;
+    crate::migrate::check_restart(&ck, image_dir, opts.criu.as_deref())
+        .map_err(RestartError::CannotRunHere)?;
     let mut out = Restarted::default();
     if let Err(e) = run(&ck, image_dir, opts, &mut out) {
         undo_mounts(&out.mounts);
@@ -143,38 +169,24 @@ fn undo_mounts(mounts: &[MountedClone]) {
 fn check(ck: &Checkpoint, opts: &RestartOptions) -> Result<(), RestartError> {
     if let Engine::Criu { .. } = ck.engine {
         if opts.exec.is_some() {
-            return Err(RestartError::Refused(
-                "this checkpoint has a CRIU process image; --exec is for files-only checkpoints".into(),
-            ));
+            return Err(RestartError::ExecOfCriuImage);
         }
         if !opts.private_pids {
             check_pids_free(ck)?;
         }
     } else if opts.private_pids {
-        return Err(RestartError::Refused(format!(
-            "--private-pids restores a CRIU process image; checkpoint {} is files-only (restart it with --exec)",
-            ck.id
-        )));
+        return Err(RestartError::PrivatePidsFilesOnly { id: ck.id.clone() });
     }
     if ck.links_removed && !opts.snapshot && ck.relinked().next().is_some() {
-        return Err(RestartError::Refused(format!(
-            "the relinked files of checkpoint {} are kept only in its snapshots: add --snapshot",
-            ck.id
-        )));
+        return Err(RestartError::OnlyInSnapshots { id: ck.id.clone() });
     }
     if let Some(root) = &opts.mount_root {
         if !root.is_dir() {
-            return Err(RestartError::Refused(format!(
-                "--mount-root {}: no such directory; create it (root-owned, not writable by others) first; nothing was changed",
-                root.display()
-            )));
+            return Err(RestartError::NoMountRoot { path: root.clone() });
         }
     }
     if opts.snapshot && ck.snapshots.is_empty() {
-        return Err(RestartError::Refused(format!(
-            "checkpoint {} has no snapshots; restart it without --snapshot",
-            ck.id
-        )));
+        return Err(RestartError::NoSnapshots { id: ck.id.clone() });
     }
     if let (Engine::None, Some(cmd)) = (&ck.engine, &opts.exec) {
         exec::check_command(cmd)?;
@@ -200,11 +212,7 @@ fn check_pids_free(ck: &Checkpoint) -> Result<(), RestartError> {
             } else {
                 format!("by {now:?}, not the checkpointed {:?}: another process got that pid", t.comm)
             };
-            return Err(RestartError::Refused(format!(
-                "pid {} is in use {who}. CRIU restores tasks with their old pids; nothing was changed \
-                 (restart with --private-pids to restore them with those pids in a new pid namespace)",
-                t.pid
-            )));
+            return Err(RestartError::PidInUse { pid: t.pid, who });
         }
     }
     Ok(())
@@ -260,7 +268,7 @@ fn mount_snapshots(
             None => PathBuf::from(mp),
         };
         sys::trusted_dirs(&target, opts.mount_root.is_some())
-            .map_err(|why| RestartError::Refused(format!("restart target {}: {why}", target.display())))?;
+            .map_err(|why| RestartError::UntrustedTarget { path: target.clone(), why })?;
         if opts.mount_root.is_none() {
             snapshot::verify_origin(s)?;
         }
@@ -431,9 +439,7 @@ impl RestoreImage {
         if dir.symlink_metadata().is_ok() {
             let _ = std::fs::remove_dir_all(&dir);
         }
-        crate::criu_image::rewrite_externals(image_dir, &dir, paths).map_err(|e| {
-            RestartError::Refused(format!("cannot prepare the CRIU image for the restore: {e}"))
-        })?;
+        crate::criu_image::rewrite_externals(image_dir, &dir, paths).map_err(RestartError::RestoreImage)?;
         Ok(RestoreImage { dir })
     }
 }

@@ -62,11 +62,8 @@ impl PidNs {
         let mut said = String::new();
         let _ = std::fs::File::from(ready_r).read_to_string(&mut said);
         if said != "ready\n" {
-            return Err(RestartError::Refused(format!(
-                "the init of the new pid namespace ({} {INIT_ARG}, host pid {init}) did not get ready: {}",
-                exe.display(),
-                if said.is_empty() { "it exited" } else { said.trim() }
-            )));
+            let said = if said.is_empty() { "it exited".to_string() } else { said.trim().to_string() };
+            return Err(RestartError::InitNotReady { exe, init, said });
         }
         Ok(ns)
     }

@@ -124,10 +124,7 @@ pub(super) fn criu_root(pids: &[i32]) -> Result<i32, TakeError> {
     }
     match roots.as_slice() {
         [r] => Ok(*r),
-        _ => Err(TakeError::Refused(format!(
-            "CRIU dumps one process tree, but the selected tasks form {} trees (roots {roots:?}); select one tree (--pid P --tree) or put one tree in the cgroup",
-            roots.len()
-        ))),
+        _ => Err(TakeError::SeveralTrees { roots }),
     }
 }
 

@@ -40,8 +40,21 @@ pub enum TakeError {
     Image(#[from] image::ImageError),
     #[error(transparent)]
     Io(#[from] crate::sys::SysError),
+    /// Refused before anything changed (the message says why and what to do).
     #[error("{0}")]
     Refused(String),
+    /// With CRIU and `--pid` without `--tree`: the process has children CRIU would dump too.
+    #[error("pid {pid} has child processes and CRIU dumps a whole process tree: add --tree (or select its cgroup); nothing was changed")]
+    HasChildren { pid: i32 },
+    /// With CRIU: the selected tasks are not one process tree.
+    #[error("CRIU dumps one process tree, but the selected tasks form {} trees (roots {roots:?}); select one tree (--pid P --tree) or put one tree in the cgroup", roots.len())]
+    SeveralTrees { roots: Vec<i32> },
+    /// A SIGSTOP freeze of a pid tree does not cover tasks forked meanwhile.
+    #[error("tasks {pids:?} appeared while freezing; nothing was changed, run the take again (or select a cgroup)")]
+    AppearedWhileFreezing { pids: Vec<i32> },
+    /// A files-only take whose task exited before the checkpoint was kept.
+    #[error("task {pid} exited during the take; nothing was kept, take it again if it runs")]
+    ExitedBeforeKept { pid: i32 },
     #[error("{0}; the take was stopped, nothing was changed")]
     Hook(#[from] userhooks::HookError),
     /// `--strict-snapshots` and a filesystem the backend cannot snapshot.
@@ -195,9 +208,7 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
         // process has children would dump (and kill) tasks snapckpt neither froze nor scanned.
         if let tasks::Selection::Pid { pid, tree: false } = &opts.selection {
             if !tasks::children(*pid)?.is_empty() {
-                return Err(TakeError::Refused(format!(
-                    "pid {pid} has child processes and CRIU dumps a whole process tree: add --tree (or select its cgroup); nothing was changed"
-                )));
+                return Err(TakeError::HasChildren { pid: *pid });
             }
         }
         let root = criu_root(&pids)?;
@@ -227,7 +238,7 @@ fn selection_after_freeze(opts: &TakeOptions, frozen: &tasks::Frozen) -> Result<
     if let FreezeMethod::Sigstop(stopped) = frozen.method() {
         let new: Vec<i32> = pids.iter().copied().filter(|p| !stopped.contains(p)).collect();
         if !new.is_empty() {
-            return Err(TakeError::Refused(format!("tasks {new:?} appeared while freezing; nothing was changed, run the take again (or select a cgroup)")));
+            return Err(TakeError::AppearedWhileFreezing { pids: new });
         }
     }
     Ok(pids)
@@ -284,9 +295,7 @@ impl Tx<'_> {
         // A files-only checkpoint of a task that died meanwhile would restart nothing it had.
         let files_only = matches!(self.opts.engine, EngineOpts::None);
         if let Some(&dead) = pids.iter().find(|&&p| files_only && gone(p)) {
-            return Err(TakeError::Refused(format!(
-                "task {dead} exited during the take; nothing was kept, take it again if it runs"
-            )));
+            return Err(TakeError::ExitedBeforeKept { pid: dead });
         }
         at_hook(self.opts, Point::PostSnapshot, &self.sel.id, self.image.path(), &pids, &self.snaps)?;
         let mut notes: Vec<String> = pre_note.into_iter().collect();

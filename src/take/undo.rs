@@ -79,11 +79,10 @@ pub(super) fn gone(pid: i32) -> bool {
 /// (`made`: the relinked names and snapshots it removed; `clean`: whether all of it went),
 /// rather than as the system call that found the task gone (`open /proc/N/root/...`).
 fn exited_during(pids: &[i32], e: TakeError, made: (usize, usize), clean: bool) -> TakeError {
-    let said = match &e {
-        TakeError::Scan(scan::ScanError::TaskExited { .. }) => true,
-        TakeError::Refused(m) => m.contains("exited during the take"),
-        _ => false,
-    };
+    let said = matches!(
+        &e,
+        TakeError::Scan(scan::ScanError::TaskExited { .. }) | TakeError::ExitedBeforeKept { .. }
+    );
     let Some(&pid) = pids.iter().find(|&&p| !said && gone(p)) else { return e };
     TakeError::TaskExited { pid, undone: undone_summary(made, clean), source: Box::new(e) }
 }
