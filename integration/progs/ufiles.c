@@ -15,6 +15,7 @@
  *   mmap        a shared mapping of an orphan whose fd was closed
  *   cwd         chdir into a directory, then rmdir it
  *   tmpfile     an O_TMPFILE file with data, never linked
+ *   tmpfile-excl  the same opened O_TMPFILE|O_EXCL: it can never be linked
  *   twofds      two fds (O_RDONLY, O_WRONLY|O_APPEND) at different offsets on one orphan
  *   fifo        a FIFO opened O_RDWR, then unlinked
  *   highfd:N    an orphan at fd N (RLIMIT_NOFILE raised to N + 16)
@@ -199,6 +200,12 @@ int main(int argc, char **argv) {
             if (fd < 0) die("O_TMPFILE");
             fill(fd, 100000, 0, 't');
             lseek(fd, 77, SEEK_SET);
+        } else if (!strcmp(s, "tmpfile-excl")) {
+            /* O_EXCL: the kernel never lets it be linked (Python's TemporaryFile does this) */
+            int fd = open(dir, O_TMPFILE | O_EXCL | O_RDWR, 0600);
+            if (fd < 0) die("O_TMPFILE|O_EXCL");
+            fill(fd, 70000, 0, 'x');
+            lseek(fd, 99, SEEK_SET);
         } else if (!strcmp(s, "twofds")) {
             int a = orphan(dir, "two", 50000, 0, O_RDWR);
             char pp[64];

@@ -321,3 +321,48 @@ fn two_restarts_side_by_side_with_private_pids() {
     kill_wait(pid);
     snapckpt_ok(&["delete", &id, "--image-root", ir]);
 }
+
+/// An O_TMPFILE opened with O_EXCL cannot be linked (the kernel refuses): it is preserved as a
+/// clone, and take says so; the restored fd reads back as before (a new inode).
+#[test]
+fn tmpfile_with_o_excl_is_cloned_and_take_says_so() {
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-tmpexcl");
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", r.dir.to_str().unwrap(), "tmpfile-excl", "tmpfile"],
+        &r.log,
+        true,
+        None,
+    );
+    let before = fd_lines(&first_report(&r.log));
+    assert_eq!(before.len(), 2, "{before:?}");
+    let (ok, out, err) = take(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("note: 1 O_TMPFILE file(s) opened with O_EXCL cannot be linked")
+            && err.contains("preserved as a clone or copy"),
+        "{err}"
+    );
+    let id = take_id(&out);
+    let ck = record(&r.images.join(&id));
+    let methods: Vec<(&str, &str)> = ck["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["class"].as_str().unwrap(), o["relinked"]["method"].as_str().unwrap()))
+        .collect();
+    let mut sorted = methods.clone();
+    sorted.sort();
+    assert_eq!(sorted, [("tmpfile", "clone"), ("tmpfile", "link")], "{ck}");
+    let pid = p.pid;
+    wait_gone(pid);
+    drop(p);
+    let logsize = std::fs::metadata(&r.log).unwrap().len() as usize;
+    restart(&r, &id, &["--snapshot"]);
+    ask_report(pid, &r.log, logsize);
+    assert_eq!(fd_lines(&read(&r.log)[logsize..]), before);
+    kill_wait(pid);
+    snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
+}
+

@@ -149,7 +149,14 @@ pub fn tmpfile_notes(ck: &Checkpoint) -> Option<String> {
     let n = ck
         .objects
         .iter()
-        .filter(|o| o.class == Unlinked::Orphan && o.relinked.is_some())
+        // scan classes an fd opened O_TMPFILE as `tmpfile`; a copy or clone of one means the
+        // kernel refused the link (O_EXCL: never linkable)
+        .filter(|o| matches!(o.class, Unlinked::Tmpfile | Unlinked::Orphan))
+        .filter(|o| {
+            o.relinked
+                .as_ref()
+                .is_some_and(|r| matches!(r.method, Method::Clone | Method::CopyRange | Method::SparseCopy))
+        })
         .filter(|o| {
             ck.tasks
                 .iter()
