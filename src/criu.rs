@@ -345,6 +345,9 @@ pub fn restore(
     c.set_log_level(4);
     c.set_log_file(RESTORE_LOG.into());
     c.set_shell_job(req.flags.shell_job);
+    // A shell job is restored into criu's process group: in a group of its own, criu's exit
+    // would orphan it and the kernel would SIGHUP the tasks restored stopped (SIGSTOP freezer).
+    c.set_own_process_group(!req.flags.shell_job);
     c.set_tcp_established(req.flags.tcp_established);
     c.set_network_lock_nftables(req.flags.tcp_established);
     c.set_ext_unix_sk(true);

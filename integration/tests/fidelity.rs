@@ -366,3 +366,29 @@ fn tmpfile_with_o_excl_is_cloned_and_take_says_so() {
     snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
 }
 
+/// `--shell-job`: a task that is not a session leader (a job of the test's session) is
+/// refused without it, dumped with it (recorded), and restored as a shell job from the
+/// snapshot, reading back as before.
+#[test]
+fn shell_job_taken_and_restarted() {
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-shelljob");
+    let p = workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:5000"], &r.log, false, None);
+    let before = fd_lines(&first_report(&r.log));
+    let (ok, _, err) = take(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]);
+    assert!(!ok && err.contains("--shell-job"), "{err}");
+    assert!(alive(p.pid) && !stopped(p.pid));
+    let id =
+        take_id(&take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs", "--shell-job"]));
+    let ck = record(&r.images.join(&id));
+    assert_eq!(ck["engine"]["shell_job"], true, "{}", ck["engine"]);
+    let pid = p.pid;
+    wait_gone(pid);
+    drop(p);
+    let logsize = std::fs::metadata(&r.log).unwrap().len() as usize;
+    restart(&r, &id, &["--snapshot"]);
+    ask_report(pid, &r.log, logsize);
+    assert_eq!(fd_lines(&read(&r.log)[logsize..]), before);
+    kill_wait(pid);
+    snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
+}
