@@ -292,3 +292,43 @@ fn unix_datagram_to_outside_server_reconnects() {
     }
     r.delete(&id);
 }
+
+/// `snapckpt check` names the CRIU version and says whether CRIU dumps TCP and UDP sockets
+/// here, by dumping a throwaway process that holds a TCP listener and a UDP socket: with the
+/// CRIU under test it does; with one that fails that dump (a stand-in for CRIU 4.1, whose
+/// error on this kernel it prints) check warns with CRIU's words and the way out.
+#[test]
+fn check_reports_criu_version_and_inet_sockets() {
+    let criu = criu_bin();
+    let version = sh(&format!("'{}' --version", criu.display()));
+    let version = version.lines().next().unwrap().trim_start_matches("Version: ").trim().to_string();
+    let (_, out, err) = snapckpt(&["check", "--criu", criu.to_str().unwrap()]);
+    let line = |out: &str, what: &str| {
+        out.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no {what} in {out}{err}")).to_string()
+    };
+    let c = line(&out, "] CRIU:");
+    assert!(c.starts_with("[ ok ]") && c.contains(&version), "{c}");
+    let s = line(&out, "] CRIU sockets:");
+    assert!(s.starts_with("[ ok ]") && s.contains(&version) && s.contains("dumps TCP and UDP sockets here"), "{s}");
+    // a CRIU that cannot
+    let work = Scratch::new("sockets-check");
+    let fake = work.path().join("criu");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\ncase $1 in\n--version) echo 'Version: 4.1.1';;\ncheck) echo 'Looks good.';;\n\
+         dump) while [ $# -gt 0 ]; do case $1 in -o) log=$2;; -D) dir=$2;; esac; shift; done\n\
+         echo '(00.01) Error (criu/sockets.c:664): sockets: Can'\\''t get 1:16 opt: Operation not supported' > \"$dir/$log\"; exit 1;;\n\
+         *) exit 1;;\nesac\n",
+    )
+    .unwrap();
+    sh(&format!("chmod 755 '{}'", fake.display()));
+    let (_, out, err) = snapckpt(&["check", "--criu", fake.to_str().unwrap()]);
+    let s = line(&out, "] CRIU sockets:");
+    assert!(
+        s.starts_with("[warn]")
+            && s.contains("CRIU 4.1.1 cannot dump TCP or UDP sockets here")
+            && s.contains("Can't get 1:16 opt: Operation not supported")
+            && s.contains("install-criu.sh"),
+        "{s}\n{err}"
+    );
+}
