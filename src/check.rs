@@ -71,11 +71,7 @@ pub fn check(opts: &CheckOptions) -> Vec<Line> {
     lines.push(lvm());
     lines.push(criu_line(opts));
     if let Ok(p) = criu::find_with(opts.criu.as_deref(), opts.env_criu.as_deref()) {
-        let probe = if nix::unistd::geteuid().is_root() {
-            Some(criu::inet_dump_probe(&p))
-        } else {
-            None
-        };
+        let probe = if nix::unistd::geteuid().is_root() { Some(criu::inet_dump_probe(&p)) } else { None };
         lines.push(sockets_line(&criu::version_string(&p), probe));
         lines.push(pre_dump_line(&p));
     }

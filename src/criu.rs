@@ -138,7 +138,11 @@ pub fn inet_dump_probe(criu: &Path) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     match out {
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!("criu dump failed ({}){}", o.status, tail.lines().map(|l| format!("; {}", l.trim_start_matches("  | "))).collect::<String>())),
+        Ok(o) => Err(format!(
+            "criu dump failed ({}){}",
+            o.status,
+            tail.lines().map(|l| format!("; {}", l.trim_start_matches("  | "))).collect::<String>()
+        )),
         Err(e) => Err(format!("cannot run {}: {e}", criu.display())),
     }
 }

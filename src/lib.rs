@@ -55,8 +55,8 @@ pub mod sys;
 pub mod take;
 pub mod tasks;
 pub mod ui;
-pub mod unix_diag;
 pub mod units;
+pub mod unix_diag;
 pub mod userhooks;
 pub mod writeback;
 

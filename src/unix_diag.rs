@@ -46,7 +46,8 @@ impl UnixSock {
 /// Every unix socket of this network namespace, by inode.
 pub fn sockets() -> io::Result<HashMap<u32, UnixSock>> {
     // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+    let fd =
+        unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -64,7 +65,7 @@ pub fn sockets() -> io::Result<HashMap<u32, UnixSock>> {
     req.extend_from_slice(&0u32.to_ne_bytes()); // ino
     req.extend_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS).to_ne_bytes());
     req.extend_from_slice(&[0xff; 8]); // cookie: none
-    // SAFETY: req is a valid buffer of its length.
+                                       // SAFETY: req is a valid buffer of its length.
     if unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) } < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -183,6 +184,6 @@ mod tests {
     fn malformed_replies_are_errors() {
         let mut out = HashMap::new();
         assert!(parse(&[0xff; 20], &mut out).is_err());
-        assert_eq!(parse(&[], &mut out).unwrap(), false);
+        assert!(!parse(&[], &mut out).unwrap());
     }
 }

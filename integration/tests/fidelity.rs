@@ -373,13 +373,13 @@ fn tmpfile_with_o_excl_is_cloned_and_take_says_so() {
 fn shell_job_taken_and_restarted() {
     let _g = serial();
     let r = rig("btrfs", "fidelity-shelljob");
-    let p = workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:5000"], &r.log, false, None);
+    let p =
+        workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:5000"], &r.log, false, None);
     let before = fd_lines(&first_report(&r.log));
     let (ok, _, err) = take(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]);
     assert!(!ok && err.contains("--shell-job"), "{err}");
     assert!(alive(p.pid) && !stopped(p.pid));
-    let id =
-        take_id(&take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs", "--shell-job"]));
+    let id = take_id(&take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs", "--shell-job"]));
     let ck = record(&r.images.join(&id));
     assert_eq!(ck["engine"]["shell_job"], true, "{}", ck["engine"]);
     let pid = p.pid;

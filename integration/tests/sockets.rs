@@ -239,7 +239,9 @@ fn unix_server_with_outside_client() {
     assert_no_panic(&err);
     assert!(alive(pid) && !stopped(pid));
     assert!(checkpoint_names(&r.fs.mnt).is_empty());
-    assert!(!r.fs.path(".snapckpt").exists() || std::fs::read_dir(r.fs.path(".snapckpt")).unwrap().count() == 0);
+    assert!(
+        !r.fs.path(".snapckpt").exists() || std::fs::read_dir(r.fs.path(".snapckpt")).unwrap().count() == 0
+    );
     assert_eq!(c.ask("two"), "srv conn=1 line=2 two", "the connection goes on");
     hang_up(c, |s| s.shutdown(std::net::Shutdown::Write).unwrap());
     let id = r.take(p, &[]);
@@ -274,7 +276,8 @@ fn unix_datagram_to_outside_server_reconnects() {
     let recv_one = |pid: i32| -> String {
         let mut buf = [0u8; 256];
         for _ in 0..30 {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1).unwrap();
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1)
+                .unwrap();
             if let Ok(n) = srv.recv(&mut buf) {
                 return String::from_utf8_lossy(&buf[..n]).into_owned();
             }
@@ -304,12 +307,18 @@ fn check_reports_criu_version_and_inet_sockets() {
     let version = version.lines().next().unwrap().trim_start_matches("Version: ").trim().to_string();
     let (_, out, err) = snapckpt(&["check", "--criu", criu.to_str().unwrap()]);
     let line = |out: &str, what: &str| {
-        out.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no {what} in {out}{err}")).to_string()
+        out.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what} in {out}{err}"))
+            .to_string()
     };
     let c = line(&out, "] CRIU:");
     assert!(c.starts_with("[ ok ]") && c.contains(&version), "{c}");
     let s = line(&out, "] CRIU sockets:");
-    assert!(s.starts_with("[ ok ]") && s.contains(&version) && s.contains("dumps TCP and UDP sockets here"), "{s}");
+    assert!(
+        s.starts_with("[ ok ]") && s.contains(&version) && s.contains("dumps TCP and UDP sockets here"),
+        "{s}"
+    );
     // a CRIU that cannot
     let work = Scratch::new("sockets-check");
     let fake = work.path().join("criu");

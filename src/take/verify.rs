@@ -216,10 +216,16 @@ fn unix_peers_outside(socks: &[(i32, String, u32)]) -> Result<(), TakeError> {
     let ours: HashSet<u32> = socks.iter().map(|s| s.2).collect();
     for (pid, fd, ino) in socks {
         let Some(s) = all.get(ino) else { continue };
-        let name = |s: &crate::unix_diag::UnixSock| s.name.as_deref().map_or(String::new(), |n| format!(" bound at {n}"));
+        let name = |s: &crate::unix_diag::UnixSock| {
+            s.name.as_deref().map_or(String::new(), |n| format!(" bound at {n}"))
+        };
         let outside = |peer: u32| {
             let held = holders(peer);
-            let by = if held.is_empty() { "no process found".to_string() } else { format!("held by pid {}", held.iter().map(i32::to_string).collect::<Vec<_>>().join(", ")) };
+            let by = if held.is_empty() {
+                "no process found".to_string()
+            } else {
+                format!("held by pid {}", held.iter().map(i32::to_string).collect::<Vec<_>>().join(", "))
+            };
             format!("socket:[{peer}], {by}")
         };
         let what = if s.peer != 0 && !ours.contains(&s.peer) {
@@ -261,7 +267,8 @@ fn holders(ino: u32) -> Vec<i32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-                fds.flatten().any(|f| std::fs::read_link(f.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
+                fds.flatten()
+                    .any(|f| std::fs::read_link(f.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
             })
         })
         .collect();
