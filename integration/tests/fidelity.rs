@@ -392,3 +392,57 @@ fn shell_job_taken_and_restarted() {
     kill_wait(pid);
     snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
 }
+
+/// The restartability check before the tasks end: a preserved object that no longer opens the
+/// way the restore opens it (here its relinked name was replaced by a symlink while the tasks
+/// were frozen) fails the take in CRIU's post-dump: nothing is published, the task goes on
+/// (neither killed nor left stopped), the error says why.
+#[test]
+fn unrestartable_checkpoint_is_not_published_and_tasks_go_on() {
+    use std::process::Stdio;
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-unrestartable");
+    let p = workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:5000"], &r.log, true, None);
+    let before = fd_lines(&first_report(&r.log));
+    let hooks = Hooks::new(r.work.path().join("hooks"), &["take-relinked"]);
+    let pid = p.pid.to_string();
+    let child = hooks
+        .command(&[
+            "take",
+            "--pid",
+            &pid,
+            "--engine",
+            "criu",
+            "--snapshot",
+            "btrfs",
+            "--image-root",
+            r.images.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hooks.wait_reached("take-relinked", "relinked");
+    let names = checkpoint_names(&r.fs.mnt);
+    assert_eq!(names.len(), 1, "{names:?}");
+    let name = checkpoint_dir(&r.fs.mnt).join(&names[0]);
+    let kept = checkpoint_dir(&r.fs.mnt).join("kept-aside");
+    std::fs::rename(&name, &kept).unwrap();
+    std::os::unix::fs::symlink("kept-aside", &name).unwrap();
+    hooks.release("take-relinked");
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("could not be restarted, so it was not published and the tasks go on"), "{err}");
+    assert_no_panic(&err);
+    assert!(alive(p.pid) && !stopped(p.pid), "the task goes on");
+    let published: Vec<String> = std::fs::read_dir(&r.images)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(published.iter().all(|n| n.starts_with('.')), "nothing published: {published:?}");
+    // the task is untouched: it reports what it held before
+    let from = std::fs::metadata(&r.log).unwrap().len() as usize;
+    ask_report(p.pid, &r.log, from);
+    assert_eq!(fd_lines(&read(&r.log)[from..]), before);
+}
