@@ -446,3 +446,61 @@ fn unrestartable_checkpoint_is_not_published_and_tasks_go_on() {
     ask_report(p.pid, &r.log, from);
     assert_eq!(fd_lines(&read(&r.log)[from..]), before);
 }
+
+/// File locks (CRIU's `--file-locks`, always on): a task holding a flock and an open file
+/// description (OFD) write lock on a file is restored holding both (fdinfo shows them; another process cannot take
+/// them), twice from one snapshot.
+#[test]
+fn file_locks_held_after_restart() {
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-locks");
+    let p = workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "locks"], &r.log, true, None);
+    let locked = r.dir.join("locked");
+    let locks = |pid: i32| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .unwrap()
+            .flatten()
+            .flat_map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| l.starts_with("lock:"))
+            .map(|l| l.split_whitespace().skip(2).take(3).collect::<Vec<_>>().join(" "))
+            .collect();
+        v.sort();
+        v
+    };
+    let want = ["FLOCK ADVISORY WRITE", "OFDLCK ADVISORY WRITE"];
+    assert_eq!(locks(p.pid), want);
+    // `flock -n` / a POSIX lock attempt from another process fails on the file the task sees
+    let others_locked_out = |path: &Path| {
+        let f = path.display();
+        let fl = std::process::Command::new("flock").args(["-n", &f.to_string(), "true"]).status().unwrap();
+        let posix = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl,sys; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB, 10)",
+            ])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        !fl.success() && !posix.success()
+    };
+    assert!(others_locked_out(&locked));
+    let id = take_id(&take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]));
+    let pid = p.pid;
+    wait_gone(pid);
+    drop(p);
+    for round in 1..=2 {
+        restart(&r, &id, &["--snapshot"]);
+        assert_eq!(locks(pid), want, "round {round}");
+        let seen = PathBuf::from(format!("/proc/{pid}/root")).join(locked.strip_prefix("/").unwrap());
+        assert!(others_locked_out(&seen), "round {round}: the restored task holds the locks");
+        kill_wait(pid);
+    }
+    snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
+}
