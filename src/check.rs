@@ -71,7 +71,8 @@ pub fn check(opts: &CheckOptions) -> Vec<Line> {
     lines.push(lvm());
     lines.push(criu_line(opts));
     if let Ok(p) = criu::find_with(opts.criu.as_deref(), opts.env_criu.as_deref()) {
-        lines.push(sockets_line(&criu::version_string(&p)));
+        let probe = if nix::unistd::geteuid().is_root() { Some(criu::inet_dump_probe(&p)) } else { None };
+        lines.push(sockets_line(&criu::version_string(&p), probe));
         lines.push(pre_dump_line(&p));
     }
     lines.push(kernel_link_line(crate::kernel_link::available()));
@@ -83,22 +84,39 @@ pub fn check(opts: &CheckOptions) -> Vec<Line> {
     lines
 }
 
-/// Whether CRIU dumps TCP and UDP sockets on this kernel: 4.2 and later do (earlier ones ask
-/// SO_PASSCRED of inet sockets, which kernels since 6.x refuse).
-fn sockets_line(version: &str) -> Line {
+/// Whether CRIU dumps TCP and UDP sockets on this kernel: `probe` is the result of dumping a
+/// process that holds a TCP listener and a UDP socket (None: not tried, not root); without
+/// one, the version says (4.2 and later do; earlier ones ask SO_PASSCRED of inet sockets,
+/// which kernels since 6.x refuse).
+fn sockets_line(version: &str, probe: Option<Result<(), String>>) -> Line {
     let mut nums = version
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u32>().unwrap_or(0));
     let (major, minor) = (nums.next().unwrap_or(0), nums.next().unwrap_or(0));
-    if (major, minor) >= (4, 2) {
-        Line::new(
+    let new_enough = (major, minor) >= (4, 2);
+    let upgrade = if new_enough { "" } else { ": scripts/install-criu.sh installs CRIU 4.2" };
+    match probe {
+        Some(Ok(())) => Line::new(
             Status::Ok,
             "CRIU sockets",
-            format!("CRIU {version} dumps TCP and UDP sockets (--tcp-established for connections)"),
-        )
-    } else {
-        Line::new(Status::Warn, "CRIU sockets", format!("CRIU {version:?} cannot dump TCP or UDP sockets on recent kernels (SO_PASSCRED): scripts/install-criu.sh installs CRIU 4.2"))
+            format!("CRIU {version} dumps TCP and UDP sockets here (a TCP listener and a UDP socket dumped; --tcp-established for connections)"),
+        ),
+        Some(Err(why)) => Line::new(
+            Status::Warn,
+            "CRIU sockets",
+            format!("CRIU {version} cannot dump TCP or UDP sockets here: {why}{upgrade}"),
+        ),
+        None if new_enough => Line::new(
+            Status::Ok,
+            "CRIU sockets",
+            format!("CRIU {version} dumps TCP and UDP sockets on recent kernels (not tried: needs root; --tcp-established for connections)"),
+        ),
+        None => Line::new(
+            Status::Warn,
+            "CRIU sockets",
+            format!("CRIU {version:?} cannot dump TCP or UDP sockets on recent kernels (SO_PASSCRED){upgrade}"),
+        ),
     }
 }
 
@@ -231,9 +249,13 @@ mod tests {
 
     #[test]
     fn sockets_and_kernel_link() {
-        assert_eq!(sockets_line("4.2.1").status, Status::Ok);
-        assert_eq!(sockets_line("4.1.1").status, Status::Warn);
-        assert_eq!(sockets_line("").status, Status::Warn);
+        assert_eq!(sockets_line("4.2.1", None).status, Status::Ok);
+        assert_eq!(sockets_line("4.1.1", None).status, Status::Warn);
+        assert_eq!(sockets_line("", None).status, Status::Warn);
+        assert_eq!(sockets_line("4.1.1", Some(Ok(()))).status, Status::Ok);
+        let l = sockets_line("4.2.1", Some(Err("criu dump failed".into())));
+        assert_eq!(l.status, Status::Warn);
+        assert!(l.detail.contains("criu dump failed") && !l.detail.contains("install-criu"), "{l}");
         assert_eq!(kernel_link_line(false).status, Status::Warn);
         assert!(kernel_link_line(true).to_string().starts_with("[ ok ] kernel relink"));
     }

@@ -89,6 +89,64 @@ pub fn check(criu: &Path) -> Result<(String, bool, String), CriuError> {
     Ok((version, c.status.success() && out.contains("Looks good"), out.trim().to_string()))
 }
 
+/// Whether CRIU dumps inet sockets on this kernel, shown by doing it: a throwaway process
+/// (`sleep`, a session leader) holding a TCP listener and a UDP socket on 127.0.0.1 is dumped
+/// with `--leave-running` into a temporary directory, then killed. `Err` holds the reason (the
+/// error lines of CRIU's log). Needs root; takes a fraction of a second.
+pub fn inet_dump_probe(criu: &Path) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let dir = std::env::temp_dir().join(format!("snapckpt-check-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut c = Command::new("sleep");
+    c.arg("60").stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+    c.stderr(std::process::Stdio::null());
+    // SAFETY: only async-signal-safe calls (setsid, close_range, socket, bind, listen).
+    unsafe {
+        c.pre_exec(|| {
+            libc::setsid();
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            let addr = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: 0,
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes([127, 0, 0, 1]) },
+                sin_zero: [0; 8],
+            };
+            let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            for ty in [libc::SOCK_STREAM, libc::SOCK_DGRAM] {
+                let fd = libc::socket(libc::AF_INET, ty, 0);
+                if fd < 0 || libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if ty == libc::SOCK_STREAM && libc::listen(fd, 1) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().map_err(|e| format!("cannot start a process with inet sockets: {e}"))?;
+    let out = Command::new(criu)
+        .args(["dump", "--leave-running", "-v4", "-o", "dump.log", "-t"])
+        .arg(child.id().to_string())
+        .arg("-D")
+        .arg(&dir)
+        .output();
+    let _ = child.kill();
+    let _ = child.wait();
+    let tail = log_tail(&dir.join("dump.log"));
+    let _ = std::fs::remove_dir_all(&dir);
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "criu dump failed ({}){}",
+            o.status,
+            tail.lines().map(|l| format!("; {}", l.trim_start_matches("  | "))).collect::<String>()
+        )),
+        Err(e) => Err(format!("cannot run {}: {e}", criu.display())),
+    }
+}
+
 /// Whether the kernel can track memory changes, which CRIU's pre-dump (`--track-mem`) needs
 /// (soft-dirty bits, `CONFIG_MEM_SOFT_DIRTY`): `criu check --feature mem_dirty_track`. `Err`
 /// holds what CRIU said.
@@ -345,6 +403,9 @@ pub fn restore(
     c.set_log_level(4);
     c.set_log_file(RESTORE_LOG.into());
     c.set_shell_job(req.flags.shell_job);
+    // A shell job is restored into criu's process group: in a group of its own, criu's exit
+    // would orphan it and the kernel would SIGHUP the tasks restored stopped (SIGSTOP freezer).
+    c.set_own_process_group(!req.flags.shell_job);
     c.set_tcp_established(req.flags.tcp_established);
     c.set_network_lock_nftables(req.flags.tcp_established);
     c.set_ext_unix_sk(true);

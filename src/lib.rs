@@ -56,6 +56,7 @@ pub mod take;
 pub mod tasks;
 pub mod ui;
 pub mod units;
+pub mod unix_diag;
 pub mod userhooks;
 pub mod writeback;
 

@@ -15,6 +15,9 @@
  *   mmap        a shared mapping of an orphan whose fd was closed
  *   cwd         chdir into a directory, then rmdir it
  *   tmpfile     an O_TMPFILE file with data, never linked
+ *   tmpfile-excl  the same opened O_TMPFILE|O_EXCL: it can never be linked
+ *   locks       a linked file "locked" held twice: flock(LOCK_EX) on one fd, an OFD write
+ *               lock (fcntl F_OFD_SETLK) on bytes 0-99 of the other
  *   twofds      two fds (O_RDONLY, O_WRONLY|O_APPEND) at different offsets on one orphan
  *   fifo        a FIFO opened O_RDWR, then unlinked
  *   highfd:N    an orphan at fd N (RLIMIT_NOFILE raised to N + 16)
@@ -35,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -199,6 +203,21 @@ int main(int argc, char **argv) {
             if (fd < 0) die("O_TMPFILE");
             fill(fd, 100000, 0, 't');
             lseek(fd, 77, SEEK_SET);
+        } else if (!strcmp(s, "tmpfile-excl")) {
+            /* O_EXCL: the kernel never lets it be linked (Python's TemporaryFile does this) */
+            int fd = open(dir, O_TMPFILE | O_EXCL | O_RDWR, 0600);
+            if (fd < 0) die("O_TMPFILE|O_EXCL");
+            fill(fd, 70000, 0, 'x');
+            lseek(fd, 99, SEEK_SET);
+        } else if (!strcmp(s, "locks")) {
+            snprintf(p, sizeof p, "%s/locked", dir);
+            int a = open(p, O_RDWR | O_CREAT | O_TRUNC, 0644);
+            if (a < 0 || write(a, "locked", 6) != 6) die("locks");
+            int b = open(p, O_RDWR);
+            if (b < 0 || flock(a, LOCK_EX | LOCK_NB) < 0) die("flock");
+            struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = 0, .l_len = 100 };
+            /* an open file description lock: a POSIX one would go with the report's close() */
+            if (fcntl(b, F_OFD_SETLK, &fl) < 0) die("F_OFD_SETLK");
         } else if (!strcmp(s, "twofds")) {
             int a = orphan(dir, "two", 50000, 0, O_RDWR);
             char pp[64];

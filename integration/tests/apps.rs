@@ -10,8 +10,9 @@
 //! a port picked free, with their own configs and data on the loop btrfs.
 //!
 //! Clients: CRIU restores an established TCP connection only with `--tcp-established`, and then
-//! only once (the peer moves on), and a unix-socket peer outside the dumped tree blocks the
-//! dump. So in the restart-twice tests a client whose connection is in flight at checkpoint time
+//! only once (the peer moves on), and a unix stream connection to a peer outside the dumped tree
+//! cannot be dumped (take refuses it before the freeze: `sockets::unix_server_with_outside_client`).
+//! So in the restart-twice tests a client whose connection is in flight at checkpoint time
 //! is a process *inside* the checkpointed tree, on the server's unix socket (the tree's root is a
 //! small wrapper that starts the server and the client as its children); the test's own clients
 //! use TCP on 127.0.0.1 and are closed before the take or connect after the restart.

@@ -321,3 +321,186 @@ fn two_restarts_side_by_side_with_private_pids() {
     kill_wait(pid);
     snapckpt_ok(&["delete", &id, "--image-root", ir]);
 }
+
+/// An O_TMPFILE opened with O_EXCL cannot be linked (the kernel refuses): it is preserved as a
+/// clone, and take says so; the restored fd reads back as before (a new inode).
+#[test]
+fn tmpfile_with_o_excl_is_cloned_and_take_says_so() {
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-tmpexcl");
+    let p = workload(
+        &prog("ufiles"),
+        &["setup", r.dir.to_str().unwrap(), "tmpfile-excl", "tmpfile"],
+        &r.log,
+        true,
+        None,
+    );
+    let before = fd_lines(&first_report(&r.log));
+    assert_eq!(before.len(), 2, "{before:?}");
+    let (ok, out, err) = take(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        err.contains("note: 1 O_TMPFILE file(s) opened with O_EXCL cannot be linked")
+            && err.contains("preserved as a clone or copy"),
+        "{err}"
+    );
+    let id = take_id(&out);
+    let ck = record(&r.images.join(&id));
+    let methods: Vec<(&str, &str)> = ck["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| (o["class"].as_str().unwrap(), o["relinked"]["method"].as_str().unwrap()))
+        .collect();
+    let mut sorted = methods.clone();
+    sorted.sort();
+    assert_eq!(sorted, [("tmpfile", "clone"), ("tmpfile", "link")], "{ck}");
+    let pid = p.pid;
+    wait_gone(pid);
+    drop(p);
+    let logsize = std::fs::metadata(&r.log).unwrap().len() as usize;
+    restart(&r, &id, &["--snapshot"]);
+    ask_report(pid, &r.log, logsize);
+    assert_eq!(fd_lines(&read(&r.log)[logsize..]), before);
+    kill_wait(pid);
+    snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
+}
+
+/// `--shell-job`: a task that is not a session leader (a job of the test's session) is
+/// refused without it, dumped with it (recorded), and restored as a shell job from the
+/// snapshot, reading back as before.
+#[test]
+fn shell_job_taken_and_restarted() {
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-shelljob");
+    let p =
+        workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:5000"], &r.log, false, None);
+    let before = fd_lines(&first_report(&r.log));
+    let (ok, _, err) = take(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]);
+    assert!(!ok && err.contains("--shell-job"), "{err}");
+    assert!(alive(p.pid) && !stopped(p.pid));
+    let id = take_id(&take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs", "--shell-job"]));
+    let ck = record(&r.images.join(&id));
+    assert_eq!(ck["engine"]["shell_job"], true, "{}", ck["engine"]);
+    let pid = p.pid;
+    wait_gone(pid);
+    drop(p);
+    let logsize = std::fs::metadata(&r.log).unwrap().len() as usize;
+    restart(&r, &id, &["--snapshot"]);
+    ask_report(pid, &r.log, logsize);
+    assert_eq!(fd_lines(&read(&r.log)[logsize..]), before);
+    kill_wait(pid);
+    snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
+}
+
+/// The restartability check before the tasks end: a preserved object that no longer opens the
+/// way the restore opens it (here its relinked name was replaced by a symlink while the tasks
+/// were frozen) fails the take in CRIU's post-dump: nothing is published, the task goes on
+/// (neither killed nor left stopped), the error says why.
+#[test]
+fn unrestartable_checkpoint_is_not_published_and_tasks_go_on() {
+    use std::process::Stdio;
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-unrestartable");
+    let p = workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:5000"], &r.log, true, None);
+    let before = fd_lines(&first_report(&r.log));
+    let hooks = Hooks::new(r.work.path().join("hooks"), &["take-relinked"]);
+    let pid = p.pid.to_string();
+    let child = hooks
+        .command(&[
+            "take",
+            "--pid",
+            &pid,
+            "--engine",
+            "criu",
+            "--snapshot",
+            "btrfs",
+            "--image-root",
+            r.images.to_str().unwrap(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    hooks.wait_reached("take-relinked", "relinked");
+    let names = checkpoint_names(&r.fs.mnt);
+    assert_eq!(names.len(), 1, "{names:?}");
+    let name = checkpoint_dir(&r.fs.mnt).join(&names[0]);
+    let kept = checkpoint_dir(&r.fs.mnt).join("kept-aside");
+    std::fs::rename(&name, &kept).unwrap();
+    std::os::unix::fs::symlink("kept-aside", &name).unwrap();
+    hooks.release("take-relinked");
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("could not be restarted, so it was not published and the tasks go on"), "{err}");
+    assert_no_panic(&err);
+    assert!(alive(p.pid) && !stopped(p.pid), "the task goes on");
+    let published: Vec<String> = std::fs::read_dir(&r.images)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    assert!(published.iter().all(|n| n.starts_with('.')), "nothing published: {published:?}");
+    // the task is untouched: it reports what it held before
+    let from = std::fs::metadata(&r.log).unwrap().len() as usize;
+    ask_report(p.pid, &r.log, from);
+    assert_eq!(fd_lines(&read(&r.log)[from..]), before);
+}
+
+/// File locks (CRIU's `--file-locks`, always on): a task holding a flock and an open file
+/// description (OFD) write lock on a file is restored holding both (fdinfo shows them; another process cannot take
+/// them), twice from one snapshot.
+#[test]
+fn file_locks_held_after_restart() {
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-locks");
+    let p = workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "locks"], &r.log, true, None);
+    let locked = r.dir.join("locked");
+    let locks = |pid: i32| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .unwrap()
+            .flatten()
+            .flat_map(|e| {
+                std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| l.starts_with("lock:"))
+            .map(|l| l.split_whitespace().skip(2).take(3).collect::<Vec<_>>().join(" "))
+            .collect();
+        v.sort();
+        v
+    };
+    let want = ["FLOCK ADVISORY WRITE", "OFDLCK ADVISORY WRITE"];
+    assert_eq!(locks(p.pid), want);
+    // `flock -n` / a POSIX lock attempt from another process fails on the file the task sees
+    let others_locked_out = |path: &Path| {
+        let f = path.display();
+        let fl = std::process::Command::new("flock").args(["-n", &f.to_string(), "true"]).status().unwrap();
+        let posix = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import fcntl,sys; f=open(sys.argv[1],'r+'); fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB, 10)",
+            ])
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        !fl.success() && !posix.success()
+    };
+    assert!(others_locked_out(&locked));
+    let id = take_id(&take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]));
+    let pid = p.pid;
+    wait_gone(pid);
+    drop(p);
+    for round in 1..=2 {
+        restart(&r, &id, &["--snapshot"]);
+        assert_eq!(locks(pid), want, "round {round}");
+        let seen = PathBuf::from(format!("/proc/{pid}/root")).join(locked.strip_prefix("/").unwrap());
+        assert!(others_locked_out(&seen), "round {round}: the restored task holds the locks");
+        kill_wait(pid);
+    }
+    snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
+}

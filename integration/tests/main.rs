@@ -16,5 +16,6 @@ mod freeze;
 mod migrate;
 mod operators;
 mod snapshot_btrfs;
+mod sockets;
 mod trust;
 mod writeback;

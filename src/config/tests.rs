@@ -157,6 +157,29 @@ fn conflicts_refused() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// `--shell-job` and `--tcp-established` come from the flags or the job's `[criu]` keys
+/// `shell_job` and `tcp_established` (a flag adds to the job); off by default.
+#[test]
+fn shell_job_and_tcp_established_from_flags_and_job() {
+    let d = tmp("criu-flags");
+    let criu = d.join("criu");
+    std::fs::write(&criu, "").unwrap();
+    let en = env(None, Some(&criu));
+    let flags = |argv: &[&str]| match take(argv, &en).unwrap().engine {
+        take::EngineOpts::Criu { flags, .. } => (flags.shell_job, flags.tcp_established),
+        take::EngineOpts::None => panic!("no CRIU engine for {argv:?}"),
+    };
+    assert_eq!(flags(&["--pid", "7", "--engine", "criu"]), (false, false));
+    assert_eq!(flags(&["--pid", "7", "--engine", "criu", "--shell-job"]), (true, false));
+    assert_eq!(flags(&["--pid", "7", "--engine", "criu", "--tcp-established"]), (false, true));
+    let both =
+        job(&d, "[tasks]\npid = 7\n[criu]\nengine = \"criu\"\nshell_job = true\ntcp_established = true\n");
+    assert_eq!(flags(&["--job", &both]), (true, true));
+    let one = job(&d, "[tasks]\npid = 7\n[criu]\nengine = \"criu\"\ntcp_established = true\n");
+    assert_eq!(flags(&["--job", &one, "--shell-job"]), (true, true));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
 #[test]
 fn criu_precedence_and_after_dump() {
     let d = tmp("criu");

@@ -7,7 +7,8 @@
 //!   (`O_NOFOLLOW` included), as a directory, or as an `O_PATH` reference.
 //!
 //! And before the freeze ([`unsupported_fds`]): what CRIU cannot dump at all (io_uring
-//! instances, perf events) is refused while nothing has changed.
+//! instances, perf events, unix connections to a peer outside the tasks) is refused while
+//! nothing has changed.
 
 use super::TakeError;
 use crate::record::{Checkpoint, FileKind, Method, Object, Task, Unlinked};
@@ -149,7 +150,14 @@ pub fn tmpfile_notes(ck: &Checkpoint) -> Option<String> {
     let n = ck
         .objects
         .iter()
-        .filter(|o| o.class == Unlinked::Orphan && o.relinked.is_some())
+        // scan classes an fd opened O_TMPFILE as `tmpfile`; a copy or clone of one means the
+        // kernel refused the link (O_EXCL: never linkable)
+        .filter(|o| matches!(o.class, Unlinked::Tmpfile | Unlinked::Orphan))
+        .filter(|o| {
+            o.relinked
+                .as_ref()
+                .is_some_and(|r| matches!(r.method, Method::Clone | Method::CopyRange | Method::SparseCopy))
+        })
         .filter(|o| {
             ck.tasks
                 .iter()
@@ -164,11 +172,19 @@ pub fn tmpfile_notes(ck: &Checkpoint) -> Option<String> {
 
 /// Refuse, before the freeze, fds CRIU cannot dump.
 pub fn unsupported_fds(pids: &[i32]) -> Result<(), TakeError> {
+    // (pid, fd, socket inode) of every socket the tasks hold
+    let mut socks: Vec<(i32, String, u32)> = vec![];
     for &pid in pids {
         let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
         for e in rd.flatten() {
             let Ok(t) = std::fs::read_link(e.path()) else { continue };
             let t = t.to_string_lossy();
+            if let Some(ino) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                if let Ok(ino) = ino.parse() {
+                    socks.push((pid, e.file_name().to_string_lossy().into_owned(), ino));
+                }
+                continue;
+            }
             let advice = if t.contains("[io_uring]") {
                 "CRIU cannot dump io_uring instances: run the program without io_uring (MariaDB: --innodb-use-native-aio=0; liburing users: their fallback to epoll/threads)"
             } else if t.contains("[perf_event]") {
@@ -184,5 +200,78 @@ pub fn unsupported_fds(pids: &[i32]) -> Result<(), TakeError> {
             });
         }
     }
+    unix_peers_outside(&socks)
+}
+
+/// Unix sockets connected to a peer outside the tasks: CRIU dumps one end of a connection
+/// only for a datagram socket whose peer has a name (it connects to the name again at
+/// restore, `--ext-unix-sk`); it refuses half a stream or seqpacket connection, a nameless
+/// datagram peer, and a listener with a client from outside waiting to be accepted.
+fn unix_peers_outside(socks: &[(i32, String, u32)]) -> Result<(), TakeError> {
+    if socks.is_empty() {
+        return Ok(());
+    }
+    // Not knowing (no unix_diag in this kernel) is not a refusal: CRIU then says it itself.
+    let Ok(all) = crate::unix_diag::sockets() else { return Ok(()) };
+    let ours: HashSet<u32> = socks.iter().map(|s| s.2).collect();
+    for (pid, fd, ino) in socks {
+        let Some(s) = all.get(ino) else { continue };
+        let name = |s: &crate::unix_diag::UnixSock| {
+            s.name.as_deref().map_or(String::new(), |n| format!(" bound at {n}"))
+        };
+        let outside = |peer: u32| {
+            let held = holders(peer);
+            let by = if held.is_empty() {
+                "no process found".to_string()
+            } else {
+                format!("held by pid {}", held.iter().map(i32::to_string).collect::<Vec<_>>().join(", "))
+            };
+            format!("socket:[{peer}], {by}")
+        };
+        let what = if s.peer != 0 && !ours.contains(&s.peer) {
+            let peer = all.get(&s.peer).cloned().unwrap_or_default();
+            if s.kind == libc::SOCK_DGRAM && peer.name.is_some() {
+                continue; // reconnected by name at restore
+            }
+            format!(
+                "a unix {} socket{} connected to a peer outside the checkpointed tasks ({}{}): CRIU cannot dump {}",
+                s.kind_name(),
+                name(s),
+                outside(s.peer),
+                name(&peer),
+                if s.kind == libc::SOCK_DGRAM { "a datagram socket connected to a nameless peer" } else { "one half of a connection" },
+            )
+        } else if let Some(&w) = s.waiting.iter().find(|w| !ours.contains(w)) {
+            format!(
+                "a unix {} listener{} with a connection from outside the checkpointed tasks waiting to be accepted ({}): CRIU cannot dump it",
+                s.kind_name(),
+                name(s),
+                outside(w)
+            )
+        } else {
+            continue;
+        };
+        return Err(TakeError::Refused(format!(
+            "pid {pid} fd {fd} is {what}; close the connection before the take (the server listening at its path is restored, clients can connect again after the restart), or checkpoint the peer's process with it (a common parent with --tree, or their cgroup); nothing was changed"
+        )));
+    }
     Ok(())
+}
+
+/// The processes holding socket inode `ino` (by their fds), for a message.
+fn holders(ino: u32) -> Vec<i32> {
+    let want = format!("socket:[{ino}]");
+    let Ok(rd) = std::fs::read_dir("/proc") else { return vec![] };
+    let mut v: Vec<i32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten()
+                    .any(|f| std::fs::read_link(f.path()).is_ok_and(|t| t.as_os_str() == want.as_str()))
+            })
+        })
+        .collect();
+    v.sort_unstable();
+    v
 }

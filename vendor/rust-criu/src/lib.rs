@@ -74,6 +74,8 @@ pub struct Criu {
     criu_path: String,
     // snapckpt patch: a command that runs criu (`WRAPPER... CRIU swrk FD`), e.g. in a namespace
     swrk_wrapper: Vec<String>,
+    // snapckpt patch: criu in a process group of its own (the default) or in the caller's
+    own_process_group: bool,
     sv: [i32; 2],
     pid: Option<i32>,
     images_dir_fd: Option<RawFd>,
@@ -128,6 +130,7 @@ impl Criu {
         Ok(Self {
             criu_path: path_to_criu,
             swrk_wrapper: Vec::new(),
+            own_process_group: true,
             sv: [-1, -1],
             pid: None,
             images_dir_fd: None,
@@ -221,7 +224,9 @@ impl Criu {
         // snapckpt patch: criu in its own process group, so that a ^C or a SIGTERM to the
         // caller's group does not kill it in the middle of a dump (with its parasite still in
         // the tasks); it learns of the caller's death from its socket instead.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        if self.own_process_group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
 
         // Caller passes fds opened without CLOEXEC; the child (criu swrk) inherits them. We use those fd numbers in the RPC (crun-style).
         let mut criu = cmd.spawn().map_err(|e| CriuError::Spawn {
@@ -441,6 +446,14 @@ impl Criu {
     /// wrapper must exec or run criu with those arguments and exit when criu does.
     pub fn set_swrk_wrapper(&mut self, wrapper: Vec<String>) {
         self.swrk_wrapper = wrapper;
+    }
+
+    /// snapckpt patch: whether criu runs in a process group of its own (the default). A
+    /// shell-job restore puts the restored tasks into criu's process group: in a group of its
+    /// own, criu's exit leaves that group orphaned, and the kernel sends SIGHUP to an orphaned
+    /// group with stopped members (tasks restored stopped), which kills them.
+    pub fn set_own_process_group(&mut self, own: bool) {
+        self.own_process_group = own;
     }
 
     pub fn set_pid(&mut self, pid: i32) {
