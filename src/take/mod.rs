@@ -52,6 +52,9 @@ pub enum TakeError {
     /// A SIGSTOP freeze of a pid tree does not cover tasks forked meanwhile.
     #[error("tasks {pids:?} appeared while freezing; nothing was changed, run the take again (or select a cgroup)")]
     AppearedWhileFreezing { pids: Vec<i32> },
+    /// A unix socket connected to (or waited on by) a process outside the checkpoint.
+    #[error("pid {pid} fd {fd} is {what}; close the connection before the take (the server listening at its path is restored, clients can connect again after the restart), or checkpoint the peer's process with it (a common parent with --tree, or their cgroup); nothing was changed")]
+    OutsidePeer { pid: i32, fd: String, what: String },
     /// A files-only take whose task exited before the checkpoint was kept.
     #[error("task {pid} exited during the take; nothing was kept, take it again if it runs")]
     ExitedBeforeKept { pid: i32 },

@@ -251,9 +251,7 @@ fn unix_peers_outside(socks: &[(i32, String, u32)]) -> Result<(), TakeError> {
         } else {
             continue;
         };
-        return Err(TakeError::Refused(format!(
-            "pid {pid} fd {fd} is {what}; close the connection before the take (the server listening at its path is restored, clients can connect again after the restart), or checkpoint the peer's process with it (a common parent with --tree, or their cgroup); nothing was changed"
-        )));
+        return Err(TakeError::OutsidePeer { pid: *pid, fd: fd.clone(), what });
     }
     Ok(())
 }
