@@ -358,7 +358,7 @@ pub fn list(root: &Path) -> Result<Listed, ImageError> {
         let r = load(&p);
         out.push((p, r));
     }
-    out.sort_by_key(|(p, r)| (r.as_ref().map(|c| c.created_unix).unwrap_or(0), p.clone()));
+    out.sort_by_key(|(p, r)| (r.as_ref().map(Checkpoint::created_at).unwrap_or((0, 0)), p.clone()));
     Ok(out)
 }
 

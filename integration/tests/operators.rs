@@ -707,3 +707,45 @@ fn list_states_of_snapshots_and_criu() {
         "{out}"
     );
 }
+
+/// Checkpoints taken within one second are ordered by when they were taken, not by their
+/// random id suffix: `list` shows them in take order, `latest` is the last one taken and
+/// `prune --keep-last 1` keeps that one.
+#[test]
+fn same_second_checkpoints_keep_their_order() {
+    let _g = serial();
+    let s = Setup::new("tmpfs", &["ab"]);
+    let taken: Vec<String> =
+        (0..4).map(|_| take_id(&take_ok(s.p.pid, &s.images(), &["--engine", "none"]))).collect();
+    let v = json(&snapckpt_ok(&["list", "--image-root", &s.ir(), "--json"]));
+    let listed: Vec<&str> = v.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, taken, "list order is take order");
+    let latest = json(&snapckpt_ok(&["inspect", "latest", "--image-root", &s.ir(), "--json"]));
+    assert_eq!(latest["id"], taken[3].as_str());
+    let v =
+        json(&snapckpt_ok(&["prune", "--image-root", &s.ir(), "--keep-last", "1", "--dry-run", "--json"]));
+    let kept: Vec<&str> = v["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["keep"] == true)
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [taken[3].as_str()], "{v}");
+}
+
+/// `export` names a checkpoint as the other commands do: `latest`, `latest:JOB`, a unique
+/// prefix (here the export then refuses a checkpoint without snapshots, naming it).
+#[test]
+fn export_accepts_latest_and_prefixes() {
+    let _g = serial();
+    let s = Setup::new("ext4", &["ab"]);
+    let id = s.take_job(&s.job("exp", ""));
+    let out = s.work.path().join("x.stream");
+    for name in ["latest", "latest:exp", &id[..id.len() - 1]] {
+        let (ok, _, err) = snapckpt(&["export", name, "-o", out.to_str().unwrap(), "--image-root", &s.ir()]);
+        assert!(!ok && !err.contains("no checkpoint") && err.contains(&id), "export {name}: {err}");
+    }
+    let (ok, _, err) = snapckpt(&["export", "nosuch", "-o", out.to_str().unwrap(), "--image-root", &s.ir()]);
+    assert!(!ok && err.contains("no checkpoint \"nosuch\""), "{err}");
+}

@@ -173,13 +173,15 @@ struct Selected {
     /// The selected tasks (again after the freeze).
     pids: Vec<i32>,
     now: u64,
+    /// Nanoseconds within `now`'s second (orders takes of one second).
+    now_ns: u32,
     method: FreezeMethod,
     criu_version: String,
 }
 
 /// Select the tasks and check what can be checked before anything changes.
 fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
-    let now = sys::now_unix();
+    let (now, now_ns) = sys::now_unix_ns();
     let id = record::names::new_id(now);
     let pids = tasks::resolve(&opts.selection)?;
     let method = FreezeMethod::for_selection(&opts.selection, &pids)?;
@@ -202,7 +204,7 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
         }
         verify::unsupported_fds(&pids)?;
     }
-    Ok(Selected { id, pids, now, method, criu_version })
+    Ok(Selected { id, pids, now, now_ns, method, criu_version })
 }
 
 /// A dry run: freeze briefly for a consistent scan, plan, thaw.
@@ -290,6 +292,7 @@ impl Tx<'_> {
         let links_removed = self.drop_live_names(&sc.objects, false)?;
 
         let mut ck = Checkpoint::new(&self.sel.id, self.sel.now);
+        ck.created_ns = Some(self.sel.now_ns);
         ck.job = self.opts.job_name.clone();
         ck.selection = self.opts.selection.describe();
         ck.freezer = freezer_record(self.frozen().method());
