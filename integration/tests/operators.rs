@@ -514,7 +514,38 @@ fn non_root_is_refused_before_anything() {
     assert_eq!(state(s.p.pid), Some('S'));
     let (ok, err) = as_nobody(&["restart", &id, "--image-root", &s.ir(), "--exec", "true"]);
     assert!(!ok && err.contains("must run as root") && !err.contains("/run/snapckpt"), "{err}");
+    let mnt = s.fs.mnt.to_str().unwrap();
+    for args in [
+        &["take", "--pid", &s.pid(), "--image-root", other.to_str().unwrap(), "--dry-run"][..],
+        &["delete", &id, "--image-root", &s.ir()],
+        &["delete", &id, "--image-root", &s.ir(), "--force"],
+        &["gc", "--mount", mnt, "--image-root", &s.ir()],
+        &["prune", "--image-root", &s.ir(), "--keep-last", "0"],
+    ] {
+        let (ok, err) = as_nobody(args);
+        assert!(
+            !ok && err.contains("must run as root") && err.contains("nothing was changed"),
+            "{args:?}: {err}"
+        );
+    }
+    // commands that only read: the root-only image root is said to be root's, not EACCES
+    for args in [
+        &["list", "--image-root", &s.ir()][..],
+        &["inspect", "latest", "--image-root", &s.ir()],
+        &["prune", "--image-root", &s.ir(), "--keep-last", "0", "--dry-run"],
+    ] {
+        let (ok, err) = as_nobody(args);
+        assert!(
+            !ok && err.contains("image roots are root's") && err.contains("run snapckpt as root"),
+            "{args:?}: {err}"
+        );
+    }
+    let (ok, err) = as_nobody(&["scan", "--all"]);
+    assert!(ok && err.contains("not root: scan --all sees only"), "{err}");
+    assert!(!other.exists());
+    assert_eq!(state(s.p.pid), Some('S'));
     assert_eq!(checkpoint_names(&s.fs.mnt).len(), 1, "the checkpoint is untouched");
+    assert!(s.images().join(&id).exists());
 }
 
 /// `take --dry-run` says what will happen per object in scan's words, the CRIU dump or the
