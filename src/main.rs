@@ -25,7 +25,7 @@ struct Cli {
     /// Say nothing on stderr but warnings and errors (no progress).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
-    /// Name each step on stderr as it runs; twice: also where CRIU's log is.
+    /// Name each step on stderr as it runs; twice: also show CRIU's log (level 4) as it is written.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 }

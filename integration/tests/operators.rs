@@ -605,6 +605,8 @@ fn terminal_output_progress_and_clean_stdout() {
     let term =
         pty(&format!("{bin} take --pid {} --image-root {} --json > {}", s.p.pid, s.ir(), rec.display()));
     assert!(term.contains("freezing the tasks"), "no freeze spinner on the terminal: {term:?}");
+    assert!(term.contains("writing back dirty data"), "no write-back spinner on the terminal: {term:?}");
+    assert!(term.contains("ETA ") && term.contains("MiB/s"), "no rate and ETA on the terminal: {term:?}");
     assert!(term.contains("relink [") && term.contains("MiB"), "no byte progress on the terminal: {term:?}");
     let v = json(&read(&rec));
     let id = v["id"].as_str().unwrap().to_string();
@@ -620,6 +622,7 @@ fn terminal_output_progress_and_clean_stdout() {
     assert!(!quiet.contains("relink [") && !quiet.contains("freezing"), "{quiet:?}");
     let verbose = pty(&format!("{bin} -v take --pid {} --image-root {} > /dev/null", s.p.pid, s.ir()));
     assert!(verbose.contains("snapckpt: relinked ") && verbose.contains(": done in "), "{verbose:?}");
+    assert!(!verbose.contains("taking 0 snapshot"), "a step that does nothing: {verbose:?}");
     // not a terminal: no progress at all on stderr
     let (ok, out, err) = take(s.p.pid, &s.images(), &["--json"]);
     assert!(ok && !err.contains("relink [") && !err.contains("freezing"), "{err}");
@@ -719,11 +722,28 @@ fn list_states_of_snapshots_and_criu() {
         None,
     );
     let crit = criu_bin();
-    let out = take_ok(
-        w.pid,
-        &s.images(),
-        &["--engine", "criu", "--criu", crit.to_str().unwrap(), "--leave-running"],
+    // -vv: CRIU's own log (level 4) on stderr as it is written; stdout only the result
+    let (ok, out, err) = snapckpt(&[
+        "-vv",
+        "take",
+        "--pid",
+        &w.pid.to_string(),
+        "--image-root",
+        &s.ir(),
+        "--engine",
+        "criu",
+        "--criu",
+        crit.to_str().unwrap(),
+        "--leave-running",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("CRIU's log (level 4): ")
+            && err.contains("criu: (00.")
+            && err.contains("Dumping finished successfully"),
+        "-vv shows no CRIU log: {err}"
     );
+    assert!(!out.contains("criu: "), "{out}");
     let cid = take_id(&out);
     assert_eq!(state_of(&cid), ["tasks-running"]);
     let v = json(&snapckpt_ok(&["inspect", &cid, "--image-root", &s.ir(), "--json"]));

@@ -365,7 +365,10 @@ impl Tx<'_> {
                 }
             }
         }
-        match writeback::write_back(&files, &mounts, &self.opts.writeback) {
+        let stage = ui::stage(self.opts.progress, "writing back dirty data (tasks running)");
+        let r = writeback::write_back(&files, &mounts, &self.opts.writeback);
+        stage.done();
+        match r {
             Ok(wb) => {
                 let t = &mut self.timings;
                 t.writeback_ms = ms(wb.time);
@@ -406,11 +409,12 @@ impl Tx<'_> {
         match &self.opts.engine {
             EngineOpts::None => {
                 let t = Instant::now();
-                let stage =
-                    ui::stage(self.opts.progress, &format!("taking {} snapshot(s)", plan.specs.len()));
+                let stage = (!plan.specs.is_empty()).then(|| {
+                    ui::stage(self.opts.progress, &format!("taking {} snapshot(s)", plan.specs.len()))
+                });
                 let limit = (self.opts.snapshot_timeout, self.image.lock_fd());
                 take_snapshots(&plan.specs, &self.sel.id, &mut self.snaps, limit)?;
-                stage.done();
+                stage.map(ui::Stage::done);
                 self.timings.snapshot_ms = ms(t.elapsed());
                 // Names leading to the tasks' own inodes go before the thaw: checked now.
                 let relinker = self.relinker.as_ref().expect("relinked");
@@ -486,7 +490,6 @@ impl Tx<'_> {
         let limit = (self.opts.snapshot_timeout, self.image.lock_fd());
         let mut snap_err = None;
         let mut snap_t = 0;
-        ui::detail(&format!("CRIU logs into {}", req.image_dir.display()));
         let stage = ui::stage(self.opts.progress, "CRIU dump");
         let dumped = criu::dump(&req, &mut || {
             // post-dump: the tasks are still frozen; the natural moment to snapshot.
