@@ -178,7 +178,7 @@ pub fn entries(root: &Path) -> Result<Vec<Entry>, PruneError> {
                     mounted: ck
                         .snapshots
                         .iter()
-                        .any(|s| crate::snapshot::mounted_clones(s).map(|v| !v.is_empty()).unwrap_or(true)),
+                        .any(|s| crate::snapshot::clones_in_use(s).map(|v| !v.is_empty()).unwrap_or(true)),
                     id,
                     job: ck.job,
                     created_unix: ck.created_unix,

@@ -800,3 +800,45 @@ fn export_accepts_latest_and_prefixes() {
     let (ok, _, err) = snapckpt(&["export", "nosuch", "-o", out.to_str().unwrap(), "--image-root", &s.ir()]);
     assert!(!ok && err.contains("no checkpoint \"nosuch\""), "{err}");
 }
+
+/// `prune` never removes a checkpoint whose restart clone is mounted in a restarted
+/// command's private mount namespace (the default of `restart --exec`, invisible in the
+/// host's mount table); once that restart ended, it does.
+#[test]
+fn prune_keeps_a_checkpoint_restarted_in_a_private_namespace() {
+    let _g = serial();
+    let s = Setup::new("btrfs", &["ab", "dense:10000"]);
+    let id = take_id(&take_ok(s.p.pid, &s.images(), &["--engine", "none", "--snapshot", "btrfs"]));
+    let stop = s.work.path().join("stop");
+    let wait = format!("while [ ! -e {} ]; do sleep 0.1; done", stop.display());
+    /// Ends the restarted command (also when an assertion fails) and waits for the restart.
+    struct Stop(PathBuf, std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+            let _ = self.1.wait();
+        }
+    }
+    let mut child = Stop(
+        stop.clone(),
+        Command::new(snapckpt_bin())
+            .args(["restart", &id, "--snapshot", "--image-root", &s.ir(), "--exec", "sh", "-c", &wait])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let state_of = || json(&snapckpt_ok(&["list", "--image-root", &s.ir(), "--json"]))[0]["state"].clone();
+    wait_for(|| state_of() == serde_json::json!(["mounted"]), Duration::from_secs(20), "clone mounted");
+    assert!(!read("/proc/self/mountinfo").contains(&format!("/{id}/restart-")), "a private mount");
+    let v = json(&snapckpt_ok(&["prune", "--image-root", &s.ir(), "--keep-last", "0", "--json"]));
+    assert_eq!(v["decisions"][0]["keep"], true, "{v}");
+    assert_eq!(v["decisions"][0]["reason"], "a restart clone is mounted", "{v}");
+    let v = json(&snapckpt_ok(&["inspect", &id, "--image-root", &s.ir(), "--json"]));
+    assert_eq!(v["snapshot_list"][0]["mounted_clones"].as_array().unwrap().len(), 1, "{v}");
+    assert!(s.images().join(&id).exists());
+    std::fs::write(&stop, "").unwrap();
+    assert!(child.1.wait().unwrap().success());
+    let out = snapckpt_ok(&["prune", "--image-root", &s.ir(), "--keep-last", "0"]);
+    assert!(out.contains(&format!("deleted {id}")), "{out}");
+    assert!(!s.images().join(&id).exists());
+}
