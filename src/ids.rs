@@ -79,14 +79,17 @@ pub fn pick(given: &str, all: &[Candidate], root: &Path) -> Result<String, IdErr
     }
 }
 
-/// Up to three ids close to `given`: by edit distance, or sharing its random suffix.
+/// Up to three ids close to `given`: by edit distance, or whose random suffix it is or begins.
 fn closest(given: &str, all: &[Candidate]) -> Vec<String> {
     let limit = (given.len() / 3).max(2);
     let mut scored: Vec<(usize, &str)> = all
         .iter()
         .map(|c| {
             let d = distance(given, &c.id);
-            let suffix = given.len() >= 4 && c.id.ends_with(given);
+            // the random suffix, or its beginning (`3fa` for `...Z-3fa2`)
+            let suffix = given.len() >= 2
+                && (c.id.ends_with(given)
+                    || c.id.rsplit_once('-').is_some_and(|(_, x)| x.starts_with(given)));
             (if suffix { 0 } else { d }, c.id.as_str())
         })
         .filter(|(d, _)| *d <= limit)
@@ -217,6 +220,11 @@ mod tests {
         // the random suffix alone
         match pick("cccc", &all(), r).unwrap_err() {
             IdError::NotFound { suggestions, .. } => assert_eq!(suggestions, vec!["20261201T073000Z-cccc"]),
+            other => panic!("{other:?}"),
+        }
+        // the beginning of the suffix
+        match pick("cc", &all(), r).unwrap_err() {
+            IdError::NotFound { suggestions, .. } => assert_eq!(suggestions[0], "20261201T073000Z-cccc"),
             other => panic!("{other:?}"),
         }
         // nothing close: no suggestion
