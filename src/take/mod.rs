@@ -414,7 +414,9 @@ impl Tx<'_> {
                 });
                 let limit = (self.opts.snapshot_timeout, self.image.lock_fd());
                 take_snapshots(&plan.specs, &self.sel.id, &mut self.snaps, limit)?;
-                stage.map(ui::Stage::done);
+                if let Some(s) = stage {
+                    s.done();
+                }
                 self.timings.snapshot_ms = ms(t.elapsed());
                 // Names leading to the tasks' own inodes go before the thaw: checked now.
                 let relinker = self.relinker.as_ref().expect("relinked");
