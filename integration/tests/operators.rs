@@ -808,7 +808,32 @@ fn export_accepts_latest_and_prefixes() {
 fn prune_keeps_a_checkpoint_restarted_in_a_private_namespace() {
     let _g = serial();
     let s = Setup::new("btrfs", &["ab", "dense:10000"]);
-    let id = take_id(&take_ok(s.p.pid, &s.images(), &["--engine", "none", "--snapshot", "btrfs"]));
+    // the hooks' SNAPCKPT_SNAPSHOTS and SNAPCKPT_MOUNTS (one per line)
+    let hooks = s.work.path().join("hooks.d");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let log = s.work.path().join("hooks.log");
+    script(
+        &hooks.join("10-env"),
+        &format!(
+            "printf '%s|%s|%s\\n' \"$1\" \"$SNAPCKPT_SNAPSHOTS\" \"$SNAPCKPT_MOUNTS\" >> {}",
+            log.display()
+        ),
+    );
+    let o = Command::new(snapckpt_bin())
+        .args(["take", "--pid", &s.pid(), "--image-root", &s.ir(), "--snapshot", "btrfs"])
+        .env("SNAPCKPT_HOOKS_DIR", &hooks)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = take_id(&String::from_utf8_lossy(&o.stdout));
+    let mnt = s.fs.mnt.display().to_string();
+    let lines = read(&log);
+    let at = |p: &str| {
+        lines.lines().find(|l| l.starts_with(&format!("{p}|"))).unwrap_or_else(|| panic!("{lines}"))
+    };
+    assert_eq!(at("pre-take"), "pre-take||", "nothing snapshotted yet");
+    assert_eq!(at("post-snapshot"), format!("post-snapshot|{mnt}/.snapckpt/{id}/snapshot|{mnt}"), "{lines}");
+    assert_eq!(at("post-take"), format!("post-take|{mnt}/.snapckpt/{id}/snapshot|{mnt}"), "{lines}");
     let stop = s.work.path().join("stop");
     let wait = format!("while [ ! -e {} ]; do sleep 0.1; done", stop.display());
     /// Ends the restarted command (also when an assertion fails) and waits for the restart.
