@@ -355,6 +355,7 @@ pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>
     }
     c.set_notify_scripts(true);
     c.set_notify_cb(notify);
+    let _log = crate::ui::follow_log(&req.image_dir.join(DUMP_LOG));
     with_deadline("dump", req.timeout, || {
         with_hook("post-dump", post_dump, || c.dump())
             .map_err(|e| failed("dump", e, &req.criu, &req.image_dir, DUMP_LOG))
@@ -413,6 +414,8 @@ pub fn restore(
     c.set_manage_cgroups(false);
     c.set_notify_scripts(true);
     c.set_notify_cb(notify);
+    let log_dir = if req.wrapper.is_empty() { &req.work_dir } else { &req.image_dir };
+    let _log = crate::ui::follow_log(&log_dir.join(RESTORE_LOG));
     with_deadline("restore", req.timeout, || {
         let r = with_hook("post-restore", post_restore, || c.restore());
         if !req.wrapper.is_empty() {

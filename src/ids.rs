@@ -19,6 +19,8 @@ pub const LATEST: &str = "latest";
 pub struct Candidate {
     pub id: String,
     pub created_unix: u64,
+    /// Nanoseconds within that second (0 when not recorded): orders one second's checkpoints.
+    pub created_ns: u32,
     pub job: Option<String>,
     /// Whether its record could be read (`latest` names only readable checkpoints).
     pub readable: bool,
@@ -54,7 +56,7 @@ pub fn pick(given: &str, all: &[Candidate], root: &Path) -> Result<String, IdErr
         return all
             .iter()
             .filter(|c| c.readable && (job.is_none() || c.job == job))
-            .max_by(|a, b| (a.created_unix, &a.id).cmp(&(b.created_unix, &b.id)))
+            .max_by(|a, b| (a.created_unix, a.created_ns, &a.id).cmp(&(b.created_unix, b.created_ns, &b.id)))
             .map(|c| c.id.clone())
             .ok_or(IdError::NoLatest { job, root: root.into() });
     }
@@ -77,14 +79,17 @@ pub fn pick(given: &str, all: &[Candidate], root: &Path) -> Result<String, IdErr
     }
 }
 
-/// Up to three ids close to `given`: by edit distance, or sharing its random suffix.
+/// Up to three ids close to `given`: by edit distance, or whose random suffix it is or begins.
 fn closest(given: &str, all: &[Candidate]) -> Vec<String> {
     let limit = (given.len() / 3).max(2);
     let mut scored: Vec<(usize, &str)> = all
         .iter()
         .map(|c| {
             let d = distance(given, &c.id);
-            let suffix = given.len() >= 4 && c.id.ends_with(given);
+            // the random suffix, or its beginning (`3fa` for `...Z-3fa2`)
+            let suffix = given.len() >= 2
+                && (c.id.ends_with(given)
+                    || c.id.rsplit_once('-').is_some_and(|(_, x)| x.starts_with(given)));
             (if suffix { 0 } else { d }, c.id.as_str())
         })
         .filter(|(d, _)| *d <= limit)
@@ -115,8 +120,11 @@ pub fn candidates(root: &Path) -> Result<Vec<Candidate>, IdError> {
         .filter_map(|(p, r)| {
             let id = p.file_name()?.to_str()?.to_string();
             Some(match r {
-                Ok(ck) => Candidate { id, created_unix: ck.created_unix, job: ck.job, readable: true },
-                Err(_) => Candidate { id, created_unix: 0, job: None, readable: false },
+                Ok(ck) => {
+                    let (created_unix, created_ns) = ck.created_at();
+                    Candidate { id, created_unix, created_ns, job: ck.job, readable: true }
+                }
+                Err(_) => Candidate { id, created_unix: 0, created_ns: 0, job: None, readable: false },
             })
         })
         .collect())
@@ -146,7 +154,13 @@ mod tests {
     use super::*;
 
     fn c(id: &str, t: u64, job: Option<&str>) -> Candidate {
-        Candidate { id: id.into(), created_unix: t, job: job.map(str::to_string), readable: true }
+        Candidate {
+            id: id.into(),
+            created_unix: t,
+            created_ns: 0,
+            job: job.map(str::to_string),
+            readable: true,
+        }
     }
 
     fn all() -> Vec<Candidate> {
@@ -156,6 +170,14 @@ mod tests {
             c("20261201T073000Z-cccc", 300, Some("web")),
             c("20261130T230000Z-dddd", 50, None),
         ]
+    }
+
+    #[test]
+    fn latest_of_one_second_by_nanoseconds() {
+        let mut v = vec![c("20261201T070000Z-ffff", 7, None), c("20261201T070000Z-0000", 7, None)];
+        v[0].created_ns = 100;
+        v[1].created_ns = 900;
+        assert_eq!(pick("latest", &v, Path::new("/img")).unwrap(), "20261201T070000Z-0000");
     }
 
     #[test]
@@ -198,6 +220,11 @@ mod tests {
         // the random suffix alone
         match pick("cccc", &all(), r).unwrap_err() {
             IdError::NotFound { suggestions, .. } => assert_eq!(suggestions, vec!["20261201T073000Z-cccc"]),
+            other => panic!("{other:?}"),
+        }
+        // the beginning of the suffix
+        match pick("cc", &all(), r).unwrap_err() {
+            IdError::NotFound { suggestions, .. } => assert_eq!(suggestions[0], "20261201T073000Z-cccc"),
             other => panic!("{other:?}"),
         }
         // nothing close: no suggestion

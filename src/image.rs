@@ -30,6 +30,8 @@ pub enum ImageError {
     Record(#[from] RecordError),
     #[error("no checkpoint {0:?} in {1}")]
     NotFound(String, PathBuf),
+    #[error("image root {}: permission denied: image roots are root's (mode 0700); run snapckpt as root", .0.display())]
+    RootDenied(PathBuf),
     #[error("image root {}: {why}. An image root must be a directory owned by root that no one else can write to (chown root DIR; chmod 0700 DIR), below directories only root can change: a user who can write there could steer what root writes, mounts and unlinks", path.display())]
     Untrusted { path: PathBuf, why: String },
 }
@@ -341,6 +343,9 @@ pub fn list(root: &Path) -> Result<Listed, ImageError> {
     let rd = match std::fs::read_dir(root) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(ImageError::RootDenied(root.to_path_buf()))
+        }
         Err(e) => {
             return Err(ImageError::Io(crate::sys::SysError {
                 path: root.to_path_buf(),
@@ -358,7 +363,7 @@ pub fn list(root: &Path) -> Result<Listed, ImageError> {
         let r = load(&p);
         out.push((p, r));
     }
-    out.sort_by_key(|(p, r)| (r.as_ref().map(|c| c.created_unix).unwrap_or(0), p.clone()));
+    out.sort_by_key(|(p, r)| (r.as_ref().map(Checkpoint::created_at).unwrap_or((0, 0)), p.clone()));
     Ok(out)
 }
 

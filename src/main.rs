@@ -25,7 +25,7 @@ struct Cli {
     /// Say nothing on stderr but warnings and errors (no progress).
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
-    /// Name each step on stderr as it runs; twice: also where CRIU's log is.
+    /// Name each step on stderr as it runs; twice: also show CRIU's log (level 4) as it is written.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
 }
@@ -435,7 +435,12 @@ fn cmd_scan(a: ScanArgs) -> Res {
     let o = config::scan_options(a)?;
     let working = EpipeWhileWorking::new();
     let sc = match &o.target {
-        ScanTarget::All => scan::scan_lenient(&scan::all_pids()),
+        ScanTarget::All => {
+            if !nix::unistd::geteuid().is_root() {
+                eprintln!("snapckpt: warning: not root: scan --all sees only the tasks it may inspect (your own); run it as root to scan every task");
+            }
+            scan::scan_lenient(&scan::all_pids())
+        }
         ScanTarget::Tasks { selection, freeze } => {
             let pids = snapckpt::tasks::resolve(selection)?;
             if *freeze {

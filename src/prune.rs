@@ -44,6 +44,8 @@ pub struct Entry {
     pub id: String,
     pub job: Option<String>,
     pub created_unix: u64,
+    /// Nanoseconds within that second (0 when not recorded): orders one second's checkpoints.
+    pub created_ns: u32,
     /// A restart clone is mounted.
     pub mounted: bool,
     /// The record cannot be read.
@@ -96,7 +98,7 @@ pub fn plan(entries: &[Entry], p: &Policy, now: u64) -> Result<Vec<Decision>, Pr
         return Err(PruneError::NoRule);
     }
     let mut sel: Vec<&Entry> = entries.iter().filter(|e| p.job.is_none() || e.job == p.job).collect();
-    sel.sort_by(|a, b| (b.created_unix, &b.id).cmp(&(a.created_unix, &a.id)));
+    sel.sort_by(|a, b| (b.created_unix, b.created_ns, &b.id).cmp(&(a.created_unix, a.created_ns, &a.id)));
     let mut seen: std::collections::HashMap<Option<&str>, usize> = Default::default();
     let mut out = vec![];
     for e in sel {
@@ -176,13 +178,16 @@ pub fn entries(root: &Path) -> Result<Vec<Entry>, PruneError> {
                     mounted: ck
                         .snapshots
                         .iter()
-                        .any(|s| crate::snapshot::mounted_clones(s).map(|v| !v.is_empty()).unwrap_or(true)),
+                        .any(|s| crate::snapshot::clones_in_use(s).map(|v| !v.is_empty()).unwrap_or(true)),
                     id,
                     job: ck.job,
                     created_unix: ck.created_unix,
+                    created_ns: ck.created_ns.unwrap_or(0),
                     unreadable: false,
                 },
-                Err(_) => Entry { id, job: None, created_unix: 0, mounted: false, unreadable: true },
+                Err(_) => {
+                    Entry { id, job: None, created_unix: 0, created_ns: 0, mounted: false, unreadable: true }
+                }
             }
         })
         .collect())
@@ -246,9 +251,19 @@ mod tests {
             id: id.into(),
             job: job.map(str::to_string),
             created_unix: t,
+            created_ns: 0,
             mounted: false,
             unreadable: false,
         }
+    }
+
+    #[test]
+    fn one_seconds_checkpoints_by_nanoseconds() {
+        let mut v = vec![e("x-ffff", None, 7), e("x-0000", None, 7)];
+        v[0].created_ns = 100;
+        v[1].created_ns = 900;
+        let p = Policy { keep_last: Some(1), ..Policy::default() };
+        assert_eq!(kept(&plan(&v, &p, 10).unwrap()), ["x-0000"]);
     }
 
     fn kept(d: &[Decision]) -> Vec<&str> {

@@ -432,6 +432,14 @@ pub fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The time now: unix seconds and the nanoseconds within that second.
+pub fn now_unix_ns() -> (u64, u32) {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.as_secs(), d.subsec_nanos()))
+        .unwrap_or((0, 0))
+}
+
 /// Format a unix time as `YYYYmmddTHHMMSSZ` (UTC) without a date library.
 pub fn utc_compact(secs: u64) -> String {
     let days = (secs / 86400) as i64;

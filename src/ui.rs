@@ -1,5 +1,6 @@
 //! What snapckpt tells the operator while it works, on stderr: `-q` silences it, `-v` names
-//! each step as it starts and ends (`-vv` also where CRIU's log is), and on a terminal a
+//! each step as it starts and ends, `-vv` also shows CRIU's log (level 4, the most detailed,
+//! which CRIU always writes into the image directory) line by line as CRIU writes it, and on a terminal a
 //! spinner with the elapsed time shows the long steps (freeze, CRIU dump, snapshots, image
 //! write-back) and a byte bar with rate and ETA the data copies of the relink. Nothing of this
 //! goes to stdout, which carries only the result (the record with `--json`).
@@ -36,9 +37,66 @@ pub fn detail(msg: &str) {
     }
 }
 
-/// Whether progress can be drawn: asked for, not quiet, stderr a terminal.
+/// Whether progress can be drawn: asked for, not quiet, stderr a terminal, and not `-vv`
+/// (whose CRIU log lines would be drawn over).
 fn drawable(show: bool) -> bool {
-    show && level() >= 0 && std::io::stderr().is_terminal()
+    show && (0..2).contains(&level()) && std::io::stderr().is_terminal()
+}
+
+/// At `-vv`, CRIU's log file `path` copied to stderr (each line as `criu: LINE`) while this
+/// lives, from a thread of its own that follows the file as it grows; nothing otherwise.
+pub struct LogFollow {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Follow `path` (see [`LogFollow`]); it need not exist yet.
+pub fn follow_log(path: &std::path::Path) -> LogFollow {
+    let stop = Arc::new(AtomicBool::new(false));
+    if level() < 2 {
+        return LogFollow { stop, thread: None };
+    }
+    detail(&format!("CRIU's log (level 4): {}", path.display()));
+    let (path, st) = (path.to_path_buf(), stop.clone());
+    let thread = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader};
+        let mut reader: Option<BufReader<std::fs::File>> = None;
+        let mut line = Vec::new();
+        loop {
+            let last = st.load(Ordering::Relaxed);
+            if reader.is_none() {
+                reader = std::fs::File::open(&path).ok().map(BufReader::new);
+            }
+            if let Some(r) = reader.as_mut() {
+                // A line without its newline yet is kept until it is complete (or the end).
+                while let Ok(n) = r.read_until(b'\n', &mut line) {
+                    if n == 0 || !line.ends_with(b"\n") {
+                        break;
+                    }
+                    eprint!("criu: {}", String::from_utf8_lossy(&line));
+                    line.clear();
+                }
+            }
+            if last {
+                if !line.is_empty() {
+                    eprintln!("criu: {}", String::from_utf8_lossy(&line));
+                }
+                return;
+            }
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+    });
+    LogFollow { stop, thread: Some(thread) }
+}
+
+impl Drop for LogFollow {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
 }
 
 /// A spinner counting the bytes of a stream (export, import) on a terminal, when asked for;

@@ -514,7 +514,38 @@ fn non_root_is_refused_before_anything() {
     assert_eq!(state(s.p.pid), Some('S'));
     let (ok, err) = as_nobody(&["restart", &id, "--image-root", &s.ir(), "--exec", "true"]);
     assert!(!ok && err.contains("must run as root") && !err.contains("/run/snapckpt"), "{err}");
+    let mnt = s.fs.mnt.to_str().unwrap();
+    for args in [
+        &["take", "--pid", &s.pid(), "--image-root", other.to_str().unwrap(), "--dry-run"][..],
+        &["delete", &id, "--image-root", &s.ir()],
+        &["delete", &id, "--image-root", &s.ir(), "--force"],
+        &["gc", "--mount", mnt, "--image-root", &s.ir()],
+        &["prune", "--image-root", &s.ir(), "--keep-last", "0"],
+    ] {
+        let (ok, err) = as_nobody(args);
+        assert!(
+            !ok && err.contains("must run as root") && err.contains("nothing was changed"),
+            "{args:?}: {err}"
+        );
+    }
+    // commands that only read: the root-only image root is said to be root's, not EACCES
+    for args in [
+        &["list", "--image-root", &s.ir()][..],
+        &["inspect", "latest", "--image-root", &s.ir()],
+        &["prune", "--image-root", &s.ir(), "--keep-last", "0", "--dry-run"],
+    ] {
+        let (ok, err) = as_nobody(args);
+        assert!(
+            !ok && err.contains("image roots are root's") && err.contains("run snapckpt as root"),
+            "{args:?}: {err}"
+        );
+    }
+    let (ok, err) = as_nobody(&["scan", "--all"]);
+    assert!(ok && err.contains("not root: scan --all sees only"), "{err}");
+    assert!(!other.exists());
+    assert_eq!(state(s.p.pid), Some('S'));
     assert_eq!(checkpoint_names(&s.fs.mnt).len(), 1, "the checkpoint is untouched");
+    assert!(s.images().join(&id).exists());
 }
 
 /// `take --dry-run` says what will happen per object in scan's words, the CRIU dump or the
@@ -574,6 +605,8 @@ fn terminal_output_progress_and_clean_stdout() {
     let term =
         pty(&format!("{bin} take --pid {} --image-root {} --json > {}", s.p.pid, s.ir(), rec.display()));
     assert!(term.contains("freezing the tasks"), "no freeze spinner on the terminal: {term:?}");
+    assert!(term.contains("writing back dirty data"), "no write-back spinner on the terminal: {term:?}");
+    assert!(term.contains("ETA ") && term.contains("MiB/s"), "no rate and ETA on the terminal: {term:?}");
     assert!(term.contains("relink [") && term.contains("MiB"), "no byte progress on the terminal: {term:?}");
     let v = json(&read(&rec));
     let id = v["id"].as_str().unwrap().to_string();
@@ -589,6 +622,7 @@ fn terminal_output_progress_and_clean_stdout() {
     assert!(!quiet.contains("relink [") && !quiet.contains("freezing"), "{quiet:?}");
     let verbose = pty(&format!("{bin} -v take --pid {} --image-root {} > /dev/null", s.p.pid, s.ir()));
     assert!(verbose.contains("snapckpt: relinked ") && verbose.contains(": done in "), "{verbose:?}");
+    assert!(!verbose.contains("taking 0 snapshot"), "a step that does nothing: {verbose:?}");
     // not a terminal: no progress at all on stderr
     let (ok, out, err) = take(s.p.pid, &s.images(), &["--json"]);
     assert!(ok && !err.contains("relink [") && !err.contains("freezing"), "{err}");
@@ -688,11 +722,28 @@ fn list_states_of_snapshots_and_criu() {
         None,
     );
     let crit = criu_bin();
-    let out = take_ok(
-        w.pid,
-        &s.images(),
-        &["--engine", "criu", "--criu", crit.to_str().unwrap(), "--leave-running"],
+    // -vv: CRIU's own log (level 4) on stderr as it is written; stdout only the result
+    let (ok, out, err) = snapckpt(&[
+        "-vv",
+        "take",
+        "--pid",
+        &w.pid.to_string(),
+        "--image-root",
+        &s.ir(),
+        "--engine",
+        "criu",
+        "--criu",
+        crit.to_str().unwrap(),
+        "--leave-running",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("CRIU's log (level 4): ")
+            && err.contains("criu: (00.")
+            && err.contains("Dumping finished successfully"),
+        "-vv shows no CRIU log: {err}"
     );
+    assert!(!out.contains("criu: "), "{out}");
     let cid = take_id(&out);
     assert_eq!(state_of(&cid), ["tasks-running"]);
     let v = json(&snapckpt_ok(&["inspect", &cid, "--image-root", &s.ir(), "--json"]));
@@ -706,4 +757,113 @@ fn list_states_of_snapshots_and_criu() {
             .any(|l| l.starts_with(&cid) && l.contains(" criu ") && l.trim_end().ends_with("tasks-running")),
         "{out}"
     );
+}
+
+/// Checkpoints taken within one second are ordered by when they were taken, not by their
+/// random id suffix: `list` shows them in take order, `latest` is the last one taken and
+/// `prune --keep-last 1` keeps that one.
+#[test]
+fn same_second_checkpoints_keep_their_order() {
+    let _g = serial();
+    let s = Setup::new("tmpfs", &["ab"]);
+    let taken: Vec<String> =
+        (0..4).map(|_| take_id(&take_ok(s.p.pid, &s.images(), &["--engine", "none"]))).collect();
+    let v = json(&snapckpt_ok(&["list", "--image-root", &s.ir(), "--json"]));
+    let listed: Vec<&str> = v.as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, taken, "list order is take order");
+    let latest = json(&snapckpt_ok(&["inspect", "latest", "--image-root", &s.ir(), "--json"]));
+    assert_eq!(latest["id"], taken[3].as_str());
+    let v =
+        json(&snapckpt_ok(&["prune", "--image-root", &s.ir(), "--keep-last", "1", "--dry-run", "--json"]));
+    let kept: Vec<&str> = v["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["keep"] == true)
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(kept, [taken[3].as_str()], "{v}");
+}
+
+/// `export` names a checkpoint as the other commands do: `latest`, `latest:JOB`, a unique
+/// prefix (here the export then refuses a checkpoint without snapshots, naming it).
+#[test]
+fn export_accepts_latest_and_prefixes() {
+    let _g = serial();
+    let s = Setup::new("ext4", &["ab"]);
+    let id = s.take_job(&s.job("exp", ""));
+    let out = s.work.path().join("x.stream");
+    for name in ["latest", "latest:exp", &id[..id.len() - 1]] {
+        let (ok, _, err) = snapckpt(&["export", name, "-o", out.to_str().unwrap(), "--image-root", &s.ir()]);
+        assert!(!ok && !err.contains("no checkpoint") && err.contains(&id), "export {name}: {err}");
+    }
+    let (ok, _, err) = snapckpt(&["export", "nosuch", "-o", out.to_str().unwrap(), "--image-root", &s.ir()]);
+    assert!(!ok && err.contains("no checkpoint \"nosuch\""), "{err}");
+}
+
+/// `prune` never removes a checkpoint whose restart clone is mounted in a restarted
+/// command's private mount namespace (the default of `restart --exec`, invisible in the
+/// host's mount table); once that restart ended, it does.
+#[test]
+fn prune_keeps_a_checkpoint_restarted_in_a_private_namespace() {
+    let _g = serial();
+    let s = Setup::new("btrfs", &["ab", "dense:10000"]);
+    // the hooks' SNAPCKPT_SNAPSHOTS and SNAPCKPT_MOUNTS (one per line)
+    let hooks = s.work.path().join("hooks.d");
+    std::fs::create_dir_all(&hooks).unwrap();
+    let log = s.work.path().join("hooks.log");
+    script(
+        &hooks.join("10-env"),
+        &format!(
+            "printf '%s|%s|%s\\n' \"$1\" \"$SNAPCKPT_SNAPSHOTS\" \"$SNAPCKPT_MOUNTS\" >> {}",
+            log.display()
+        ),
+    );
+    let o = Command::new(snapckpt_bin())
+        .args(["take", "--pid", &s.pid(), "--image-root", &s.ir(), "--snapshot", "btrfs"])
+        .env("SNAPCKPT_HOOKS_DIR", &hooks)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let id = take_id(&String::from_utf8_lossy(&o.stdout));
+    let mnt = s.fs.mnt.display().to_string();
+    let lines = read(&log);
+    let at = |p: &str| {
+        lines.lines().find(|l| l.starts_with(&format!("{p}|"))).unwrap_or_else(|| panic!("{lines}"))
+    };
+    assert_eq!(at("pre-take"), "pre-take||", "nothing snapshotted yet");
+    assert_eq!(at("post-snapshot"), format!("post-snapshot|{mnt}/.snapckpt/{id}/snapshot|{mnt}"), "{lines}");
+    assert_eq!(at("post-take"), format!("post-take|{mnt}/.snapckpt/{id}/snapshot|{mnt}"), "{lines}");
+    let stop = s.work.path().join("stop");
+    let wait = format!("while [ ! -e {} ]; do sleep 0.1; done", stop.display());
+    /// Ends the restarted command (also when an assertion fails) and waits for the restart.
+    struct Stop(PathBuf, std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = std::fs::write(&self.0, "");
+            let _ = self.1.wait();
+        }
+    }
+    let mut child = Stop(
+        stop.clone(),
+        Command::new(snapckpt_bin())
+            .args(["restart", &id, "--snapshot", "--image-root", &s.ir(), "--exec", "sh", "-c", &wait])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let state_of = || json(&snapckpt_ok(&["list", "--image-root", &s.ir(), "--json"]))[0]["state"].clone();
+    wait_for(|| state_of() == serde_json::json!(["mounted"]), Duration::from_secs(20), "clone mounted");
+    assert!(!read("/proc/self/mountinfo").contains(&format!("/{id}/restart-")), "a private mount");
+    let v = json(&snapckpt_ok(&["prune", "--image-root", &s.ir(), "--keep-last", "0", "--json"]));
+    assert_eq!(v["decisions"][0]["keep"], true, "{v}");
+    assert_eq!(v["decisions"][0]["reason"], "a restart clone is mounted", "{v}");
+    let v = json(&snapckpt_ok(&["inspect", &id, "--image-root", &s.ir(), "--json"]));
+    assert_eq!(v["snapshot_list"][0]["mounted_clones"].as_array().unwrap().len(), 1, "{v}");
+    assert!(s.images().join(&id).exists());
+    std::fs::write(&stop, "").unwrap();
+    assert!(child.1.wait().unwrap().success());
+    let out = snapckpt_ok(&["prune", "--image-root", &s.ir(), "--keep-last", "0"]);
+    assert!(out.contains(&format!("deleted {id}")), "{out}");
+    assert!(!s.images().join(&id).exists());
 }

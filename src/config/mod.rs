@@ -542,11 +542,20 @@ pub fn export_options(a: ExportArgs, env: &Env) -> Result<crate::migrate::Export
         (None, d) => return Err(ConfigError::ExportDest { given: d.unwrap_or_default().to_string() }),
     };
     let image_root = image_root(a.image_root, None, env)?;
-    let dir = image::resolve(&image_root, &a.id)?;
+    // Named as for the other commands: an id, a unique prefix, `latest[:JOB]` or a directory.
+    let dir = crate::ids::resolve(&image_root, &a.id)?;
+    let parent = match a.parent {
+        Some(p) if p.contains('/') => Some(p),
+        Some(p) => {
+            let d = crate::ids::resolve(&image_root, &p)?;
+            Some(d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or(p))
+        }
+        None => None,
+    };
     Ok(crate::migrate::ExportOptions {
         dir,
         image_root,
-        parent: a.parent,
+        parent,
         image_only: a.image_only,
         output,
         progress: true,

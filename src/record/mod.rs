@@ -540,6 +540,10 @@ pub struct Checkpoint {
     pub version: u32,
     pub id: String,
     pub created_unix: u64,
+    /// Nanoseconds within `created_unix`'s second: orders checkpoints taken within one second
+    /// (`latest`, `list`, `prune`); absent in older records (0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_ns: Option<u32>,
     pub hostname: String,
     pub job: Option<String>,
     /// How the tasks were selected, e.g. `pid 1234 (tree)` or `cgroup /sys/fs/cgroup/x`.
@@ -574,6 +578,7 @@ impl Checkpoint {
             version: VERSION,
             id: id.into(),
             created_unix,
+            created_ns: None,
             hostname: nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
                 .unwrap_or_default(),
@@ -602,6 +607,11 @@ impl Checkpoint {
             validate::Problem::Version(found) => RecordError::Version { path: path.to_path_buf(), found },
             validate::Problem::Invalid(msg) => RecordError::Invalid { path: path.to_path_buf(), msg },
         })
+    }
+
+    /// When it was taken, as a sort key: seconds, then nanoseconds (0 when not recorded).
+    pub fn created_at(&self) -> (u64, u32) {
+        (self.created_unix, self.created_ns.unwrap_or(0))
     }
 
     /// Whether a restart consumes this checkpoint (some relinked name lives only on a live

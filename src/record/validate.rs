@@ -47,6 +47,9 @@ fn header(ck: &Checkpoint) -> Check {
     if !names::valid_id(&ck.id) {
         return bad(format!("checkpoint id {:?} has characters outside [A-Za-z0-9._-]", ck.id));
     }
+    if ck.created_ns.is_some_and(|ns| ns >= 1_000_000_000) {
+        return bad(format!("created_ns {:?} is not below one second", ck.created_ns));
+    }
     Ok(())
 }
 

@@ -173,7 +173,7 @@ fn snapshot(s: &Snapshot) -> SnapshotInfo {
         mount_point: s.mount_point().into(),
         description: s.describe(),
         exists: list::snapshot_exists(s),
-        mounted_clones: crate::snapshot::mounted_clones(s).unwrap_or_default(),
+        mounted_clones: crate::snapshot::clones_in_use(s).unwrap_or_default(),
     }
 }
 

@@ -107,7 +107,7 @@ pub fn engine_name(e: &Engine) -> String {
 pub fn row(p: &Path, ck: &Checkpoint, now: u64) -> Row {
     let mut mounted = vec![];
     for s in &ck.snapshots {
-        mounted.extend(crate::snapshot::mounted_clones(s).unwrap_or_default());
+        mounted.extend(crate::snapshot::clones_in_use(s).unwrap_or_default());
     }
     let unlinked_bytes = ck.objects.iter().map(|o| o.size).sum();
     Row {

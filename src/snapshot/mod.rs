@@ -235,6 +235,19 @@ pub fn mounted_clones(s: &record::Snapshot) -> Result<Vec<PathBuf>, SnapshotErro
     }
 }
 
+/// The mount points of this snapshot's restart clones that are mounted anywhere: here, or in
+/// the private mount namespace of a restart (`restart --exec`, a CRIU restart), which the
+/// host's mount table does not show. Sorted. What `list`, `inspect` and `prune` call mounted.
+pub fn clones_in_use(s: &record::Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
+    let mut v = mounted_clones(s)?;
+    if let record::Snapshot::Btrfs { .. } = s {
+        v.extend(btrfs::clone_mounts_elsewhere(s)?);
+    }
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
 /// Check a checkpoint id: `[A-Za-z0-9._-]`, no leading '.', at most 64 characters.
 pub fn validate_id(id: &str) -> Result<(), SnapshotError> {
     if record::names::valid_id(id) {

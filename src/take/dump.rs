@@ -52,7 +52,6 @@ impl Tx<'_> {
         let limit = (self.opts.snapshot_timeout, self.image.lock_fd());
         let mut snap_err = None;
         let mut snap_t = 0;
-        ui::detail(&format!("CRIU logs into {}", req.image_dir.display()));
         let stage = ui::stage(self.opts.progress, "CRIU dump");
         let dumped = criu::dump(&req, &mut || {
             // post-dump: the tasks are still frozen; the natural moment to snapshot.

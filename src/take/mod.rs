@@ -193,13 +193,15 @@ struct Selected {
     /// The selected tasks (again after the freeze).
     pids: Vec<i32>,
     now: u64,
+    /// Nanoseconds within `now`'s second (orders takes of one second).
+    now_ns: u32,
     method: FreezeMethod,
     criu_version: String,
 }
 
 /// Select the tasks and check what can be checked before anything changes.
 fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
-    let now = sys::now_unix();
+    let (now, now_ns) = sys::now_unix_ns();
     let id = record::names::new_id(now);
     let pids = tasks::resolve(&opts.selection)?;
     let method = FreezeMethod::for_selection(&opts.selection, &pids)?;
@@ -220,7 +222,7 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
         }
         verify::unsupported_fds(&pids)?;
     }
-    Ok(Selected { id, pids, now, method, criu_version })
+    Ok(Selected { id, pids, now, now_ns, method, criu_version })
 }
 
 /// A dry run: freeze briefly for a consistent scan, plan, thaw.
@@ -306,6 +308,7 @@ impl Tx<'_> {
         let links_removed = self.drop_live_names(&sc.objects, false)?;
 
         let mut ck = Checkpoint::new(&self.sel.id, self.sel.now);
+        ck.created_ns = Some(self.sel.now_ns);
         ck.job = self.opts.job_name.clone();
         ck.selection = self.opts.selection.describe();
         ck.freezer = freezer_record(self.frozen().method());
@@ -378,7 +381,10 @@ impl Tx<'_> {
                 }
             }
         }
-        match writeback::write_back(&files, &mounts, &self.opts.writeback) {
+        let stage = ui::stage(self.opts.progress, "writing back dirty data (tasks running)");
+        let r = writeback::write_back(&files, &mounts, &self.opts.writeback);
+        stage.done();
+        match r {
             Ok(wb) => {
                 let t = &mut self.timings;
                 t.writeback_ms = ms(wb.time);
@@ -419,11 +425,14 @@ impl Tx<'_> {
         match &self.opts.engine {
             EngineOpts::None => {
                 let t = Instant::now();
-                let stage =
-                    ui::stage(self.opts.progress, &format!("taking {} snapshot(s)", plan.specs.len()));
+                let stage = (!plan.specs.is_empty()).then(|| {
+                    ui::stage(self.opts.progress, &format!("taking {} snapshot(s)", plan.specs.len()))
+                });
                 let limit = (self.opts.snapshot_timeout, self.image.lock_fd());
                 take_snapshots(&plan.specs, &self.sel.id, &mut self.snaps, limit)?;
-                stage.done();
+                if let Some(s) = stage {
+                    s.done();
+                }
                 self.timings.snapshot_ms = ms(t.elapsed());
                 // Names leading to the tasks' own inodes go before the thaw: checked now.
                 let relinker = self.relinker.as_ref().expect("relinked");

@@ -569,6 +569,11 @@ pub fn mounted_clones(s: &Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
     Ok(mount_points(&mounts_of(&rec, &mountinfo()?, true, false)))
 }
 
+/// The mount points of this snapshot's clones in other mount namespaces (restarts' private ones).
+pub fn clone_mounts_elsewhere(s: &Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
+    Ok(foreign_clone_mounts(&Rec::from(s)?).into_iter().map(|(_, mp)| mp).collect())
+}
+
 /// Refuse when a clone of this snapshot is mounted in another mount namespace, naming a
 /// process of each.
 pub fn in_use_elsewhere(s: &Snapshot) -> Result<(), SnapshotError> {
