@@ -54,6 +54,20 @@ fn restart(r: &Rig, id: &str, extra: &[&str]) -> String {
     snapckpt_ok(&args)
 }
 
+/// The task (killed by the take) restarted from the snapshot reads back `before`; then ended
+/// and the checkpoint deleted.
+fn restart_reads_back(r: &Rig, id: &str, p: Proc, before: &std::collections::BTreeMap<i32, String>) {
+    let pid = p.pid;
+    wait_gone(pid);
+    drop(p);
+    let logsize = std::fs::metadata(&r.log).unwrap().len() as usize;
+    restart(r, id, &["--snapshot"]);
+    ask_report(pid, &r.log, logsize);
+    assert_eq!(&fd_lines(&read(&r.log)[logsize..]), before);
+    kill_wait(pid);
+    snapckpt_ok(&["delete", id, "--image-root", r.images.to_str().unwrap()]);
+}
+
 /// Every kind of unlinked object, with every open flag CRIU restores: after a restart from
 /// the snapshot (in its private mount namespace) the task reads back exactly what it read
 /// before, twice; the host never sees the clone; link counts are back as recorded.
@@ -355,15 +369,7 @@ fn tmpfile_with_o_excl_is_cloned_and_take_says_so() {
     let mut sorted = methods.clone();
     sorted.sort();
     assert_eq!(sorted, [("tmpfile", "clone"), ("tmpfile", "link")], "{ck}");
-    let pid = p.pid;
-    wait_gone(pid);
-    drop(p);
-    let logsize = std::fs::metadata(&r.log).unwrap().len() as usize;
-    restart(&r, &id, &["--snapshot"]);
-    ask_report(pid, &r.log, logsize);
-    assert_eq!(fd_lines(&read(&r.log)[logsize..]), before);
-    kill_wait(pid);
-    snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
+    restart_reads_back(&r, &id, p, &before);
 }
 
 /// `--shell-job`: a task that is not a session leader (a job of the test's session) is
@@ -382,15 +388,7 @@ fn shell_job_taken_and_restarted() {
     let id = take_id(&take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs", "--shell-job"]));
     let ck = record(&r.images.join(&id));
     assert_eq!(ck["engine"]["shell_job"], true, "{}", ck["engine"]);
-    let pid = p.pid;
-    wait_gone(pid);
-    drop(p);
-    let logsize = std::fs::metadata(&r.log).unwrap().len() as usize;
-    restart(&r, &id, &["--snapshot"]);
-    ask_report(pid, &r.log, logsize);
-    assert_eq!(fd_lines(&read(&r.log)[logsize..]), before);
-    kill_wait(pid);
-    snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
+    restart_reads_back(&r, &id, p, &before);
 }
 
 /// The restartability check before the tasks end: a preserved object that no longer opens the
