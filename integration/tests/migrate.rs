@@ -354,6 +354,52 @@ fn migrate_bad_streams_leave_nothing() {
     drop(p);
 }
 
+/// A flipped byte in what no member checksum covers: the stream header (where it comes from),
+/// a member's header (its name) and the end mark. Each refused, nothing written (the stream's
+/// own checksum at its end covers every byte before it).
+#[test]
+fn migrate_flipped_header_bytes_leave_nothing() {
+    let _g = serial();
+    let t = two("1G");
+    let log = t.work.path().join("ufiles.log");
+    let p = workload(&prog("ufiles"), &["setup", s(&t.a.path("data")), "orphan:1048576"], &log, false, None);
+    let (id, _) = take_files_only(p.pid, &t.img_a, &["--snapshot", "btrfs"]);
+    drop(p);
+    let good = t.work.path().join("good.snap");
+    export_file(&id, &t.img_a, &good, &[]);
+    let bytes = std::fs::read(&good).unwrap();
+    let find = |from: usize, what: &[u8]| -> usize {
+        from + bytes[from..].windows(what.len()).position(|w| w == what).unwrap_or_else(|| {
+            panic!("{} not in the stream after byte {from}", String::from_utf8_lossy(what))
+        })
+    };
+    // the second byte of a JSON string value (inside it, so the JSON stays valid)
+    let value_at = |from: usize, key: &str| find(from, format!("\"{key}\":\"").as_bytes()) + key.len() + 5;
+    let mut flips = vec![("the stream header's host", value_at(0, "from_host"))];
+    let mut at = 0;
+    while let Some(k) = bytes[at..].windows(4).position(|w| w == b"MEMB") {
+        at += k + 4;
+        flips.push(("a member header's name", value_at(at, "name")));
+    }
+    assert!(flips.len() >= 3, "header and at least two members: {flips:?}");
+    let ends = bytes.windows(4).rposition(|w| w == b"ENDS").unwrap();
+    flips.push(("the end mark", ends + 1));
+    let bad = t.work.path().join("bad.snap");
+    for (what, at) in flips {
+        let mut b = bytes.clone();
+        b[at] ^= 0x01;
+        std::fs::write(&bad, &b).unwrap();
+        let (ok, out, err) = import(&bad, &t.b.mnt, &t.img_b);
+        assert!(!ok, "{what} (byte {at}) flipped: import succeeded: {out}");
+        assert_no_panic(&err);
+        assert!(err.contains("corrupt") || err.contains("checksum"), "{what}: {err}");
+        nothing_of(&id, &t.b, &t.img_b);
+    }
+    import_ok(&good, &t.b.mnt, &t.img_b);
+    snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_b)]);
+    snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_a)]);
+}
+
 /// `--image-only` for shared storage: the snapshot is already on the target's filesystem (here
 /// the same one, in another image root); only the record and the image travel.
 #[test]
