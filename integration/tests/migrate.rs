@@ -693,3 +693,90 @@ fn migrate_restart_refuses_pid_in_use() {
     snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_a)]);
     drop(p);
 }
+
+/// What the target lacks, each refused before the restart changes anything and saying what to
+/// do: a library the task mapped that was on no snapshotted filesystem (missing, then another
+/// size), a CRIU older than the one that dumped, and, on another kernel, a failing `criu check`.
+/// With all of it in place the restart works.
+#[test]
+fn migrate_restart_refuses_what_the_target_lacks() {
+    let _g = serial();
+    let t = two("1G");
+    let lib = t.work.path().join("lib/libz-copy.so.1");
+    std::fs::create_dir_all(lib.parent().unwrap()).unwrap();
+    std::fs::copy("/lib/x86_64-linux-gnu/libz.so.1", &lib).unwrap();
+    let log = t.work.path().join("ufiles.log");
+    let preload = format!("LD_PRELOAD={}", s(&lib));
+    let ufiles = prog("ufiles");
+    let mut p = workload(
+        Path::new("/usr/bin/env"),
+        &[&preload, s(&ufiles), "setup", s(&t.a.path("data")), "orphan:1048576", "twofds"],
+        &log,
+        true,
+        None,
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", p.pid)).unwrap();
+    assert!(maps.contains(s(&lib)), "the task maps the library");
+    let before = report_after(&log, 0);
+    let id = take_id(&take_ok(p.pid, &t.img_a, &["--engine", "criu", "--snapshot", "btrfs"]));
+    p.child.wait().unwrap();
+    let st = t.work.path().join("s.snap");
+    export_file(&id, &t.img_a, &st, &[]);
+    import_ok(&st, &t.b.mnt, &t.img_b);
+    snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_a)]);
+    let restart = |extra: &[&str]| {
+        let mut a = vec!["restart", id.as_str(), "--snapshot", "--image-root", s(&t.img_b)];
+        a.extend_from_slice(extra);
+        snapckpt(&a)
+    };
+    let refused = |extra: &[&str], expect: &[&str]| {
+        let (ok, out, err) = restart(extra);
+        assert!(!ok, "restart {extra:?} succeeded: {out}");
+        assert_no_panic(&err);
+        for e in expect.iter().chain(&["nothing was changed"]) {
+            assert!(err.contains(e), "restart {extra:?}: expected {e:?} in: {err}");
+        }
+        assert!(!alive(p.pid));
+        assert!(!t.b.path(&format!(".snapckpt/{id}/restart-1")).exists(), "no clone was made");
+    };
+    // the library is not here
+    let gone = lib.with_extension("gone");
+    std::fs::rename(&lib, &gone).unwrap();
+    refused(&[], &["not on this machine", "was not on a snapshotted filesystem", s(&lib)]);
+    // another version of it (another size)
+    std::fs::write(&lib, b"not the same library").unwrap();
+    refused(&[], &[s(&lib), "install the same version"]);
+    std::fs::rename(&gone, &lib).unwrap();
+    // an older CRIU here
+    let criu = std::env::var("SNAPCKPT_CRIU").unwrap_or_else(|_| "/opt/snapckpt/criu/bin/criu".into());
+    let old = t.work.path().join("criu-old");
+    std::fs::write(
+        &old,
+        format!("#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'Version: 3.0'; exit 0; }}\nexec '{criu}' \"$@\"\n"),
+    )
+    .unwrap();
+    // a CRIU whose `criu check` fails here
+    let nocheck = t.work.path().join("criu-nocheck");
+    std::fs::write(
+        &nocheck,
+        format!("#!/bin/sh\n[ \"$1\" = check ] && {{ echo 'Error (cr-check.c): no pidfd_open'; exit 1; }}\nexec '{criu}' \"$@\"\n"),
+    )
+    .unwrap();
+    sh(&format!("chmod 755 '{}' '{}'", old.display(), nocheck.display()));
+    refused(&["--criu", s(&old)], &["older than the CRIU", "install CRIU"]);
+    // same kernel: `criu check` is not what decides
+    let rec_path = t.img_b.join(&id).join("checkpoint.json");
+    let mut rec = record(&t.img_b.join(&id));
+    rec["imported"]["from_kernel"] = "5.4.0-elsewhere".into();
+    std::fs::write(&rec_path, serde_json::to_vec_pretty(&rec).unwrap()).unwrap();
+    refused(&["--criu", s(&nocheck)], &["dumped on kernel 5.4.0-elsewhere", "criu check", "no pidfd_open"]);
+    // all in place (another kernel, its `criu check` passing): restarted
+    let logsize = std::fs::metadata(&log).unwrap().len() as usize;
+    let (ok, out, err) = restart(&[]);
+    assert!(ok && out.contains(&format!("restored tasks [{}]", p.pid)), "{out}\n{err}");
+    let _k = KillOnDrop(vec![p.pid]);
+    assert_eq!(self_check(p.pid, &log, logsize), before);
+    kill_wait(p.pid);
+    snapckpt_ok(&["delete", &id, "--force", "--image-root", s(&t.img_b)]);
+    nothing_of(&id, &t.b, &t.img_b);
+}
