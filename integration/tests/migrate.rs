@@ -752,7 +752,9 @@ fn migrate_restart_refuses_what_the_target_lacks() {
     let old = t.work.path().join("criu-old");
     std::fs::write(
         &old,
-        format!("#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'Version: 3.0'; exit 0; }}\nexec '{criu}' \"$@\"\n"),
+        format!(
+            "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'Version: 3.0'; exit 0; }}\nexec '{criu}' \"$@\"\n"
+        ),
     )
     .unwrap();
     // a CRIU whose `criu check` fails here
@@ -779,4 +781,37 @@ fn migrate_restart_refuses_what_the_target_lacks() {
     kill_wait(p.pid);
     snapckpt_ok(&["delete", &id, "--force", "--image-root", s(&t.img_b)]);
     nothing_of(&id, &t.b, &t.img_b);
+}
+
+/// An incremental stream imported into another filesystem than its parent was: refused before
+/// anything is received, naming the parent and where it is; nothing written.
+#[test]
+fn migrate_incremental_parent_on_another_filesystem() {
+    let _g = serial();
+    let t = two("1G");
+    let c = LoopFs::new("btrfs", "1G");
+    random_file(&t.a.path("data/big"), 4);
+    let log = t.work.path().join("ufiles.log");
+    let p = workload(&prog("ufiles"), &["setup", s(&t.a.path("data")), "orphan:1048576"], &log, false, None);
+    let id1 = take_files_only(p.pid, &t.img_a, &["--snapshot", "btrfs"]).0;
+    random_file(&t.a.path("data/c1"), 1);
+    let id2 = take_files_only(p.pid, &t.img_a, &["--snapshot", "btrfs"]).0;
+    drop(p);
+    let (s1, s2) = (t.work.path().join("s1.snap"), t.work.path().join("s2.snap"));
+    export_file(&id1, &t.img_a, &s1, &[]);
+    export_file(&id2, &t.img_a, &s2, &["--parent", &id1]);
+    import_ok(&s1, &t.b.mnt, &t.img_b);
+    let (ok, out, err) = import(&s2, &c.mnt, &t.img_b);
+    assert!(!ok, "imported onto another filesystem than its parent: {out}");
+    assert_no_panic(&err);
+    assert!(
+        err.contains(&format!("since checkpoint {id1}")) && err.contains(s(&t.b.mnt)),
+        "names the parent and where it is: {err}"
+    );
+    nothing_of(&id2, &c, &t.img_b);
+    import_ok(&s2, &t.b.mnt, &t.img_b);
+    for id in [&id2, &id1] {
+        snapckpt_ok(&["delete", id, "--image-root", s(&t.img_b)]);
+        snapckpt_ok(&["delete", id, "--image-root", s(&t.img_a)]);
+    }
 }
