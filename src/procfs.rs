@@ -267,7 +267,7 @@ fn parse_mountinfo_line(line: &[u8]) -> Option<MountEntry> {
     let path = |b: &[u8]| PathBuf::from(OsString::from_vec(unescape(b)));
     let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u32>().ok();
     let (maj, min) = std::str::from_utf8(f[2]).ok()?.split_once(':')?;
-    let tag = |name: &[u8]| f[6..sep].iter().find_map(|o| o.strip_prefix(name).and_then(|n| num(n)));
+    let tag = |name: &[u8]| f[6..sep].iter().find_map(|o| o.strip_prefix(name).and_then(&num));
     Some(MountEntry {
         mnt_id: num(f[0])?,
         parent_id: num(f[1])?,
