@@ -236,6 +236,11 @@ pub struct MountEntry {
     pub fstype: String,
     pub source: String,
     pub super_options: String,
+    /// Optional field `shared:N`: the mount's peer group, when it is shared.
+    pub shared: Option<u32>,
+    /// Optional field `master:N`: the peer group it is a slave of (receives mounts and unmounts
+    /// from).
+    pub master: Option<u32>,
 }
 
 impl MountEntry {
@@ -262,6 +267,7 @@ fn parse_mountinfo_line(line: &[u8]) -> Option<MountEntry> {
     let path = |b: &[u8]| PathBuf::from(OsString::from_vec(unescape(b)));
     let num = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u32>().ok();
     let (maj, min) = std::str::from_utf8(f[2]).ok()?.split_once(':')?;
+    let tag = |name: &[u8]| f[6..sep].iter().find_map(|o| o.strip_prefix(name).and_then(&num));
     Some(MountEntry {
         mnt_id: num(f[0])?,
         parent_id: num(f[1])?,
@@ -271,6 +277,8 @@ fn parse_mountinfo_line(line: &[u8]) -> Option<MountEntry> {
         fstype: text(f[sep + 1]),
         source: text(f[sep + 2]),
         super_options: text(f[sep + 3]),
+        shared: tag(b"shared:"),
+        master: tag(b"master:"),
     })
 }
 
@@ -402,6 +410,10 @@ mod tests {
         assert_eq!(m[0].dev, sys::makedev(98, 0));
         assert_eq!(m[1].dev, sys::makedev(0, 50));
         assert_eq!(m[1].parent_id, 36);
+        assert_eq!((m[0].shared, m[0].master), (None, Some(1)));
+        assert_eq!((m[1].shared, m[1].master), (None, None));
+        let m = parse_mountinfo(b"41 36 0:50 / /y rw shared:7 master:3 - btrfs /dev/loop0 rw\n");
+        assert_eq!((m[0].shared, m[0].master), (Some(7), Some(3)));
     }
 
     #[test]

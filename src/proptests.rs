@@ -238,6 +238,8 @@ proptest! {
             fstype,
             source,
             super_options: opts,
+            shared: (optional >= 1).then_some(5),
+            master: (optional >= 2).then_some(1),
         };
         prop_assert_eq!(m, vec![want]);
     }

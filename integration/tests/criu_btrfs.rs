@@ -613,3 +613,75 @@ fn criu_pid_with_children_needs_tree() {
     wait_gone(p.pid);
     delete_forced(&s, &id);
 }
+
+/// A `restart --mount-root` mounts its clone in the host's mount namespace; a private mount
+/// namespace alive at that moment (a slave of the host's, as a restart's own is) receives a
+/// copy by propagation. That copy goes when the host's mount is unmounted, so it does not make
+/// `delete --force` refuse ("in use ... in its own mount namespace"): the delete works and the
+/// copy is gone from that namespace too.
+#[test]
+fn delete_force_ignores_propagated_copies_of_host_clone_mounts() {
+    let _g = serial();
+    let s = setup("1G");
+    let log = s.work.path().join("ufiles.log");
+    let mut p = Proc::start_setsid(
+        &prog("ufiles"),
+        &["setup", s.dir.to_str().unwrap(), "orphan:1048576", "twofds"],
+        &log,
+    );
+    let id = take_criu(&s, p.pid, &[]);
+    p.child.wait().unwrap();
+    // The mount root a shared mount (as / is on most systems), so mounts under it propagate.
+    let root = s.work.path().join("r");
+    std::fs::create_dir_all(&root).unwrap();
+    sh(&format!("mount --bind '{0}' '{0}' && mount --make-shared '{0}'", root.display()));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(root.clone());
+    let ready = s.work.path().join("ns-ready");
+    let holder = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "slave", "sh", "-c"])
+        .arg(format!("echo ready > '{}' && exec sleep 600", ready.display()))
+        .spawn()
+        .unwrap();
+    let holder = Proc { pid: holder.id() as i32, child: holder };
+    wait_for(|| ready.exists(), Duration::from_secs(10), "namespace");
+    assert_eq!(restart_side(&s, &id, "r"), root);
+    let _k = KillOnDrop(vec![p.pid]);
+    let clone_in = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains(&format!("/{id}/restart-")))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let host = clone_in("self");
+    let copies = clone_in(&holder.pid.to_string());
+    assert!(
+        host.iter().any(|l| l.contains(root.to_str().unwrap()) && l.contains(" shared:")),
+        "the host's clone mount is shared: {host:?}"
+    );
+    assert!(copies.iter().any(|l| l.contains(" master:")), "the namespace received a slave copy: {copies:?}");
+    kill_wait(p.pid);
+    // A clone that restored tasks use in their own namespace still refuses it.
+    let images = s.images.to_str().unwrap();
+    snapckpt_ok(&["restart", &id, "--snapshot", "--image-root", images]);
+    let (ok, _, err) = snapckpt(&["delete", &id, "--force", "--image-root", images]);
+    assert!(
+        !ok && err.contains("in their own mount namespace")
+            && err.contains(&format!("pid {} (ufiles)", p.pid)),
+        "{err}"
+    );
+    assert!(!err.contains(root.to_str().unwrap()), "the propagated copy is not named: {err}");
+    kill_wait(p.pid);
+    let (ok, out, err) = snapckpt(&["delete", &id, "--force", "--image-root", images]);
+    assert!(ok, "delete --force refused over a propagated copy: {out}\n{err}");
+    assert!(clone_in(&holder.pid.to_string()).is_empty(), "the copy went with the host's mount");
+    assert!(clone_in("self").is_empty());
+    assert!(!s.fs.path(&format!(".snapckpt/{id}")).exists());
+}

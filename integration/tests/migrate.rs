@@ -354,6 +354,52 @@ fn migrate_bad_streams_leave_nothing() {
     drop(p);
 }
 
+/// A flipped byte in what no member checksum covers: the stream header (where it comes from),
+/// a member's header (its name) and the end mark. Each refused, nothing written (the stream's
+/// own checksum at its end covers every byte before it).
+#[test]
+fn migrate_flipped_header_bytes_leave_nothing() {
+    let _g = serial();
+    let t = two("1G");
+    let log = t.work.path().join("ufiles.log");
+    let p = workload(&prog("ufiles"), &["setup", s(&t.a.path("data")), "orphan:1048576"], &log, false, None);
+    let (id, _) = take_files_only(p.pid, &t.img_a, &["--snapshot", "btrfs"]);
+    drop(p);
+    let good = t.work.path().join("good.snap");
+    export_file(&id, &t.img_a, &good, &[]);
+    let bytes = std::fs::read(&good).unwrap();
+    let find = |from: usize, what: &[u8]| -> usize {
+        from + bytes[from..].windows(what.len()).position(|w| w == what).unwrap_or_else(|| {
+            panic!("{} not in the stream after byte {from}", String::from_utf8_lossy(what))
+        })
+    };
+    // the second byte of a JSON string value (inside it, so the JSON stays valid)
+    let value_at = |from: usize, key: &str| find(from, format!("\"{key}\":\"").as_bytes()) + key.len() + 5;
+    let mut flips = vec![("the stream header's host", value_at(0, "from_host"))];
+    let mut at = 0;
+    while let Some(k) = bytes[at..].windows(4).position(|w| w == b"MEMB") {
+        at += k + 4;
+        flips.push(("a member header's name", value_at(at, "name")));
+    }
+    assert!(flips.len() >= 3, "header and at least two members: {flips:?}");
+    let ends = bytes.windows(4).rposition(|w| w == b"ENDS").unwrap();
+    flips.push(("the end mark", ends + 1));
+    let bad = t.work.path().join("bad.snap");
+    for (what, at) in flips {
+        let mut b = bytes.clone();
+        b[at] ^= 0x01;
+        std::fs::write(&bad, &b).unwrap();
+        let (ok, out, err) = import(&bad, &t.b.mnt, &t.img_b);
+        assert!(!ok, "{what} (byte {at}) flipped: import succeeded: {out}");
+        assert_no_panic(&err);
+        assert!(err.contains("corrupt") || err.contains("checksum"), "{what}: {err}");
+        nothing_of(&id, &t.b, &t.img_b);
+    }
+    import_ok(&good, &t.b.mnt, &t.img_b);
+    snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_b)]);
+    snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_a)]);
+}
+
 /// `--image-only` for shared storage: the snapshot is already on the target's filesystem (here
 /// the same one, in another image root); only the record and the image travel.
 #[test]
@@ -646,4 +692,126 @@ fn migrate_restart_refuses_pid_in_use() {
     snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_b)]);
     snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_a)]);
     drop(p);
+}
+
+/// What the target lacks, each refused before the restart changes anything and saying what to
+/// do: a library the task mapped that was on no snapshotted filesystem (missing, then another
+/// size), a CRIU older than the one that dumped, and, on another kernel, a failing `criu check`.
+/// With all of it in place the restart works.
+#[test]
+fn migrate_restart_refuses_what_the_target_lacks() {
+    let _g = serial();
+    let t = two("1G");
+    let lib = t.work.path().join("lib/libz-copy.so.1");
+    std::fs::create_dir_all(lib.parent().unwrap()).unwrap();
+    std::fs::copy("/lib/x86_64-linux-gnu/libz.so.1", &lib).unwrap();
+    let log = t.work.path().join("ufiles.log");
+    let preload = format!("LD_PRELOAD={}", s(&lib));
+    let ufiles = prog("ufiles");
+    let mut p = workload(
+        Path::new("/usr/bin/env"),
+        &[&preload, s(&ufiles), "setup", s(&t.a.path("data")), "orphan:1048576", "twofds"],
+        &log,
+        true,
+        None,
+    );
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", p.pid)).unwrap();
+    assert!(maps.contains(s(&lib)), "the task maps the library");
+    let before = report_after(&log, 0);
+    let id = take_id(&take_ok(p.pid, &t.img_a, &["--engine", "criu", "--snapshot", "btrfs"]));
+    p.child.wait().unwrap();
+    let st = t.work.path().join("s.snap");
+    export_file(&id, &t.img_a, &st, &[]);
+    import_ok(&st, &t.b.mnt, &t.img_b);
+    snapckpt_ok(&["delete", &id, "--image-root", s(&t.img_a)]);
+    let restart = |extra: &[&str]| {
+        let mut a = vec!["restart", id.as_str(), "--snapshot", "--image-root", s(&t.img_b)];
+        a.extend_from_slice(extra);
+        snapckpt(&a)
+    };
+    let refused = |extra: &[&str], expect: &[&str]| {
+        let (ok, out, err) = restart(extra);
+        assert!(!ok, "restart {extra:?} succeeded: {out}");
+        assert_no_panic(&err);
+        for e in expect.iter().chain(&["nothing was changed"]) {
+            assert!(err.contains(e), "restart {extra:?}: expected {e:?} in: {err}");
+        }
+        assert!(!alive(p.pid));
+        assert!(!t.b.path(&format!(".snapckpt/{id}/restart-1")).exists(), "no clone was made");
+    };
+    // the library is not here
+    let gone = lib.with_extension("gone");
+    std::fs::rename(&lib, &gone).unwrap();
+    refused(&[], &["not on this machine", "was not on a snapshotted filesystem", s(&lib)]);
+    // another version of it (another size)
+    std::fs::write(&lib, b"not the same library").unwrap();
+    refused(&[], &[s(&lib), "install the same version"]);
+    std::fs::rename(&gone, &lib).unwrap();
+    // an older CRIU here
+    let criu = std::env::var("SNAPCKPT_CRIU").unwrap_or_else(|_| "/opt/snapckpt/criu/bin/criu".into());
+    let old = t.work.path().join("criu-old");
+    std::fs::write(
+        &old,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = --version ] && {{ echo 'Version: 3.0'; exit 0; }}\nexec '{criu}' \"$@\"\n"
+        ),
+    )
+    .unwrap();
+    // a CRIU whose `criu check` fails here
+    let nocheck = t.work.path().join("criu-nocheck");
+    std::fs::write(
+        &nocheck,
+        format!("#!/bin/sh\n[ \"$1\" = check ] && {{ echo 'Error (cr-check.c): no pidfd_open'; exit 1; }}\nexec '{criu}' \"$@\"\n"),
+    )
+    .unwrap();
+    sh(&format!("chmod 755 '{}' '{}'", old.display(), nocheck.display()));
+    refused(&["--criu", s(&old)], &["older than the CRIU", "install CRIU"]);
+    // same kernel: `criu check` is not what decides
+    let rec_path = t.img_b.join(&id).join("checkpoint.json");
+    let mut rec = record(&t.img_b.join(&id));
+    rec["imported"]["from_kernel"] = "5.4.0-elsewhere".into();
+    std::fs::write(&rec_path, serde_json::to_vec_pretty(&rec).unwrap()).unwrap();
+    refused(&["--criu", s(&nocheck)], &["dumped on kernel 5.4.0-elsewhere", "criu check", "no pidfd_open"]);
+    // all in place (another kernel, its `criu check` passing): restarted
+    let logsize = std::fs::metadata(&log).unwrap().len() as usize;
+    let (ok, out, err) = restart(&[]);
+    assert!(ok && out.contains(&format!("restored tasks [{}]", p.pid)), "{out}\n{err}");
+    let _k = KillOnDrop(vec![p.pid]);
+    assert_eq!(self_check(p.pid, &log, logsize), before);
+    kill_wait(p.pid);
+    snapckpt_ok(&["delete", &id, "--force", "--image-root", s(&t.img_b)]);
+    nothing_of(&id, &t.b, &t.img_b);
+}
+
+/// An incremental stream imported into another filesystem than its parent was: refused before
+/// anything is received, naming the parent and where it is; nothing written.
+#[test]
+fn migrate_incremental_parent_on_another_filesystem() {
+    let _g = serial();
+    let t = two("1G");
+    let c = LoopFs::new("btrfs", "1G");
+    random_file(&t.a.path("data/big"), 4);
+    let log = t.work.path().join("ufiles.log");
+    let p = workload(&prog("ufiles"), &["setup", s(&t.a.path("data")), "orphan:1048576"], &log, false, None);
+    let id1 = take_files_only(p.pid, &t.img_a, &["--snapshot", "btrfs"]).0;
+    random_file(&t.a.path("data/c1"), 1);
+    let id2 = take_files_only(p.pid, &t.img_a, &["--snapshot", "btrfs"]).0;
+    drop(p);
+    let (s1, s2) = (t.work.path().join("s1.snap"), t.work.path().join("s2.snap"));
+    export_file(&id1, &t.img_a, &s1, &[]);
+    export_file(&id2, &t.img_a, &s2, &["--parent", &id1]);
+    import_ok(&s1, &t.b.mnt, &t.img_b);
+    let (ok, out, err) = import(&s2, &c.mnt, &t.img_b);
+    assert!(!ok, "imported onto another filesystem than its parent: {out}");
+    assert_no_panic(&err);
+    assert!(
+        err.contains(&format!("since checkpoint {id1}")) && err.contains(s(&t.b.mnt)),
+        "names the parent and where it is: {err}"
+    );
+    nothing_of(&id2, &c, &t.img_b);
+    import_ok(&s2, &t.b.mnt, &t.img_b);
+    for id in [&id2, &id1] {
+        snapckpt_ok(&["delete", id, "--image-root", s(&t.img_b)]);
+        snapckpt_ok(&["delete", id, "--image-root", s(&t.img_a)]);
+    }
 }

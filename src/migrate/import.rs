@@ -217,7 +217,7 @@ fn plan(ck: &Checkpoint, head: &StreamHeader, opts: &ImportOptions) -> Result<Pl
         targets.push(check_target(ck, k, s, &target.unwrap_or_default(), head.image_only)?);
     }
     if let Some(p) = &head.parent {
-        check_parent(ck, p, &opts.image_root)?;
+        check_parent(ck, p, &opts.image_root, &targets)?;
     }
     Ok(Plan { targets, maps })
 }
@@ -366,8 +366,14 @@ fn check_place(
 }
 
 /// An incremental stream: the parent was imported into this image root and each of its
-/// snapshots the stream is relative to is still on the target filesystem.
-fn check_parent(ck: &Checkpoint, p: &stream::ParentRef, root: &Path) -> Result<(), MigrateError> {
+/// snapshots the stream is relative to is still there, on the filesystem this snapshot goes to
+/// (`btrfs receive` looks for the parent there only).
+fn check_parent(
+    ck: &Checkpoint,
+    p: &stream::ParentRef,
+    root: &Path,
+    targets: &[Target],
+) -> Result<(), MigrateError> {
     let missing = |why: String| {
         MigrateError::Refused(format!(
             "this stream is incremental: it holds only what changed since checkpoint {}, which must be here first, but {why}: import {} first (`snapckpt export {} | snapckpt import`), or export {} without --parent; nothing was imported",
@@ -384,9 +390,17 @@ fn check_parent(ck: &Checkpoint, p: &stream::ParentRef, root: &Path) -> Result<(
             .source_snapshots
             .iter()
             .position(|s| matches!(s, Snapshot::Btrfs { uuid, .. } if uuid.eq_ignore_ascii_case(u)));
-        let Some(Snapshot::Btrfs { path, .. }) = j.and_then(|j| parent.snapshots.get(j)) else {
+        let Some(Snapshot::Btrfs { path, device, mount_point, .. }) = j.and_then(|j| parent.snapshots.get(j))
+        else {
             return Err(missing(format!("it has no snapshot received from {u} (for snapshot {k})")));
         };
+        if let Some(t) = targets.get(k).filter(|t| t.lvm.is_none() && &t.device != device) {
+            return Err(missing(format!(
+                "it was imported into the filesystem at {mount_point} ({device}), and this stream goes to {} ({}): import this stream with --mount {mount_point}",
+                t.mount.display(),
+                t.device
+            )));
+        }
         let ok = libbtrfsutil::subvolume_info(path)
             .ok()
             .and_then(|i| i.received_uuid())

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! stream  := "SNAPCKPT-EXPORT\n" u32 version  u32 n  header-json[n]
-//!            member*  "ENDS" u32 0
+//!            member*  "ENDS" u32 n end-json[n]        sha256 of every byte before "ENDS"
 //! member  := "MEMB" u32 n member-json[n]              kind, name, snapshot index, length
 //!            (u32 k  zstd-bytes[k])*  u32 0           one zstd stream, in chunks of <= 1 MiB
 //!            "MEND" u32 n trailer-json[n]             length, compressed length, sha256
@@ -12,8 +12,11 @@
 //! Integers are little-endian. The record comes first. A member's checksum (SHA-256 of its
 //! uncompressed bytes) and lengths are in a trailer after its data, so that a `btrfs send`
 //! is streamed through without being spooled on the sending side; the reader spools every
-//! member and checks the trailer before anything is acted on. A stream without its `ENDS`
-//! mark is cut short; every length is bounded before anything is allocated.
+//! member and checks the trailer before anything is acted on. The end mark holds a SHA-256 of
+//! the whole stream before it, which also covers what no member checksum does (the stream
+//! header, the member headers, the trailers). A stream without its `ENDS` mark is cut short;
+//! every length is bounded before anything is allocated. Version 1 streams (end mark
+//! `"ENDS" u32 0`, no stream checksum) are still read.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -21,8 +24,10 @@ use std::io::{self, Read, Write};
 
 /// First bytes of every stream.
 pub const MAGIC: &[u8; 16] = b"SNAPCKPT-EXPORT\n";
-/// Stream format version this snapckpt writes and reads.
-pub const VERSION: u32 = 1;
+/// Stream format version this snapckpt writes (and the newest it reads).
+pub const VERSION: u32 = 2;
+/// The first version with the stream checksum in the end mark (version 1 had none).
+const VERSION_STREAM_SHA: u32 = 2;
 const MEMBER_TAG: &[u8; 4] = b"MEMB";
 const TRAILER_TAG: &[u8; 4] = b"MEND";
 const END_TAG: &[u8; 4] = b"ENDS";
@@ -46,7 +51,9 @@ pub enum StreamError {
     Corrupt { what: String, at: u64 },
     #[error("member {member}: checksum mismatch (sha256 {found}, the stream says {expected}): the stream is corrupt; nothing was imported")]
     Checksum { member: String, expected: String, found: String },
-    #[error("stream format version {0} is not supported (this snapckpt reads version {VERSION})")]
+    #[error("the stream's checksum does not match (sha256 {found}, its end mark says {expected}): a header or trailer in it is corrupt; nothing was imported")]
+    StreamChecksum { expected: String, found: String },
+    #[error("stream format version {0} is not supported (this snapckpt reads versions 1 to {VERSION})")]
     Version(u32),
 }
 
@@ -106,6 +113,14 @@ pub struct MemberHeader {
     pub length: Option<u64>,
 }
 
+/// The end mark's JSON (version 2 on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StreamEnd {
+    /// SHA-256 of every byte of the stream before the end mark's tag.
+    sha256: String,
+}
+
 /// The trailer of one member: what the data must hash to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,16 +146,18 @@ pub struct Writer<W: Write> {
     out: Counting<W>,
 }
 
-/// Counts the bytes written through it and reports them.
+/// Counts and hashes the bytes written through it and reports them.
 struct Counting<W: Write> {
     inner: W,
     n: u64,
+    hash: Sha256,
     progress: Box<dyn FnMut(u64)>,
 }
 
 impl<W: Write> Write for Counting<W> {
     fn write(&mut self, b: &[u8]) -> io::Result<usize> {
         let k = self.inner.write(b)?;
+        self.hash.update(&b[..k]);
         self.n += k as u64;
         (self.progress)(self.n);
         Ok(k)
@@ -201,7 +218,7 @@ impl<W: Write> Writer<W> {
         header: &StreamHeader,
         progress: Box<dyn FnMut(u64)>,
     ) -> Result<Writer<W>, StreamError> {
-        let mut out = Counting { inner, n: 0, progress };
+        let mut out = Counting { inner, n: 0, hash: Sha256::new(), progress };
         let j = serde_json::to_vec(header).unwrap_or_default();
         let mut b = MAGIC.to_vec();
         b.extend_from_slice(&VERSION.to_le_bytes());
@@ -247,10 +264,10 @@ impl<W: Write> Writer<W> {
         Ok(t)
     }
 
-    /// End the stream; the bytes written and the writer.
+    /// End the stream (with the checksum of all of it); the bytes written and the writer.
     pub fn finish(mut self) -> Result<(u64, W), StreamError> {
-        self.out.write_all(END_TAG).map_err(wio("write the end of the stream"))?;
-        self.out.write_all(&0u32.to_le_bytes()).map_err(wio("write the end of the stream"))?;
+        let end = StreamEnd { sha256: hex(&self.out.hash.clone().finalize()) };
+        self.out.write_all(&json_block(END_TAG, &end)).map_err(wio("write the end of the stream"))?;
         self.out.flush().map_err(wio("flush the stream"))?;
         Ok((self.out.n, self.out.inner))
     }
@@ -263,6 +280,9 @@ impl<W: Write> Writer<W> {
 pub struct Reader<R: Read> {
     inner: R,
     at: u64,
+    version: u32,
+    /// SHA-256 of every byte read so far.
+    hash: Sha256,
     header: StreamHeader,
     progress: Box<dyn FnMut(u64)>,
 }
@@ -302,7 +322,7 @@ impl<R: Read> Reader<R> {
             image_only: false,
             parent: None,
         };
-        let mut r = Reader { inner, at: 0, header, progress };
+        let mut r = Reader { inner, at: 0, version: 0, hash: Sha256::new(), header, progress };
         let mut magic = [0u8; 16];
         r.exact(&mut magic, "the stream's magic")?;
         if &magic != MAGIC {
@@ -312,9 +332,10 @@ impl<R: Read> Reader<R> {
             });
         }
         let v = r.u32("the stream's version")?;
-        if v != VERSION {
+        if !(1..=VERSION).contains(&v) {
             return Err(StreamError::Version(v));
         }
+        r.version = v;
         let n = r.u32("the stream header")?;
         r.header = r.json(n, "the stream header")?;
         Ok(r)
@@ -332,6 +353,7 @@ impl<R: Read> Reader<R> {
     fn exact(&mut self, b: &mut [u8], what: &str) -> Result<(), StreamError> {
         match self.inner.read_exact(b) {
             Ok(()) => {
+                self.hash.update(&*b);
                 self.at += b.len() as u64;
                 (self.progress)(self.at);
                 Ok(())
@@ -365,13 +387,22 @@ impl<R: Read> Reader<R> {
         Ok(t)
     }
 
-    /// The next member's header, `None` at the end mark.
+    /// The next member's header, `None` at the end mark (whose stream checksum matched).
     pub fn next_member(&mut self) -> Result<Option<MemberHeader>, StreamError> {
         let at = self.at;
+        let before = self.hash.clone();
         let t = self.tag("the next member")?;
         let n = self.u32("the next member")?;
         match &t {
-            END_TAG if n == 0 => Ok(None),
+            END_TAG if self.version < VERSION_STREAM_SHA && n == 0 => Ok(None),
+            END_TAG if self.version >= VERSION_STREAM_SHA && n > 0 => {
+                let end: StreamEnd = self.json(n, "the end mark")?;
+                let found = hex(&before.finalize());
+                if found != end.sha256 {
+                    return Err(StreamError::StreamChecksum { expected: end.sha256, found });
+                }
+                Ok(None)
+            }
             MEMBER_TAG => self.json(n, "a member header").map(Some),
             _ => Err(StreamError::Corrupt { what: "expected a member or the end mark".into(), at }),
         }
@@ -469,8 +500,12 @@ mod tests {
     }
 
     fn read_all(s: &[u8]) -> Result<Vec<u8>, StreamError> {
-        let mut r = Reader::new(s, Box::new(|_| {}))?;
+        let r = Reader::new(s, Box::new(|_| {}))?;
         assert_eq!(r.header(), &header());
+        read_members(r)
+    }
+
+    fn read_members(mut r: Reader<&[u8]>) -> Result<Vec<u8>, StreamError> {
         let mut out = vec![];
         while let Some(h) = r.next_member()? {
             r.member_data(&h, &mut io::sink(), &mut out)?;
@@ -507,8 +542,40 @@ mod tests {
             );
         }
         let mut v2 = s.clone();
-        v2[16] = 2;
-        assert!(matches!(read_all(&v2).unwrap_err(), StreamError::Version(2)));
+        v2[16] = 3;
+        assert!(matches!(read_all(&v2).unwrap_err(), StreamError::Version(3)));
+    }
+
+    #[test]
+    fn flipped_headers_are_refused() {
+        let data = vec![7u8; 10_000];
+        let s = stream(&data);
+        // inside the stream header's host, the member header's name, the trailer's JSON key,
+        // the end mark's checksum
+        let pos = |w: &[u8]| s.windows(w.len()).position(|x| x == w).unwrap();
+        for at in [pos(b"\"from_host\"") + 13, pos(b"x.img"), pos(b"\"compressed\"") + 3, s.len() - 5] {
+            let mut bad = s.clone();
+            bad[at] ^= 0x01;
+            let e = Reader::new(&bad[..], Box::new(|_| {})).and_then(read_members).unwrap_err();
+            assert!(
+                matches!(e, StreamError::StreamChecksum { .. } | StreamError::Corrupt { .. }),
+                "flip at {at}: {e}"
+            );
+        }
+        assert_eq!(read_all(&s).unwrap(), data);
+    }
+
+    #[test]
+    fn version_1_is_read() {
+        let data = vec![9u8; 1000];
+        let mut s = stream(&data);
+        let end = s.windows(4).rposition(|w| w == END_TAG).unwrap();
+        s.truncate(end + 4);
+        s.extend_from_slice(&0u32.to_le_bytes());
+        // a version 2 stream must have its checksum
+        assert!(matches!(read_all(&s).unwrap_err(), StreamError::Corrupt { .. }));
+        s[16] = 1;
+        assert_eq!(read_all(&s).unwrap(), data);
     }
 
     #[test]

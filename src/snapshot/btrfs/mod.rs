@@ -575,10 +575,18 @@ pub fn clone_mounts_elsewhere(s: &Snapshot) -> Result<Vec<PathBuf>, SnapshotErro
 }
 
 /// Refuse when a clone of this snapshot is mounted in another mount namespace, naming a
-/// process of each.
+/// process of each. Not counted: the copies another namespace received by propagation of a
+/// clone mounted in ours (`master:N` of our mount's `shared:N` peer group, e.g. of a
+/// `restart --mount-root` into a restart's private namespace made a slave of ours): they
+/// vanish when ours is unmounted, which `delete` refuses without `--force` anyway.
 pub fn in_use_elsewhere(s: &Snapshot) -> Result<(), SnapshotError> {
     let rec = Rec::from(s)?;
-    let foreign = foreign_clone_mounts(&rec);
+    let ours = mounts_of(&rec, &mountinfo()?, true, true);
+    let foreign: Vec<(i32, PathBuf)> = foreign_clone_mounts(&rec)
+        .into_iter()
+        .filter(|(_, m)| !ours.iter().any(|o| o.shared.is_some() && o.shared == m.master && o.root == m.root))
+        .map(|(pid, m)| (pid, m.mount_point))
+        .collect();
     if foreign.is_empty() {
         return Ok(());
     }
@@ -592,15 +600,14 @@ pub fn in_use_elsewhere(s: &Snapshot) -> Result<(), SnapshotError> {
 }
 
 /// Mounts of this snapshot's clones in mount namespaces other than ours (those of restarted
-/// tasks): one (pid, mount point) per namespace and mount.
-fn foreign_clone_mounts(rec: &Rec) -> Vec<(i32, PathBuf)> {
+/// tasks): one (pid, mount) per namespace and mount.
+fn foreign_clone_mounts(rec: &Rec) -> Vec<(i32, MountEntry)> {
     let id_dir = Path::new(rec.id_fs_dir());
     foreign_mounts(&rec.device)
         .into_iter()
         .filter(|(_, m)| {
             m.root.parent() == Some(id_dir) && m.root.file_name().and_then(clone_number).is_some()
         })
-        .map(|(pid, m)| (pid, m.mount_point))
         .collect()
 }
 
@@ -693,6 +700,9 @@ pub fn delete(s: &Snapshot, force: bool) -> Result<(), SnapshotError> {
             return Err(SnapshotError::InUse { path: rec.path.clone(), mounts: mount_points(&mounted) });
         }
         detach_all(&rec)?;
+        // The copies other namespaces received of ours went with them, unless one could not
+        // (it holds a mount of its own there): then it is in use there.
+        in_use_elsewhere(s)?;
     }
     let Some(loc) = locate(&rec)? else { return Ok(()) };
     for (_, p) in clone_entries(&loc.id_dir)? {
