@@ -571,7 +571,7 @@ pub fn mounted_clones(s: &Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
 
 /// The mount points of this snapshot's clones in other mount namespaces (restarts' private ones).
 pub fn clone_mounts_elsewhere(s: &Snapshot) -> Result<Vec<PathBuf>, SnapshotError> {
-    Ok(foreign_clone_mounts(&Rec::from(s)?).into_iter().map(|(_, mp)| mp).collect())
+    Ok(foreign_clone_mounts(&Rec::from(s)?).into_iter().map(|(_, m)| m.mount_point).collect())
 }
 
 /// Refuse when a clone of this snapshot is mounted in another mount namespace, naming a
