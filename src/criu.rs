@@ -190,6 +190,12 @@ pub fn pre_dump(
         let t = std::time::Instant::now();
         pre_dump_round(req, n)?;
         let dir = pre_dump_dir(n);
+        // CRIU writes its statistics into its work directory (the image directory), where
+        // the final dump's would replace them: moved into the round's directory.
+        let (top, own) = (req.image_dir.join(crate::criu_stats::STATS_DUMP), req.image_dir.join(&dir));
+        if top.is_file() && !own.join(crate::criu_stats::STATS_DUMP).exists() {
+            let _ = std::fs::rename(&top, own.join(crate::criu_stats::STATS_DUMP));
+        }
         let stats = crate::criu_stats::read_dump(&req.image_dir.join(&dir)).ok().flatten();
         let r = PreDumpRound { dir, duration_us: t.elapsed().as_micros() as u64, stats };
         each(&r);

@@ -7,8 +7,9 @@
  *                            and wait. SIGUSR1: recompute the memory and the file against the
  *                            patterns and write one line to REPORT (created anew each time):
  *                            "checked mem=ok|bad@WORD file=ok|bad nlink=N hash=HEX".
- *                            SIGUSR2: rewrite the first word of every 16th page (to dirty
- *                            1/16 of the memory), then write "dirtied" to REPORT.
+ *                            SIGUSR2: rewrite the first word of each page of the first 1/16
+ *                            of the memory (contiguous: with transparent huge pages the
+ *                            kernel tracks changes per 2 MiB), then write "dirtied" to REPORT.
  *
  * The pattern of word i (and the file's byte i) are pure functions of i, so a restored task
  * checks itself with nothing kept outside its memory.
@@ -95,7 +96,7 @@ int main(int argc, char **argv)
 			sigsuspend(&none);
 		if (want_dirty) {
 			want_dirty = 0;
-			for (size_t p = 0; p < pages; p += 16) {
+			for (size_t p = 0; p < pages / 16; p++) {
 				gen[p] = 1;
 				mem[p * 512] = word(p * 512, gen[p]);
 			}

@@ -3,7 +3,8 @@
 #
 # Usage: integration/vm/lvm-tests.sh      (as root, non-interactive; env as for run.sh, plus
 #                                          LVM_TESTS_TIMEOUT, default 900 s; LVM_TESTS_KEEP=1
-#                                          keeps the share dir with console.log for debugging)
+#                                          keeps the share dir with console.log for debugging;
+#                                          LVM_TESTS_ONLY=predump runs only the pre-dump case)
 #
 # Builds snapckpt (cargo build --release) and the static test workload ufiles, puts them and
 # integration/vm/lvm-guest/* into a temporary share, boots the guest once (run.sh) to run
@@ -24,6 +25,8 @@ NAME=lvm-tests
 make_share "${LVM_TESTS_KEEP:-0}"
 share_snapckpt
 cc -static -O1 -o "$SHARE/memhold" "$REPO/integration/progs/memhold.c"
+# LVM_TESTS_ONLY=predump: only the pre-dump case (the guest reads it from the share)
+[ -n "${LVM_TESTS_ONLY:-}" ] && echo "$LVM_TESTS_ONLY" > "$SHARE/only"
 cp "$HERE"/lvm-guest/* "$SHARE/"
 chmod +x "$SHARE/test.sh"
 boot_and_report "${LVM_TESTS_TIMEOUT:-900}"

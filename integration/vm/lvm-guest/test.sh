@@ -381,7 +381,7 @@ run_predump_case() {
   if [ "$rc" = 0 ] && [ -n "$id0" ]; then
     pass "$c-plain-take"
     rec=$IR/$id0/checkpoint.json
-    note "$c without --pre-dump: frozen_ms $(jqr "$rec" .timings.frozen_ms), CRIU frozen_time $(jqr "$rec" .timings.criu.frozen_time) us, pages_written $(jqr "$rec" .timings.criu.pages_written)"
+    note "$c without --pre-dump: frozen_ms $(jqr "$rec" .timings.frozen_ms) (snapshot_ms $(jqr "$rec" .timings.snapshot_ms)), CRIU frozen_time $(jqr "$rec" .timings.criu.frozen_time) us, memdump_time $(jqr "$rec" .timings.criu.memdump_time) us, memwrite_time $(jqr "$rec" .timings.criu.memwrite_time) us, pages_written $(jqr "$rec" .timings.criu.pages_written)"
     "$SNAP" delete "$id0" --image-root "$IR" --force > /dev/null 2> "$W/del0.err" \
       || fail "$c-plain-delete" "$(tr '\n' ' ' < "$W/del0.err")"
   else
@@ -414,7 +414,7 @@ run_predump_case() {
   rounds=$(jqr "$rec" '.timings.pre_dump | length')
   first=$(jqr "$rec" '.timings.pre_dump[0].stats.pages_written')
   final=$(jqr "$rec" .timings.criu.pages_written)
-  note "$c with --pre-dump: $rounds round(s), pages_written $(jq -r '[.timings.pre_dump[] | "\(.dir)=\(.stats.pages_written) in \(.duration_us / 1000 | floor) ms"] | join(", ")' "$rec"); final dump: frozen_ms $(jqr "$rec" .timings.frozen_ms), CRIU frozen_time $(jqr "$rec" .timings.criu.frozen_time) us, pages_written $final, pages_skipped_parent $(jqr "$rec" .timings.criu.pages_skipped_parent)"
+  note "$c with --pre-dump: $rounds round(s), pages_written $(jq -r '[.timings.pre_dump[] | "\(.dir)=\(.stats.pages_written) in \(.duration_us / 1000 | floor) ms"] | join(", ")' "$rec"); final dump: frozen_ms $(jqr "$rec" .timings.frozen_ms) (snapshot_ms $(jqr "$rec" .timings.snapshot_ms)), CRIU frozen_time $(jqr "$rec" .timings.criu.frozen_time) us, memdump_time $(jqr "$rec" .timings.criu.memdump_time) us, memwrite_time $(jqr "$rec" .timings.criu.memwrite_time) us, pages_written $final, pages_skipped_parent $(jqr "$rec" .timings.criu.pages_skipped_parent)"
   check "$c-rounds-reported" "take output: $(tr '\n' ' ' < "$W/take.out")" grep -qE 'pre-dump before the freeze: [0-9]+ round' "$W/take.out"
   check "$c-rounds" "$rounds pre-dump rounds, want 2 or more (1/16 of the memory dirtied after the first)" test "${rounds:-0}" -ge 2
   check "$c-first-round-large" "first round wrote $first pages, want >= 60000 (256 MiB)" test "${first:-0}" -ge 60000
@@ -462,14 +462,16 @@ run_predump_case() {
 }
 
 T0=$(now)
-for k in thin classic; do
-  for fs in ext4 xfs; do
-    run_case "$fs" "$k"
+if [ "$(cat "$SHARE/only" 2>/dev/null)" != predump ]; then
+  for k in thin classic; do
+    for fs in ext4 xfs; do
+      run_case "$fs" "$k"
+    done
   done
-done
-for fs in ext4 xfs; do
-  run_criu_case "$fs"
-done
+  for fs in ext4 xfs; do
+    run_criu_case "$fs"
+  done
+fi
 run_predump_case
 scrub
 log "timings"
