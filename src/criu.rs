@@ -15,6 +15,7 @@
 use rust_criu::rust_criu_protobuf::rpc::Criu_notify;
 use std::cell::RefCell;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -163,21 +164,134 @@ pub fn mem_dirty_track(criu: &Path) -> Result<(), String> {
     }
 }
 
-/// Why a take with pre-dump is refused: the kernel cannot track memory changes (said
-/// clearly, with CRIU's words), or it can but pre-dump iterations are not implemented yet.
-pub fn pre_dump_refusal(criu: &Path) -> String {
-    match mem_dirty_track(criu) {
-        Err(said) => format!(
+/// Refuse a take with pre-dump on a kernel that cannot track memory changes, said clearly,
+/// with CRIU's words.
+pub fn pre_dump_check(criu: &Path) -> Result<(), String> {
+    mem_dirty_track(criu).map_err(|said| {
+        format!(
             "--pre-dump: this kernel cannot track memory changes, which pre-dump needs (soft-dirty \
              page tracking, kernel option CONFIG_MEM_SOFT_DIRTY): `{} check --feature mem_dirty_track` \
              failed: {said}; take without --pre-dump (nothing was changed)",
             criu.display()
-        ),
-        Ok(()) => "--pre-dump: the kernel tracks memory changes, but pre-dump iterations are not \
-                   implemented in this snapckpt yet (they could not be tested where it was built); take \
-                   without --pre-dump (nothing was changed)"
-            .to_string(),
+        )
+    })
+}
+
+/// The stopping rule of the pre-dump rounds, like CRIU's own pre-dump iterations (and
+/// snapckpt's write-back, [`crate::writeback::Policy`]): at most this many rounds.
+pub const PRE_DUMP_MAX_ROUNDS: usize = 4;
+/// A round that wrote fewer pages (4 MiB of 4 KiB pages) leaves so little for the final dump
+/// that another would not shorten the freeze noticeably.
+pub const PRE_DUMP_SMALL_PAGES: u64 = 1024;
+
+/// After rounds that wrote `written` pages each (CRIU's `pages_written`), whether to run
+/// another: not after [`PRE_DUMP_MAX_ROUNDS`]; not once a round wrote fewer than
+/// [`PRE_DUMP_SMALL_PAGES`]; after the first, only while each round still wrote at most half
+/// of what the one before it wrote (the tasks change their memory more slowly than the rounds
+/// copy it: another round shrinks what the frozen dump writes). A round that wrote no less
+/// than half the previous means the tasks dirty memory about as fast as it is copied: the
+/// final dump would write about as much after another round, so stop.
+pub fn another_pre_dump(written: &[u64]) -> bool {
+    let Some(&last) = written.last() else { return true };
+    if written.len() >= PRE_DUMP_MAX_ROUNDS || last < PRE_DUMP_SMALL_PAGES {
+        return false;
     }
+    match written {
+        [_] => true,
+        [.., prev, last] => last.saturating_mul(2) <= *prev,
+        [] => unreachable!(),
+    }
+}
+
+/// The directory of pre-dump round `n` (1, 2, ...) inside the image directory.
+pub fn pre_dump_dir(n: usize) -> String {
+    format!("pre-{n}")
+}
+
+/// Whether `name` is the directory of a pre-dump round (`pre-N`, N a positive integer without
+/// leading zeros): the only directories a CRIU image directory of snapckpt holds.
+pub fn is_pre_dump_dir(name: &str) -> bool {
+    name.strip_prefix("pre-").is_some_and(|n| {
+        !n.is_empty() && !n.starts_with('0') && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// CRIU's log of pre-dump round `n`, in the image directory (not in the round's directory: a
+/// failed take keeps the logs of the image directory).
+pub fn pre_dump_log(n: usize) -> String {
+    format!("criu-pre-dump-{n}.log")
+}
+
+/// Pre-dump rounds of a running process tree.
+pub struct PreDumpRequest {
+    pub criu: PathBuf,
+    /// Root of the process tree.
+    pub pid: i32,
+    /// The image directory; round N goes into its `pre-N`.
+    pub image_dir: PathBuf,
+    /// Stop CRIU if a round takes longer.
+    pub timeout: Option<std::time::Duration>,
+}
+
+pub use crate::record::PreDumpRound;
+
+/// Run pre-dump rounds ([`pre_dump_round`]) until [`another_pre_dump`] says stop; `each` is
+/// told of each round as it ends. A round without readable statistics is the last. The first
+/// error ends them all (the caller undoes the take: nothing was frozen by snapckpt yet).
+pub fn pre_dump(
+    req: &PreDumpRequest,
+    each: &mut dyn FnMut(&PreDumpRound),
+) -> Result<Vec<PreDumpRound>, CriuError> {
+    let mut rounds: Vec<PreDumpRound> = vec![];
+    loop {
+        let n = rounds.len() + 1;
+        let t = std::time::Instant::now();
+        pre_dump_round(req, n)?;
+        let dir = pre_dump_dir(n);
+        // CRIU writes its statistics into its work directory (the image directory), where
+        // the final dump's would replace them: moved into the round's directory.
+        let (top, own) = (req.image_dir.join(crate::criu_stats::STATS_DUMP), req.image_dir.join(&dir));
+        if top.is_file() && !own.join(crate::criu_stats::STATS_DUMP).exists() {
+            let _ = std::fs::rename(&top, own.join(crate::criu_stats::STATS_DUMP));
+        }
+        let stats = crate::criu_stats::read_dump(&req.image_dir.join(&dir)).ok().flatten();
+        let r = PreDumpRound { dir, duration_us: t.elapsed().as_micros() as u64, stats };
+        each(&r);
+        rounds.push(r);
+        let written: Option<Vec<u64>> =
+            rounds.iter().map(|r| r.stats.as_ref().map(|s| s.pages_written)).collect();
+        if !written.is_some_and(|w| another_pre_dump(&w)) {
+            return Ok(rounds);
+        }
+    }
+}
+
+/// One pre-dump round `n` into `<image dir>/pre-N`, memory tracking on, with `../pre-(N-1)` as
+/// parent after the first. CRIU freezes the tasks itself for the round (seizing them with
+/// ptrace: snapckpt's cgroup is not frozen, so no `freeze_cgroup`) and lets them run again
+/// once it has drained their pages, before it writes them.
+pub fn pre_dump_round(req: &PreDumpRequest, n: usize) -> Result<(), CriuError> {
+    let dir = req.image_dir.join(pre_dump_dir(n));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|source| {
+        CriuError::Io(crate::sys::SysError { path: dir.clone(), syscall: "mkdir", source })
+    })?;
+    let (dirfd, workfd) = (open_dir(&dir)?, open_dir(&req.image_dir)?);
+    let log = pre_dump_log(n);
+    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string())
+        .map_err(|e| failed("pre-dump", e, &req.criu, &req.image_dir, &log))?;
+    c.set_pid(req.pid);
+    c.set_images_dir_fd(dirfd.as_raw_fd());
+    c.set_work_dir_fd(workfd.as_raw_fd());
+    c.set_log_level(4);
+    c.set_log_file(log.clone());
+    c.set_track_mem(true);
+    if n > 1 {
+        c.set_parent_img(format!("../{}", pre_dump_dir(n - 1)));
+    }
+    c.set_manage_cgroups(false);
+    with_deadline("dump", req.timeout, || {
+        c.pre_dump().map_err(|e| failed("pre-dump", e, &req.criu, &req.image_dir, &log))
+    })
 }
 
 /// CRIU's version (`criu --version`), empty if it cannot be run. Asked before the tasks are
@@ -224,6 +338,9 @@ pub struct DumpRequest {
     pub ghost_limit: Option<u32>,
     /// Stop CRIU if the dump takes longer.
     pub timeout: Option<std::time::Duration>,
+    /// After pre-dump rounds: the last round's directory, relative to the image directory;
+    /// the dump then tracks memory and writes only the pages changed since that round.
+    pub parent_img: Option<String>,
 }
 
 /// The file name of CRIU's log inside the image directory.
@@ -352,6 +469,10 @@ pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>
     }
     for e in &req.externals {
         c.add_external(e.clone());
+    }
+    if let Some(p) = &req.parent_img {
+        c.set_track_mem(true);
+        c.set_parent_img(p.clone());
     }
     c.set_notify_scripts(true);
     c.set_notify_cb(notify);
@@ -515,6 +636,7 @@ mod tests {
             flags: Default::default(),
             ghost_limit: None,
             timeout: None,
+            parent_img: None,
         };
         let e = dump(&req, &mut || Ok(())).unwrap_err();
         let s = e.to_string();
@@ -522,6 +644,41 @@ mod tests {
         assert!(s.contains("CRIU wrote no log (is /bin/true really CRIU?"), "{s}");
         assert!(!s.contains(DUMP_LOG), "{s}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The stopping rule: a round after the first only while the previous still shrank the
+    /// pages written by half or more, never after a small round, at most four rounds.
+    #[test]
+    fn pre_dump_stopping_rule() {
+        assert!(another_pre_dump(&[]));
+        // a large first round: once more, to see whether the memory is changing
+        assert!(another_pre_dump(&[65536]));
+        // idle after it: stop (the final dump writes what little changed)
+        assert!(!another_pre_dump(&[65536, 12]));
+        // a small first round: nothing to gain
+        assert!(!another_pre_dump(&[PRE_DUMP_SMALL_PAGES - 1]));
+        // still shrinking by half or more, and large: again
+        assert!(another_pre_dump(&[65536, 20000]));
+        assert!(another_pre_dump(&[65536, 32768]));
+        assert!(another_pre_dump(&[65536, 20000, 8000]));
+        // not shrinking a lot (the tasks dirty memory as fast as it is copied): stop
+        assert!(!another_pre_dump(&[65536, 40000]));
+        assert!(!another_pre_dump(&[65536, 70000]));
+        // the bound on rounds
+        assert!(!another_pre_dump(&[1 << 20, 1 << 18, 1 << 16, 1 << 14]));
+        assert_eq!(PRE_DUMP_MAX_ROUNDS, 4);
+    }
+
+    #[test]
+    fn pre_dump_dirs() {
+        assert_eq!(pre_dump_dir(3), "pre-3");
+        for ok in ["pre-1", "pre-4", "pre-12"] {
+            assert!(is_pre_dump_dir(ok), "{ok}");
+        }
+        for bad in ["pre-", "pre-0", "pre-01", "pre-1a", "pre-1/..", "pre-1234", "parent", "pre--1", "pre-x"]
+        {
+            assert!(!is_pre_dump_dir(bad), "{bad}");
+        }
     }
 
     /// The log of an earlier restore is removed first: a failed restore never shows it.

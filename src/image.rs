@@ -209,14 +209,7 @@ impl ImageDir {
     /// too) is on disk before: tasks are killed right after this, and a crash then must not
     /// leave a record whose process image is empty.
     pub fn publish(&mut self, ck: &Checkpoint) -> Result<PathBuf, ImageError> {
-        if let Ok(rd) = std::fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_file()) {
-                    let p = e.path();
-                    std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(io(&p, "fsync"))?;
-                }
-            }
-        }
+        sync_files(&self.dir, true)?;
         write_json_atomic(&self.dir, RECORD_FILE, ck)?;
         let _ = std::fs::remove_file(self.dir.join(".lock"));
         let fin = self.root.join(&self.id);
@@ -225,6 +218,23 @@ impl ImageDir {
         self.done = true;
         Ok(fin)
     }
+}
+
+/// fsync the regular files of `dir`, and with `rounds` those of its pre-dump round
+/// directories (`pre-N`, [`crate::criu::is_pre_dump_dir`]) and the directories themselves.
+fn sync_files(dir: &Path, rounds: bool) -> Result<(), ImageError> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Ok(()) };
+    for e in rd.flatten() {
+        let Ok(t) = e.file_type() else { continue };
+        let p = e.path();
+        if t.is_file() {
+            std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(io(&p, "fsync"))?;
+        } else if rounds && t.is_dir() && crate::criu::is_pre_dump_dir(&e.file_name().to_string_lossy()) {
+            sync_files(&p, false)?;
+            sys::fsync_dir(&p).map_err(io(&p, "fsync"))?;
+        }
+    }
+    Ok(())
 }
 
 impl Drop for ImageDir {

@@ -31,6 +31,7 @@
 //! path = "/opt/snapckpt/criu/bin/criu"
 //! leave_running = false             # true: the tasks go on after the dump
 //! leave_stopped = false             # true: they stay frozen (resume or kill them yourself)
+//! pre_dump = false                  # true: CRIU pre-dump rounds before the freeze (take --pre-dump)
 //!
 //! [retention]                        # what `snapckpt prune --job FILE` keeps
 //! keep_last = 5                      # the 5 newest of this job
@@ -148,6 +149,9 @@ pub struct Criu {
     pub tcp_established: bool,
     /// Stop CRIU if a dump takes longer (seconds).
     pub dump_timeout_s: Option<u64>,
+    /// CRIU pre-dump rounds before the freeze (`take --pre-dump`).
+    #[serde(default)]
+    pub pre_dump: bool,
 }
 
 impl Criu {

@@ -207,6 +207,8 @@ fn take_stats(tm: &record::Timings, total: std::time::Duration) -> serde_json::V
         "snapshot_time": us(tm.snapshot_ms),
         "dump_time": us(tm.dump_ms),
         "criu_statistics": tm.criu,
+        "pre_dump_time": us(tm.pre_dump_ms),
+        "pre_dump_rounds": tm.pre_dump,
     })
 }
 
@@ -242,6 +244,22 @@ fn print_taken(t: &take::Taken) {
             } else {
                 String::new()
             }
+        );
+    }
+    if !tm.pre_dump.is_empty() {
+        let each: Vec<String> = tm
+            .pre_dump
+            .iter()
+            .map(|r| {
+                let pages = r.stats.as_ref().map_or("?".into(), |s| s.pages_written.to_string());
+                format!("{} {pages} pages in {} ms", r.dir, r.duration_us / 1000)
+            })
+            .collect();
+        println!(
+            "  pre-dump before the freeze: {} round(s) in {} ms: {}",
+            tm.pre_dump.len(),
+            tm.pre_dump_ms,
+            each.join(", ")
         );
     }
     if let Some(c) = &tm.criu {

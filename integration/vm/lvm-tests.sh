@@ -3,13 +3,17 @@
 #
 # Usage: integration/vm/lvm-tests.sh      (as root, non-interactive; env as for run.sh, plus
 #                                          LVM_TESTS_TIMEOUT, default 900 s; LVM_TESTS_KEEP=1
-#                                          keeps the share dir with console.log for debugging)
+#                                          keeps the share dir with console.log for debugging;
+#                                          LVM_TESTS_ONLY=predump runs only the pre-dump case)
 #
 # Builds snapckpt (cargo build --release) and the static test workload ufiles, puts them and
 # integration/vm/lvm-guest/* into a temporary share, boots the guest once (run.sh) to run
 # lvm-guest/test.sh (thin+ext4, thin+xfs, classic+ext4, classic+xfs: take, list, restart,
 # restart again, delete; then the CRIU engine with the guest's criu 3.17 on thin+ext4 and
-# thin+xfs: take, two restarts, each restored task checks its fds), prints the guest's PASS/FAIL lines and timings, and ends with a line
+# thin+xfs: take, two restarts, each restored task checks its fds; then CRIU pre-dump on
+# thin+ext4 with a 256 MiB task, memhold: take with and without --pre-dump, restart, the
+# restored task checks its memory and unlinked file), prints the guest's PASS/FAIL lines,
+# NOTE lines (frozen times, pages written) and timings, and ends with a line
 # `N passed, M failed`. Exits non-zero if anything failed.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,6 +24,9 @@ NAME=lvm-tests
 
 make_share "${LVM_TESTS_KEEP:-0}"
 share_snapckpt
+cc -static -O1 -o "$SHARE/memhold" "$REPO/integration/progs/memhold.c"
+# LVM_TESTS_ONLY=predump: only the pre-dump case (the guest reads it from the share)
+[ -n "${LVM_TESTS_ONLY:-}" ] && echo "$LVM_TESTS_ONLY" > "$SHARE/only"
 cp "$HERE"/lvm-guest/* "$SHARE/"
 chmod +x "$SHARE/test.sh"
 boot_and_report "${LVM_TESTS_TIMEOUT:-900}"

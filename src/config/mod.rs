@@ -243,7 +243,7 @@ pub fn take_options(a: TakeArgs, env: &Env) -> Result<take::TakeOptions, ConfigE
         progress: true, // on stderr, only on a terminal, not with -q (see `ui`)
         hooks: hooks(j, env),
         writeback: if a.no_write_back { crate::writeback::Policy::off() } else { Default::default() },
-        pre_dump: a.pre_dump,
+        pre_dump: a.pre_dump || j.is_some_and(|j| j.criu.pre_dump),
     })
 }
 

@@ -551,7 +551,8 @@ fn sync_dir(dir: &Path) -> Result<(), ImageError> {
 /// Fill `stage` from `src`: `*.img` files hard-linked (copied when a link is refused), other
 /// files (logs, stats) copied unless they vanished meanwhile (a concurrent restart replaces
 /// its log), symlinks (the `parent` link of incremental dumps) recreated
-/// pointing to the same absolute target; the regular-file image is left to the caller.
+/// pointing to the same absolute target, pre-dump round directories (`pre-N`) as absolute
+/// links to the originals; the regular-file image is left to the caller.
 fn populate(src: &Path, stage: &Path, skip: &str) -> Result<(), ImageError> {
     let rd = fs::read_dir(src).map_err(io_err(src, "opendir"))?;
     for ent in rd {
@@ -579,10 +580,20 @@ fn populate(src: &Path, stage: &Path, skip: &str) -> Result<(), ImageError> {
                     r.map_err(io_err(&from, "copy"))?;
                 }
             }
+        } else if ft.is_dir() && crate::criu::is_pre_dump_dir(&name.to_string_lossy()) {
+            // A pre-dump round (the parent chain of the dump): reached through an absolute
+            // link to the original, whose own `parent` link (`../pre-(N-1)`) the kernel
+            // resolves from there.
+            let t = if src.is_absolute() {
+                from.clone()
+            } else {
+                std::env::current_dir().map_err(io_err(src, "getcwd"))?.join(&from)
+            };
+            std::os::unix::fs::symlink(&t, &to).map_err(io_err(&to, "symlink"))?;
         } else {
             return Err(ImageError::Invalid {
                 path: from,
-                what: "neither a file nor a symlink: not expected in a CRIU image directory".into(),
+                what: "neither a file, a symlink nor a pre-dump round (pre-N): not expected in a CRIU image directory".into(),
             });
         }
     }

@@ -284,3 +284,32 @@ fn old_reg_files_layout() {
     assert!(!regs[0].ext);
     assert_eq!(regs[1].name, OsString::from("/etc/x"));
 }
+
+/// A pre-dumped image: the restore copy reaches each round (`pre-N`) through an absolute link
+/// to the original, so the whole parent chain resolves from the copy; any other directory is
+/// refused.
+#[test]
+fn restore_copy_of_a_pre_dumped_image() {
+    let d = TempDir::new("predump");
+    let src = d.0.join("img");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join(FILES_IMG), sample()).unwrap();
+    for n in 1..=2 {
+        let r = src.join(format!("pre-{n}"));
+        fs::create_dir(&r).unwrap();
+        fs::write(r.join("pages-1.img"), format!("round {n}")).unwrap();
+    }
+    std::os::unix::fs::symlink("../pre-1", src.join("pre-2/parent")).unwrap();
+    std::os::unix::fs::symlink("pre-2", src.join("parent")).unwrap();
+    let dst = d.0.join("restore");
+    rewrite_externals(&src, &dst, &HashMap::new()).unwrap();
+    assert_eq!(fs::read_link(dst.join("pre-1")).unwrap(), src.join("pre-1"));
+    assert_eq!(fs::read(dst.join("parent/pages-1.img")).unwrap(), b"round 2");
+    assert_eq!(fs::read(dst.join("parent/parent/pages-1.img")).unwrap(), b"round 1");
+    assert_eq!(fs::read(dst.join("pre-2/parent/pages-1.img")).unwrap(), b"round 1");
+
+    fs::create_dir(src.join("other")).unwrap();
+    let e = rewrite_externals(&src, &d.0.join("r2"), &HashMap::new()).unwrap_err();
+    assert!(e.to_string().contains("pre-dump round"), "{e}");
+    assert!(!d.0.join("r2").exists());
+}

@@ -84,6 +84,7 @@ pub fn export(opts: &ExportOptions) -> Result<Exported, MigrateError> {
             "standard output is a terminal: pipe the stream (`| ssh HOST snapckpt import - --mount M`) or give -o FILE".into(),
         ));
     }
+    pre_dumped(&ck, &opts.dir)?;
     let sends = plan_sends(&ck, opts)?;
     let header = StreamHeader {
         checkpoint_id: ck.id.clone(),
@@ -311,6 +312,22 @@ fn write_members<W: Write>(
         }
     }
     Ok(out)
+}
+
+/// A checkpoint taken with `--pre-dump` is refused: its memory is spread over the pre-dump
+/// rounds (`pre-N` directories, chained by `parent` links), which the stream does not carry.
+fn pre_dumped(ck: &Checkpoint, dir: &Path) -> Result<(), MigrateError> {
+    let rounds = std::fs::read_dir(dir).map_err(io_err(dir, "opendir"))?.flatten().any(|e| {
+        e.file_type().is_ok_and(|t| t.is_dir()) && e.file_name().to_string_lossy().starts_with("pre-")
+    });
+    let parent = dir.join("parent").symlink_metadata().is_ok();
+    if rounds || parent || !ck.timings.pre_dump.is_empty() {
+        return Err(MigrateError::Refused(format!(
+            "checkpoint {} was taken with --pre-dump: its memory pages are spread over the pre-dump rounds (pre-N directories), which export does not carry; take it again without --pre-dump to export it",
+            ck.id
+        )));
+    }
+    Ok(())
 }
 
 /// The regular files of the image directory but the record (CRIU's image and log).

@@ -496,6 +496,18 @@ pub struct DumpStats {
     pub irmap_resolve: u64,
 }
 
+/// One CRIU pre-dump round of a take (`take --pre-dump`), before the freeze.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreDumpRound {
+    /// Its directory in the image directory (`pre-N`).
+    pub dir: String,
+    /// How long the round took (microseconds), tasks running but for CRIU's own short freeze.
+    pub duration_us: u64,
+    /// CRIU's statistics of the round (its `stats-dump`), if it wrote them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<DumpStats>,
+}
+
 /// Stage timings in milliseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
@@ -530,6 +542,13 @@ pub struct Timings {
     /// CRIU's own statistics of its dump (`stats-dump`: microseconds, pages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub criu: Option<DumpStats>,
+    /// All the pre-dump rounds (tasks running), milliseconds.
+    #[serde(default)]
+    pub pre_dump_ms: u64,
+    /// CRIU pre-dump rounds before the freeze (`take --pre-dump`), in order; the dump's
+    /// parent is the last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_dump: Vec<PreDumpRound>,
 }
 
 /// The whole record of one checkpoint.

@@ -44,6 +44,7 @@ impl Tx<'_> {
             // would leave repair mode and our kill would close the connections); everything
             // that can fail is then done in the post-dump notification, before that kill.
             leave_running: !(flags.tcp_established && self.after() == AfterDump::Kill),
+            parent_img: self.timings.pre_dump.last().map(|r| r.dir.clone()),
         };
         let relinker = self.relinker.as_ref().expect("relinked");
         let image_dir = self.image.path().to_path_buf();

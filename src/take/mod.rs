@@ -124,7 +124,8 @@ pub struct TakeOptions {
     pub hooks: userhooks::Hooks,
     /// Write back dirty data before the freeze ([`crate::writeback`]); `Policy::off()` skips it.
     pub writeback: writeback::Policy,
-    /// CRIU pre-dump iterations before the final dump (refused: see [`Tx::pre_freeze`]).
+    /// CRIU pre-dump rounds before the freeze and the final dump ([`Tx::pre_dump`]); refused
+    /// when the kernel cannot track memory changes.
     pub pre_dump: bool,
 }
 
@@ -338,21 +339,60 @@ impl Tx<'_> {
     }
 
     /// The stage before the freeze, tasks still running: refuse a pre-dump this kernel cannot
-    /// do, then write back what the frozen stages would flush ([`writeback`]): the orphans
-    /// that relink will clone or copy and the filesystems that will be snapshotted, found by
-    /// a read-only scan of the running tasks. A failed write-back is a note, not an error: the
-    /// frozen stages flush whatever is left.
+    /// do, write back what the frozen stages would flush ([`Tx::write_back`]), then the CRIU
+    /// pre-dump rounds ([`Tx::pre_dump`]), closest to the freeze.
     fn pre_freeze(&mut self) -> Result<Option<String>, TakeError> {
-        if self.opts.pre_dump {
-            if let EngineOpts::Criu { path, .. } = &self.opts.engine {
-                return Err(TakeError::Refused(criu::pre_dump_refusal(path)));
+        let criu = match (&self.opts.engine, self.opts.pre_dump) {
+            (_, false) => None,
+            (EngineOpts::Criu { path, .. }, true) => Some(path.clone()),
+            (EngineOpts::None, true) => {
+                return Err(TakeError::Refused("--pre-dump needs --engine criu".into()))
             }
-            return Err(TakeError::Refused("--pre-dump needs --engine criu".into()));
+        };
+        if let Some(c) = &criu {
+            criu::pre_dump_check(c).map_err(TakeError::Refused)?;
         }
+        let note = self.write_back();
+        if let Some(c) = &criu {
+            self.pre_dump(c)?;
+        }
+        Ok(note)
+    }
+
+    /// CRIU's pre-dump rounds (tasks running; CRIU freezes them briefly for each), as many as
+    /// [`criu::another_pre_dump`] says; the final dump then has the last round as parent and
+    /// writes only what changed since. A failed round fails the take before anything was
+    /// frozen or relinked.
+    fn pre_dump(&mut self, path: &Path) -> Result<(), TakeError> {
+        let EngineOpts::Criu { flags, .. } = &self.opts.engine else { return Ok(()) };
+        let req = criu::PreDumpRequest {
+            criu: path.to_path_buf(),
+            pid: criu_root(&self.sel.pids)?,
+            image_dir: self.image.path().to_path_buf(),
+            timeout: flags.dump_timeout,
+        };
+        let t = Instant::now();
+        let stage = ui::stage(self.opts.progress, "CRIU pre-dump rounds (tasks running)");
+        let rounds = criu::pre_dump(&req, &mut |r| {
+            let pages = r.stats.as_ref().map_or("?".into(), |s| s.pages_written.to_string());
+            ui::step(&format!("pre-dump {}: {pages} pages written in {} ms", r.dir, r.duration_us / 1000));
+            hooks::point("take-pre-dumped");
+        })?;
+        stage.done();
+        self.timings.pre_dump_ms = ms(t.elapsed());
+        self.timings.pre_dump = rounds;
+        Ok(())
+    }
+
+    /// Write back what the frozen stages would flush ([`writeback`]): the orphans that relink
+    /// will clone or copy and the filesystems that will be snapshotted, found by a read-only
+    /// scan of the running tasks. A failed write-back is a note, not an error: the frozen
+    /// stages flush whatever is left.
+    fn write_back(&mut self) -> Option<String> {
         if !self.opts.writeback.enabled() {
-            return Ok(None);
+            return None;
         }
-        let Ok(pids) = tasks::resolve(&self.opts.selection) else { return Ok(None) };
+        let Ok(pids) = tasks::resolve(&self.opts.selection) else { return None };
         let sc = scan::scan_lenient(&pids);
         let mut files: Vec<PathBuf> = sc
             .objects
@@ -393,9 +433,9 @@ impl Tx<'_> {
                 t.writeback_bytes = wb.bytes;
                 t.writeback_left_bytes = wb.remaining;
                 t.writeback_measure = (wb.rounds > 0).then_some(wb.measure);
-                Ok(None)
+                None
             }
-            Err(e) => Ok(Some(format!("{e}; the frozen stages flush the dirty data instead"))),
+            Err(e) => Some(format!("{e}; the frozen stages flush the dirty data instead")),
         }
     }
 

@@ -12,6 +12,11 @@
 #   `snapckpt delete` refused while mounted, then `--force`; no snapckpt LV left.
 # Then with the CRIU engine (the guest's criu 3.17) on thin+ext4 and thin+xfs: take, the task
 # killed, two restarts side by side, each restored task reports the fds it had; delete.
+# Then CRIU pre-dump (the guest's kernel tracks memory: soft-dirty) on thin+ext4: a task with
+# 256 MiB of resident memory in a known pattern and an unlinked file (memhold), a take without
+# pre-dump (tasks left running) for comparison, a take with `pre_dump = true` (memory dirtied
+# between its first and second round), the rounds checked, a restart, the restored task checks
+# its memory and its unlinked file. NOTE lines give the frozen times and pages written.
 # Prints `PASS name` / `FAIL name: why` lines, writes them and a last line `N passed, M failed`
 # to /share/summary, and exits non-zero if anything failed.
 set -u
@@ -19,6 +24,7 @@ export LVM_SUPPRESS_FD_WARNINGS=1
 SHARE=${SHARE:-/share}
 SNAP=$SHARE/snapckpt
 UF=$SHARE/ufiles
+MH=$SHARE/memhold
 IR=/var/lib/snapckpt/images
 VG=vgsc
 W=/tmp/lvmtest
@@ -338,15 +344,135 @@ run_criu_case() {
   check "$c-cleanup" "could not unmount/remove the origin $lv" test $? = 0
 }
 
+# jqr FILE FILTER: one value of a JSON file ("" when absent)
+jqr() { jq -r "$2 // \"\"" "$1" 2>/dev/null; }
+note() { echo "NOTE $*"; echo "NOTE $*" >> "$SUMMARY"; }
+
+# run_predump_case: CRIU's pre-dump rounds before the freeze (take --pre-dump), over a thin
+# LV with ext4, with a task holding 256 MiB of resident memory and an unlinked file.
+run_predump_case() {
+  local c=predump-thin-ext4 lv=data_predump pid rc id0 rec first final rounds size hook
+  log "case $c"
+  scrub
+  if /usr/sbin/criu check --feature mem_dirty_track > "$W/mdt" 2>&1; then
+    pass "$c-kernel-tracks-memory"
+  else
+    fail "$c-kernel-tracks-memory" "criu check --feature mem_dirty_track: $(tr '\n' ' ' < "$W/mdt")"; return
+  fi
+  lvcreate -q -y -V 1G -T "$VG/pool" -n "$lv" > /dev/null 2>&1 && mkfs.ext4 -q -F "/dev/$VG/$lv" > /dev/null 2>&1 \
+    && mount "/dev/$VG/$lv" /mnt/data && mkdir -p /mnt/data/d \
+    || { fail "$c-setup" "lvcreate/mkfs/mount of $lv failed"; return; }
+  rm -rf "${W:?}"/*
+  setsid "$MH" /mnt/data/d 256 "$W/mem.report" < /dev/null > "$W/mem.out" 2>&1 &
+  if ! wait_lines '^ready' 1 120 "$W/mem.out"; then
+    fail "$c-workload" "memhold did not get ready: $(tr '\n' ' ' < "$W/mem.out")"; return
+  fi
+  pid=$(awk '/^ready/{print $2; exit}' "$W/mem.out")
+  kill -USR1 "$pid"
+  wait_lines '^checked' 1 60 "$W/mem.report" || { fail "$c-workload" "no first self-check"; kill -9 "$pid"; return; }
+  note "$c workload: $(grep VmRSS /proc/$pid/status | tr -s ' \t' ' ') $(cat "$W/mem.report")"
+  printf '[[filesystem]]\nmount = "/mnt/data"\nsnapshot = "lvm"\n[criu]\nengine = "criu"\npath = "/usr/sbin/criu"\n' > "$W/job0.toml"
+
+  # without pre-dump, tasks left running: the frozen window to compare with
+  rc=0
+  "$SNAP" take --pid "$pid" --leave-running --image-root "$IR" --job "$W/job0.toml" > "$W/take0.out" 2> "$W/take0.err" || rc=$?
+  sed 's/^/    /' "$W/take0.out" "$W/take0.err"
+  id0=$(awk '/^checkpoint /{print $2; exit}' "$W/take0.out")
+  if [ "$rc" = 0 ] && [ -n "$id0" ]; then
+    pass "$c-plain-take"
+    rec=$IR/$id0/checkpoint.json
+    note "$c without --pre-dump: frozen_ms $(jqr "$rec" .timings.frozen_ms) (snapshot_ms $(jqr "$rec" .timings.snapshot_ms)), CRIU frozen_time $(jqr "$rec" .timings.criu.frozen_time) us, memdump_time $(jqr "$rec" .timings.criu.memdump_time) us, memwrite_time $(jqr "$rec" .timings.criu.memwrite_time) us, pages_written $(jqr "$rec" .timings.criu.pages_written)"
+    "$SNAP" delete "$id0" --image-root "$IR" --force > /dev/null 2> "$W/del0.err" \
+      || fail "$c-plain-delete" "$(tr '\n' ' ' < "$W/del0.err")"
+  else
+    fail "$c-plain-take" "exit $rc: $(tr '\n' ' ' < "$W/take0.err")"
+  fi
+
+  # with pre-dump (the job's key), the task killed; its memory dirtied (1/16 of its pages)
+  # after the first round, while the take waits at its test hook
+  cp "$W/job0.toml" "$W/job.toml"
+  echo 'pre_dump = true' >> "$W/job.toml"
+  hook=$W/hooks; mkdir -p "$hook"; touch "$hook/take-pre-dumped.wait"
+  rc=0
+  SNAPCKPT_HOOK_DIR=$hook "$SNAP" take --pid "$pid" --image-root "$IR" --job "$W/job.toml" > "$W/take.out" 2> "$W/take.err" &
+  local tpid=$!
+  for _ in $(seq 1200); do [ -e "$hook/take-pre-dumped.reached" ] && break; kill -0 "$tpid" 2>/dev/null || break; sleep 0.1; done
+  if [ -e "$hook/take-pre-dumped.reached" ]; then
+    rm -f "$W/mem.report"
+    kill -USR2 "$pid"
+    wait_lines '^dirtied' 1 60 "$W/mem.report" || fail "$c-dirty" "memhold did not dirty its memory"
+  fi
+  rm -f "$hook/take-pre-dumped.wait"
+  wait "$tpid" || rc=$?
+  sed 's/^/    /' "$W/take.out" "$W/take.err"
+  ID=$(awk '/^checkpoint /{print $2; exit}' "$W/take.out")
+  if [ "$rc" != 0 ] || [ -z "$ID" ]; then
+    fail "$c-take" "snapckpt take --pre-dump exited $rc: $(tr '\n' ' ' < "$W/take.err")"; kill -9 "$pid" 2>/dev/null; return
+  fi
+  pass "$c-take"
+  rec=$IR/$ID/checkpoint.json
+  rounds=$(jqr "$rec" '.timings.pre_dump | length')
+  first=$(jqr "$rec" '.timings.pre_dump[0].stats.pages_written')
+  final=$(jqr "$rec" .timings.criu.pages_written)
+  note "$c with --pre-dump: $rounds round(s), pages_written $(jq -r '[.timings.pre_dump[] | "\(.dir)=\(.stats.pages_written) in \(.duration_us / 1000 | floor) ms"] | join(", ")' "$rec"); final dump: frozen_ms $(jqr "$rec" .timings.frozen_ms) (snapshot_ms $(jqr "$rec" .timings.snapshot_ms)), CRIU frozen_time $(jqr "$rec" .timings.criu.frozen_time) us, memdump_time $(jqr "$rec" .timings.criu.memdump_time) us, memwrite_time $(jqr "$rec" .timings.criu.memwrite_time) us, pages_written $final, pages_skipped_parent $(jqr "$rec" .timings.criu.pages_skipped_parent)"
+  check "$c-rounds-reported" "take output: $(tr '\n' ' ' < "$W/take.out")" grep -qE 'pre-dump before the freeze: [0-9]+ round' "$W/take.out"
+  check "$c-rounds" "$rounds pre-dump rounds, want 2 or more (1/16 of the memory dirtied after the first)" test "${rounds:-0}" -ge 2
+  check "$c-first-round-large" "first round wrote $first pages, want >= 60000 (256 MiB)" test "${first:-0}" -ge 60000
+  check "$c-final-small" "final dump wrote $final pages, first round $first: want under a tenth" \
+    test -n "$final" -a "$((${final:-0} * 10))" -lt "${first:-0}"
+  check "$c-parent-chain" "image dir: $(ls -l "$IR/$ID" | tr '\n' ' ')" \
+    bash -c "[ -d '$IR/$ID/pre-1' ] && [ \"\$(readlink '$IR/$ID/parent')\" = pre-$rounds ] && [ \"\$(readlink '$IR/$ID/pre-2/parent')\" = ../pre-1 ]"
+  check "$c-task-killed" "pid $pid still alive after the take" bash -c "! kill -0 $pid 2>/dev/null"
+
+  # export is refused (the stream does not carry the rounds)
+  rc=0
+  "$SNAP" export "$ID" --image-root "$IR" --image-only -o "$W/x.stream" > /dev/null 2> "$W/export.err" || rc=$?
+  check "$c-export-refused" "export: exit $rc, $(tr '\n' ' ' < "$W/export.err")" \
+    bash -c "[ $rc != 0 ] && grep -q 'taken with --pre-dump' '$W/export.err' && [ ! -e '$W/x.stream' ]"
+
+  # restart from the snapshot: the restored task checks its memory and its unlinked file
+  rm -f "$W/mem.report"
+  mkdir -p /mnt/r1
+  rc=0
+  "$SNAP" restart "$ID" --image-root "$IR" --snapshot --mount-root /mnt/r1 > "$W/restart.out" 2> "$W/restart.err" || rc=$?
+  sed 's/^/    /' "$W/restart.out" "$W/restart.err"
+  if [ "$rc" != 0 ]; then
+    fail "$c-restart" "exit $rc: $(tr '\n' ' ' < "$W/restart.err")"
+  else
+    pass "$c-restart"
+    for _ in $(seq 100); do grep -q 'S (sleeping)' /proc/$pid/status 2>/dev/null && break; sleep 0.05; done
+    kill -USR1 "$pid" 2>/dev/null
+    if wait_lines '^checked' 1 120 "$W/mem.report"; then
+      note "$c restored: $(cat "$W/mem.report")"
+      check "$c-restored-memory" "the restored task says: $(cat "$W/mem.report")" grep -q 'mem=ok' "$W/mem.report"
+      check "$c-restored-file" "the restored task says: $(cat "$W/mem.report")" grep -q 'file=ok nlink=0' "$W/mem.report"
+    else
+      fail "$c-restored-memory" "the restored task did not report (alive: $(kill -0 "$pid" 2>/dev/null && echo yes || echo no))"
+    fi
+    kill -9 "$pid" 2>/dev/null
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+  fi
+  rc=0
+  "$SNAP" delete "$ID" --image-root "$IR" --force > "$W/del.out" 2> "$W/del.err" || rc=$?
+  check "$c-delete" "delete --force: exit $rc, $(tr '\n' ' ' < "$W/del.err")" test "$rc" = 0
+  check "$c-image-gone" "$IR/$ID still exists" test ! -e "$IR/$ID"
+  check "$c-no-snapckpt-lvs" "snapckpt LVs left: $(snapckpt_lvs | tr '\n' ' ')" test -z "$(snapckpt_lvs)"
+  umount /mnt/data && lvremove -q -y "$VG/$lv" > /dev/null
+  check "$c-cleanup" "could not unmount/remove the origin $lv" test $? = 0
+}
+
 T0=$(now)
-for k in thin classic; do
-  for fs in ext4 xfs; do
-    run_case "$fs" "$k"
+if [ "$(cat "$SHARE/only" 2>/dev/null)" != predump ]; then
+  for k in thin classic; do
+    for fs in ext4 xfs; do
+      run_case "$fs" "$k"
+    done
   done
-done
-for fs in ext4 xfs; do
-  run_criu_case "$fs"
-done
+  for fs in ext4 xfs; do
+    run_criu_case "$fs"
+  done
+fi
+run_predump_case
 scrub
 log "timings"
 for t in "${TIMES[@]}"; do echo "TIME $t" | tee -a "$SUMMARY"; done

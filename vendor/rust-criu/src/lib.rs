@@ -115,6 +115,8 @@ pub struct Criu {
     link_remap: Option<bool>,
     auto_dedup: Option<bool>,
     parent_img: Option<String>,
+    // snapckpt patch: memory change tracking (`--track-mem`), for pre-dump and the dump after it
+    track_mem: Option<bool>,
     status_fd: Option<i32>,
     lazy_pages: Option<bool>,
     page_server: Option<(String, i32)>,
@@ -162,6 +164,7 @@ impl Criu {
             link_remap: None,
             auto_dedup: None,
             parent_img: None,
+            track_mem: None,
             status_fd: None,
             lazy_pages: None,
             page_server: None,
@@ -599,6 +602,12 @@ impl Criu {
         self.parent_img = Some(parent_img);
     }
 
+    /// snapckpt patch: track memory changes (`--track-mem`: soft-dirty bits), so that a later
+    /// dump with `parent_img` writes only the pages changed since the pre-dump.
+    pub fn set_track_mem(&mut self, track_mem: bool) {
+        self.track_mem = Some(track_mem);
+    }
+
     pub fn set_status_fd(&mut self, status_fd: i32) {
         self.status_fd = Some(status_fd);
     }
@@ -755,6 +764,10 @@ impl Criu {
             criu_opts.set_parent_img(parent_img.clone());
         }
 
+        if let Some(track_mem) = self.track_mem {
+            criu_opts.set_track_mem(track_mem);
+        }
+
         if let Some(status_fd) = self.status_fd {
             criu_opts.set_status_fd(status_fd);
         }
@@ -805,6 +818,7 @@ impl Criu {
         self.link_remap = None;
         self.auto_dedup = None;
         self.parent_img = None;
+        self.track_mem = None;
         self.status_fd = None;
         self.lazy_pages = None;
         self.page_server = None;
@@ -817,6 +831,16 @@ impl Criu {
         let mut criu_opts = rpc::Criu_opts::default();
         self.fill_criu_opts(&mut criu_opts);
         self.do_swrk_with_response(rpc::Criu_req_type::DUMP, Some(criu_opts))?;
+        self.clear();
+        Ok(())
+    }
+
+    /// snapckpt patch: pre-dump (`criu pre-dump`): the tasks' memory into the images directory,
+    /// memory tracking on, the tasks left running. Uses the callback set by set_notify_cb if any.
+    pub fn pre_dump(&mut self) -> Result<(), CriuError> {
+        let mut criu_opts = rpc::Criu_opts::default();
+        self.fill_criu_opts(&mut criu_opts);
+        self.do_swrk_with_response(rpc::Criu_req_type::PRE_DUMP, Some(criu_opts))?;
         self.clear();
         Ok(())
     }
@@ -980,6 +1004,17 @@ mod tests {
         let mut opts = rpc::Criu_opts::default();
         criu.fill_criu_opts(&mut opts);
         assert!(!opts.has_parent_img());
+    }
+
+    #[test]
+    fn set_track_mem_fills_criu_opts() {
+        let mut criu = Criu::new().unwrap();
+        let mut opts = rpc::Criu_opts::default();
+        criu.fill_criu_opts(&mut opts);
+        assert!(!opts.has_track_mem());
+        criu.set_track_mem(true);
+        criu.fill_criu_opts(&mut opts);
+        assert!(opts.track_mem());
     }
 
     #[test]
