@@ -203,18 +203,7 @@ pub fn another_pre_dump(written: &[u64]) -> bool {
     }
 }
 
-/// The directory of pre-dump round `n` (1, 2, ...) inside the image directory.
-pub fn pre_dump_dir(n: usize) -> String {
-    format!("pre-{n}")
-}
-
-/// Whether `name` is the directory of a pre-dump round (`pre-N`, N a positive integer without
-/// leading zeros): the only directories a CRIU image directory of snapckpt holds.
-pub fn is_pre_dump_dir(name: &str) -> bool {
-    name.strip_prefix("pre-").is_some_and(|n| {
-        !n.is_empty() && !n.starts_with('0') && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit())
-    })
-}
+pub use crate::record::names::{is_pre_dump_dir, pre_dump_dir};
 
 /// CRIU's log of pre-dump round `n`, in the image directory (not in the round's directory: a
 /// failed take keeps the logs of the image directory).
@@ -667,18 +656,6 @@ mod tests {
         // the bound on rounds
         assert!(!another_pre_dump(&[1 << 20, 1 << 18, 1 << 16, 1 << 14]));
         assert_eq!(PRE_DUMP_MAX_ROUNDS, 4);
-    }
-
-    #[test]
-    fn pre_dump_dirs() {
-        assert_eq!(pre_dump_dir(3), "pre-3");
-        for ok in ["pre-1", "pre-4", "pre-12"] {
-            assert!(is_pre_dump_dir(ok), "{ok}");
-        }
-        for bad in ["pre-", "pre-0", "pre-01", "pre-1a", "pre-1/..", "pre-1234", "parent", "pre--1", "pre-x"]
-        {
-            assert!(!is_pre_dump_dir(bad), "{bad}");
-        }
     }
 
     /// The log of an earlier restore is removed first: a failed restore never shows it.

@@ -229,7 +229,10 @@ fn sync_files(dir: &Path, rounds: bool) -> Result<(), ImageError> {
         let p = e.path();
         if t.is_file() {
             std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(io(&p, "fsync"))?;
-        } else if rounds && t.is_dir() && crate::criu::is_pre_dump_dir(&e.file_name().to_string_lossy()) {
+        } else if rounds
+            && t.is_dir()
+            && crate::record::names::is_pre_dump_dir(&e.file_name().to_string_lossy())
+        {
             sync_files(&p, false)?;
             sys::fsync_dir(&p).map_err(io(&p, "fsync"))?;
         }

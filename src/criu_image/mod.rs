@@ -580,7 +580,7 @@ fn populate(src: &Path, stage: &Path, skip: &str) -> Result<(), ImageError> {
                     r.map_err(io_err(&from, "copy"))?;
                 }
             }
-        } else if ft.is_dir() && crate::criu::is_pre_dump_dir(&name.to_string_lossy()) {
+        } else if ft.is_dir() && crate::record::names::is_pre_dump_dir(&name.to_string_lossy()) {
             // A pre-dump round (the parent chain of the dump): reached through an absolute
             // link to the original, whose own `parent` link (`../pre-(N-1)`) the kernel
             // resolves from there.

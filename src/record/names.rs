@@ -282,3 +282,15 @@ impl Template {
         }
     }
 }
+/// The directory of pre-dump round `n` (1, 2, ...) inside the image directory.
+pub fn pre_dump_dir(n: usize) -> String {
+    format!("pre-{n}")
+}
+
+/// Whether `name` is the directory of a pre-dump round (`pre-N`, N a positive integer without
+/// leading zeros): the only directories a CRIU image directory of snapckpt holds.
+pub fn is_pre_dump_dir(name: &str) -> bool {
+    name.strip_prefix("pre-").is_some_and(|n| {
+        !n.is_empty() && !n.starts_with('0') && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}

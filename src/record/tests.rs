@@ -298,3 +298,15 @@ fn template_refusals() {
     }
     assert!(Template::parse("100%%-%t-%n").is_ok());
 }
+
+/// Pre-dump round directories: `pre-N`, N a positive integer without leading zeros.
+#[test]
+fn pre_dump_dirs() {
+    assert_eq!(pre_dump_dir(3), "pre-3");
+    for ok in ["pre-1", "pre-4", "pre-12"] {
+        assert!(is_pre_dump_dir(ok), "{ok}");
+    }
+    for bad in ["pre-", "pre-0", "pre-01", "pre-1a", "pre-1/..", "pre-1234", "parent", "pre--1", "pre-x"] {
+        assert!(!is_pre_dump_dir(bad), "{bad}");
+    }
+}

@@ -40,9 +40,9 @@ pub enum TakeError {
     Image(#[from] image::ImageError),
     #[error(transparent)]
     Io(#[from] crate::sys::SysError),
-    /// Refused before anything changed (the message says why and what to do).
+    /// `--pre-dump` that cannot work here (the message says why and what to do).
     #[error("{0}")]
-    Refused(String),
+    PreDump(String),
     /// With CRIU and `--pid` without `--tree`: the process has children CRIU would dump too.
     #[error("pid {pid} has child processes and CRIU dumps a whole process tree: add --tree (or select its cgroup); nothing was changed")]
     HasChildren { pid: i32 },
@@ -346,11 +346,11 @@ impl Tx<'_> {
             (_, false) => None,
             (EngineOpts::Criu { path, .. }, true) => Some(path.clone()),
             (EngineOpts::None, true) => {
-                return Err(TakeError::Refused("--pre-dump needs --engine criu".into()))
+                return Err(TakeError::PreDump("--pre-dump needs --engine criu".into()))
             }
         };
         if let Some(c) = &criu {
-            criu::pre_dump_check(c).map_err(TakeError::Refused)?;
+            criu::pre_dump_check(c).map_err(TakeError::PreDump)?;
         }
         let note = self.write_back();
         if let Some(c) = &criu {

@@ -107,18 +107,23 @@ mod tests {
     /// A take failing after a task exited says so first, with what the undo did.
     #[test]
     fn a_task_that_exited_is_named_with_the_undo() {
-        let cause = TakeError::Refused("open /proc/99/root/x: No such file or directory".into());
+        let cause = TakeError::Io(crate::sys::SysError {
+            path: "/proc/99/root/x".into(),
+            syscall: "open",
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        });
         let e = exited_during(&[i32::MAX], cause, (2, 1), true).to_string();
         assert!(e.starts_with(&format!("task {} exited during the take", i32::MAX)), "{e}");
         assert!(
             e.contains("the 2 relinked name(s) and 1 snapshot(s)")
-                && e.ends_with("No such file or directory"),
+                && e.ends_with("What failed: open /proc/99/root/x: No such file or directory (os error 2)"),
             "{e}"
         );
         assert!(undone_summary((0, 0), true).contains("nothing of it is left"));
         assert!(undone_summary((3, 0), false).contains("warnings"));
         // a live task: the error stays as it is
-        let cause = TakeError::Refused("x".into());
-        assert_eq!(exited_during(&[std::process::id() as i32], cause, (0, 0), true).to_string(), "x");
+        let cause = TakeError::HasChildren { pid: 7 };
+        let said = cause.to_string();
+        assert_eq!(exited_during(&[std::process::id() as i32], cause, (0, 0), true).to_string(), said);
     }
 }
