@@ -132,6 +132,21 @@ pub struct SysError {
     pub source: io::Error,
 }
 
+/// A byte count from a read-like system call (`read`, `recv`), retried while it is
+/// interrupted by a signal: `n >= 0` as bytes, else the error.
+pub fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let n = call();
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 impl SysError {
     /// A `map_err` adapter: `.map_err(SysError::at(path, "open"))`.
     pub fn at<'a>(path: &'a Path, syscall: &'static str) -> impl FnOnce(io::Error) -> SysError + 'a {

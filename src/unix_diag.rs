@@ -73,18 +73,13 @@ pub fn sockets() -> io::Result<HashMap<u32, UnixSock>> {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         // SAFETY: buf is a valid buffer of its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        let n = crate::sys::retry_eintr(|| unsafe {
+            libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+        })?;
         if n == 0 {
             return Ok(out);
         }
-        if parse(&buf[..n as usize], &mut out)? {
+        if parse(&buf[..n], &mut out)? {
             return Ok(out);
         }
     }

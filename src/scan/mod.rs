@@ -640,19 +640,14 @@ fn read_at(dir: &OwnedFd, name: &CStr, limit: usize) -> io::Result<Vec<u8>> {
         }
         let spare = buf.capacity() - buf.len();
         // SAFETY: reading into the spare capacity of buf.
-        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().add(buf.len()).cast(), spare) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        let n = sys::retry_eintr(|| unsafe {
+            libc::read(fd.as_raw_fd(), buf.as_mut_ptr().add(buf.len()).cast(), spare)
+        })?;
         if n == 0 {
             break;
         }
         // SAFETY: the kernel wrote n bytes there.
-        unsafe { buf.set_len(buf.len() + n as usize) };
+        unsafe { buf.set_len(buf.len() + n) };
         if limit > 0 {
             break;
         }
