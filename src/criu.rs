@@ -211,6 +211,16 @@ pub fn pre_dump_log(n: usize) -> String {
     format!("criu-pre-dump-{n}.log")
 }
 
+/// A CRIU client for `op`, logging at level 4 (the most detailed: a failed step's log says
+/// why) into `log` in `log_dir`, which [`failed`] names when it fails.
+fn client(criu: &Path, op: &'static str, log_dir: &Path, log: &str) -> Result<rust_criu::Criu, CriuError> {
+    let mut c = rust_criu::Criu::new_with_criu_path(criu.display().to_string())
+        .map_err(|e| failed(op, e, criu, log_dir, log))?;
+    c.set_log_level(4);
+    c.set_log_file(log.into());
+    Ok(c)
+}
+
 /// Pre-dump rounds of a running process tree.
 pub struct PreDumpRequest {
     pub criu: PathBuf,
@@ -243,7 +253,7 @@ pub fn pre_dump(
         if top.is_file() && !own.join(crate::criu_stats::STATS_DUMP).exists() {
             let _ = std::fs::rename(&top, own.join(crate::criu_stats::STATS_DUMP));
         }
-        let stats = crate::criu_stats::read_dump(&req.image_dir.join(&dir)).ok().flatten();
+        let stats = crate::criu_stats::read_dump(&own).ok().flatten();
         let r = PreDumpRound { dir, duration_us: t.elapsed().as_micros() as u64, stats };
         each(&r);
         rounds.push(r);
@@ -266,13 +276,10 @@ pub fn pre_dump_round(req: &PreDumpRequest, n: usize) -> Result<(), CriuError> {
     })?;
     let (dirfd, workfd) = (open_dir(&dir)?, open_dir(&req.image_dir)?);
     let log = pre_dump_log(n);
-    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string())
-        .map_err(|e| failed("pre-dump", e, &req.criu, &req.image_dir, &log))?;
+    let mut c = client(&req.criu, "pre-dump", &req.image_dir, &log)?;
     c.set_pid(req.pid);
     c.set_images_dir_fd(dirfd.as_raw_fd());
     c.set_work_dir_fd(workfd.as_raw_fd());
-    c.set_log_level(4);
-    c.set_log_file(log.clone());
     c.set_track_mem(true);
     if n > 1 {
         c.set_parent_img(format!("../{}", pre_dump_dir(n - 1)));
@@ -437,12 +444,9 @@ fn open_dir(dir: &Path) -> Result<OwnedFd, CriuError> {
 /// if it fails, CRIU aborts the dump and the tasks resume.
 pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>) -> Result<(), CriuError> {
     let dirfd = open_dir(&req.image_dir)?;
-    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string())
-        .map_err(|e| failed("dump", e, &req.criu, &req.image_dir, DUMP_LOG))?;
+    let mut c = client(&req.criu, "dump", &req.image_dir, DUMP_LOG)?;
     c.set_pid(req.pid);
     c.set_images_dir_fd(dirfd.as_raw_fd());
-    c.set_log_level(4);
-    c.set_log_file(DUMP_LOG.into());
     c.set_leave_running(req.leave_running);
     c.set_shell_job(req.flags.shell_job);
     c.set_tcp_established(req.flags.tcp_established);
@@ -495,8 +499,7 @@ pub fn restore(
     post_restore: &mut dyn FnMut() -> Result<(), String>,
 ) -> Result<(), CriuError> {
     remove_stale_log(&req.work_dir)?;
-    let mut c = rust_criu::Criu::new_with_criu_path(req.criu.display().to_string())
-        .map_err(|e| failed("restore", e, &req.criu, &req.work_dir, RESTORE_LOG))?;
+    let mut c = client(&req.criu, "restore", &req.work_dir, RESTORE_LOG)?;
     // Not closed before the RPC is over: criu opens them by number.
     let mut fds = vec![];
     if req.wrapper.is_empty() {
@@ -511,8 +514,6 @@ pub fn restore(
         c.set_swrk_wrapper(req.wrapper.clone());
         c.set_images_dir(req.image_dir.display().to_string());
     }
-    c.set_log_level(4);
-    c.set_log_file(RESTORE_LOG.into());
     c.set_shell_job(req.flags.shell_job);
     // A shell job is restored into criu's process group: in a group of its own, criu's exit
     // would orphan it and the kernel would SIGHUP the tasks restored stopped (SIGSTOP freezer).
