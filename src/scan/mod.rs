@@ -264,12 +264,21 @@ struct Root<'a> {
     key: Rc<str>,
 }
 
+/// A `map_err` adapter for a failed `syscall` on the entry `name` of the task's /proc
+/// directory `base` ([`proc_error`]: exited, no access, or I/O).
+fn entry_error(
+    pid: i32,
+    base: &Path,
+    name: &str,
+    syscall: &'static str,
+) -> impl FnOnce(io::Error) -> ScanError {
+    let path = base.join(name);
+    move |source| proc_error(pid, path, syscall, source)
+}
+
 /// A task's record before what it holds: stat (a zombie is an exited task), cmdline, threads.
 fn task_header(pid: i32, base: &Path, dir: &OwnedFd) -> Result<Task, ScanError> {
-    let gone = |name: &str, syscall: &'static str| {
-        let path = base.join(name);
-        move |source: io::Error| proc_error(pid, path, syscall, source)
-    };
+    let gone = |name, syscall| entry_error(pid, base, name, syscall);
     let stat_path = base.join("stat");
     let stat = read_at(dir, c"stat", 4096).map_err(gone("stat", "read"))?;
     let stat = String::from_utf8_lossy(&stat);
@@ -313,8 +322,7 @@ struct Walk<'a> {
 impl Walk<'_> {
     /// The error for a /proc read of this task: exited, no access, or I/O.
     fn gone(&self, name: &str, syscall: &'static str) -> impl FnOnce(io::Error) -> ScanError {
-        let (pid, path) = (self.pid, self.base.join(name));
-        move |source| proc_error(pid, path, syscall, source)
+        entry_error(self.pid, self.base, name, syscall)
     }
 }
 
@@ -325,8 +333,7 @@ impl Scanner {
         let dir = sys::open(&base, libc::O_PATH | libc::O_DIRECTORY, 0)
             .map_err(|e| proc_error(pid, base.clone(), "open", e))?;
         let mut task = task_header(pid, &base, &dir)?;
-        let root_text =
-            readlink_at(&dir, c"root").map_err(|e| proc_error(pid, base.join("root"), "readlink", e))?;
+        let root_text = readlink_at(&dir, c"root").map_err(entry_error(pid, &base, "root", "readlink"))?;
         let ns = readlink_at(&dir, c"ns/mnt").unwrap_or_default();
         let key: Rc<str> = format!("{}/{}", sys::lossy(&ns), sys::lossy(&root_text)).into();
         let mut w = Walk {
