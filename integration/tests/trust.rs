@@ -52,14 +52,12 @@ fn edited_record_mounts_nothing_over_etc() {
     snapckpt_ok(&["delete", &id, "--image-root", images.to_str().unwrap()]);
 }
 
-/// An image root that a user owns, or that sits in a directory a user can write to, is
-/// refused before anything is frozen or written; the user cannot plant anything in a root
-/// snapckpt made (root-owned 0700).
-#[test]
-fn image_root_is_a_boundary() {
-    let _g = serial();
+/// A loop btrfs with a `ufiles` workload (a session leader) holding a 10 kB orphan in its
+/// directory `d`: the filesystem, a scratch directory named `tag` (the workload logs to its
+/// `log`), the workload.
+fn orphan_workload(tag: &str) -> (LoopFs, Scratch, Proc) {
     let fs = LoopFs::new("btrfs", "512M");
-    let work = Scratch::new("trust-root");
+    let work = Scratch::new(tag);
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
     let p = workload(
@@ -69,6 +67,16 @@ fn image_root_is_a_boundary() {
         true,
         None,
     );
+    (fs, work, p)
+}
+
+/// An image root that a user owns, or that sits in a directory a user can write to, is
+/// refused before anything is frozen or written; the user cannot plant anything in a root
+/// snapckpt made (root-owned 0700).
+#[test]
+fn image_root_is_a_boundary() {
+    let _g = serial();
+    let (fs, work, p) = orphan_workload("trust-root");
     let users = work.path().join("users");
     std::fs::create_dir_all(&users).unwrap();
     sh(&format!("chown 65534:65534 '{}'", users.display()));
@@ -366,17 +374,7 @@ fn tree(dir: &std::path::Path) -> Vec<String> {
 #[test]
 fn unsafe_snapshot_dir_is_refused_up_front() {
     let _g = serial();
-    let fs = LoopFs::new("btrfs", "512M");
-    let work = Scratch::new("trust-snapdir");
-    let dir = fs.path("d");
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = workload(
-        &prog("ufiles"),
-        &["setup", dir.to_str().unwrap(), "orphan:10000"],
-        &work.path().join("log"),
-        true,
-        None,
-    );
+    let (fs, work, p) = orphan_workload("trust-snapdir");
     let (pid, images) = (p.pid.to_string(), work.path().join("images"));
     let ir = images.to_str().unwrap();
     let hooks = Hooks::new(work.path().join("hooks"), &[]);
@@ -446,17 +444,7 @@ fn unsafe_snapshot_dir_is_refused_up_front() {
 #[test]
 fn snapshot_dir_is_checked_at_restart_and_delete_and_removed() {
     let _g = serial();
-    let fs = LoopFs::new("btrfs", "512M");
-    let work = Scratch::new("trust-snapdir2");
-    let dir = fs.path("d");
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = workload(
-        &prog("ufiles"),
-        &["setup", dir.to_str().unwrap(), "orphan:10000"],
-        &work.path().join("log"),
-        true,
-        None,
-    );
+    let (fs, work, p) = orphan_workload("trust-snapdir2");
     let job = work.path().join("job.toml");
     std::fs::write(
         &job,
@@ -571,17 +559,7 @@ fn locked(partial: &std::path::Path) -> bool {
 #[test]
 fn hanging_snapshot_is_given_up_on() {
     let _g = serial();
-    let fs = LoopFs::new("btrfs", "512M");
-    let work = Scratch::new("trust-snaphang");
-    let dir = fs.path("d");
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = workload(
-        &prog("ufiles"),
-        &["setup", dir.to_str().unwrap(), "orphan:10000"],
-        &work.path().join("log"),
-        true,
-        None,
-    );
+    let (fs, work, p) = orphan_workload("trust-snaphang");
     let images = work.path().join("images");
     let (pid, ir) = (p.pid.to_string(), images.to_str().unwrap());
     let hooks = Hooks::new(work.path().join("hooks"), &["take-relinked"]);
