@@ -1183,12 +1183,10 @@ fn criu_fails() {
     let dir = fs.path("d");
     std::fs::create_dir_all(&dir).unwrap();
     let images = work.path().join("images");
-    let p = workload(
+    let p = shell_job(
         &prog("ufiles"),
         &["setup", dir.to_str().unwrap(), "ab", "orphan:1000000"],
         &work.path().join("log1"),
-        false,
-        None,
     );
     let (ok, _, err) = take(p.pid, &images, &["--engine", "criu", "--snapshot", "btrfs"]);
     assert_clean_failure(ok, &err, p.pid, &fs.mnt, &images, "not a session leader");

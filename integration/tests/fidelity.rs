@@ -208,8 +208,7 @@ fn filesystems_without_snapshot_are_covered() {
 fn refused_up_front() {
     let _g = serial();
     let r = rig("ext4", "fidelity-refused");
-    let p =
-        workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:1000"], &r.log, false, None);
+    let p = shell_job(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:1000"], &r.log);
     let (ok, _, err) = take(p.pid, &r.images, &["--engine", "criu"]);
     assert!(!ok && err.contains("is not a session leader") && err.contains("setsid"), "{err}");
     assert!(alive(p.pid) && !stopped(p.pid));
@@ -372,15 +371,14 @@ fn tmpfile_with_o_excl_is_cloned_and_take_says_so() {
     restart_reads_back(&r, &id, p, &before);
 }
 
-/// `--shell-job`: a task that is not a session leader (a job of the test's session) is
-/// refused without it, dumped with it (recorded), and restored as a shell job from the
-/// snapshot, reading back as before.
+/// `--shell-job`: a task that is not a session leader (a job of a shell, which leads its
+/// session) is refused without it, dumped with it (recorded), and restored as a shell job
+/// from the snapshot, reading back as before.
 #[test]
 fn shell_job_taken_and_restarted() {
     let _g = serial();
     let r = rig("btrfs", "fidelity-shelljob");
-    let p =
-        workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:5000"], &r.log, false, None);
+    let p = shell_job(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:5000"], &r.log);
     let before = fd_lines(&first_report(&r.log));
     let (ok, _, err) = take(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]);
     assert!(!ok && err.contains("--shell-job"), "{err}");
@@ -389,6 +387,37 @@ fn shell_job_taken_and_restarted() {
     let ck = record(&r.images.join(&id));
     assert_eq!(ck["engine"]["shell_job"], true, "{}", ck["engine"]);
     restart_reads_back(&r, &id, p, &before);
+}
+
+/// A task whose session leader is outside its pid namespace (started in a namespace of its
+/// own without `setsid`, as a container runtime or a CI runner may): CRIU cannot dump it, not
+/// even as a shell job, so the take refuses before the freeze, saying so: nothing relinked,
+/// no image directory, the task goes on.
+#[test]
+fn session_outside_the_pid_namespace_is_refused_up_front() {
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-outside-session");
+    let args = ["setup", r.dir.to_str().unwrap(), "orphan:5000"];
+    let p = workload_under(&["unshare", "--pid", "--fork"], &prog("ufiles"), &args, &r.log, false);
+    for extra in [&[][..], &["--shell-job"][..]] {
+        let (ok, _, err) =
+            take(p.pid, &r.images, &[&["--engine", "criu", "--snapshot", "btrfs"], extra].concat());
+        assert!(!ok, "{err}");
+        assert!(
+            err.contains("session leader is outside its pid namespace") && err.contains("setsid"),
+            "{err}"
+        );
+        assert!(err.contains("nothing was changed"), "{err}");
+        assert_no_panic(&err);
+        assert!(alive(p.pid) && !stopped(p.pid));
+        assert!(checkpoint_names(&r.fs.mnt).is_empty(), "nothing relinked");
+        let left: Vec<_> = std::fs::read_dir(&r.images).map(|d| d.flatten().collect()).unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "no image directory: {:?}",
+            left.iter().map(|e| e.file_name()).collect::<Vec<_>>()
+        );
+    }
 }
 
 /// The restartability check before the tasks end: a preserved object that no longer opens the

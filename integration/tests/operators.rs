@@ -28,7 +28,8 @@ impl Setup {
         std::fs::create_dir_all(&dir).unwrap();
         let mut args = vec!["setup", dir.to_str().unwrap()];
         args.extend_from_slice(scenarios);
-        let p = Proc::start(&prog("ufiles"), &args, &work.path().join("ufiles.log"));
+        // a job of a shell: a take with CRIU needs --shell-job, wherever the tests run
+        let p = shell_job(&prog("ufiles"), &args, &work.path().join("ufiles.log"));
         Setup { fs, work, p }
     }
     fn images(&self) -> PathBuf {

@@ -129,38 +129,55 @@ pub(super) fn criu_root(pids: &[i32]) -> Result<i32, TakeError> {
 }
 
 /// CRIU dumps a tree whose root leads its session, unless it is told the tasks are a shell
-/// job: refused before anything is frozen rather than by CRIU after the relink.
-pub(super) fn session_leader(root: i32, shell_job: bool) -> Result<(), TakeError> {
+/// job; and it dumps no task whose session leader is outside the task's pid namespace, not
+/// even a shell job (the kernel shows that session as 0 inside the namespace: a task started
+/// by a container runtime or a CI runner without `setsid`). Both refused before anything is
+/// frozen rather than by CRIU after the relink.
+pub(super) fn session_leader(pids: &[i32], root: i32, shell_job: bool) -> Result<(), TakeError> {
+    if let Some(&pid) = pids.iter().find(|&&p| own_session(p) == Some(0)) {
+        return Err(TakeError::SessionOutsideNamespace { pid });
+    }
     if shell_job {
         return Ok(());
     }
-    let stat = std::fs::read_to_string(format!("/proc/{root}/stat")).unwrap_or_default();
+    let stat = std::fs::read_to_string(crate::procfs::pid_path(root, "stat")).unwrap_or_default();
     match crate::procfs::ProcStat::parse(&stat) {
         Some(st) if st.session != root => Err(TakeError::NotSessionLeader { pid: root, sid: st.session }),
         _ => Ok(()),
     }
 }
 
-/// How the refusal names a session: the kernel shows 0 when its leader is outside the
-/// task's pid namespace (a task started by a container runtime, a CI runner).
-pub(super) fn session_of(sid: &i32) -> String {
-    match sid {
-        0 => "its session leader is outside its pid namespace".into(),
-        s => format!("its session is {s}"),
-    }
+/// A task's session as its own pid namespace numbers it: the last field of `NSsid` in
+/// `/proc/PID/status` (one per nested namespace, the task's own last); 0 when the session
+/// leader is outside that namespace. None when it cannot be read (the task is gone: the
+/// freeze says so).
+fn own_session(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(crate::procfs::pid_path(pid, "status")).ok()?;
+    crate::procfs::status_field(&status, "NSsid")?.split_ascii_whitespace().last()?.parse().ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A task started inside a pid namespace whose session leader is outside it (a CI runner,
-    /// a container) shows session 0: that is refused too, and the message says why.
+    /// Both refusals say what to do; a session outside the pid namespace is refused even for
+    /// a shell job (CRIU cannot dump it at all).
     #[test]
-    fn session_outside_the_pid_namespace_is_named() {
-        let e = TakeError::NotSessionLeader { pid: 12, sid: 0 }.to_string();
-        assert!(e.contains("outside its pid namespace") && e.contains("setsid"), "{e}");
+    fn session_refusals_say_what_to_do() {
+        let e = TakeError::SessionOutsideNamespace { pid: 12 }.to_string();
+        assert!(e.contains("outside its pid namespace") && e.contains("not even with --shell-job"), "{e}");
+        assert!(e.contains("setsid"), "{e}");
         let e = TakeError::NotSessionLeader { pid: 12, sid: 7 }.to_string();
-        assert!(e.contains("its session is 7"), "{e}");
+        assert!(e.contains("its session is 7") && e.contains("--shell-job"), "{e}");
+    }
+
+    /// This test process's own session as its namespace sees it: what NSsid's last field says
+    /// is what getsid(0) (CRIU's check, in the task) says, inside a pid namespace or not.
+    #[test]
+    fn own_session_is_getsid_in_the_tasks_namespace() {
+        let me = std::process::id() as i32;
+        let sid = unsafe { libc::getsid(0) };
+        assert_eq!(own_session(me), Some(sid));
+        assert_eq!(own_session(i32::MAX), None);
     }
 }

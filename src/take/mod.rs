@@ -17,7 +17,7 @@ mod dump;
 mod plan;
 mod undo;
 mod verify;
-use dump::{criu_root, session_leader, session_of, take_snapshots};
+use dump::{criu_root, session_leader, take_snapshots};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -64,8 +64,11 @@ pub enum TakeError {
     #[error("{mount_point}: the tasks use this filesystem and it cannot be snapshotted ({why}); nothing was changed. Drop --strict-snapshots to checkpoint it without a snapshot (its relinked names then stay on it and a restart consumes them)")]
     Strict { mount_point: String, why: String },
     /// With CRIU: the root of the tree is not a session leader.
-    #[error("pid {pid} is not a session leader ({}): CRIU would refuse to dump it after the freeze. Start the workload with `setsid` (e.g. `setsid CMD`), or take it with --shell-job if it is a job of a shell; nothing was changed", session_of(.sid))]
+    #[error("pid {pid} is not a session leader (its session is {sid}): CRIU would refuse to dump it after the freeze. Start the workload with `setsid` (e.g. `setsid CMD`), or take it with --shell-job if it is a job of a shell; nothing was changed")]
     NotSessionLeader { pid: i32, sid: i32 },
+    /// With CRIU: a task whose session leader is outside its pid namespace.
+    #[error("pid {pid}'s session leader is outside its pid namespace (a task started by a container runtime or a CI runner without a session of its own): CRIU cannot dump it, not even with --shell-job. Start the workload in a session of its own inside its namespace (`setsid CMD`, or the runtime's option for it); nothing was changed")]
+    SessionOutsideNamespace { pid: i32 },
     /// A failure after CRIU killed the tasks (with established TCP connections): nothing undone.
     #[error("{source}. CRIU had already dumped and killed the tasks (--tcp-established); their image is kept in {} and the snapshots and relinked names are left in place: restart from them by hand with criu, or remove them with `snapckpt gc --id`", kept.display())]
     AfterKill { source: Box<TakeError>, kept: PathBuf },
@@ -219,7 +222,7 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
         }
         let root = criu_root(&pids)?;
         if let EngineOpts::Criu { flags, .. } = &opts.engine {
-            session_leader(root, flags.shell_job)?;
+            session_leader(&pids, root, flags.shell_job)?;
         }
         verify::unsupported_fds(&pids)?;
     }

@@ -61,6 +61,9 @@ impl Proc {
 }
 impl Drop for Proc {
     fn drop(&mut self) {
+        if self.pid != self.child.id() as i32 {
+            sigkill(self.pid);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -70,6 +73,26 @@ impl Drop for Proc {
 /// needs that), `cg` puts it in a cgroup before it is ready.
 pub fn workload(bin: &Path, args: &[&str], log: &Path, setsid: bool, cg: Option<&Cgroup>) -> Proc {
     launch(bin, args, log, setsid, true, cg)
+}
+
+/// A workload started under `wrapper` (a command that runs it as its one child: a shell that
+/// runs it as a job, `unshare --pid --fork`), `setsid` applied to the wrapper. `pid` is the
+/// workload; both are killed on drop.
+pub fn workload_under(wrapper: &[&str], bin: &Path, args: &[&str], log: &Path, setsid: bool) -> Proc {
+    let mut all: Vec<&str> = wrapper[1..].to_vec();
+    all.push(bin.to_str().unwrap());
+    all.extend_from_slice(args);
+    let mut p = launch(Path::new(wrapper[0]), &all, log, setsid, true, None);
+    let below = descendants(p.pid);
+    assert_eq!(below.len(), 1, "{wrapper:?} runs one child: {below:?}");
+    p.pid = below[0];
+    p
+}
+
+/// A workload that is a job of a shell: a session leader `sh` (in the caller's pid namespace)
+/// runs it in the background and waits, so the workload's session leader is the shell.
+pub fn shell_job(bin: &Path, args: &[&str], log: &Path) -> Proc {
+    workload_under(&["sh", "-c", "\"$@\" & wait", "sh"], bin, args, log, true)
 }
 
 fn launch(bin: &Path, args: &[&str], log: &Path, setsid: bool, close_fds: bool, cg: Option<&Cgroup>) -> Proc {
