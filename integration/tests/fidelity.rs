@@ -371,6 +371,47 @@ fn tmpfile_with_o_excl_is_cloned_and_take_says_so() {
     restart_reads_back(&r, &id, p, &before);
 }
 
+/// The owner, mode (with its set-id bits) and times of an orphan are those of the preserved
+/// clone the restarted task holds: the relink creates the clone with the file's permission
+/// bits and sets owner and mode only where they differ (a chown clears the set-id bits, so the
+/// mode follows it).
+#[test]
+fn orphan_owner_mode_and_times_come_back() {
+    use std::os::unix::fs::MetadataExt;
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-orphan-meta");
+    let p = workload(&prog("ufiles"), &["setup", r.dir.to_str().unwrap(), "orphan:5000"], &r.log, true, None);
+    let fd_of_orphan = std::fs::read_dir(format!("/proc/{}/fd", p.pid))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|f| std::fs::metadata(f).is_ok_and(|m| m.is_file() && m.nlink() == 0))
+        .expect("an orphan fd");
+    let path = std::ffi::CString::new(fd_of_orphan.to_str().unwrap()).unwrap();
+    std::os::unix::fs::chown(&fd_of_orphan, Some(1234), Some(5678)).unwrap();
+    std::fs::set_permissions(&fd_of_orphan, std::os::unix::fs::PermissionsExt::from_mode(0o4751)).unwrap();
+    let times = [
+        libc::timespec { tv_sec: 1_500_000_000, tv_nsec: 123_456_789 },
+        libc::timespec { tv_sec: 1_600_000_000, tv_nsec: 987_654_321 },
+    ];
+    // SAFETY: a valid path and two timespecs.
+    assert_eq!(unsafe { libc::utimensat(libc::AT_FDCWD, path.as_ptr(), times.as_ptr(), 0) }, 0);
+    let meta = |f: &Path| {
+        let m = std::fs::metadata(f).unwrap();
+        (m.uid(), m.gid(), m.mode(), m.size(), (m.atime(), m.atime_nsec()), (m.mtime(), m.mtime_nsec()))
+    };
+    let before = meta(&fd_of_orphan);
+    assert_eq!((before.0, before.1, before.2 & 0o7777), (1234, 5678, 0o4751));
+    let id = take_id(&take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]));
+    let pid = p.pid;
+    wait_gone(pid);
+    drop(p);
+    restart(&r, &id, &["--snapshot"]);
+    assert_eq!(meta(&fd_of_orphan), before, "uid, gid, mode, size, atime, mtime of the restored orphan");
+    kill_wait(pid);
+    snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
+}
+
 /// `--shell-job`: a task that is not a session leader (a job of a shell, which leads its
 /// session) is refused without it, dumped with it (recorded), and restored as a shell job
 /// from the snapshot, reading back as before.

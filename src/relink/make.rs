@@ -71,6 +71,8 @@ struct Job {
     src: PathBuf,
     mnt_id: u32,
     kind: FileKind,
+    /// An orphan (nlink 0, not an O_TMPFILE): linkat refuses it, so it is not tried.
+    orphan: bool,
     original: String,
 }
 
@@ -165,7 +167,8 @@ impl Relinker {
                 let mdir = scan::mount_dir_for(holder.pid, &o.mount.mount_point);
                 e.insert(open_checkpoint_dir(&mdir, Some(mnt_id), true)?);
             }
-            jobs.push(Job { index, src, mnt_id, kind: o.kind, original: o.original_path.clone() });
+            let orphan = o.class == crate::record::Unlinked::Orphan;
+            jobs.push(Job { index, src, mnt_id, kind: o.kind, orphan, original: o.original_path.clone() });
         }
         if jobs.iter().any(|j| j.kind == FileKind::Regular) {
             self.kdev.get_or_insert_with(|| crate::kernel_link::Device::open().ok());
@@ -257,24 +260,22 @@ impl Relinker {
         name: &str,
         st: &libc::stat,
     ) -> Result<(Method, u64, u64), RelinkError> {
-        match sys::link_follow(&job.src, dir.fd(), OsStr::new(name)) {
-            Ok(()) => Ok((Method::Link, 0, st.st_ino)),
-            Err(e)
-                if e.raw_os_error() == Some(libc::ENOENT)
-                    && st.st_nlink == 0
-                    && job.kind == FileKind::Regular =>
-            {
-                let kdev = self.kdev.as_ref().and_then(Option::as_ref);
-                match kdev.and_then(|d| kernel_link(d, &job.src, dir, name)) {
-                    Some(r) => r.map(|m| (m, 0, st.st_ino)),
-                    None => copy_orphan(&job.src, dir, name, st, &job.original),
+        let nlink0 = st.st_nlink == 0 && job.kind == FileKind::Regular;
+        if !(nlink0 && job.orphan) {
+            match sys::link_follow(&job.src, dir.fd(), OsStr::new(name)) {
+                Ok(()) => return Ok((Method::Link, 0, st.st_ino)),
+                // an O_TMPFILE opened with O_EXCL: not linkable after all
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) && nlink0 => {}
+                Err(e) => {
+                    let path = dir.path.join(name);
+                    return Err(RelinkError::Io(crate::sys::SysError { path, syscall: "linkat", source: e }));
                 }
             }
-            Err(e) => Err(RelinkError::Io(crate::sys::SysError {
-                path: dir.path.join(name),
-                syscall: "linkat",
-                source: e,
-            })),
+        }
+        let kdev = self.kdev.as_ref().and_then(Option::as_ref);
+        match kdev.and_then(|d| kernel_link(d, &job.src, dir, name)) {
+            Some(r) => r.map(|m| (m, 0, st.st_ino)),
+            None => copy_orphan(&job.src, dir, name, st, &job.original),
         }
     }
 
@@ -392,8 +393,10 @@ fn copy_orphan(
     let sfd = sys::open(src, libc::O_RDONLY | libc::O_NOATIME, 0)
         .or_else(|_| sys::open(src, libc::O_RDONLY, 0))
         .map_err(ioe(src, "open"))?;
-    let tfd = sys::openat2(dir.fd(), ".", libc::O_TMPFILE | libc::O_RDWR, 0o600, sys::RESOLVE_STRICT)
-        .map_err(ioe(&dir.path, "open(O_TMPFILE)"))?;
+    // created with the file's permission bits (as far as the umask lets): no chmod after
+    let tfd =
+        sys::openat2(dir.fd(), ".", libc::O_TMPFILE | libc::O_RDWR, st.st_mode & 0o777, sys::RESOLVE_STRICT)
+            .map_err(ioe(&dir.path, "open(O_TMPFILE)"))?;
     let size = st.st_size as u64;
     let nospace = |e: io::Error, syscall: &'static str| {
         if e.raw_os_error() == Some(libc::ENOSPC) || e.raw_os_error() == Some(libc::EDQUOT) {
@@ -413,36 +416,33 @@ fn copy_orphan(
         }
         sparse_copy(sfd.as_raw_fd(), tfd.as_raw_fd(), size).map_err(|(e, sc)| nospace(e, sc))?
     };
-    // SAFETY: plain syscalls on our descriptors.
-    unsafe {
-        if libc::ftruncate(tfd.as_raw_fd(), size as libc::off_t) < 0 {
-            return Err(nospace(io::Error::last_os_error(), "ftruncate"));
-        }
-        if libc::fchown(tfd.as_raw_fd(), st.st_uid, st.st_gid) < 0
-            || libc::fchmod(tfd.as_raw_fd(), st.st_mode & 0o7777) < 0
-        {
-            return Err(RelinkError::Io(crate::sys::SysError {
-                path: dst_path.clone(),
-                syscall: "fchown/fchmod",
-                source: io::Error::last_os_error(),
-            }));
-        }
-        let ts = [
-            libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
-            libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
-        ];
-        if libc::futimens(tfd.as_raw_fd(), ts.as_ptr()) < 0 {
-            return Err(RelinkError::Io(crate::sys::SysError {
-                path: dst_path.clone(),
-                syscall: "futimens",
-                source: io::Error::last_os_error(),
-            }));
-        }
-        if bytes > 0 && libc::fsync(tfd.as_raw_fd()) < 0 {
-            return Err(nospace(io::Error::last_os_error(), "fsync"));
-        }
+    // Size, owner and mode set only where the new inode differs (a clone has the size, the
+    // create gave it the permission bits): the fewer calls, the shorter the freeze.
+    let now = sys::fstat(tfd.as_raw_fd()).map_err(ioe(&dst_path, "fstat"))?;
+    let fd = tfd.as_raw_fd();
+    let ok = |r: libc::c_int| if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) };
+    let want_mode = st.st_mode & 0o7777;
+    let chown = (now.st_uid, now.st_gid) != (st.st_uid, st.st_gid);
+    // SAFETY (each block): plain syscalls on our descriptor.
+    if now.st_size as u64 != size {
+        ok(unsafe { libc::ftruncate(fd, size as libc::off_t) }).map_err(|e| nospace(e, "ftruncate"))?;
     }
-    let ino = sys::fstat(tfd.as_raw_fd()).map_err(ioe(&dst_path, "fstat"))?.st_ino;
+    if chown {
+        ok(unsafe { libc::fchown(fd, st.st_uid, st.st_gid) }).map_err(ioe(&dst_path, "fchown"))?;
+    }
+    // after a chown, which clears the set-id bits
+    if chown || now.st_mode & 0o7777 != want_mode {
+        ok(unsafe { libc::fchmod(fd, want_mode) }).map_err(ioe(&dst_path, "fchmod"))?;
+    }
+    let ts = [
+        libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
+        libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
+    ];
+    ok(unsafe { libc::futimens(fd, ts.as_ptr()) }).map_err(ioe(&dst_path, "futimens"))?;
+    if bytes > 0 {
+        ok(unsafe { libc::fsync(fd) }).map_err(|e| nospace(e, "fsync"))?;
+    }
+    let ino = now.st_ino;
     let me = format!("/proc/self/fd/{}", tfd.as_raw_fd());
     sys::link_follow(&me, dir.fd(), OsStr::new(name)).map_err(ioe(&dst_path, "linkat"))?;
     Ok((method, bytes, ino))

@@ -119,7 +119,7 @@ impl PidNs {
 
 /// The innermost pid of host pid `pid` (the last field of `NSpid:` in its status).
 fn inner_pid(pid: &str) -> Option<i32> {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let st = crate::procfs::read_text(format!("/proc/{pid}/status")).ok()?;
     st.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
 }
 

@@ -587,14 +587,15 @@ impl Scanner {
 
 /// readlinkat(2) of `name` in `dir`, raw bytes.
 fn readlink_at(dir: &OwnedFd, name: &CStr) -> io::Result<Vec<u8>> {
-    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // On the stack, the result copied out at its length: a scan keeps one per fd.
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); libc::PATH_MAX as usize + 1];
     // SAFETY: valid C string and buffer of the given length.
     let n = unsafe { libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
-    buf.truncate(n as usize);
-    Ok(buf)
+    // SAFETY: the kernel wrote the first n bytes.
+    Ok(unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) }.to_vec())
 }
 
 /// statx(2) of `name` in `dir`, following a (magic) link: the target's stat and mount id.

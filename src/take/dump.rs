@@ -116,7 +116,7 @@ pub(super) fn take_snapshots(
 pub(super) fn criu_root(pids: &[i32]) -> Result<i32, TakeError> {
     let mut roots = vec![];
     for &p in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+        let stat = crate::procfs::read_text(crate::procfs::pid_path(p, "stat")).unwrap_or_default();
         let ppid = scan::parse_stat(&stat).map(|x| x.1).unwrap_or(0);
         if !pids.contains(&ppid) {
             roots.push(p);
@@ -140,7 +140,7 @@ pub(super) fn session_leader(pids: &[i32], root: i32, shell_job: bool) -> Result
     if shell_job {
         return Ok(());
     }
-    let stat = std::fs::read_to_string(crate::procfs::pid_path(root, "stat")).unwrap_or_default();
+    let stat = crate::procfs::read_text(crate::procfs::pid_path(root, "stat")).unwrap_or_default();
     match crate::procfs::ProcStat::parse(&stat) {
         Some(st) if st.session != root => Err(TakeError::NotSessionLeader { pid: root, sid: st.session }),
         _ => Ok(()),
@@ -152,7 +152,7 @@ pub(super) fn session_leader(pids: &[i32], root: i32, shell_job: bool) -> Result
 /// leader is outside that namespace. None when it cannot be read (the task is gone: the
 /// freeze says so).
 fn own_session(pid: i32) -> Option<i32> {
-    let status = std::fs::read_to_string(crate::procfs::pid_path(pid, "status")).ok()?;
+    let status = crate::procfs::read_text(crate::procfs::pid_path(pid, "status")).ok()?;
     crate::procfs::status_field(&status, "NSsid")?.split_ascii_whitespace().last()?.parse().ok()
 }
 

@@ -24,7 +24,7 @@ pub(super) fn cgroup_procs(cg: &Path) -> Result<Vec<i32>, TaskError> {
     let mut out = Vec::new();
     for (i, dir) in cgroup_subtree(cg)?.iter().enumerate() {
         let procs = dir.join("cgroup.procs");
-        match fs::read_to_string(&procs) {
+        match crate::procfs::read_text(&procs) {
             Ok(s) => out.extend(parse_pids(&s, &procs)?.into_iter().filter(|&p| p > 0)),
             // A threaded cgroup of v2 refuses cgroup.procs: its processes are listed above it.
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
@@ -116,7 +116,7 @@ fn cgroup_subtree(cg: &Path) -> Result<Vec<PathBuf>, TaskError> {
 /// and processes that exit meanwhile are skipped.
 fn cgroup_threads(dir: &Path) -> Result<Vec<ProcStat>, TaskError> {
     let procs = dir.join("cgroup.procs");
-    let pids = match fs::read_to_string(&procs) {
+    let pids = match crate::procfs::read_text(&procs) {
         Ok(s) => parse_pids(&s, &procs)?,
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::EOPNOTSUPP)) => Vec::new(),
         Err(e) => return Err(io_err(procs, "read", e)),

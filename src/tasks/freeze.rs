@@ -388,7 +388,7 @@ impl Frozen {
         if let Some(e) = first_err {
             return Err(e);
         }
-        let dead = |pid: i32| match fs::read_to_string(procfs::pid_path(pid, "stat")) {
+        let dead = |pid: i32| match procfs::read_text(procfs::pid_path(pid, "stat")) {
             Ok(s) => ProcStat::parse(&s).is_some_and(|st| st.is_dead()),
             Err(_) => true,
         };

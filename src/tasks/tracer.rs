@@ -25,7 +25,7 @@ pub(super) fn is_criu(pid: i32) -> bool {
     if fs::read_link(procfs::pid_path(pid, "exe")).is_ok_and(|e| named_criu(&e.to_string_lossy())) {
         return true;
     }
-    fs::read_to_string(procfs::pid_path(pid, "maps"))
+    procfs::read_text(procfs::pid_path(pid, "maps"))
         .is_ok_and(|m| m.lines().any(|l| l.split_whitespace().nth(5).is_some_and(named_criu)))
 }
 
@@ -43,7 +43,7 @@ pub(super) fn wait_untraced(method: &FreezeMethod, procs: &[Proc], max: Duration
     // Only a CRIU tracer matters: it puts back the frozen state it found when it lets go. A
     // debugger or strace attached to a task does not (and may hold on for ever).
     let criu_tracer = |pid: i32| {
-        fs::read_to_string(procfs::pid_path(pid, "status"))
+        procfs::read_text(procfs::pid_path(pid, "status"))
             .ok()
             .and_then(|s| procfs::status_field(&s, "TracerPid").and_then(|v| v.parse::<i32>().ok()))
             .filter(|&t| t > 0 && is_criu(t))
