@@ -46,6 +46,7 @@ run() {
 run take-vs-criu "${XFS[@]}"
 run dirty-take
 run frozen-many
+run relink-floor
 run scan-vs-lsof
 run copy-fallback
 run export
@@ -66,6 +67,7 @@ section() {  # name title
   section take-vs-criu "snapckpt take/restart vs plain CRIU, one unlinked orphan of N bytes"
   section dirty-take "Dirty vs synced page cache: the frozen window, beside plain and durable CRIU"
   section frozen-many "Frozen time: 100 processes, 1,000 unlinked files, cgroup v2, btrfs"
+  section relink-floor "The filesystem's floor under the frozen work of frozen-many (no snapckpt)"
   section scan-vs-lsof "scan vs lsof +L1 (the same 100 processes)"
   section copy-fallback "Copy fallback on ext4 (no reflink): 1 GiB orphans"
   section export "export (migration stream) vs criu dump with ghost files and tar"
