@@ -4,7 +4,8 @@
 # Usage: integration/vm/lvm-tests.sh      (as root, non-interactive; env as for run.sh, plus
 #                                          LVM_TESTS_TIMEOUT, default 900 s; LVM_TESTS_KEEP=1
 #                                          keeps the share dir with console.log for debugging;
-#                                          LVM_TESTS_ONLY=predump runs only the pre-dump case)
+#                                          LVM_TESTS_ONLY=predump runs only the pre-dump case;
+#                                          PREDUMP_MIB=N sizes its task, default 256)
 #
 # Builds snapckpt (cargo build --release) and the static test workload ufiles, puts them and
 # integration/vm/lvm-guest/* into a temporary share, boots the guest once (run.sh) to run
@@ -27,6 +28,9 @@ share_snapckpt
 cc -static -O1 -o "$SHARE/memhold" "$REPO/integration/progs/memhold.c"
 # LVM_TESTS_ONLY=predump: only the pre-dump case (the guest reads it from the share)
 [ -n "${LVM_TESTS_ONLY:-}" ] && echo "$LVM_TESTS_ONLY" > "$SHARE/only"
+# PREDUMP_MIB=N: the pre-dump case's task holds N MiB (default 256; give the guest room with
+# VM_MEM, e.g. PREDUMP_MIB=1024 VM_MEM=4096)
+[ -n "${PREDUMP_MIB:-}" ] && echo "$PREDUMP_MIB" > "$SHARE/predump_mib"
 cp "$HERE"/lvm-guest/* "$SHARE/"
 chmod +x "$SHARE/test.sh"
 boot_and_report "${LVM_TESTS_TIMEOUT:-900}"

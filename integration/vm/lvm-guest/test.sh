@@ -349,7 +349,8 @@ jqr() { jq -r "$2 // \"\"" "$1" 2>/dev/null; }
 note() { echo "NOTE $*"; echo "NOTE $*" >> "$SUMMARY"; }
 
 # run_predump_case: CRIU's pre-dump rounds before the freeze (take --pre-dump), over a thin
-# LV with ext4, with a task holding 256 MiB of resident memory and an unlinked file.
+# LV with ext4, with a task holding 256 MiB of resident memory (PREDUMP_MIB on the host) and
+# an unlinked file.
 run_predump_case() {
   local c=predump-thin-ext4 lv=data_predump pid rc id0 rec first final rounds size hook
   log "case $c"
@@ -363,13 +364,15 @@ run_predump_case() {
     && mount "/dev/$VG/$lv" /mnt/data && mkdir -p /mnt/data/d \
     || { fail "$c-setup" "lvcreate/mkfs/mount of $lv failed"; return; }
   rm -rf "${W:?}"/*
-  setsid "$MH" /mnt/data/d 256 "$W/mem.report" < /dev/null > "$W/mem.out" 2>&1 &
-  if ! wait_lines '^ready' 1 120 "$W/mem.out"; then
+  local mib wait_s; mib=$(cat "$SHARE/predump_mib" 2>/dev/null || echo 256)
+  wait_s=$(( mib > 256 ? 600 : 120 ))   # filling and hashing the memory, under emulation
+  setsid "$MH" /mnt/data/d "$mib" "$W/mem.report" < /dev/null > "$W/mem.out" 2>&1 &
+  if ! wait_lines '^ready' 1 "$wait_s" "$W/mem.out"; then
     fail "$c-workload" "memhold did not get ready: $(tr '\n' ' ' < "$W/mem.out")"; return
   fi
   pid=$(awk '/^ready/{print $2; exit}' "$W/mem.out")
   kill -USR1 "$pid"
-  wait_lines '^checked' 1 60 "$W/mem.report" || { fail "$c-workload" "no first self-check"; kill -9 "$pid"; return; }
+  wait_lines '^checked' 1 "$wait_s" "$W/mem.report" || { fail "$c-workload" "no first self-check"; kill -9 "$pid"; return; }
   note "$c workload: $(grep VmRSS /proc/$pid/status | tr -s ' \t' ' ') $(cat "$W/mem.report")"
   printf '[[filesystem]]\nmount = "/mnt/data"\nsnapshot = "lvm"\n[criu]\nengine = "criu"\npath = "/usr/sbin/criu"\n' > "$W/job0.toml"
 
@@ -400,7 +403,7 @@ run_predump_case() {
   if [ -e "$hook/take-pre-dumped.reached" ]; then
     rm -f "$W/mem.report"
     kill -USR2 "$pid"
-    wait_lines '^dirtied' 1 60 "$W/mem.report" || fail "$c-dirty" "memhold did not dirty its memory"
+    wait_lines '^dirtied' 1 "$wait_s" "$W/mem.report" || fail "$c-dirty" "memhold did not dirty its memory"
   fi
   rm -f "$hook/take-pre-dumped.wait"
   wait "$tpid" || rc=$?
