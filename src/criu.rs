@@ -343,7 +343,9 @@ pub struct DumpRequest {
 pub const DUMP_LOG: &str = "criu-dump.log";
 pub const RESTORE_LOG: &str = "criu-restore.log";
 
-type Hook = *mut (dyn FnMut() -> Result<(), String> + 'static);
+/// A notification's callback; its argument is the pid CRIU sends with it (at `post-restore`:
+/// the restored root task's pid in snapckpt's pid namespace).
+type Hook = *mut (dyn FnMut(Option<i32>) -> Result<(), String> + 'static);
 
 thread_local! {
     /// The callback for one notification (`post-dump` at dump, `post-restore` at restore),
@@ -351,11 +353,12 @@ thread_local! {
     static HOOK: RefCell<Option<(&'static str, Hook)>> = const { RefCell::new(None) };
 }
 
-fn notify(script: &str, _n: &Criu_notify, _fd: Option<RawFd>) -> i32 {
+fn notify(script: &str, n: &Criu_notify, _fd: Option<RawFd>) -> i32 {
+    let pid = n.has_pid().then(|| n.pid());
     HOOK.with(|h| match *h.borrow() {
         // SAFETY: the pointer is set by `with_hook` for the duration of the RPC call on this
         // thread, and the closure it points to outlives that call.
-        Some((want, f)) if want == script => match unsafe { (*f)() } {
+        Some((want, f)) if want == script => match unsafe { (*f)(pid) } {
             Ok(()) => 0,
             Err(_) => 1,
         },
@@ -417,11 +420,11 @@ fn with_deadline<T>(
 /// Run `rpc` with `hook` answering CRIU's `script` notification; if it fails, CRIU aborts.
 fn with_hook<T>(
     script: &'static str,
-    hook: &mut dyn FnMut() -> Result<(), String>,
+    hook: &mut dyn FnMut(Option<i32>) -> Result<(), String>,
     rpc: impl FnOnce() -> T,
 ) -> T {
     // SAFETY: erase the closure's lifetime; it is removed again before this function returns.
-    let ptr: *mut (dyn FnMut() -> Result<(), String> + '_) = hook;
+    let ptr: *mut (dyn FnMut(Option<i32>) -> Result<(), String> + '_) = hook;
     let ptr: Hook = unsafe { std::mem::transmute(ptr) };
     HOOK.with(|h| *h.borrow_mut() = Some((script, ptr)));
     let r = rpc();
@@ -471,7 +474,7 @@ pub fn dump(req: &DumpRequest, post_dump: &mut dyn FnMut() -> Result<(), String>
     c.set_notify_cb(notify);
     let _log = crate::ui::follow_log(&req.image_dir.join(DUMP_LOG));
     with_deadline("dump", req.timeout, || {
-        with_hook("post-dump", post_dump, || c.dump())
+        with_hook("post-dump", &mut |_| post_dump(), || c.dump())
             .map_err(|e| failed("dump", e, &req.criu, &req.image_dir, DUMP_LOG))
     })
 }
@@ -492,11 +495,13 @@ pub struct RestoreRequest {
 }
 
 /// Restore a process tree; the tasks get their old pids and run detached from snapckpt.
-/// `post_restore` runs once every task has opened its files and before any runs its own code;
-/// if it fails, CRIU kills the restored tree.
+/// `post_restore` runs once every task has opened its files and before any runs its own code,
+/// with the restored root task's pid as CRIU names it (in snapckpt's pid namespace; a tree
+/// whose root was the init of its own pid namespace gets a new one, and new host pids); if it
+/// fails, CRIU kills the restored tree.
 pub fn restore(
     req: &RestoreRequest,
-    post_restore: &mut dyn FnMut() -> Result<(), String>,
+    post_restore: &mut dyn FnMut(Option<i32>) -> Result<(), String>,
 ) -> Result<(), CriuError> {
     remove_stale_log(&req.work_dir)?;
     let mut c = client(&req.criu, "restore", &req.work_dir, RESTORE_LOG)?;
@@ -672,7 +677,7 @@ mod tests {
             timeout: None,
             wrapper: vec![],
         };
-        let e = restore(&req, &mut || Ok(())).unwrap_err();
+        let e = restore(&req, &mut |_| Ok(())).unwrap_err();
         let s = e.to_string();
         assert!(matches!(e, CriuError::NoLog { .. }), "{s}");
         assert!(!s.contains("an old failure") && !s.contains(RESTORE_LOG), "{s}");

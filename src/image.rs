@@ -414,6 +414,7 @@ mod tests {
         let mut ck = Checkpoint::new("20261126T210000Z-abcd", 1);
         ck.tasks.push(Task {
             pid: 10,
+            ns_pid: None,
             ppid: 1,
             threads: vec![10],
             comm: "x".into(),

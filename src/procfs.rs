@@ -149,6 +149,23 @@ pub fn read_text(path: impl AsRef<Path>) -> io::Result<String> {
     Ok(s)
 }
 
+/// The `NSpid:` line of `/proc/PID/status`: the task's pid in each pid namespace it is in,
+/// from the one this /proc belongs to down to its own.
+pub fn nspid(pid: i32) -> Option<Vec<i32>> {
+    let st = read_text(pid_path(pid, "status")).ok()?;
+    status_field(&st, "NSpid")?.split_ascii_whitespace().map(|p| p.parse().ok()).collect()
+}
+
+/// Each task's pid in its own pid namespace when that is below the caller's (more `NSpid`
+/// levels than the caller has): a task of a container, or of any tree that is the init of a
+/// pid namespace. None in the caller's namespace (or gone).
+pub fn own_ns_pids(pids: &[i32]) -> Vec<Option<i32>> {
+    let mine = nspid(std::process::id() as i32).map_or(1, |v| v.len());
+    pids.iter()
+        .map(|&p| nspid(p).filter(|its| its.len() > mine).and_then(|its| its.last().copied()))
+        .collect()
+}
+
 /// Whether `/proc/PID/stat` can be read and shows a task that has not exited.
 pub fn is_alive(pid: i32) -> bool {
     read_text(pid_path(pid, "stat")).is_ok_and(|s| ProcStat::parse(&s).is_some_and(|st| !st.is_dead()))
@@ -323,6 +340,15 @@ pub fn unescape(b: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// This process is in the caller's pid namespace: no pid of its own below it; its NSpid
+    /// ends with its getpid(); a pid that does not exist has none.
+    #[test]
+    fn own_ns_pids_of_the_callers_namespace() {
+        let me = std::process::id() as i32;
+        assert_eq!(nspid(me).and_then(|v| v.last().copied()), Some(me));
+        assert_eq!(own_ns_pids(&[me, i32::MAX]), vec![None, None]);
+    }
 
     #[test]
     fn parse_stat_plain() {

@@ -461,6 +461,68 @@ fn session_outside_the_pid_namespace_is_refused_up_front() {
     }
 }
 
+/// A tree in a pid namespace of its own, its root the namespace's init (as a container's
+/// init is): CRIU restores it in a new pid namespace, with its pids there and new host pids.
+/// The restart names the new host pid, continues the task (taken with the SIGSTOP freezer, it
+/// comes back stopped) and does not need the old host pid to be free; `--private-pids` is
+/// refused with the reason.
+#[test]
+fn task_in_its_own_pid_namespace_restarts_running() {
+    let _g = serial();
+    let r = rig("btrfs", "fidelity-own-pidns");
+    let args = ["setup", r.dir.to_str().unwrap(), "orphan:5000"];
+    // the task's stderr is not unshare's, which unshare writes to when the dump kills its child
+    let wrapper = ["unshare", "--pid", "--fork", "setsid", "sh", "-c", "exec \"$0\" \"$@\" 2>/dev/null"];
+    let p = workload_under(&wrapper, &prog("ufiles"), &args, &r.log, false);
+    let before = fd_lines(&first_report(&r.log));
+    let id = take_id(&take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]));
+    let ck = record(&r.images.join(&id));
+    assert_eq!(
+        (ck["tasks"][0]["ns_pid"].as_i64(), ck["freezer"].as_str()),
+        (Some(1), Some("sigstop")),
+        "{ck}"
+    );
+    let old = p.pid;
+    wait_gone(old);
+    drop(p);
+    let ir = r.images.to_str().unwrap();
+    let (ok, _, err) = snapckpt(&["restart", &id, "--image-root", ir, "--snapshot", "--private-pids"]);
+    assert!(
+        !ok && err.contains("pid namespace of their own") && err.contains("without --private-pids"),
+        "{err}"
+    );
+    // the old host pid now belongs to another process: not in the way of this restore
+    let squatter = process_with_pid(old);
+    let logsize = std::fs::metadata(&r.log).unwrap().len() as usize;
+    let out = restart(&r, &id, &["--snapshot"]);
+    let host: i32 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("restored tasks [")?.split(']').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no restored pid in {out}"));
+    let nspid = std::fs::read_to_string(format!("/proc/{host}/status")).unwrap();
+    let nspid = nspid.lines().find(|l| l.starts_with("NSpid:")).unwrap().to_string();
+    assert!(nspid.ends_with("\t1") && comm(host) == "ufiles", "{out}\n{nspid}");
+    assert!(!stopped(host), "the restored task runs (state {:?})", state(host));
+    ask_report(host, &r.log, logsize);
+    assert_eq!(fd_lines(&read(&r.log)[logsize..]), before);
+    drop(squatter);
+    kill_wait(host);
+    snapckpt_ok(&["delete", &id, "--image-root", ir]);
+}
+
+/// A `sleep` with host pid `pid` (free now): ns_last_pid set just below it before each try.
+fn process_with_pid(pid: i32) -> Proc {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        let p = Proc { pid: child.id() as i32, child };
+        if p.pid == pid {
+            return p;
+        }
+    }
+    panic!("could not start a process with pid {pid}");
+}
+
 /// The restartability check before the tasks end: a preserved object that no longer opens the
 /// way the restore opens it (here its relinked name was replaced by a symlink while the tasks
 /// were frozen) fails the take in CRIU's post-dump: nothing is published, the task goes on

@@ -297,6 +297,11 @@ pub struct FileRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
     pub pid: i32,
+    /// Its pid in its own pid namespace, when that is below snapckpt's (a container's tasks):
+    /// CRIU restores such a tree, whose root is the namespace's init, in a new pid namespace
+    /// with these pids there and new host pids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<i32>,
     pub ppid: i32,
     pub threads: Vec<i32>,
     pub comm: String,
@@ -626,6 +631,12 @@ impl Checkpoint {
             validate::Problem::Version(found) => RecordError::Version { path: path.to_path_buf(), found },
             validate::Problem::Invalid(msg) => RecordError::Invalid { path: path.to_path_buf(), msg },
         })
+    }
+
+    /// Whether the tasks were in a pid namespace of their own, the root its init: CRIU
+    /// restores them in a new one (their pids there as recorded in `ns_pid`, new host pids).
+    pub fn own_pid_namespace(&self) -> bool {
+        self.tasks.iter().any(|t| t.ns_pid == Some(1))
     }
 
     /// When it was taken, as a sort key: seconds, then nanoseconds (0 when not recorded).

@@ -62,6 +62,7 @@ pub(crate) fn good() -> Checkpoint {
     });
     ck.tasks.push(Task {
         pid: 10,
+        ns_pid: None,
         ppid: 0,
         threads: vec![10, 11],
         comm: "x".into(),
@@ -137,6 +138,11 @@ fn validation_refusals() {
     let other = "20261127T000000Z-0bad";
     type Mutation = Box<dyn Fn(&mut Checkpoint)>;
     let cases: Vec<(&str, Mutation, &str)> = vec![
+        (
+            "task pid in its own namespace",
+            Box::new(|c| c.tasks[0].ns_pid = Some(0)),
+            "task 10: pid 0 in its own pid namespace is not a process id",
+        ),
         (
             "object mount point with ..",
             Box::new(|c| c.objects[0].mount.mount_point = "/../victim".into()),

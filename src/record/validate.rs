@@ -117,6 +117,12 @@ fn task(t: &Task, n: usize) -> Check {
     if t.ppid < 0 {
         return bad(format!("task {}: parent pid {} is negative", t.pid, t.ppid));
     }
+    if let Some(p) = t.ns_pid.filter(|&p| p <= 0) {
+        return bad(format!(
+            "task {}: pid {p} in its own pid namespace is not a process id (must be > 0)",
+            t.pid
+        ));
+    }
     if let Some(tid) = t.threads.iter().find(|&&tid| tid <= 0) {
         return bad(format!("task {}: thread id {tid} is not a thread id (must be > 0)", t.pid));
     }

@@ -51,6 +51,8 @@ pub enum RestartError {
     ExecOfCriuImage,
     #[error("--private-pids restores a CRIU process image; checkpoint {id} is files-only (restart it with --exec)")]
     PrivatePidsFilesOnly { id: String },
+    #[error("the tasks of checkpoint {id} were in a pid namespace of their own, which CRIU restores as a new one anyway (their pids there, new host pids): restart it without --private-pids")]
+    PrivatePidsOwnNamespace { id: String },
     #[error("the relinked files of checkpoint {id} are kept only in its snapshots: add --snapshot")]
     OnlyInSnapshots { id: String },
     #[error("--mount-root {}: no such directory; create it (root-owned, not writable by others) first; nothing was changed", path.display())]
@@ -124,7 +126,8 @@ pub struct Restarted {
     pub objects: usize,
     /// Exit status of the `--exec` command.
     pub exec_status: Option<i32>,
-    /// Pids restored by CRIU (as recorded; inside the new pid namespace with `private_pids`).
+    /// Pids restored by CRIU (as recorded; inside the new pid namespace with `private_pids`;
+    /// the new host pids of tasks that were in a pid namespace of their own).
     pub pids: Vec<i32>,
     /// With `private_pids`: the namespace's init and the tasks' host pids.
     pub pid_ns: Option<PidNsRestored>,
@@ -171,7 +174,11 @@ fn check(ck: &Checkpoint, opts: &RestartOptions) -> Result<(), RestartError> {
         if opts.exec.is_some() {
             return Err(RestartError::ExecOfCriuImage);
         }
-        if !opts.private_pids {
+        if opts.private_pids && ck.own_pid_namespace() {
+            return Err(RestartError::PrivatePidsOwnNamespace { id: ck.id.clone() });
+        }
+        // In a pid namespace of their own the recorded host pids are not used again.
+        if !opts.private_pids && !ck.own_pid_namespace() {
             check_pids_free(ck)?;
         }
     } else if opts.private_pids {
@@ -355,8 +362,16 @@ fn restore(
         }
     }
     drop(guard);
-    out.pid_ns = init.map(|init| PidNsRestored { init, host_pids: host });
-    out.pids = pids;
+    if ck.own_pid_namespace() {
+        out.notes.push(format!(
+            "the tasks were in a pid namespace of their own: restored in a new one with their pids there ({:?}), host pids {host:?}",
+            ck.tasks.iter().filter_map(|t| t.ns_pid).collect::<Vec<_>>()
+        ));
+        out.pids = host;
+    } else {
+        out.pid_ns = init.map(|init| PidNsRestored { init, host_pids: host });
+        out.pids = pids;
+    }
     Ok(())
 }
 
@@ -397,9 +412,14 @@ fn run_criu(
     let sigstop = ck.freezer == Freezer::Sigstop;
     let mut guard = None;
     let mut host = pids.to_vec();
-    criu::restore(req, &mut || {
+    criu::restore(req, &mut |root| {
         if let Some(ns) = ns {
             host = ns.host_pids(pids)?;
+        } else if ck.own_pid_namespace() {
+            // A new pid namespace made by CRIU: its init is the root CRIU names.
+            let root = root.ok_or("CRIU did not name the restored root task")?;
+            let inner: Vec<i32> = ck.tasks.iter().map(|t| t.ns_pid.unwrap_or(0)).collect();
+            host = pidns::host_pids_in(root, &inner)?;
         }
         if sigstop {
             guard = Some(crate::tasks::ContinueGuard::arm(&host).map_err(|e| e.to_string())?);

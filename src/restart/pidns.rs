@@ -82,24 +82,7 @@ impl PidNs {
     /// The host pids of `pids` (pids inside the namespace), in their order; refused if one
     /// is not there.
     pub fn host_pids(&self, pids: &[i32]) -> Result<Vec<i32>, String> {
-        let map = self.inner_to_host();
-        pids.iter()
-            .map(|p| {
-                map.get(p).copied().ok_or_else(|| format!("restored pid {p} is not in the new pid namespace"))
-            })
-            .collect()
-    }
-
-    /// Every process of the namespace: its pid there -> its pid on the host.
-    fn inner_to_host(&self) -> HashMap<i32, i32> {
-        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
-        let Some(want) = ns(&self.init.to_string()) else { return HashMap::new() };
-        let Ok(rd) = std::fs::read_dir("/proc") else { return HashMap::new() };
-        rd.flatten()
-            .filter_map(|e| e.file_name().to_str().map(str::to_string))
-            .filter(|n| n.bytes().all(|b| b.is_ascii_digit()) && ns(n).as_ref() == Some(&want))
-            .filter_map(|n| Some((inner_pid(&n)?, n.parse().ok()?)))
-            .collect()
+        host_pids_in(self.init, pids)
     }
 
     /// The restore is over: from now on the init reaps the restored tasks, and exits once its
@@ -117,10 +100,30 @@ impl PidNs {
     }
 }
 
-/// The innermost pid of host pid `pid` (the last field of `NSpid:` in its status).
-fn inner_pid(pid: &str) -> Option<i32> {
-    let st = crate::procfs::read_text(format!("/proc/{pid}/status")).ok()?;
-    st.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_whitespace().last()?.parse().ok()
+/// The host pids of `pids`, pids inside the pid namespace of host pid `member`, in their
+/// order; refused if one is not there.
+pub fn host_pids_in(member: i32, pids: &[i32]) -> Result<Vec<i32>, String> {
+    let map = inner_to_host(member);
+    pids.iter()
+        .map(|p| {
+            map.get(p).copied().ok_or_else(|| format!("restored pid {p} is not in the new pid namespace"))
+        })
+        .collect()
+}
+
+/// Every process of the pid namespace of host pid `member`: its pid there -> its host pid.
+fn inner_to_host(member: i32) -> HashMap<i32, i32> {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let Some(want) = ns(&member.to_string()) else { return HashMap::new() };
+    let Ok(rd) = std::fs::read_dir("/proc") else { return HashMap::new() };
+    rd.flatten()
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| n.bytes().all(|b| b.is_ascii_digit()) && ns(n).as_ref() == Some(&want))
+        .filter_map(|n| {
+            let host: i32 = n.parse().ok()?;
+            Some((*crate::procfs::nspid(host)?.last()?, host))
+        })
+        .collect()
 }
 
 /// Clone a child into a new pid namespace that execs `exe INIT_ARG GO READY`; its host pid.

@@ -296,6 +296,7 @@ fn task_header(pid: i32, base: &Path, dir: &OwnedFd) -> Result<Task, ScanError> 
     threads.sort_unstable();
     Ok(Task {
         pid,
+        ns_pid: None,
         ppid: ps.ppid,
         threads,
         comm: ps.comm,

@@ -292,6 +292,11 @@ impl Tx<'_> {
 
         let t1 = Instant::now();
         let mut sc = scan::scan(&pids)?;
+        if let EngineOpts::Criu { .. } = &self.opts.engine {
+            // what a restart needs to find tasks CRIU gives a new pid namespace
+            let own = procfs::own_ns_pids(&sc.tasks.iter().map(|t| t.pid).collect::<Vec<_>>());
+            sc.tasks.iter_mut().zip(own).for_each(|(t, p)| t.ns_pid = p);
+        }
         self.timings.scan_ms = ms(t1.elapsed());
         hooks::point("take-scanned");
         let plan = plan::plan(self.opts, &sc)?;
