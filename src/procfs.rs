@@ -149,21 +149,41 @@ pub fn read_text(path: impl AsRef<Path>) -> io::Result<String> {
     Ok(s)
 }
 
-/// The `NSpid:` line of `/proc/PID/status`: the task's pid in each pid namespace it is in,
-/// from the one this /proc belongs to down to its own.
-pub fn nspid(pid: i32) -> Option<Vec<i32>> {
-    let st = read_text(pid_path(pid, "status")).ok()?;
-    status_field(&st, "NSpid")?.split_ascii_whitespace().map(|p| p.parse().ok()).collect()
+/// The ids of an `NS…` line of a status file (`NSpid`, `NSsid`): one per pid namespace the
+/// task is in, from the one this /proc belongs to down to its own.
+pub fn ns_ids(status: &str, key: &str) -> Option<Vec<i32>> {
+    status_field(status, key)?.split_ascii_whitespace().map(|p| p.parse().ok()).collect()
 }
 
-/// Each task's pid in its own pid namespace when that is below the caller's (more `NSpid`
-/// levels than the caller has): a task of a container, or of any tree that is the init of a
-/// pid namespace. None in the caller's namespace (or gone).
-pub fn own_ns_pids(pids: &[i32]) -> Vec<Option<i32>> {
-    let mine = nspid(std::process::id() as i32).map_or(1, |v| v.len());
-    pids.iter()
-        .map(|&p| nspid(p).filter(|its| its.len() > mine).and_then(|its| its.last().copied()))
-        .collect()
+/// The `NSpid:` line of `/proc/PID/status` ([`ns_ids`]).
+pub fn nspid(pid: i32) -> Option<Vec<i32>> {
+    ns_ids(&read_text(pid_path(pid, "status")).ok()?, "NSpid")
+}
+
+/// A task's pid namespaces as CRIU sees them, from one read of its status file.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskNs {
+    /// Its session in its own pid namespace (`getsid` there): 0 when the session leader is
+    /// outside that namespace.
+    pub session: Option<i32>,
+    /// Its pid in its own pid namespace when that is below the caller's (more `NSpid` levels
+    /// than `depth`, the caller's): a container's task, or one of any tree that is the init
+    /// of a pid namespace; None in the caller's namespace.
+    pub own_pid: Option<i32>,
+}
+
+impl TaskNs {
+    /// How many `NSpid` levels the caller has (1 in the namespace of this /proc).
+    pub fn my_depth() -> usize {
+        nspid(std::process::id() as i32).map_or(1, |v| v.len())
+    }
+
+    /// Read task `pid`'s; None when it is gone.
+    pub fn read(pid: i32, depth: usize) -> Option<TaskNs> {
+        let st = read_text(pid_path(pid, "status")).ok()?;
+        let own_pid = ns_ids(&st, "NSpid").filter(|v| v.len() > depth).and_then(|v| v.last().copied());
+        Some(TaskNs { session: ns_ids(&st, "NSsid").and_then(|v| v.last().copied()), own_pid })
+    }
 }
 
 /// Whether `/proc/PID/stat` can be read and shows a task that has not exited.
@@ -342,12 +362,16 @@ mod tests {
     use super::*;
 
     /// This process is in the caller's pid namespace: no pid of its own below it; its NSpid
-    /// ends with its getpid(); a pid that does not exist has none.
+    /// ends with its getpid(), its NSsid with getsid(0) (CRIU's check, in the task); a pid
+    /// that does not exist has none.
     #[test]
-    fn own_ns_pids_of_the_callers_namespace() {
+    fn task_ns_of_the_callers_namespace() {
         let me = std::process::id() as i32;
         assert_eq!(nspid(me).and_then(|v| v.last().copied()), Some(me));
-        assert_eq!(own_ns_pids(&[me, i32::MAX]), vec![None, None]);
+        let sid = unsafe { libc::getsid(0) };
+        assert_eq!(TaskNs::read(me, TaskNs::my_depth()), Some(TaskNs { session: Some(sid), own_pid: None }));
+        assert_eq!(TaskNs::read(i32::MAX, 1), None);
+        assert_eq!(ns_ids("Name:\tx\nNSpid:\t40\t7\t1\n", "NSpid"), Some(vec![40, 7, 1]));
     }
 
     #[test]

@@ -335,6 +335,14 @@ pub fn mknodat(dirfd: RawFd, name: &OsStr, mode: u32, dev: u64) -> io::Result<()
     Ok(())
 }
 
+/// `st`'s access and modification times, as utimensat/futimens take them.
+pub fn atime_mtime(st: &libc::stat) -> [libc::timespec; 2] {
+    [
+        libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
+        libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
+    ]
+}
+
 /// fchownat / fchmodat / utimensat on a name in `dirfd`, never following a symlink.
 pub fn set_owner_mode_times(dirfd: RawFd, name: &OsStr, st: &libc::stat) -> io::Result<()> {
     let n = cstr(name)?;
@@ -348,10 +356,7 @@ pub fn set_owner_mode_times(dirfd: RawFd, name: &OsStr, st: &libc::stat) -> io::
         if !is_link && libc::fchmodat(dirfd, n.as_ptr(), st.st_mode & 0o7777, 0) < 0 {
             return Err(io::Error::last_os_error());
         }
-        let ts = [
-            libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
-            libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
-        ];
+        let ts = atime_mtime(st);
         if libc::utimensat(dirfd, n.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -420,11 +425,6 @@ pub fn lossy(b: &[u8]) -> String {
 /// The basename of a NUL-free byte string as an `OsStr`.
 pub fn os(b: &[u8]) -> &OsStr {
     OsStr::from_bytes(b)
-}
-
-/// Read a small /proc file into a String.
-pub fn read_proc(path: impl AsRef<Path>) -> io::Result<String> {
-    std::fs::read_to_string(path)
 }
 
 /// Major/minor helpers matching the kernel's `dev_t` encoding used in mountinfo.

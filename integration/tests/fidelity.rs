@@ -57,13 +57,21 @@ fn restart(r: &Rig, id: &str, extra: &[&str]) -> String {
 /// The task (killed by the take) restarted from the snapshot reads back `before`; then ended
 /// and the checkpoint deleted.
 fn restart_reads_back(r: &Rig, id: &str, p: Proc, before: &std::collections::BTreeMap<i32, String>) {
+    let logsize = std::fs::metadata(&r.log).unwrap().len() as usize;
+    restart_then(r, id, p, |pid| {
+        ask_report(pid, &r.log, logsize);
+        assert_eq!(&fd_lines(&read(&r.log)[logsize..]), before);
+    });
+}
+
+/// The task (killed by the take) restarted from the snapshot, `check`ed, then ended and the
+/// checkpoint deleted.
+fn restart_then(r: &Rig, id: &str, p: Proc, check: impl FnOnce(i32)) {
     let pid = p.pid;
     wait_gone(pid);
     drop(p);
-    let logsize = std::fs::metadata(&r.log).unwrap().len() as usize;
     restart(r, id, &["--snapshot"]);
-    ask_report(pid, &r.log, logsize);
-    assert_eq!(&fd_lines(&read(&r.log)[logsize..]), before);
+    check(pid);
     kill_wait(pid);
     snapckpt_ok(&["delete", id, "--image-root", r.images.to_str().unwrap()]);
 }
@@ -403,13 +411,9 @@ fn orphan_owner_mode_and_times_come_back() {
     let before = meta(&fd_of_orphan);
     assert_eq!((before.0, before.1, before.2 & 0o7777), (1234, 5678, 0o4751));
     let id = take_id(&take_ok(p.pid, &r.images, &["--engine", "criu", "--snapshot", "btrfs"]));
-    let pid = p.pid;
-    wait_gone(pid);
-    drop(p);
-    restart(&r, &id, &["--snapshot"]);
-    assert_eq!(meta(&fd_of_orphan), before, "uid, gid, mode, size, atime, mtime of the restored orphan");
-    kill_wait(pid);
-    snapckpt_ok(&["delete", &id, "--image-root", r.images.to_str().unwrap()]);
+    restart_then(&r, &id, p, |_| {
+        assert_eq!(meta(&fd_of_orphan), before, "uid, gid, mode, size, atime, mtime of the restored orphan");
+    });
 }
 
 /// `--shell-job`: a task that is not a session leader (a job of a shell, which leads its

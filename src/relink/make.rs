@@ -434,10 +434,7 @@ fn copy_orphan(
     if chown || now.st_mode & 0o7777 != want_mode {
         ok(unsafe { libc::fchmod(fd, want_mode) }).map_err(ioe(&dst_path, "fchmod"))?;
     }
-    let ts = [
-        libc::timespec { tv_sec: st.st_atime, tv_nsec: st.st_atime_nsec },
-        libc::timespec { tv_sec: st.st_mtime, tv_nsec: st.st_mtime_nsec },
-    ];
+    let ts = sys::atime_mtime(st);
     ok(unsafe { libc::futimens(fd, ts.as_ptr()) }).map_err(ioe(&dst_path, "futimens"))?;
     if bytes > 0 {
         ok(unsafe { libc::fsync(fd) }).map_err(|e| nospace(e, "fsync"))?;

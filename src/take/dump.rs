@@ -6,7 +6,8 @@ use super::verify::{self, Names};
 use super::{ms, AfterDump, CriuFlags, TakeError, Tx};
 use crate::record::Snapshot;
 use crate::snapshot::{self, FsSpec};
-use crate::{criu, hooks, scan, sys, tasks, ui};
+use crate::{criu, hooks, procfs, scan, sys, tasks, ui};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -132,28 +133,23 @@ pub(super) fn criu_root(pids: &[i32]) -> Result<i32, TakeError> {
 /// job; and it dumps no task whose session leader is outside the task's pid namespace, not
 /// even a shell job (the kernel shows that session as 0 inside the namespace: a task started
 /// by a container runtime or a CI runner without `setsid`). Both refused before anything is
-/// frozen rather than by CRIU after the relink.
-pub(super) fn session_leader(pids: &[i32], root: i32, shell_job: bool) -> Result<(), TakeError> {
-    if let Some(&pid) = pids.iter().find(|&&p| own_session(p) == Some(0)) {
+/// frozen rather than by CRIU after the relink. `ns`: each task's, read before the freeze.
+pub(super) fn session_leader(
+    ns: &HashMap<i32, procfs::TaskNs>,
+    root: i32,
+    shell_job: bool,
+) -> Result<(), TakeError> {
+    if let Some(pid) = ns.iter().filter(|(_, n)| n.session == Some(0)).map(|(&p, _)| p).min() {
         return Err(TakeError::SessionOutsideNamespace { pid });
     }
     if shell_job {
         return Ok(());
     }
-    let stat = crate::procfs::read_text(crate::procfs::pid_path(root, "stat")).unwrap_or_default();
-    match crate::procfs::ProcStat::parse(&stat) {
+    let stat = procfs::read_text(procfs::pid_path(root, "stat")).unwrap_or_default();
+    match procfs::ProcStat::parse(&stat) {
         Some(st) if st.session != root => Err(TakeError::NotSessionLeader { pid: root, sid: st.session }),
         _ => Ok(()),
     }
-}
-
-/// A task's session as its own pid namespace numbers it: the last field of `NSsid` in
-/// `/proc/PID/status` (one per nested namespace, the task's own last); 0 when the session
-/// leader is outside that namespace. None when it cannot be read (the task is gone: the
-/// freeze says so).
-fn own_session(pid: i32) -> Option<i32> {
-    let status = crate::procfs::read_text(crate::procfs::pid_path(pid, "status")).ok()?;
-    crate::procfs::status_field(&status, "NSsid")?.split_ascii_whitespace().last()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -169,15 +165,5 @@ mod tests {
         assert!(e.contains("setsid"), "{e}");
         let e = TakeError::NotSessionLeader { pid: 12, sid: 7 }.to_string();
         assert!(e.contains("its session is 7") && e.contains("--shell-job"), "{e}");
-    }
-
-    /// This test process's own session as its namespace sees it: what NSsid's last field says
-    /// is what getsid(0) (CRIU's check, in the task) says, inside a pid namespace or not.
-    #[test]
-    fn own_session_is_getsid_in_the_tasks_namespace() {
-        let me = std::process::id() as i32;
-        let sid = unsafe { libc::getsid(0) };
-        assert_eq!(own_session(me), Some(sid));
-        assert_eq!(own_session(i32::MAX), None);
     }
 }

@@ -18,7 +18,7 @@ mod plan;
 mod undo;
 mod verify;
 use dump::{criu_root, session_leader, take_snapshots};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use undo::gone;
@@ -201,6 +201,9 @@ struct Selected {
     now_ns: u32,
     method: FreezeMethod,
     criu_version: String,
+    /// With CRIU: each task's pid namespaces, read once before the freeze (a task cannot
+    /// change them): the session check, and the pids a restart maps to new host pids.
+    ns: HashMap<i32, procfs::TaskNs>,
 }
 
 /// Select the tasks and check what can be checked before anything changes.
@@ -212,7 +215,8 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
     // Recorded in the image; read from CRIU's dump log after the dump (`Tx::checkpoint`): a
     // `criu --version` here would cost a process start (~10 ms) on every take.
     let criu_version = String::new();
-    if let EngineOpts::Criu { .. } = &opts.engine {
+    let mut ns = HashMap::new();
+    if let EngineOpts::Criu { flags, .. } = &opts.engine {
         // CRIU dumps the whole tree under its root: a --pid selection without --tree whose
         // process has children would dump (and kill) tasks snapckpt neither froze nor scanned.
         if let tasks::Selection::Pid { pid, tree: false } = &opts.selection {
@@ -221,12 +225,12 @@ fn select(opts: &TakeOptions) -> Result<Selected, TakeError> {
             }
         }
         let root = criu_root(&pids)?;
-        if let EngineOpts::Criu { flags, .. } = &opts.engine {
-            session_leader(&pids, root, flags.shell_job)?;
-        }
+        let depth = procfs::TaskNs::my_depth();
+        ns = pids.iter().filter_map(|&p| Some((p, procfs::TaskNs::read(p, depth)?))).collect();
+        session_leader(&ns, root, flags.shell_job)?;
         verify::unsupported_fds(&pids)?;
     }
-    Ok(Selected { id, pids, now, now_ns, method, criu_version })
+    Ok(Selected { id, pids, now, now_ns, method, criu_version, ns })
 }
 
 /// A dry run: freeze briefly for a consistent scan, plan, thaw.
@@ -293,9 +297,14 @@ impl Tx<'_> {
         let t1 = Instant::now();
         let mut sc = scan::scan(&pids)?;
         if let EngineOpts::Criu { .. } = &self.opts.engine {
-            // what a restart needs to find tasks CRIU gives a new pid namespace
-            let own = procfs::own_ns_pids(&sc.tasks.iter().map(|t| t.pid).collect::<Vec<_>>());
-            sc.tasks.iter_mut().zip(own).for_each(|(t, p)| t.ns_pid = p);
+            // what a restart needs to find tasks CRIU gives a new pid namespace; read now
+            // only for a task that joined the cgroup after the selection
+            for t in &mut sc.tasks {
+                let ns = self.sel.ns.get(&t.pid).copied();
+                t.ns_pid = ns
+                    .or_else(|| procfs::TaskNs::read(t.pid, procfs::TaskNs::my_depth()))
+                    .and_then(|n| n.own_pid);
+            }
         }
         self.timings.scan_ms = ms(t1.elapsed());
         hooks::point("take-scanned");
