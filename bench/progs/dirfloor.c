@@ -1,8 +1,9 @@
 /* What the filesystem costs for the work a take must do while frozen, without snapckpt:
  *
- *   dirfloor MNT N BYTES THREADS
+ *   dirfloor MNT N BYTES THREADS [dirty]
  *
- * In MNT (the root of a btrfs), N orphans of BYTES (written, synced, held open and unlinked)
+ * In MNT (the root of a btrfs), N orphans of BYTES (written, held open and unlinked; synced
+ * first unless "dirty": the state snapckpt's write-back leaves before the freeze, or not)
  * to clone and N files with a second name to link; then, each step timed on THREADS threads:
  *   clone   N x (O_TMPFILE in MNT/ck, FICLONE from an open file, futimens, linkat into MNT/ck)
  *   link    N x linkat of a file into MNT/ck
@@ -81,8 +82,8 @@ static double timed(int s, int threads) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 5) {
-        fprintf(stderr, "usage: dirfloor MNT N BYTES THREADS\n");
+    if (argc != 5 && argc != 6) {
+        fprintf(stderr, "usage: dirfloor MNT N BYTES THREADS [dirty]\n");
         return 2;
     }
     snprintf(mnt, sizeof mnt, "%s", argv[1]);
@@ -113,7 +114,7 @@ int main(int argc, char **argv) {
         snprintf(q, sizeof q, "%s/other/gone-%d", mnt, i);
         if (link(p, q) < 0) die("link");
     }
-    sync();
+    if (argc == 5) sync();
     snprintf(p, sizeof p, "%s/ck", mnt);
     ck = open(p, O_RDONLY | O_DIRECTORY);
     int root = open(mnt, O_RDONLY | O_DIRECTORY);
